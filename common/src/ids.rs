@@ -1,0 +1,70 @@
+//! Newtype ids, so that a job id can never be passed where a worker id is expected.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new(id: impl Into<String>) -> Self {
+                Self(id.into())
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// A job, e.g. `job-4f1c2a9e`.
+    JobId
+);
+string_id!(
+    /// A worker process; stable across its restarts.
+    WorkerId
+);
+string_id!(
+    /// One task of a job: `<job>/r<round>/<phase>/a<attempt>`.
+    TaskId
+);
+
+impl JobId {
+    /// A fresh random job id.
+    pub fn generate() -> Self {
+        let uuid = uuid::Uuid::new_v4().simple().to_string();
+        Self(format!("job-{}", &uuid[..12]))
+    }
+}
+
+impl WorkerId {
+    /// A fresh random worker id for a worker started without `--id`.
+    pub fn generate(hostname: &str) -> Self {
+        let uuid = uuid::Uuid::new_v4().simple().to_string();
+        Self(format!("{hostname}-{}", &uuid[..8]))
+    }
+}
+
+/// A round of the method: 0 is the teacher, r >= 1 a pseudo-labelling round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Round(pub u32);
+
+impl fmt::Display for Round {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}

@@ -1,0 +1,54 @@
+//! Tests of `inspect`: counts, imbalance, and damaged or missing shards flagged one by one.
+
+use super::*;
+use crate::import::test_support::*;
+use crate::import::{import_fer2013, SplitOptions};
+
+#[test]
+fn inspect_counts_and_flags_damaged_shards() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("fer.csv");
+    std::fs::write(&csv, fer_csv(&fer_rows(&[("Training", [20, 2, 10, 30, 10, 10, 10]), ("PublicTest", [2, 1, 2, 3, 2, 2, 2])]))).expect("write");
+    let out = dir.path().join("out");
+    let options = SplitOptions { labeled_fraction: 0.5, shard_size: 16, ..SplitOptions::default() };
+    import_fer2013(&csv, &out, &options, &|_| {}).expect("import");
+
+    let inspection = inspect(&out).expect("inspect");
+    assert!(inspection.all_ok());
+    let by_split = |split: Split| inspection.splits.iter().find(|s| s.split == split).expect("split");
+    assert_eq!(by_split(Split::Val).samples, 14);
+    assert_eq!(by_split(Split::Val).class_counts, vec![2, 1, 2, 3, 2, 2, 2]);
+    assert_eq!(by_split(Split::Train).samples + by_split(Split::Unlabeled).samples, 92);
+    assert_eq!(inspection.imbalance_ratio, Some(15.0), "happy 30 over disgust 2");
+    assert_eq!(by_split(Split::Train).shards.iter().map(|s| s.samples).sum::<u64>(), by_split(Split::Train).samples);
+    assert!(by_split(Split::Train).shards.iter().all(|s| s.bytes.is_some_and(|b| b > s.samples * 2304)));
+    assert_eq!(by_split(Split::Train).videos, None);
+
+    let damaged = &by_split(Split::Unlabeled).shards[0].file;
+    let mut bytes = std::fs::read(out.join(damaged)).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(out.join(damaged), bytes).expect("write");
+    let missing = &by_split(Split::Val).shards[0].file;
+    std::fs::remove_file(out.join(missing)).expect("remove");
+
+    let inspection = inspect(&out).expect("inspect");
+    assert!(!inspection.all_ok());
+    let checks: Vec<(&str, &ShardCheck)> = inspection.splits.iter().flat_map(|s| &s.shards).map(|s| (s.file.as_str(), &s.check)).collect();
+    for (file, check) in checks {
+        let expected = if file == damaged {
+            ShardCheck::ChecksumMismatch
+        } else if file == missing {
+            ShardCheck::Missing
+        } else {
+            ShardCheck::Ok
+        };
+        assert_eq!(check, &expected, "{file}");
+    }
+    let printed = inspection.to_string();
+    assert!(printed.contains(damaged.as_str()) && printed.contains("CHECKSUM MISMATCH"), "{printed}");
+    assert!(printed.contains("MISSING") && printed.contains("disgust"), "{printed}");
+
+    let err = inspect(&dir.path().join("nowhere")).expect_err("no dataset");
+    assert!(err.to_string().contains("manifest.json"), "{err}");
+}

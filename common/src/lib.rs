@@ -1,0 +1,18 @@
+//! The vocabulary every Feral process shares and that needs no libtorch and no network:
+//! typed ids, the job spec and its validation, the dataset format (manifest plus
+//! safetensors shards) with its reader and writer, evaluation metrics, and the synthetic
+//! expression dataset used by the demo and the tests.
+#![forbid(unsafe_code)]
+
+pub mod dataset;
+pub mod errors;
+pub mod ids;
+pub mod import;
+pub mod method;
+pub mod metrics;
+pub mod plan;
+pub mod prepare;
+pub mod signals;
+pub mod spec;
+pub mod synthetic;
+pub mod time;

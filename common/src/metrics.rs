@@ -1,0 +1,174 @@
+//! Evaluation metrics of the FER literature: accuracy, macro-F1 (the ABAW metric),
+//! per-class precision, recall and F1, from a confusion matrix that ranks can add up.
+
+use serde::{Deserialize, Serialize};
+
+/// Counts of (true class, predicted class) pairs. Adding two matrices merges evaluations
+/// made on disjoint data, which is how ranks combine their shares.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfusionMatrix {
+    classes: usize,
+    /// Row-major: `counts[truth * classes + predicted]`.
+    counts: Vec<u64>,
+}
+
+impl ConfusionMatrix {
+    pub fn new(classes: usize) -> Self {
+        Self { classes, counts: vec![0; classes * classes] }
+    }
+
+    /// Rebuilds a matrix from its row-major counts; `None` when the length is not a square.
+    pub fn from_counts(counts: Vec<u64>) -> Option<Self> {
+        let classes = (counts.len() as f64).sqrt().round() as usize;
+        (classes * classes == counts.len()).then_some(Self { classes, counts })
+    }
+
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    pub fn counts(&self) -> &[u64] {
+        &self.counts
+    }
+
+    /// Records one prediction. Labels outside `0..classes` (such as -1, unlabelled) are ignored.
+    pub fn record(&mut self, truth: i64, predicted: i64) {
+        let in_range = |label: i64| label >= 0 && (label as usize) < self.classes;
+        if in_range(truth) && in_range(predicted) {
+            self.counts[truth as usize * self.classes + predicted as usize] += 1;
+        }
+    }
+
+    pub fn merge(&mut self, other: &ConfusionMatrix) {
+        assert_eq!(self.classes, other.classes, "merging confusion matrices of different sizes");
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    fn cell(&self, truth: usize, predicted: usize) -> u64 {
+        self.counts[truth * self.classes + predicted]
+    }
+
+    pub fn accuracy(&self) -> f64 {
+        let correct: u64 = (0..self.classes).map(|c| self.cell(c, c)).sum();
+        ratio(correct, self.total())
+    }
+
+    /// Precision of class `c`: of the samples predicted `c`, how many are `c`.
+    pub fn precision(&self, c: usize) -> f64 {
+        let predicted: u64 = (0..self.classes).map(|t| self.cell(t, c)).sum();
+        ratio(self.cell(c, c), predicted)
+    }
+
+    /// Recall of class `c`: of the samples that are `c`, how many were predicted `c`.
+    pub fn recall(&self, c: usize) -> f64 {
+        let actual: u64 = (0..self.classes).map(|p| self.cell(c, p)).sum();
+        ratio(self.cell(c, c), actual)
+    }
+
+    /// F1 of class `c`; 0 when the class was neither present nor predicted.
+    pub fn f1(&self, c: usize) -> f64 {
+        let (p, r) = (self.precision(c), self.recall(c));
+        if p + r == 0.0 {
+            0.0
+        } else {
+            2.0 * p * r / (p + r)
+        }
+    }
+
+    pub fn per_class_f1(&self) -> Vec<f64> {
+        (0..self.classes).map(|c| self.f1(c)).collect()
+    }
+
+    /// Unweighted mean of the per-class F1 scores over all classes.
+    pub fn macro_f1(&self) -> f64 {
+        if self.classes == 0 {
+            return 0.0;
+        }
+        self.per_class_f1().iter().sum::<f64>() / self.classes as f64
+    }
+
+    pub fn summary(&self) -> MetricsSummary {
+        MetricsSummary {
+            accuracy: self.accuracy(),
+            macro_f1: self.macro_f1(),
+            per_class_f1: self.per_class_f1(),
+            confusion: self.counts.clone(),
+            samples: self.total(),
+        }
+    }
+}
+
+/// The metrics a job reports for one evaluation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSummary {
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    pub per_class_f1: Vec<f64>,
+    /// Row-major confusion counts, see [`ConfusionMatrix`].
+    pub confusion: Vec<u64>,
+    pub samples: u64,
+}
+
+fn ratio(numerator: u64, denominator: u64) -> f64 {
+    if denominator == 0 {
+        0.0
+    } else {
+        numerator as f64 / denominator as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn metrics_match_hand_computed_values() {
+        // truth:     0 0 0 1 1 2
+        // predicted: 0 0 1 1 2 2
+        let mut m = ConfusionMatrix::new(3);
+        for (t, p) in [(0, 0), (0, 0), (0, 1), (1, 1), (1, 2), (2, 2)] {
+            m.record(t, p);
+        }
+        assert!(close(m.accuracy(), 4.0 / 6.0));
+        // class 0: p = 2/2, r = 2/3 -> f1 = 0.8
+        assert!(close(m.f1(0), 0.8));
+        // class 1: p = 1/2, r = 1/2 -> 0.5
+        assert!(close(m.f1(1), 0.5));
+        // class 2: p = 1/2, r = 1/1 -> 2/3
+        assert!(close(m.f1(2), 2.0 / 3.0));
+        assert!(close(m.macro_f1(), (0.8 + 0.5 + 2.0 / 3.0) / 3.0));
+    }
+
+    #[test]
+    fn unlabelled_and_out_of_range_labels_are_ignored() {
+        let mut m = ConfusionMatrix::new(2);
+        m.record(-1, 0);
+        m.record(0, 5);
+        assert_eq!(m.total(), 0);
+        assert_eq!(m.accuracy(), 0.0);
+    }
+
+    #[test]
+    fn merging_equals_recording_everything_in_one_matrix() {
+        let pairs = [(0, 1), (1, 1), (2, 0), (2, 2), (0, 0)];
+        let (mut a, mut b, mut all) = (ConfusionMatrix::new(3), ConfusionMatrix::new(3), ConfusionMatrix::new(3));
+        for (i, (t, p)) in pairs.iter().enumerate() {
+            if i % 2 == 0 { a.record(*t, *p) } else { b.record(*t, *p) }
+            all.record(*t, *p);
+        }
+        a.merge(&b);
+        assert_eq!(a, all);
+        assert_eq!(ConfusionMatrix::from_counts(all.counts().to_vec()), Some(all));
+        assert_eq!(ConfusionMatrix::from_counts(vec![1, 2, 3]), None);
+    }
+}

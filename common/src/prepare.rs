@@ -1,0 +1,93 @@
+//! Turning sources into dataset directories. For now: the synthetic expression dataset
+//! that the demo and the tests train on (`feral prepare synthetic`).
+
+use std::path::Path;
+
+use crate::dataset::{DatasetError, DatasetWriter, ImageShape, Manifest, Sample, Split};
+use crate::synthetic::{self, SyntheticConfig, CLASS_NAMES};
+
+/// How a synthetic dataset is split.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyntheticSplits {
+    /// Fraction of all samples held out for validation (with clean labels, as a curated
+    /// test set would have).
+    pub val_fraction: f64,
+    /// Fraction of the rest that keeps its (noisy) label; the others form the unlabelled
+    /// pool with their true labels hidden.
+    pub labeled_fraction: f64,
+    pub shard_size: usize,
+}
+
+impl Default for SyntheticSplits {
+    fn default() -> Self {
+        Self { val_fraction: 0.2, labeled_fraction: 1.0, shard_size: 4096 }
+    }
+}
+
+/// Generates and writes a synthetic dataset into `out`.
+pub fn prepare_synthetic(out: &Path, config: &SyntheticConfig, splits: &SyntheticSplits) -> Result<Manifest, DatasetError> {
+    let size = config.image_size;
+    let shape = ImageShape { height: size, width: size, channels: 1 };
+    let classes = CLASS_NAMES.iter().map(|c| (*c).to_owned()).collect();
+    let mut writer = DatasetWriter::create(out, "synthetic", classes, shape, splits.shard_size)?;
+    const CHUNK: usize = 2048;
+    for start in (0..config.samples).step_by(CHUNK) {
+        let end = (start + CHUNK).min(config.samples);
+        for (offset, sample) in synthetic::generate(config, start..end).into_iter().enumerate() {
+            let index = (start + offset) as u64;
+            let (split, label, hidden) = assign(config.seed, index, sample.label, sample.true_label, splits);
+            writer.push(split, Sample { pixels: &sample.pixels, label, sample_id: index as i64, hidden_label: hidden, video_id: None, frame_index: None })?;
+        }
+    }
+    let source = format!("synthetic:{config:?}");
+    writer.finish("synthetic", &format!("{:016x}", splitmix(source.len() as u64 ^ config.seed)))
+}
+
+/// Which split sample `index` goes to, by a per-index hash: approximately stratified,
+/// and the same sample lands in the same split for every run with the same seed.
+fn assign(seed: u64, index: u64, label: i64, true_label: i64, splits: &SyntheticSplits) -> (Split, i64, Option<i64>) {
+    let unit = |salt: u64| (splitmix(seed ^ index.wrapping_mul(0x9e37_79b9) ^ salt) >> 11) as f64 / (1u64 << 53) as f64;
+    if unit(1) < splits.val_fraction {
+        (Split::Val, true_label, None)
+    } else if unit(2) < splits.labeled_fraction {
+        (Split::Train, label, None)
+    } else {
+        (Split::Unlabeled, -1, Some(true_label))
+    }
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::Dataset;
+
+    #[test]
+    fn synthetic_dataset_has_the_requested_splits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = SyntheticConfig { samples: 2000, ..SyntheticConfig::default() };
+        let splits = SyntheticSplits { val_fraction: 0.2, labeled_fraction: 0.25, shard_size: 500 };
+        let manifest = prepare_synthetic(dir.path(), &config, &splits).expect("prepare");
+        let count = |split| manifest.splits[&split].samples as f64;
+        assert_eq!(count(Split::Train) + count(Split::Val) + count(Split::Unlabeled), 2000.0);
+        assert!((count(Split::Val) / 2000.0 - 0.2).abs() < 0.04);
+        assert!((count(Split::Train) / 1600.0 - 0.25).abs() < 0.05);
+
+        let dataset = Dataset::open(dir.path()).expect("open");
+        let pool = dataset.read_split(Split::Unlabeled).expect("pool");
+        assert!(pool.labels.iter().all(|&l| l == -1));
+        assert!(pool.hidden_labels.as_ref().is_some_and(|h| h.iter().all(|&l| (0..7).contains(&l))));
+        let val = dataset.read_split(Split::Val).expect("val");
+        let train = dataset.read_split(Split::Train).expect("train");
+        let mut ids: Vec<i64> = val.sample_ids.iter().chain(&train.sample_ids).chain(&pool.sample_ids).copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 2000, "every sample lands in exactly one split");
+    }
+}

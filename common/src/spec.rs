@@ -1,0 +1,654 @@
+//! The job spec: a versioned TOML file (`feral submit job.toml`) validated into a typed
+//! [`JobSpec`]. Unknown fields are rejected, and every error names the field that was wrong.
+//!
+//! ```toml
+//! version = 1
+//! name = "fer-baseline"
+//! dataset = "/data/fer2013-prepared"
+//!
+//! [train]
+//! epochs = 8
+//! batch_size = 64
+//! ```
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The only spec format version this build understands.
+pub const SPEC_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    #[error("job spec is not valid TOML: {0}")]
+    Syntax(String),
+    #[error("job spec field `{field}` {problem}")]
+    Invalid { field: &'static str, problem: String },
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> SpecError {
+    SpecError::Invalid { field, problem: problem.into() }
+}
+
+/// A validated job spec. Build it with [`JobSpec::from_toml`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub version: u32,
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// A prepared dataset directory (with `manifest.json`) that every worker can read.
+    pub dataset: PathBuf,
+    /// Where the job's artifacts go; by default `<coordinator artifact root>/<job id>`.
+    #[serde(default)]
+    pub artifacts: Option<PathBuf>,
+    #[serde(default)]
+    pub model: ModelSpec,
+    #[serde(default)]
+    pub train: TrainSpec,
+    #[serde(default)]
+    pub resources: ResourceSpec,
+    #[serde(default)]
+    pub semi_supervised: SemiSupervisedSpec,
+}
+
+/// The method of DESIGN.md section 1: rounds of debiased pseudo-labelling with feedback.
+/// Every constant is a field with the design's default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SemiSupervisedSpec {
+    /// Pseudo-labelling rounds after the teacher (round 0); 0 trains the teacher only.
+    pub rounds: i64,
+    /// Stop when validation macro-F1 has not improved for this many rounds; 0 never stops early.
+    pub patience: i64,
+    /// t: the global confidence threshold.
+    pub threshold: f64,
+    /// t_min: no class threshold goes below this.
+    pub min_threshold: f64,
+    /// τ: strength of debiasing (z − τ·log p̂ for labels, z + τ·log p̂ as the student's margin).
+    pub tau: f64,
+    /// Per-class cap on pseudo-labels: this many times the median selected count; 0 disables.
+    pub cap_factor: f64,
+    /// λ: how much per-class validation F1 shifts the labelled class sampling weights.
+    pub feedback_lambda: f64,
+    /// γ: the exponent of (1 − F1 + ε) in the feedback weights.
+    pub feedback_gamma: f64,
+    /// μ: pseudo-labelled samples per labelled sample in a student batch.
+    pub mu: f64,
+    /// λ_u: weight of the pseudo-label loss.
+    pub lambda_u: f64,
+    /// Initialise each student from its teacher (true) or from scratch.
+    pub init_from_teacher: bool,
+    /// Debias pseudo-labels and the student's loss with the pool's class prior.
+    pub debias: bool,
+    /// Feed per-class validation F1 back into the class sampling weights.
+    pub feedback: bool,
+}
+
+impl Default for SemiSupervisedSpec {
+    fn default() -> Self {
+        Self {
+            rounds: 0,
+            patience: 2,
+            threshold: 0.95,
+            min_threshold: 0.5,
+            tau: 0.4,
+            cap_factor: 4.0,
+            feedback_lambda: 0.5,
+            feedback_gamma: 1.0,
+            mu: 1.0,
+            lambda_u: 1.0,
+            init_from_teacher: true,
+            debias: true,
+            feedback: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    #[serde(default)]
+    pub arch: Arch,
+    /// Channels of the compact CNN's first convolution; later stages double it. The
+    /// ResNets keep their standard widths (64, 128, 256, 512), so that pretrained weights fit.
+    #[serde(default = "default_width")]
+    pub width: i64,
+    /// Dropout before the linear classifier.
+    #[serde(default = "default_dropout")]
+    pub dropout: f64,
+    /// CBAM attention (Woo et al., ECCV 2018) in every residual block; ResNets only.
+    #[serde(default)]
+    pub cbam: bool,
+    /// A `.safetensors` file every worker can read: the variables whose names and shapes
+    /// match are loaded before training (e.g. ImageNet weights converted from torchvision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// A compact CNN for 48x48 grayscale faces that trains well on CPU.
+    #[default]
+    CompactCnn,
+    /// Softmax regression on the pixels: a baseline, and a model without batch
+    /// statistics or dropout, so data-parallel runs can be compared with single-rank ones
+    /// number for number.
+    Linear,
+    /// ResNet-18 (He et al., CVPR 2016): BasicBlocks [2, 2, 2, 2], about 11.2 M parameters.
+    Resnet18,
+    /// ResNet-34: BasicBlocks [3, 4, 6, 3], about 21.3 M parameters.
+    Resnet34,
+}
+
+impl Arch {
+    /// Whether the network is a ResNet (and so can take CBAM attention).
+    pub fn is_resnet(self) -> bool {
+        matches!(self, Arch::Resnet18 | Arch::Resnet34)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    #[serde(default = "default_epochs")]
+    pub epochs: i64,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: i64,
+    /// Optimiser steps per epoch; by default the labelled training set size / batch size.
+    #[serde(default)]
+    pub steps_per_epoch: Option<i64>,
+    #[serde(default)]
+    pub optimizer: Optimizer,
+    #[serde(default = "default_learning_rate")]
+    pub learning_rate: f64,
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    /// The same as `train.loss.label_smoothing`, kept for older specs: set at most one.
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// The supervised loss on labelled samples.
+    #[serde(default)]
+    pub loss: LossSpec,
+    #[serde(default)]
+    pub sampling: Sampling,
+    #[serde(default = "default_true")]
+    pub augment: bool,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// libtorch intra-op threads for this task; 0 keeps libtorch's default.
+    #[serde(default)]
+    pub threads: i64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Optimizer {
+    #[default]
+    Adamw,
+    Sgd,
+}
+
+/// The supervised loss (`[train.loss]`): which one, and every parameter with its default.
+/// A parameter that the chosen kind does not use must keep its default, so that a spec
+/// never carries a setting that silently does nothing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossSpec {
+    pub kind: LossKind,
+    /// ε: targets become (1 − ε)·one-hot + ε/C (Szegedy et al., CVPR 2016). Every kind but focal.
+    pub label_smoothing: f64,
+    /// β of `weighted-ce`: class weights ∝ 1/n_c^β, normalised to mean 1 (1: inverse frequency).
+    pub class_weight_beta: f64,
+    /// γ of `focal`: the focusing exponent of (1 − p_t)^γ (0: cross-entropy).
+    pub focal_gamma: f64,
+    /// α of `focal`: one weight per class, in the dataset's class order; none: all 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub focal_alpha: Option<Vec<f64>>,
+    /// The margin of the rarest class under `ldam`; the others get max_margin·(n_min/n_c)^¼.
+    pub ldam_max_margin: f64,
+    /// s of `ldam`: the factor on the margin-adjusted logits.
+    pub ldam_scale: f64,
+    /// `ldam`'s deferred re-weighting: class-balanced weights from this epoch on (epochs
+    /// count from 1); 0 never re-weights.
+    pub drw_epoch: i64,
+    /// β of the class-balanced DRW weights (1 − β)/(1 − β^n_c) (Cui et al., CVPR 2019).
+    pub drw_beta: f64,
+    /// τ of `logit-adjusted`: training logits become z + τ·log π_c.
+    pub la_tau: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossKind {
+    /// Cross-entropy.
+    #[default]
+    Ce,
+    /// Cross-entropy with class weights from the class counts.
+    WeightedCe,
+    /// Focal loss (Lin et al., ICCV 2017).
+    Focal,
+    /// Label-distribution-aware margin loss (Cao et al., NeurIPS 2019), optionally with
+    /// deferred re-weighting.
+    Ldam,
+    /// Logit-adjusted cross-entropy (Menon et al., ICLR 2021).
+    LogitAdjusted,
+}
+
+impl LossKind {
+    /// The name a spec uses for this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LossKind::Ce => "ce",
+            LossKind::WeightedCe => "weighted-ce",
+            LossKind::Focal => "focal",
+            LossKind::Ldam => "ldam",
+            LossKind::LogitAdjusted => "logit-adjusted",
+        }
+    }
+}
+
+impl Default for LossSpec {
+    fn default() -> Self {
+        Self {
+            kind: LossKind::Ce,
+            label_smoothing: 0.0,
+            class_weight_beta: 1.0,
+            focal_gamma: 2.0,
+            focal_alpha: None,
+            ldam_max_margin: 0.5,
+            ldam_scale: 30.0,
+            drw_epoch: 0,
+            drw_beta: 0.9999,
+            la_tau: 1.0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sampling {
+    /// Draw a class uniformly, then a sample of that class (DESIGN.md section 1, step 1).
+    #[default]
+    ClassUniform,
+    /// Draw samples uniformly, so classes appear at their natural frequency.
+    Natural,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceSpec {
+    /// How often a task is tried before the job fails.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: i64,
+    /// Ranks of each training gang (data parallel, one device slot each).
+    #[serde(default = "default_workers")]
+    pub workers: i64,
+}
+
+fn default_name() -> String {
+    "job".to_owned()
+}
+fn default_width() -> i64 {
+    32
+}
+fn default_dropout() -> f64 {
+    0.3
+}
+fn default_epochs() -> i64 {
+    10
+}
+fn default_batch_size() -> i64 {
+    64
+}
+fn default_learning_rate() -> f64 {
+    0.002
+}
+fn default_weight_decay() -> f64 {
+    5e-4
+}
+fn default_momentum() -> f64 {
+    0.9
+}
+fn default_true() -> bool {
+    true
+}
+fn default_seed() -> u64 {
+    7
+}
+fn default_max_attempts() -> i64 {
+    3
+}
+fn default_workers() -> i64 {
+    1
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        Self { arch: Arch::default(), width: default_width(), dropout: default_dropout(), cbam: false, init: None }
+    }
+}
+
+impl Default for TrainSpec {
+    fn default() -> Self {
+        Self {
+            epochs: default_epochs(),
+            batch_size: default_batch_size(),
+            steps_per_epoch: None,
+            optimizer: Optimizer::default(),
+            learning_rate: default_learning_rate(),
+            weight_decay: default_weight_decay(),
+            momentum: default_momentum(),
+            label_smoothing: 0.0,
+            loss: LossSpec::default(),
+            sampling: Sampling::default(),
+            augment: true,
+            seed: default_seed(),
+            threads: 0,
+        }
+    }
+}
+
+impl Default for ResourceSpec {
+    fn default() -> Self {
+        Self { max_attempts: default_max_attempts(), workers: default_workers() }
+    }
+}
+
+impl TrainSpec {
+    /// The loss to train with: `train.loss`, with the older `train.label_smoothing` folded in.
+    pub fn effective_loss(&self) -> LossSpec {
+        let mut loss = self.loss.clone();
+        if loss.label_smoothing == 0.0 {
+            loss.label_smoothing = self.label_smoothing;
+        }
+        loss
+    }
+}
+
+impl JobSpec {
+    /// A spec for `dataset` with every other field at its default.
+    pub fn for_dataset(dataset: impl Into<PathBuf>) -> Self {
+        Self {
+            version: SPEC_VERSION,
+            name: default_name(),
+            dataset: dataset.into(),
+            artifacts: None,
+            model: ModelSpec::default(),
+            train: TrainSpec::default(),
+            resources: ResourceSpec::default(),
+            semi_supervised: SemiSupervisedSpec::default(),
+        }
+    }
+
+    /// Parses and validates a spec.
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        let spec: JobSpec = toml::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# spec could not be written: {e}"))
+    }
+
+    /// Checks every value that the types alone do not rule out.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.version != SPEC_VERSION {
+            return Err(invalid("version", format!("must be {SPEC_VERSION}, got {}", self.version)));
+        }
+        if self.name.trim().is_empty() {
+            return Err(invalid("name", "must not be empty"));
+        }
+        if self.dataset.as_os_str().is_empty() {
+            return Err(invalid("dataset", "must name a prepared dataset directory"));
+        }
+        at_least("model.width", self.model.width, 4)?;
+        fraction("model.dropout", self.model.dropout)?;
+        if self.model.cbam && !self.model.arch.is_resnet() {
+            return Err(invalid("model.cbam", "applies to the resnet18 and resnet34 architectures only"));
+        }
+        if self.model.init.as_ref().is_some_and(|path| path.as_os_str().is_empty()) {
+            return Err(invalid("model.init", "must name a .safetensors file"));
+        }
+        let train = &self.train;
+        at_least("train.epochs", train.epochs, 1)?;
+        at_least("train.batch_size", train.batch_size, 1)?;
+        if let Some(steps) = train.steps_per_epoch {
+            at_least("train.steps_per_epoch", steps, 1)?;
+        }
+        positive("train.learning_rate", train.learning_rate)?;
+        non_negative("train.weight_decay", train.weight_decay)?;
+        fraction("train.momentum", train.momentum)?;
+        fraction("train.label_smoothing", train.label_smoothing)?;
+        at_least("train.threads", train.threads, 0)?;
+        validate_loss(&train.loss, train.label_smoothing, train.epochs)?;
+        at_least("resources.max_attempts", self.resources.max_attempts, 1)?;
+        at_least("resources.workers", self.resources.workers, 1)?;
+        let semi = &self.semi_supervised;
+        at_least("semi_supervised.rounds", semi.rounds, 0)?;
+        at_least("semi_supervised.patience", semi.patience, 0)?;
+        fraction("semi_supervised.threshold", semi.threshold)?;
+        fraction("semi_supervised.min_threshold", semi.min_threshold)?;
+        if semi.min_threshold > semi.threshold {
+            return Err(invalid("semi_supervised.min_threshold", format!("must not exceed threshold ({} > {})", semi.min_threshold, semi.threshold)));
+        }
+        non_negative("semi_supervised.tau", semi.tau)?;
+        non_negative("semi_supervised.cap_factor", semi.cap_factor)?;
+        if !(0.0..=1.0).contains(&semi.feedback_lambda) {
+            return Err(invalid("semi_supervised.feedback_lambda", format!("must be in [0, 1], got {}", semi.feedback_lambda)));
+        }
+        non_negative("semi_supervised.feedback_gamma", semi.feedback_gamma)?;
+        non_negative("semi_supervised.mu", semi.mu)?;
+        non_negative("semi_supervised.lambda_u", semi.lambda_u)?;
+        Ok(())
+    }
+}
+
+/// The checks of `[train.loss]`; `legacy_smoothing` is `train.label_smoothing`.
+fn validate_loss(loss: &LossSpec, legacy_smoothing: f64, epochs: i64) -> Result<(), SpecError> {
+    use LossKind::*;
+    fraction("train.loss.label_smoothing", loss.label_smoothing)?;
+    non_negative("train.loss.class_weight_beta", loss.class_weight_beta)?;
+    non_negative("train.loss.focal_gamma", loss.focal_gamma)?;
+    if let Some(alpha) = &loss.focal_alpha {
+        if alpha.is_empty() || alpha.iter().any(|a| !(a.is_finite() && *a >= 0.0)) || alpha.iter().all(|a| *a == 0.0) {
+            return Err(invalid("train.loss.focal_alpha", format!("must be one weight of zero or more per class, not all zero, got {alpha:?}")));
+        }
+    }
+    positive("train.loss.ldam_max_margin", loss.ldam_max_margin)?;
+    positive("train.loss.ldam_scale", loss.ldam_scale)?;
+    at_least("train.loss.drw_epoch", loss.drw_epoch, 0)?;
+    if loss.drw_epoch > epochs {
+        return Err(invalid("train.loss.drw_epoch", format!("must not exceed train.epochs ({} > {epochs}), or re-weighting never starts", loss.drw_epoch)));
+    }
+    fraction("train.loss.drw_beta", loss.drw_beta)?;
+    non_negative("train.loss.la_tau", loss.la_tau)?;
+
+    let default = LossSpec::default();
+    let parameters: [(&'static str, bool, &[LossKind]); 9] = [
+        ("train.loss.label_smoothing", loss.label_smoothing != default.label_smoothing, &[Ce, WeightedCe, Ldam, LogitAdjusted]),
+        ("train.loss.class_weight_beta", loss.class_weight_beta != default.class_weight_beta, &[WeightedCe]),
+        ("train.loss.focal_gamma", loss.focal_gamma != default.focal_gamma, &[Focal]),
+        ("train.loss.focal_alpha", loss.focal_alpha != default.focal_alpha, &[Focal]),
+        ("train.loss.ldam_max_margin", loss.ldam_max_margin != default.ldam_max_margin, &[Ldam]),
+        ("train.loss.ldam_scale", loss.ldam_scale != default.ldam_scale, &[Ldam]),
+        ("train.loss.drw_epoch", loss.drw_epoch != default.drw_epoch, &[Ldam]),
+        ("train.loss.drw_beta", loss.drw_beta != default.drw_beta, &[Ldam]),
+        ("train.loss.la_tau", loss.la_tau != default.la_tau, &[LogitAdjusted]),
+    ];
+    for (field, set, kinds) in parameters {
+        if set && !kinds.contains(&loss.kind) {
+            return Err(invalid(field, format!("does not apply to train.loss.kind = \"{}\"", loss.kind.as_str())));
+        }
+    }
+    if legacy_smoothing != 0.0 {
+        if loss.label_smoothing != 0.0 {
+            return Err(invalid("train.label_smoothing", "must be 0 when train.loss.label_smoothing is set (set it in one place)"));
+        }
+        if loss.kind == Focal {
+            return Err(invalid("train.label_smoothing", "does not apply to train.loss.kind = \"focal\""));
+        }
+    }
+    Ok(())
+}
+
+fn at_least(field: &'static str, value: i64, minimum: i64) -> Result<(), SpecError> {
+    if value < minimum {
+        return Err(invalid(field, format!("must be at least {minimum}, got {value}")));
+    }
+    Ok(())
+}
+
+fn positive(field: &'static str, value: f64) -> Result<(), SpecError> {
+    if !(value.is_finite() && value > 0.0) {
+        return Err(invalid(field, format!("must be a positive number, got {value}")));
+    }
+    Ok(())
+}
+
+fn non_negative(field: &'static str, value: f64) -> Result<(), SpecError> {
+    if !(value.is_finite() && value >= 0.0) {
+        return Err(invalid(field, format!("must be zero or more, got {value}")));
+    }
+    Ok(())
+}
+
+fn fraction(field: &'static str, value: f64) -> Result<(), SpecError> {
+    if !(0.0..1.0).contains(&value) {
+        return Err(invalid(field, format!("must be in [0, 1), got {value}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_spec_gets_defaults() {
+        let spec = JobSpec::from_toml("version = 1\ndataset = \"/d\"\n").expect("valid spec");
+        assert_eq!(spec, JobSpec::for_dataset("/d"));
+        assert_eq!(JobSpec::from_toml(&spec.to_toml()), Ok(spec));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = |text: &str| JobSpec::from_toml(text).expect_err("spec must be rejected").to_string();
+        let base = "version = 1\ndataset = \"/d\"\n";
+        assert!(err(&format!("{base}[train]\nepochs = -3\n")).contains("train.epochs"));
+        assert!(err(&format!("{base}[train]\nbatch_size = 0\n")).contains("train.batch_size"));
+        assert!(err(&format!("{base}[train]\nlearning_rate = -0.1\n")).contains("train.learning_rate"));
+        assert!(err(&format!("{base}[train]\nepochs = 2\nepochz = 3\n")).contains("epochz"));
+        assert!(err(&format!("{base}colour = \"red\"\n")).contains("colour"));
+        assert!(err("version = 1\n").contains("dataset"));
+        assert!(err("version = 2\ndataset = \"/d\"\n").contains("version"));
+        assert!(err("version = 1\ndataset = \"/d\"\n[train\n").contains("not valid TOML"));
+        assert!(err(&format!("{base}[model]\narch = \"vgg\"\n")).contains("vgg"));
+        assert!(err(&format!("{base}[semi_supervised]\nrounds = -1\n")).contains("semi_supervised.rounds"));
+        assert!(err(&format!("{base}[semi_supervised]\nthreshold = 1.5\n")).contains("semi_supervised.threshold"));
+        assert!(err(&format!("{base}[semi_supervised]\nthreshold = 0.6\nmin_threshold = 0.7\n")).contains("min_threshold"));
+        assert!(err(&format!("{base}[semi_supervised]\nfeedback_lambda = 2\n")).contains("feedback_lambda"));
+        assert!(err(&format!("{base}[semi_supervised]\nroundz = 2\n")).contains("roundz"));
+    }
+
+    #[test]
+    fn model_options_parse_and_validate() {
+        let base = "version = 1\ndataset = \"/d\"\n";
+        let spec = JobSpec::from_toml(&format!("{base}[model]\narch = \"resnet18\"\ncbam = true\ninit = \"/w/resnet18.safetensors\"\n")).expect("valid spec");
+        assert_eq!(spec.model.arch, Arch::Resnet18);
+        assert!(spec.model.cbam);
+        assert_eq!(spec.model.init, Some(PathBuf::from("/w/resnet18.safetensors")));
+        assert_eq!(JobSpec::from_toml(&spec.to_toml()), Ok(spec));
+        let spec = JobSpec::from_toml(&format!("{base}[model]\narch = \"resnet34\"\n")).expect("valid spec");
+        assert_eq!((spec.model.arch, spec.model.cbam, spec.model.init), (Arch::Resnet34, false, None));
+
+        let err = |text: &str| JobSpec::from_toml(&format!("{base}{text}")).expect_err("spec must be rejected").to_string();
+        assert!(err("[model]\ncbam = true\n").contains("model.cbam"), "compact-cnn takes no CBAM");
+        assert!(err("[model]\narch = \"linear\"\ncbam = true\n").contains("model.cbam"));
+        assert!(err("[model]\narch = \"resnet18\"\ninit = \"\"\n").contains("model.init"));
+        assert!(err("[model]\narch = \"resnet50\"\n").contains("resnet50"));
+    }
+
+    #[test]
+    fn loss_defaults_to_cross_entropy() {
+        let spec = JobSpec::from_toml("version = 1\ndataset = \"/d\"\n").expect("valid spec");
+        assert_eq!(spec.train.loss, LossSpec::default());
+        assert_eq!(spec.train.loss.kind, LossKind::Ce);
+        let loss = LossSpec::default();
+        assert_eq!((loss.label_smoothing, loss.class_weight_beta, loss.focal_gamma), (0.0, 1.0, 2.0));
+        assert_eq!((loss.ldam_max_margin, loss.ldam_scale, loss.drw_epoch, loss.drw_beta, loss.la_tau), (0.5, 30.0, 0, 0.9999, 1.0));
+        assert_eq!(loss.focal_alpha, None);
+        // A table with only the kind takes every default.
+        let spec = JobSpec::from_toml("version = 1\ndataset = \"/d\"\n[train.loss]\nkind = \"ce\"\n").expect("valid spec");
+        assert_eq!(spec, JobSpec::for_dataset("/d"));
+    }
+
+    #[test]
+    fn every_loss_kind_parses_with_its_parameters() {
+        let parse = |table: &str| {
+            let spec = JobSpec::from_toml(&format!("version = 1\ndataset = \"/d\"\n[train]\nepochs = 30\n[train.loss]\n{table}")).expect("valid spec");
+            assert_eq!(JobSpec::from_toml(&spec.to_toml()).as_ref(), Ok(&spec), "round trip of {table}");
+            spec.train.loss
+        };
+        let loss = parse("kind = \"ce\"\nlabel_smoothing = 0.1\n");
+        assert_eq!((loss.kind, loss.label_smoothing), (LossKind::Ce, 0.1));
+        let loss = parse("kind = \"weighted-ce\"\nclass_weight_beta = 0.5\n");
+        assert_eq!((loss.kind, loss.class_weight_beta), (LossKind::WeightedCe, 0.5));
+        let loss = parse("kind = \"focal\"\nfocal_gamma = 1.5\nfocal_alpha = [0.25, 1.0, 2.0]\n");
+        assert_eq!((loss.kind, loss.focal_gamma, loss.focal_alpha), (LossKind::Focal, 1.5, Some(vec![0.25, 1.0, 2.0])));
+        let loss = parse("kind = \"ldam\"\nldam_max_margin = 0.3\nldam_scale = 16\ndrw_epoch = 20\ndrw_beta = 0.999\n");
+        assert_eq!((loss.kind, loss.ldam_max_margin, loss.ldam_scale, loss.drw_epoch, loss.drw_beta), (LossKind::Ldam, 0.3, 16.0, 20, 0.999));
+        let loss = parse("kind = \"logit-adjusted\"\nla_tau = 0.5\n");
+        assert_eq!((loss.kind, loss.la_tau), (LossKind::LogitAdjusted, 0.5));
+    }
+
+    #[test]
+    fn loss_errors_name_the_field() {
+        let err = |table: &str| {
+            let text = format!("version = 1\ndataset = \"/d\"\n[train]\nepochs = 10\n{table}");
+            JobSpec::from_toml(&text).expect_err("spec must be rejected").to_string()
+        };
+        let cases = [
+            ("[train.loss]\nkind = \"hinge\"\n", "hinge"),
+            ("[train.loss]\nfocal_gama = 2\n", "focal_gama"),
+            ("[train.loss]\nlabel_smoothing = 1.0\n", "train.loss.label_smoothing"),
+            ("[train.loss]\nkind = \"weighted-ce\"\nclass_weight_beta = -1\n", "train.loss.class_weight_beta"),
+            ("[train.loss]\nkind = \"focal\"\nfocal_gamma = -0.5\n", "train.loss.focal_gamma"),
+            ("[train.loss]\nkind = \"focal\"\nfocal_alpha = []\n", "train.loss.focal_alpha"),
+            ("[train.loss]\nkind = \"focal\"\nfocal_alpha = [1.0, -1.0]\n", "train.loss.focal_alpha"),
+            ("[train.loss]\nkind = \"focal\"\nfocal_alpha = [0.0, 0.0]\n", "train.loss.focal_alpha"),
+            ("[train.loss]\nkind = \"ldam\"\nldam_max_margin = 0\n", "train.loss.ldam_max_margin"),
+            ("[train.loss]\nkind = \"ldam\"\nldam_scale = -30\n", "train.loss.ldam_scale"),
+            ("[train.loss]\nkind = \"ldam\"\ndrw_epoch = -1\n", "train.loss.drw_epoch"),
+            ("[train.loss]\nkind = \"ldam\"\ndrw_epoch = 11\n", "train.loss.drw_epoch"),
+            ("[train.loss]\nkind = \"ldam\"\ndrw_beta = 1.0\n", "train.loss.drw_beta"),
+            ("[train.loss]\nkind = \"logit-adjusted\"\nla_tau = -1\n", "train.loss.la_tau"),
+            // A parameter the chosen kind ignores must keep its default.
+            ("[train.loss]\nfocal_gamma = 3\n", "train.loss.focal_gamma"),
+            ("[train.loss]\nkind = \"focal\"\nla_tau = 0.5\n", "train.loss.la_tau"),
+            ("[train.loss]\nkind = \"ce\"\ndrw_epoch = 5\n", "train.loss.drw_epoch"),
+            ("[train.loss]\nkind = \"ldam\"\nclass_weight_beta = 0.5\n", "train.loss.class_weight_beta"),
+            ("[train.loss]\nkind = \"focal\"\nlabel_smoothing = 0.1\n", "train.loss.label_smoothing"),
+            // Label smoothing is set in one place.
+            ("label_smoothing = 0.1\n[train.loss]\nlabel_smoothing = 0.2\n", "train.label_smoothing"),
+            ("label_smoothing = 0.1\n[train.loss]\nkind = \"focal\"\n", "train.label_smoothing"),
+        ];
+        for (table, field) in cases {
+            let message = err(table);
+            assert!(message.contains(field), "{table:?}: {message:?} should name {field}");
+        }
+    }
+
+    #[test]
+    fn older_label_smoothing_folds_into_the_loss() {
+        let spec = JobSpec::from_toml("version = 1\ndataset = \"/d\"\n[train]\nlabel_smoothing = 0.1\n").expect("valid spec");
+        assert_eq!(spec.train.label_smoothing, 0.1);
+        assert_eq!(spec.train.effective_loss(), LossSpec { label_smoothing: 0.1, ..LossSpec::default() });
+        let spec = JobSpec::from_toml("version = 1\ndataset = \"/d\"\n[train.loss]\nlabel_smoothing = 0.2\n").expect("valid spec");
+        assert_eq!(spec.train.effective_loss().label_smoothing, 0.2);
+    }
+}
