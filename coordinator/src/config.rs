@@ -1,0 +1,180 @@
+//! Coordinator configuration: a versioned TOML file (`--config coordinator.toml`) whose
+//! values flags and environment variables can override. Every override is listed once, in
+//! [`Overrides`] (clap shows each flag's variable in `--help`).
+//!
+//! ```toml
+//! version = 1
+//! listen = "0.0.0.0:7070"
+//! store = "feral-state/coordinator.redb"   # or "memory"
+//! artifact_root = "feral-artifacts"
+//! heartbeat_interval_ms = 1000
+//! lease_ttl_ms = 10000
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::control::Settings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is invalid: {problem}")]
+    Parse { path: PathBuf, problem: String },
+    #[error("config value `{field}` {problem}")]
+    Invalid { field: &'static str, problem: String },
+}
+
+/// Where the coordinator keeps its state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// Gone when the process ends; for tests and trials.
+    Memory,
+    /// A file on local disk.
+    Embedded(PathBuf),
+}
+
+impl StoreConfig {
+    fn parse(text: &str) -> Self {
+        if text == "memory" {
+            StoreConfig::Memory
+        } else {
+            StoreConfig::Embedded(PathBuf::from(text))
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CoordinatorConfig {
+    pub listen: SocketAddr,
+    pub store: StoreConfig,
+    pub settings: Settings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    version: u32,
+    listen: Option<String>,
+    store: Option<String>,
+    artifact_root: Option<PathBuf>,
+    heartbeat_interval_ms: Option<u64>,
+    lease_ttl_ms: Option<u64>,
+}
+
+/// Values given on the command line or in the environment; they win over the file.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Overrides {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "FERAL_LISTEN")]
+    pub listen: Option<String>,
+    /// `memory`, or the path of the embedded store file.
+    #[arg(long, env = "FERAL_STORE")]
+    pub store: Option<String>,
+    /// Directory under which each job gets its artifact directory.
+    #[arg(long, env = "FERAL_ARTIFACT_ROOT")]
+    pub artifact_root: Option<PathBuf>,
+    /// How often workers heartbeat, in milliseconds.
+    #[arg(long, env = "FERAL_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// After how long without a heartbeat a worker is lost, in milliseconds.
+    #[arg(long, env = "FERAL_LEASE_TTL_MS")]
+    pub lease_ttl_ms: Option<u64>,
+}
+
+impl CoordinatorConfig {
+    /// Defaults, then the file (if any), then the overrides; then validation.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let from_file = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                let parsed: ConfigFile =
+                    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), problem: e.to_string() })?;
+                if parsed.version != 1 {
+                    return Err(ConfigError::Parse { path: path.into(), problem: format!("version must be 1, got {}", parsed.version) });
+                }
+                Some(parsed)
+            }
+            None => None,
+        };
+        let file = from_file.as_ref();
+        let listen = overrides.listen.clone().or_else(|| file.and_then(|f| f.listen.clone())).unwrap_or_else(|| "0.0.0.0:7070".into());
+        let listen = listen
+            .parse()
+            .map_err(|e| ConfigError::Invalid { field: "listen", problem: format!("is not an address ({e}): {listen:?}") })?;
+        let store = overrides.store.clone().or_else(|| file.and_then(|f| f.store.clone()));
+        let store = StoreConfig::parse(store.as_deref().unwrap_or("feral-state/coordinator.redb"));
+        let artifact_root = overrides
+            .artifact_root
+            .clone()
+            .or_else(|| file.and_then(|f| f.artifact_root.clone()))
+            .unwrap_or_else(|| PathBuf::from("feral-artifacts"));
+        let heartbeat_interval_ms =
+            overrides.heartbeat_interval_ms.or_else(|| file.and_then(|f| f.heartbeat_interval_ms)).unwrap_or(1000);
+        let lease_ttl_ms = overrides.lease_ttl_ms.or_else(|| file.and_then(|f| f.lease_ttl_ms)).unwrap_or(10_000);
+        let config = Self { listen, store, settings: Settings { artifact_root, heartbeat_interval_ms, lease_ttl_ms } };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.settings;
+        if s.heartbeat_interval_ms == 0 {
+            return Err(ConfigError::Invalid { field: "heartbeat_interval_ms", problem: "must be at least 1".into() });
+        }
+        if s.lease_ttl_ms <= s.heartbeat_interval_ms {
+            return Err(ConfigError::Invalid {
+                field: "lease_ttl_ms",
+                problem: format!("must be longer than heartbeat_interval_ms ({} <= {})", s.lease_ttl_ms, s.heartbeat_interval_ms),
+            });
+        }
+        Ok(())
+    }
+
+    /// A configuration for tests: loopback, memory store, short leases.
+    pub fn for_test(artifact_root: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            store: StoreConfig::Memory,
+            settings: Settings { artifact_root, heartbeat_interval_ms: 100, lease_ttl_ms: 1500 },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_overrides() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "version = 1\nlisten = \"127.0.0.1:9000\"\nstore = \"memory\"\nlease_ttl_ms = 5000\n").expect("write");
+        let overrides = Overrides { lease_ttl_ms: Some(7000), ..Overrides::default() };
+        let config = CoordinatorConfig::load(Some(&path), &overrides).expect("valid");
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.store, StoreConfig::Memory);
+        assert_eq!(config.settings.lease_ttl_ms, 7000);
+        assert_eq!(config.settings.heartbeat_interval_ms, 1000);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "version = 1\nlisten_on = \"x\"\n").expect("write");
+        let err = CoordinatorConfig::load(Some(&path), &Overrides::default()).expect_err("unknown field");
+        assert!(err.to_string().contains("listen_on"), "{err}");
+        let overrides = Overrides { listen: Some("nowhere".into()), ..Overrides::default() };
+        let err = CoordinatorConfig::load(None, &overrides).expect_err("bad address");
+        assert!(err.to_string().contains("listen"), "{err}");
+        let overrides = Overrides { lease_ttl_ms: Some(10), ..Overrides::default() };
+        let err = CoordinatorConfig::load(None, &overrides).expect_err("short lease");
+        assert!(err.to_string().contains("lease_ttl_ms"), "{err}");
+        let err = CoordinatorConfig::load(Some(&dir.path().join("missing.toml")), &Overrides::default()).expect_err("missing");
+        assert!(err.to_string().contains("missing.toml"), "{err}");
+    }
+}

@@ -1,0 +1,400 @@
+//! The coordinator's control plane: jobs, workers and their tasks, kept in memory and
+//! written through to the [`Store`] before the in-memory model changes. gRPC services call
+//! into this; it calls the pure model (`JobRecord::on_event`, `schedule`) and the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use feral_common::ids::{JobId, TaskId, WorkerId};
+use feral_common::spec::JobSpec;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{watch, Mutex};
+use tracing::{info, warn};
+
+use crate::error::CoordinatorError;
+use crate::model::{
+    schedule, EpochRecord, JobEvent, JobRecord, Slot, TaskInputs, TaskKind, TaskOutcome, TaskState, WorkerRecord, WorkerState,
+};
+use crate::store::{Store, Write};
+
+/// Timing and placement settings of a coordinator.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// Job artifacts go under `<artifact_root>/<job id>` unless the spec names a directory.
+    pub artifact_root: PathBuf,
+    pub heartbeat_interval_ms: u64,
+    /// A worker without a heartbeat for this long is lost.
+    pub lease_ttl_ms: u64,
+}
+
+/// A task as handed to the worker that runs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskAssignment {
+    pub task: TaskId,
+    pub job: JobId,
+    pub kind: TaskKind,
+    pub round: u32,
+    pub attempt: u32,
+    pub spec_toml: String,
+    pub artifact_dir: PathBuf,
+    pub device: String,
+    pub inputs: TaskInputs,
+    pub rank: u32,
+    pub world_size: u32,
+}
+
+/// A finished rendezvous: every rank's address, and rank 0's NCCL id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GangPeers {
+    pub addresses: Vec<String>,
+    pub nccl_unique_id: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HeartbeatReply {
+    pub assignments: Vec<TaskAssignment>,
+    pub cancel: Vec<TaskId>,
+}
+
+/// A worker with what only memory knows of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerView {
+    pub record: WorkerRecord,
+    pub last_heartbeat_ms: u64,
+    pub running: Vec<TaskId>,
+}
+
+struct LiveWorker {
+    record: WorkerRecord,
+    last_heartbeat_ms: u64,
+    running: Vec<TaskId>,
+}
+
+/// Ranks that joined a gang so far, by rank: (address, NCCL id). In memory only: after a
+/// coordinator restart, ranks still waiting simply join again.
+type Rendezvous = Vec<Option<(String, Vec<u8>)>>;
+
+#[derive(Default)]
+struct Model {
+    jobs: BTreeMap<JobId, JobRecord>,
+    workers: BTreeMap<WorkerId, LiveWorker>,
+    watchers: HashMap<JobId, watch::Sender<JobRecord>>,
+    /// Gang rendezvous by (job, round, attempt).
+    gangs: HashMap<(JobId, u32, u32), Rendezvous>,
+}
+
+pub struct ControlPlane {
+    settings: Settings,
+    store: Arc<dyn Store>,
+    model: Mutex<Model>,
+}
+
+fn job_key(id: &JobId) -> String {
+    format!("jobs/{id}")
+}
+
+fn worker_key(id: &WorkerId) -> String {
+    format!("workers/{id}")
+}
+
+fn encode<T: Serialize>(key: &str, value: &T) -> Result<Write, CoordinatorError> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|e| CoordinatorError::CorruptRecord { key: key.to_owned(), problem: e.to_string() })?;
+    Ok(Write::put(key, bytes))
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CoordinatorError> {
+    serde_json::from_slice(bytes).map_err(|e| CoordinatorError::CorruptRecord { key: key.to_owned(), problem: e.to_string() })
+}
+
+impl ControlPlane {
+    /// Loads every job and worker from the store. Known workers get a fresh lease from
+    /// `now_ms`: they keep running their tasks while the coordinator was away.
+    pub async fn load(settings: Settings, store: Arc<dyn Store>, now_ms: u64) -> Result<Self, CoordinatorError> {
+        let mut model = Model::default();
+        for (key, bytes) in store.list("jobs/").await? {
+            let job: JobRecord = decode(&key, &bytes)?;
+            model.jobs.insert(job.id.clone(), job);
+        }
+        for (key, bytes) in store.list("workers/").await? {
+            let record: WorkerRecord = decode(&key, &bytes)?;
+            let live = LiveWorker { record, last_heartbeat_ms: now_ms, running: Vec::new() };
+            model.workers.insert(live.record.id.clone(), live);
+        }
+        info!(jobs = model.jobs.len(), workers = model.workers.len(), "loaded state from the store");
+        Ok(Self { settings, store, model: Mutex::new(model) })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    // ----- jobs ---------------------------------------------------------------------
+
+    pub async fn submit(&self, spec_toml: &str, now_ms: u64) -> Result<JobRecord, CoordinatorError> {
+        let spec = JobSpec::from_toml(spec_toml)?;
+        let id = JobId::generate();
+        let artifact_dir = spec.artifacts.clone().unwrap_or_else(|| self.settings.artifact_root.join(id.as_str()));
+        let job = JobRecord::submitted(id.clone(), spec, spec_toml.to_owned(), artifact_dir, now_ms);
+        let mut model = self.model.lock().await;
+        self.store.apply(vec![encode(&job_key(&id), &job)?]).await?;
+        model.jobs.insert(id.clone(), job);
+        info!(job_id = %id, "job submitted");
+        self.run_scheduler(&mut model, now_ms).await?;
+        model.jobs.get(&id).cloned().ok_or(CoordinatorError::JobNotFound(id))
+    }
+
+    pub async fn job(&self, id: &JobId) -> Result<JobRecord, CoordinatorError> {
+        let model = self.model.lock().await;
+        model.jobs.get(id).cloned().ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))
+    }
+
+    /// Jobs, newest first.
+    pub async fn jobs(&self) -> Vec<JobRecord> {
+        let model = self.model.lock().await;
+        let mut jobs: Vec<JobRecord> = model.jobs.values().cloned().collect();
+        jobs.sort_by(|a, b| (b.created_at_ms, &b.id).cmp(&(a.created_at_ms, &a.id)));
+        jobs
+    }
+
+    pub async fn cancel(&self, id: &JobId, now_ms: u64) -> Result<JobRecord, CoordinatorError> {
+        let mut model = self.model.lock().await;
+        let event = JobEvent::CancelRequested { reason: "cancelled by user".to_owned() };
+        self.apply_job_event(&mut model, id, &event, now_ms).await?;
+        info!(job_id = %id, "job cancel requested");
+        model.jobs.get(id).cloned().ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))
+    }
+
+    /// The job now, and every later version of it until it is final.
+    pub async fn watch(&self, id: &JobId) -> Result<watch::Receiver<JobRecord>, CoordinatorError> {
+        let mut model = self.model.lock().await;
+        let job = model.jobs.get(id).cloned().ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))?;
+        let sender = model.watchers.entry(id.clone()).or_insert_with(|| watch::channel(job).0);
+        Ok(sender.subscribe())
+    }
+
+    // ----- workers ------------------------------------------------------------------
+
+    pub async fn register(&self, id: WorkerId, hostname: String, slots: Vec<Slot>, now_ms: u64) -> Result<(), CoordinatorError> {
+        if slots.is_empty() {
+            return Err(CoordinatorError::required("slots"));
+        }
+        let mut model = self.model.lock().await;
+        let registered_at_ms = model.workers.get(&id).map_or(now_ms, |w| w.record.registered_at_ms);
+        let record = WorkerRecord { id: id.clone(), hostname, slots, state: WorkerState::Live, registered_at_ms };
+        self.store.apply(vec![encode(&worker_key(&id), &record)?]).await?;
+        let running = model.workers.remove(&id).map(|w| w.running).unwrap_or_default();
+        model.workers.insert(id.clone(), LiveWorker { record, last_heartbeat_ms: now_ms, running });
+        info!(worker_id = %id, "worker registered");
+        self.run_scheduler(&mut model, now_ms).await
+    }
+
+    /// Renews a worker's lease. Answers with the tasks it should start and those it
+    /// should stop: anything it runs that is no longer assigned to it.
+    pub async fn heartbeat(&self, id: &WorkerId, running: Vec<TaskId>, now_ms: u64) -> Result<HeartbeatReply, CoordinatorError> {
+        let mut model = self.model.lock().await;
+        let worker = model.workers.get_mut(id).ok_or_else(|| CoordinatorError::WorkerNotFound(id.clone()))?;
+        worker.last_heartbeat_ms = now_ms;
+        worker.running = running.clone();
+        if worker.record.state == WorkerState::Lost {
+            let mut revived = worker.record.clone();
+            revived.state = WorkerState::Live;
+            self.store.apply(vec![encode(&worker_key(id), &revived)?]).await?;
+            info!(worker_id = %id, "lost worker is back");
+            if let Some(worker) = model.workers.get_mut(id) {
+                worker.record = revived;
+            }
+            self.run_scheduler(&mut model, now_ms).await?;
+        }
+
+        let mut reply = HeartbeatReply::default();
+        for job in model.jobs.values() {
+            for task in &job.tasks {
+                if let TaskState::Assigned { worker, device } = &task.state {
+                    if worker == id && !running.contains(&task.id) {
+                        reply.assignments.push(TaskAssignment {
+                            task: task.id.clone(),
+                            job: job.id.clone(),
+                            kind: task.kind,
+                            round: task.round.0,
+                            attempt: task.attempt,
+                            spec_toml: job.spec_toml.clone(),
+                            artifact_dir: job.artifact_dir.clone(),
+                            device: device.clone(),
+                            inputs: job.task_inputs(task),
+                            rank: task.rank,
+                            world_size: task.world_size,
+                        });
+                    }
+                }
+            }
+        }
+        reply.cancel = running.into_iter().filter(|task| !is_assigned_to(&model, task, id)).collect();
+        Ok(reply)
+    }
+
+    pub async fn workers(&self) -> Vec<WorkerView> {
+        let model = self.model.lock().await;
+        model
+            .workers
+            .values()
+            .map(|w| WorkerView { record: w.record.clone(), last_heartbeat_ms: w.last_heartbeat_ms, running: w.running.clone() })
+            .collect()
+    }
+
+    /// Marks workers whose lease ran out as lost and requeues their tasks.
+    pub async fn expire_leases(&self, now_ms: u64) -> Result<(), CoordinatorError> {
+        let mut model = self.model.lock().await;
+        let expired: Vec<WorkerId> = model
+            .workers
+            .values()
+            .filter(|w| w.record.state == WorkerState::Live)
+            .filter(|w| now_ms.saturating_sub(w.last_heartbeat_ms) > self.settings.lease_ttl_ms)
+            .map(|w| w.record.id.clone())
+            .collect();
+        for id in expired {
+            let Some(worker) = model.workers.get_mut(&id) else { continue };
+            let mut lost = worker.record.clone();
+            lost.state = WorkerState::Lost;
+            self.store.apply(vec![encode(&worker_key(&id), &lost)?]).await?;
+            worker.record = lost;
+            worker.running.clear();
+            warn!(worker_id = %id, ttl_ms = self.settings.lease_ttl_ms, "worker lost: no heartbeat within its lease");
+            let affected: Vec<JobId> =
+                model.jobs.values().filter(|j| j.workers().contains(&id)).map(|j| j.id.clone()).collect();
+            for job in affected {
+                self.apply_job_event(&mut model, &job, &JobEvent::WorkerLost { worker: id.clone() }, now_ms).await?;
+            }
+        }
+        self.run_scheduler(&mut model, now_ms).await
+    }
+
+    // ----- task reports -------------------------------------------------------------
+
+    /// Records an epoch; answers whether the task should stop.
+    pub async fn report_progress(
+        &self,
+        worker: &WorkerId,
+        task: &TaskId,
+        epoch: EpochRecord,
+        epochs_total: u32,
+        now_ms: u64,
+    ) -> Result<bool, CoordinatorError> {
+        let mut model = self.model.lock().await;
+        if !is_assigned_to(&model, task, worker) {
+            return Ok(true);
+        }
+        let event = JobEvent::TaskProgress { task: task.clone(), worker: worker.clone(), epoch, epochs_total };
+        self.apply_task_event(&mut model, task, &event, now_ms).await?;
+        Ok(false)
+    }
+
+    pub async fn finish_task(&self, worker: &WorkerId, task: &TaskId, outcome: TaskOutcome, now_ms: u64) -> Result<(), CoordinatorError> {
+        let mut model = self.model.lock().await;
+        let known = model.jobs.values().find_map(|j| j.task(task)).map(|t| t.kind);
+        if let Some(kind) = known.filter(|kind| *kind != outcome.kind()) {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "task {task} is a {} task, but the report carries a {} outcome",
+                kind.name(),
+                outcome.kind().name()
+            )));
+        }
+        let event = JobEvent::TaskFinished { task: task.clone(), worker: worker.clone(), outcome };
+        self.apply_task_event(&mut model, task, &event, now_ms).await?;
+        self.run_scheduler(&mut model, now_ms).await
+    }
+
+    pub async fn fail_task(
+        &self,
+        worker: &WorkerId,
+        task: &TaskId,
+        reason: String,
+        retryable: bool,
+        now_ms: u64,
+    ) -> Result<(), CoordinatorError> {
+        let mut model = self.model.lock().await;
+        warn!(worker_id = %worker, task_id = %task, %reason, retryable, "task failed");
+        let event = JobEvent::TaskFailed { task: task.clone(), worker: worker.clone(), reason, retryable };
+        self.apply_task_event(&mut model, task, &event, now_ms).await?;
+        self.run_scheduler(&mut model, now_ms).await
+    }
+
+    /// Records where rank `task` listens; answers every rank's address once all have joined.
+    pub async fn join_gang(
+        &self,
+        worker: &WorkerId,
+        task: &TaskId,
+        address: String,
+        nccl_unique_id: Vec<u8>,
+    ) -> Result<Option<GangPeers>, CoordinatorError> {
+        let mut model = self.model.lock().await;
+        let (job, record) = model
+            .jobs
+            .values()
+            .find_map(|j| j.task(task).map(|t| (j.id.clone(), t.clone())))
+            .ok_or_else(|| CoordinatorError::InvalidArgument(format!("task {task} is not a task of any job")))?;
+        if record.worker() != Some(worker) {
+            return Err(CoordinatorError::NotAssigned { task: task.clone(), worker: worker.clone() });
+        }
+        let key = (job, record.round.0, record.attempt);
+        let gang = model.gangs.entry(key.clone()).or_insert_with(|| vec![None; record.world_size as usize]);
+        if let Some(slot) = gang.get_mut(record.rank as usize) {
+            *slot = Some((address, nccl_unique_id));
+        }
+        if gang.iter().any(Option::is_none) {
+            return Ok(None);
+        }
+        let addresses = gang.iter().flatten().map(|(a, _)| a.clone()).collect();
+        let nccl_unique_id = gang.first().and_then(|g| g.as_ref()).map(|(_, id)| id.clone()).unwrap_or_default();
+        Ok(Some(GangPeers { addresses, nccl_unique_id }))
+    }
+
+    // ----- internals ----------------------------------------------------------------
+
+    async fn apply_task_event(&self, model: &mut Model, task: &TaskId, event: &JobEvent, now_ms: u64) -> Result<(), CoordinatorError> {
+        // A report for a task no job knows (say, from before a store was wiped) is stale.
+        let Some(job) = model.jobs.values().find(|j| j.task(task).is_some()).map(|j| j.id.clone()) else {
+            return Ok(());
+        };
+        self.apply_job_event(model, &job, event, now_ms).await
+    }
+
+    /// Runs the pure transition, persists its result, then installs it and tells watchers.
+    async fn apply_job_event(&self, model: &mut Model, id: &JobId, event: &JobEvent, now_ms: u64) -> Result<(), CoordinatorError> {
+        let job = model.jobs.get(id).ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))?;
+        let Some(next) = job.on_event(event, now_ms) else { return Ok(()) };
+        self.store.apply(vec![encode(&job_key(id), &next)?]).await?;
+        if next.state != job.state {
+            info!(job_id = %id, state = ?next.state, "job state changed");
+        }
+        if let Some(watcher) = model.watchers.get(id) {
+            watcher.send_replace(next.clone());
+        }
+        if next.state.is_final() {
+            model.watchers.remove(id);
+            model.gangs.retain(|(job, _, _), _| job != id);
+        }
+        model.jobs.insert(id.clone(), next);
+        Ok(())
+    }
+
+    async fn run_scheduler(&self, model: &mut Model, now_ms: u64) -> Result<(), CoordinatorError> {
+        let assignments = {
+            let jobs: Vec<&JobRecord> = model.jobs.values().collect();
+            let workers: Vec<&WorkerRecord> = model.workers.values().map(|w| &w.record).collect();
+            schedule(&jobs, &workers)
+        };
+        for assignment in assignments {
+            info!(job_id = %assignment.job, task_id = %assignment.task, worker_id = %assignment.worker, "task assigned");
+            let event = JobEvent::TaskAssigned { task: assignment.task, worker: assignment.worker, device: assignment.device };
+            self.apply_job_event(model, &assignment.job, &event, now_ms).await?;
+        }
+        Ok(())
+    }
+}
+
+fn is_assigned_to(model: &Model, task: &TaskId, worker: &WorkerId) -> bool {
+    model.jobs.values().any(|j| j.task(task).is_some_and(|t| t.worker() == Some(worker)))
+}

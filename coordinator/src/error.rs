@@ -1,0 +1,30 @@
+//! The coordinator's errors. Each says what was wrong in words a user can act on.
+
+use feral_common::ids::{JobId, TaskId, WorkerId};
+use feral_common::spec::SpecError;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error(transparent)]
+    InvalidSpec(#[from] SpecError),
+    #[error("no job with id `{0}`")]
+    JobNotFound(JobId),
+    #[error("no worker with id `{0}`; register first")]
+    WorkerNotFound(WorkerId),
+    #[error("task {task} is not assigned to worker {worker}")]
+    NotAssigned { task: TaskId, worker: WorkerId },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored record `{key}` cannot be read: {problem}")]
+    CorruptRecord { key: String, problem: String },
+}
+
+impl CoordinatorError {
+    pub fn required(field: &str) -> Self {
+        CoordinatorError::InvalidArgument(format!("field `{field}` is required"))
+    }
+}

@@ -1,0 +1,224 @@
+//! Conversions between `feral.v1` messages and domain types. Proto types stay at the edge.
+
+use feral_common::ids::{Round, TaskId};
+use feral_common::metrics::MetricsSummary;
+use feral_proto::v1 as pb;
+
+use crate::control::{TaskAssignment, WorkerView};
+use crate::error::CoordinatorError;
+use crate::model::{
+    DatasetSummary, EpochRecord, InferPartial, JobRecord, JobState, RoundRecord, SelectionSummary, ShardRef, Slot, TaskKind,
+    TaskOutcome, TrainedModel, WorkerState,
+};
+
+pub fn metrics_to_proto(m: &MetricsSummary) -> pb::Metrics {
+    pb::Metrics::from(m)
+}
+
+fn metrics_from_proto(m: pb::Metrics) -> MetricsSummary {
+    MetricsSummary::from(m)
+}
+
+pub fn epoch_to_proto(e: &EpochRecord) -> pb::EpochMetrics {
+    pb::EpochMetrics {
+        round: e.round.0,
+        epoch: e.epoch,
+        train_loss: e.train_loss,
+        train_accuracy: e.train_accuracy,
+        validation: Some(metrics_to_proto(&e.validation)),
+        seconds: e.seconds,
+    }
+}
+
+impl TryFrom<pb::EpochMetrics> for EpochRecord {
+    type Error = CoordinatorError;
+
+    fn try_from(e: pb::EpochMetrics) -> Result<Self, Self::Error> {
+        let validation = e.validation.ok_or_else(|| CoordinatorError::required("epoch.validation"))?;
+        if e.epoch == 0 {
+            return Err(CoordinatorError::InvalidArgument("field `epoch.epoch` must be at least 1".into()));
+        }
+        Ok(EpochRecord {
+            round: Round(e.round),
+            epoch: e.epoch,
+            train_loss: e.train_loss,
+            train_accuracy: e.train_accuracy,
+            validation: metrics_from_proto(validation),
+            seconds: e.seconds,
+        })
+    }
+}
+
+impl TryFrom<pb::finish_task_request::Outcome> for TaskOutcome {
+    type Error = CoordinatorError;
+
+    fn try_from(outcome: pb::finish_task_request::Outcome) -> Result<Self, Self::Error> {
+        use pb::finish_task_request::Outcome;
+        Ok(match outcome {
+            Outcome::Train(t) => {
+                let validation = t.validation.ok_or_else(|| CoordinatorError::required("train.validation"))?;
+                let model_path = super::required(&t.model_path, "train.model_path")?.to_owned();
+                TaskOutcome::Trained(TrainedModel { validation: metrics_from_proto(validation), model_path, class_names: t.class_names })
+            }
+            Outcome::Prepare(p) => TaskOutcome::Prepared(DatasetSummary {
+                class_names: p.class_names,
+                train_samples: p.train_samples,
+                val_samples: p.val_samples,
+                unlabeled_shards: p.unlabeled_shards.into_iter().map(|s| ShardRef { file: s.file, samples: s.samples }).collect(),
+            }),
+            Outcome::Infer(i) => {
+                if i.probability_sums.is_empty() {
+                    return Err(CoordinatorError::required("infer.probability_sums"));
+                }
+                TaskOutcome::Inferred(InferPartial {
+                    probability_sums: i.probability_sums,
+                    samples: i.samples,
+                    predictions_file: super::required(&i.predictions_file, "infer.predictions_file")?.to_owned(),
+                })
+            }
+            Outcome::Select(s) => {
+                super::required(&s.selection_file, "select.selection_file")?;
+                TaskOutcome::Selected(selection_from_proto(s))
+            }
+        })
+    }
+}
+
+fn selection_from_proto(s: pb::SelectOutcome) -> SelectionSummary {
+    SelectionSummary {
+        selected_per_class: s.selected_per_class,
+        thresholds: s.thresholds,
+        confident_per_class: s.confident_per_class,
+        selected: s.selected,
+        pool: s.pool,
+        correct: s.correct,
+        with_hidden_label: s.with_hidden_label,
+        selection_file: s.selection_file,
+        cap: s.cap,
+    }
+}
+
+fn selection_to_proto(s: &SelectionSummary) -> pb::SelectOutcome {
+    pb::SelectOutcome {
+        selected_per_class: s.selected_per_class.clone(),
+        thresholds: s.thresholds.clone(),
+        confident_per_class: s.confident_per_class.clone(),
+        selected: s.selected,
+        pool: s.pool,
+        correct: s.correct,
+        with_hidden_label: s.with_hidden_label,
+        selection_file: s.selection_file.clone(),
+        cap: s.cap,
+    }
+}
+
+fn round_to_proto(r: &RoundRecord, shards_total: usize) -> pb::RoundSummary {
+    pb::RoundSummary {
+        round: r.round,
+        validation: r.model.as_ref().map(|m| metrics_to_proto(&m.validation)),
+        model_path: r.model.as_ref().map(|m| m.model_path.clone()).unwrap_or_default(),
+        class_prior: r.class_prior.clone(),
+        class_weights: r.class_weights.clone(),
+        shards_predicted: r.partials.len() as u32,
+        shards_total: if r.round == 0 { 0 } else { shards_total as u32 },
+        selection: r.selection.as_ref().map(selection_to_proto),
+    }
+}
+
+pub fn job_to_proto(job: &JobRecord) -> pb::Job {
+    let (state, reason) = match &job.state {
+        JobState::Queued => (pb::JobState::Queued, String::new()),
+        JobState::Preparing => (pb::JobState::Preparing, String::new()),
+        JobState::Training => (pb::JobState::Training, String::new()),
+        JobState::PseudoLabeling => (pb::JobState::PseudoLabeling, String::new()),
+        JobState::Selecting => (pb::JobState::Selecting, String::new()),
+        JobState::Succeeded => (pb::JobState::Succeeded, String::new()),
+        JobState::Failed { reason } => (pb::JobState::Failed, reason.clone()),
+        JobState::Cancelled { reason } => (pb::JobState::Cancelled, reason.clone()),
+    };
+    let round_epochs = job.epochs.iter().filter(|e| e.round == job.round).map(|e| e.epoch).max().unwrap_or(0);
+    let shards_total = job.dataset.as_ref().map_or(0, |d| d.unlabeled_shards.len());
+    pb::Job {
+        id: job.id.to_string(),
+        name: job.spec.name.clone(),
+        state: state as i32,
+        state_reason: reason,
+        round: job.round.0,
+        created_at_ms: job.created_at_ms,
+        updated_at_ms: job.updated_at_ms,
+        spec_toml: job.spec_toml.clone(),
+        epochs_done: round_epochs,
+        epochs_total: job.epochs_total,
+        epochs: job.epochs.iter().map(epoch_to_proto).collect(),
+        result: job.result.as_ref().map(|r| pb::JobResult {
+            validation: Some(metrics_to_proto(&r.validation)),
+            model_path: r.model_path.clone(),
+            class_names: r.class_names.clone(),
+            best_round: r.best_round,
+        }),
+        worker_ids: job.workers().iter().map(ToString::to_string).collect(),
+        rounds: job.rounds.iter().map(|r| round_to_proto(r, shards_total)).collect(),
+        rounds_planned: job.rounds_planned(),
+    }
+}
+
+pub fn worker_to_proto(w: &WorkerView) -> pb::Worker {
+    let state = match w.record.state {
+        WorkerState::Live => pb::WorkerState::Live,
+        WorkerState::Lost => pb::WorkerState::Lost,
+    };
+    pb::Worker {
+        id: w.record.id.to_string(),
+        hostname: w.record.hostname.clone(),
+        state: state as i32,
+        slots: w.record.slots.iter().map(|s| pb::Slot { device: s.device.clone(), name: s.name.clone() }).collect(),
+        registered_at_ms: w.record.registered_at_ms,
+        last_heartbeat_ms: w.last_heartbeat_ms,
+        task_ids: w.running.iter().map(ToString::to_string).collect(),
+    }
+}
+
+impl TryFrom<pb::Slot> for Slot {
+    type Error = CoordinatorError;
+
+    fn try_from(s: pb::Slot) -> Result<Self, Self::Error> {
+        let valid = s.device == "cpu" || s.device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
+        if !valid {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "field `slots.device` must be `cpu` or `cuda:N`, got {:?}",
+                s.device
+            )));
+        }
+        Ok(Slot { device: s.device, name: s.name })
+    }
+}
+
+pub fn assignment_to_proto(a: &TaskAssignment) -> pb::TaskAssignment {
+    let kind = match a.kind {
+        TaskKind::Prepare => pb::TaskKind::Prepare,
+        TaskKind::Train => pb::TaskKind::Train,
+        TaskKind::Infer => pb::TaskKind::Infer,
+        TaskKind::Select => pb::TaskKind::Select,
+    };
+    pb::TaskAssignment {
+        task_id: a.task.to_string(),
+        job_id: a.job.to_string(),
+        kind: kind as i32,
+        round: a.round,
+        attempt: a.attempt,
+        spec_toml: a.spec_toml.clone(),
+        artifact_dir: a.artifact_dir.display().to_string(),
+        device: a.device.clone(),
+        init_model: a.inputs.init_model.clone().unwrap_or_default(),
+        class_weights: a.inputs.class_weights.clone(),
+        class_prior: a.inputs.class_prior.clone(),
+        shards: a.inputs.shards.clone(),
+        selection_file: a.inputs.selection_file.clone().unwrap_or_default(),
+        rank: a.rank,
+        world_size: a.world_size,
+    }
+}
+
+pub fn task_ids(ids: Vec<String>) -> Vec<TaskId> {
+    ids.into_iter().map(TaskId::new).collect()
+}

@@ -1,0 +1,96 @@
+//! `feral.v1.WorkerService`: what `feral-worker` processes call.
+
+use std::sync::Arc;
+
+use feral_common::ids::{TaskId, WorkerId};
+use feral_common::time::now_ms;
+use feral_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::convert::{assignment_to_proto, task_ids};
+use super::{required, to_status};
+use crate::control::ControlPlane;
+use crate::error::CoordinatorError;
+use crate::model::{EpochRecord, Slot, TaskOutcome};
+
+pub struct WorkerApi {
+    control: Arc<ControlPlane>,
+}
+
+impl WorkerApi {
+    pub fn new(control: Arc<ControlPlane>) -> Self {
+        Self { control }
+    }
+}
+
+fn ids(worker_id: &str, task_id: &str) -> Result<(WorkerId, TaskId), Status> {
+    let worker = required(worker_id, "worker_id").map_err(to_status)?;
+    let task = required(task_id, "task_id").map_err(to_status)?;
+    Ok((WorkerId::new(worker), TaskId::new(task)))
+}
+
+#[tonic::async_trait]
+impl pb::worker_service_server::WorkerService for WorkerApi {
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let request = request.into_inner();
+        let id = WorkerId::new(required(&request.worker_id, "worker_id").map_err(to_status)?);
+        let slots = request.slots.into_iter().map(Slot::try_from).collect::<Result<Vec<_>, _>>().map_err(to_status)?;
+        self.control.register(id, request.hostname, slots, now_ms()).await.map_err(to_status)?;
+        let settings = self.control.settings();
+        Ok(Response::new(pb::RegisterResponse {
+            heartbeat_interval_ms: settings.heartbeat_interval_ms,
+            lease_ttl_ms: settings.lease_ttl_ms,
+        }))
+    }
+
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let id = WorkerId::new(required(&request.worker_id, "worker_id").map_err(to_status)?);
+        let reply = self.control.heartbeat(&id, task_ids(request.running_task_ids), now_ms()).await.map_err(to_status)?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            assignments: reply.assignments.iter().map(assignment_to_proto).collect(),
+            cancel_task_ids: reply.cancel.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn report_progress(&self, request: Request<pb::ReportProgressRequest>) -> Result<Response<pb::ReportProgressResponse>, Status> {
+        let request = request.into_inner();
+        let (worker, task) = ids(&request.worker_id, &request.task_id)?;
+        let epoch = request.epoch.ok_or_else(|| CoordinatorError::required("epoch")).and_then(EpochRecord::try_from);
+        let epoch = epoch.map_err(to_status)?;
+        let stop = self
+            .control
+            .report_progress(&worker, &task, epoch, request.epochs_total, now_ms())
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ReportProgressResponse { stop }))
+    }
+
+    async fn finish_task(&self, request: Request<pb::FinishTaskRequest>) -> Result<Response<pb::FinishTaskResponse>, Status> {
+        let request = request.into_inner();
+        let (worker, task) = ids(&request.worker_id, &request.task_id)?;
+        let outcome = request.outcome.ok_or_else(|| CoordinatorError::required("outcome")).and_then(TaskOutcome::try_from);
+        let outcome = outcome.map_err(to_status)?;
+        self.control.finish_task(&worker, &task, outcome, now_ms()).await.map_err(to_status)?;
+        Ok(Response::new(pb::FinishTaskResponse {}))
+    }
+
+    async fn join_gang(&self, request: Request<pb::JoinGangRequest>) -> Result<Response<pb::JoinGangResponse>, Status> {
+        let request = request.into_inner();
+        let (worker, task) = ids(&request.worker_id, &request.task_id)?;
+        let address = required(&request.address, "address").map_err(to_status)?.to_owned();
+        let peers = self.control.join_gang(&worker, &task, address, request.nccl_unique_id).await.map_err(to_status)?;
+        Ok(Response::new(match peers {
+            Some(peers) => pb::JoinGangResponse { ready: true, peer_addresses: peers.addresses, nccl_unique_id: peers.nccl_unique_id },
+            None => pb::JoinGangResponse::default(),
+        }))
+    }
+
+    async fn fail_task(&self, request: Request<pb::FailTaskRequest>) -> Result<Response<pb::FailTaskResponse>, Status> {
+        let request = request.into_inner();
+        let (worker, task) = ids(&request.worker_id, &request.task_id)?;
+        let reason = required(&request.reason, "reason").map_err(to_status)?.to_owned();
+        self.control.fail_task(&worker, &task, reason, request.retryable, now_ms()).await.map_err(to_status)?;
+        Ok(Response::new(pb::FailTaskResponse {}))
+    }
+}

@@ -1,0 +1,552 @@
+//! A job, its tasks, and the pure state machine `JobRecord::on_event`.
+//!
+//! `Queued → Preparing → Training(0) → [PseudoLabeling(r) → Selecting(r) → Training(r)]*
+//! → Succeeded`, with `Failed(reason)` and `Cancelled` reachable from every live state.
+//! Round 0 trains the teacher; each later round predicts the unlabelled shards with the
+//! previous model (one task per shard, in parallel), estimates the pool's class prior
+//! exactly from the shards' partial sums, selects debiased pseudo-labels, and trains a
+//! student. The final model is the best round by validation macro-F1. A task lost with its
+//! worker is queued again as a new attempt until `resources.max_attempts` is spent.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use feral_common::ids::{JobId, Round, TaskId, WorkerId};
+use feral_common::method;
+use feral_common::metrics::MetricsSummary;
+use feral_common::spec::JobSpec;
+use serde::{Deserialize, Serialize};
+
+use super::outcome::{DatasetSummary, InferPartial, SelectionSummary, TaskOutcome, TrainedModel};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum JobState {
+    /// Waiting for a worker with a free slot.
+    Queued,
+    Preparing,
+    Training,
+    PseudoLabeling,
+    Selecting,
+    Succeeded,
+    Failed { reason: String },
+    Cancelled { reason: String },
+}
+
+impl JobState {
+    pub fn is_final(&self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed { .. } | JobState::Cancelled { .. })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskKind {
+    Prepare,
+    Train,
+    Infer,
+    Select,
+}
+
+impl TaskKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKind::Prepare => "prepare",
+            TaskKind::Train => "train",
+            TaskKind::Infer => "infer",
+            TaskKind::Select => "select",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum TaskState {
+    Pending,
+    Assigned { worker: WorkerId, device: String },
+    Finished,
+    Failed { reason: String },
+    /// Stopped by a cancel, or abandoned with a lost worker.
+    Abandoned,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub id: TaskId,
+    pub kind: TaskKind,
+    pub round: Round,
+    /// The unlabelled shard an `Infer` task predicts.
+    pub shard: Option<String>,
+    pub attempt: u32,
+    /// This task's rank in its data-parallel gang, and the gang's size (1: no gang).
+    #[serde(default)]
+    pub rank: u32,
+    #[serde(default = "one")]
+    pub world_size: u32,
+    pub state: TaskState,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl TaskRecord {
+    fn new(job: &JobId, kind: TaskKind, round: Round, shard: Option<String>, attempt: u32) -> Self {
+        let part = shard.as_deref().map(|s| format!("/{}", s.trim_end_matches(".safetensors"))).unwrap_or_default();
+        let id = TaskId::new(format!("{job}/r{round}/{}{part}/a{attempt}", kind.name()));
+        Self { id, kind, round, shard, attempt, rank: 0, world_size: 1, state: TaskState::Pending }
+    }
+
+    /// The `world_size` rank tasks of one data-parallel gang.
+    fn gang(job: &JobId, kind: TaskKind, round: Round, attempt: u32, world_size: u32) -> Vec<Self> {
+        if world_size <= 1 {
+            return vec![Self::new(job, kind, round, None, attempt)];
+        }
+        (0..world_size)
+            .map(|rank| {
+                let mut task = Self::new(job, kind, round, None, attempt);
+                task.id = TaskId::new(format!("{}/rank{rank}", task.id));
+                task.rank = rank;
+                task.world_size = world_size;
+                task
+            })
+            .collect()
+    }
+
+    #[cfg(test)]
+    pub fn gang_for_test(job: &JobId, world_size: u32) -> Vec<Self> {
+        Self::gang(job, TaskKind::Train, Round(0), 1, world_size)
+    }
+
+    /// Tasks of one gang (or one lone task) share this key.
+    pub fn gang_key(&self) -> (TaskKind, Round, Option<&str>, u32) {
+        (self.kind, self.round, self.shard.as_deref(), self.attempt)
+    }
+
+    pub fn is_live(&self) -> bool {
+        matches!(self.state, TaskState::Pending | TaskState::Assigned { .. })
+    }
+
+    pub fn worker(&self) -> Option<&WorkerId> {
+        match &self.state {
+            TaskState::Assigned { worker, .. } => Some(worker),
+            _ => None,
+        }
+    }
+}
+
+/// One finished epoch of a training task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub round: Round,
+    pub epoch: u32,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub validation: MetricsSummary,
+    pub seconds: f64,
+}
+
+/// What one round produced, phase by phase.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub round: u32,
+    /// Labelled-data sampling weights per class; empty for uniform.
+    pub class_weights: Vec<f64>,
+    /// Partial sums of predicted probabilities, by unlabelled shard (rounds >= 1).
+    pub partials: BTreeMap<String, InferPartial>,
+    /// The pool's class prior, once every shard is predicted.
+    pub class_prior: Vec<f64>,
+    pub selection: Option<SelectionSummary>,
+    pub model: Option<TrainedModel>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub validation: MetricsSummary,
+    pub model_path: String,
+    pub class_names: Vec<String>,
+    #[serde(default)]
+    pub best_round: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub spec: JobSpec,
+    /// The spec as the user wrote it.
+    pub spec_toml: String,
+    pub state: JobState,
+    pub round: Round,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub artifact_dir: PathBuf,
+    pub tasks: Vec<TaskRecord>,
+    pub epochs: Vec<EpochRecord>,
+    pub epochs_total: u32,
+    // Fields added after the first release default when an older record is read.
+    #[serde(default)]
+    pub dataset: Option<DatasetSummary>,
+    #[serde(default)]
+    pub rounds: Vec<RoundRecord>,
+    pub result: Option<JobResult>,
+}
+
+/// What a task needs beyond the job spec (see [`JobRecord::task_inputs`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TaskInputs {
+    /// The model to start from (train) or predict with (infer).
+    pub init_model: Option<String>,
+    pub class_weights: Vec<f64>,
+    pub class_prior: Vec<f64>,
+    /// Infer: the shard to predict. Select: the prediction files of the round.
+    pub shards: Vec<String>,
+    pub selection_file: Option<String>,
+}
+
+/// What can happen to a job. Events about a task that is no longer live (a late report
+/// from an old attempt, a repeated report) change nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobEvent {
+    TaskAssigned { task: TaskId, worker: WorkerId, device: String },
+    TaskProgress { task: TaskId, worker: WorkerId, epoch: EpochRecord, epochs_total: u32 },
+    TaskFinished { task: TaskId, worker: WorkerId, outcome: TaskOutcome },
+    TaskFailed { task: TaskId, worker: WorkerId, reason: String, retryable: bool },
+    WorkerLost { worker: WorkerId },
+    CancelRequested { reason: String },
+}
+
+impl JobRecord {
+    /// A new job, queued with its first task: preparing (checking) the dataset.
+    pub fn submitted(id: JobId, spec: JobSpec, spec_toml: String, artifact_dir: PathBuf, now_ms: u64) -> Self {
+        let first = TaskRecord::new(&id, TaskKind::Prepare, Round(0), None, 1);
+        let epochs_total = u32::try_from(spec.train.epochs).unwrap_or(u32::MAX);
+        Self {
+            id,
+            spec,
+            spec_toml,
+            state: JobState::Queued,
+            round: Round(0),
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            artifact_dir,
+            tasks: vec![first],
+            epochs: Vec::new(),
+            epochs_total,
+            dataset: None,
+            rounds: Vec::new(),
+            result: None,
+        }
+    }
+
+    pub fn task(&self, id: &TaskId) -> Option<&TaskRecord> {
+        self.tasks.iter().find(|t| &t.id == id)
+    }
+
+    pub fn live_tasks(&self) -> impl Iterator<Item = &TaskRecord> {
+        self.tasks.iter().filter(|t| t.is_live())
+    }
+
+    /// The workers running this job's tasks now.
+    pub fn workers(&self) -> Vec<WorkerId> {
+        let mut workers: Vec<WorkerId> = self.tasks.iter().filter_map(|t| t.worker().cloned()).collect();
+        workers.sort();
+        workers.dedup();
+        workers
+    }
+
+    pub fn round_record(&self, round: Round) -> Option<&RoundRecord> {
+        self.rounds.iter().find(|r| r.round == round.0)
+    }
+
+    /// What `task` needs beyond the spec, from the rounds before it. Debiasing off means
+    /// no prior is passed: the worker then neither debiases labels nor adds margins.
+    pub fn task_inputs(&self, task: &TaskRecord) -> TaskInputs {
+        let semi = &self.spec.semi_supervised;
+        let previous_model = task
+            .round
+            .0
+            .checked_sub(1)
+            .and_then(|previous| self.round_record(Round(previous)))
+            .and_then(|r| r.model.as_ref())
+            .map(|m| m.model_path.clone());
+        let current = self.round_record(task.round).cloned().unwrap_or_default();
+        let prior = if semi.debias { current.class_prior.clone() } else { Vec::new() };
+        match task.kind {
+            TaskKind::Prepare => TaskInputs::default(),
+            TaskKind::Train => TaskInputs {
+                init_model: previous_model.filter(|_| semi.init_from_teacher),
+                class_weights: current.class_weights,
+                class_prior: prior,
+                shards: Vec::new(),
+                selection_file: current.selection.map(|s| s.selection_file),
+            },
+            TaskKind::Infer => TaskInputs { init_model: previous_model, shards: task.shard.iter().cloned().collect(), ..TaskInputs::default() },
+            TaskKind::Select => TaskInputs {
+                class_prior: prior,
+                shards: current.partials.values().map(|p| p.predictions_file.clone()).collect(),
+                ..TaskInputs::default()
+            },
+        }
+    }
+
+    /// Pseudo-labelling rounds planned after the teacher.
+    pub fn rounds_planned(&self) -> u32 {
+        u32::try_from(self.spec.semi_supervised.rounds).unwrap_or(0)
+    }
+
+    /// The job after `event`, or `None` when the event changes nothing. Pure: the caller
+    /// persists the new record before it replaces the old one.
+    pub fn on_event(&self, event: &JobEvent, now_ms: u64) -> Option<JobRecord> {
+        if self.state.is_final() {
+            return None;
+        }
+        let mut next = self.clone();
+        let changed = match event {
+            JobEvent::TaskAssigned { task, worker, device } => next.assign(task, worker, device),
+            JobEvent::TaskProgress { task, worker, epoch, epochs_total } => next.progress(task, worker, epoch, *epochs_total),
+            JobEvent::TaskFinished { task, worker, outcome } => next.finish(task, worker, outcome),
+            JobEvent::TaskFailed { task, worker, reason, retryable } => next.fail_task(task, worker, reason, *retryable),
+            JobEvent::WorkerLost { worker } => next.lose_worker(worker),
+            JobEvent::CancelRequested { reason } => {
+                next.end_live_tasks();
+                next.state = JobState::Cancelled { reason: reason.clone() };
+                true
+            }
+        };
+        changed.then(|| {
+            next.updated_at_ms = now_ms;
+            next
+        })
+    }
+
+    fn task_mut(&mut self, id: &TaskId) -> Option<&mut TaskRecord> {
+        self.tasks.iter_mut().find(|t| &t.id == id)
+    }
+
+    /// The live task `id` if `worker` is the one running it.
+    fn running_on(&mut self, id: &TaskId, worker: &WorkerId) -> Option<&mut TaskRecord> {
+        self.task_mut(id).filter(|t| t.worker() == Some(worker))
+    }
+
+    fn assign(&mut self, id: &TaskId, worker: &WorkerId, device: &str) -> bool {
+        let Some(task) = self.task_mut(id).filter(|t| t.state == TaskState::Pending) else { return false };
+        task.state = TaskState::Assigned { worker: worker.clone(), device: device.to_owned() };
+        if self.state == JobState::Queued {
+            self.state = JobState::Preparing;
+        }
+        true
+    }
+
+    fn progress(&mut self, id: &TaskId, worker: &WorkerId, epoch: &EpochRecord, epochs_total: u32) -> bool {
+        let Some(task) = self.running_on(id, worker) else { return false };
+        let round = task.round;
+        // A resumed attempt reports epochs again from its checkpoint: keep the latest.
+        self.epochs.retain(|e| !(e.round == round && e.epoch >= epoch.epoch));
+        self.epochs.push(EpochRecord { round, ..epoch.clone() });
+        self.epochs_total = epochs_total;
+        true
+    }
+
+    fn finish(&mut self, id: &TaskId, worker: &WorkerId, outcome: &TaskOutcome) -> bool {
+        let Some(task) = self.running_on(id, worker) else { return false };
+        if task.kind != outcome.kind() {
+            return false;
+        }
+        task.state = TaskState::Finished;
+        let (round, shard, rank) = (task.round, task.shard.clone(), task.rank);
+        let finished = task.clone();
+        match outcome {
+            TaskOutcome::Prepared(summary) => self.prepared(summary),
+            TaskOutcome::Trained(model) => {
+                // Rank 0 holds the model; the round is trained when every rank is done.
+                if rank == 0 {
+                    if let Some(record) = self.round_mut(round) {
+                        record.model = Some(model.clone());
+                    }
+                }
+                let gang_done = self.tasks.iter().filter(|t| t.gang_key() == finished.gang_key()).all(|t| t.state == TaskState::Finished);
+                if gang_done {
+                    self.trained(round);
+                }
+            }
+            TaskOutcome::Inferred(partial) => self.inferred(round, shard.unwrap_or_default(), partial),
+            TaskOutcome::Selected(selection) => {
+                if let Some(record) = self.round_mut(round) {
+                    record.selection = Some(selection.clone());
+                }
+                self.start_training(round);
+            }
+        }
+        true
+    }
+
+    fn prepared(&mut self, summary: &DatasetSummary) {
+        self.dataset = Some(summary.clone());
+        if self.rounds_planned() > 0 && summary.unlabeled_shards.is_empty() {
+            self.state = JobState::Failed {
+                reason: format!(
+                    "semi_supervised.rounds = {} needs an `unlabeled` split, and dataset {} has none",
+                    self.rounds_planned(),
+                    self.spec.dataset.display()
+                ),
+            };
+            return;
+        }
+        self.rounds.push(RoundRecord { round: 0, ..RoundRecord::default() });
+        self.start_training(Round(0));
+    }
+
+    fn trained(&mut self, round: Round) {
+        let scores = self.macro_f1_by_round();
+        let patience = usize::try_from(self.spec.semi_supervised.patience).unwrap_or(0);
+        if round.0 < self.rounds_planned() && !method::should_stop(&scores, patience) {
+            self.start_pseudo_labeling(Round(round.0 + 1));
+        } else {
+            self.finalize();
+        }
+    }
+
+    fn inferred(&mut self, round: Round, shard: String, partial: &InferPartial) {
+        let shards = self.dataset.as_ref().map_or(0, |d| d.unlabeled_shards.len());
+        let Some(record) = self.round_mut(round) else { return };
+        record.partials.insert(shard, partial.clone());
+        if record.partials.len() < shards {
+            return;
+        }
+        let sums: Vec<Vec<f64>> = record.partials.values().map(|p| p.probability_sums.clone()).collect();
+        let counts: Vec<u64> = record.partials.values().map(|p| p.samples).collect();
+        match method::class_prior(&sums, &counts) {
+            Ok(prior) => {
+                record.class_prior = prior;
+                self.state = JobState::Selecting;
+                self.tasks.push(TaskRecord::new(&self.id, TaskKind::Select, round, None, 1));
+            }
+            Err(error) => {
+                self.end_live_tasks();
+                self.state = JobState::Failed { reason: format!("round {round}: cannot estimate the class prior: {error}") };
+            }
+        }
+    }
+
+    fn start_training(&mut self, round: Round) {
+        let semi = &self.spec.semi_supervised;
+        let weights = match round.0.checked_sub(1).and_then(|previous| self.round_record(Round(previous))) {
+            Some(previous) if semi.feedback => previous
+                .model
+                .as_ref()
+                .map(|m| method::feedback_weights(&m.validation.per_class_f1, semi.feedback_lambda, semi.feedback_gamma, 1e-3))
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        if let Some(record) = self.round_mut(round) {
+            record.class_weights = weights;
+        }
+        self.round = round;
+        self.state = JobState::Training;
+        let world_size = self.gang_size();
+        self.tasks.extend(TaskRecord::gang(&self.id, TaskKind::Train, round, 1, world_size));
+    }
+
+    /// Ranks of each training gang.
+    fn gang_size(&self) -> u32 {
+        u32::try_from(self.spec.resources.workers).unwrap_or(1).max(1)
+    }
+
+    fn start_pseudo_labeling(&mut self, round: Round) {
+        self.round = round;
+        self.state = JobState::PseudoLabeling;
+        self.rounds.push(RoundRecord { round: round.0, ..RoundRecord::default() });
+        let shards: Vec<String> = self.dataset.iter().flat_map(|d| d.unlabeled_shards.iter().map(|s| s.file.clone())).collect();
+        for shard in shards {
+            self.tasks.push(TaskRecord::new(&self.id, TaskKind::Infer, round, Some(shard), 1));
+        }
+    }
+
+    fn finalize(&mut self) {
+        let scores = self.macro_f1_by_round();
+        let best = method::best_round(&scores).and_then(|i| self.rounds.get(i));
+        match best.and_then(|r| r.model.as_ref().map(|m| (r.round, m))) {
+            Some((round, model)) => {
+                self.result = Some(JobResult {
+                    validation: model.validation.clone(),
+                    model_path: model.model_path.clone(),
+                    class_names: model.class_names.clone(),
+                    best_round: round,
+                });
+                self.state = JobState::Succeeded;
+            }
+            None => self.state = JobState::Failed { reason: "no round produced a model".to_owned() },
+        }
+    }
+
+    /// Validation macro-F1 of each trained round, in round order.
+    fn macro_f1_by_round(&self) -> Vec<f64> {
+        self.rounds.iter().filter_map(|r| r.model.as_ref().map(|m| m.validation.macro_f1)).collect()
+    }
+
+    fn round_mut(&mut self, round: Round) -> Option<&mut RoundRecord> {
+        self.rounds.iter_mut().find(|r| r.round == round.0)
+    }
+
+    fn fail_task(&mut self, id: &TaskId, worker: &WorkerId, reason: &str, retryable: bool) -> bool {
+        let Some(task) = self.running_on(id, worker) else { return false };
+        task.state = TaskState::Failed { reason: reason.to_owned() };
+        let failed = task.clone();
+        if retryable {
+            self.abandon_gang(&failed);
+            self.retry(&failed, reason);
+        } else {
+            self.end_live_tasks();
+            self.state = JobState::Failed { reason: reason.to_owned() };
+        }
+        true
+    }
+
+    fn lose_worker(&mut self, worker: &WorkerId) -> bool {
+        let lost: Vec<TaskRecord> = self.tasks.iter().filter(|t| t.worker() == Some(worker)).cloned().collect();
+        let mut retried: Vec<(TaskKind, Round, Option<String>, u32)> = Vec::new();
+        for task in &lost {
+            let (kind, round, shard, attempt) = task.gang_key();
+            let key = (kind, round, shard.map(str::to_owned), attempt);
+            if retried.contains(&key) {
+                continue;
+            }
+            // A gang cannot go on without one of its ranks: the whole gang starts again.
+            self.abandon_gang(task);
+            self.retry(task, &format!("worker {worker} was lost"));
+            retried.push(key);
+        }
+        !lost.is_empty()
+    }
+
+    /// Abandons every live task of `task`'s gang (just `task` when it has none).
+    fn abandon_gang(&mut self, task: &TaskRecord) {
+        for member in self.tasks.iter_mut().filter(|t| t.is_live() && t.gang_key() == task.gang_key()) {
+            member.state = TaskState::Abandoned;
+        }
+    }
+
+    /// Queues the next attempt of a task, or fails the job when attempts are spent.
+    fn retry(&mut self, task: &TaskRecord, reason: &str) {
+        if self.state.is_final() {
+            return;
+        }
+        let max_attempts = u32::try_from(self.spec.resources.max_attempts).unwrap_or(1);
+        if task.attempt >= max_attempts {
+            self.end_live_tasks();
+            let what = format!("{} task of round {}", task.kind.name(), task.round);
+            self.state = JobState::Failed { reason: format!("{what}: {reason}; gave up after {} attempts", task.attempt) };
+        } else if task.kind == TaskKind::Train {
+            let world_size = self.gang_size();
+            self.tasks.extend(TaskRecord::gang(&self.id, task.kind, task.round, task.attempt + 1, world_size));
+        } else {
+            self.tasks.push(TaskRecord::new(&self.id, task.kind, task.round, task.shard.clone(), task.attempt + 1));
+        }
+    }
+
+    fn end_live_tasks(&mut self) {
+        for task in self.tasks.iter_mut().filter(|t| t.is_live()) {
+            task.state = TaskState::Abandoned;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,235 @@
+use super::*;
+use crate::model::ShardRef;
+
+fn spec(rounds: i64, max_attempts: i64) -> JobSpec {
+    let mut spec = JobSpec::for_dataset("/d");
+    spec.resources.max_attempts = max_attempts;
+    spec.semi_supervised.rounds = rounds;
+    spec
+}
+
+fn job(rounds: i64, max_attempts: i64) -> JobRecord {
+    JobRecord::submitted(JobId::new("j"), spec(rounds, max_attempts), String::new(), PathBuf::from("/a"), 0)
+}
+
+fn w(id: &str) -> WorkerId {
+    WorkerId::new(id)
+}
+
+/// The ids of the live tasks of `kind`.
+fn live(job: &JobRecord, kind: TaskKind) -> Vec<TaskId> {
+    job.live_tasks().filter(|t| t.kind == kind).map(|t| t.id.clone()).collect()
+}
+
+fn run(job: JobRecord, task: &TaskId, worker: &str, outcome: TaskOutcome) -> JobRecord {
+    let assign = JobEvent::TaskAssigned { task: task.clone(), worker: w(worker), device: "cpu".into() };
+    let assigned = job.on_event(&assign, 1).expect("assignment changes the job");
+    let finish = JobEvent::TaskFinished { task: task.clone(), worker: w(worker), outcome };
+    assigned.on_event(&finish, 2).expect("finish changes the job")
+}
+
+fn dataset(shards: usize) -> TaskOutcome {
+    let unlabeled_shards = (0..shards).map(|i| ShardRef { file: format!("unlabeled-{i:05}.safetensors"), samples: 10 }).collect();
+    TaskOutcome::Prepared(DatasetSummary { class_names: vec!["a".into(), "b".into()], train_samples: 5, val_samples: 5, unlabeled_shards })
+}
+
+fn trained(round: u32, macro_f1: f64, per_class_f1: Vec<f64>) -> TaskOutcome {
+    let validation = MetricsSummary { macro_f1, per_class_f1, ..MetricsSummary::default() };
+    TaskOutcome::Trained(TrainedModel { validation, model_path: format!("/a/r{round}/model.safetensors"), class_names: vec![] })
+}
+
+fn inferred(sums: Vec<f64>, samples: u64) -> TaskOutcome {
+    TaskOutcome::Inferred(InferPartial { probability_sums: sums, samples, predictions_file: String::new() })
+}
+
+fn selected() -> TaskOutcome {
+    TaskOutcome::Selected(SelectionSummary { selected: 3, pool: 20, ..SelectionSummary::default() })
+}
+
+fn prepared(rounds: i64, shards: usize) -> JobRecord {
+    let job = job(rounds, 3);
+    let prepare = live(&job, TaskKind::Prepare)[0].clone();
+    run(job, &prepare, "w1", dataset(shards))
+}
+
+#[test]
+fn a_supervised_job_prepares_trains_and_succeeds() {
+    let queued = job(0, 3);
+    assert_eq!(queued.state, JobState::Queued);
+    let ready = prepared(0, 0);
+    assert_eq!(ready.state, JobState::Training);
+    let train = live(&ready, TaskKind::Train);
+    assert_eq!(train.len(), 1);
+    let done = run(ready, &train[0], "w2", trained(0, 0.7, vec![0.6, 0.8]));
+    assert_eq!(done.state, JobState::Succeeded);
+    let result = done.result.as_ref().expect("result");
+    assert_eq!((result.best_round, result.model_path.as_str()), (0, "/a/r0/model.safetensors"));
+    let again = JobEvent::TaskFinished { task: train[0].clone(), worker: w("w2"), outcome: trained(0, 0.9, vec![]) };
+    assert_eq!(done.on_event(&again, 9), None, "a repeated report changes nothing");
+}
+
+#[test]
+fn rounds_predict_every_shard_then_select_then_train_a_student() {
+    let ready = prepared(2, 2);
+    let teacher = live(&ready, TaskKind::Train)[0].clone();
+    let labelling = run(ready, &teacher, "w1", trained(0, 0.5, vec![0.9, 0.1]));
+    assert_eq!((labelling.state.clone(), labelling.round), (JobState::PseudoLabeling, Round(1)));
+    let infer = live(&labelling, TaskKind::Infer);
+    assert_eq!(infer.len(), 2, "one inference task per unlabelled shard");
+
+    // Shard 0: 10 samples, probability sums [7, 3]; shard 1: 30 samples, [9, 21].
+    let half = run(labelling, &infer[0], "w1", inferred(vec![7.0, 3.0], 10));
+    assert_eq!(half.state, JobState::PseudoLabeling, "waits for every shard");
+    let again = JobEvent::TaskFinished { task: infer[0].clone(), worker: w("w1"), outcome: inferred(vec![7.0, 3.0], 10) };
+    assert_eq!(half.on_event(&again, 3), None, "a repeated shard report is not counted twice");
+    let selecting = run(half, &infer[1], "w2", inferred(vec![9.0, 21.0], 30));
+    assert_eq!(selecting.state, JobState::Selecting);
+    let prior = &selecting.round_record(Round(1)).expect("round 1").class_prior;
+    // (7 + 9) / 40 = 0.4 and (3 + 21) / 40 = 0.6
+    assert!((prior[0] - 0.4).abs() < 1e-12 && (prior[1] - 0.6).abs() < 1e-12, "{prior:?}");
+
+    let select = live(&selecting, TaskKind::Select)[0].clone();
+    let student = run(selecting, &select, "w2", selected());
+    assert_eq!((student.state.clone(), student.round), (JobState::Training, Round(1)));
+    let round1 = student.round_record(Round(1)).expect("round 1");
+    assert_eq!(round1.selection.as_ref().map(|s| s.selected), Some(3));
+    // Feedback from round 0's F1 [0.9, 0.1]: the weak class is sampled more.
+    assert_eq!(round1.class_weights.len(), 2);
+    assert!(round1.class_weights[1] > round1.class_weights[0], "{:?}", round1.class_weights);
+}
+
+#[test]
+fn the_best_round_is_final_and_patience_stops_early() {
+    // Rounds: teacher 0.6, round 1 0.8, round 2 0.7, round 3 0.65 -> with patience 2, stop after round 3.
+    let mut job = prepared(5, 1);
+    job.spec.semi_supervised.patience = 2;
+    for (round, f1) in [(0u32, 0.6), (1, 0.8), (2, 0.7), (3, 0.65)] {
+        if round > 0 {
+            let infer = live(&job, TaskKind::Infer)[0].clone();
+            job = run(job, &infer, "w1", inferred(vec![1.0, 1.0], 2));
+            let select = live(&job, TaskKind::Select)[0].clone();
+            job = run(job, &select, "w1", selected());
+        }
+        let train = live(&job, TaskKind::Train)[0].clone();
+        job = run(job, &train, "w1", trained(round, f1, vec![f1, f1]));
+    }
+    assert_eq!(job.state, JobState::Succeeded, "no improvement for 2 rounds stops before round 5");
+    let result = job.result.expect("result");
+    assert_eq!(result.best_round, 1);
+    assert_eq!(result.model_path, "/a/r1/model.safetensors");
+}
+
+#[test]
+fn rounds_without_an_unlabelled_split_fail_clearly() {
+    let failed = prepared(2, 0);
+    assert!(matches!(&failed.state, JobState::Failed { reason } if reason.contains("unlabeled") && reason.contains("semi_supervised.rounds")));
+}
+
+#[test]
+fn a_lost_worker_requeues_its_task_until_attempts_are_spent() {
+    let ready = prepared(0, 0);
+    let train = live(&ready, TaskKind::Train)[0].clone();
+    let mut job = ready.on_event(&JobEvent::TaskAssigned { task: train, worker: w("w1"), device: "cpu".into() }, 1).expect("assign");
+    job.spec.resources.max_attempts = 2;
+    let requeued = job.on_event(&JobEvent::WorkerLost { worker: w("w1") }, 2).expect("loss changes the job");
+    assert_eq!(requeued.state, JobState::Training, "the phase goes on with a new attempt");
+    let second = live(&requeued, TaskKind::Train);
+    assert_eq!(second.len(), 1);
+    assert!(second[0].as_str().ends_with("/a2"), "{second:?}");
+
+    let event = JobEvent::TaskAssigned { task: second[0].clone(), worker: w("w2"), device: "cpu".into() };
+    let retraining = requeued.on_event(&event, 3).expect("assign");
+    let failed = retraining.on_event(&JobEvent::WorkerLost { worker: w("w2") }, 4).expect("loss");
+    assert!(matches!(&failed.state, JobState::Failed { reason } if reason.contains("w2") && reason.contains("2 attempts")), "{:?}", failed.state);
+    assert_eq!(failed.live_tasks().count(), 0);
+}
+
+#[test]
+fn a_lost_worker_only_moves_its_own_shards() {
+    let ready = prepared(1, 3);
+    let teacher = live(&ready, TaskKind::Train)[0].clone();
+    let mut job = run(ready, &teacher, "w1", trained(0, 0.5, vec![0.5, 0.5]));
+    let infer = live(&job, TaskKind::Infer);
+    for (task, worker) in infer.iter().zip(["w1", "w2", "w1"]) {
+        job = job.on_event(&JobEvent::TaskAssigned { task: task.clone(), worker: w(worker), device: "cpu".into() }, 1).expect("assign");
+    }
+    let finish = JobEvent::TaskFinished { task: infer[0].clone(), worker: w("w1"), outcome: inferred(vec![1.0, 1.0], 2) };
+    job = job.on_event(&finish, 2).expect("finish");
+    let after = job.on_event(&JobEvent::WorkerLost { worker: w("w1") }, 3).expect("loss");
+    let pending: Vec<&TaskRecord> = after.live_tasks().filter(|t| t.state == TaskState::Pending).collect();
+    assert_eq!(pending.len(), 1, "only the unfinished shard of the lost worker is redone");
+    assert_eq!(pending[0].shard.as_deref(), Some("unlabeled-00002.safetensors"));
+    assert_eq!(after.round_record(Round(1)).expect("round").partials.len(), 1, "the finished shard is kept");
+}
+
+#[test]
+fn a_non_retryable_failure_fails_the_job_with_its_reason() {
+    let job = job(0, 3);
+    let prepare = live(&job, TaskKind::Prepare)[0].clone();
+    let assigned = job.on_event(&JobEvent::TaskAssigned { task: prepare.clone(), worker: w("w1"), device: "cpu".into() }, 1).expect("assign");
+    let event = JobEvent::TaskFailed { task: prepare, worker: w("w1"), reason: "cannot read dataset file /d/manifest.json".into(), retryable: false };
+    let failed = assigned.on_event(&event, 2).expect("failure changes the job");
+    assert_eq!(failed.state, JobState::Failed { reason: "cannot read dataset file /d/manifest.json".into() });
+}
+
+#[test]
+fn reports_from_the_wrong_worker_or_of_the_wrong_kind_are_ignored() {
+    let job = job(0, 3);
+    let prepare = live(&job, TaskKind::Prepare)[0].clone();
+    let assigned = job.on_event(&JobEvent::TaskAssigned { task: prepare.clone(), worker: w("w1"), device: "cpu".into() }, 1).expect("assign");
+    let stray = JobEvent::TaskFinished { task: prepare.clone(), worker: w("w2"), outcome: dataset(0) };
+    assert_eq!(assigned.on_event(&stray, 2), None);
+    let wrong_kind = JobEvent::TaskFinished { task: prepare, worker: w("w1"), outcome: selected() };
+    assert_eq!(assigned.on_event(&wrong_kind, 2), None);
+}
+
+#[test]
+fn cancel_abandons_live_tasks_and_is_final() {
+    let ready = prepared(0, 0);
+    let cancelled = ready.on_event(&JobEvent::CancelRequested { reason: "by user".into() }, 2).expect("cancel");
+    assert_eq!(cancelled.state, JobState::Cancelled { reason: "by user".into() });
+    assert_eq!(cancelled.live_tasks().count(), 0);
+    assert_eq!(cancelled.on_event(&JobEvent::CancelRequested { reason: "again".into() }, 3), None);
+}
+
+#[test]
+fn a_resumed_attempt_replaces_the_epochs_it_repeats() {
+    let ready = prepared(0, 0);
+    let train = live(&ready, TaskKind::Train)[0].clone();
+    let mut job = ready.on_event(&JobEvent::TaskAssigned { task: train.clone(), worker: w("w1"), device: "cpu".into() }, 1).expect("assign");
+    let epoch = |n| EpochRecord { round: Round(0), epoch: n, train_loss: 1.0, train_accuracy: 0.5, validation: MetricsSummary::default(), seconds: 1.0 };
+    for n in [1, 2, 3, 2] {
+        let event = JobEvent::TaskProgress { task: train.clone(), worker: w("w1"), epoch: epoch(n), epochs_total: 5 };
+        job = job.on_event(&event, 2).expect("progress");
+    }
+    let epochs: Vec<u32> = job.epochs.iter().map(|e| e.epoch).collect();
+    assert_eq!(epochs, vec![1, 2]);
+}
+
+#[test]
+fn a_gang_trains_when_every_rank_is_done_and_restarts_whole_when_one_is_lost() {
+    let mut job = job(0, 3);
+    job.spec.resources.workers = 2;
+    let prepare = live(&job, TaskKind::Prepare)[0].clone();
+    let ready = run(job, &prepare, "w1", dataset(0));
+    let ranks: Vec<TaskRecord> = ready.live_tasks().filter(|t| t.kind == TaskKind::Train).cloned().collect();
+    assert_eq!(ranks.iter().map(|t| (t.rank, t.world_size)).collect::<Vec<_>>(), vec![(0, 2), (1, 2)]);
+
+    // Rank 1 is lost: both ranks are abandoned and a new gang of two is queued.
+    let mut gang = ready.clone();
+    for (task, worker) in ranks.iter().zip(["w1", "w2"]) {
+        gang = gang.on_event(&JobEvent::TaskAssigned { task: task.id.clone(), worker: w(worker), device: "cpu".into() }, 1).expect("assign");
+    }
+    let restarted = gang.on_event(&JobEvent::WorkerLost { worker: w("w2") }, 2).expect("loss");
+    let second: Vec<&TaskRecord> = restarted.live_tasks().collect();
+    assert_eq!(second.len(), 2, "one new gang, not one per lost rank");
+    assert!(second.iter().all(|t| t.attempt == 2 && t.state == TaskState::Pending));
+
+    // Rank 1 finishes first; the round is trained only when rank 0 (with the model) is done too.
+    let mut done = gang;
+    let finish = |task: &TaskRecord, worker: &str| JobEvent::TaskFinished { task: task.id.clone(), worker: w(worker), outcome: trained(0, 0.7, vec![0.7, 0.7]) };
+    done = done.on_event(&finish(&ranks[1], "w2"), 3).expect("rank 1");
+    assert_eq!(done.state, JobState::Training);
+    done = done.on_event(&finish(&ranks[0], "w1"), 4).expect("rank 0");
+    assert_eq!(done.state, JobState::Succeeded);
+}

@@ -1,0 +1,137 @@
+//! Pairs pending tasks with free worker slots. Pure: the same jobs and workers always give
+//! the same assignments.
+
+use feral_common::ids::{JobId, TaskId, WorkerId};
+
+use super::{JobRecord, TaskRecord, TaskState, WorkerRecord, WorkerState};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    pub job: JobId,
+    pub task: TaskId,
+    pub worker: WorkerId,
+    pub device: String,
+}
+
+/// Assigns pending tasks, oldest job first, each to the free slot of the live worker that
+/// runs the fewest tasks (ties go to the lower worker id). A slot runs one task at a time.
+/// The ranks of a gang are placed all at once or not at all.
+pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Assignment> {
+    let mut busy: Vec<Vec<String>> = workers
+        .iter()
+        .map(|w| {
+            jobs.iter()
+                .flat_map(|j| &j.tasks)
+                .filter_map(|t| match &t.state {
+                    TaskState::Assigned { worker, device } if worker == &w.id => Some(device.clone()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+
+    let mut ordered: Vec<&&JobRecord> = jobs.iter().filter(|j| !j.state.is_final()).collect();
+    ordered.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+
+    let mut assignments = Vec::new();
+    for job in ordered {
+        let pending: Vec<&TaskRecord> = job.tasks.iter().filter(|t| t.state == TaskState::Pending).collect();
+        let mut placed_gangs = Vec::new();
+        for task in &pending {
+            if placed_gangs.contains(&task.gang_key()) {
+                continue;
+            }
+            placed_gangs.push(task.gang_key());
+            let gang: Vec<&&TaskRecord> = pending.iter().filter(|t| t.gang_key() == task.gang_key()).collect();
+            let mut trial = busy.clone();
+            let mut placed = Vec::new();
+            for member in &gang {
+                let Some((index, device)) = free_slot(workers, &trial) else { break };
+                trial[index].push(device.clone());
+                placed.push(Assignment { job: job.id.clone(), task: member.id.clone(), worker: workers[index].id.clone(), device });
+            }
+            if placed.len() == gang.len() {
+                busy = trial;
+                assignments.extend(placed);
+            }
+        }
+    }
+    assignments
+}
+
+/// The free slot of the live worker running the fewest tasks (lower id on ties).
+fn free_slot(workers: &[&WorkerRecord], busy: &[Vec<String>]) -> Option<(usize, String)> {
+    workers
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.state == WorkerState::Live)
+        .filter_map(|(i, w)| {
+            let free = w.slots.iter().find(|s| !busy[i].contains(&s.device))?;
+            Some((busy[i].len(), &w.id, i, free.device.clone()))
+        })
+        .min_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)))
+        .map(|(_, _, index, device)| (index, device))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use feral_common::spec::JobSpec;
+
+    use super::*;
+    use crate::model::Slot;
+
+    fn worker(id: &str, slots: usize, state: WorkerState) -> WorkerRecord {
+        let slots = (0..slots).map(|i| Slot { device: format!("cuda:{i}"), name: String::new() }).collect();
+        WorkerRecord { id: WorkerId::new(id), hostname: id.into(), slots, state, registered_at_ms: 0 }
+    }
+
+    fn job(id: &str, created: u64) -> JobRecord {
+        JobRecord::submitted(JobId::new(id), JobSpec::for_dataset("/d"), String::new(), PathBuf::new(), created)
+    }
+
+    #[test]
+    fn oldest_job_first_and_load_spread_over_workers() {
+        let (old, new, newest) = (job("b", 1), job("a", 2), job("c", 3));
+        let (w1, w2) = (worker("w1", 2, WorkerState::Live), worker("w2", 1, WorkerState::Live));
+        let assignments = schedule(&[&new, &newest, &old], &[&w1, &w2]);
+        let pairs: Vec<(&str, &str, &str)> =
+            assignments.iter().map(|a| (a.job.as_str(), a.worker.as_str(), a.device.as_str())).collect();
+        assert_eq!(pairs, vec![("b", "w1", "cuda:0"), ("a", "w2", "cuda:0"), ("c", "w1", "cuda:1")]);
+    }
+
+    #[test]
+    fn a_gang_is_placed_whole_or_not_at_all() {
+        let mut gang_job = job("g", 1);
+        let mut spec = gang_job.spec.clone();
+        spec.resources.workers = 3;
+        gang_job.spec = spec;
+        gang_job.tasks = TaskRecord::gang_for_test(&gang_job.id, 3);
+        let small = job("s", 2);
+        // Two free slots: the gang of three waits, the later single task runs.
+        let (w1, w2) = (worker("w1", 1, WorkerState::Live), worker("w2", 1, WorkerState::Live));
+        let assignments = schedule(&[&gang_job, &small], &[&w1, &w2]);
+        assert_eq!(assignments.len(), 1);
+        assert_eq!(assignments[0].job.as_str(), "s");
+        // Three free slots on two workers: all three ranks are placed.
+        let w3 = worker("w3", 2, WorkerState::Live);
+        let assignments = schedule(&[&gang_job], &[&w1, &w3]);
+        assert_eq!(assignments.len(), 3);
+        let mut slots: Vec<(String, String)> = assignments.iter().map(|a| (a.worker.to_string(), a.device.clone())).collect();
+        slots.sort();
+        slots.dedup();
+        assert_eq!(slots.len(), 3, "each rank has its own slot");
+    }
+
+    #[test]
+    fn lost_workers_and_busy_slots_get_nothing() {
+        let mut running = job("a", 1);
+        let task = running.tasks[0].id.clone();
+        running.tasks[0].state = TaskState::Assigned { worker: WorkerId::new("w1"), device: "cuda:0".into() };
+        let waiting = job("b", 2);
+        let (w1, w2) = (worker("w1", 1, WorkerState::Live), worker("w2", 4, WorkerState::Lost));
+        assert!(schedule(&[&running, &waiting], &[&w1, &w2]).is_empty());
+        assert!(running.task(&task).is_some());
+    }
+}
