@@ -1,0 +1,356 @@
+//! The worker's conversation with the coordinator: register, heartbeat, start assigned
+//! tasks on OS threads, forward their progress, report how they ended, stop them when told.
+//! A lost coordinator is retried with backoff; reports wait until it is back.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use feral_proto::v1 as pb;
+use feral_proto::v1::worker_service_client::WorkerServiceClient;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::Code;
+use tracing::{info, warn};
+
+use crate::gang::{self, TaskControl};
+use crate::runner::{Assignment, TaskFailure, TaskKind, TaskOutput, TaskRunner};
+use crate::train::EpochReport;
+
+/// Who this worker is and where its coordinator listens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentConfig {
+    /// e.g. `http://10.0.0.1:7070`
+    pub coordinator: String,
+    pub worker_id: String,
+    pub hostname: String,
+    /// The host name or address other workers reach this one at (gang peers).
+    pub advertise_host: String,
+    pub slots: Vec<pb::Slot>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("coordinator address {address:?} is not a valid URL: {problem}")]
+    BadAddress { address: String, problem: String },
+}
+
+/// Tasks running now, by id, with what stops them.
+type Running = Arc<Mutex<HashMap<String, Arc<TaskControl>>>>;
+
+enum TaskMessage {
+    Epoch(EpochReport),
+    Ended(Result<TaskOutput, TaskFailure>),
+}
+
+/// Runs the worker until `shutdown` resolves; running tasks are then asked to stop.
+pub async fn run(config: AgentConfig, runner: Arc<dyn TaskRunner>, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let channel = Channel::from_shared(config.coordinator.clone())
+        .map_err(|e| AgentError::BadAddress { address: config.coordinator.clone(), problem: e.to_string() })?
+        .connect_timeout(Duration::from_secs(3))
+        .connect_lazy();
+    let client = WorkerServiceClient::new(channel);
+    let running: Running = Arc::default();
+    tokio::select! {
+        _ = shutdown => {}
+        _ = converse(&config, client, runner, Arc::clone(&running)) => {}
+    }
+    for control in lock(&running).values() {
+        control.stop();
+    }
+    info!(worker_id = %config.worker_id, "worker stopped");
+    Ok(())
+}
+
+fn lock(running: &Running) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TaskControl>>> {
+    running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn converse(config: &AgentConfig, mut client: WorkerServiceClient<Channel>, runner: Arc<dyn TaskRunner>, running: Running) {
+    let mut started: HashSet<String> = HashSet::new();
+    loop {
+        let interval = register(config, &mut client).await;
+        let mut ticks = tokio::time::interval(interval);
+        let mut failing = false;
+        loop {
+            ticks.tick().await;
+            let running_ids: Vec<String> = lock(&running).keys().cloned().collect();
+            let request = pb::HeartbeatRequest { worker_id: config.worker_id.clone(), running_task_ids: running_ids };
+            match client.heartbeat(request).await {
+                Ok(reply) => {
+                    if failing {
+                        info!("coordinator reachable again");
+                        failing = false;
+                    }
+                    let reply = reply.into_inner();
+                    for id in &reply.cancel_task_ids {
+                        if let Some(control) = lock(&running).get(id) {
+                            info!(task_id = %id, "stopping task at the coordinator's request");
+                            control.stop();
+                        }
+                    }
+                    for assignment in reply.assignments {
+                        if started.insert(assignment.task_id.clone()) {
+                            start_task(config, &client, &runner, &running, assignment);
+                        }
+                    }
+                }
+                Err(status) if status.code() == Code::NotFound => {
+                    info!("coordinator does not know this worker; registering again");
+                    break;
+                }
+                Err(status) => {
+                    if !failing {
+                        warn!(error = %status.message(), "heartbeat failed; retrying");
+                        failing = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Registers, retrying with backoff until the coordinator answers; returns the heartbeat interval.
+async fn register(config: &AgentConfig, client: &mut WorkerServiceClient<Channel>) -> Duration {
+    let mut backoff = Backoff::default();
+    loop {
+        let request = pb::RegisterRequest {
+            worker_id: config.worker_id.clone(),
+            hostname: config.hostname.clone(),
+            slots: config.slots.clone(),
+        };
+        match client.register(request).await {
+            Ok(reply) => {
+                let interval = reply.into_inner().heartbeat_interval_ms.max(10);
+                info!(worker_id = %config.worker_id, coordinator = %config.coordinator, "registered");
+                return Duration::from_millis(interval);
+            }
+            Err(status) => {
+                warn!(error = %status.message(), "cannot register with the coordinator; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+fn start_task(config: &AgentConfig, client: &WorkerServiceClient<Channel>, runner: &Arc<dyn TaskRunner>, running: &Running, assignment: pb::TaskAssignment) {
+    let kind = match pb::TaskKind::try_from(assignment.kind) {
+        Ok(pb::TaskKind::Prepare) => TaskKind::Prepare,
+        Ok(pb::TaskKind::Train) => TaskKind::Train,
+        Ok(pb::TaskKind::Infer) => TaskKind::Infer,
+        Ok(pb::TaskKind::Select) => TaskKind::Select,
+        _ => {
+            warn!(task_id = %assignment.task_id, kind = assignment.kind, "ignoring a task of a kind this worker does not know");
+            return;
+        }
+    };
+    let path = |text: String| (!text.is_empty()).then(|| std::path::PathBuf::from(text));
+    let task = Assignment {
+        task_id: assignment.task_id.clone(),
+        job_id: assignment.job_id,
+        kind,
+        round: assignment.round,
+        attempt: assignment.attempt,
+        spec_toml: assignment.spec_toml,
+        artifact_dir: assignment.artifact_dir.into(),
+        device: assignment.device,
+        init_model: path(assignment.init_model),
+        class_weights: assignment.class_weights,
+        class_prior: assignment.class_prior,
+        shards: assignment.shards,
+        selection_file: path(assignment.selection_file),
+        rank: assignment.rank,
+        world_size: assignment.world_size.max(1),
+    };
+    info!(task_id = %task.task_id, device = %task.device, attempt = task.attempt, "starting task");
+    let control = Arc::new(TaskControl::default());
+    lock(running).insert(task.task_id.clone(), Arc::clone(&control));
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let reporter = Reporter { client: client.clone(), worker_id: config.worker_id.clone(), task_id: task.task_id.clone() };
+    tokio::spawn(reporter.forward(receiver, Arc::clone(&control), Arc::clone(running)));
+
+    let runner = Arc::clone(runner);
+    let (client, worker_id, advertise_host) = (client.clone(), config.worker_id.clone(), config.advertise_host.clone());
+    tokio::spawn(async move {
+        let setup = if task.kind == TaskKind::Train && task.world_size > 1 {
+            match gang::rendezvous(&client, &worker_id, &advertise_host, &task, &control).await {
+                Ok(setup) => Some(setup),
+                Err(failure) => {
+                    let _ = sender.send(TaskMessage::Ended(Err(failure)));
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let thread_sender = sender.clone();
+        let spawned = std::thread::Builder::new().name(format!("task-{}-{}", task.attempt, task.rank)).spawn(move || {
+            let progress = thread_sender.clone();
+            let mut on_epoch = move |report: EpochReport| {
+                let _ = progress.send(TaskMessage::Epoch(report));
+            };
+            let outcome = gang::connect(&task, setup, &control)
+                .and_then(|mut collective| runner.run(&task, collective.as_mut(), &mut on_epoch, control.flag()));
+            let _ = thread_sender.send(TaskMessage::Ended(outcome));
+        });
+        if let Err(error) = spawned {
+            let reason = format!("cannot start a task thread: {error}");
+            let _ = sender.send(TaskMessage::Ended(Err(TaskFailure::Failed { reason, retryable: true })));
+        }
+    });
+}
+
+/// Sends one task's reports in order, retrying through coordinator outages.
+struct Reporter {
+    client: WorkerServiceClient<Channel>,
+    worker_id: String,
+    task_id: String,
+}
+
+impl Reporter {
+    async fn forward(mut self, mut messages: mpsc::UnboundedReceiver<TaskMessage>, control: Arc<TaskControl>, running: Running) {
+        while let Some(message) = messages.recv().await {
+            match message {
+                TaskMessage::Epoch(report) => {
+                    info!(task_id = %self.task_id, epoch = report.epoch, loss = report.train_loss, val_macro_f1 = report.validation.macro_f1, "epoch finished");
+                    if self.report_epoch(report).await {
+                        control.stop();
+                    }
+                }
+                TaskMessage::Ended(outcome) => {
+                    self.report_end(outcome).await;
+                    break;
+                }
+            }
+        }
+        lock(&running).remove(&self.task_id);
+    }
+
+    /// Returns whether the coordinator wants the task stopped.
+    async fn report_epoch(&mut self, report: EpochReport) -> bool {
+        let request = pb::ReportProgressRequest {
+            worker_id: self.worker_id.clone(),
+            task_id: self.task_id.clone(),
+            epoch: Some(pb::EpochMetrics {
+                round: report.round,
+                epoch: report.epoch,
+                train_loss: report.train_loss,
+                train_accuracy: report.train_accuracy,
+                validation: Some(metrics(&report.validation)),
+                seconds: report.seconds,
+            }),
+            epochs_total: report.epochs_total,
+        };
+        let client = &mut self.client;
+        retry("progress report", || {
+            let mut client = client.clone();
+            let request = request.clone();
+            async move { client.report_progress(request).await.map(|r| r.into_inner().stop) }
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    async fn report_end(&mut self, outcome: Result<TaskOutput, TaskFailure>) {
+        let (worker_id, task_id) = (self.worker_id.clone(), self.task_id.clone());
+        let client = &self.client;
+        match outcome {
+            Ok(output) => {
+                info!(task_id = %task_id, "task finished");
+                let request = pb::FinishTaskRequest { worker_id, task_id, outcome: Some(outcome_to_proto(output)) };
+                let _ = retry("finish report", || {
+                    let (mut client, request) = (client.clone(), request.clone());
+                    async move { client.finish_task(request).await.map(|_| ()) }
+                })
+                .await;
+            }
+            Err(TaskFailure::Stopped) => info!(task_id = %task_id, "task stopped"),
+            Err(TaskFailure::Failed { reason, retryable }) => {
+                warn!(task_id = %task_id, %reason, "task failed");
+                let request = pb::FailTaskRequest { worker_id, task_id, reason, retryable };
+                let _ = retry("failure report", || {
+                    let (mut client, request) = (client.clone(), request.clone());
+                    async move { client.fail_task(request).await.map(|_| ()) }
+                })
+                .await;
+            }
+        }
+    }
+}
+
+fn outcome_to_proto(output: TaskOutput) -> pb::finish_task_request::Outcome {
+    use pb::finish_task_request::Outcome;
+    match output {
+        TaskOutput::Trained(t) => Outcome::Train(pb::TrainOutcome {
+            validation: Some(metrics(&t.validation)),
+            model_path: t.model_path.display().to_string(),
+            class_names: t.class_names,
+        }),
+        TaskOutput::Prepared(p) => Outcome::Prepare(pb::PrepareOutcome {
+            class_names: p.class_names,
+            train_samples: p.train_samples,
+            val_samples: p.val_samples,
+            unlabeled_shards: p.unlabeled_shards.into_iter().map(|(file, samples)| pb::ShardRef { file, samples }).collect(),
+        }),
+        TaskOutput::Inferred(i) => Outcome::Infer(pb::InferOutcome {
+            probability_sums: i.probability_sums,
+            samples: i.samples,
+            predictions_file: i.predictions_file.display().to_string(),
+        }),
+        TaskOutput::Selected(s) => Outcome::Select(pb::SelectOutcome {
+            selected_per_class: s.selected_per_class,
+            thresholds: s.thresholds,
+            confident_per_class: s.confident_per_class,
+            selected: s.selected,
+            pool: s.pool,
+            correct: s.correct,
+            with_hidden_label: s.with_hidden_label,
+            selection_file: s.selection_file.display().to_string(),
+            cap: s.cap,
+        }),
+    }
+}
+
+fn metrics(m: &feral_common::metrics::MetricsSummary) -> pb::Metrics {
+    pb::Metrics::from(m)
+}
+
+/// Calls until the coordinator answers. Errors that another try cannot fix (the request
+/// was refused as invalid) end the retries.
+async fn retry<T, F, Fut>(what: &str, mut call: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    let mut backoff = Backoff::default();
+    loop {
+        match call().await {
+            Ok(value) => return Some(value),
+            Err(status) if matches!(status.code(), Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition) => {
+                warn!(error = %status.message(), "{what} refused by the coordinator");
+                return None;
+            }
+            Err(status) => {
+                if backoff.attempts == 0 {
+                    warn!(error = %status.message(), "{what} failed; retrying until the coordinator is back");
+                }
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// Exponential backoff from 100 ms to 5 s.
+#[derive(Default)]
+struct Backoff {
+    attempts: u32,
+}
+
+impl Backoff {
+    async fn wait(&mut self) {
+        let millis = (100u64 << self.attempts.min(6)).min(5000);
+        self.attempts += 1;
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+    }
+}

@@ -1,0 +1,264 @@
+//! `feral-bench-train`: times the worker's training step and its batch loader on 48×48
+//! grayscale images. `--mode step` (the default) runs the step of `train::train` alone
+//! (forward, cross-entropy, backward, AdamW) on the default compact CNN over ready
+//! batches; `--mode loader` pulls augmented batches from the loader without training;
+//! `--mode pipeline` trains on batches from the loader, as a task does. Each prints the
+//! median images/s over `--repeats` timed runs of `--steps` steps after `--warmup` steps.
+//! `scripts/bench_train_torch.py` and `scripts/bench_loader_torch.py` measure the same in
+//! PyTorch; `scripts/bench-train.sh` and `scripts/bench-loader.sh` print both side by side.
+//! The images come from `--data` (a safetensors file with `images` u8 N×H×W×C and `labels`
+//! i64, which `--write-data` writes from the synthetic generator), so both sides train on
+//! the same bytes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context};
+use clap::{Parser, ValueEnum};
+use feral_common::dataset::{ImageShape, ShardData};
+use feral_common::spec::{ModelSpec, Sampling, TrainSpec};
+use feral_common::synthetic::{generate, SyntheticConfig};
+use feral_worker::train::{build_model, to_tensors, Augmentation, Cursor, Loader, LoaderConfig};
+use tch::nn::{self, ModuleT, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+/// How batch images lie in memory (both are `[N, C, H, W]` tensors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Layout {
+    /// N×H×W×C, as the worker's loader makes them.
+    ChannelsLast,
+    /// N×C×H×W.
+    Nchw,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Step,
+    Loader,
+    Pipeline,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Training-step and batch-loader throughput of Feral's worker")]
+struct Args {
+    #[arg(long, value_enum, default_value = "step")]
+    mode: Mode,
+    /// libtorch intra-op threads.
+    #[arg(long, default_value_t = 1)]
+    threads: i32,
+    /// Loader threads (modes loader and pipeline).
+    #[arg(long, default_value_t = 1)]
+    loader_threads: usize,
+    /// Timed steps (or batches) per repeat.
+    #[arg(long, default_value_t = 30)]
+    steps: usize,
+    /// Untimed steps before the timed repeats.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Memory layout of the ready batches of `--mode step`.
+    #[arg(long, value_enum, default_value = "channels-last")]
+    layout: Layout,
+    /// Synthetic images to generate when no --data is given.
+    #[arg(long, default_value_t = 2048)]
+    samples: usize,
+    /// Images and labels to use (safetensors: `images` u8 N×H×W×C, `labels` i64 N).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Write the synthetic images to this file (for the PyTorch side) and exit.
+    #[arg(long)]
+    write_data: Option<PathBuf>,
+    /// Print one CSV row (with a header) instead of a sentence.
+    #[arg(long)]
+    csv: bool,
+}
+
+const CLASSES: i64 = 7;
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(args.batch > 0 && args.steps > 0 && args.repeats > 0, "--batch, --steps and --repeats must be at least 1");
+    if let Some(path) = &args.write_data {
+        return write_data(path, args.samples);
+    }
+    tch::set_num_threads(args.threads);
+    let data = Arc::new(match &args.data {
+        Some(path) => read_data(path)?,
+        None => synthetic(args.samples),
+    });
+    let rates = match args.mode {
+        Mode::Step => time_steps(&args, &data)?,
+        Mode::Loader => time_loader(&args, &data)?,
+        Mode::Pipeline => time_pipeline(&args, &data)?,
+    };
+    let mut sorted = rates.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let mode = format!("{:?}", args.mode).to_lowercase();
+    if args.csv {
+        let layout = if args.layout == Layout::Nchw { "nchw" } else { "channels-last" };
+        println!("implementation,mode,layout,threads,loader_threads,batch,steps,repeats,images_per_s,min,max");
+        println!(
+            "feral,{mode},{layout},{},{},{},{},{},{median:.1},{:.1},{:.1}",
+            args.threads,
+            args.loader_threads,
+            args.batch,
+            args.steps,
+            args.repeats,
+            sorted[0],
+            sorted[sorted.len() - 1]
+        );
+    } else {
+        println!("{mode}: {median:.1} images/s (median of {rates:.1?}), {} intra-op threads, {} loader threads", args.threads, args.loader_threads);
+    }
+    Ok(())
+}
+
+fn synthetic(samples: usize) -> ShardData {
+    let config = SyntheticConfig { samples, image_size: 48, ..SyntheticConfig::default() };
+    let mut data = ShardData::empty(ImageShape { height: 48, width: 48, channels: 1 });
+    for (id, sample) in generate(&config, 0..samples).into_iter().enumerate() {
+        data.images.extend_from_slice(&sample.pixels);
+        data.labels.push(sample.label);
+        data.sample_ids.push(id as i64);
+    }
+    data
+}
+
+fn write_data(path: &PathBuf, samples: usize) -> anyhow::Result<()> {
+    let data = synthetic(samples);
+    let images = Tensor::from_slice(&data.images).view([samples as i64, 48, 48, 1]);
+    let labels = Tensor::from_slice(&data.labels);
+    Tensor::write_safetensors(&[("images", images), ("labels", labels)], path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn read_data(path: &PathBuf) -> anyhow::Result<ShardData> {
+    let tensors = Tensor::read_safetensors(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let find = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).with_context(|| format!("{} has no `{name}`", path.display()));
+    let (images, labels) = (find("images")?, find("labels")?);
+    let size = images.size();
+    let [n, h, w, c] = size[..] else { bail!("`images` must be N×H×W×C, is {size:?}") };
+    let mut data = ShardData::empty(ImageShape { height: h as u32, width: w as u32, channels: c as u32 });
+    data.images = Vec::try_from(images.flatten(0, -1).to_kind(Kind::Uint8))?;
+    data.labels = Vec::try_from(labels.to_kind(Kind::Int64))?;
+    data.sample_ids = (0..n).collect();
+    ensure!(data.labels.len() == n as usize, "`labels` must have one label per image");
+    Ok(data)
+}
+
+/// The default compact CNN with AdamW as a task builds them.
+struct Trainer {
+    net: Box<dyn ModuleT>,
+    optimizer: nn::Optimizer,
+    _vs: nn::VarStore,
+}
+
+impl Trainer {
+    fn new(shape: ImageShape) -> anyhow::Result<Self> {
+        tch::manual_seed(7);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let image = [i64::from(shape.channels), i64::from(shape.height), i64::from(shape.width)];
+        let net = build_model(&vs.root(), &ModelSpec::default(), image, CLASSES);
+        let train = TrainSpec::default();
+        let optimizer = nn::AdamW { wd: train.weight_decay, ..Default::default() }.build(&vs, train.learning_rate)?;
+        Ok(Self { net, optimizer, _vs: vs })
+    }
+
+    /// The step of `train::train`: forward, cross-entropy, backward, AdamW.
+    fn step(&mut self, images: &Tensor, labels: &Tensor) -> f64 {
+        let logits = self.net.forward_t(images, true);
+        let loss = logits.cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Mean, -100, 0.0);
+        self.optimizer.zero_grad();
+        loss.backward();
+        self.optimizer.step();
+        loss.double_value(&[])
+    }
+}
+
+/// Images per second of each repeat: `run(count)` does `count` steps.
+fn repeat(args: &Args, mut run: impl FnMut(usize) -> anyhow::Result<()>) -> anyhow::Result<Vec<f64>> {
+    run(args.warmup)?;
+    let mut rates = Vec::with_capacity(args.repeats);
+    for _ in 0..args.repeats {
+        let started = Instant::now();
+        run(args.steps)?;
+        rates.push((args.steps * args.batch) as f64 / started.elapsed().as_secs_f64());
+    }
+    Ok(rates)
+}
+
+/// Ready batches `k·batch ..` of the data in order (wrapping), as the PyTorch side uses.
+fn time_steps(args: &Args, data: &ShardData) -> anyhow::Result<Vec<f64>> {
+    let batches: Vec<(Tensor, Tensor)> = (0..16)
+        .map(|k| {
+            let indices: Vec<usize> = (0..args.batch).map(|i| (k * args.batch + i) % data.len()).collect();
+            let (images, labels) = to_tensors(data, &indices, &data.labels, Device::Cpu, None);
+            if args.layout == Layout::Nchw {
+                let mut nchw = Tensor::zeros(images.size(), (Kind::Float, Device::Cpu));
+                nchw.copy_(&images);
+                (nchw, labels)
+            } else {
+                (images, labels)
+            }
+        })
+        .collect();
+    let mut trainer = Trainer::new(data.shape)?;
+    let mut next = 0;
+    repeat(args, |count| {
+        for _ in 0..count {
+            let (images, labels) = &batches[next % batches.len()];
+            trainer.step(images, labels);
+            next += 1;
+        }
+        Ok(())
+    })
+}
+
+fn loader(args: &Args, data: &Arc<ShardData>) -> anyhow::Result<Loader> {
+    let steps_per_epoch = 1000;
+    let batches = args.warmup + args.steps * args.repeats;
+    let config = LoaderConfig {
+        seed: 7,
+        round: 0,
+        rank: 0,
+        world: 1,
+        batch: args.batch,
+        pseudo_batch: 0,
+        steps_per_epoch,
+        last_epoch: batches.div_ceil(steps_per_epoch) as u32,
+        classes: CLASSES as usize,
+        sampling: Sampling::ClassUniform,
+        class_weights: None,
+        augmentation: Some(Augmentation::default()),
+        threads: args.loader_threads,
+        depth: LoaderConfig::DEFAULT_DEPTH,
+    };
+    Ok(Loader::start(config, Arc::clone(data), None, Cursor::new(1, 0))?)
+}
+
+fn time_loader(args: &Args, data: &Arc<ShardData>) -> anyhow::Result<Vec<f64>> {
+    let mut loader = loader(args, data)?;
+    repeat(args, |count| {
+        for _ in 0..count {
+            let batch = loader.next_batch()?;
+            std::hint::black_box(&batch);
+        }
+        Ok(())
+    })
+}
+
+fn time_pipeline(args: &Args, data: &Arc<ShardData>) -> anyhow::Result<Vec<f64>> {
+    let mut loader = loader(args, data)?;
+    let mut trainer = Trainer::new(data.shape)?;
+    repeat(args, |count| {
+        for _ in 0..count {
+            let batch = loader.next_batch()?;
+            trainer.step(&batch.images, &batch.labels);
+        }
+        Ok(())
+    })
+}

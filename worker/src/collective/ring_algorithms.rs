@@ -1,0 +1,150 @@
+//! The TCP ring's algorithms, driven through `ring_pipeline`'s two threads. All-reduce is
+//! the classic ring: a reduce-scatter over `world` chunks then an all-gather, `world − 1`
+//! steps each, so every rank sends and receives 2(world − 1)/world of the bytes, in
+//! segments that are passed on as soon as they are summed. Broadcast pipelines the root's
+//! segments along the ring.
+
+use std::ops::Range;
+
+use super::elements::FlatTensor;
+use super::ring_pipeline::{run, Link, Work};
+use super::wire::{Header, Operation};
+use super::CollectiveError;
+
+/// Byte ranges of the segments, grouped into `parts` chunks of nearly equal element counts.
+struct Layout {
+    segments: Vec<Range<usize>>,
+    /// Segment ids of each chunk.
+    chunks: Vec<Range<usize>>,
+}
+
+impl Layout {
+    fn new(numel: usize, element_size: usize, parts: usize, segment_bytes: usize) -> Self {
+        let per_segment = (segment_bytes / element_size).max(1);
+        let (base, extra) = (numel / parts, numel % parts);
+        let mut segments = Vec::new();
+        let mut chunks = Vec::with_capacity(parts);
+        let mut element = 0;
+        for part in 0..parts {
+            let end = element + base + usize::from(part < extra);
+            let first_segment = segments.len();
+            while element < end {
+                let stop = (element + per_segment).min(end);
+                segments.push(element * element_size..stop * element_size);
+                element = stop;
+            }
+            chunks.push(first_segment..segments.len());
+        }
+        Self { segments, chunks }
+    }
+
+    /// Cuts `buffer` (exactly the tensor's bytes) into the segments.
+    fn split<'b>(&self, mut buffer: &'b mut [u8]) -> Vec<&'b mut [u8]> {
+        let mut pieces = Vec::with_capacity(self.segments.len());
+        for range in &self.segments {
+            let (piece, rest) = std::mem::take(&mut buffer).split_at_mut(range.len());
+            pieces.push(piece);
+            buffer = rest;
+        }
+        pieces
+    }
+}
+
+/// Reused buffers of a ring: the tensor's bytes and one incoming segment.
+#[derive(Default)]
+pub(crate) struct Buffers {
+    staging: Vec<u8>,
+    incoming: Vec<u8>,
+}
+
+/// The first `len` bytes of `buffer`, grown (never shrunk) to hold them.
+fn first_bytes(buffer: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buffer.len() < len {
+        buffer.resize(len, 0);
+    }
+    &mut buffer[..len]
+}
+
+/// Ring all-reduce (sum) of `tensor` in place.
+pub(crate) fn all_reduce(
+    link: &Link<'_>,
+    tensor: &FlatTensor,
+    buffers: &mut Buffers,
+    sequence: u64,
+    segment_bytes: usize,
+) -> Result<(), CollectiveError> {
+    let (rank, world) = (link.rank, link.world_size);
+    let element = tensor.element();
+    let layout = Layout::new(tensor.numel(), element.size(), world, segment_bytes);
+    let header = Header::new(Operation::AllReduceSum, element, 0, sequence, tensor.numel());
+    let longest = layout.segments.iter().map(|range| range.len()).max().unwrap_or(0);
+    let Buffers { staging, incoming } = buffers;
+    let incoming = first_bytes(incoming, longest);
+    let pieces = layout.split(first_bytes(staging, tensor.numel() * element.size()));
+    let flat = tensor;
+    run(link, header, flat, &layout.segments, pieces, |pipe| {
+        // Reduce-scatter step 0 sends this rank's own chunk (the worker copies it out).
+        for id in layout.chunks[rank].clone() {
+            let segment = pipe.take(id)?;
+            pipe.hand(id, segment, Work::LOAD_AND_SEND)?;
+        }
+        // Step s receives chunk rank − s − 1, adds this rank's part and passes the sum on;
+        // the last step's sums are final: they also go into the tensor.
+        for step in 0..world - 1 {
+            let chunk = (rank + world - step - 1) % world;
+            let work = if step == world - 2 { Work::SEND_AND_STORE } else { Work::SEND };
+            for id in layout.chunks[chunk].clone() {
+                let segment = pipe.take(id)?;
+                flat.load(layout.segments[id].start, segment)?;
+                let received = &mut incoming[..segment.len()];
+                pipe.read(received, "receive a reduce-scatter segment from")?;
+                element.add_into(segment, received);
+                pipe.hand(id, segment, work)?;
+            }
+        }
+        // All-gather step s receives the final chunk rank − s and passes it on, except at
+        // the last step (the next rank already has it).
+        for step in 0..world - 1 {
+            let chunk = (rank + world - step) % world;
+            let work = if step < world - 2 { Work::SEND_AND_STORE } else { Work::STORE };
+            for id in layout.chunks[chunk].clone() {
+                let segment = pipe.take(id)?;
+                pipe.read(segment, "receive an all-gather segment from")?;
+                pipe.hand(id, segment, work)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Pipelined broadcast of `root`'s tensor along the ring, in place.
+pub(crate) fn broadcast(
+    link: &Link<'_>,
+    tensor: &FlatTensor,
+    buffers: &mut Buffers,
+    sequence: u64,
+    segment_bytes: usize,
+    root: usize,
+) -> Result<(), CollectiveError> {
+    let element = tensor.element();
+    let layout = Layout::new(tensor.numel(), element.size(), 1, segment_bytes);
+    let header = Header::new(Operation::Broadcast, element, root, sequence, tensor.numel());
+    let pieces = layout.split(first_bytes(&mut buffers.staging, tensor.numel() * element.size()));
+    // The root copies out and sends; the others receive, store, and pass on unless the
+    // next rank is the root.
+    let work = match (link.rank == root, link.next_rank() == root) {
+        (true, _) => Work::LOAD_AND_SEND,
+        (false, false) => Work::SEND_AND_STORE,
+        (false, true) => Work::STORE,
+    };
+    run(link, header, tensor, &layout.segments, pieces, |pipe| {
+        for id in 0..layout.segments.len() {
+            let segment = pipe.take(id)?;
+            if link.rank != root {
+                pipe.read(segment, "receive a broadcast segment from")?;
+            }
+            pipe.hand(id, segment, work)?;
+        }
+        Ok(())
+    })
+}

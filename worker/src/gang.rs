@@ -1,0 +1,126 @@
+//! Joining a data-parallel gang: bind a listener, tell the coordinator where it is (rank 0
+//! on CUDA also sends its NCCL unique id), wait until every rank has joined, then connect
+//! the collective on the task's own thread.
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use feral_proto::v1 as pb;
+use feral_proto::v1::worker_service_client::WorkerServiceClient;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::collective::{AbortHandle, Collective, Nccl, Single, TcpRing};
+use crate::runner::{parse_device, Assignment, TaskFailure};
+
+/// How long ranks may take to connect to each other, and the longest a rank waits on a
+/// silent peer inside a collective before it gives up.
+const PEER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running task's stop flag and, once connected, its collective's abort handle: stopping
+/// a task also cuts short a collective it is blocked in.
+#[derive(Debug, Default)]
+pub struct TaskControl {
+    stop: AtomicBool,
+    abort: Mutex<Option<AbortHandle>>,
+}
+
+impl TaskControl {
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.abort.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            handle.abort();
+        }
+    }
+
+    pub fn flag(&self) -> &AtomicBool {
+        &self.stop
+    }
+
+    fn set_abort(&self, handle: AbortHandle) {
+        *self.abort.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+        if self.stop.load(Ordering::Relaxed) {
+            self.stop();
+        }
+    }
+}
+
+/// What a rank knows once its gang is complete.
+#[derive(Debug)]
+pub struct GangSetup {
+    listener: TcpListener,
+    peers: Vec<SocketAddr>,
+    nccl_unique_id: Vec<u8>,
+}
+
+fn failed(reason: String, retryable: bool) -> TaskFailure {
+    TaskFailure::Failed { reason, retryable }
+}
+
+/// Binds this rank's listener and joins the gang through the coordinator, polling until
+/// every rank has joined (or the task is stopped).
+pub async fn rendezvous(
+    client: &WorkerServiceClient<Channel>,
+    worker_id: &str,
+    advertise_host: &str,
+    task: &Assignment,
+    control: &TaskControl,
+) -> Result<GangSetup, TaskFailure> {
+    let listener = TcpListener::bind(("0.0.0.0", 0)).map_err(|e| failed(format!("cannot open a port for the gang: {e}"), true))?;
+    let port = listener.local_addr().map_err(|e| failed(e.to_string(), true))?.port();
+    let cuda = parse_device(&task.device).map_err(|e| failed(e, false))?.is_cuda();
+    let nccl_unique_id = if cuda && task.rank == 0 { Nccl::unique_id().map_err(|e| failed(e.to_string(), false))? } else { Vec::new() };
+    let request = pb::JoinGangRequest {
+        worker_id: worker_id.to_owned(),
+        task_id: task.task_id.clone(),
+        address: format!("{advertise_host}:{port}"),
+        nccl_unique_id,
+    };
+    loop {
+        if control.flag().load(Ordering::Relaxed) {
+            return Err(TaskFailure::Stopped);
+        }
+        match client.clone().join_gang(request.clone()).await {
+            Ok(reply) if reply.get_ref().ready => {
+                let reply = reply.into_inner();
+                let peers = reply
+                    .peer_addresses
+                    .iter()
+                    .map(|a| resolve(a))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| failed(e, true))?;
+                return Ok(GangSetup { listener, peers, nccl_unique_id: reply.nccl_unique_id });
+            }
+            Ok(_) => {}
+            Err(status) if matches!(status.code(), Code::InvalidArgument | Code::FailedPrecondition) => {
+                // The task is no longer ours: a newer attempt replaced it.
+                tracing::info!(task_id = %task.task_id, reason = %status.message(), "leaving the gang");
+                return Err(TaskFailure::Stopped);
+            }
+            Err(status) => tracing::warn!(task_id = %task.task_id, error = %status.message(), "gang rendezvous failed; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn resolve(address: &str) -> Result<SocketAddr, String> {
+    address
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve peer address {address}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("peer address {address} resolves to nothing"))
+}
+
+/// Connects the task's collective: NCCL on CUDA, a TCP ring on CPU, nothing when alone.
+pub fn connect(task: &Assignment, setup: Option<GangSetup>, control: &TaskControl) -> Result<Box<dyn Collective>, TaskFailure> {
+    let Some(setup) = setup else { return Ok(Box::new(Single)) };
+    let (rank, world) = (task.rank as usize, task.world_size as usize);
+    let collective: Box<dyn Collective> = match parse_device(&task.device).map_err(|e| failed(e, false))? {
+        tch::Device::Cuda(index) => Box::new(Nccl::new(rank, world, index, &setup.nccl_unique_id).map_err(|e| failed(e.to_string(), false))?),
+        _ => Box::new(TcpRing::connect(rank, world, setup.listener, &setup.peers, PEER_TIMEOUT).map_err(|e| failed(e.to_string(), true))?),
+    };
+    control.set_abort(collective.abort_handle());
+    Ok(collective)
+}

@@ -1,0 +1,40 @@
+//! Feral's worker: it registers its devices with the coordinator, heartbeats, and runs each
+//! assigned task on its own OS thread with libtorch (`tch`), never on the async runtime.
+//! Progress and results go back over gRPC; the data is read from a path the worker sees.
+// Unsafe code is denied everywhere but the one module that talks to NCCL
+// (`collective::nccl`), where each block says why it is sound.
+#![deny(unsafe_code)]
+
+pub mod agent;
+pub mod collective;
+pub mod config;
+pub mod gang;
+pub mod runner;
+pub mod tasks;
+pub mod train;
+
+use feral_proto::v1 as pb;
+
+/// The worker's slots from `--devices`: `auto` (every CUDA device, else the CPU), or a
+/// comma-separated list such as `cpu` or `cuda:0,cuda:1`.
+pub fn slots(devices: &str) -> Result<Vec<pb::Slot>, String> {
+    let cpu = || pb::Slot { device: "cpu".into(), name: format!("cpu ({} threads)", tch::get_num_threads()) };
+    let cuda = |index: usize| pb::Slot { device: format!("cuda:{index}"), name: format!("CUDA device {index}") };
+    if devices == "auto" {
+        let count = tch::Cuda::device_count().max(0) as usize;
+        return Ok(if count == 0 { vec![cpu()] } else { (0..count).map(cuda).collect() });
+    }
+    let mut slots = Vec::new();
+    for item in devices.split(',').map(str::trim) {
+        let slot = match runner::parse_device(item)? {
+            tch::Device::Cpu => cpu(),
+            tch::Device::Cuda(index) => cuda(index),
+            other => return Err(format!("unsupported device {other:?}")),
+        };
+        if slots.iter().any(|s: &pb::Slot| s.device == slot.device) {
+            return Err(format!("device {item} is listed twice"));
+        }
+        slots.push(slot);
+    }
+    Ok(slots)
+}

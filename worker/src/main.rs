@@ -1,0 +1,58 @@
+//! `feral-worker`: one per node; trains what the coordinator assigns.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Parser;
+use feral_worker::agent::{self, AgentConfig};
+use feral_worker::config::WorkerFile;
+use feral_worker::runner::TchRunner;
+
+/// Feral worker: registers this node's devices with a coordinator and runs its tasks.
+/// Each value comes from its flag, else its environment variable, else the config file,
+/// else the default.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (TOML: version = 1 and any of the keys below).
+    #[arg(long, env = "FERAL_WORKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// The coordinator's gRPC address [default: http://127.0.0.1:7070].
+    #[arg(long, env = "FERAL_COORDINATOR")]
+    coordinator: Option<String>,
+    /// This worker's id, stable across restarts; by default the host name and a random suffix.
+    #[arg(long, env = "FERAL_WORKER_ID")]
+    id: Option<String>,
+    /// `auto` (all CUDA devices, else the CPU), or a list such as `cpu` or `cuda:0,cuda:1` [default: auto].
+    #[arg(long, env = "FERAL_DEVICES")]
+    devices: Option<String>,
+    /// The host name or address other workers reach this one at, for data-parallel gangs;
+    /// by default this machine's host name.
+    #[arg(long, env = "FERAL_ADVERTISE_HOST")]
+    advertise_host: Option<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    feral_common::errors::exit_code(run().map_err(Into::into))
+}
+
+#[tokio::main]
+async fn run() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let args = Args::parse();
+    let file = match &args.config {
+        Some(path) => WorkerFile::load(path)?,
+        None => WorkerFile::default(),
+    };
+    let devices = args.devices.or(file.devices).unwrap_or_else(|| "auto".into());
+    let slots = feral_worker::slots(&devices).map_err(|e| anyhow::anyhow!("devices: {e}"))?;
+    let hostname = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "worker".into());
+    let worker_id = args.id.or(file.id).unwrap_or_else(|| feral_common::ids::WorkerId::generate(&hostname).to_string());
+    let advertise_host = args.advertise_host.or(file.advertise_host).unwrap_or_else(|| hostname.clone());
+    let coordinator = args.coordinator.or(file.coordinator).unwrap_or_else(|| "http://127.0.0.1:7070".into());
+    let config = AgentConfig { coordinator, worker_id, hostname, advertise_host, slots };
+    agent::run(config, Arc::new(TchRunner), feral_common::signals::shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! Pseudo-labelling, step one: the previous round's model predicts one unlabelled shard
+//! (each image and its mirror image, logits averaged). The logits go to a predictions file
+//! in the round's directory; the coordinator gets only the shard's per-class sums of
+//! predicted probabilities, from which it computes the pool's class prior exactly.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use feral_common::dataset::{read_shard, Dataset, Split};
+use tch::nn;
+use tch::{Device, Kind, Tensor};
+
+use super::{create_dir, TaskContext};
+use crate::train::{build_model, to_tensors, TrainError};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct InferOutput {
+    pub probability_sums: Vec<f64>,
+    pub samples: u64,
+    pub predictions_file: PathBuf,
+}
+
+/// The predictions file of `shard` in `round_dir`.
+pub fn predictions_path(round_dir: &Path, shard: &str) -> PathBuf {
+    round_dir.join(format!("pred-{}", shard))
+}
+
+pub fn infer(context: &TaskContext, model_path: &Path, shard: &str, stop: &AtomicBool) -> Result<InferOutput, TrainError> {
+    let dataset = Dataset::open(&context.spec.dataset)?;
+    let manifest = dataset.manifest();
+    let info = dataset
+        .split(Split::Unlabeled)?
+        .shards
+        .iter()
+        .find(|s| s.file == shard)
+        .ok_or_else(|| TrainError::UnusableDataset { dir: context.spec.dataset.clone(), problem: format!("it has no unlabeled shard {shard}") })?;
+    let data = read_shard(dataset.dir(), info, manifest.image, true)?;
+    let classes = manifest.classes.len();
+
+    let mut vs = nn::VarStore::new(context.device);
+    let image = [manifest.image.channels as i64, manifest.image.height as i64, manifest.image.width as i64];
+    let net = build_model(&vs.root(), &context.spec.model, image, classes as i64);
+    vs.load(model_path)?;
+    let _no_grad = tch::no_grad_guard();
+    let mut all_logits = Vec::with_capacity(data.len());
+    let mut sums = Tensor::zeros([classes as i64], (Kind::Double, context.device));
+    let indices: Vec<usize> = (0..data.len()).collect();
+    for chunk in indices.chunks(256) {
+        if stop.load(Ordering::Relaxed) {
+            return Err(TrainError::Stopped);
+        }
+        let (images, _) = to_tensors(&data, chunk, &data.labels, context.device, None);
+        let logits = (net.forward_t(&images, false) + net.forward_t(&images.flip([3]), false)) / 2.0;
+        sums += logits.softmax(-1, Kind::Double).sum_dim_intlist(0, false, Kind::Double);
+        all_logits.push(logits.to_device(Device::Cpu));
+    }
+    let logits = Tensor::cat(&all_logits, 0).to_kind(Kind::Float);
+
+    let round_dir = context.round_dir();
+    create_dir(&round_dir)?;
+    let predictions_file = predictions_path(&round_dir, shard);
+    let mut tensors = vec![("sample_ids", Tensor::from_slice(&data.sample_ids)), ("logits", logits)];
+    if let Some(hidden) = &data.hidden_labels {
+        tensors.push(("hidden_labels", Tensor::from_slice(hidden)));
+    }
+    Tensor::write_safetensors(&tensors, &predictions_file)?;
+    let probability_sums = Vec::<f64>::try_from(&sums.to_device(Device::Cpu))?;
+    Ok(InferOutput { probability_sums, samples: data.len() as u64, predictions_file })
+}

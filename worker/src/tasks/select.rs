@@ -1,0 +1,113 @@
+//! Pseudo-labelling, step two: from every prediction of the round, the debiased labels
+//! (DebiasPL: z − τ·log p̂ with the pool's prior p̂) and class-aware thresholds with a
+//! per-class cap choose the pseudo-labels the student trains on. They are written to the
+//! round's `selection.safetensors` (sample ids, labels, confidences).
+
+use std::path::{Path, PathBuf};
+
+use feral_common::method::{self, Candidate, SelectionParams};
+use tch::Tensor;
+
+use super::{create_dir, TaskContext};
+use crate::train::TrainError;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SelectOutput {
+    pub selected_per_class: Vec<u64>,
+    pub thresholds: Vec<f64>,
+    pub confident_per_class: Vec<u64>,
+    pub selected: u64,
+    pub pool: u64,
+    pub correct: u64,
+    pub with_hidden_label: u64,
+    pub selection_file: PathBuf,
+    pub cap: u64,
+}
+
+/// Selected pseudo-labels, as the student reads them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PseudoLabels {
+    pub sample_ids: Vec<i64>,
+    pub labels: Vec<i64>,
+    pub confidences: Vec<f32>,
+}
+
+/// The named tensor `name` of a safetensors file read with tch.
+fn named(tensors: &[(String, Tensor)], name: &str, path: &Path) -> Result<Tensor, TrainError> {
+    tensors
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t.shallow_clone())
+        .ok_or_else(|| TrainError::Corrupt { path: path.to_path_buf(), problem: format!("it has no `{name}` tensor") })
+}
+
+pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64]) -> Result<SelectOutput, TrainError> {
+    let semi = &context.spec.semi_supervised;
+    let (mut candidates, mut hidden, mut sample_ids) = (Vec::new(), Vec::new(), Vec::new());
+    let mut classes = 0;
+    for file in prediction_files {
+        let path = Path::new(file);
+        let tensors = Tensor::read_safetensors(path)?;
+        let logits = named(&tensors, "logits", path)?;
+        let ids = Vec::<i64>::try_from(&named(&tensors, "sample_ids", path)?)?;
+        let size = logits.size();
+        let (rows, columns) = match size.as_slice() {
+            [rows, columns] if *rows as usize == ids.len() => (*rows as usize, *columns as usize),
+            _ => return Err(TrainError::Corrupt { path: path.to_path_buf(), problem: format!("`logits` has shape {size:?}") }),
+        };
+        classes = columns;
+        let values = Vec::<f32>::try_from(&logits.reshape([-1]))?;
+        let uniform = vec![1.0; columns];
+        let (prior, tau) = if prior.len() == columns { (prior, semi.tau) } else { (uniform.as_slice(), 0.0) };
+        for (row, id) in values.chunks(columns).zip(&ids).take(rows) {
+            let row: Vec<f64> = row.iter().map(|v| f64::from(*v)).collect();
+            let (class, confidence) = method::debiased_label(&row, prior, tau);
+            candidates.push(Candidate { index: sample_ids.len(), class, confidence });
+            sample_ids.push(*id);
+        }
+        match tensors.iter().find(|(n, _)| n == "hidden_labels") {
+            Some((_, labels)) => hidden.extend(Vec::<i64>::try_from(labels)?),
+            None => hidden.extend(std::iter::repeat_n(-1, ids.len())),
+        }
+    }
+    let params = SelectionParams { threshold: semi.threshold, min_threshold: semi.min_threshold, cap_factor: semi.cap_factor };
+    let selection = method::select(&candidates, classes, &params);
+    let (correct, with_hidden_label) = method::pseudo_label_precision(&selection.selected, &hidden);
+
+    let round_dir = context.round_dir();
+    create_dir(&round_dir)?;
+    let selection_file = round_dir.join("selection.safetensors");
+    let ids: Vec<i64> = selection.selected.iter().map(|c| sample_ids[c.index]).collect();
+    let labels: Vec<i64> = selection.selected.iter().map(|c| c.class as i64).collect();
+    let confidences: Vec<f32> = selection.selected.iter().map(|c| c.confidence as f32).collect();
+    let tensors = [
+        ("sample_ids", Tensor::from_slice(&ids)),
+        ("labels", Tensor::from_slice(&labels)),
+        ("confidences", Tensor::from_slice(&confidences)),
+    ];
+    Tensor::write_safetensors(&tensors, &selection_file)?;
+    Ok(SelectOutput {
+        selected_per_class: selection.selected_per_class,
+        thresholds: selection.thresholds,
+        confident_per_class: selection.confident_counts,
+        selected: ids.len() as u64,
+        pool: candidates.len() as u64,
+        correct,
+        with_hidden_label,
+        selection_file,
+        cap: selection.cap.unwrap_or(0),
+    })
+}
+
+pub fn read_selection(path: &Path) -> Result<PseudoLabels, TrainError> {
+    let tensors = Tensor::read_safetensors(path)?;
+    let labels = PseudoLabels {
+        sample_ids: Vec::<i64>::try_from(&named(&tensors, "sample_ids", path)?)?,
+        labels: Vec::<i64>::try_from(&named(&tensors, "labels", path)?)?,
+        confidences: Vec::<f32>::try_from(&named(&tensors, "confidences", path)?)?,
+    };
+    if labels.labels.len() != labels.sample_ids.len() || labels.confidences.len() != labels.sample_ids.len() {
+        return Err(TrainError::Corrupt { path: path.to_path_buf(), problem: "its tensors have different lengths".into() });
+    }
+    Ok(labels)
+}

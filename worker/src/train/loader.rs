@@ -1,0 +1,411 @@
+//! The batch loader: threads that sample, augment and convert batches into ready CPU
+//! tensors ahead of the training step, through bounded channels, so that data work
+//! overlaps with forward and backward passes. The batch at a [`Cursor`] (epoch, step)
+//! depends only on the seed, round, epoch, step, rank and world size, never on the batches
+//! before it: a loader started at any cursor yields what a loader started earlier yields
+//! from there on (a resumed epoch trains on the same batches), and any number of loader
+//! threads (zero: each batch made on the caller's thread when asked) give the same
+//! sequence. Each rank draws the same global batch of
+//! `batch × world` indices and keeps its slice `[rank·batch, (rank+1)·batch)`; a sample's
+//! augmentation is seeded by the step and its place in the global batch, so ranks
+//! together see exactly what one rank sees on the whole global batch.
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use feral_common::dataset::ShardData;
+use feral_common::spec::Sampling;
+use tch::{Kind, Tensor};
+
+pub use super::batches::Augmentation;
+use super::batches::{channels_last_images, normalised_images, Sampler};
+use super::mix;
+
+/// Which batch: 1-based epoch and 0-based step within it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cursor {
+    pub epoch: u32,
+    pub step: usize,
+}
+
+impl Cursor {
+    pub fn new(epoch: u32, step: usize) -> Self {
+        Self { epoch, step }
+    }
+
+    /// The cursor `count` steps after this one, with `steps_per_epoch` steps per epoch.
+    fn advanced(self, count: usize, steps_per_epoch: usize) -> Self {
+        let step = self.step + count;
+        Self { epoch: self.epoch + (step / steps_per_epoch) as u32, step: step % steps_per_epoch }
+    }
+}
+
+/// What the loader produces and how.
+#[derive(Clone, Debug)]
+pub struct LoaderConfig {
+    /// The job's training seed; with the round and epoch it seeds every draw.
+    pub seed: u64,
+    pub round: u32,
+    pub rank: usize,
+    pub world: usize,
+    /// Labelled samples per rank and step.
+    pub batch: usize,
+    /// Pseudo-labelled samples per rank and step (0: none).
+    pub pseudo_batch: usize,
+    pub steps_per_epoch: usize,
+    /// The last epoch (1-based, inclusive); the loader ends after its last step.
+    pub last_epoch: u32,
+    pub classes: usize,
+    pub sampling: Sampling,
+    /// Sampling weight per class of the labelled data; none: as `sampling` says.
+    pub class_weights: Option<Vec<f64>>,
+    /// None: images as they are.
+    pub augmentation: Option<Augmentation>,
+    /// Threads that make batches (1 is plenty for small images); 0 makes each batch on
+    /// the caller's thread when it is asked for, which costs less where the training step
+    /// already keeps every core busy.
+    pub threads: usize,
+    /// Ready batches held ahead of the training step, over all threads.
+    pub depth: usize,
+}
+
+impl LoaderConfig {
+    pub const DEFAULT_THREADS: usize = 1;
+    pub const DEFAULT_DEPTH: usize = 4;
+}
+
+/// The selected pseudo-labelled samples and their confidences.
+#[derive(Clone, Debug)]
+pub struct PseudoSource {
+    pub data: Arc<ShardData>,
+    pub confidences: Arc<Vec<f32>>,
+}
+
+/// One rank's batch for one step, on the CPU.
+#[derive(Debug)]
+pub struct Batch {
+    pub cursor: Cursor,
+    /// This rank's labelled samples (indices into the labelled data).
+    pub indices: Vec<usize>,
+    /// `[batch, C, H, W]` floats, `pixels / 127.5 − 1`, channels-last in memory.
+    pub images: Tensor,
+    /// `[batch]` i64 labels.
+    pub labels: Tensor,
+    pub pseudo: Option<PseudoBatch>,
+}
+
+/// The pseudo-labelled part of a step.
+#[derive(Debug)]
+pub struct PseudoBatch {
+    pub indices: Vec<usize>,
+    pub images: Tensor,
+    pub labels: Tensor,
+    /// `[pseudo_batch]` f32 confidences, one per sample.
+    pub confidences: Tensor,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("loader setting {name} is invalid: {problem}")]
+    Config { name: &'static str, problem: String },
+    #[error("the labelled data has no sample of any class that can be drawn")]
+    NothingToDraw,
+    #[error("cannot start a loader thread: {0}")]
+    Spawn(std::io::Error),
+    #[error("cannot build a batch tensor: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("a loader thread ended before its last batch")]
+    ThreadEnded,
+    #[error("no batch after epoch {last_epoch}: the loader is exhausted")]
+    Exhausted { last_epoch: u32 },
+}
+
+/// Everything a loader thread needs to make any batch.
+struct Plan {
+    config: LoaderConfig,
+    labelled: Arc<ShardData>,
+    sampler: Sampler,
+    pseudo: Option<(PseudoSource, Sampler)>,
+}
+
+impl Plan {
+    /// The batch at `cursor`: a pure function of the plan and the cursor.
+    fn batch(&self, cursor: Cursor) -> Result<Batch, LoaderError> {
+        let config = &self.config;
+        let epoch_seed = config.seed ^ (u64::from(config.round) << 32) ^ u64::from(cursor.epoch);
+        let global_step = (cursor.epoch as usize - 1) * config.steps_per_epoch + cursor.step;
+        let step_seed = mix(epoch_seed, global_step as u64);
+        let augmentation = config.augmentation.as_ref();
+
+        let (batch, rank) = (config.batch, config.rank);
+        let global = self.sampler.draw(batch * config.world, mix(step_seed, 2));
+        let indices = global.get(rank * batch..(rank + 1) * batch).ok_or(LoaderError::NothingToDraw)?.to_vec();
+        let floats = normalised_images(&self.labelled, &indices, augmentation.map(|a| (a, step_seed, rank * batch)));
+        let (images, labels) = tensors(&self.labelled, &floats, &indices)?;
+
+        let pseudo_batch = config.pseudo_batch;
+        let pseudo = match &self.pseudo {
+            Some((source, sampler)) if pseudo_batch > 0 => {
+                let global = sampler.draw(pseudo_batch * config.world, mix(step_seed, 3));
+                match global.get(rank * pseudo_batch..(rank + 1) * pseudo_batch) {
+                    Some(chosen) => {
+                        let chosen = chosen.to_vec();
+                        let aug = augmentation.map(|a| (a, mix(step_seed, 1), rank * pseudo_batch));
+                        let floats = normalised_images(&source.data, &chosen, aug);
+                        let (images, labels) = tensors(&source.data, &floats, &chosen)?;
+                        let confidences: Vec<f32> = chosen.iter().map(|&i| source.confidences.get(i).copied().unwrap_or(0.0)).collect();
+                        let confidences = Tensor::f_from_slice(&confidences)?.f_to_kind(Kind::Float)?;
+                        Some(PseudoBatch { indices: chosen, images, labels, confidences })
+                    }
+                    None => None, // no pseudo-label that can be drawn
+                }
+            }
+            _ => None,
+        };
+        Ok(Batch { cursor, indices, images, labels, pseudo })
+    }
+}
+
+/// `floats` as `[N, C, H, W]` and the labels of `indices` in `data`.
+fn tensors(data: &ShardData, floats: &[f32], indices: &[usize]) -> Result<(Tensor, Tensor), LoaderError> {
+    let images = channels_last_images(floats, indices.len(), data.shape)?;
+    let labels: Vec<i64> = indices.iter().map(|&i| data.labels[i]).collect();
+    Ok((images, Tensor::f_from_slice(&labels)?))
+}
+
+type Channel = Receiver<Result<Batch, LoaderError>>;
+
+/// Batches from `start` to the end of `last_epoch`, made ahead by `threads` threads. Thread
+/// `t` makes every `threads`-th batch into a channel of its own, and the batches are read
+/// round-robin, so they come in cursor order. Dropping the loader stops its threads.
+pub struct Loader {
+    plan: Arc<Plan>,
+    channels: Vec<Channel>,
+    threads: Vec<JoinHandle<()>>,
+    /// The next batch's cursor.
+    cursor: Cursor,
+    /// Batches handed out so far.
+    taken: usize,
+    steps_per_epoch: usize,
+    last_epoch: u32,
+}
+
+impl Loader {
+    /// Starts the threads at `start`. `labelled` are the labelled data (samples labelled
+    /// -1 are never drawn); `pseudo` the selected pseudo-labels, if any.
+    pub fn start(config: LoaderConfig, labelled: Arc<ShardData>, pseudo: Option<PseudoSource>, start: Cursor) -> Result<Self, LoaderError> {
+        let invalid = |name, problem: &str| Err(LoaderError::Config { name, problem: problem.to_owned() });
+        if config.batch == 0 || config.steps_per_epoch == 0 || config.world == 0 {
+            return invalid("batch, steps_per_epoch, world", "must all be at least 1");
+        }
+        if config.rank >= config.world {
+            return invalid("rank", "must be below the world size");
+        }
+        if config.threads > 16 {
+            return invalid("threads", "must be at most 16");
+        }
+        if start.epoch == 0 || start.step >= config.steps_per_epoch {
+            return invalid("start", "epochs count from 1 and steps stay below steps_per_epoch");
+        }
+        let weights = config.class_weights.as_deref().filter(|w| w.len() == config.classes);
+        let sampler = Sampler::new(&labelled.labels, config.classes, config.sampling, weights, config.seed);
+        if sampler.draw(1, 0).is_empty() {
+            return Err(LoaderError::NothingToDraw);
+        }
+        let pseudo = pseudo.map(|source| {
+            let sampler = Sampler::new(&source.data.labels, config.classes, Sampling::Natural, None, config.seed);
+            (source, sampler)
+        });
+        let (threads, depth, steps_per_epoch, last_epoch) = (config.threads, config.depth, config.steps_per_epoch, config.last_epoch);
+        let plan = Arc::new(Plan { config, labelled, sampler, pseudo });
+        let mut loader = Self { plan: Arc::clone(&plan), channels: Vec::new(), threads: Vec::new(), cursor: start, taken: 0, steps_per_epoch, last_epoch };
+        for thread in 0..threads {
+            let (sender, receiver) = sync_channel(depth.div_ceil(threads).max(1));
+            let plan = Arc::clone(&plan);
+            let handle = std::thread::Builder::new()
+                .name(format!("feral-loader-{thread}"))
+                .spawn(move || produce(&plan, start, thread, threads, &sender))
+                .map_err(LoaderError::Spawn)?;
+            loader.channels.push(receiver);
+            loader.threads.push(handle);
+        }
+        Ok(loader)
+    }
+
+    /// The cursor of the batch that [`Loader::next_batch`] returns next.
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    /// The next batch, in cursor order; an error once past the last epoch.
+    pub fn next_batch(&mut self) -> Result<Batch, LoaderError> {
+        if self.cursor.epoch > self.last_epoch {
+            return Err(LoaderError::Exhausted { last_epoch: self.last_epoch });
+        }
+        let batch = match self.channels.get(self.taken % self.channels.len().max(1)) {
+            Some(channel) => channel.recv().map_err(|_| LoaderError::ThreadEnded)??,
+            None => self.plan.batch(self.cursor)?,
+        };
+        self.taken += 1;
+        self.cursor = batch.cursor.advanced(1, self.steps_per_epoch);
+        Ok(batch)
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Closing the channels makes each thread's next send fail, which ends it.
+        self.channels.clear();
+        for handle in self.threads.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Thread `thread` of `threads`: the batches `start + thread`, `start + thread + threads`,
+/// ... until the plan's last epoch or until the loader is dropped.
+fn produce(plan: &Plan, start: Cursor, thread: usize, threads: usize, sender: &SyncSender<Result<Batch, LoaderError>>) {
+    let steps = plan.config.steps_per_epoch;
+    let mut cursor = start.advanced(thread, steps);
+    while cursor.epoch <= plan.config.last_epoch {
+        let batch = plan.batch(cursor);
+        let failed = batch.is_err();
+        if sender.send(batch).is_err() || failed {
+            return;
+        }
+        cursor = cursor.advanced(threads, steps);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use feral_common::dataset::ImageShape;
+
+    fn data(samples: usize, seed: usize) -> Arc<ShardData> {
+        let mut data = ShardData::empty(ImageShape { height: 8, width: 6, channels: 1 });
+        data.images = (0..samples * 48).map(|i| ((i * 31 + seed * 7) % 253) as u8).collect();
+        data.labels = (0..samples).map(|i| if i % 7 == 6 { -1 } else { (i % 3) as i64 }).collect();
+        data.sample_ids = (0..samples as i64).collect();
+        Arc::new(data)
+    }
+
+    fn config(world: usize, rank: usize, batch: usize, threads: usize) -> LoaderConfig {
+        LoaderConfig {
+            seed: 11,
+            round: 1,
+            rank,
+            world,
+            batch,
+            pseudo_batch: batch,
+            steps_per_epoch: 5,
+            last_epoch: 3,
+            classes: 3,
+            sampling: Sampling::ClassUniform,
+            class_weights: None,
+            augmentation: Some(Augmentation::default()),
+            threads,
+            depth: LoaderConfig::DEFAULT_DEPTH,
+        }
+    }
+
+    fn pseudo() -> Option<PseudoSource> {
+        let data = data(30, 3);
+        let confidences = Arc::new((0..30).map(|i| i as f32 / 30.0).collect());
+        Some(PseudoSource { data, confidences })
+    }
+
+    fn start(config: LoaderConfig, at: Cursor) -> Loader {
+        Loader::start(config, data(40, 1), pseudo(), at).expect("loader starts")
+    }
+
+    fn same(a: &Batch, b: &Batch) -> bool {
+        let (pa, pb) = (a.pseudo.as_ref().expect("pseudo"), b.pseudo.as_ref().expect("pseudo"));
+        a.cursor == b.cursor
+            && a.indices == b.indices
+            && a.images.equal(&b.images)
+            && a.labels.equal(&b.labels)
+            && pa.indices == pb.indices
+            && pa.images.equal(&pb.images)
+            && pa.confidences.equal(&pb.confidences)
+    }
+
+    #[test]
+    fn starting_at_a_cursor_gives_the_batches_of_a_run_skipped_to_it() {
+        let mut from_start = start(config(1, 0, 4, 1), Cursor::new(2, 0));
+        let all: Vec<Batch> = (0..10).map(|_| from_start.next_batch().expect("batch")).collect();
+        assert_eq!(all[0].cursor, Cursor::new(2, 0));
+        assert_eq!(all[5].cursor, Cursor::new(3, 0));
+        for skipped in [0, 3, 4, 7] {
+            let at = Cursor::new(2, 0).advanced(skipped, 5);
+            let mut resumed = start(config(1, 0, 4, 1), at);
+            assert_eq!(resumed.cursor(), at);
+            for want in &all[skipped..] {
+                assert!(same(&resumed.next_batch().expect("batch"), want), "batch at {:?} after starting at {at:?}", want.cursor);
+            }
+            assert!(matches!(resumed.next_batch(), Err(LoaderError::Exhausted { last_epoch: 3 })));
+        }
+        let mut from_one = start(config(1, 0, 4, 1), Cursor::new(1, 0));
+        let epoch_one: Vec<Batch> = (0..5).map(|_| from_one.next_batch().expect("batch")).collect();
+        assert!(!same(&epoch_one[0], &all[0]), "epochs differ");
+        assert!(!same(&epoch_one[0], &epoch_one[1]), "steps differ");
+    }
+
+    #[test]
+    fn zero_one_and_two_threads_give_the_same_batches() {
+        let mut none = start(config(1, 0, 6, 0), Cursor::new(1, 2));
+        let mut one = start(config(1, 0, 6, 1), Cursor::new(1, 2));
+        let mut two = start(config(1, 0, 6, 2), Cursor::new(1, 2));
+        for _ in 0..13 {
+            let batch = one.next_batch().expect("batch");
+            assert!(same(&batch, &two.next_batch().expect("batch")));
+            assert!(same(&batch, &none.next_batch().expect("batch")));
+        }
+        assert!(two.next_batch().is_err(), "exhausted after epoch 3");
+        assert!(none.next_batch().is_err(), "exhausted after epoch 3");
+    }
+
+    #[test]
+    fn ranks_split_the_batch_of_one_rank() {
+        let mut alone = start(config(1, 0, 8, 1), Cursor::new(1, 0));
+        let mut ranks = [start(config(2, 0, 4, 2), Cursor::new(1, 0)), start(config(2, 1, 4, 1), Cursor::new(1, 0))];
+        for _ in 0..6 {
+            let whole = alone.next_batch().expect("batch");
+            let parts: Vec<Batch> = ranks.iter_mut().map(|r| r.next_batch().expect("batch")).collect();
+            let indices: Vec<usize> = parts.iter().flat_map(|p| p.indices.clone()).collect();
+            assert_eq!(indices, whole.indices);
+            assert!(Tensor::cat(&[&parts[0].images, &parts[1].images], 0).equal(&whole.images));
+            assert!(Tensor::cat(&[&parts[0].labels, &parts[1].labels], 0).equal(&whole.labels));
+            let pseudo: Vec<&PseudoBatch> = parts.iter().map(|p| p.pseudo.as_ref().expect("pseudo")).collect();
+            let whole_pseudo = whole.pseudo.as_ref().expect("pseudo");
+            assert!(Tensor::cat(&[&pseudo[0].images, &pseudo[1].images], 0).equal(&whole_pseudo.images));
+            assert!(Tensor::cat(&[&pseudo[0].confidences, &pseudo[1].confidences], 0).equal(&whole_pseudo.confidences));
+        }
+    }
+
+    #[test]
+    fn batches_have_the_promised_shapes_and_labels() {
+        let mut loader = start(config(1, 0, 5, 1), Cursor::new(1, 0));
+        let batch = loader.next_batch().expect("batch");
+        assert_eq!(batch.images.size(), [5, 1, 8, 6]);
+        assert_eq!(batch.images.kind(), Kind::Float);
+        let labels: Vec<i64> = Vec::try_from(&batch.labels).expect("labels");
+        assert!(labels.iter().all(|l| (0..3).contains(l)), "unlabelled samples are never drawn: {labels:?}");
+        let pseudo = batch.pseudo.expect("pseudo");
+        assert_eq!(pseudo.confidences.size(), [5]);
+        assert_eq!(loader.cursor(), Cursor::new(1, 1));
+        drop(loader); // threads blocked on a full channel end
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let refused = |config: LoaderConfig, at| Loader::start(config, data(10, 0), None, at).is_err();
+        assert!(refused(config(2, 2, 4, 1), Cursor::new(1, 0)));
+        assert!(refused(config(1, 0, 4, 17), Cursor::new(1, 0)));
+        assert!(refused(config(1, 0, 0, 1), Cursor::new(1, 0)));
+        assert!(refused(config(1, 0, 4, 1), Cursor::new(1, 5)));
+        let unlabelled = Arc::new(ShardData { labels: vec![-1; 10], ..(*data(10, 0)).clone() });
+        assert!(matches!(Loader::start(config(1, 0, 4, 1), unlabelled, None, Cursor::new(1, 0)), Err(LoaderError::NothingToDraw)));
+    }
+}

@@ -1,0 +1,422 @@
+//! Training one round's model on the calling OS thread: the teacher on labelled data
+//! (round 0), or a student on labelled plus selected pseudo-labelled data (rounds >= 1).
+//! Batches mix B labelled samples, drawn class by class with the round's feedback weights,
+//! and μ·B pseudo-labelled ones; the loss is CE_L + λ_u·mean(conf·CE(z + τ·log p̂, ŷ)).
+//! An exponential moving average of the weights is what gets evaluated and saved. Every
+//! epoch ends with a validation pass and a checkpoint that a new attempt resumes from.
+
+mod batches;
+mod ema;
+mod export;
+mod loader;
+pub mod losses;
+mod model;
+mod optim;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use feral_common::dataset::{Dataset, DatasetError, ShardData, Split};
+use feral_common::metrics::{ConfusionMatrix, MetricsSummary};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::{Device, Kind, Tensor};
+
+pub use batches::{to_tensors, Sampler};
+pub use loader::{Augmentation, Batch, Cursor, Loader, LoaderConfig, LoaderError, PseudoBatch, PseudoSource};
+pub use model::build_model;
+
+use crate::collective::{self, Collective, CollectiveError};
+use crate::tasks::{create_dir, read_selection, TaskContext};
+
+/// What a training task needs to know.
+#[derive(Clone, Debug)]
+pub struct TrainTask {
+    pub context: TaskContext,
+    /// Start from these weights (the teacher) instead of a fresh initialisation.
+    pub init_model: Option<PathBuf>,
+    /// Sampling weight per class of the labelled data; empty: uniform over classes.
+    pub class_weights: Vec<f64>,
+    /// The pool's class prior for the pseudo-label margin; empty: no margin.
+    pub class_prior: Vec<f64>,
+    /// Selected pseudo-labels (rounds >= 1).
+    pub selection_file: Option<PathBuf>,
+}
+
+/// One finished epoch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochReport {
+    pub round: u32,
+    pub epoch: u32,
+    pub epochs_total: u32,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub validation: MetricsSummary,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainOutput {
+    pub validation: MetricsSummary,
+    pub model_path: PathBuf,
+    pub class_names: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error("dataset {dir} cannot be used: {problem}")]
+    UnusableDataset { dir: PathBuf, problem: String },
+    #[error("file {path} is corrupt: {problem}")]
+    Corrupt { path: PathBuf, problem: String },
+    #[error("libtorch failed: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("gradient exchange failed: {0}")]
+    Collective(#[from] CollectiveError),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("batch loader failed: {0}")]
+    Loader(#[from] LoaderError),
+    #[error("stopped before the end")]
+    Stopped,
+}
+
+impl TrainError {
+    /// Whether another attempt could succeed where this one failed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, TrainError::Torch(_) | TrainError::Write { .. } | TrainError::Collective(_))
+    }
+}
+
+/// Written beside each epoch-end checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckpointInfo {
+    round: u32,
+    epoch: u32,
+}
+
+/// Written beside the final model: what a user needs to load it elsewhere.
+#[derive(Debug, Serialize, Deserialize)]
+struct ModelCard {
+    arch: String,
+    cbam: bool,
+    /// The same model as TorchScript, beside this file.
+    torchscript: String,
+    width: i64,
+    classes: Vec<String>,
+    image: feral_common::dataset::ImageShape,
+    normalisation: String,
+    round: u32,
+    validation: MetricsSummary,
+}
+
+/// Selected pseudo-labelled samples: their images and labels, and per-sample confidences.
+struct PseudoSet {
+    data: ShardData,
+    confidences: Vec<f32>,
+}
+
+/// Serialises seeding libtorch's global generator with the initialisation that uses it.
+static SEEDED_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs the task as one rank of `collective` (world size 1: alone). Every rank draws the
+/// same global batch of `batch_size × world_size` samples and trains on its own slice;
+/// gradients are averaged across ranks, so the ranks' models stay identical and equal
+/// what one rank would train on the whole global batch. Rank 0 reports epochs
+/// (`on_epoch`) and writes checkpoints and the model. `stop` is checked every step.
+pub fn train(
+    task: &TrainTask,
+    collective: &mut dyn Collective,
+    on_epoch: &mut dyn FnMut(EpochReport),
+    stop: &AtomicBool,
+) -> Result<TrainOutput, TrainError> {
+    let (rank, world) = (collective.rank(), collective.world_size());
+    let context = &task.context;
+    let spec = &context.spec;
+    let dataset = Dataset::open(&spec.dataset)?;
+    let manifest = dataset.manifest().clone();
+    let train_data = dataset.read_split(Split::Train)?;
+    let val_data = dataset.read_split(Split::Val)?;
+    let classes = manifest.classes.len();
+    let unusable = |problem: &str| TrainError::UnusableDataset { dir: spec.dataset.clone(), problem: problem.to_owned() };
+    if train_data.labels.iter().all(|&l| l < 0) {
+        return Err(unusable("its train split has no labelled samples"));
+    }
+    if val_data.is_empty() {
+        return Err(unusable("its val split is empty"));
+    }
+    let pseudo = match &task.selection_file {
+        Some(path) => Some(load_pseudo_set(&dataset, path)?),
+        None => None,
+    };
+    let round_dir = context.round_dir();
+    create_dir(&round_dir)?;
+    if spec.train.threads > 0 {
+        tch::set_num_threads(spec.train.threads as i32);
+    }
+    let image = [manifest.image.channels as i64, manifest.image.height as i64, manifest.image.width as i64];
+    let (mut vs, net, mut ema_vs, ema_net) = {
+        // libtorch's generator is global: seeding and initialising under one lock makes the
+        // initial weights depend on the seed alone, even with several tasks in a process.
+        let _seeded = SEEDED_INIT.lock().unwrap_or_else(|p| p.into_inner());
+        tch::manual_seed(spec.train.seed as i64 + i64::from(context.round));
+        let vs = nn::VarStore::new(context.device);
+        let net = build_model(&vs.root(), &spec.model, image, classes as i64);
+        let ema_vs = nn::VarStore::new(context.device);
+        let ema_net = build_model(&ema_vs.root(), &spec.model, image, classes as i64);
+        (vs, net, ema_vs, ema_net)
+    };
+    match (&task.init_model, &spec.model.init) {
+        // A student starts from its teacher; a teacher from the user's weights, if any.
+        (Some(teacher), _) => vs.load(teacher)?,
+        (None, Some(weights)) => {
+            model::load_initial_weights(&mut vs, weights).map_err(|problem| TrainError::Corrupt { path: weights.clone(), problem })?;
+        }
+        (None, None) => {}
+    }
+    let mut optimizer = optim::Optimizer::new(&spec.train, vs.trainable_variables());
+
+    let checkpoint = round_dir.join("checkpoint.safetensors");
+    let checkpoint_ema = round_dir.join("checkpoint-ema.safetensors");
+    let checkpoint_info = round_dir.join("checkpoint.json");
+    let checkpoint_optimizer = round_dir.join("checkpoint-optimizer.safetensors");
+    let files = [checkpoint.as_path(), checkpoint_ema.as_path(), checkpoint_optimizer.as_path()];
+    let first_epoch = resume(&mut vs, &mut ema_vs, &mut optimizer, files, &checkpoint_info, context.round)? + 1;
+    if first_epoch == 1 {
+        ema_vs.copy(&vs)?;
+    }
+    // Every rank starts from rank 0's weights (and running statistics).
+    let mut weights = by_name(&vs);
+    collective::broadcast_from_rank0(collective, &mut weights)?;
+    let mut averages = by_name(&ema_vs);
+    collective::broadcast_from_rank0(collective, &mut averages)?;
+    let trainable = vs.trainable_variables();
+
+    let epochs = spec.train.epochs as u32;
+    let batch = spec.train.batch_size as usize;
+    let pseudo_batch = pseudo.as_ref().filter(|p| !p.data.is_empty()).map_or(0, |_| (spec.semi_supervised.mu * batch as f64).round() as usize);
+    let labelled = train_data.labels.iter().filter(|&&l| l >= 0).count();
+    let loss_fn = losses::Loss::new(&spec.train.effective_loss(), &losses::class_counts(&train_data.labels, classes))
+        .map_err(|e| unusable(&e.to_string()))?;
+    let steps = spec.train.steps_per_epoch.map_or(labelled.div_ceil(batch * world), |s| s as usize);
+    let total_steps = (steps * epochs as usize).max(1);
+    let margin = (task.class_prior.len() == classes && pseudo_batch > 0).then(|| {
+        let log_prior: Vec<f32> = task.class_prior.iter().map(|p| (spec.semi_supervised.tau * p.max(1e-12).ln()) as f32).collect();
+        Tensor::from_slice(&log_prior).to_device(context.device)
+    });
+    let mut validation = MetricsSummary::default();
+    // Batches are sampled, augmented and converted on loader threads, ahead of the step.
+    let loader_config = LoaderConfig {
+        seed: spec.train.seed,
+        round: context.round,
+        rank,
+        world,
+        batch,
+        pseudo_batch,
+        steps_per_epoch: steps,
+        last_epoch: epochs,
+        classes,
+        sampling: spec.train.sampling,
+        class_weights: (task.class_weights.len() == classes).then(|| task.class_weights.clone()),
+        augmentation: spec.train.augment.then(Augmentation::default),
+        threads: LoaderConfig::DEFAULT_THREADS,
+        depth: LoaderConfig::DEFAULT_DEPTH,
+    };
+    let pseudo_source = pseudo.map(|p| PseudoSource { data: std::sync::Arc::new(p.data), confidences: std::sync::Arc::new(p.confidences) });
+    let mut loader = Loader::start(loader_config, std::sync::Arc::new(train_data), pseudo_source, Cursor::new(first_epoch, 0))?;
+
+    for epoch in first_epoch..=epochs {
+        let started = Instant::now();
+        // Dropout draws from libtorch's generator: seeding it per epoch makes a resumed
+        // epoch draw what the uninterrupted run drew.
+        tch::manual_seed(mix(spec.train.seed ^ u64::from(context.round), u64::from(epoch)) as i64);
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
+        for step in 0..steps {
+            if stop.load(Ordering::Relaxed) {
+                return Err(TrainError::Stopped);
+            }
+            let global_step = (epoch as usize - 1) * steps + step;
+            optimizer.set_lr(learning_rate(spec.train.learning_rate, global_step, total_steps));
+            // This rank's slice of the step's global batch (see `loader`).
+            let loaded = loader.next_batch()?;
+            let indices = &loaded.indices;
+            let (images, targets) = (loaded.images.to_device(context.device), loaded.labels.to_device(context.device));
+            let logits = net.forward_t(&images, true);
+            let mut loss = loss_fn.compute(&logits, &targets, epoch);
+            if let Some(pseudo) = &loaded.pseudo {
+                let (images, targets) = (pseudo.images.to_device(context.device), pseudo.labels.to_device(context.device));
+                let confidences = pseudo.confidences.to_device(context.device);
+                let mut logits = net.forward_t(&images, true);
+                if let Some(margin) = &margin {
+                    logits = logits + margin;
+                }
+                let per_sample = logits.cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::None, -100, 0.0);
+                loss = loss + (per_sample * confidences).mean(Kind::Float) * spec.semi_supervised.lambda_u;
+            }
+            optimizer.zero_grad();
+            loss.backward();
+            collective::average_gradients(collective, &trainable, collective::DEFAULT_BUCKET_BYTES)?;
+            optimizer.step();
+            ema::update(&ema_vs, &vs, global_step);
+            loss_sum += loss.double_value(&[]);
+            correct += logits.argmax(-1, false).eq_tensor(&targets).sum(Kind::Int64).int64_value(&[]);
+            seen += indices.len();
+        }
+        validation = evaluate(ema_net.as_ref(), &val_data, classes, context.device, collective)?;
+        if rank > 0 {
+            continue;
+        }
+        vs.save(&checkpoint)?;
+        ema_vs.save(&checkpoint_ema)?;
+        optimizer.save(&checkpoint_optimizer)?;
+        write_json(&checkpoint_info, &CheckpointInfo { round: context.round, epoch })?;
+        on_epoch(EpochReport {
+            round: context.round,
+            epoch,
+            epochs_total: epochs,
+            train_loss: loss_sum / steps.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            validation: validation.clone(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    if first_epoch > epochs {
+        // Every epoch was done before a restart: evaluate the checkpoint we resumed.
+        validation = evaluate(ema_net.as_ref(), &val_data, classes, context.device, collective)?;
+    }
+
+    let model_path = round_dir.join("model.safetensors");
+    if rank > 0 {
+        return Ok(TrainOutput { validation, model_path, class_names: manifest.classes });
+    }
+    ema_vs.save(&model_path)?;
+    export::export_torchscript(&mut ema_vs, ema_net.as_ref(), image, context.device, &round_dir.join("model.pt"))?;
+    let card = ModelCard {
+        arch: format!("{:?}", spec.model.arch),
+        cbam: spec.model.cbam,
+        width: spec.model.width,
+        classes: manifest.classes.clone(),
+        image: manifest.image,
+        normalisation: "pixels / 127.5 - 1, layout N×C×H×W".into(),
+        torchscript: "model.pt".into(),
+        round: context.round,
+        validation: validation.clone(),
+    };
+    write_json(&round_dir.join("model.json"), &card)?;
+    Ok(TrainOutput { validation, model_path, class_names: manifest.classes })
+}
+
+/// Every variable of `vs`, in name order (the same on every rank).
+fn by_name(vs: &nn::VarStore) -> Vec<Tensor> {
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named.into_iter().map(|(_, t)| t).collect()
+}
+
+/// A 64-bit mix of two numbers (splitmix64 of their combination).
+pub(crate) fn mix(a: u64, b: u64) -> u64 {
+    let mut x = a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The selected pseudo-labelled samples of the unlabelled split, with their labels.
+fn load_pseudo_set(dataset: &Dataset, selection_file: &Path) -> Result<PseudoSet, TrainError> {
+    let selection = read_selection(selection_file)?;
+    let pool = dataset.read_split(Split::Unlabeled)?;
+    let position: std::collections::HashMap<i64, usize> = pool.sample_ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let mut data = ShardData::empty(pool.shape);
+    let mut confidences = Vec::with_capacity(selection.sample_ids.len());
+    for ((id, label), confidence) in selection.sample_ids.iter().zip(&selection.labels).zip(&selection.confidences) {
+        let Some(&index) = position.get(id) else {
+            return Err(TrainError::Corrupt { path: selection_file.to_path_buf(), problem: format!("sample {id} is not in the unlabeled split") });
+        };
+        data.images.extend_from_slice(pool.image(index));
+        data.labels.push(*label);
+        data.sample_ids.push(*id);
+        confidences.push(*confidence);
+    }
+    Ok(PseudoSet { data, confidences })
+}
+
+/// Linear warm-up over the first 5% of steps, then cosine decay to zero.
+fn learning_rate(base: f64, step: usize, total: usize) -> f64 {
+    let warmup = (total / 20).max(1);
+    if step < warmup {
+        base * (step + 1) as f64 / warmup as f64
+    } else {
+        let progress = (step - warmup) as f64 / (total - warmup).max(1) as f64;
+        base * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// Loads this round's checkpoint if there is one; returns the last finished epoch.
+fn resume(
+    vs: &mut nn::VarStore,
+    ema_vs: &mut nn::VarStore,
+    optimizer: &mut optim::Optimizer,
+    files: [&Path; 3],
+    info: &Path,
+    round: u32,
+) -> Result<u32, TrainError> {
+    let Ok(text) = std::fs::read_to_string(info) else { return Ok(0) };
+    let Ok(saved) = serde_json::from_str::<CheckpointInfo>(&text) else { return Ok(0) };
+    if saved.round != round || !files.iter().all(|w| w.exists()) {
+        return Ok(0);
+    }
+    vs.load(files[0])?;
+    ema_vs.load(files[1])?;
+    optimizer.load(files[2]).map_err(|problem| TrainError::Corrupt { path: files[2].to_path_buf(), problem })?;
+    tracing::info!(round, epoch = saved.epoch, "resuming from checkpoint");
+    Ok(saved.epoch)
+}
+
+/// Accuracy, macro-F1 and the rest on `data`, in evaluation mode. The ranks of a gang
+/// each predict every `world`-th sample and add their confusion matrices, so every rank
+/// gets the metrics of the whole split for 1/world of the work.
+pub fn evaluate(net: &dyn ModuleT, data: &ShardData, classes: usize, device: Device, collective: &mut dyn Collective) -> Result<MetricsSummary, TrainError> {
+    let _guard = tch::no_grad_guard();
+    let mut confusion = ConfusionMatrix::new(classes);
+    let (rank, world) = (collective.rank(), collective.world_size());
+    let mine: Vec<usize> = (rank..data.len()).step_by(world).collect();
+    for chunk in mine.chunks(256) {
+        let (images, targets) = to_tensors(data, chunk, &data.labels, device, None);
+        let predicted = net.forward_t(&images, false).argmax(-1, false).to_device(Device::Cpu);
+        let predicted: Vec<i64> = Vec::try_from(&predicted)?;
+        let truth: Vec<i64> = Vec::try_from(&targets.to_device(Device::Cpu))?;
+        for (t, p) in truth.iter().zip(&predicted) {
+            confusion.record(*t, *p);
+        }
+    }
+    if world > 1 {
+        let counts: Vec<i64> = confusion.counts().iter().map(|&c| c as i64).collect();
+        let mut total = Tensor::from_slice(&counts);
+        collective.all_reduce_sum(&mut total)?;
+        let summed: Vec<i64> = Vec::try_from(&total)?;
+        confusion = ConfusionMatrix::from_counts(summed.into_iter().map(|c| c.max(0) as u64).collect())
+            .ok_or_else(|| TrainError::Collective(CollectiveError::Mismatch("confusion matrix is not square".into())))?;
+    }
+    Ok(confusion.summary())
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    std::fs::write(path, text).map_err(|source| TrainError::Write { path: path.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learning_rate_warms_up_then_decays() {
+        let lr: Vec<f64> = (0..100).map(|s| learning_rate(1.0, s, 100)).collect();
+        assert!(lr[0] < lr[4], "warm-up rises");
+        assert!((lr[5] - 1.0).abs() < 1e-9, "peak after warm-up");
+        assert!(lr.windows(2).skip(5).all(|w| w[1] <= w[0]), "decays after warm-up");
+        assert!(lr[99] < 0.01);
+    }
+}

@@ -1,0 +1,85 @@
+//! The networks a job can train, chosen by `[model] arch`: a compact CNN for small
+//! grayscale faces (the default), softmax regression (a baseline with no batch statistics),
+//! and BasicBlock ResNet-18/34 with optional CBAM attention ([`resnet`], [`cbam`]). Every
+//! network's variables sit under the path it is given, with stable names: saved models
+//! and checkpoints depend on them. [`load_initial_weights`] starts a model from a
+//! `.safetensors` file (`[model] init`), loading what matches by name and shape.
+
+pub mod cbam;
+pub mod resnet;
+mod weights;
+
+use feral_common::spec::{Arch, ModelSpec};
+use tch::nn::{self, ModuleT};
+use tch::Tensor;
+
+pub use weights::load_initial_weights;
+
+/// The network `spec` describes for `[C, H, W]` images, its variables under `path`.
+pub fn build_model(path: &nn::Path, spec: &ModelSpec, image: [i64; 3], classes: i64) -> Box<dyn ModuleT> {
+    match spec.arch {
+        Arch::CompactCnn => Box::new(compact_cnn(path, image[0], classes, spec.width, spec.dropout)),
+        Arch::Linear => Box::new(linear(path, image.iter().product(), classes)),
+        Arch::Resnet18 => Box::new(resnet::ResNet::new(path, &resnet::ResNetConfig::new(resnet::RESNET18_BLOCKS, image, classes, spec))),
+        Arch::Resnet34 => Box::new(resnet::ResNet::new(path, &resnet::ResNetConfig::new(resnet::RESNET34_BLOCKS, image, classes, spec))),
+    }
+}
+
+/// Softmax regression on the flattened pixels.
+pub fn linear(path: &nn::Path, inputs: i64, classes: i64) -> impl ModuleT {
+    let layer = nn::linear(path / "classifier", inputs, classes, Default::default());
+    nn::seq_t().add_fn(|x| x.flatten(1, -1)).add(layer)
+}
+
+/// Three stages of two 3×3 convolutions (batch norm, ReLU) and a 2×2 max-pool, widths
+/// `w, 2w, 4w`, then global average pooling, dropout and a linear classifier. About
+/// 0.3 M parameters at `w = 32`; any input size of at least 8×8 works.
+pub fn compact_cnn(path: &nn::Path, in_channels: i64, classes: i64, width: i64, dropout: f64) -> impl ModuleT {
+    let mut net = nn::seq_t();
+    let mut channels = in_channels;
+    for (stage, out) in [width, width * 2, width * 4].into_iter().enumerate() {
+        for conv in 0..2 {
+            let name = format!("stage{stage}_conv{conv}");
+            let config = nn::ConvConfig { padding: 1, bias: false, ..Default::default() };
+            net = net
+                .add(nn::conv2d(path / name.as_str(), channels, out, 3, config))
+                .add(nn::batch_norm2d(path / format!("{name}_bn").as_str(), out, Default::default()))
+                .add_fn(Tensor::relu);
+            channels = out;
+        }
+        net = net.add_fn(|x| x.max_pool2d_default(2));
+    }
+    net.add_fn(|x| x.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
+        .add_fn_t(move |x, train| x.dropout(dropout, train))
+        .add(nn::linear(path / "classifier", channels, classes, Default::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    fn spec(arch: Arch) -> ModelSpec {
+        ModelSpec { arch, ..ModelSpec::default() }
+    }
+
+    #[test]
+    fn compact_cnn_and_linear_keep_their_variable_names() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = build_model(&vs.root(), &spec(Arch::CompactCnn), [1, 48, 48], 7);
+        let mut names: Vec<String> = vs.variables().into_keys().collect();
+        names.sort();
+        assert_eq!(names.len(), 6 * 5 + 2, "six convolutions with batch norm, one classifier");
+        for name in ["stage0_conv0.weight", "stage2_conv1_bn.running_var", "classifier.weight", "classifier.bias"] {
+            assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+        }
+        assert_eq!(net.forward_t(&Tensor::zeros([2, 1, 48, 48], (Kind::Float, Device::Cpu)), false).size(), [2, 7]);
+
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = build_model(&vs.root(), &spec(Arch::Linear), [1, 8, 8], 3);
+        let mut names: Vec<String> = vs.variables().into_keys().collect();
+        names.sort();
+        assert_eq!(names, ["classifier.bias", "classifier.weight"]);
+        assert_eq!(net.forward_t(&Tensor::zeros([2, 1, 8, 8], (Kind::Float, Device::Cpu)), false).size(), [2, 3]);
+    }
+}
