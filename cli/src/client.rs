@@ -1,0 +1,56 @@
+//! Connecting to the coordinator and turning gRPC failures into errors a person can read.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use feral_common::errors::error_chain;
+use feral_proto::v1::job_service_client::JobServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// A `JobService` client connected to `url`, or an error naming the address.
+pub async fn connect(url: &str) -> anyhow::Result<JobServiceClient<Channel>> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("--coordinator {url:?} is not a valid URL (expected e.g. http://127.0.0.1:7070)"))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot reach the coordinator at {url}: {}", error_chain(&error)))?;
+    Ok(JobServiceClient::new(channel))
+}
+
+/// A failed call as an error that reads as the coordinator's message alone (it names the
+/// bad field or id); transport failures keep their code, since their message is terse.
+pub fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            anyhow::anyhow!("coordinator unavailable: {}", status.message())
+        }
+        _ => anyhow::anyhow!("{}", status.message()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_errors_read_as_the_coordinator_message() {
+        let error = rpc_error(tonic::Status::invalid_argument("job spec field `train.epochs` must be at least 1, got 0"));
+        assert_eq!(error.to_string(), "job spec field `train.epochs` must be at least 1, got 0");
+        let error = rpc_error(tonic::Status::not_found("no job with id `job-x`"));
+        assert_eq!(error.to_string(), "no job with id `job-x`");
+    }
+
+    #[test]
+    fn transport_errors_say_the_coordinator_is_unavailable() {
+        let error = rpc_error(tonic::Status::unavailable("connection reset"));
+        assert_eq!(error.to_string(), "coordinator unavailable: connection reset");
+    }
+
+    #[tokio::test]
+    async fn invalid_url_names_the_flag() {
+        let error = connect("not a url").await.err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(error.contains("--coordinator"), "{error}");
+    }
+}

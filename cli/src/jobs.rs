@@ -1,0 +1,86 @@
+//! The commands that talk to a running coordinator: `submit`, `status`, `watch`, `cancel`
+//! and `workers`.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use feral_common::time::now_ms;
+use feral_proto::v1 as pb;
+
+use crate::client::{connect, rpc_error};
+use crate::render;
+use crate::watch::watch_job;
+
+/// `feral submit JOB.toml [--watch]`.
+pub async fn submit(url: &str, spec_path: &Path, then_watch: bool) -> anyhow::Result<ExitCode> {
+    let spec_toml = tokio::fs::read_to_string(spec_path)
+        .await
+        .with_context(|| format!("cannot read job spec {}", spec_path.display()))?;
+    let job = submit_spec(url, spec_toml).await?;
+    println!("submitted job {}", job.id);
+    if !then_watch {
+        return Ok(ExitCode::SUCCESS);
+    }
+    watch(url, &job.id).await
+}
+
+/// Sends a spec and returns the queued job.
+pub async fn submit_spec(url: &str, spec_toml: String) -> anyhow::Result<pb::Job> {
+    let mut client = connect(url).await?;
+    let response = client.submit_job(pb::SubmitJobRequest { spec_toml }).await.map_err(rpc_error)?;
+    response.into_inner().job.context("the coordinator accepted the job but did not return it")
+}
+
+/// `feral status [JOB]`.
+pub async fn status(url: &str, job_id: Option<&str>) -> anyhow::Result<ExitCode> {
+    let mut client = connect(url).await?;
+    match job_id {
+        Some(job_id) => {
+            let job = client.get_job(pb::GetJobRequest { job_id: job_id.to_owned() }).await.map_err(rpc_error)?;
+            print!("{}", render::job_details(job.get_ref(), now_ms()));
+        }
+        None => {
+            let jobs = client.list_jobs(pb::ListJobsRequest {}).await.map_err(rpc_error)?;
+            print!("{}", render::jobs_table(&jobs.get_ref().jobs, now_ms()));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `feral watch JOB`: exits 0 only when the job succeeded.
+pub async fn watch(url: &str, job_id: &str) -> anyhow::Result<ExitCode> {
+    let job = watch_job(url, job_id).await?;
+    Ok(report_final(&job))
+}
+
+/// Prints the summary of a job in its final state and returns the matching exit code.
+pub fn report_final(job: &pb::Job) -> ExitCode {
+    println!();
+    print!("{}", render::job_details(job, now_ms()));
+    match job.state() {
+        pb::JobState::Succeeded => ExitCode::SUCCESS,
+        state => {
+            let reason = if job.state_reason.is_empty() { "no reason given" } else { job.state_reason.as_str() };
+            eprintln!("error: job {} {}: {reason}", job.id, render::job_state_name(state));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `feral cancel JOB`.
+pub async fn cancel(url: &str, job_id: &str) -> anyhow::Result<ExitCode> {
+    let mut client = connect(url).await?;
+    let job = client.cancel_job(pb::CancelJobRequest { job_id: job_id.to_owned() }).await.map_err(rpc_error)?;
+    let job = job.into_inner();
+    println!("job {}: {}", job.id, render::job_state_name(job.state()));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `feral workers`.
+pub async fn workers(url: &str) -> anyhow::Result<ExitCode> {
+    let mut client = connect(url).await?;
+    let response = client.list_workers(pb::ListWorkersRequest {}).await.map_err(rpc_error)?;
+    print!("{}", render::workers_table(&response.get_ref().workers, now_ms()));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,155 @@
+//! `feral`: the command line of Feral. Submits, inspects, watches and cancels training jobs
+//! on a coordinator, lists its workers, prepares datasets, and runs the one-machine demo.
+#![forbid(unsafe_code)]
+
+mod children;
+mod client;
+mod demo;
+mod import;
+mod jobs;
+mod prepare;
+mod render;
+mod rounds;
+mod table;
+mod watch;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// Feral: distributed training of facial-expression recognition models.
+#[derive(Debug, Parser)]
+#[command(name = "feral", version)]
+struct Cli {
+    /// The coordinator's gRPC address.
+    #[arg(long, global = true, env = "FERAL_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    coordinator: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Submit a job spec (TOML) and print the new job's id.
+    Submit {
+        /// The job spec file, e.g. job.toml.
+        spec: PathBuf,
+        /// Then follow the job until it finishes, like `feral watch`.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// List the jobs, or show one job in detail.
+    Status {
+        /// The job to show; all jobs when left out.
+        job: Option<String>,
+    },
+    /// Follow a job until it finishes; exits 0 only if it succeeded.
+    Watch {
+        /// The job to follow.
+        job: String,
+    },
+    /// Cancel a queued or running job.
+    Cancel {
+        /// The job to cancel.
+        job: String,
+    },
+    /// List the workers registered with the coordinator.
+    Workers,
+    /// Prepare a dataset directory from a source.
+    Prepare {
+        #[command(subcommand)]
+        source: prepare::PrepareSource,
+    },
+    /// Run everything on this machine: dataset, coordinator, workers and a small job.
+    Demo(demo::DemoArgs),
+    /// Look at a prepared dataset.
+    Dataset {
+        #[command(subcommand)]
+        command: DatasetCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DatasetCommand {
+    /// Counts per split and class, imbalance ratio, shards and their checksum status.
+    Inspect {
+        /// The dataset directory (with manifest.json).
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(dispatch(cli));
+    // Do not wait for a dataset generator that an interrupt left running.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match outcome {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {}", feral_common::errors::error_chain(error.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let url = cli.coordinator.as_str();
+    match cli.command {
+        Command::Submit { spec, watch } => jobs::submit(url, &spec, watch).await,
+        Command::Status { job } => jobs::status(url, job.as_deref()).await,
+        Command::Watch { job } => jobs::watch(url, &job).await,
+        Command::Cancel { job } => jobs::cancel(url, &job).await,
+        Command::Workers => jobs::workers(url).await,
+        Command::Prepare { source } => prepare::prepare(source).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Dataset { command: DatasetCommand::Inspect { dir } } => import::inspect(dir).await,
+    }
+}
+
+/// Logs go to stderr, `warn` and above unless `RUST_LOG` says otherwise.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent_and_documented() {
+        Cli::command().debug_assert();
+        fn check(command: &clap::Command, path: &str) {
+            for arg in command.get_arguments().filter(|a| !["help", "version"].contains(&a.get_id().as_str())) {
+                assert!(arg.get_help().is_some(), "{path} --{} has no help", arg.get_id());
+            }
+            for sub in command.get_subcommands() {
+                assert!(sub.get_about().is_some(), "{path} {} has no help", sub.get_name());
+                check(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        check(&Cli::command(), "feral");
+    }
+
+    #[test]
+    fn coordinator_flag_is_global_with_a_default() {
+        let cli = Cli::try_parse_from(["feral", "status"]).expect("parses");
+        assert!(cli.coordinator.starts_with("http://"));
+        let cli = Cli::try_parse_from(["feral", "watch", "job-1", "--coordinator", "http://h:1"]).expect("parses");
+        assert_eq!(cli.coordinator, "http://h:1");
+        assert!(matches!(cli.command, Command::Watch { job } if job == "job-1"));
+        let cli = Cli::try_parse_from(["feral", "submit", "j.toml", "--watch"]).expect("parses");
+        assert!(matches!(cli.command, Command::Submit { watch: true, .. }));
+    }
+}

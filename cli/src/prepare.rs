@@ -1,0 +1,212 @@
+//! `feral prepare SOURCE`: turns a source into a dataset directory: generated synthetic
+//! faces here, FER2013 CSVs, image folders and video frames in `crate::import`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use feral_common::dataset::Manifest;
+use feral_common::prepare::{prepare_synthetic, SyntheticSplits};
+use feral_common::synthetic::SyntheticConfig;
+
+use crate::table::{Align, Table};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PrepareSource {
+    /// Generate the procedural synthetic facial-expression dataset (no real data needed).
+    Synthetic(SyntheticArgs),
+    /// Import a FER2013 CSV (Training rows train, PublicTest rows validate).
+    Fer2013(crate::import::Fer2013Args),
+    /// Import image folders (RAF-DB / AffectNet style) or a label list.
+    Images(crate::import::ImagesArgs),
+    /// Import video frames (Aff-Wild2 style), split by video.
+    Frames(crate::import::FramesArgs),
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct SyntheticArgs {
+    /// Directory to write the dataset into (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of images to generate (at least 10).
+    #[arg(long, default_value_t = 6000)]
+    pub samples: usize,
+    /// Side of the square grayscale images in pixels (16 to 256).
+    #[arg(long, default_value_t = 48)]
+    pub image_size: u32,
+    /// Count of the most frequent class over the least frequent one (at least 1).
+    #[arg(long, default_value_t = 10.0)]
+    pub imbalance: f64,
+    /// Probability in [0, 1) that a training label is replaced by another class.
+    #[arg(long, default_value_t = 0.1)]
+    pub label_noise: f64,
+    /// Fraction in (0, 1] of the non-validation samples that keep their label; the rest
+    /// form the unlabelled pool.
+    #[arg(long, default_value_t = 1.0)]
+    pub labeled_fraction: f64,
+    /// Fraction in (0, 1) of the samples held out for validation.
+    #[arg(long, default_value_t = 0.2)]
+    pub val_fraction: f64,
+    /// Seed of the whole dataset.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Samples per shard file (at least 1).
+    #[arg(long, default_value_t = 4096)]
+    pub shard_size: usize,
+}
+
+impl SyntheticArgs {
+    /// The generator settings these flags ask for, or an error naming the flag.
+    pub fn validate(&self) -> anyhow::Result<(SyntheticConfig, SyntheticSplits)> {
+        if self.samples < 10 {
+            anyhow::bail!("--samples must be at least 10, got {}", self.samples);
+        }
+        if !(16..=256).contains(&self.image_size) {
+            anyhow::bail!("--image-size must be between 16 and 256, got {}", self.image_size);
+        }
+        if !(self.imbalance.is_finite() && self.imbalance >= 1.0) {
+            anyhow::bail!("--imbalance must be a number of at least 1, got {}", self.imbalance);
+        }
+        if !(0.0..1.0).contains(&self.label_noise) {
+            anyhow::bail!("--label-noise must be in [0, 1), got {}", self.label_noise);
+        }
+        if !(self.labeled_fraction > 0.0 && self.labeled_fraction <= 1.0) {
+            anyhow::bail!("--labeled-fraction must be in (0, 1], got {}", self.labeled_fraction);
+        }
+        if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
+            anyhow::bail!("--val-fraction must be in (0, 1), got {}", self.val_fraction);
+        }
+        if self.shard_size == 0 {
+            anyhow::bail!("--shard-size must be at least 1, got 0");
+        }
+        let config = SyntheticConfig {
+            samples: self.samples,
+            image_size: self.image_size,
+            imbalance_ratio: self.imbalance,
+            label_noise: self.label_noise,
+            seed: self.seed,
+        };
+        let splits = SyntheticSplits {
+            val_fraction: self.val_fraction,
+            labeled_fraction: self.labeled_fraction,
+            shard_size: self.shard_size,
+        };
+        Ok((config, splits))
+    }
+}
+
+/// `feral prepare SOURCE ...`.
+pub async fn prepare(source: PrepareSource) -> anyhow::Result<ExitCode> {
+    match source {
+        PrepareSource::Synthetic(args) => {
+            let (config, splits) = args.validate()?;
+            println!("generating {} synthetic images of {}x{} into {}", config.samples, config.image_size, config.image_size, args.out.display());
+            let manifest = generate_synthetic(&args.out, config, splits).await?;
+            print!("{}", describe_manifest(&manifest));
+            Ok(ExitCode::SUCCESS)
+        }
+        PrepareSource::Fer2013(args) => crate::import::fer2013(args).await,
+        PrepareSource::Images(args) => crate::import::images(args).await,
+        PrepareSource::Frames(args) => crate::import::frames(args).await,
+    }
+}
+
+/// Writes a synthetic dataset into `out` off the async runtime.
+pub async fn generate_synthetic(out: &Path, config: SyntheticConfig, splits: SyntheticSplits) -> anyhow::Result<Manifest> {
+    let dir = out.to_path_buf();
+    let manifest = tokio::task::spawn_blocking(move || prepare_synthetic(&dir, &config, &splits))
+        .await
+        .context("dataset generation stopped unexpectedly")?
+        .with_context(|| format!("cannot write the synthetic dataset into {}", out.display()))?;
+    Ok(manifest)
+}
+
+/// Per-split sample counts and per-class counts, by class name.
+pub fn describe_manifest(manifest: &Manifest) -> String {
+    let mut headers = vec![("SPLIT", Align::Left), ("SAMPLES", Align::Right)];
+    headers.extend(manifest.classes.iter().map(|name| (name.as_str(), Align::Right)));
+    let mut table = Table::new(&headers);
+    for (split, info) in &manifest.splits {
+        let mut row = vec![split.to_string(), info.samples.to_string()];
+        row.extend(info.class_counts.iter().map(u64::to_string));
+        table.push(row);
+    }
+    let image = manifest.image;
+    let total: u64 = manifest.splits.values().map(|info| info.samples).sum();
+    format!(
+        "dataset {}: {total} images of {}x{}x{}, {} classes\n{}",
+        manifest.name,
+        image.height,
+        image.width,
+        image.channels,
+        manifest.classes.len(),
+        table.render()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Harness {
+        #[command(subcommand)]
+        source: PrepareSource,
+    }
+
+    fn parse(extra: &[&str]) -> SyntheticArgs {
+        let args = ["prepare", "synthetic", "--out", "/tmp/x"].iter().chain(extra).copied();
+        match Harness::parse_from(args).source {
+            PrepareSource::Synthetic(args) => args,
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    fn rejection(extra: &[&str]) -> String {
+        parse(extra).validate().err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_reach_the_generator() {
+        let (config, splits) = parse(&[]).validate().expect("defaults are valid");
+        assert_eq!(config, SyntheticConfig { samples: 6000, ..SyntheticConfig::default() });
+        assert_eq!(splits, SyntheticSplits::default());
+        let (config, splits) = parse(&["--samples", "10", "--image-size", "16", "--labeled-fraction", "0.25", "--seed", "9"])
+            .validate()
+            .expect("valid");
+        assert_eq!((config.samples, config.image_size, config.seed), (10, 16, 9));
+        assert_eq!(splits.labeled_fraction, 0.25);
+    }
+
+    #[test]
+    fn each_bad_flag_is_named() {
+        assert!(rejection(&["--samples", "9"]).contains("--samples"));
+        assert!(rejection(&["--image-size", "15"]).contains("--image-size"));
+        assert!(rejection(&["--image-size", "257"]).contains("--image-size"));
+        assert!(rejection(&["--imbalance", "0.5"]).contains("--imbalance"));
+        assert!(rejection(&["--imbalance", "NaN"]).contains("--imbalance"));
+        assert!(rejection(&["--label-noise", "1.0"]).contains("--label-noise"));
+        assert!(rejection(&["--label-noise=-0.1"]).contains("--label-noise"));
+        assert!(rejection(&["--labeled-fraction", "0"]).contains("--labeled-fraction"));
+        assert!(rejection(&["--labeled-fraction", "1.5"]).contains("--labeled-fraction"));
+        assert!(rejection(&["--val-fraction", "0"]).contains("--val-fraction"));
+        assert!(rejection(&["--val-fraction", "1"]).contains("--val-fraction"));
+        assert!(rejection(&["--shard-size", "0"]).contains("--shard-size"));
+    }
+
+    #[tokio::test]
+    async fn generated_dataset_is_described_by_split_and_class() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (config, splits) = parse(&["--samples", "200", "--image-size", "16"]).validate().expect("valid");
+        let manifest = generate_synthetic(dir.path(), config, splits).await.expect("generate");
+        let text = describe_manifest(&manifest);
+        assert!(text.starts_with("dataset synthetic: 200 images of 16x16x1, 7 classes\n"), "{text}");
+        let header: Vec<&str> = text.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+        assert_eq!(header, ["SPLIT", "SAMPLES", "angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]);
+        let train = text.lines().find(|l| l.starts_with("train")).unwrap_or_default();
+        let cells: Vec<u64> = train.split_whitespace().skip(1).filter_map(|c| c.parse().ok()).collect();
+        assert_eq!(cells.len(), 8, "{train}");
+        assert_eq!(cells[0], cells[1..].iter().sum::<u64>(), "class counts add up: {train}");
+    }
+}

@@ -1,0 +1,96 @@
+//! Per-round results of a semi-supervised job: what each round's model scored, what its
+//! pseudo-labelling selected, and how precise the pseudo-labels were where the dataset
+//! kept the true labels of its unlabelled pool.
+
+use feral_proto::v1 as pb;
+
+use crate::render::{f1, percent};
+use crate::table::{Align, Table};
+
+fn class_headers<'a>(first: &'a str, classes: &'a [String]) -> Vec<(&'a str, Align)> {
+    std::iter::once((first, Align::Right)).chain(classes.iter().map(|c| (c.as_str(), Align::Right))).collect()
+}
+
+/// The three round tables: summary, per-class validation F1, pseudo-label histogram.
+pub fn rounds_tables(job: &pb::Job, classes: &[String]) -> String {
+    let mut summary = Table::new(&[
+        ("ROUND", Align::Right),
+        ("VAL ACC", Align::Right),
+        ("VAL MACRO-F1", Align::Right),
+        ("SHARDS", Align::Right),
+        ("SELECTED", Align::Right),
+        ("POOL", Align::Right),
+        ("PL PRECISION", Align::Right),
+    ]);
+    let mut per_class = Table::new(&class_headers("F1 BY ROUND", classes));
+    let mut histogram = Table::new(&class_headers("PSEUDO-LABELS", classes));
+    for round in &job.rounds {
+        let validation = round.validation.as_ref();
+        let selection = round.selection.as_ref();
+        let dash = || "-".to_owned();
+        summary.push(vec![
+            round.round.to_string(),
+            validation.map_or_else(dash, |v| percent(v.accuracy)),
+            validation.map_or_else(dash, |v| f1(v.macro_f1)),
+            if round.round == 0 { dash() } else { format!("{}/{}", round.shards_predicted, round.shards_total) },
+            selection.map_or_else(dash, |s| s.selected.to_string()),
+            selection.map_or_else(dash, |s| s.pool.to_string()),
+            selection.and_then(precision).map_or_else(dash, percent),
+        ]);
+        if let Some(v) = validation {
+            per_class.push(std::iter::once(round.round.to_string()).chain(v.per_class_f1.iter().map(|x| f1(*x))).collect());
+        }
+        if let Some(s) = selection {
+            histogram.push(std::iter::once(round.round.to_string()).chain(s.selected_per_class.iter().map(u64::to_string)).collect());
+        }
+    }
+    let mut out = summary.render();
+    for table in [per_class, histogram] {
+        if !table.is_empty() {
+            out.push('\n');
+            out.push_str(&table.render());
+        }
+    }
+    out
+}
+
+/// Pseudo-label precision where true labels were known.
+pub fn precision(selection: &pb::SelectOutcome) -> Option<f64> {
+    (selection.with_hidden_label > 0).then(|| selection.correct as f64 / selection.with_hidden_label as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(macro_f1: f64) -> pb::Metrics {
+        pb::Metrics { accuracy: 0.5, macro_f1, per_class_f1: vec![0.25, 0.75], confusion: vec![], samples: 10 }
+    }
+
+    #[test]
+    fn rounds_show_scores_selection_histogram_and_precision() {
+        let classes = vec!["happy".to_owned(), "sad".to_owned()];
+        let selection = pb::SelectOutcome { selected_per_class: vec![30, 10], selected: 40, pool: 100, correct: 30, with_hidden_label: 40, ..Default::default() };
+        let job = pb::Job {
+            rounds: vec![
+                pb::RoundSummary { round: 0, validation: Some(metrics(0.5)), ..Default::default() },
+                pb::RoundSummary { round: 1, validation: Some(metrics(0.6)), shards_predicted: 3, shards_total: 3, selection: Some(selection), ..Default::default() },
+            ],
+            ..Default::default()
+        };
+        let text = rounds_tables(&job, &classes);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("VAL MACRO-F1") && lines[0].contains("PL PRECISION"));
+        assert!(lines[1].trim_start().starts_with('0') && lines[1].contains("0.500") && lines[1].ends_with('-'), "{}", lines[1]);
+        assert!(lines[2].contains("3/3") && lines[2].contains("40") && lines[2].contains("100") && lines[2].contains("75.0%"), "{}", lines[2]);
+        assert!(text.contains("F1 BY ROUND") && text.contains("0.750"));
+        assert!(text.contains("PSEUDO-LABELS") && text.contains("happy"));
+        let histogram = text.lines().last().unwrap_or_default();
+        assert!(histogram.contains("30") && histogram.contains("10"), "{histogram}");
+    }
+
+    #[test]
+    fn precision_is_unknown_without_hidden_labels() {
+        assert_eq!(precision(&pb::SelectOutcome::default()), None);
+    }
+}

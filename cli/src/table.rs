@@ -1,0 +1,92 @@
+//! Plain-text tables with aligned columns, for `feral status` and `feral workers`.
+
+/// How a column's cells line up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Align {
+    Left,
+    Right,
+}
+
+/// A table built row by row and rendered with two spaces between columns.
+#[derive(Debug)]
+pub struct Table {
+    headers: Vec<(String, Align)>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[(&str, Align)]) -> Self {
+        let headers = headers.iter().map(|(name, align)| ((*name).to_owned(), *align)).collect();
+        Self { headers, rows: Vec::new() }
+    }
+
+    /// Adds a row; missing cells render empty, extra cells are ignored.
+    pub fn push(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The table as lines, each without trailing spaces, ending with a newline.
+    pub fn render(&self) -> String {
+        let widths: Vec<usize> = self
+            .headers
+            .iter()
+            .enumerate()
+            .map(|(column, (header, _))| {
+                let cells = self.rows.iter().filter_map(|row| row.get(column));
+                cells.map(|cell| cell.chars().count()).chain([header.chars().count()]).max().unwrap_or(0)
+            })
+            .collect();
+        let header_cells: Vec<String> = self.headers.iter().map(|(header, _)| header.clone()).collect();
+        let mut out = String::new();
+        for row in std::iter::once(&header_cells).chain(&self.rows) {
+            let mut line = String::new();
+            for (column, ((_, align), width)) in self.headers.iter().zip(&widths).enumerate() {
+                let cell = row.get(column).map(String::as_str).unwrap_or("");
+                if column > 0 {
+                    line.push_str("  ");
+                }
+                let padding = " ".repeat(width.saturating_sub(cell.chars().count()));
+                match align {
+                    Align::Left => {
+                        line.push_str(cell);
+                        line.push_str(&padding);
+                    }
+                    Align::Right => {
+                        line.push_str(&padding);
+                        line.push_str(cell);
+                    }
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_are_aligned_and_lines_have_no_trailing_spaces() {
+        let mut table = Table::new(&[("NAME", Align::Left), ("COUNT", Align::Right), ("NOTE", Align::Left)]);
+        table.push(vec!["alpha".into(), "7".into(), "".into()]);
+        table.push(vec!["b".into(), "1234567".into(), "long note".into()]);
+        let text = table.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines, ["NAME     COUNT  NOTE", "alpha        7", "b      1234567  long note"]);
+        assert!(!table.is_empty());
+    }
+
+    #[test]
+    fn header_only_table_renders_the_header() {
+        let table = Table::new(&[("ID", Align::Left), ("STATE", Align::Left)]);
+        assert!(table.is_empty());
+        assert_eq!(table.render(), "ID  STATE\n");
+    }
+}
