@@ -1,0 +1,166 @@
+//! A sandbox for end-to-end tests: a coordinator and workers in one process on
+//! `127.0.0.1` listeners bound first, real gRPC between them, every wait under a timeout.
+
+pub mod scripted;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use feral_common::prepare::{prepare_synthetic, SyntheticSplits};
+use feral_common::synthetic::SyntheticConfig;
+use feral_coordinator::control::Settings;
+use feral_coordinator::store::Store;
+use feral_proto::v1 as pb;
+use feral_proto::v1::job_service_client::JobServiceClient;
+use feral_proto::v1::worker_service_client::WorkerServiceClient;
+use feral_worker::agent::{self, AgentConfig};
+use feral_worker::runner::TaskRunner;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+/// Settings with short leases, artifacts under `root`.
+pub fn test_settings(root: &Path) -> Settings {
+    Settings { artifact_root: root.join("artifacts"), heartbeat_interval_ms: 100, lease_ttl_ms: 1500 }
+}
+
+/// A coordinator served in this process; stopped (and its store released) by [`stop`](Self::stop).
+pub struct RunningCoordinator {
+    pub address: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    served: JoinHandle<Result<(), feral_coordinator::ServeError>>,
+}
+
+impl RunningCoordinator {
+    /// Serves on `address` (`127.0.0.1:0` for any free port).
+    pub async fn start(settings: Settings, store: Arc<dyn Store>, address: SocketAddr) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("bind {address}"))?;
+        let address = listener.local_addr()?;
+        let (shutdown, stopped) = oneshot::channel();
+        let served = tokio::spawn(feral_coordinator::serve(settings, listener, store, async {
+            let _ = stopped.await;
+        }));
+        Ok(Self { address, shutdown: Some(shutdown), served })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.served).await.context("coordinator did not stop")???;
+        Ok(())
+    }
+
+    pub async fn jobs(&self) -> anyhow::Result<JobServiceClient<Channel>> {
+        Ok(JobServiceClient::connect(self.url()).await?)
+    }
+
+    pub async fn workers(&self) -> anyhow::Result<WorkerServiceClient<Channel>> {
+        Ok(WorkerServiceClient::connect(self.url()).await?)
+    }
+}
+
+/// A worker agent in this process; [`stop`](Self::stop) ends it as a killed worker would
+/// end: no more heartbeats.
+pub struct RunningWorker {
+    pub id: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    running: JoinHandle<Result<(), agent::AgentError>>,
+}
+
+impl RunningWorker {
+    pub fn start(coordinator_url: &str, id: &str, runner: Arc<dyn TaskRunner>) -> Self {
+        let config = AgentConfig {
+            coordinator: coordinator_url.to_owned(),
+            worker_id: id.to_owned(),
+            hostname: "sandbox".to_owned(),
+            advertise_host: "127.0.0.1".to_owned(),
+            slots: vec![pb::Slot { device: "cpu".into(), name: "cpu".into() }],
+        };
+        let (shutdown, stopped) = oneshot::channel();
+        let running = tokio::spawn(agent::run(config, runner, async {
+            let _ = stopped.await;
+        }));
+        Self { id: id.to_owned(), shutdown: Some(shutdown), running }
+    }
+
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.running).await.context("worker did not stop")???;
+        Ok(())
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn get_job(client: &mut JobServiceClient<Channel>, id: &str) -> anyhow::Result<pb::Job> {
+    Ok(client.get_job(pb::GetJobRequest { job_id: id.to_owned() }).await?.into_inner())
+}
+
+/// Waits until job `id` is in one of `states`; returns it.
+pub async fn wait_for_state(client: &JobServiceClient<Channel>, id: &str, states: &[pb::JobState], timeout: Duration) -> anyhow::Result<pb::Job> {
+    let what = format!("job {id} to reach {states:?}");
+    wait_until(&what, timeout, || {
+        let mut client = client.clone();
+        async move {
+            let job = get_job(&mut client, id).await?;
+            Ok(states.iter().any(|s| *s as i32 == job.state).then_some(job))
+        }
+    })
+    .await
+}
+
+/// A small synthetic dataset in `dir`: 32×32 faces, mild imbalance and label noise.
+pub fn synthetic_dataset(dir: &Path, samples: usize) -> anyhow::Result<PathBuf> {
+    let config = SyntheticConfig { samples, image_size: 32, imbalance_ratio: 4.0, label_noise: 0.05, seed: 11 };
+    let splits = SyntheticSplits { val_fraction: 0.2, labeled_fraction: 1.0, shard_size: 1024 };
+    prepare_synthetic(dir, &config, &splits)?;
+    Ok(dir.to_path_buf())
+}
+
+/// A job spec TOML for `dataset` with a small, fast model.
+pub fn job_spec(dataset: &Path, epochs: u32) -> String {
+    format!(
+        "version = 1\nname = \"sandbox\"\ndataset = {:?}\n\n[model]\nwidth = 16\n\n[train]\nepochs = {epochs}\nbatch_size = 64\nlearning_rate = 0.004\n",
+        dataset.display().to_string()
+    )
+}
+
+pub async fn submit(client: &mut JobServiceClient<Channel>, spec_toml: String) -> anyhow::Result<pb::Job> {
+    let job = client.submit_job(pb::SubmitJobRequest { spec_toml }).await?.into_inner().job;
+    job.context("submit answered without a job")
+}

@@ -1,0 +1,79 @@
+//! A scripted task runner: every kind of task answers at once with plausible numbers, and
+//! chosen kinds can be made slow, so coordinator behaviour can be tested without training.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use feral_common::metrics::MetricsSummary;
+use feral_worker::collective::Collective;
+use feral_worker::runner::{Assignment, TaskFailure, TaskKind, TaskOutput, TaskRunner};
+use feral_worker::tasks::{InferOutput, PrepareOutput, SelectOutput};
+use feral_worker::train::{EpochReport, TrainOutput};
+
+/// Answers every task; `slow` kinds take `delay` per step (and honour `stop`).
+pub struct ScriptedRunner {
+    /// Epochs a training task reports.
+    pub epochs: u32,
+    /// Unlabelled shards the prepared dataset has.
+    pub shards: usize,
+    pub slow: Vec<TaskKind>,
+    pub delay: Duration,
+    /// The validation macro-F1 a round-0 model reports (0.1 more per round).
+    pub macro_f1: f64,
+}
+
+impl ScriptedRunner {
+    pub fn fast(shards: usize) -> Self {
+        Self { epochs: 2, shards, slow: Vec::new(), delay: Duration::ZERO, macro_f1: 0.5 }
+    }
+
+    fn pause(&self, kind: TaskKind, stop: &AtomicBool) -> Result<(), TaskFailure> {
+        if self.slow.contains(&kind) {
+            std::thread::sleep(self.delay);
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Err(TaskFailure::Stopped);
+        }
+        Ok(())
+    }
+}
+
+impl TaskRunner for ScriptedRunner {
+    fn run(&self, task: &Assignment, _: &mut dyn Collective, on_epoch: &mut dyn FnMut(EpochReport), stop: &AtomicBool) -> Result<TaskOutput, TaskFailure> {
+        let metrics = |f1: f64| MetricsSummary { accuracy: f1, macro_f1: f1, per_class_f1: vec![f1, f1], ..MetricsSummary::default() };
+        self.pause(task.kind, stop)?;
+        Ok(match task.kind {
+            TaskKind::Prepare => TaskOutput::Prepared(PrepareOutput {
+                class_names: vec!["a".into(), "b".into()],
+                train_samples: 10,
+                val_samples: 10,
+                unlabeled_shards: (0..self.shards).map(|i| (format!("unlabeled-{i:05}.safetensors"), 10)).collect(),
+            }),
+            TaskKind::Train => {
+                for epoch in 1..=self.epochs {
+                    self.pause(TaskKind::Train, stop)?;
+                    let report = EpochReport { round: task.round, epoch, epochs_total: self.epochs, train_loss: 1.0 / f64::from(epoch), train_accuracy: 0.5, validation: metrics(0.5), seconds: 0.0 };
+                    on_epoch(report);
+                }
+                let validation = metrics(self.macro_f1 + 0.1 * f64::from(task.round));
+                TaskOutput::Trained(TrainOutput { validation, model_path: task.artifact_dir.join(format!("r{}/model.safetensors", task.round)), class_names: vec!["a".into(), "b".into()] })
+            }
+            TaskKind::Infer => TaskOutput::Inferred(InferOutput {
+                probability_sums: vec![7.0, 3.0],
+                samples: 10,
+                predictions_file: task.artifact_dir.join(format!("r{}/pred-{}", task.round, task.shards.join(","))),
+            }),
+            TaskKind::Select => TaskOutput::Selected(SelectOutput {
+                selected_per_class: vec![3, 2],
+                thresholds: vec![0.9, 0.6],
+                confident_per_class: vec![3, 1],
+                selected: 5,
+                pool: 10 * self.shards as u64,
+                correct: 4,
+                with_hidden_label: 5,
+                selection_file: task.artifact_dir.join(format!("r{}/selection.safetensors", task.round)),
+                cap: 0,
+            }),
+        })
+    }
+}

@@ -1,0 +1,76 @@
+//! Data-parallel training through the whole system: a gang of two ranks on two workers,
+//! joined through the coordinator and averaging gradients over a TCP ring, trains the
+//! same model as one rank with the same global batch and seed.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use feral_coordinator::store::MemoryStore;
+use feral_proto::v1 as pb;
+use feral_tests::*;
+use feral_worker::runner::TchRunner;
+use tch::Tensor;
+
+/// A linear model (no batch statistics, no dropout), no augmentation: the arithmetic of
+/// one rank on a batch of 64 and of two ranks on 32 each is the same up to float rounding.
+fn spec(dataset: &Path, workers: u32, batch_size: u32) -> String {
+    format!(
+        "version = 1\nname = \"dp\"\ndataset = {:?}\n\n[model]\narch = \"linear\"\n\n[train]\nepochs = 2\nbatch_size = {batch_size}\nsteps_per_epoch = 15\naugment = false\nlearning_rate = 0.01\n\n[resources]\nworkers = {workers}\n",
+        dataset.display().to_string()
+    )
+}
+
+async fn train(coordinator: &RunningCoordinator, spec: String) -> anyhow::Result<pb::Job> {
+    let mut jobs = coordinator.jobs().await?;
+    let job = submit(&mut jobs, spec).await?;
+    let done = wait_for_state(&jobs, &job.id, &[pb::JobState::Succeeded, pb::JobState::Failed], Duration::from_secs(300)).await?;
+    anyhow::ensure!(done.state == pb::JobState::Succeeded as i32, "job failed: {}", done.state_reason);
+    Ok(done)
+}
+
+fn weights(job: &pb::Job) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let path = &job.result.as_ref().ok_or_else(|| anyhow::anyhow!("no result"))?.model_path;
+    let mut named = Tensor::read_safetensors(path)?;
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(named)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ranks_train_what_one_rank_trains_on_the_same_global_batch() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let dataset = synthetic_dataset(&dir.path().join("data"), 1200)?;
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    let coordinator = RunningCoordinator::start(test_settings(dir.path()), Arc::new(MemoryStore::default()), any_port).await?;
+    let workers = [
+        RunningWorker::start(&coordinator.url(), "w1", Arc::new(TchRunner)),
+        RunningWorker::start(&coordinator.url(), "w2", Arc::new(TchRunner)),
+    ];
+
+    let gang = train(&coordinator, spec(&dataset, 2, 32)).await?;
+    let mut worker_ids = gang.worker_ids.clone();
+    worker_ids.sort();
+    let alone = train(&coordinator, spec(&dataset, 1, 64)).await?;
+    assert_eq!(gang.epochs.len(), 2, "rank 0 reports each epoch once");
+
+    let (two, one) = (weights(&gang)?, weights(&alone)?);
+    assert_eq!(two.len(), one.len());
+    for ((name, a), (other, b)) in two.iter().zip(&one) {
+        assert_eq!(name, other);
+        let difference = (a - b).abs().max().double_value(&[]);
+        let scale = b.abs().max().double_value(&[]).max(1e-3);
+        eprintln!("{name}: largest difference {difference:.3e} (scale {scale:.3e})");
+        assert!(difference / scale < 1e-5, "{name}: two ranks differ from one by {difference} (scale {scale})");
+    }
+    let (two, one) = (gang.result.and_then(|r| r.validation), alone.result.and_then(|r| r.validation));
+    let (two, one) = (two.unwrap_or_default(), one.unwrap_or_default());
+    assert_eq!(two.samples, one.samples, "the ranks' shares of the validation split add up to all of it");
+    assert!((two.macro_f1 - one.macro_f1).abs() < 0.02, "{} vs {}", two.macro_f1, one.macro_f1);
+
+    for worker in workers {
+        worker.stop().await?;
+    }
+    coordinator.stop().await
+}
