@@ -1,0 +1,105 @@
+"""PyTorch eager twin of `feral-bench-train --mode step`: the worker's compact CNN (three
+stages of two bias-free 3x3 convolutions with batch norm and ReLU, a 2x2 max-pool, widths
+32/64/128, global average pooling, dropout 0.3, a linear classifier), trained with the
+same step (forward, cross-entropy, backward, AdamW lr 0.002, weight decay 5e-4) on the
+same ready batches (images k*batch.. of the data file, in order, pixels / 127.5 - 1),
+laid out channels-last in memory as Feral's loader makes them (or N x C x H x W with
+--layout nchw).
+Prints the median images/s over --repeats timed runs of --steps steps after --warmup.
+
+    .venv/bin/python scripts/bench_train_torch.py --data FILE --threads 1 [--csv]
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+from torch import nn
+
+CLASSES = 7
+
+
+def compact_cnn(in_channels: int, classes: int, width: int = 32, dropout: float = 0.3) -> nn.Module:
+    layers = []
+    channels = in_channels
+    for out in (width, width * 2, width * 4):
+        for _ in range(2):
+            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+            channels = out
+        layers.append(nn.MaxPool2d(2))
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(dropout), nn.Linear(channels, classes)]
+    return nn.Sequential(*layers)
+
+
+def load_data(path: str):
+    tensors = load_file(path)
+    return tensors["images"], tensors["labels"]
+
+
+def ready_batches(images: np.ndarray, labels: np.ndarray, batch: int, layout: str, count: int = 16):
+    """Batches k*batch.. (wrapping) as [N, C, H, W] floats, as the Rust side builds them."""
+    out = []
+    for k in range(count):
+        index = (np.arange(batch) + k * batch) % len(labels)
+        chunk = torch.from_numpy(images[index]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        if layout == "nchw":
+            # A real copy: with one channel, .contiguous() keeps channels-last strides.
+            chunk = torch.empty(chunk.shape).copy_(chunk)
+        else:
+            chunk = chunk.contiguous(memory_format=torch.channels_last)
+        out.append((chunk, torch.from_numpy(labels[index]).long()))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--layout", choices=["channels-last", "nchw"], default="channels-last")
+    parser.add_argument("--csv", action="store_true")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(7)
+    images, labels = load_data(args.data)
+    batches = ready_batches(images, labels, args.batch, args.layout)
+    model = compact_cnn(images.shape[3], CLASSES)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.002, weight_decay=5e-4)
+    loss_fn = nn.CrossEntropyLoss()
+    position = 0
+
+    def run(count: int) -> None:
+        nonlocal position
+        for _ in range(count):
+            x, y = batches[position % len(batches)]
+            position += 1
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss.item()
+
+    run(args.warmup)
+    rates = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        run(args.steps)
+        rates.append(args.steps * args.batch / (time.perf_counter() - started))
+    median = statistics.median(rates)
+    if args.csv:
+        print("implementation,mode,layout,threads,loader_threads,batch,steps,repeats,images_per_s,min,max")
+        print(f"torch,step,{args.layout},{args.threads},0,{args.batch},{args.steps},{args.repeats},{median:.1f},{min(rates):.1f},{max(rates):.1f}")
+    else:
+        print(f"step: {median:.1f} images/s (median of {[round(r, 1) for r in rates]}), {args.threads} threads")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs what Feral needs to build and run on a Debian machine with Rust, and nothing twice:
+#   - apt packages: protobuf-compiler (tonic and etcd-client run protoc at build time)
+#   - .venv with PyTorch 2.11.0 (the libtorch that tch 0.24 links), installed with uv
+#   - .cargo/config.toml pointing LIBTORCH at that venv, so plain `cargo build` works after
+# Safe to run again: each step is skipped when its result is already there.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+TORCH_VERSION=2.11.0
+say() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else say "need root to run: $*"; exit 1
+  fi
+}
+
+# --- apt packages -----------------------------------------------------------------
+missing=()
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if ((${#missing[@]})); then
+  say "installing apt packages: ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- torch venv -------------------------------------------------------------------
+venv=$repo/.venv
+torch_dir() { "$venv/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null; }
+if [ -x "$venv/bin/python" ] && [ "$("$venv/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null)" = "$TORCH_VERSION" ]; then
+  :
+else
+  say "creating $venv with torch $TORCH_VERSION (about 2.6 GB download, 1-2 minutes)"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade uv
+  # uv ships its own CA list; use the system's so that machines behind a TLS proxy work too.
+  UV_NATIVE_TLS=1 "$venv/bin/uv" pip install -q --python "$venv/bin/python" "torch==$TORCH_VERSION" numpy safetensors
+fi
+LIBTORCH=$(torch_dir)
+[ -n "$LIBTORCH" ] || { say "torch did not import from $venv"; exit 1; }
+
+# cudarc's dynamic loader looks for libnccl.so; the NCCL wheel ships libnccl.so.2 only.
+nccl=$(ls "$venv"/lib/python3*/site-packages/nvidia/nccl/lib/libnccl.so.2 2>/dev/null | head -n1 || true)
+if [ -n "$nccl" ] && [ ! -e "$(dirname "$nccl")/libnccl.so" ]; then
+  ln -s libnccl.so.2 "$(dirname "$nccl")/libnccl.so"
+fi
+
+# --- cargo configuration ------------------------------------------------------------
+mkdir -p .cargo
+config=.cargo/config.toml
+want="# written by scripts/bootstrap.sh: the libtorch that tch links
+[env]
+LIBTORCH = \"$LIBTORCH\"
+FERAL_NCCL_LIB_DIR = \"${nccl:+$(dirname "$nccl")}\"
+"
+if [ ! -f "$config" ] || [ "$(cat "$config")" != "$(printf '%s' "$want")" ]; then
+  printf '%s' "$want" > "$config"
+  say "wrote $config (LIBTORCH=$LIBTORCH)"
+fi
