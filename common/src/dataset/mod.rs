@@ -3,10 +3,12 @@
 //! users can open too (`images` u8 N×H×W×C, `labels` i64 with -1 for unlabelled,
 //! `sample_ids` i64, and optionally `hidden_labels`, `video_ids`, `frame_indices`).
 
+mod images;
 mod manifest;
 mod shard;
 mod writer;
 
+pub use images::Images;
 pub use manifest::{ImageShape, Manifest, ShardInfo, Split, SplitInfo, MANIFEST_FILE};
 pub use shard::{read_shard, ShardData};
 pub use writer::{DatasetWriter, Sample};
@@ -58,7 +60,8 @@ impl Dataset {
             .ok_or_else(|| DatasetError::MissingSplit { dir: self.dir.clone(), split })
     }
 
-    /// Reads every shard of `split` into one [`ShardData`], verifying checksums.
+    /// Reads every shard of `split` into one [`ShardData`], verifying checksums; the images
+    /// stay in the shards' memory maps.
     pub fn read_split(&self, split: Split) -> Result<ShardData, DatasetError> {
         let info = self.split(split)?;
         let mut all = ShardData::empty(self.manifest.image);

@@ -1,17 +1,23 @@
-//! Reading one safetensors shard, with every check that a corrupt file could fail.
+//! Reading one safetensors shard, with every check that a corrupt file could fail. The
+//! shard is memory-mapped: its images stay in the map, only the small i64 columns are
+//! decoded.
 
+use std::fs::File;
+use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 
+use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use sha2::{Digest, Sha256};
 
-use super::{DatasetError, ImageShape, ShardInfo};
+use super::{DatasetError, ImageShape, Images, ShardInfo};
 
-/// Samples of one shard (or several appended), images as N×H×W×C bytes.
+/// Samples of one shard (or several appended), images N×H×W×C.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShardData {
     pub shape: ImageShape,
-    pub images: Vec<u8>,
+    pub images: Images,
     /// Visible labels; -1 marks an unlabelled sample.
     pub labels: Vec<i64>,
     pub sample_ids: Vec<i64>,
@@ -25,7 +31,7 @@ pub struct ShardData {
 
 impl ShardData {
     pub fn empty(shape: ImageShape) -> Self {
-        Self { shape, images: Vec::new(), labels: Vec::new(), sample_ids: Vec::new(), hidden_labels: None, video_ids: None, frame_indices: None }
+        Self { shape, images: Images::new(shape.pixels()), labels: Vec::new(), sample_ids: Vec::new(), hidden_labels: None, video_ids: None, frame_indices: None }
     }
 
     pub fn len(&self) -> usize {
@@ -37,13 +43,12 @@ impl ShardData {
     }
 
     pub fn image(&self, index: usize) -> &[u8] {
-        let size = self.shape.pixels();
-        &self.images[index * size..(index + 1) * size]
+        self.images.image(index)
     }
 
     pub fn append(&mut self, other: ShardData) {
         let (had, added) = (self.len(), other.len());
-        self.images.extend(other.images);
+        self.images.append(other.images);
         self.labels.extend(&other.labels);
         self.sample_ids.extend(other.sample_ids);
         self.hidden_labels = merge_optional(self.hidden_labels.take(), had, other.hidden_labels, added);
@@ -68,7 +73,8 @@ fn merge_optional(mine: Option<Vec<i64>>, had: usize, theirs: Option<Vec<i64>>, 
 /// sample count against the manifest.
 pub fn read_shard(dir: &Path, info: &ShardInfo, shape: ImageShape, verify: bool) -> Result<ShardData, DatasetError> {
     let path = dir.join(&info.file);
-    let bytes = std::fs::read(&path).map_err(|source| DatasetError::Io { path: path.clone(), source })?;
+    let io = |source| DatasetError::Io { path: path.clone(), source };
+    let bytes = Arc::new(File::open(&path).and_then(|file| map_shard(&file)).map_err(io)?);
     if verify && hex_sha256(&bytes) != info.sha256 {
         return Err(DatasetError::Checksum { path });
     }
@@ -88,7 +94,28 @@ pub fn read_shard(dir: &Path, info: &ShardInfo, shape: ImageShape, verify: bool)
     let hidden_labels = read_i64(&tensors, "hidden_labels", n).map_err(corrupt)?;
     let video_ids = read_i64(&tensors, "video_ids", n).map_err(corrupt)?;
     let frame_indices = read_i64(&tensors, "frame_indices", n).map_err(corrupt)?;
-    Ok(ShardData { shape, images: images.data().to_vec(), labels, sample_ids, hidden_labels, video_ids, frame_indices })
+    let images = Images::mapped(shape.pixels(), Arc::clone(&bytes), range_within(&bytes, images.data()));
+    Ok(ShardData { shape, images, labels, sample_ids, hidden_labels, video_ids, frame_indices })
+}
+
+/// Maps a shard read-only. The only `unsafe` of this crate; reading the whole file instead
+/// (what this replaced) would be safe but costs a copy of every image in memory.
+#[allow(unsafe_code)]
+fn map_shard(file: &File) -> std::io::Result<Mmap> {
+    // SAFETY: a map is sound while nobody changes the file under it. Shards are immutable
+    // once written: `DatasetWriter` writes each to a temporary name and renames it into
+    // place, and nothing in Feral opens a shard for writing afterwards, so rewriting or
+    // deleting a dataset replaces directory entries and leaves a mapped file's contents as
+    // they were. Changing a shard in place from outside Feral while it is read is not
+    // supported (it would be a corrupt dataset anyway).
+    unsafe { Mmap::map(file) }
+}
+
+/// Where `part`, a sub-slice of `whole`, lies within it.
+fn range_within(whole: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
+    debug_assert!(start + part.len() <= whole.len(), "not a sub-slice");
+    start..start + part.len()
 }
 
 fn read_i64(tensors: &SafeTensors<'_>, name: &str, n: usize) -> Result<Option<Vec<i64>>, String> {

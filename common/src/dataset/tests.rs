@@ -89,3 +89,66 @@ fn video_columns_round_trip_and_merge() {
     assert_eq!(train.video_ids, Some(vec![-1, -1, 4]), "a shard without video columns reads as -1");
     assert_eq!(train.frame_indices, Some(vec![-1, -1, 17]));
 }
+
+/// Twelve bytes that differ from every other sample's and within the image.
+fn distinct_pixels(sample: i64) -> Vec<u8> {
+    (0..12).map(|byte| (sample * 12 + byte) as u8).collect()
+}
+
+/// `samples` training samples with distinct pixels in shards of `shard_size`, read back.
+fn write_distinct(dir: &Path, samples: i64, shard_size: usize, offset: i64) -> ShardData {
+    let mut writer = DatasetWriter::create(dir, "distinct", vec!["a".to_owned(), "b".to_owned()], shape(), shard_size).expect("create");
+    for i in 0..samples {
+        let pixels = distinct_pixels(i + offset);
+        writer.push(Split::Train, Sample { pixels: &pixels, label: 0, sample_id: i, hidden_label: None, video_id: None, frame_index: None }).expect("push");
+    }
+    writer.finish("test", "none").expect("finish");
+    Dataset::open(dir).expect("open").read_split(Split::Train).expect("read")
+}
+
+#[test]
+fn split_of_many_mapped_shards_reads_back_byte_for_byte() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let train = write_distinct(dir.path(), 10, 3, 0);
+    assert_eq!(train.images.len(), 10);
+    for i in 0..10 {
+        assert_eq!(train.image(i), distinct_pixels(i as i64), "image {i} (shards hold 3)");
+    }
+    let written: Vec<u8> = (0..10).flat_map(distinct_pixels).collect();
+    assert_eq!(train.images.to_vec(), written);
+}
+
+#[test]
+fn owned_and_mapped_images_append_both_ways() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mapped = write_distinct(dir.path(), 5, 2, 0);
+    let mut owned = ShardData::empty(shape());
+    for i in 100..102 {
+        owned.images.extend_from_slice(&distinct_pixels(i));
+        owned.labels.push(0);
+        owned.sample_ids.push(i);
+    }
+
+    let mut owned_first = owned.clone();
+    owned_first.append(mapped.clone());
+    let want: Vec<i64> = vec![100, 101, 0, 1, 2, 3, 4];
+    assert_eq!(owned_first.images.len(), want.len());
+    for (index, sample) in want.iter().enumerate() {
+        assert_eq!(owned_first.image(index), distinct_pixels(*sample), "owned then mapped, image {index}");
+    }
+
+    let mut mapped_first = mapped;
+    mapped_first.append(owned);
+    mapped_first.images.extend_from_slice(&distinct_pixels(102));
+    let want: Vec<i64> = vec![0, 1, 2, 3, 4, 100, 101, 102];
+    assert_eq!(mapped_first.images.to_vec(), want.iter().flat_map(|s| distinct_pixels(*s)).collect::<Vec<u8>>());
+}
+
+#[test]
+fn rewriting_a_dataset_leaves_mapped_images_as_they_were() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let before = write_distinct(dir.path(), 4, 2, 0);
+    let after = write_distinct(dir.path(), 4, 2, 50);
+    assert_eq!(before.image(3), distinct_pixels(3), "shards are replaced, not changed in place");
+    assert_eq!(after.image(3), distinct_pixels(53));
+}

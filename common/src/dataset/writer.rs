@@ -1,5 +1,7 @@
 //! Writing a dataset directory: samples go into fixed-size shards per split; the manifest
 //! is written last, atomically, so a crashed import never leaves a dataset that looks whole.
+//! Every file is written under a temporary name and renamed into place, so a file that
+//! exists is never changed again: readers memory-map shards, which relies on that.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -116,7 +118,7 @@ impl DatasetWriter {
         }
         let bytes = safetensors::serialize(tensors, None)
             .map_err(|e| DatasetError::Shard { path: path.clone(), problem: e.to_string() })?;
-        std::fs::write(&path, &bytes).map_err(|source| DatasetError::Io { path: path.clone(), source })?;
+        write_then_rename(&path, &bytes)?;
         info.samples += n as u64;
         info.shards.push(ShardInfo { file, samples: n as u64, sha256: hex_sha256(&bytes) });
         Ok(())
@@ -138,10 +140,18 @@ impl DatasetWriter {
             source_sha256: source_sha256.to_owned(),
         };
         let path = self.dir.join(MANIFEST_FILE);
-        let temporary = self.dir.join(format!("{MANIFEST_FILE}.tmp"));
         let text = serde_json::to_string_pretty(&manifest).map_err(|e| DatasetError::Manifest { path: path.clone(), problem: e.to_string() })?;
-        std::fs::write(&temporary, text).map_err(|source| DatasetError::Io { path: temporary.clone(), source })?;
-        std::fs::rename(&temporary, &path).map_err(|source| DatasetError::Io { path, source })?;
+        write_then_rename(&path, text.as_bytes())?;
         Ok(manifest)
     }
+}
+
+/// Writes `bytes` to `path` through a temporary file, so `path` is either absent, the old
+/// file untouched, or the new one whole; never a file changed in place.
+fn write_then_rename(path: &Path, bytes: &[u8]) -> Result<(), DatasetError> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    std::fs::write(&temporary, bytes).map_err(|source| DatasetError::Io { path: temporary.clone(), source })?;
+    std::fs::rename(&temporary, path).map_err(|source| DatasetError::Io { path: path.to_path_buf(), source })
 }

@@ -131,7 +131,7 @@ fn synthetic(samples: usize) -> ShardData {
 
 fn write_data(path: &PathBuf, samples: usize) -> anyhow::Result<()> {
     let data = synthetic(samples);
-    let images = Tensor::from_slice(&data.images).view([samples as i64, 48, 48, 1]);
+    let images = Tensor::from_slice(&data.images.to_vec()).view([samples as i64, 48, 48, 1]);
     let labels = Tensor::from_slice(&data.labels);
     Tensor::write_safetensors(&[("images", images), ("labels", labels)], path).with_context(|| format!("cannot write {}", path.display()))
 }
@@ -143,7 +143,7 @@ fn read_data(path: &PathBuf) -> anyhow::Result<ShardData> {
     let size = images.size();
     let [n, h, w, c] = size[..] else { bail!("`images` must be N×H×W×C, is {size:?}") };
     let mut data = ShardData::empty(ImageShape { height: h as u32, width: w as u32, channels: c as u32 });
-    data.images = Vec::try_from(images.flatten(0, -1).to_kind(Kind::Uint8))?;
+    data.images.extend_from_slice(&Vec::<u8>::try_from(images.flatten(0, -1).to_kind(Kind::Uint8))?);
     data.labels = Vec::try_from(labels.to_kind(Kind::Int64))?;
     data.sample_ids = (0..n).collect();
     ensure!(data.labels.len() == n as usize, "`labels` must have one label per image");

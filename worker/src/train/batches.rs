@@ -380,7 +380,7 @@ mod tests {
     fn tensors_are_normalised_nchw() {
         let shape = ImageShape { height: 1, width: 2, channels: 3 };
         let mut data = ShardData::empty(shape);
-        data.images = vec![0, 255, 51, 102, 153, 204];
+        data.images.extend_from_slice(&[0, 255, 51, 102, 153, 204]);
         data.labels = vec![4];
         data.sample_ids = vec![0];
         let (images, labels) = to_tensors(&data, &[0], &data.labels, Device::Cpu, None);

@@ -285,7 +285,7 @@ mod tests {
 
     fn data(samples: usize, seed: usize) -> Arc<ShardData> {
         let mut data = ShardData::empty(ImageShape { height: 8, width: 6, channels: 1 });
-        data.images = (0..samples * 48).map(|i| ((i * 31 + seed * 7) % 253) as u8).collect();
+        data.images.extend_from_slice(&(0..samples * 48).map(|i| ((i * 31 + seed * 7) % 253) as u8).collect::<Vec<u8>>());
         data.labels = (0..samples).map(|i| if i % 7 == 6 { -1 } else { (i % 3) as i64 }).collect();
         data.sample_ids = (0..samples as i64).collect();
         Arc::new(data)
