@@ -12,8 +12,11 @@ fn class_headers<'a>(first: &'a str, classes: &'a [String]) -> Vec<(&'a str, Ali
 }
 
 /// The three round tables: summary, per-class validation F1, pseudo-label histogram.
+/// On video datasets the validation columns are the temporal encoder's, and a last column
+/// shows the backbone's frame-by-frame macro-F1 beside them.
 pub fn rounds_tables(job: &pb::Job, classes: &[String]) -> String {
-    let mut summary = Table::new(&[
+    let video = job.rounds.iter().any(|r| r.frame_validation.is_some());
+    let mut columns = vec![
         ("ROUND", Align::Right),
         ("VAL ACC", Align::Right),
         ("VAL MACRO-F1", Align::Right),
@@ -21,14 +24,18 @@ pub fn rounds_tables(job: &pb::Job, classes: &[String]) -> String {
         ("SELECTED", Align::Right),
         ("POOL", Align::Right),
         ("PL PRECISION", Align::Right),
-    ]);
+    ];
+    if video {
+        columns.push(("FRAME MACRO-F1", Align::Right));
+    }
+    let mut summary = Table::new(&columns);
     let mut per_class = Table::new(&class_headers("F1 BY ROUND", classes));
     let mut histogram = Table::new(&class_headers("PSEUDO-LABELS", classes));
     for round in &job.rounds {
         let validation = round.validation.as_ref();
         let selection = round.selection.as_ref();
         let dash = || "-".to_owned();
-        summary.push(vec![
+        let mut row = vec![
             round.round.to_string(),
             validation.map_or_else(dash, |v| percent(v.accuracy)),
             validation.map_or_else(dash, |v| f1(v.macro_f1)),
@@ -36,7 +43,11 @@ pub fn rounds_tables(job: &pb::Job, classes: &[String]) -> String {
             selection.map_or_else(dash, |s| s.selected.to_string()),
             selection.map_or_else(dash, |s| s.pool.to_string()),
             selection.and_then(precision).map_or_else(dash, percent),
-        ]);
+        ];
+        if video {
+            row.push(round.frame_validation.as_ref().map_or_else(dash, |v| f1(v.macro_f1)));
+        }
+        summary.push(row);
         if let Some(v) = validation {
             per_class.push(std::iter::once(round.round.to_string()).chain(v.per_class_f1.iter().map(|x| f1(*x))).collect());
         }
@@ -87,6 +98,19 @@ mod tests {
         assert!(text.contains("PSEUDO-LABELS") && text.contains("happy"));
         let histogram = text.lines().last().unwrap_or_default();
         assert!(histogram.contains("30") && histogram.contains("10"), "{histogram}");
+    }
+
+    #[test]
+    fn video_jobs_show_the_frame_by_frame_score_beside_the_temporal_one() {
+        let job = pb::Job {
+            rounds: vec![pb::RoundSummary { round: 0, validation: Some(metrics(0.8)), frame_validation: Some(metrics(0.6)), ..Default::default() }],
+            ..Default::default()
+        };
+        let text = rounds_tables(&job, &["a".to_owned(), "b".to_owned()]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with("FRAME MACRO-F1"), "{}", lines[0]);
+        assert!(lines[1].contains("0.800") && lines[1].ends_with("0.600"), "{}", lines[1]);
+        assert!(!rounds_tables(&pb::Job { rounds: vec![pb::RoundSummary::default()], ..Default::default() }, &[]).contains("FRAME"));
     }
 
     #[test]

@@ -43,6 +43,36 @@ pub fn prepare_synthetic(out: &Path, config: &SyntheticConfig, splits: &Syntheti
     writer.finish("synthetic", &format!("{:016x}", splitmix(source.len() as u64 ^ config.seed)))
 }
 
+/// Generates and writes a synthetic video dataset into `out`: `config.samples` frames in
+/// clips of `frames_per_video` ([`synthetic::generate_video`]), every frame with its video
+/// id and frame index. Whole clips are split, never frames.
+pub fn prepare_synthetic_video(out: &Path, config: &SyntheticConfig, splits: &SyntheticSplits, frames_per_video: usize) -> Result<Manifest, DatasetError> {
+    let size = config.image_size;
+    let shape = ImageShape { height: size, width: size, channels: 1 };
+    let classes = CLASS_NAMES.iter().map(|c| (*c).to_owned()).collect();
+    let mut writer = DatasetWriter::create(out, "synthetic-video", classes, shape, splits.shard_size)?;
+    let frames_per_video = frames_per_video.max(1);
+    for video in 0..config.samples.div_ceil(frames_per_video) {
+        let frames = frames_per_video.min(config.samples - video * frames_per_video);
+        let clip = synthetic::generate_video(config, video, frames);
+        let (split, _, _) = assign(config.seed, video as u64, 0, 0, splits);
+        for (frame, sample) in clip.into_iter().enumerate() {
+            let (label, hidden) = match split {
+                Split::Val => (sample.true_label, None),
+                Split::Train => (sample.label, None),
+                Split::Unlabeled => (-1, Some(sample.true_label)),
+            };
+            let sample_id = (video * frames_per_video + frame) as i64;
+            writer.push(
+                split,
+                Sample { pixels: &sample.pixels, label, sample_id, hidden_label: hidden, video_id: Some(video as i64), frame_index: Some(frame as i64) },
+            )?;
+        }
+    }
+    let source = format!("synthetic-video:{frames_per_video}:{config:?}");
+    writer.finish("synthetic", &format!("{:016x}", splitmix(source.len() as u64 ^ config.seed)))
+}
+
 /// Which split sample `index` goes to, by a per-index hash: approximately stratified,
 /// and the same sample lands in the same split for every run with the same seed.
 fn assign(seed: u64, index: u64, label: i64, true_label: i64, splits: &SyntheticSplits) -> (Split, i64, Option<i64>) {
@@ -67,6 +97,31 @@ fn splitmix(mut x: u64) -> u64 {
 mod tests {
     use super::*;
     use crate::dataset::Dataset;
+
+    #[test]
+    fn synthetic_videos_are_split_whole_and_carry_frame_indices() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = SyntheticConfig { samples: 600, image_size: 16, ..SyntheticConfig::default() };
+        let splits = SyntheticSplits { val_fraction: 0.3, labeled_fraction: 0.5, shard_size: 128 };
+        let manifest = prepare_synthetic_video(dir.path(), &config, &splits, 20).expect("prepare");
+        let dataset = Dataset::open(dir.path()).expect("open");
+        let mut owner = std::collections::HashMap::new();
+        let mut total = 0;
+        for split in [Split::Train, Split::Val, Split::Unlabeled] {
+            let data = dataset.read_split(split).expect("read");
+            total += data.len();
+            let (videos, frames) = (data.video_ids.expect("video ids"), data.frame_indices.expect("frame indices"));
+            for (video, frame) in videos.iter().zip(&frames) {
+                assert!((0..20).contains(frame));
+                assert_eq!(*owner.entry(*video).or_insert(split), split, "video {video} sits in one split");
+            }
+            if split == Split::Unlabeled {
+                assert!(data.labels.iter().all(|&l| l == -1) && data.hidden_labels.is_some());
+            }
+        }
+        assert_eq!((total, owner.len()), (600, 30));
+        assert_eq!(manifest.splits.values().map(|s| s.samples).sum::<u64>(), 600);
+    }
 
     #[test]
     fn synthetic_dataset_has_the_requested_splits() {

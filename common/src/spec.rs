@@ -83,6 +83,13 @@ pub struct SemiSupervisedSpec {
     pub debias: bool,
     /// Feed per-class validation F1 back into the class sampling weights.
     pub feedback: bool,
+    /// K: frames in the temporal encoder's centred window (odd). On video datasets (frames
+    /// with video ids) a small transformer over the backbone features of K neighbouring
+    /// frames predicts the centre frame, for evaluation and to smooth pseudo-labels over
+    /// time. 1 turns it off; datasets without video ids never use it.
+    pub temporal_window: i64,
+    /// Epochs of temporal-encoder training per round, on the round's frozen backbone.
+    pub temporal_epochs: i64,
 }
 
 impl Default for SemiSupervisedSpec {
@@ -101,6 +108,8 @@ impl Default for SemiSupervisedSpec {
             init_from_teacher: true,
             debias: true,
             feedback: true,
+            temporal_window: 5,
+            temporal_epochs: 8,
         }
     }
 }
@@ -444,6 +453,11 @@ impl JobSpec {
         non_negative("semi_supervised.feedback_gamma", semi.feedback_gamma)?;
         non_negative("semi_supervised.mu", semi.mu)?;
         non_negative("semi_supervised.lambda_u", semi.lambda_u)?;
+        at_least("semi_supervised.temporal_window", semi.temporal_window, 1)?;
+        if semi.temporal_window % 2 == 0 {
+            return Err(invalid("semi_supervised.temporal_window", format!("must be odd (a window centred on its frame), got {}", semi.temporal_window)));
+        }
+        at_least("semi_supervised.temporal_epochs", semi.temporal_epochs, 1)?;
         Ok(())
     }
 }
@@ -553,6 +567,9 @@ mod tests {
         assert!(err(&format!("{base}[semi_supervised]\nthreshold = 0.6\nmin_threshold = 0.7\n")).contains("min_threshold"));
         assert!(err(&format!("{base}[semi_supervised]\nfeedback_lambda = 2\n")).contains("feedback_lambda"));
         assert!(err(&format!("{base}[semi_supervised]\nroundz = 2\n")).contains("roundz"));
+        assert!(err(&format!("{base}[semi_supervised]\ntemporal_window = 4\n")).contains("temporal_window"));
+        assert!(err(&format!("{base}[semi_supervised]\ntemporal_window = 0\n")).contains("temporal_window"));
+        assert!(err(&format!("{base}[semi_supervised]\ntemporal_epochs = 0\n")).contains("temporal_epochs"));
     }
 
     #[test]

@@ -197,6 +197,7 @@ const LIP_HALF_THICKNESS: f32 = 0.013;
 const NOSE_HALF_THICKNESS: f32 = 0.007;
 
 /// Everything random about one image besides the per-pixel noise.
+#[derive(Clone, Copy)]
 struct Scene {
     expression: Expression,
     center: (f32, f32),
@@ -310,7 +311,14 @@ impl Scene {
 
 fn generate_one(config: &SyntheticConfig, proportions: &[f64; 7], index: usize) -> SyntheticSample {
     let mut rng = SmallRng::seed_from_u64(splitmix64(splitmix64(config.seed) ^ index as u64));
-    // Class, then label noise (both draws always made, so images do not depend on label_noise).
+    let (true_class, label) = draw_class(config, proportions, &mut rng);
+    let scene = Scene::sample(true_class, &mut rng);
+    SyntheticSample { pixels: render(&scene, config.image_size, &mut rng), label: label as i64, true_label: true_class as i64 }
+}
+
+/// The true class by `proportions`, then the observed label after label noise (both draws
+/// always made, so images do not depend on `label_noise`).
+fn draw_class(config: &SyntheticConfig, proportions: &[f64; 7], rng: &mut SmallRng) -> (usize, usize) {
     let (draw, mut cumulative) = (rng.random::<f64>(), 0.0);
     let true_class = (0..NUM_CLASSES)
         .find(|&class| {
@@ -320,14 +328,58 @@ fn generate_one(config: &SyntheticConfig, proportions: &[f64; 7], index: usize) 
         .unwrap_or(FREQUENCY_ORDER[NUM_CLASSES - 1]);
     let flip = rng.random::<f64>() < config.label_noise.clamp(0.0, 1.0);
     let offset = rng.random_range(1..NUM_CLASSES); // uniform over the other classes
-    let label = if flip {
-        (true_class + offset) % NUM_CLASSES
-    } else {
-        true_class
-    };
+    let label = if flip { (true_class + offset) % NUM_CLASSES } else { true_class };
+    (true_class, label)
+}
 
+/// One clip of `frames` frames of one face showing one expression (video `video` of the
+/// dataset; every frame carries the clip's class and label). The expression comes and
+/// goes: frame `t` shows it at intensity a_t = 0.5 + 0.5·sin(2πt/P + φ) plus noise, with
+/// a period P of 6 to 10 frames, so about a third of the frames are near-neutral and hard
+/// to tell apart alone, while a window of neighbouring frames always holds a clear one.
+/// The face drifts a little in position and pose from frame to frame.
+pub fn generate_video(config: &SyntheticConfig, video: usize, frames: usize) -> Vec<SyntheticSample> {
+    let proportions = class_proportions(config.imbalance_ratio);
+    let mut rng = SmallRng::seed_from_u64(splitmix64(splitmix64(config.seed ^ 0x5649_4445_4f00) ^ video as u64));
+    let (true_class, label) = draw_class(config, &proportions, &mut rng);
     let scene = Scene::sample(true_class, &mut rng);
-    let n = config.image_size.max(1) as usize;
+    let neutral = CLASS_MEANS[6];
+    let period = uniform(&mut rng, 6.0, 10.0);
+    let phase = uniform(&mut rng, 0.0, std::f32::consts::TAU);
+    let peak = [
+        scene.expression.eye_open,
+        scene.expression.brow_raise,
+        scene.expression.brow_tilt,
+        scene.expression.mouth_width,
+        scene.expression.mouth_curve,
+        scene.expression.mouth_open,
+        scene.expression.mouth_asym,
+    ];
+    (0..frames)
+        .map(|t| {
+            let wave = 0.5 + 0.5 * (std::f32::consts::TAU * t as f32 / period + phase).sin();
+            let intensity = (wave + 0.1 * gaussian(&mut rng)).clamp(0.0, 1.0);
+            let p: Vec<f32> = neutral.iter().zip(peak).map(|(n, e)| lerp(*n, e, intensity)).collect();
+            let mut frame = scene;
+            frame.expression = Expression {
+                eye_open: p[0].max(0.2),
+                brow_raise: p[1],
+                brow_tilt: p[2],
+                mouth_width: p[3].max(0.05),
+                mouth_curve: p[4],
+                mouth_open: p[5].max(0.0),
+                mouth_asym: p[6],
+            };
+            frame.center = (scene.center.0 + 0.01 * gaussian(&mut rng), scene.center.1 + 0.01 * gaussian(&mut rng));
+            frame.scale = scene.scale * (1.0 + 0.02 * gaussian(&mut rng));
+            SyntheticSample { pixels: render(&frame, config.image_size, &mut rng), label: label as i64, true_label: true_class as i64 }
+        })
+        .collect()
+}
+
+/// The scene as `image_size`² grayscale pixels, with per-pixel noise from `rng`.
+fn render(scene: &Scene, image_size: u32, rng: &mut SmallRng) -> Vec<u8> {
+    let n = image_size.max(1) as usize;
     let inv_n = 1.0 / n as f32;
     let inv_scale = 1.0 / scene.scale;
     let pixel = inv_n * inv_scale;
@@ -366,11 +418,7 @@ fn generate_one(config: &SyntheticConfig, proportions: &[f64; 7], index: usize) 
             pixels.push((value.clamp(0.0, 1.0) * 255.0 + 0.5) as u8);
         }
     }
-    SyntheticSample {
-        pixels,
-        label: label as i64,
-        true_label: true_class as i64,
-    }
+    pixels
 }
 
 #[cfg(test)]
@@ -403,6 +451,22 @@ mod tests {
         cfg.seed = 8;
         let other = generate(&cfg, 0..40);
         assert!(whole.iter().zip(&other).all(|(a, b)| a.pixels != b.pixels));
+    }
+
+    #[test]
+    fn a_video_keeps_its_face_and_class_while_the_expression_comes_and_goes() {
+        let cfg = config(0, 48);
+        let clip = generate_video(&cfg, 3, 24);
+        assert_eq!(clip.len(), 24);
+        assert_eq!(clip, generate_video(&cfg, 3, 24), "seeded");
+        assert!(clip.iter().all(|f| f.label == clip[0].label && f.true_label == clip[0].true_label));
+        let distance = |a: &SyntheticSample, b: &SyntheticSample| {
+            a.pixels.iter().zip(&b.pixels).map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs()).sum::<f64>() / a.pixels.len() as f64
+        };
+        let other = generate_video(&cfg, 4, 2);
+        let within: f64 = clip.windows(2).map(|w| distance(&w[0], &w[1])).sum::<f64>() / 23.0;
+        assert!(within < distance(&clip[0], &other[0]), "neighbouring frames look alike: {within}");
+        assert!(clip.windows(2).all(|w| w[0].pixels != w[1].pixels), "every frame differs");
     }
 
     #[test]

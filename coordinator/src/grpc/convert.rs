@@ -58,7 +58,12 @@ impl TryFrom<pb::finish_task_request::Outcome> for TaskOutcome {
             Outcome::Train(t) => {
                 let validation = t.validation.ok_or_else(|| CoordinatorError::required("train.validation"))?;
                 let model_path = super::required(&t.model_path, "train.model_path")?.to_owned();
-                TaskOutcome::Trained(TrainedModel { validation: metrics_from_proto(validation), model_path, class_names: t.class_names })
+                TaskOutcome::Trained(TrainedModel {
+                    validation: metrics_from_proto(validation),
+                    model_path,
+                    class_names: t.class_names,
+                    frame_validation: t.frame_validation.map(metrics_from_proto),
+                })
             }
             Outcome::Prepare(p) => TaskOutcome::Prepared(DatasetSummary {
                 class_names: p.class_names,
@@ -122,6 +127,7 @@ fn round_to_proto(r: &RoundRecord, shards_total: usize) -> pb::RoundSummary {
         shards_predicted: r.partials.len() as u32,
         shards_total: if r.round == 0 { 0 } else { shards_total as u32 },
         selection: r.selection.as_ref().map(selection_to_proto),
+        frame_validation: r.model.as_ref().and_then(|m| m.frame_validation.as_ref()).map(metrics_to_proto),
     }
 }
 

@@ -23,9 +23,13 @@ pub struct ShardRef {
 /// A trained round's model and its validation metrics.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainedModel {
+    /// The round's metrics: the temporal encoder's on video datasets.
     pub validation: MetricsSummary,
     pub model_path: String,
     pub class_names: Vec<String>,
+    /// Video datasets: the backbone's own frame-by-frame metrics.
+    #[serde(default)]
+    pub frame_validation: Option<MetricsSummary>,
 }
 
 /// One shard's share of the class prior: Σ_i p_i,c over its samples, and how many.

@@ -1,5 +1,7 @@
 //! Pseudo-labelling, step one: the previous round's model predicts one unlabelled shard
-//! (each image and its mirror image, logits averaged). The logits go to a predictions file
+//! (each image and its mirror image, logits averaged). On video datasets the round's
+//! temporal encoder predicts instead, from the features of each frame's window within
+//! the shard, so that pseudo-labels are smoothed over time. The logits go to a predictions file
 //! in the round's directory; the coordinator gets only the shard's per-class sums of
 //! predicted probabilities, from which it computes the pool's class prior exactly.
 
@@ -11,7 +13,8 @@ use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use super::{create_dir, TaskContext};
-use crate::train::{build_model, to_tensors, TrainError};
+use crate::collective::Single;
+use crate::train::{build_model, temporal, to_tensors, TrainError};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct InferOutput {
@@ -42,19 +45,26 @@ pub fn infer(context: &TaskContext, model_path: &Path, shard: &str, stop: &Atomi
     let net = build_model(&vs.root(), &context.spec.model, image, classes as i64);
     vs.load(model_path)?;
     let _no_grad = tch::no_grad_guard();
-    let mut all_logits = Vec::with_capacity(data.len());
-    let mut sums = Tensor::zeros([classes as i64], (Kind::Double, context.device));
-    let indices: Vec<usize> = (0..data.len()).collect();
-    for chunk in indices.chunks(256) {
-        if stop.load(Ordering::Relaxed) {
-            return Err(TrainError::Stopped);
+    let logits = if temporal::wanted(&context.spec, &data) {
+        let window = context.spec.semi_supervised.temporal_window;
+        let path = model_path.with_file_name(temporal::FILE);
+        let (_vs, encoder) = temporal::load(&path, net.feature_dim(), window, classes as i64, context.device)?;
+        temporal::Windows::extract(net.as_ref(), &data, window as usize, context.device, &mut Single)?.predict(&encoder)
+    } else {
+        let mut all_logits = Vec::with_capacity(data.len());
+        let indices: Vec<usize> = (0..data.len()).collect();
+        for chunk in indices.chunks(256) {
+            if stop.load(Ordering::Relaxed) {
+                return Err(TrainError::Stopped);
+            }
+            let (images, _) = to_tensors(&data, chunk, &data.labels, context.device, None);
+            let logits = (net.forward_t(&images, false) + net.forward_t(&images.flip([3]), false)) / 2.0;
+            all_logits.push(logits.to_device(Device::Cpu));
         }
-        let (images, _) = to_tensors(&data, chunk, &data.labels, context.device, None);
-        let logits = (net.forward_t(&images, false) + net.forward_t(&images.flip([3]), false)) / 2.0;
-        sums += logits.softmax(-1, Kind::Double).sum_dim_intlist(0, false, Kind::Double);
-        all_logits.push(logits.to_device(Device::Cpu));
+        Tensor::cat(&all_logits, 0)
     }
-    let logits = Tensor::cat(&all_logits, 0).to_kind(Kind::Float);
+    .to_kind(Kind::Float);
+    let sums = logits.softmax(-1, Kind::Double).sum_dim_intlist(0, false, Kind::Double);
 
     let round_dir = context.round_dir();
     create_dir(&round_dir)?;
@@ -64,6 +74,6 @@ pub fn infer(context: &TaskContext, model_path: &Path, shard: &str, stop: &Atomi
         tensors.push(("hidden_labels", Tensor::from_slice(hidden)));
     }
     Tensor::write_safetensors(&tensors, &predictions_file)?;
-    let probability_sums = Vec::<f64>::try_from(&sums.to_device(Device::Cpu))?;
+    let probability_sums = Vec::<f64>::try_from(&sums)?;
     Ok(InferOutput { probability_sums, samples: data.len() as u64, predictions_file })
 }

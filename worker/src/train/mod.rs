@@ -12,6 +12,7 @@ mod loader;
 pub mod losses;
 mod model;
 mod optim;
+pub mod temporal;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +26,7 @@ use tch::{Device, Kind, Tensor};
 
 pub use batches::{to_tensors, Sampler};
 pub use loader::{Augmentation, Batch, Cursor, Loader, LoaderConfig, LoaderError, PseudoBatch, PseudoSource};
-pub use model::build_model;
+pub use model::{build_model, Network};
 
 use crate::collective::{self, Collective, CollectiveError};
 use crate::tasks::{create_dir, read_selection, TaskContext};
@@ -58,7 +59,10 @@ pub struct EpochReport {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainOutput {
+    /// The round's validation metrics: the temporal encoder's where one was trained.
     pub validation: MetricsSummary,
+    /// The backbone's own frame-by-frame metrics, where a temporal encoder made `validation`.
+    pub frame_validation: Option<MetricsSummary>,
     pub model_path: PathBuf,
     pub class_names: Vec<String>,
 }
@@ -109,7 +113,18 @@ struct ModelCard {
     image: feral_common::dataset::ImageShape,
     normalisation: String,
     round: u32,
+    /// The temporal encoder's metrics on video datasets, the backbone's otherwise.
     validation: MetricsSummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temporal: Option<TemporalCard>,
+}
+
+/// The temporal encoder beside a model: its file, window, and the backbone's own metrics.
+#[derive(Debug, Serialize, Deserialize)]
+struct TemporalCard {
+    file: String,
+    window: i64,
+    frame_validation: MetricsSummary,
 }
 
 /// Selected pseudo-labelled samples: their images and labels, and per-sample confidences.
@@ -225,7 +240,8 @@ pub fn train(
         depth: LoaderConfig::DEFAULT_DEPTH,
     };
     let pseudo_source = pseudo.map(|p| PseudoSource { data: std::sync::Arc::new(p.data), confidences: std::sync::Arc::new(p.confidences) });
-    let mut loader = Loader::start(loader_config, std::sync::Arc::new(train_data), pseudo_source, Cursor::new(first_epoch, 0))?;
+    let train_data = std::sync::Arc::new(train_data);
+    let mut loader = Loader::start(loader_config, train_data.clone(), pseudo_source, Cursor::new(first_epoch, 0))?;
 
     for epoch in first_epoch..=epochs {
         let started = Instant::now();
@@ -286,10 +302,32 @@ pub fn train(
         // Every epoch was done before a restart: evaluate the checkpoint we resumed.
         validation = evaluate(ema_net.as_ref(), &val_data, classes, context.device, collective)?;
     }
+    drop(loader);
+
+    // Video datasets: a temporal encoder over the finished backbone's features.
+    let (mut frame_validation, mut temporal_vs) = (None, None);
+    if temporal::wanted(spec, &train_data) {
+        let window = spec.semi_supervised.temporal_window as usize;
+        let train_windows = temporal::Windows::extract(ema_net.as_ref(), &train_data, window, context.device, collective)?;
+        let val_windows = temporal::Windows::extract(ema_net.as_ref(), &val_data, window, context.device, collective)?;
+        let (vs, _, temporal_validation) =
+            temporal::train(spec, context.round, classes, (&train_windows, &train_data.labels), (&val_windows, &val_data.labels), collective, stop)?;
+        tracing::info!(
+            round = context.round,
+            frame_macro_f1 = validation.macro_f1,
+            temporal_macro_f1 = temporal_validation.macro_f1,
+            "temporal encoder trained"
+        );
+        frame_validation = Some(std::mem::replace(&mut validation, temporal_validation));
+        temporal_vs = Some(vs);
+    }
 
     let model_path = round_dir.join("model.safetensors");
     if rank > 0 {
-        return Ok(TrainOutput { validation, model_path, class_names: manifest.classes });
+        return Ok(TrainOutput { validation, frame_validation, model_path, class_names: manifest.classes });
+    }
+    if let Some(vs) = &temporal_vs {
+        vs.save(round_dir.join(temporal::FILE))?;
     }
     ema_vs.save(&model_path)?;
     export::export_torchscript(&mut ema_vs, ema_net.as_ref(), image, context.device, &round_dir.join("model.pt"))?;
@@ -303,9 +341,14 @@ pub fn train(
         torchscript: "model.pt".into(),
         round: context.round,
         validation: validation.clone(),
+        temporal: temporal_vs.is_some().then(|| TemporalCard {
+            file: temporal::FILE.into(),
+            window: spec.semi_supervised.temporal_window,
+            frame_validation: frame_validation.clone().unwrap_or_default(),
+        }),
     };
     write_json(&round_dir.join("model.json"), &card)?;
-    Ok(TrainOutput { validation, model_path, class_names: manifest.classes })
+    Ok(TrainOutput { validation, frame_validation, model_path, class_names: manifest.classes })
 }
 
 /// Every variable of `vs`, in name order (the same on every rank).
@@ -391,15 +434,20 @@ pub fn evaluate(net: &dyn ModuleT, data: &ShardData, classes: usize, device: Dev
             confusion.record(*t, *p);
         }
     }
-    if world > 1 {
-        let counts: Vec<i64> = confusion.counts().iter().map(|&c| c as i64).collect();
-        let mut total = Tensor::from_slice(&counts);
-        collective.all_reduce_sum(&mut total)?;
-        let summed: Vec<i64> = Vec::try_from(&total)?;
-        confusion = ConfusionMatrix::from_counts(summed.into_iter().map(|c| c.max(0) as u64).collect())
-            .ok_or_else(|| TrainError::Collective(CollectiveError::Mismatch("confusion matrix is not square".into())))?;
+    Ok(collective_confusion(confusion, collective)?.summary())
+}
+
+/// The sum of every rank's confusion matrix (each rank counted its own samples).
+fn collective_confusion(confusion: ConfusionMatrix, collective: &mut dyn Collective) -> Result<ConfusionMatrix, TrainError> {
+    if collective.world_size() == 1 {
+        return Ok(confusion);
     }
-    Ok(confusion.summary())
+    let counts: Vec<i64> = confusion.counts().iter().map(|&c| c as i64).collect();
+    let mut total = Tensor::from_slice(&counts);
+    collective.all_reduce_sum(&mut total)?;
+    let summed: Vec<i64> = Vec::try_from(&total)?;
+    ConfusionMatrix::from_counts(summed.into_iter().map(|c| c.max(0) as u64).collect())
+        .ok_or_else(|| TrainError::Collective(CollectiveError::Mismatch("confusion matrix is not square".into())))
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {

@@ -35,7 +35,7 @@ fn dataset(shards: usize) -> TaskOutcome {
 
 fn trained(round: u32, macro_f1: f64, per_class_f1: Vec<f64>) -> TaskOutcome {
     let validation = MetricsSummary { macro_f1, per_class_f1, ..MetricsSummary::default() };
-    TaskOutcome::Trained(TrainedModel { validation, model_path: format!("/a/r{round}/model.safetensors"), class_names: vec![] })
+    TaskOutcome::Trained(TrainedModel { validation, model_path: format!("/a/r{round}/model.safetensors"), class_names: vec![], frame_validation: None })
 }
 
 fn inferred(sums: Vec<f64>, samples: u64) -> TaskOutcome {

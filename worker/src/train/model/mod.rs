@@ -15,43 +15,100 @@ use tch::Tensor;
 
 pub use weights::load_initial_weights;
 
+/// A classifier whose penultimate features can be read: what the temporal encoder sees.
+/// `forward_t` is `classifier(dropout(features_t(x)))`.
+pub trait Network: ModuleT {
+    /// The pooled features before dropout and the classifier, N×[`Network::feature_dim`].
+    fn features_t(&self, xs: &Tensor, train: bool) -> Tensor;
+    fn feature_dim(&self) -> i64;
+}
+
 /// The network `spec` describes for `[C, H, W]` images, its variables under `path`.
-pub fn build_model(path: &nn::Path, spec: &ModelSpec, image: [i64; 3], classes: i64) -> Box<dyn ModuleT> {
+pub fn build_model(path: &nn::Path, spec: &ModelSpec, image: [i64; 3], classes: i64) -> Box<dyn Network> {
     match spec.arch {
-        Arch::CompactCnn => Box::new(compact_cnn(path, image[0], classes, spec.width, spec.dropout)),
-        Arch::Linear => Box::new(linear(path, image.iter().product(), classes)),
+        Arch::CompactCnn => Box::new(CompactCnn::new(path, image[0], classes, spec.width, spec.dropout)),
+        Arch::Linear => Box::new(Linear::new(path, image.iter().product(), classes)),
         Arch::Resnet18 => Box::new(resnet::ResNet::new(path, &resnet::ResNetConfig::new(resnet::RESNET18_BLOCKS, image, classes, spec))),
         Arch::Resnet34 => Box::new(resnet::ResNet::new(path, &resnet::ResNetConfig::new(resnet::RESNET34_BLOCKS, image, classes, spec))),
     }
 }
 
-/// Softmax regression on the flattened pixels.
-pub fn linear(path: &nn::Path, inputs: i64, classes: i64) -> impl ModuleT {
-    let layer = nn::linear(path / "classifier", inputs, classes, Default::default());
-    nn::seq_t().add_fn(|x| x.flatten(1, -1)).add(layer)
+/// Softmax regression on the flattened pixels (its "features" are the pixels).
+#[derive(Debug)]
+pub struct Linear {
+    classifier: nn::Linear,
+    inputs: i64,
+}
+
+impl Linear {
+    pub fn new(path: &nn::Path, inputs: i64, classes: i64) -> Self {
+        Self { classifier: nn::linear(path / "classifier", inputs, classes, Default::default()), inputs }
+    }
+}
+
+impl ModuleT for Linear {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.features_t(xs, train).apply(&self.classifier)
+    }
+}
+
+impl Network for Linear {
+    fn features_t(&self, xs: &Tensor, _train: bool) -> Tensor {
+        xs.flatten(1, -1)
+    }
+
+    fn feature_dim(&self) -> i64 {
+        self.inputs
+    }
 }
 
 /// Three stages of two 3×3 convolutions (batch norm, ReLU) and a 2×2 max-pool, widths
 /// `w, 2w, 4w`, then global average pooling, dropout and a linear classifier. About
 /// 0.3 M parameters at `w = 32`; any input size of at least 8×8 works.
-pub fn compact_cnn(path: &nn::Path, in_channels: i64, classes: i64, width: i64, dropout: f64) -> impl ModuleT {
-    let mut net = nn::seq_t();
-    let mut channels = in_channels;
-    for (stage, out) in [width, width * 2, width * 4].into_iter().enumerate() {
-        for conv in 0..2 {
-            let name = format!("stage{stage}_conv{conv}");
-            let config = nn::ConvConfig { padding: 1, bias: false, ..Default::default() };
-            net = net
-                .add(nn::conv2d(path / name.as_str(), channels, out, 3, config))
-                .add(nn::batch_norm2d(path / format!("{name}_bn").as_str(), out, Default::default()))
-                .add_fn(Tensor::relu);
-            channels = out;
+#[derive(Debug)]
+pub struct CompactCnn {
+    body: nn::SequentialT,
+    dropout: f64,
+    classifier: nn::Linear,
+    channels: i64,
+}
+
+impl CompactCnn {
+    pub fn new(path: &nn::Path, in_channels: i64, classes: i64, width: i64, dropout: f64) -> Self {
+        let mut body = nn::seq_t();
+        let mut channels = in_channels;
+        for (stage, out) in [width, width * 2, width * 4].into_iter().enumerate() {
+            for conv in 0..2 {
+                let name = format!("stage{stage}_conv{conv}");
+                let config = nn::ConvConfig { padding: 1, bias: false, ..Default::default() };
+                body = body
+                    .add(nn::conv2d(path / name.as_str(), channels, out, 3, config))
+                    .add(nn::batch_norm2d(path / format!("{name}_bn").as_str(), out, Default::default()))
+                    .add_fn(Tensor::relu);
+                channels = out;
+            }
+            body = body.add_fn(|x| x.max_pool2d_default(2));
         }
-        net = net.add_fn(|x| x.max_pool2d_default(2));
+        let body = body.add_fn(|x| x.adaptive_avg_pool2d([1, 1]).flatten(1, -1));
+        let classifier = nn::linear(path / "classifier", channels, classes, Default::default());
+        Self { body, dropout, classifier, channels }
     }
-    net.add_fn(|x| x.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
-        .add_fn_t(move |x, train| x.dropout(dropout, train))
-        .add(nn::linear(path / "classifier", channels, classes, Default::default()))
+}
+
+impl ModuleT for CompactCnn {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.features_t(xs, train).dropout(self.dropout, train).apply(&self.classifier)
+    }
+}
+
+impl Network for CompactCnn {
+    fn features_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        xs.apply_t(&self.body, train)
+    }
+
+    fn feature_dim(&self) -> i64 {
+        self.channels
+    }
 }
 
 #[cfg(test)]
@@ -73,7 +130,10 @@ mod tests {
         for name in ["stage0_conv0.weight", "stage2_conv1_bn.running_var", "classifier.weight", "classifier.bias"] {
             assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
         }
-        assert_eq!(net.forward_t(&Tensor::zeros([2, 1, 48, 48], (Kind::Float, Device::Cpu)), false).size(), [2, 7]);
+        let images = Tensor::zeros([2, 1, 48, 48], (Kind::Float, Device::Cpu));
+        assert_eq!(net.forward_t(&images, false).size(), [2, 7]);
+        assert_eq!(net.features_t(&images, false).size(), [2, net.feature_dim()]);
+        assert_eq!(net.feature_dim(), 4 * ModelSpec::default().width);
 
         let vs = nn::VarStore::new(Device::Cpu);
         let net = build_model(&vs.root(), &spec(Arch::Linear), [1, 8, 8], 3);

@@ -15,6 +15,7 @@
 //! Widths are the standard 64, 128, 256 and 512 channels whatever `[model] width` says.
 
 use feral_common::spec::ModelSpec;
+use super::Network;
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -146,6 +147,12 @@ impl ResNet {
 
 impl ModuleT for ResNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.features_t(xs, train).dropout(self.dropout, train).apply(&self.fc)
+    }
+}
+
+impl Network for ResNet {
+    fn features_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let mut features = xs.apply(&self.conv1).apply_t(&self.bn1, train).relu();
         if !self.small_stem {
             features = features.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
@@ -153,7 +160,11 @@ impl ModuleT for ResNet {
         for block in &self.blocks {
             features = features.apply_t(block, train);
         }
-        features.adaptive_avg_pool2d([1, 1]).flatten(1, -1).dropout(self.dropout, train).apply(&self.fc)
+        features.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+    }
+
+    fn feature_dim(&self) -> i64 {
+        self.fc.ws.size()[1]
     }
 }
 
