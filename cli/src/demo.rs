@@ -179,7 +179,7 @@ async fn ensure_dataset(dir: &Path, samples: usize, labeled_fraction: f64) -> an
     }
     println!("generating {samples} synthetic images into {}", data.display());
     let started = Instant::now();
-    let manifest = generate_synthetic(&data, config, splits).await?;
+    let manifest = generate_synthetic(&data, config, splits, 0).await?;
     tokio::fs::write(&settings_path, settings).await.with_context(|| format!("cannot write {}", settings_path.display()))?;
     print!("{}", describe_manifest(&manifest));
     println!("dataset ready in {:.1}s", started.elapsed().as_secs_f64());

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use feral_common::dataset::Manifest;
-use feral_common::prepare::{prepare_synthetic, SyntheticSplits};
+use feral_common::prepare::{prepare_synthetic, prepare_synthetic_video, SyntheticSplits};
 use feral_common::synthetic::SyntheticConfig;
 
 use crate::table::{Align, Table};
@@ -53,6 +53,12 @@ pub struct SyntheticArgs {
     /// Samples per shard file (at least 1).
     #[arg(long, default_value_t = 4096)]
     pub shard_size: usize,
+    /// Generate video clips of this many frames instead of still images (0: stills). Each
+    /// clip shows one face whose expression comes and goes; frames carry their video id and
+    /// frame index, whole clips are split, and jobs on the dataset train the temporal
+    /// encoder (`[semi_supervised] temporal_window`).
+    #[arg(long, default_value_t = 0)]
+    pub frames_per_video: usize,
 }
 
 impl SyntheticArgs {
@@ -79,6 +85,9 @@ impl SyntheticArgs {
         if self.shard_size == 0 {
             anyhow::bail!("--shard-size must be at least 1, got 0");
         }
+        if self.frames_per_video == 1 || self.frames_per_video > self.samples {
+            anyhow::bail!("--frames-per-video must be 0 (stills) or from 2 to --samples ({}), got {}", self.samples, self.frames_per_video);
+        }
         let config = SyntheticConfig {
             samples: self.samples,
             image_size: self.image_size,
@@ -100,8 +109,9 @@ pub async fn prepare(source: PrepareSource) -> anyhow::Result<ExitCode> {
     match source {
         PrepareSource::Synthetic(args) => {
             let (config, splits) = args.validate()?;
-            println!("generating {} synthetic images of {}x{} into {}", config.samples, config.image_size, config.image_size, args.out.display());
-            let manifest = generate_synthetic(&args.out, config, splits).await?;
+            let what = if args.frames_per_video > 0 { format!("video frames in clips of {}", args.frames_per_video) } else { "images".to_owned() };
+            println!("generating {} synthetic {what} of {}x{} into {}", config.samples, config.image_size, config.image_size, args.out.display());
+            let manifest = generate_synthetic(&args.out, config, splits, args.frames_per_video).await?;
             print!("{}", describe_manifest(&manifest));
             Ok(ExitCode::SUCCESS)
         }
@@ -111,10 +121,14 @@ pub async fn prepare(source: PrepareSource) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Writes a synthetic dataset into `out` off the async runtime.
-pub async fn generate_synthetic(out: &Path, config: SyntheticConfig, splits: SyntheticSplits) -> anyhow::Result<Manifest> {
+/// Writes a synthetic dataset into `out` off the async runtime: still images, or clips of
+/// `frames_per_video` frames when that is not 0.
+pub async fn generate_synthetic(out: &Path, config: SyntheticConfig, splits: SyntheticSplits, frames_per_video: usize) -> anyhow::Result<Manifest> {
     let dir = out.to_path_buf();
-    let manifest = tokio::task::spawn_blocking(move || prepare_synthetic(&dir, &config, &splits))
+    let manifest = tokio::task::spawn_blocking(move || match frames_per_video {
+        0 => prepare_synthetic(&dir, &config, &splits),
+        frames => prepare_synthetic_video(&dir, &config, &splits, frames),
+    })
         .await
         .context("dataset generation stopped unexpectedly")?
         .with_context(|| format!("cannot write the synthetic dataset into {}", out.display()))?;
@@ -193,13 +207,15 @@ mod tests {
         assert!(rejection(&["--val-fraction", "0"]).contains("--val-fraction"));
         assert!(rejection(&["--val-fraction", "1"]).contains("--val-fraction"));
         assert!(rejection(&["--shard-size", "0"]).contains("--shard-size"));
+        assert!(rejection(&["--frames-per-video", "1"]).contains("--frames-per-video"));
+        assert!(rejection(&["--samples", "100", "--frames-per-video", "101"]).contains("--frames-per-video"));
     }
 
     #[tokio::test]
     async fn generated_dataset_is_described_by_split_and_class() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (config, splits) = parse(&["--samples", "200", "--image-size", "16"]).validate().expect("valid");
-        let manifest = generate_synthetic(dir.path(), config, splits).await.expect("generate");
+        let manifest = generate_synthetic(dir.path(), config, splits, 0).await.expect("generate");
         let text = describe_manifest(&manifest);
         assert!(text.starts_with("dataset synthetic: 200 images of 16x16x1, 7 classes\n"), "{text}");
         let header: Vec<&str> = text.lines().nth(1).unwrap_or_default().split_whitespace().collect();
