@@ -115,6 +115,11 @@ impl TaskRecord {
         Self::gang(job, TaskKind::Train, Round(0), 1, world_size)
     }
 
+    #[cfg(test)]
+    pub fn infer_for_test(job: &JobId, shard: &str) -> Self {
+        Self::new(job, TaskKind::Infer, Round(1), Some(shard.to_owned()), 1)
+    }
+
     /// Tasks of one gang (or one lone task) share this key.
     pub fn gang_key(&self) -> (TaskKind, Round, Option<&str>, u32) {
         (self.kind, self.round, self.shard.as_deref(), self.attempt)

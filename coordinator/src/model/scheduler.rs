@@ -2,6 +2,7 @@
 //! the same assignments.
 
 use feral_common::ids::{JobId, TaskId, WorkerId};
+use feral_common::plan::{plan, PlanProblem, ShardLoad};
 
 use super::{JobRecord, TaskRecord, TaskState, WorkerRecord, WorkerState};
 
@@ -15,7 +16,9 @@ pub struct Assignment {
 
 /// Assigns pending tasks, oldest job first, each to the free slot of the live worker that
 /// runs the fewest tasks (ties go to the lower worker id). A slot runs one task at a time.
-/// The ranks of a gang are placed all at once or not at all.
+/// The ranks of a gang are placed all at once or not at all. Inference tasks first go to
+/// the worker the shard planner gives their shard ([`shard_plan`]); only a slot left free
+/// after that takes another worker's shard, so no worker idles while shards wait.
 pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Assignment> {
     let mut busy: Vec<Vec<String>> = workers
         .iter()
@@ -35,7 +38,18 @@ pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Assignmen
 
     let mut assignments = Vec::new();
     for job in ordered {
-        let pending: Vec<&TaskRecord> = job.tasks.iter().filter(|t| t.state == TaskState::Pending).collect();
+        let mut pending: Vec<&TaskRecord> = job.tasks.iter().filter(|t| t.state == TaskState::Pending).collect();
+        if pending.iter().any(|t| t.shard.is_some()) {
+            let planned = shard_plan(job, workers);
+            pending.retain(|task| {
+                let Some(worker) = task.shard.as_ref().and_then(|s| planned.get(s)) else { return true };
+                let Some(index) = workers.iter().position(|w| w.id.as_str() == worker) else { return true };
+                let Some(slot) = workers[index].slots.iter().find(|s| !busy[index].contains(&s.device)) else { return true };
+                busy[index].push(slot.device.clone());
+                assignments.push(Assignment { job: job.id.clone(), task: task.id.clone(), worker: workers[index].id.clone(), device: slot.device.clone() });
+                false
+            });
+        }
         let mut placed_gangs = Vec::new();
         for task in &pending {
             if placed_gangs.contains(&task.gang_key()) {
@@ -57,6 +71,19 @@ pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Assignmen
         }
     }
     assignments
+}
+
+/// Which live worker should predict each unlabelled shard of `job`: the shard planner's
+/// assignment over the live workers, balanced by sample count. Deterministic, so while the
+/// same workers are live every round predicts a shard on the same worker (whose page
+/// cache or local disk already holds it).
+fn shard_plan(job: &JobRecord, workers: &[&WorkerRecord]) -> feral_common::plan::Assignment {
+    let shards = job.dataset.iter().flat_map(|d| &d.unlabeled_shards);
+    let problem = PlanProblem {
+        shards: shards.map(|s| ShardLoad { shard: s.file.clone(), samples: s.samples, group: None }).collect(),
+        ranks: workers.iter().filter(|w| w.state == WorkerState::Live).map(|w| w.id.to_string()).collect(),
+    };
+    plan(&problem, &Default::default())
 }
 
 /// The free slot of the live worker running the fewest tasks (lower id on ties).
@@ -122,6 +149,33 @@ mod tests {
         slots.sort();
         slots.dedup();
         assert_eq!(slots.len(), 3, "each rank has its own slot");
+    }
+
+    #[test]
+    fn inference_follows_the_shard_plan_and_free_slots_take_what_is_left() {
+        use crate::model::{DatasetSummary, ShardRef};
+        let mut labelling = job("p", 1);
+        let shards: Vec<ShardRef> = (0..6).map(|i| ShardRef { file: format!("u{i}.safetensors"), samples: 100 }).collect();
+        labelling.dataset = Some(DatasetSummary { class_names: vec![], train_samples: 1, val_samples: 1, unlabeled_shards: shards.clone() });
+        labelling.tasks = shards.iter().map(|s| TaskRecord::infer_for_test(&labelling.id, &s.file)).collect();
+        let (w1, w2) = (worker("w1", 1, WorkerState::Live), worker("w2", 1, WorkerState::Live));
+        let planned = shard_plan(&labelling, &[&w1, &w2]);
+        let first = schedule(&[&labelling], &[&w1, &w2]);
+        assert_eq!(first.len(), 2, "one task per free slot");
+        for a in &first {
+            let shard = labelling.task(&a.task).and_then(|t| t.shard.clone()).expect("an inference task");
+            assert_eq!(planned[&shard], a.worker.as_str(), "{shard} runs where the plan puts it");
+        }
+        // The same live workers give the same plan (the next round predicts each shard on
+        // the same worker); a worker with nothing of its own left takes another's shard.
+        assert_eq!(planned, shard_plan(&labelling, &[&w2, &w1]));
+        let w1_shards: Vec<String> = planned.iter().filter(|(_, w)| w.as_str() == "w1").map(|(s, _)| s.clone()).collect();
+        for task in labelling.tasks.iter_mut().filter(|t| !w1_shards.contains(t.shard.as_ref().expect("shard"))) {
+            task.state = TaskState::Finished;
+        }
+        let stolen = schedule(&[&labelling], &[&w1, &w2]);
+        assert_eq!(stolen.len(), 2, "w2 helps with w1's shards");
+        assert!(stolen.iter().any(|a| a.worker.as_str() == "w2"));
     }
 
     #[test]
