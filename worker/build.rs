@@ -1,8 +1,27 @@
 // Binaries and tests that link tch get no rpath, and `--as-needed` drops libtorch_cuda.so
 // (then a GPU machine sees no CUDA). Point the rpath at the libtorch that torch-sys linked
 // and keep libtorch (with its CUDA part) needed. See DESIGN.md, "Toolchain facts".
+// The worker also compiles one small C++ file against libtorch's headers: bf16 autocast,
+// which tch does not expose (`src/train/precision.rs`).
 include!("build_rpath.rs");
 
 fn main() {
     link_libtorch_with_rpath();
+    compile_autocast();
+}
+
+fn compile_autocast() {
+    println!("cargo:rerun-if-changed=cpp/autocast.cpp");
+    let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys passes DEP_TCH_LIBTORCH_LIB");
+    let include = std::path::Path::new(&lib).parent().expect("libtorch's lib has a parent").join("include");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .file("cpp/autocast.cpp")
+        .compile("feral_autocast");
 }

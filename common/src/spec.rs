@@ -191,6 +191,19 @@ pub struct TrainSpec {
     /// libtorch intra-op threads for this task; 0 keeps libtorch's default.
     #[serde(default)]
     pub threads: i64,
+    /// Arithmetic of the forward pass: `fp32`, or `bf16` autocast (matrix products and
+    /// convolutions in bfloat16 on the task's device, CUDA or CPU; weights, optimiser
+    /// state and gradients stay fp32).
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Bf16,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -357,6 +370,7 @@ impl Default for TrainSpec {
             augment: true,
             seed: default_seed(),
             threads: 0,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -568,6 +582,8 @@ mod tests {
         assert!(err(&format!("{base}[semi_supervised]\nfeedback_lambda = 2\n")).contains("feedback_lambda"));
         assert!(err(&format!("{base}[semi_supervised]\nroundz = 2\n")).contains("roundz"));
         assert!(err(&format!("{base}[semi_supervised]\ntemporal_window = 4\n")).contains("temporal_window"));
+        let precision = err(&format!("{base}[train]\nprecision = \"fp16\"\n"));
+        assert!(precision.contains("fp16") && precision.contains("bf16"), "{precision}");
         assert!(err(&format!("{base}[semi_supervised]\ntemporal_window = 0\n")).contains("temporal_window"));
         assert!(err(&format!("{base}[semi_supervised]\ntemporal_epochs = 0\n")).contains("temporal_epochs"));
     }

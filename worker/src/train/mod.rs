@@ -12,6 +12,7 @@ mod loader;
 pub mod losses;
 mod model;
 mod optim;
+pub mod precision;
 pub mod temporal;
 
 use std::path::{Path, PathBuf};
@@ -181,6 +182,10 @@ pub fn train(
         let net = build_model(&vs.root(), &spec.model, image, classes as i64);
         let ema_vs = nn::VarStore::new(context.device);
         let ema_net = build_model(&ema_vs.root(), &spec.model, image, classes as i64);
+        if context.device.is_cuda() {
+            model::use_channels_last(&vs);
+            model::use_channels_last(&ema_vs);
+        }
         (vs, net, ema_vs, ema_net)
     };
     match (&task.init_model, &spec.model.init) {
@@ -259,18 +264,21 @@ pub fn train(
             let loaded = loader.next_batch()?;
             let indices = &loaded.indices;
             let (images, targets) = (loaded.images.to_device(context.device), loaded.labels.to_device(context.device));
-            let logits = net.forward_t(&images, true);
+            // bf16 autocast (when asked) covers the forward passes; losses are fp32.
+            let autocast = precision::Autocast::enter(spec.train.precision, context.device);
+            let logits = net.forward_t(&images, true).to_kind(Kind::Float);
             let mut loss = loss_fn.compute(&logits, &targets, epoch);
             if let Some(pseudo) = &loaded.pseudo {
                 let (images, targets) = (pseudo.images.to_device(context.device), pseudo.labels.to_device(context.device));
                 let confidences = pseudo.confidences.to_device(context.device);
-                let mut logits = net.forward_t(&images, true);
+                let mut logits = net.forward_t(&images, true).to_kind(Kind::Float);
                 if let Some(margin) = &margin {
                     logits = logits + margin;
                 }
                 let per_sample = logits.cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::None, -100, 0.0);
                 loss = loss + (per_sample * confidences).mean(Kind::Float) * spec.semi_supervised.lambda_u;
             }
+            drop(autocast);
             optimizer.zero_grad();
             loss.backward();
             collective::average_gradients(collective, &trainable, collective::DEFAULT_BUCKET_BYTES)?;

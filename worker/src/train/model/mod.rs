@@ -33,6 +33,20 @@ pub fn build_model(path: &nn::Path, spec: &ModelSpec, image: [i64; 3], classes: 
     }
 }
 
+/// Lays every 4-D variable of `vs` (convolution weights) out channels-last, like the input
+/// batches, keeping its values and shape: with bf16, cuDNN's fastest convolutions on
+/// tensor cores want NHWC. Done on CUDA only; the CPU keeps libtorch's default layout.
+pub fn use_channels_last(vs: &nn::VarStore) {
+    tch::no_grad(|| {
+        for (_, mut variable) in vs.variables() {
+            if variable.dim() == 4 {
+                let nhwc = variable.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+                variable.set_data(&nhwc);
+            }
+        }
+    });
+}
+
 /// Softmax regression on the flattened pixels (its "features" are the pixels).
 #[derive(Debug)]
 pub struct Linear {
@@ -118,6 +132,21 @@ mod tests {
 
     fn spec(arch: Arch) -> ModelSpec {
         ModelSpec { arch, ..ModelSpec::default() }
+    }
+
+    #[test]
+    fn channels_last_weights_keep_their_values_and_outputs() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = build_model(&vs.root(), &spec(Arch::CompactCnn), [1, 16, 16], 7);
+        let images = Tensor::randn([2, 1, 16, 16], (Kind::Float, Device::Cpu));
+        let before = net.forward_t(&images, false);
+        use_channels_last(&vs);
+        let weight = &vs.variables()["stage1_conv0.weight"];
+        let [o, i, h, w] = weight.size()[..] else { panic!("4-D") };
+        assert_eq!(weight.stride(), [h * w * i, 1, w * i, i], "channels-last strides");
+        assert_eq!(weight.size(), [o, i, h, w]);
+        assert!(net.forward_t(&images, false).allclose(&before, 1e-5, 1e-5, false));
     }
 
     #[test]
