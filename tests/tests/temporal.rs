@@ -34,9 +34,11 @@ async fn a_video_job_trains_a_temporal_encoder_and_smooths_pseudo_labels() -> an
     ];
     let mut jobs = coordinator.jobs().await?;
     let spec = format!(
-        "{}steps_per_epoch = 40\n\n[semi_supervised]\nrounds = 1\npatience = 0\nthreshold = 0.9\ntemporal_window = 5\ntemporal_epochs = 6\n",
+        "{}steps_per_epoch = 40\n\n[semi_supervised]\nrounds = 1\npatience = 0\nthreshold = 0.9\ntemporal_window = 5\ntemporal_epochs = 6\n\n[resources]\nworkers = 2\n",
         job_spec(&data, 12)
     );
+    // Both workers train each round as one gang of two ranks: features are extracted
+    // half by each and all-reduced, the encoder's gradients averaged.
     let job = submit(&mut jobs, spec).await?;
     let done = wait_for_state(&jobs, &job.id, &[pb::JobState::Succeeded, pb::JobState::Failed], Duration::from_secs(600)).await?;
     assert_eq!(done.state, pb::JobState::Succeeded as i32, "job failed: {}", done.state_reason);
