@@ -10,11 +10,13 @@
 #
 #   scripts/bench-train.sh
 #   THREADS="1 2 4" LAYOUTS=channels-last STEPS=50 REPEATS=7 scripts/bench-train.sh
+#   PRECISIONS="fp32 bf16" scripts/bench-train.sh   # bf16: autocast on both sides
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 THREADS=${THREADS:-"1 2"}
 LAYOUTS=${LAYOUTS:-"channels-last nchw"}
+PRECISIONS=${PRECISIONS:-fp32}
 STEPS=${STEPS:-20}
 WARMUP=${WARMUP:-5}
 REPEATS=${REPEATS:-5}
@@ -30,12 +32,15 @@ data=${DATA:-$results/data.safetensors}
 common=(--data "$data" --steps "$STEPS" --warmup "$WARMUP" --repeats 1 --batch "$BATCH" --csv)
 loads=()
 for repeat in $(seq "$REPEATS"); do
+    for precision in $PRECISIONS; do
     for layout in $LAYOUTS; do
         for threads in $THREADS; do
-            echo "run $repeat/$REPEATS, $layout, $threads threads: feral (tch), then pytorch eager ..." >&2
-            "$bin" --mode step --threads "$threads" --layout "$layout" "${common[@]}" >"$results/feral-$layout-$threads-$repeat.csv"
-            "$PYTHON" scripts/bench_train_torch.py --threads "$threads" --layout "$layout" "${common[@]}" >"$results/torch-$layout-$threads-$repeat.csv"
+            echo "run $repeat/$REPEATS, $layout, $precision, $threads threads: feral (tch), then pytorch eager ..." >&2
+            run=$layout-$precision-$threads-$repeat
+            "$bin" --mode step --threads "$threads" --layout "$layout" --precision "$precision" "${common[@]}" >"$results/feral-$run.csv"
+            "$PYTHON" scripts/bench_train_torch.py --threads "$threads" --layout "$layout" --precision "$precision" "${common[@]}" >"$results/torch-$run.csv"
         done
+    done
     done
     loads+=("$(cut -d' ' -f1 /proc/loadavg)")
 done
@@ -50,7 +55,7 @@ for path in sorted(glob.glob(f"{sys.argv[1]}/*.csv")):
             key = (row["layout"], int(row["threads"]), row["implementation"])
             rates.setdefault(key, []).append(float(row["images_per_s"]))
             batch = int(row["batch"])
-print(f"{'layout':<13} {'threads':>7} {'feral img/s':>11} {'torch img/s':>11} {'feral/torch':>11} {'feral ms/step':>13} {'torch ms/step':>13}"
+print(f"{'layout':<18} {'threads':>7} {'feral img/s':>11} {'torch img/s':>11} {'feral/torch':>11} {'feral ms/step':>13} {'torch ms/step':>13}"
       f"  {'feral runs':<30} torch runs")
 for layout, threads in sorted({(l, t) for l, t, _ in rates}):
     feral, torch = rates.get((layout, threads, "feral")), rates.get((layout, threads, "torch"))
@@ -58,7 +63,7 @@ for layout, threads in sorted({(l, t) for l, t, _ in rates}):
         continue
     f, t = statistics.median(feral), statistics.median(torch)
     runs = lambda values: " ".join(f"{v:.0f}" for v in values)
-    print(f"{layout:<13} {threads:>7} {f:>11.1f} {t:>11.1f} {f / t:>11.2f} {batch / f * 1e3:>13.1f} {batch / t * 1e3:>13.1f}"
+    print(f"{layout:<18} {threads:>7} {f:>11.1f} {t:>11.1f} {f / t:>11.2f} {batch / f * 1e3:>13.1f} {batch / t * 1e3:>13.1f}"
           f"  {runs(feral):<30} {runs(torch)}")
 PY
 echo "batch $BATCH, 48x48x1, compact CNN width 32, AdamW; median of $REPEATS alternating runs of $STEPS steps, each after $WARMUP warm-up steps"

@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--layout", choices=["channels-last", "nchw"], default="channels-last")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--csv", action="store_true")
     args = parser.parse_args()
 
@@ -81,7 +82,9 @@ def main() -> None:
         for _ in range(count):
             x, y = batches[position % len(batches)]
             position += 1
-            loss = loss_fn(model(x), y)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                logits = model(x).float()
+            loss = loss_fn(logits, y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -96,7 +99,8 @@ def main() -> None:
     median = statistics.median(rates)
     if args.csv:
         print("implementation,mode,layout,threads,loader_threads,batch,steps,repeats,images_per_s,min,max")
-        print(f"torch,step,{args.layout},{args.threads},0,{args.batch},{args.steps},{args.repeats},{median:.1f},{min(rates):.1f},{max(rates):.1f}")
+        layout = args.layout + ("/bf16" if args.precision == "bf16" else "")
+        print(f"torch,step,{layout},{args.threads},0,{args.batch},{args.steps},{args.repeats},{median:.1f},{min(rates):.1f},{max(rates):.1f}")
     else:
         print(f"step: {median:.1f} images/s (median of {[round(r, 1) for r in rates]}), {args.threads} threads")
 

@@ -17,8 +17,9 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context};
 use clap::{Parser, ValueEnum};
 use feral_common::dataset::{ImageShape, ShardData};
-use feral_common::spec::{ModelSpec, Sampling, TrainSpec};
+use feral_common::spec::{ModelSpec, Precision, Sampling, TrainSpec};
 use feral_common::synthetic::{generate, SyntheticConfig};
+use feral_worker::train::precision::Autocast;
 use feral_worker::train::{build_model, to_tensors, Augmentation, Cursor, Loader, LoaderConfig};
 use tch::nn::{self, ModuleT, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
@@ -63,6 +64,9 @@ struct Args {
     /// Memory layout of the ready batches of `--mode step`.
     #[arg(long, value_enum, default_value = "channels-last")]
     layout: Layout,
+    /// Arithmetic of the forward pass (`bf16`: autocast, as `[train] precision = "bf16"`).
+    #[arg(long, value_enum, default_value = "fp32")]
+    precision: PrecisionArg,
     /// Synthetic images to generate when no --data is given.
     #[arg(long, default_value_t = 2048)]
     samples: usize,
@@ -100,7 +104,10 @@ fn main() -> anyhow::Result<()> {
     let median = sorted[sorted.len() / 2];
     let mode = format!("{:?}", args.mode).to_lowercase();
     if args.csv {
-        let layout = if args.layout == Layout::Nchw { "nchw" } else { "channels-last" };
+        let mut layout = if args.layout == Layout::Nchw { "nchw" } else { "channels-last" }.to_owned();
+        if args.precision == PrecisionArg::Bf16 {
+            layout.push_str("/bf16");
+        }
         println!("implementation,mode,layout,threads,loader_threads,batch,steps,repeats,images_per_s,min,max");
         println!(
             "feral,{mode},{layout},{},{},{},{},{},{median:.1},{:.1},{:.1}",
@@ -150,28 +157,38 @@ fn read_data(path: &PathBuf) -> anyhow::Result<ShardData> {
     Ok(data)
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum PrecisionArg {
+    Fp32,
+    Bf16,
+}
+
 /// The default compact CNN with AdamW as a task builds them.
 struct Trainer {
     net: Box<dyn ModuleT>,
     optimizer: nn::Optimizer,
+    precision: Precision,
     _vs: nn::VarStore,
 }
 
 impl Trainer {
-    fn new(shape: ImageShape) -> anyhow::Result<Self> {
+    fn new(shape: ImageShape, precision: PrecisionArg) -> anyhow::Result<Self> {
         tch::manual_seed(7);
         let vs = nn::VarStore::new(Device::Cpu);
         let image = [i64::from(shape.channels), i64::from(shape.height), i64::from(shape.width)];
         let net = build_model(&vs.root(), &ModelSpec::default(), image, CLASSES);
         let train = TrainSpec::default();
         let optimizer = nn::AdamW { wd: train.weight_decay, ..Default::default() }.build(&vs, train.learning_rate)?;
-        Ok(Self { net, optimizer, _vs: vs })
+        let precision = if precision == PrecisionArg::Bf16 { Precision::Bf16 } else { Precision::Fp32 };
+        Ok(Self { net, optimizer, precision, _vs: vs })
     }
 
     /// The step of `train::train`: forward, cross-entropy, backward, AdamW.
     fn step(&mut self, images: &Tensor, labels: &Tensor) -> f64 {
-        let logits = self.net.forward_t(images, true);
+        let autocast = Autocast::enter(self.precision, Device::Cpu);
+        let logits = self.net.forward_t(images, true).to_kind(Kind::Float);
         let loss = logits.cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Mean, -100, 0.0);
+        drop(autocast);
         self.optimizer.zero_grad();
         loss.backward();
         self.optimizer.step();
@@ -206,7 +223,7 @@ fn time_steps(args: &Args, data: &ShardData) -> anyhow::Result<Vec<f64>> {
             }
         })
         .collect();
-    let mut trainer = Trainer::new(data.shape)?;
+    let mut trainer = Trainer::new(data.shape, args.precision)?;
     let mut next = 0;
     repeat(args, |count| {
         for _ in 0..count {
@@ -253,7 +270,7 @@ fn time_loader(args: &Args, data: &Arc<ShardData>) -> anyhow::Result<Vec<f64>> {
 
 fn time_pipeline(args: &Args, data: &Arc<ShardData>) -> anyhow::Result<Vec<f64>> {
     let mut loader = loader(args, data)?;
-    let mut trainer = Trainer::new(data.shape)?;
+    let mut trainer = Trainer::new(data.shape, args.precision)?;
     repeat(args, |count| {
         for _ in 0..count {
             let batch = loader.next_batch()?;
