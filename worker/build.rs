@@ -12,8 +12,18 @@ fn main() {
 
 fn compile_autocast() {
     println!("cargo:rerun-if-changed=cpp/autocast.cpp");
-    let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys passes DEP_TCH_LIBTORCH_LIB");
-    let include = std::path::Path::new(&lib).parent().expect("libtorch's lib has a parent").join("include");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    // Headers and ABI as torch-sys finds them: LIBTORCH_INCLUDE, else beside the lib
+    // directory; LIBTORCH_CXX11_ABI, else the new ABI of every PyTorch since 2.7.
+    let include = match std::env::var("LIBTORCH_INCLUDE") {
+        Ok(root) => std::path::Path::new(&root).join("include"),
+        Err(_) => {
+            let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys passes DEP_TCH_LIBTORCH_LIB");
+            std::path::Path::new(&lib).parent().expect("libtorch's lib has a parent").join("include")
+        }
+    };
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
     cc::Build::new()
         .cpp(true)
         .pic(true)
@@ -21,7 +31,7 @@ fn compile_autocast() {
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
-        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .file("cpp/autocast.cpp")
         .compile("feral_autocast");
 }

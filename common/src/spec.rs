@@ -468,6 +468,9 @@ impl JobSpec {
         non_negative("semi_supervised.mu", semi.mu)?;
         non_negative("semi_supervised.lambda_u", semi.lambda_u)?;
         at_least("semi_supervised.temporal_window", semi.temporal_window, 1)?;
+        if semi.temporal_window > MAX_TEMPORAL_WINDOW {
+            return Err(invalid("semi_supervised.temporal_window", format!("must be at most {MAX_TEMPORAL_WINDOW}, got {}", semi.temporal_window)));
+        }
         if semi.temporal_window % 2 == 0 {
             return Err(invalid("semi_supervised.temporal_window", format!("must be odd (a window centred on its frame), got {}", semi.temporal_window)));
         }
@@ -523,6 +526,9 @@ fn validate_loss(loss: &LossSpec, legacy_smoothing: f64, epochs: i64) -> Result<
     }
     Ok(())
 }
+
+/// The widest temporal window a job may ask for (frames).
+pub const MAX_TEMPORAL_WINDOW: i64 = 65;
 
 fn at_least(field: &'static str, value: i64, minimum: i64) -> Result<(), SpecError> {
     if value < minimum {
@@ -585,6 +591,7 @@ mod tests {
         let precision = err(&format!("{base}[train]\nprecision = \"fp16\"\n"));
         assert!(precision.contains("fp16") && precision.contains("bf16"), "{precision}");
         assert!(err(&format!("{base}[semi_supervised]\ntemporal_window = 0\n")).contains("temporal_window"));
+        assert!(err(&format!("{base}[semi_supervised]\ntemporal_window = 67\n")).contains("at most 65"));
         assert!(err(&format!("{base}[semi_supervised]\ntemporal_epochs = 0\n")).contains("temporal_epochs"));
     }
 

@@ -1,6 +1,6 @@
 //! Pseudo-labelling, step one: the previous round's model predicts one unlabelled shard
-//! (each image and its mirror image, logits averaged). On video datasets the round's
-//! temporal encoder predicts instead, from the features of each frame's window within
+//! (each image and its mirror image, logits averaged). On video datasets the previous
+//! round's temporal encoder (saved beside its model) predicts instead, from the features of each frame's window within
 //! the shard, so that pseudo-labels are smoothed over time. The logits go to a predictions file
 //! in the round's directory; the coordinator gets only the shard's per-class sums of
 //! predicted probabilities, from which it computes the pool's class prior exactly.
@@ -45,9 +45,12 @@ pub fn infer(context: &TaskContext, model_path: &Path, shard: &str, stop: &Atomi
     let net = build_model(&vs.root(), &context.spec.model, image, classes as i64);
     vs.load(model_path)?;
     let _no_grad = tch::no_grad_guard();
-    let logits = if temporal::wanted(&context.spec, &data) {
+    let encoder_path = model_path.with_file_name(temporal::FILE);
+    // A round trains an encoder when its train split has videos; a pool with videos beside
+    // a train split without them is predicted frame by frame.
+    let logits = if temporal::wanted(&context.spec, &data) && encoder_path.is_file() {
         let window = context.spec.semi_supervised.temporal_window;
-        let path = model_path.with_file_name(temporal::FILE);
+        let path = encoder_path;
         let (_vs, encoder) = temporal::load(&path, net.feature_dim(), window, classes as i64, context.device)?;
         temporal::Windows::extract(net.as_ref(), &data, window as usize, context.device, &mut Single)?.predict(&encoder)
     } else {

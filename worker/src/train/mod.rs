@@ -288,7 +288,7 @@ pub fn train(
             correct += logits.argmax(-1, false).eq_tensor(&targets).sum(Kind::Int64).int64_value(&[]);
             seen += indices.len();
         }
-        validation = evaluate(ema_net.as_ref(), &val_data, classes, context.device, collective)?;
+        validation = evaluate_model(&ema_vs, ema_net.as_ref(), &val_data, classes, context.device, collective)?;
         if rank > 0 {
             continue;
         }
@@ -308,7 +308,7 @@ pub fn train(
     }
     if first_epoch > epochs {
         // Every epoch was done before a restart: evaluate the checkpoint we resumed.
-        validation = evaluate(ema_net.as_ref(), &val_data, classes, context.device, collective)?;
+        validation = evaluate_model(&ema_vs, ema_net.as_ref(), &val_data, classes, context.device, collective)?;
     }
     drop(loader);
 
@@ -423,6 +423,23 @@ fn resume(
     optimizer.load(files[2]).map_err(|problem| TrainError::Corrupt { path: files[2].to_path_buf(), problem })?;
     tracing::info!(round, epoch = saved.epoch, "resuming from checkpoint");
     Ok(saved.epoch)
+}
+
+/// [`evaluate`] with rank 0's EMA weights and batch-norm statistics on every rank: each
+/// rank's running statistics come from its own slices of the batches, and rank 0's model is
+/// the one saved, so that is the one every rank evaluates (and extracts features with).
+fn evaluate_model(
+    ema_vs: &nn::VarStore,
+    net: &dyn ModuleT,
+    data: &ShardData,
+    classes: usize,
+    device: Device,
+    collective: &mut dyn Collective,
+) -> Result<MetricsSummary, TrainError> {
+    if collective.world_size() > 1 {
+        collective::broadcast_from_rank0(collective, &mut by_name(ema_vs))?;
+    }
+    evaluate(net, data, classes, device, collective)
 }
 
 /// Accuracy, macro-F1 and the rest on `data`, in evaluation mode. The ranks of a gang

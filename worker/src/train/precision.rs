@@ -11,7 +11,7 @@ use tch::Device;
 
 extern "C" {
     fn feral_autocast_bf16_enter(cuda: i32) -> i32;
-    fn feral_autocast_exit(cuda: i32, was_enabled: i32);
+    fn feral_autocast_exit(cuda: i32, state: i32) -> i32;
     fn feral_autocast_dtype(cuda: i32) -> i32;
 }
 
@@ -22,13 +22,15 @@ const BFLOAT16: i32 = 15;
 #[derive(Debug)]
 pub struct Autocast {
     cuda: i32,
-    was_enabled: i32,
+    /// What to restore on exit (see `cpp/autocast.cpp`).
+    state: i32,
     /// Autocast state is thread-local: the region must end on the thread that began it.
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl Autocast {
-    /// Enters a bf16 region on `device` when `precision` asks for it; `None` for fp32.
+    /// Enters a bf16 region on `device` when `precision` asks for it; `None` for fp32, and
+    /// (with a warning, once per thread) when libtorch refuses, which leaves fp32.
     pub fn enter(precision: Precision, device: Device) -> Option<Self> {
         if precision != Precision::Bf16 {
             return None;
@@ -36,15 +38,22 @@ impl Autocast {
         let cuda = i32::from(device.is_cuda());
         // SAFETY: a plain C function of our own without pointers; it catches every C++
         // exception and reports it as -1.
-        let was_enabled = unsafe { feral_autocast_bf16_enter(cuda) };
-        (was_enabled >= 0).then_some(Self { cuda, was_enabled, _not_send: std::marker::PhantomData })
+        let state = unsafe { feral_autocast_bf16_enter(cuda) };
+        if state < 0 {
+            thread_local!(static WARNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+            if !WARNED.replace(true) {
+                tracing::warn!(?device, "libtorch refused bf16 autocast on this device: training in fp32");
+            }
+            return None;
+        }
+        Some(Self { cuda, state, _not_send: std::marker::PhantomData })
     }
 }
 
 impl Drop for Autocast {
     fn drop(&mut self) {
         // SAFETY: as in `enter`; called once per successful enter, on the same thread.
-        unsafe { feral_autocast_exit(self.cuda, self.was_enabled) }
+        let _ = unsafe { feral_autocast_exit(self.cuda, self.state) };
     }
 }
 

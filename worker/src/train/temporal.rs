@@ -138,7 +138,7 @@ impl Windows {
             let (images, _) = to_tensors(data, chunk, &data.labels, device, None);
             let f = (backbone.features_t(&images, false) + backbone.features_t(&images.flip([3]), false)) / 2.0;
             let rows: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
-            features = features.index_copy(0, &Tensor::from_slice(&rows).to_device(device), &f.to_kind(Kind::Float));
+            let _ = features.index_copy_(0, &Tensor::from_slice(&rows).to_device(device), &f.to_kind(Kind::Float));
         }
         if world > 1 {
             // Rows of other ranks are zero here: the sum is every rank's rows.
@@ -208,7 +208,6 @@ pub fn train(
     let global = BATCH * world;
     let steps = labelled.div_ceil(global).max(1);
     let epochs = spec.semi_supervised.temporal_epochs as usize;
-    let centre = train.window as i64 / 2;
     for epoch in 0..epochs {
         tch::manual_seed(mix(spec.train.seed ^ u64::from(round), 1000 + epoch as u64) as i64);
         for step in 0..steps {
@@ -223,12 +222,19 @@ pub fn train(
             let mine = &drawn[rank * BATCH..(rank + 1) * BATCH];
             let mut windows = train.gather(mine);
             let mut rng = SmallRng::seed_from_u64(mix(seed, rank as u64));
-            let hidden: Vec<i64> = (0..mine.len() as i64).filter(|_| rng.random_bool(HIDE_CENTRE)).collect();
-            if !hidden.is_empty() {
-                let rows = Tensor::from_slice(&hidden).to_device(device);
-                let blank = Tensor::zeros([hidden.len() as i64, features], (Kind::Float, device));
-                windows = windows.index_put(&[Some(rows), Some(Tensor::from(centre).to_device(device))], &blank, false);
+            // Hide the centre frame wherever it stands in its window (edge padding repeats it).
+            let mut keep = vec![1f32; mine.len() * train.window];
+            for (row, &frame) in mine.iter().enumerate() {
+                if rng.random_bool(HIDE_CENTRE) {
+                    let window = &train.rows[frame * train.window..(frame + 1) * train.window];
+                    for (slot, &neighbour) in window.iter().enumerate() {
+                        if neighbour == frame {
+                            keep[row * train.window + slot] = 0.0;
+                        }
+                    }
+                }
             }
+            windows = windows * Tensor::from_slice(&keep).view([mine.len() as i64, train.window as i64, 1]).to_device(device);
             let targets: Vec<i64> = mine.iter().map(|&i| train_labels[i]).collect();
             let targets = Tensor::from_slice(&targets).to_device(device);
             let loss = encoder.forward_t(&windows, true).cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::Mean, -100, 0.1);
