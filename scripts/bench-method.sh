@@ -4,7 +4,8 @@
 #   (a) supervised on the 10% only (all epochs in one round),
 #   (b) pseudo-label rounds without debiasing or feedback,
 #   (c) the full method (debiased pseudo-labels, class-aware selection, feedback).
-# Usage: scripts/bench-method.sh [FER2013_CSV(.gz)]   (OUT=dir to keep results elsewhere)
+# Usage: scripts/bench-method.sh [FER2013_CSV(.gz)]   (OUT=dir to keep results elsewhere;
+# VARIANTS="c" runs only some of them)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 csv=$(realpath "${1:-../shared/data/fer2013/fer2013_train_publictest.csv.gz}")
@@ -36,7 +37,7 @@ spec a-supervised 0 $((epochs * (rounds + 1))) >"$out/a.toml"
 spec b-plain-pseudo-labels "$rounds" "$epochs" $'debias = false\nfeedback = false\n' >"$out/b.toml"
 spec c-full-method "$rounds" "$epochs" >"$out/c.toml"
 
-for variant in a b c; do
+for variant in ${VARIANTS:-a b c}; do
   started=$(date +%s)
   job=$("$bin/feral" --coordinator "$url" submit "$out/$variant.toml" | awk '{print $3}')
   "$bin/feral" --coordinator "$url" watch "$job" >"$out/$variant.watch.txt" || true
