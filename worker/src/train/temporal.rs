@@ -22,7 +22,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::batches::{to_tensors, Sampler};
 use super::model::Network;
-use super::{collective_confusion, learning_rate, mix, optim, TrainError, SEEDED_INIT};
+use super::{by_name, collective_confusion, learning_rate, mix, optim, TrainError, SEEDED_INIT};
 use crate::collective::{self, Collective};
 
 /// Width of the encoder's tokens.
@@ -192,12 +192,7 @@ pub fn train(
         let encoder = TemporalEncoder::new(&vs.root(), features, train.window as i64, classes as i64);
         (vs, encoder)
     };
-    let mut variables: Vec<Tensor> = {
-        let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        named.into_iter().map(|(_, t)| t).collect()
-    };
-    collective::broadcast_from_rank0(collective, &mut variables)?;
+    collective::broadcast_from_rank0(collective, &mut by_name(&vs))?;
     let trainable = vs.trainable_variables();
     let settings = feral_common::spec::TrainSpec { optimizer: OptimizerKind::Adamw, learning_rate: 2e-3, weight_decay: 1e-2, ..spec.train.clone() };
     let mut optimizer = optim::Optimizer::new(&settings, vs.trainable_variables());
