@@ -265,6 +265,29 @@ pub fn should_stop(macro_f1_by_round: &[f64], patience: usize) -> bool {
     !recent.iter().any(|&f1| f1 > best_before)
 }
 
+/// What a round's selection task reports: per-class counts and thresholds, how many of the
+/// pool were selected, their precision against hidden labels where known, and the file
+/// holding the pseudo-labels. The worker sends it, the coordinator keeps it in the round.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SelectionSummary {
+    pub selected_per_class: Vec<u64>,
+    pub thresholds: Vec<f64>,
+    pub confident_per_class: Vec<u64>,
+    pub selected: u64,
+    pub pool: u64,
+    pub correct: u64,
+    pub with_hidden_label: u64,
+    pub selection_file: String,
+    pub cap: u64,
+}
+
+impl SelectionSummary {
+    /// Precision of the selected pseudo-labels where true labels are known.
+    pub fn precision(&self) -> Option<f64> {
+        (self.with_hidden_label > 0).then(|| self.correct as f64 / self.with_hidden_label as f64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

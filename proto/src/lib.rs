@@ -1,6 +1,6 @@
 //! Feral's wire API: the `feral.v1` gRPC package, generated at build time from
 //! `proto/feral/v1/feral.proto`, and the conversions of the shared domain types of
-//! `feral-common` that both the coordinator and the workers send (metrics).
+//! `feral-common` that both the coordinator and the workers send (metrics, selections).
 #![allow(clippy::all, missing_docs)]
 
 pub mod v1 {
@@ -8,6 +8,7 @@ pub mod v1 {
 }
 
 mod convert {
+    use feral_common::method::SelectionSummary;
     use feral_common::metrics::MetricsSummary;
 
     use crate::v1 as pb;
@@ -27,6 +28,38 @@ mod convert {
     impl From<pb::Metrics> for MetricsSummary {
         fn from(m: pb::Metrics) -> Self {
             MetricsSummary { accuracy: m.accuracy, macro_f1: m.macro_f1, per_class_f1: m.per_class_f1, confusion: m.confusion, samples: m.samples }
+        }
+    }
+
+    impl From<&SelectionSummary> for pb::SelectOutcome {
+        fn from(s: &SelectionSummary) -> Self {
+            pb::SelectOutcome {
+                selected_per_class: s.selected_per_class.clone(),
+                thresholds: s.thresholds.clone(),
+                confident_per_class: s.confident_per_class.clone(),
+                selected: s.selected,
+                pool: s.pool,
+                correct: s.correct,
+                with_hidden_label: s.with_hidden_label,
+                selection_file: s.selection_file.clone(),
+                cap: s.cap,
+            }
+        }
+    }
+
+    impl From<pb::SelectOutcome> for SelectionSummary {
+        fn from(s: pb::SelectOutcome) -> Self {
+            SelectionSummary {
+                selected_per_class: s.selected_per_class,
+                thresholds: s.thresholds,
+                confident_per_class: s.confident_per_class,
+                selected: s.selected,
+                pool: s.pool,
+                correct: s.correct,
+                with_hidden_label: s.with_hidden_label,
+                selection_file: s.selection_file,
+                cap: s.cap,
+            }
         }
     }
 }

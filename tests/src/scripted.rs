@@ -7,7 +7,7 @@ use std::time::Duration;
 use feral_common::metrics::MetricsSummary;
 use feral_worker::collective::Collective;
 use feral_worker::runner::{Assignment, TaskFailure, TaskKind, TaskOutput, TaskRunner};
-use feral_worker::tasks::{InferOutput, PrepareOutput, SelectOutput};
+use feral_worker::tasks::{InferOutput, PrepareOutput, SelectionSummary};
 use feral_worker::train::{EpochReport, TrainOutput};
 
 /// Answers every task; `slow` kinds take `delay` per step (and honour `stop`).
@@ -63,7 +63,7 @@ impl TaskRunner for ScriptedRunner {
                 samples: 10,
                 predictions_file: task.artifact_dir.join(format!("r{}/pred-{}", task.round, task.shards.join(","))),
             }),
-            TaskKind::Select => TaskOutput::Selected(SelectOutput {
+            TaskKind::Select => TaskOutput::Selected(SelectionSummary {
                 selected_per_class: vec![3, 2],
                 thresholds: vec![0.9, 0.6],
                 confident_per_class: vec![3, 1],
@@ -71,7 +71,7 @@ impl TaskRunner for ScriptedRunner {
                 pool: 10 * self.shards as u64,
                 correct: 4,
                 with_hidden_label: 5,
-                selection_file: task.artifact_dir.join(format!("r{}/selection.safetensors", task.round)),
+                selection_file: task.artifact_dir.join(format!("r{}/selection.safetensors", task.round)).display().to_string(),
                 cap: 0,
             }),
         })

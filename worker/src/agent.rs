@@ -299,17 +299,7 @@ fn outcome_to_proto(output: TaskOutput) -> pb::finish_task_request::Outcome {
             samples: i.samples,
             predictions_file: i.predictions_file.display().to_string(),
         }),
-        TaskOutput::Selected(s) => Outcome::Select(pb::SelectOutcome {
-            selected_per_class: s.selected_per_class,
-            thresholds: s.thresholds,
-            confident_per_class: s.confident_per_class,
-            selected: s.selected,
-            pool: s.pool,
-            correct: s.correct,
-            with_hidden_label: s.with_hidden_label,
-            selection_file: s.selection_file.display().to_string(),
-            cap: s.cap,
-        }),
+        TaskOutput::Selected(s) => Outcome::Select(pb::SelectOutcome::from(&s)),
     }
 }
 

@@ -8,7 +8,7 @@ use feral_common::spec::JobSpec;
 use tch::Device;
 
 use crate::collective::Collective;
-use crate::tasks::{self, InferOutput, PrepareOutput, SelectOutput};
+use crate::tasks::{self, InferOutput, PrepareOutput, SelectionSummary};
 use crate::train::{self, EpochReport, TrainError, TrainOutput, TrainTask};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub enum TaskOutput {
     Prepared(PrepareOutput),
     Trained(TrainOutput),
     Inferred(InferOutput),
-    Selected(SelectOutput),
+    Selected(SelectionSummary),
 }
 
 /// Why a task did not finish.

@@ -7,7 +7,7 @@ use feral_proto::v1 as pb;
 use crate::control::{TaskAssignment, WorkerView};
 use crate::error::CoordinatorError;
 use crate::model::{
-    DatasetSummary, EpochRecord, InferPartial, JobRecord, JobState, RoundRecord, SelectionSummary, ShardRef, Slot, TaskKind,
+    DatasetSummary, EpochRecord, InferPartial, JobRecord, JobState, RoundRecord, ShardRef, Slot, TaskKind,
     TaskOutcome, TrainedModel, WorkerState,
 };
 
@@ -83,37 +83,9 @@ impl TryFrom<pb::finish_task_request::Outcome> for TaskOutcome {
             }
             Outcome::Select(s) => {
                 super::required(&s.selection_file, "select.selection_file")?;
-                TaskOutcome::Selected(selection_from_proto(s))
+                TaskOutcome::Selected(s.into())
             }
         })
-    }
-}
-
-fn selection_from_proto(s: pb::SelectOutcome) -> SelectionSummary {
-    SelectionSummary {
-        selected_per_class: s.selected_per_class,
-        thresholds: s.thresholds,
-        confident_per_class: s.confident_per_class,
-        selected: s.selected,
-        pool: s.pool,
-        correct: s.correct,
-        with_hidden_label: s.with_hidden_label,
-        selection_file: s.selection_file,
-        cap: s.cap,
-    }
-}
-
-fn selection_to_proto(s: &SelectionSummary) -> pb::SelectOutcome {
-    pb::SelectOutcome {
-        selected_per_class: s.selected_per_class.clone(),
-        thresholds: s.thresholds.clone(),
-        confident_per_class: s.confident_per_class.clone(),
-        selected: s.selected,
-        pool: s.pool,
-        correct: s.correct,
-        with_hidden_label: s.with_hidden_label,
-        selection_file: s.selection_file.clone(),
-        cap: s.cap,
     }
 }
 
@@ -126,7 +98,7 @@ fn round_to_proto(r: &RoundRecord, shards_total: usize) -> pb::RoundSummary {
         class_weights: r.class_weights.clone(),
         shards_predicted: r.partials.len() as u32,
         shards_total: if r.round == 0 { 0 } else { shards_total as u32 },
-        selection: r.selection.as_ref().map(selection_to_proto),
+        selection: r.selection.as_ref().map(pb::SelectOutcome::from),
         frame_validation: r.model.as_ref().and_then(|m| m.frame_validation.as_ref()).map(metrics_to_proto),
     }
 }

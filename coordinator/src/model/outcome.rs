@@ -40,26 +40,8 @@ pub struct InferPartial {
     pub predictions_file: String,
 }
 
-/// The round's pseudo-label selection.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct SelectionSummary {
-    pub selected_per_class: Vec<u64>,
-    pub thresholds: Vec<f64>,
-    pub confident_per_class: Vec<u64>,
-    pub selected: u64,
-    pub pool: u64,
-    pub correct: u64,
-    pub with_hidden_label: u64,
-    pub selection_file: String,
-    pub cap: u64,
-}
-
-impl SelectionSummary {
-    /// Precision of the selected pseudo-labels where true labels are known.
-    pub fn precision(&self) -> Option<f64> {
-        (self.with_hidden_label > 0).then(|| self.correct as f64 / self.with_hidden_label as f64)
-    }
-}
+/// The round's pseudo-label selection, as the selection task reports it.
+pub use feral_common::method::SelectionSummary;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum TaskOutcome {

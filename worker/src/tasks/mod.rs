@@ -12,7 +12,8 @@ use tch::Device;
 
 pub use infer::{infer, InferOutput};
 pub use prepare::{prepare, PrepareOutput};
-pub use select::{read_selection, select, PseudoLabels, SelectOutput};
+pub use feral_common::method::SelectionSummary;
+pub use select::{read_selection, select, PseudoLabels};
 
 /// What every task knows: the job, its round, where to write, where to compute.
 #[derive(Clone, Debug)]

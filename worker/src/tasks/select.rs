@@ -3,26 +3,13 @@
 //! per-class cap choose the pseudo-labels the student trains on. They are written to the
 //! round's `selection.safetensors` (sample ids, labels, confidences).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use feral_common::method::{self, Candidate, SelectionParams};
+use feral_common::method::{self, Candidate, SelectionParams, SelectionSummary};
 use tch::Tensor;
 
 use super::{create_dir, TaskContext};
 use crate::train::TrainError;
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct SelectOutput {
-    pub selected_per_class: Vec<u64>,
-    pub thresholds: Vec<f64>,
-    pub confident_per_class: Vec<u64>,
-    pub selected: u64,
-    pub pool: u64,
-    pub correct: u64,
-    pub with_hidden_label: u64,
-    pub selection_file: PathBuf,
-    pub cap: u64,
-}
 
 /// Selected pseudo-labels, as the student reads them.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -41,7 +28,7 @@ fn named(tensors: &[(String, Tensor)], name: &str, path: &Path) -> Result<Tensor
         .ok_or_else(|| TrainError::Corrupt { path: path.to_path_buf(), problem: format!("it has no `{name}` tensor") })
 }
 
-pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64]) -> Result<SelectOutput, TrainError> {
+pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64]) -> Result<SelectionSummary, TrainError> {
     let semi = &context.spec.semi_supervised;
     let (mut candidates, mut hidden, mut sample_ids) = (Vec::new(), Vec::new(), Vec::new());
     let mut classes = 0;
@@ -86,7 +73,7 @@ pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64])
         ("confidences", Tensor::from_slice(&confidences)),
     ];
     Tensor::write_safetensors(&tensors, &selection_file)?;
-    Ok(SelectOutput {
+    Ok(SelectionSummary {
         selected_per_class: selection.selected_per_class,
         thresholds: selection.thresholds,
         confident_per_class: selection.confident_counts,
@@ -94,7 +81,7 @@ pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64])
         pool: candidates.len() as u64,
         correct,
         with_hidden_label,
-        selection_file,
+        selection_file: selection_file.display().to_string(),
         cap: selection.cap.unwrap_or(0),
     })
 }
