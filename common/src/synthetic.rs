@@ -143,6 +143,11 @@ impl Expression {
         for (value, sd) in p.iter_mut().zip(JITTER_SD) {
             *value += sd * gaussian(rng);
         }
+        Self::from_params(p)
+    }
+
+    /// The expression of parameters in `CLASS_MEANS` order, kept in their drawable ranges.
+    fn from_params(p: [f32; 7]) -> Self {
         Self {
             eye_open: p[0].max(0.2),
             brow_raise: p[1],
@@ -152,6 +157,11 @@ impl Expression {
             mouth_open: p[5].max(0.0),
             mouth_asym: p[6],
         }
+    }
+
+    /// The parameters in `CLASS_MEANS` order.
+    fn params(&self) -> [f32; 7] {
+        [self.eye_open, self.brow_raise, self.brow_tilt, self.mouth_width, self.mouth_curve, self.mouth_open, self.mouth_asym]
     }
 }
 
@@ -346,30 +356,13 @@ pub fn generate_video(config: &SyntheticConfig, video: usize, frames: usize) -> 
     let neutral = CLASS_MEANS[6];
     let period = uniform(&mut rng, 6.0, 10.0);
     let phase = uniform(&mut rng, 0.0, std::f32::consts::TAU);
-    let peak = [
-        scene.expression.eye_open,
-        scene.expression.brow_raise,
-        scene.expression.brow_tilt,
-        scene.expression.mouth_width,
-        scene.expression.mouth_curve,
-        scene.expression.mouth_open,
-        scene.expression.mouth_asym,
-    ];
+    let peak = scene.expression.params();
     (0..frames)
         .map(|t| {
             let wave = 0.5 + 0.5 * (std::f32::consts::TAU * t as f32 / period + phase).sin();
             let intensity = (wave + 0.1 * gaussian(&mut rng)).clamp(0.0, 1.0);
-            let p: Vec<f32> = neutral.iter().zip(peak).map(|(n, e)| lerp(*n, e, intensity)).collect();
             let mut frame = scene;
-            frame.expression = Expression {
-                eye_open: p[0].max(0.2),
-                brow_raise: p[1],
-                brow_tilt: p[2],
-                mouth_width: p[3].max(0.05),
-                mouth_curve: p[4],
-                mouth_open: p[5].max(0.0),
-                mouth_asym: p[6],
-            };
+            frame.expression = Expression::from_params(std::array::from_fn(|i| lerp(neutral[i], peak[i], intensity)));
             frame.center = (scene.center.0 + 0.01 * gaussian(&mut rng), scene.center.1 + 0.01 * gaussian(&mut rng));
             frame.scale = scene.scale * (1.0 + 0.02 * gaussian(&mut rng));
             SyntheticSample { pixels: render(&frame, config.image_size, &mut rng), label: label as i64, true_label: true_class as i64 }
