@@ -13,12 +13,12 @@ use anyhow::{bail, Context};
 use feral_common::prepare::{prepare_synthetic, SyntheticSplits};
 use feral_common::synthetic::SyntheticConfig;
 use feral_coordinator::control::Settings;
-use feral_coordinator::store::Store;
+use feral_coordinator::store::{MemoryStore, Store};
 use feral_proto::v1 as pb;
 use feral_proto::v1::job_service_client::JobServiceClient;
 use feral_proto::v1::worker_service_client::WorkerServiceClient;
 use feral_worker::agent::{self, AgentConfig};
-use feral_worker::runner::TaskRunner;
+use feral_worker::runner::{TaskRunner, TchRunner};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -73,6 +73,17 @@ impl RunningCoordinator {
 
     pub async fn workers(&self) -> anyhow::Result<WorkerServiceClient<Channel>> {
         Ok(WorkerServiceClient::connect(self.url()).await?)
+    }
+
+    /// A coordinator with [`test_settings`] for `root`, on an in-memory store, at a free
+    /// loopback port.
+    pub async fn in_memory(root: &Path) -> anyhow::Result<Self> {
+        Self::start(test_settings(root), Arc::new(MemoryStore::default()), SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Workers `w1`, `w2`, … of this coordinator that train for real (libtorch on the CPU).
+    pub fn tch_workers(&self, count: usize) -> Vec<RunningWorker> {
+        (1..=count).map(|i| RunningWorker::start(&self.url(), &format!("w{i}"), Arc::new(TchRunner))).collect()
     }
 }
 

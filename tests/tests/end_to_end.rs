@@ -1,25 +1,17 @@
 //! A coordinator and two workers in one process train a real model on generated data.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use feral_coordinator::store::MemoryStore;
 use feral_proto::v1 as pb;
 use feral_tests::*;
-use feral_worker::runner::TchRunner;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_train_jobs_that_learn() -> anyhow::Result<()> {
     init_tracing();
     let dir = tempfile::tempdir()?;
     let dataset = synthetic_dataset(&dir.path().join("data"), 2400)?;
-    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-    let coordinator = RunningCoordinator::start(test_settings(dir.path()), Arc::new(MemoryStore::default()), any_port).await?;
-    let workers = [
-        RunningWorker::start(&coordinator.url(), "w1", Arc::new(TchRunner)),
-        RunningWorker::start(&coordinator.url(), "w2", Arc::new(TchRunner)),
-    ];
+    let coordinator = RunningCoordinator::in_memory(dir.path()).await?;
+    let workers = coordinator.tch_workers(2);
     let mut jobs = coordinator.jobs().await?;
     wait_until("two live workers", Duration::from_secs(20), || {
         let mut jobs = jobs.clone();

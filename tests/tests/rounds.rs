@@ -1,16 +1,12 @@
 //! The method end to end: a teacher, then pseudo-labelling rounds over the unlabelled
 //! pool on two workers, with the class prior, selection and feedback of DESIGN.md.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use feral_common::prepare::{prepare_synthetic, SyntheticSplits};
 use feral_common::synthetic::SyntheticConfig;
-use feral_coordinator::store::MemoryStore;
 use feral_proto::v1 as pb;
 use feral_tests::*;
-use feral_worker::runner::TchRunner;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_rounds_select_pseudo_labels_better_than_chance() -> anyhow::Result<()> {
@@ -24,12 +20,8 @@ async fn two_rounds_select_pseudo_labels_better_than_chance() -> anyhow::Result<
     let pool_shards = manifest.splits[&feral_common::dataset::Split::Unlabeled].shards.len();
     assert!(pool_shards >= 3, "the pool spans several shards");
 
-    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-    let coordinator = RunningCoordinator::start(test_settings(dir.path()), Arc::new(MemoryStore::default()), any_port).await?;
-    let workers = [
-        RunningWorker::start(&coordinator.url(), "w1", Arc::new(TchRunner)),
-        RunningWorker::start(&coordinator.url(), "w2", Arc::new(TchRunner)),
-    ];
+    let coordinator = RunningCoordinator::in_memory(dir.path()).await?;
+    let workers = coordinator.tch_workers(2);
     let mut jobs = coordinator.jobs().await?;
     let spec = format!(
         "{}steps_per_epoch = 40\n\n[semi_supervised]\nrounds = 2\npatience = 0\nthreshold = 0.9\n",

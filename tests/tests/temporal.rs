@@ -3,17 +3,13 @@
 //! frame-by-frame metrics are shown beside them, and the next round's pseudo-labels come
 //! from the encoder.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use feral_common::dataset::Split;
 use feral_common::prepare::{prepare_synthetic_video, SyntheticSplits};
 use feral_common::synthetic::SyntheticConfig;
-use feral_coordinator::store::MemoryStore;
 use feral_proto::v1 as pb;
 use feral_tests::*;
-use feral_worker::runner::TchRunner;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_video_job_trains_a_temporal_encoder_and_smooths_pseudo_labels() -> anyhow::Result<()> {
@@ -26,12 +22,8 @@ async fn a_video_job_trains_a_temporal_encoder_and_smooths_pseudo_labels() -> an
     let manifest = prepare_synthetic_video(&data, &config, &splits, 16)?;
     let pool_shards = manifest.splits[&Split::Unlabeled].shards.len();
 
-    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-    let coordinator = RunningCoordinator::start(test_settings(dir.path()), Arc::new(MemoryStore::default()), any_port).await?;
-    let workers = [
-        RunningWorker::start(&coordinator.url(), "w1", Arc::new(TchRunner)),
-        RunningWorker::start(&coordinator.url(), "w2", Arc::new(TchRunner)),
-    ];
+    let coordinator = RunningCoordinator::in_memory(dir.path()).await?;
+    let workers = coordinator.tch_workers(2);
     let mut jobs = coordinator.jobs().await?;
     let spec = format!(
         "{}steps_per_epoch = 40\n\n[semi_supervised]\nrounds = 1\npatience = 0\nthreshold = 0.9\ntemporal_window = 5\ntemporal_epochs = 6\n\n[resources]\nworkers = 2\n",
