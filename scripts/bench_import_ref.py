@@ -6,7 +6,7 @@ row's pixels with np.fromstring (the fastest idiomatic numpy decode measured: ab
 0..=255, emotion 0..6, known Usage); keeps the decoded images in memory (no staging file);
 splits as Feral does (PublicTest rows validate; of the Training rows, round(fraction * n_c)
 of each class keep their label, chosen by the same seeded splitmix64 shuffle, the rest go
-to the unlabelled pool with hidden labels; PrivateTest rows are left out); writes
+to the unlabelled pool with hidden labels; PrivateTest rows are the test split); writes
 safetensors shards of --shard-size samples per split with `safetensors.numpy.save_file`
 (`images` u8 N x 48 x 48 x 1, `labels`, `sample_ids`, and `hidden_labels` for the pool),
 the sha256 of each shard, and a manifest.json in Feral's layout. With the same seed the
@@ -94,15 +94,16 @@ def open_csv(path: str):
 
 
 def read_rows(path: str):
-    """Decoded images (N x 2304 u8), labels, sample ids, PublicTest flags, source sha256."""
+    """Decoded images (N x 2304 u8), labels, sample ids, PublicTest and PrivateTest flags,
+    source sha256."""
     text, hashing = open_csv(path)
-    images, labels, ids, given_val = [], [], [], []
+    images, labels, ids, given_val, given_test = [], [], [], [], []
     with text:
         reader = csv.reader(text)
         header = [h.strip().lstrip("\ufeff").lower() for h in next(reader)]
         c_emotion, c_pixels = header.index("emotion"), header.index("pixels")
         c_usage = header.index("usage") if "usage" in header else None
-        sample_id = -1  # rows read so far, PrivateTest included (Feral's sample ids)
+        sample_id = -1  # rows read so far (Feral's sample ids)
         for line, row in enumerate(reader, start=2):
             if not row:
                 continue
@@ -116,15 +117,14 @@ def read_rows(path: str):
             pixels = np.fromstring(row[c_pixels], dtype=np.int16, sep=" ")
             if pixels.size != PIXELS or pixels.min() < 0 or pixels.max() > 255:
                 sys.exit(f"{path}: line {line}: pixels must be {PIXELS} values in 0..=255")
-            if usage == "PrivateTest":
-                continue
             images.append(pixels.astype(np.uint8))
             labels.append(emotion)
             ids.append(sample_id)
             given_val.append(usage == "PublicTest")
+            given_test.append(usage == "PrivateTest")
         text.read()  # hash to the end, as Feral does
     return (np.stack(images), np.array(labels, dtype=np.int64), np.array(ids, dtype=np.int64),
-            np.array(given_val, dtype=bool), hashing.sha.hexdigest())
+            np.array(given_val, dtype=bool), np.array(given_test, dtype=bool), hashing.sha.hexdigest())
 
 
 def write_split(out: str, name: str, images, labels, ids, hidden, shard_size: int) -> dict:
@@ -156,14 +156,15 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    images, labels, ids, given_val, source_sha = read_rows(args.csv)
+    images, labels, ids, given_val, given_test, source_sha = read_rows(args.csv)
     if not given_val.any():
         sys.exit("no PublicTest rows: this reference only does FER2013's own validation split")
-    rest = np.where(given_val, -1, labels)
+    rest = np.where(given_val | given_test, -1, labels)
     keep = stratified_pick(rest, args.labeled_fraction, mix(args.seed, LABELED_SALT))
     os.makedirs(args.out, exist_ok=True)
     splits = {}
-    for name, mask in (("train", keep), ("val", given_val), ("unlabeled", ~given_val & ~keep)):
+    pool = ~given_val & ~given_test & ~keep
+    for name, mask in (("train", keep), ("val", given_val), ("test", given_test), ("unlabeled", pool)):
         if mask.any():
             visible = labels[mask] if name != "unlabeled" else np.full(int(mask.sum()), -1, dtype=np.int64)
             hidden = labels[mask] if name == "unlabeled" else None

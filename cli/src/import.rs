@@ -24,6 +24,12 @@ pub struct SplitArgs {
     /// Fraction in [0, 1] held out for validation when the source has no validation split.
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
+    /// Fraction in [0, 1) of the validation samples moved to a `test` split (stratified per
+    /// class, by video for frames) when the source has none (FER2013 PrivateTest rows are
+    /// its test split). Validation chooses the feedback and the best round; test is only
+    /// reported, so its metrics are honest. 0: no test split.
+    #[arg(long, default_value_t = 0.0)]
+    pub test_fraction: f64,
     /// Seed of the splits.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
@@ -43,12 +49,16 @@ impl SplitArgs {
         if !(0.0..=1.0).contains(&self.val_fraction) {
             anyhow::bail!("--val-fraction must be in [0, 1], got {}", self.val_fraction);
         }
+        if !(0.0..1.0).contains(&self.test_fraction) {
+            anyhow::bail!("--test-fraction must be in [0, 1), got {}", self.test_fraction);
+        }
         if self.shard_size == 0 {
             anyhow::bail!("--shard-size must be at least 1, got 0");
         }
         Ok(SplitOptions {
             labeled_fraction: self.labeled_fraction,
             val_fraction: self.val_fraction,
+            test_fraction: self.test_fraction,
             seed: self.seed,
             shard_size: self.shard_size,
             skip_bad: self.skip_bad,
@@ -126,7 +136,7 @@ where
 fn summarise(report: &ImportReport, out: &Path) {
     print!("{}", describe_manifest(&report.manifest));
     if report.ignored > 0 {
-        println!("{} samples ignored on purpose (e.g. FER2013 PrivateTest rows)", report.ignored);
+        println!("{} samples ignored on purpose (e.g. unlabelled frames of validation videos)", report.ignored);
     }
     if !report.skipped.is_empty() {
         println!("{} bad samples skipped:", report.skipped.len());
@@ -190,7 +200,7 @@ mod tests {
     use super::*;
 
     fn split(labeled_fraction: f64, val_fraction: f64, shard_size: usize) -> SplitArgs {
-        SplitArgs { out: "/tmp/x".into(), labeled_fraction, val_fraction, seed: 7, shard_size, skip_bad: false }
+        SplitArgs { out: "/tmp/x".into(), labeled_fraction, val_fraction, test_fraction: 0.0, seed: 7, shard_size, skip_bad: false }
     }
 
     #[test]
@@ -199,6 +209,10 @@ mod tests {
         assert!(error(split(1.5, 0.1, 10)).contains("--labeled-fraction"));
         assert!(error(split(0.1, -0.1, 10)).contains("--val-fraction"));
         assert!(error(split(0.1, 0.1, 0)).contains("--shard-size"));
+        for bad in [1.0, -0.1] {
+            assert!(error(SplitArgs { test_fraction: bad, ..split(0.1, 0.1, 10) }).contains("--test-fraction"), "{bad}");
+        }
+        assert_eq!(SplitArgs { test_fraction: 0.5, ..split(0.1, 0.1, 10) }.options().map(|o| o.test_fraction).ok(), Some(0.5));
         assert_eq!(split(0.1, 0.2, 5).options().map(|o| (o.labeled_fraction, o.shard_size)).ok(), Some((0.1, 5)));
         assert!(check_size(4).is_err() && check_size(48).is_ok());
     }
@@ -219,5 +233,33 @@ mod tests {
         assert_eq!(inspect(out.clone()).await.expect("inspect"), ExitCode::SUCCESS);
         std::fs::write(out.join("train-00000.safetensors"), b"broken").expect("corrupt a shard");
         assert_eq!(inspect(out).await.expect("inspect"), ExitCode::FAILURE);
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Fer2013Command {
+        #[command(flatten)]
+        args: Fer2013Args,
+    }
+
+    #[tokio::test]
+    async fn test_fraction_splits_public_test_into_val_and_test() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let csv = dir.path().join("fer.csv");
+        let pixels = vec!["7"; 2304].join(" ");
+        let mut text = String::from("emotion,pixels,Usage\n");
+        for i in 0..42 {
+            text.push_str(&format!("{},{pixels},{}\n", i % 7, if i < 28 { "Training" } else { "PublicTest" }));
+        }
+        std::fs::write(&csv, text).expect("write");
+        let out = dir.path().join("data");
+        let (csv, out_arg) = (csv.display().to_string(), out.display().to_string());
+        let command = Fer2013Command::try_parse_from(["fer2013", "--csv", &csv, "--out", &out_arg, "--test-fraction", "0.5"]).expect("flags parse");
+        assert_eq!(command.args.split.test_fraction, 0.5);
+        assert_eq!(fer2013(command.args).await.expect("import"), ExitCode::SUCCESS);
+        let manifest = feral_common::dataset::Manifest::load(&out).expect("manifest");
+        let counts = |split| manifest.splits.get(&split).map(|s| s.class_counts.clone()).unwrap_or_default();
+        assert_eq!(counts(feral_common::dataset::Split::Val), vec![1; 7], "one of each class's two PublicTest rows stays val");
+        assert_eq!(counts(feral_common::dataset::Split::Test), vec![1; 7], "the other is test");
     }
 }

@@ -15,7 +15,7 @@ use crate::table::{Align, Table};
 pub enum PrepareSource {
     /// Generate the procedural synthetic facial-expression dataset (no real data needed).
     Synthetic(SyntheticArgs),
-    /// Import a FER2013 CSV (Training rows train, PublicTest rows validate).
+    /// Import a FER2013 CSV (Training rows train, PublicTest rows validate, PrivateTest rows test).
     Fer2013(crate::import::Fer2013Args),
     /// Import image folders (RAF-DB / AffectNet style) or a label list.
     Images(crate::import::ImagesArgs),
@@ -47,6 +47,11 @@ pub struct SyntheticArgs {
     /// Fraction in (0, 1) of the samples held out for validation.
     #[arg(long, default_value_t = 0.2)]
     pub val_fraction: f64,
+    /// Fraction in [0, 1) of the validation samples (whole clips for videos) moved to a
+    /// `test` split. Validation chooses the feedback and the best round; test is only
+    /// reported, so its metrics are honest. 0: no test split.
+    #[arg(long, default_value_t = 0.0)]
+    pub test_fraction: f64,
     /// Seed of the whole dataset.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
@@ -82,6 +87,9 @@ impl SyntheticArgs {
         if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
             anyhow::bail!("--val-fraction must be in (0, 1), got {}", self.val_fraction);
         }
+        if !(0.0..1.0).contains(&self.test_fraction) {
+            anyhow::bail!("--test-fraction must be in [0, 1), got {}", self.test_fraction);
+        }
         if self.shard_size == 0 {
             anyhow::bail!("--shard-size must be at least 1, got 0");
         }
@@ -97,6 +105,7 @@ impl SyntheticArgs {
         };
         let splits = SyntheticSplits {
             val_fraction: self.val_fraction,
+            test_fraction: self.test_fraction,
             labeled_fraction: self.labeled_fraction,
             shard_size: self.shard_size,
         };
@@ -191,6 +200,9 @@ mod tests {
             .expect("valid");
         assert_eq!((config.samples, config.image_size, config.seed), (10, 16, 9));
         assert_eq!(splits.labeled_fraction, 0.25);
+        assert_eq!(splits.test_fraction, 0.0, "no test split unless asked");
+        let (_, splits) = parse(&["--test-fraction", "0.5"]).validate().expect("valid");
+        assert_eq!(splits.test_fraction, 0.5);
     }
 
     #[test]
@@ -206,6 +218,8 @@ mod tests {
         assert!(rejection(&["--labeled-fraction", "1.5"]).contains("--labeled-fraction"));
         assert!(rejection(&["--val-fraction", "0"]).contains("--val-fraction"));
         assert!(rejection(&["--val-fraction", "1"]).contains("--val-fraction"));
+        assert!(rejection(&["--test-fraction", "1"]).contains("--test-fraction"));
+        assert!(rejection(&["--test-fraction=-0.1"]).contains("--test-fraction"));
         assert!(rejection(&["--shard-size", "0"]).contains("--shard-size"));
         assert!(rejection(&["--frames-per-video", "1"]).contains("--frames-per-video"));
         assert!(rejection(&["--samples", "100", "--frames-per-video", "101"]).contains("--frames-per-video"));
@@ -224,5 +238,13 @@ mod tests {
         let cells: Vec<u64> = train.split_whitespace().skip(1).filter_map(|c| c.parse().ok()).collect();
         assert_eq!(cells.len(), 8, "{train}");
         assert_eq!(cells[0], cells[1..].iter().sum::<u64>(), "class counts add up: {train}");
+        assert!(!text.lines().any(|l| l.starts_with("test")), "no test split by default: {text}");
+
+        let split = tempfile::tempdir().expect("tempdir");
+        let (config, splits) = parse(&["--samples", "200", "--image-size", "16", "--test-fraction", "0.5"]).validate().expect("valid");
+        let manifest = generate_synthetic(split.path(), config, splits, 0).await.expect("generate");
+        let text = describe_manifest(&manifest);
+        let rows: Vec<&str> = text.lines().skip(2).filter_map(|l| l.split_whitespace().next()).collect();
+        assert_eq!(rows, ["train", "val", "test"], "{text}");
     }
 }

@@ -136,7 +136,8 @@ pub fn epochs_table(epochs: &[pb::EpochMetrics]) -> String {
 }
 
 /// The final validation metrics of a succeeded job, with per-class F1 by class name; the
-/// round whose model won is named when the job planned several rounds.
+/// round whose model won is named when the job planned several rounds. Where the dataset
+/// has a test split, a `final test:` line gives the same model's test metrics.
 pub fn final_metrics(result: &pb::JobResult, rounds_planned: u32) -> String {
     let metrics = result.validation.clone().unwrap_or_default();
     let source = if rounds_planned > 0 { format!(" (model of round {})", result.best_round) } else { String::new() };
@@ -153,6 +154,9 @@ pub fn final_metrics(result: &pb::JobResult, rounds_planned: u32) -> String {
     }
     if !table.is_empty() {
         out.push_str(&table.render());
+    }
+    if let Some(test) = &result.test {
+        out.push_str(&format!("final test: accuracy {}, macro-F1 {} ({} samples)\n", percent(test.accuracy), f1(test.macro_f1), test.samples));
     }
     out.push_str(&format!("model: {}\n", result.model_path));
     out
@@ -343,6 +347,21 @@ mod tests {
         let text = job_details(&done, 5_000);
         assert!(text.contains("round 2 of 3, epochs 2/6"), "{text}");
         assert!(text.contains("final validation (model of round 1): accuracy 0.0%"), "{text}");
+        assert!(!text.contains("final test"), "no test line without test metrics: {text}");
+    }
+
+    #[test]
+    fn a_result_with_test_metrics_shows_a_final_test_line() {
+        let mut done = job(pb::JobState::Succeeded);
+        done.result = Some(pb::JobResult {
+            validation: Some(pb::Metrics { accuracy: 0.7, macro_f1: 0.55, samples: 100, ..pb::Metrics::default() }),
+            test: Some(pb::Metrics { accuracy: 0.64, macro_f1: 0.512, samples: 90, ..pb::Metrics::default() }),
+            model_path: "/art/model.safetensors".into(),
+            ..pb::JobResult::default()
+        });
+        let text = job_details(&done, 5_000);
+        assert!(text.contains("final validation: accuracy 70.0%, macro-F1 0.550 (100 samples)\n"), "{text}");
+        assert!(text.contains("final test: accuracy 64.0%, macro-F1 0.512 (90 samples)\nmodel: /art/model.safetensors\n"), "{text}");
     }
 
     #[test]

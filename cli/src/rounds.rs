@@ -13,18 +13,22 @@ fn class_headers<'a>(first: &'a str, classes: &'a [String]) -> Vec<(&'a str, Ali
 
 /// The three round tables: summary, per-class validation F1, pseudo-label histogram.
 /// On video datasets the validation columns are the temporal encoder's, and a last column
-/// shows the backbone's frame-by-frame macro-F1 beside them.
+/// shows the backbone's frame-by-frame macro-F1 beside them. Where the dataset has a test
+/// split, a TEST MACRO-F1 column follows the validation ones (only reported: validation
+/// chooses the best round).
 pub fn rounds_tables(job: &pb::Job, classes: &[String]) -> String {
     let video = job.rounds.iter().any(|r| r.frame_validation.is_some());
-    let mut columns = vec![
-        ("ROUND", Align::Right),
-        ("VAL ACC", Align::Right),
-        ("VAL MACRO-F1", Align::Right),
+    let with_test = job.rounds.iter().any(|r| r.test.is_some());
+    let mut columns = vec![("ROUND", Align::Right), ("VAL ACC", Align::Right), ("VAL MACRO-F1", Align::Right)];
+    if with_test {
+        columns.push(("TEST MACRO-F1", Align::Right));
+    }
+    columns.extend([
         ("SHARDS", Align::Right),
         ("SELECTED", Align::Right),
         ("POOL", Align::Right),
         ("PL PRECISION", Align::Right),
-    ];
+    ]);
     if video {
         columns.push(("FRAME MACRO-F1", Align::Right));
     }
@@ -35,15 +39,16 @@ pub fn rounds_tables(job: &pb::Job, classes: &[String]) -> String {
         let validation = round.validation.as_ref();
         let selection = round.selection.as_ref();
         let dash = || "-".to_owned();
-        let mut row = vec![
-            round.round.to_string(),
-            validation.map_or_else(dash, |v| percent(v.accuracy)),
-            validation.map_or_else(dash, |v| f1(v.macro_f1)),
+        let mut row = vec![round.round.to_string(), validation.map_or_else(dash, |v| percent(v.accuracy)), validation.map_or_else(dash, |v| f1(v.macro_f1))];
+        if with_test {
+            row.push(round.test.as_ref().map_or_else(dash, |t| f1(t.macro_f1)));
+        }
+        row.extend([
             if round.round == 0 { dash() } else { format!("{}/{}", round.shards_predicted, round.shards_total) },
             selection.map_or_else(dash, |s| s.selected.to_string()),
             selection.map_or_else(dash, |s| s.pool.to_string()),
             selection.and_then(precision).map_or_else(dash, percent),
-        ];
+        ]);
         if video {
             row.push(round.frame_validation.as_ref().map_or_else(dash, |v| f1(v.macro_f1)));
         }
@@ -111,6 +116,25 @@ mod tests {
         assert!(lines[0].ends_with("FRAME MACRO-F1"), "{}", lines[0]);
         assert!(lines[1].contains("0.800") && lines[1].ends_with("0.600"), "{}", lines[1]);
         assert!(!rounds_tables(&pb::Job { rounds: vec![pb::RoundSummary::default()], ..Default::default() }, &[]).contains("FRAME"));
+    }
+
+    #[test]
+    fn rounds_with_test_metrics_show_them_beside_validation() {
+        let job = pb::Job {
+            rounds: vec![
+                pb::RoundSummary { round: 0, validation: Some(metrics(0.5)), test: Some(metrics(0.45)), ..Default::default() },
+                pb::RoundSummary { round: 1, validation: Some(metrics(0.6)), shards_predicted: 1, shards_total: 2, ..Default::default() },
+            ],
+            ..Default::default()
+        };
+        let text = rounds_tables(&job, &["a".to_owned(), "b".to_owned()]);
+        let lines: Vec<Vec<&str>> = text.lines().take(3).map(|l| l.split_whitespace().collect()).collect();
+        let header = text.lines().next().unwrap_or_default();
+        assert!(header.contains("VAL MACRO-F1  TEST MACRO-F1  SHARDS"), "{header}");
+        assert_eq!(&lines[1][..5], ["0", "50.0%", "0.500", "0.450", "-"], "{text}");
+        assert_eq!(&lines[2][..5], ["1", "50.0%", "0.600", "-", "1/2"], "an untrained round's test cell is a dash: {text}");
+        let without = pb::Job { rounds: vec![pb::RoundSummary { round: 0, validation: Some(metrics(0.5)), ..Default::default() }], ..Default::default() };
+        assert!(!rounds_tables(&without, &[]).contains("TEST"), "no test column without a test split");
     }
 
     #[test]

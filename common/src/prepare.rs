@@ -12,6 +12,9 @@ pub struct SyntheticSplits {
     /// Fraction of all samples held out for validation (with clean labels, as a curated
     /// test set would have).
     pub val_fraction: f64,
+    /// Fraction of the validation samples (clips, for videos) moved to the test split, which
+    /// is only reported; 0 writes no test split and leaves every other sample where it was.
+    pub test_fraction: f64,
     /// Fraction of the rest that keeps its (noisy) label; the others form the unlabelled
     /// pool with their true labels hidden.
     pub labeled_fraction: f64,
@@ -20,7 +23,7 @@ pub struct SyntheticSplits {
 
 impl Default for SyntheticSplits {
     fn default() -> Self {
-        Self { val_fraction: 0.2, labeled_fraction: 1.0, shard_size: 4096 }
+        Self { val_fraction: 0.2, test_fraction: 0.0, labeled_fraction: 1.0, shard_size: 4096 }
     }
 }
 
@@ -58,7 +61,7 @@ pub fn prepare_synthetic_video(out: &Path, config: &SyntheticConfig, splits: &Sy
         let (split, _, _) = assign(config.seed, video as u64, 0, 0, splits);
         for (frame, sample) in clip.into_iter().enumerate() {
             let (label, hidden) = match split {
-                Split::Val => (sample.true_label, None),
+                Split::Val | Split::Test => (sample.true_label, None),
                 Split::Train => (sample.label, None),
                 Split::Unlabeled => (-1, Some(sample.true_label)),
             };
@@ -74,11 +77,14 @@ pub fn prepare_synthetic_video(out: &Path, config: &SyntheticConfig, splits: &Sy
 }
 
 /// Which split sample `index` goes to, by a per-index hash: approximately stratified,
-/// and the same sample lands in the same split for every run with the same seed.
+/// and the same sample lands in the same split for every run with the same seed. Test
+/// samples are drawn from the validation ones by a hash of their own, so the test fraction
+/// moves no sample between train, val and unlabeled other than from val to test.
 fn assign(seed: u64, index: u64, label: i64, true_label: i64, splits: &SyntheticSplits) -> (Split, i64, Option<i64>) {
     let unit = |salt: u64| (splitmix(seed ^ index.wrapping_mul(0x9e37_79b9) ^ salt) >> 11) as f64 / (1u64 << 53) as f64;
     if unit(1) < splits.val_fraction {
-        (Split::Val, true_label, None)
+        let split = if unit(3) < splits.test_fraction { Split::Test } else { Split::Val };
+        (split, true_label, None)
     } else if unit(2) < splits.labeled_fraction {
         (Split::Train, label, None)
     } else {
@@ -102,7 +108,7 @@ mod tests {
     fn synthetic_videos_are_split_whole_and_carry_frame_indices() {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = SyntheticConfig { samples: 600, image_size: 16, ..SyntheticConfig::default() };
-        let splits = SyntheticSplits { val_fraction: 0.3, labeled_fraction: 0.5, shard_size: 128 };
+        let splits = SyntheticSplits { val_fraction: 0.3, labeled_fraction: 0.5, shard_size: 128, ..SyntheticSplits::default() };
         let manifest = prepare_synthetic_video(dir.path(), &config, &splits, 20).expect("prepare");
         let dataset = Dataset::open(dir.path()).expect("open");
         let mut owner = std::collections::HashMap::new();
@@ -127,7 +133,7 @@ mod tests {
     fn synthetic_dataset_has_the_requested_splits() {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = SyntheticConfig { samples: 2000, ..SyntheticConfig::default() };
-        let splits = SyntheticSplits { val_fraction: 0.2, labeled_fraction: 0.25, shard_size: 500 };
+        let splits = SyntheticSplits { val_fraction: 0.2, labeled_fraction: 0.25, shard_size: 500, ..SyntheticSplits::default() };
         let manifest = prepare_synthetic(dir.path(), &config, &splits).expect("prepare");
         let count = |split| manifest.splits[&split].samples as f64;
         assert_eq!(count(Split::Train) + count(Split::Val) + count(Split::Unlabeled), 2000.0);
@@ -144,5 +150,36 @@ mod tests {
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), 2000, "every sample lands in exactly one split");
+        assert!(!manifest.splits.contains_key(&Split::Test), "no test split by default");
+    }
+
+    #[test]
+    fn a_test_fraction_moves_that_share_of_validation_to_test() {
+        let config = SyntheticConfig { samples: 2000, image_size: 16, ..SyntheticConfig::default() };
+        let without = SyntheticSplits { val_fraction: 0.3, labeled_fraction: 0.5, shard_size: 500, ..SyntheticSplits::default() };
+        let with = SyntheticSplits { test_fraction: 0.5, ..without.clone() };
+        let (plain, split) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+        prepare_synthetic(plain.path(), &config, &without).expect("prepare");
+        let manifest = prepare_synthetic(split.path(), &config, &with).expect("prepare");
+        let (plain, split) = (Dataset::open(plain.path()).expect("open"), Dataset::open(split.path()).expect("open"));
+        let ids = |dataset: &Dataset, which| dataset.read_split(which).expect("read").sample_ids;
+        let (val, test) = (ids(&split, Split::Val), ids(&split, Split::Test));
+        let share = test.len() as f64 / (val.len() + test.len()) as f64;
+        assert!((share - 0.5).abs() < 0.08, "test holds {share:.3} of the held-out samples");
+        let mut held_out: Vec<i64> = val.iter().chain(&test).copied().collect();
+        held_out.sort_unstable();
+        assert_eq!(held_out, ids(&plain, Split::Val), "test comes out of val and nothing else moves");
+        assert_eq!(ids(&split, Split::Train), ids(&plain, Split::Train));
+        let test_data = split.read_split(Split::Test).expect("read");
+        assert!(test_data.labels.iter().all(|l| (0..7).contains(l)) && test_data.hidden_labels.is_none(), "test labels are visible");
+        assert_eq!(manifest.splits[&Split::Test].samples, test.len() as u64);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let video = SyntheticConfig { samples: 600, image_size: 16, ..SyntheticConfig::default() };
+        prepare_synthetic_video(dir.path(), &video, &with, 20).expect("prepare");
+        let dataset = Dataset::open(dir.path()).expect("open");
+        let clips = |which| dataset.read_split(which).expect("read").video_ids.expect("video ids").into_iter().collect::<std::collections::BTreeSet<_>>();
+        let (val, test) = (clips(Split::Val), clips(Split::Test));
+        assert!(!test.is_empty() && val.is_disjoint(&test), "whole clips move to test: val {val:?}, test {test:?}");
     }
 }

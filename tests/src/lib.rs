@@ -158,7 +158,7 @@ pub async fn wait_for_state(client: &JobServiceClient<Channel>, id: &str, states
 /// A small synthetic dataset in `dir`: 32×32 faces, mild imbalance and label noise.
 pub fn synthetic_dataset(dir: &Path, samples: usize) -> anyhow::Result<PathBuf> {
     let config = SyntheticConfig { samples, image_size: 32, imbalance_ratio: 4.0, label_noise: 0.05, seed: 11 };
-    let splits = SyntheticSplits { val_fraction: 0.2, labeled_fraction: 1.0, shard_size: 1024 };
+    let splits = SyntheticSplits { val_fraction: 0.2, labeled_fraction: 1.0, shard_size: 1024, ..SyntheticSplits::default() };
     prepare_synthetic(dir, &config, &splits)?;
     Ok(dir.to_path_buf())
 }

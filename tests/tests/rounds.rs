@@ -15,7 +15,7 @@ async fn two_rounds_select_pseudo_labels_better_than_chance() -> anyhow::Result<
     let data = dir.path().join("data");
     // 20% labelled: the pool is large, so pseudo-labels matter.
     let config = SyntheticConfig { samples: 4000, image_size: 32, imbalance_ratio: 4.0, label_noise: 0.05, seed: 5 };
-    let splits = SyntheticSplits { val_fraction: 0.2, labeled_fraction: 0.2, shard_size: 800 };
+    let splits = SyntheticSplits { val_fraction: 0.2, labeled_fraction: 0.2, shard_size: 800, ..SyntheticSplits::default() };
     let manifest = prepare_synthetic(&data, &config, &splits)?;
     let pool_shards = manifest.splits[&feral_common::dataset::Split::Unlabeled].shards.len();
     assert!(pool_shards >= 3, "the pool spans several shards");

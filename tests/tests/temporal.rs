@@ -18,7 +18,7 @@ async fn a_video_job_trains_a_temporal_encoder_and_smooths_pseudo_labels() -> an
     let data = dir.path().join("data");
     // 300 clips of 16 frames; in a third of its frames a face barely shows its expression.
     let config = SyntheticConfig { samples: 4800, image_size: 32, imbalance_ratio: 3.0, label_noise: 0.0, seed: 3 };
-    let splits = SyntheticSplits { val_fraction: 0.25, labeled_fraction: 0.5, shard_size: 640 };
+    let splits = SyntheticSplits { val_fraction: 0.25, labeled_fraction: 0.5, shard_size: 640, ..SyntheticSplits::default() };
     let manifest = prepare_synthetic_video(&data, &config, &splits, 16)?;
     let pool_shards = manifest.splits[&Split::Unlabeled].shards.len();
 

@@ -287,6 +287,7 @@ fn outcome_to_proto(output: TaskOutput) -> pb::finish_task_request::Outcome {
             model_path: t.model_path.display().to_string(),
             class_names: t.class_names,
             frame_validation: t.frame_validation.as_ref().map(metrics),
+            test: t.test.as_ref().map(metrics),
         }),
         TaskOutput::Prepared(p) => Outcome::Prepare(pb::PrepareOutcome {
             class_names: p.class_names,

@@ -16,8 +16,11 @@ pub const FORMAT_VERSION: u32 = 1;
 pub enum Split {
     /// Labelled training data.
     Train,
-    /// Held-out labelled data for evaluation and feedback.
+    /// Held-out labelled data for evaluation and feedback: it chooses the best round.
     Val,
+    /// Held-out labelled data that is only reported, never used to choose anything, so its
+    /// metrics are an honest estimate. Optional: datasets written before it have none.
+    Test,
     /// The unlabelled pool for pseudo-labelling (true labels, when known, kept hidden).
     Unlabeled,
 }
@@ -27,6 +30,7 @@ impl fmt::Display for Split {
         f.write_str(match self {
             Split::Train => "train",
             Split::Val => "val",
+            Split::Test => "test",
             Split::Unlabeled => "unlabeled",
         })
     }

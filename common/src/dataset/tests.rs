@@ -40,6 +40,35 @@ fn written_dataset_reads_back_identically() {
 }
 
 #[test]
+fn a_manifest_without_a_test_split_loads_as_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shard = |file: &str, samples: u64| format!(r#"{{ "file": "{file}", "samples": {samples}, "sha256": "00" }}"#);
+    let split = |file: &str, samples: u64, counts: &str| format!(r#"{{ "samples": {samples}, "class_counts": {counts}, "shards": [{}] }}"#, shard(file, samples));
+    // The manifest as releases before the test split wrote it.
+    let old = format!(
+        r#"{{ "format_version": 1, "name": "old", "classes": ["a", "b"], "image": {{ "height": 4, "width": 3, "channels": 1 }},
+            "splits": {{ "train": {}, "val": {}, "unlabeled": {} }}, "source": "synthetic", "source_sha256": "00" }}"#,
+        split("train-00000.safetensors", 3, "[2, 1]"),
+        split("val-00000.safetensors", 2, "[1, 1]"),
+        split("unlabeled-00000.safetensors", 1, "[0, 1]"),
+    );
+    std::fs::write(dir.path().join(MANIFEST_FILE), &old).expect("write");
+    let dataset = Dataset::open(dir.path()).expect("an old manifest opens");
+    assert_eq!(dataset.manifest().splits.keys().copied().collect::<Vec<_>>(), vec![Split::Train, Split::Val, Split::Unlabeled]);
+    assert!(matches!(dataset.split(Split::Test), Err(DatasetError::MissingSplit { split: Split::Test, .. })));
+    let err = dataset.read_split(Split::Test).expect_err("no test split");
+    assert!(err.to_string().contains("no `test` split"), "{err}");
+
+    let with_test = old.replace(r#""unlabeled":"#, &format!(r#""test": {}, "unlabeled":"#, split("test-00000.safetensors", 2, "[1, 1]")));
+    std::fs::write(dir.path().join(MANIFEST_FILE), &with_test).expect("write");
+    let dataset = Dataset::open(dir.path()).expect("a manifest with a test split opens");
+    assert_eq!(dataset.split(Split::Test).expect("test").samples, 2);
+    let order: Vec<String> = dataset.manifest().splits.keys().map(ToString::to_string).collect();
+    assert_eq!(order, ["train", "val", "test", "unlabeled"], "splits list in this order");
+    assert_eq!(serde_json::to_string(&Split::Test).expect("serialise"), r#""test""#);
+}
+
+#[test]
 fn corrupt_files_are_reported_by_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_small(dir.path());

@@ -31,7 +31,9 @@ const CHUNK_LINES: usize = 1024;
 /// `Training` rows go to train, or to unlabeled with their label hidden, by a stratified
 /// seeded `labeled_fraction`; `PublicTest` rows are the val split (when there are none, a
 /// stratified seeded `val_fraction` of `Training` is held out instead); `PrivateTest` rows
-/// are counted in `ignored` and left out. A bad row (wrong column count, non-numeric value,
+/// are the test split, which is only reported (when there are none, a stratified seeded
+/// `test_fraction` of the val rows moves to test instead; with 0, there is no test split).
+/// A bad row (wrong column count, non-numeric value,
 /// wrong pixel count, value above 255, emotion outside 0..7, unknown Usage) fails the import
 /// naming its line, or with `skip_bad` is skipped and listed. Sample ids are the rows'
 /// positions in the file (0 for the first row after the header). `source_sha256` is the
@@ -60,7 +62,8 @@ pub fn import_fer2013(csv: &Path, out: &Path, options: &SplitOptions, progress: 
 
     let labels: Vec<i64> = staging.samples().iter().map(|s| s.label).collect();
     let given_val: Vec<bool> = staging.samples().iter().map(|s| s.given_val).collect();
-    let splits: Vec<_> = assign_labelled(&labels, &given_val, options).into_iter().map(Some).collect();
+    let given_test: Vec<bool> = staging.samples().iter().map(|s| s.given_test).collect();
+    let splits: Vec<_> = assign_labelled(&labels, &given_val, &given_test, options).into_iter().map(Some).collect();
     let target = Target {
         out,
         name: "fer2013".to_owned(),
@@ -70,13 +73,12 @@ pub fn import_fer2013(csv: &Path, out: &Path, options: &SplitOptions, progress: 
         source_sha256: digest,
     };
     let manifest = staging.write_dataset(target, &splits, options)?;
-    Ok(ImportReport { manifest, skipped: tally.skipped, rows_read: tally.rows, ignored: tally.ignored })
+    Ok(ImportReport { manifest, skipped: tally.skipped, rows_read: tally.rows, ignored: 0 })
 }
 
 #[derive(Default)]
 struct Tally {
     rows: u64,
-    ignored: u64,
     skipped: Vec<String>,
 }
 
@@ -150,11 +152,8 @@ fn consume_chunks(
             };
             let sample_id = tally.rows as i64;
             tally.rows += 1;
-            if row.usage == Usage::PrivateTest {
-                tally.ignored += 1;
-                continue;
-            }
-            let staged = StagedSample { sample_id, label: row.emotion, given_val: row.usage == Usage::PublicTest, video_id: None, frame_index: None };
+            let (given_val, given_test) = (row.usage == Usage::PublicTest, row.usage == Usage::PrivateTest);
+            let staged = StagedSample { sample_id, label: row.emotion, given_val, given_test, video_id: None, frame_index: None };
             staging.push(staged, &pixels[index * PIXELS..(index + 1) * PIXELS])?;
         }
         progress(tally.rows);

@@ -1,5 +1,6 @@
 //! Tests of the FER2013 importer on small CSV files the tests write: counts, stratification,
-//! no leakage, exact pixels, gzip, and errors that name their line.
+//! no leakage, the test split (PrivateTest, or split off PublicTest), exact pixels, gzip,
+//! and errors that name their line.
 
 use std::cell::Cell;
 use std::collections::BTreeSet;
@@ -31,7 +32,7 @@ fn training_and_public_test_import_with_stratified_labels() {
 
     assert_eq!(report.rows_read, 203);
     assert_eq!(last_progress.get(), 203);
-    assert_eq!(report.ignored, 3, "PrivateTest rows are counted and left out");
+    assert_eq!(report.ignored, 0, "PrivateTest rows are the test split");
     assert!(report.skipped.is_empty());
     assert_eq!(report.manifest.source, "fer2013");
     assert_eq!(report.manifest.source_sha256, hex(&Sha256::digest(csv_text.as_bytes())));
@@ -39,7 +40,7 @@ fn training_and_public_test_import_with_stratified_labels() {
     assert_no_staging_left(&out);
 
     let splits = read_splits(&out);
-    let (train, val, pool) = (&splits[&Split::Train], &splits[&Split::Val], &splits[&Split::Unlabeled]);
+    let (train, val, test, pool) = (&splits[&Split::Train], &splits[&Split::Val], &splits[&Split::Test], &splits[&Split::Unlabeled]);
     assert_eq!(train.len() + pool.len(), 170);
     for (class, &n) in TRAINING.iter().enumerate() {
         let expected = (0.3 * n as f64).round() as usize;
@@ -51,12 +52,16 @@ fn training_and_public_test_import_with_stratified_labels() {
 
     let public: BTreeSet<i64> = rows.iter().enumerate().filter(|(_, r)| r.usage == "PublicTest").map(|(i, _)| i as i64).collect();
     assert_eq!(val.sample_ids.iter().copied().collect::<BTreeSet<_>>(), public, "val is exactly the PublicTest rows");
-    let mut all_ids: Vec<i64> = train.sample_ids.iter().chain(&val.sample_ids).chain(&pool.sample_ids).copied().collect();
+    let private: BTreeSet<i64> = rows.iter().enumerate().filter(|(_, r)| r.usage == "PrivateTest").map(|(i, _)| i as i64).collect();
+    assert_eq!(test.sample_ids.iter().copied().collect::<BTreeSet<_>>(), private, "test is exactly the PrivateTest rows");
+    assert_eq!(report.manifest.splits[&Split::Test].class_counts, vec![1, 0, 1, 0, 0, 1, 0]);
+    assert!(test.hidden_labels.is_none() && test.labels.iter().all(|l| *l >= 0), "test labels are visible");
+    let mut all_ids: Vec<i64> = train.sample_ids.iter().chain(&val.sample_ids).chain(&test.sample_ids).chain(&pool.sample_ids).copied().collect();
     all_ids.sort_unstable();
     all_ids.dedup();
-    assert_eq!(all_ids.len(), 200, "no sample is in two splits");
+    assert_eq!(all_ids.len(), 203, "no sample is in two splits");
 
-    for data in [train, val, pool] {
+    for data in [train, val, test, pool] {
         for (index, &id) in data.sample_ids.iter().enumerate() {
             let row = &rows[id as usize];
             assert_eq!(data.image(index), row.pixels.as_slice(), "pixels of row {id}");
@@ -99,6 +104,88 @@ fn without_public_test_a_stratified_val_is_held_out() {
     let other_seed = SplitOptions { seed: 8, ..options };
     let again = import_fer2013(&csv, &dir.path().join("other"), &other_seed, &|_| {}).expect("import");
     assert_ne!(report.manifest.splits[&Split::Val].shards[0].sha256, again.manifest.splits[&Split::Val].shards[0].sha256, "the seed decides");
+}
+
+#[test]
+fn private_test_rows_keep_the_other_splits_as_they_were() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let with_private = dir.path().join("with-private.csv");
+    let without_private = dir.path().join("without-private.csv");
+    let rows = sample_rows();
+    std::fs::write(&with_private, fer_csv(&rows)).expect("write");
+    let kept: Vec<FerRow> = rows.iter().filter(|r| r.usage != "PrivateTest").cloned().collect();
+    std::fs::write(&without_private, fer_csv(&kept)).expect("write");
+    let options = SplitOptions { labeled_fraction: 0.4, test_fraction: 0.5, ..SplitOptions::default() };
+    import_fer2013(&with_private, &dir.path().join("a"), &options, &|_| {}).expect("import");
+    let with = read_splits(&dir.path().join("a"));
+    assert_eq!(with[&Split::Test].len(), 3, "a given test split wins over test_fraction");
+    assert_eq!(with[&Split::Val].len(), PUBLIC.iter().sum::<usize>(), "val keeps every PublicTest row");
+    let options = SplitOptions { test_fraction: 0.0, ..options };
+    import_fer2013(&without_private, &dir.path().join("b"), &options, &|_| {}).expect("import");
+    let without = read_splits(&dir.path().join("b"));
+    assert!(!without.contains_key(&Split::Test), "no test split without PrivateTest at test_fraction 0");
+    // PrivateTest rows come last here, so the other rows keep their ids and their splits.
+    for split in [Split::Train, Split::Val, Split::Unlabeled] {
+        assert_eq!(with[&split].sample_ids, without[&split].sample_ids, "{split}");
+    }
+}
+
+/// Sample ids of `split` in the dataset at `dir`, as a set.
+fn ids_of(dir: &Path, split: Split) -> BTreeSet<i64> {
+    read_splits(dir).get(&split).map(|data| data.sample_ids.iter().copied().collect()).unwrap_or_default()
+}
+
+#[test]
+fn without_private_test_a_test_fraction_halves_public_test_per_class() {
+    const PUBLIC_LARGER: [usize; 7] = [10, 2, 9, 16, 7, 1, 6];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rows = fer_rows(&[("Training", TRAINING), ("PublicTest", PUBLIC_LARGER)]);
+    let csv = dir.path().join("no-private.csv");
+    std::fs::write(&csv, fer_csv(&rows)).expect("write");
+    let options = SplitOptions { labeled_fraction: 0.5, test_fraction: 0.5, seed: 11, ..SplitOptions::default() };
+    let report = import_fer2013(&csv, &dir.path().join("out"), &options, &|_| {}).expect("import");
+    let out = dir.path().join("out");
+    let (val, test) = (ids_of(&out, Split::Val), ids_of(&out, Split::Test));
+    let public: BTreeSet<i64> = rows.iter().enumerate().filter(|(_, r)| r.usage == "PublicTest").map(|(i, _)| i as i64).collect();
+    assert!(val.is_disjoint(&test), "no row is both val and test");
+    assert_eq!(val.union(&test).copied().collect::<BTreeSet<_>>(), public, "val and test are PublicTest between them");
+    let total: usize = PUBLIC_LARGER.iter().sum();
+    assert!(test.len().abs_diff(total / 2) <= 4 && val.len().abs_diff(total / 2) <= 4, "val {} and test {} of {total}", val.len(), test.len());
+    for (class, &n) in PUBLIC_LARGER.iter().enumerate() {
+        let in_test = test.iter().filter(|id| rows[**id as usize].emotion == class as i64).count();
+        let expected = if n < 2 { 0 } else { ((0.5 * n as f64).round() as usize).clamp(1, n - 1) };
+        assert_eq!(in_test, expected, "class {class}: a stratified half of its {n} PublicTest rows");
+        if n >= 2 {
+            assert!(in_test >= 1 && n - in_test >= 1, "class {class} is in both val and test");
+        }
+    }
+    let counts = |split: Split| report.manifest.splits[&split].class_counts.clone();
+    let summed: Vec<u64> = counts(Split::Val).iter().zip(counts(Split::Test)).map(|(v, t)| v + t).collect();
+    assert_eq!(summed, PUBLIC_LARGER.iter().map(|&n| n as u64).collect::<Vec<_>>());
+    let train = ids_of(&out, Split::Train);
+    assert!(train.is_disjoint(&test) && ids_of(&out, Split::Unlabeled).is_disjoint(&test), "test rows are held out of training");
+
+    import_fer2013(&csv, &dir.path().join("again"), &options, &|_| {}).expect("import");
+    assert_eq!(ids_of(&dir.path().join("again"), Split::Test), test, "the same seed gives the same test split");
+    let other = SplitOptions { seed: 12, ..options.clone() };
+    import_fer2013(&csv, &dir.path().join("other"), &other, &|_| {}).expect("import");
+    assert_ne!(ids_of(&dir.path().join("other"), Split::Test), test, "another seed gives another test split");
+    let no_test = SplitOptions { test_fraction: 0.0, ..options };
+    import_fer2013(&csv, &dir.path().join("plain"), &no_test, &|_| {}).expect("import");
+    assert_eq!(ids_of(&dir.path().join("plain"), Split::Val), public, "without test_fraction val is all of PublicTest");
+    assert_eq!(ids_of(&dir.path().join("plain"), Split::Train), train, "test_fraction does not change train");
+}
+
+#[test]
+fn a_test_fraction_outside_zero_to_one_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("fer.csv");
+    std::fs::write(&csv, fer_csv(&sample_rows())).expect("write");
+    for bad in [1.0, -0.1, 1.5, f64::NAN] {
+        let options = SplitOptions { test_fraction: bad, ..SplitOptions::default() };
+        let err = import_fer2013(&csv, &dir.path().join("out"), &options, &|_| {}).expect_err("bad test_fraction");
+        assert!(matches!(err, ImportError::Options { .. }) && err.to_string().contains("test_fraction"), "{bad}: {err}");
+    }
 }
 
 /// A valid file whose line 5 is `bad`.

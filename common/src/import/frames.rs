@@ -28,7 +28,8 @@ use super::{hex, ImportError, ImportReport, SplitOptions};
 ///
 /// Whole videos are split: a seeded `val_fraction` of the videos with labelled frames holds
 /// validation (their labelled frames go to val, their unlabelled frames are left out and
-/// counted in `ignored`); of the other labelled videos a seeded `labeled_fraction` keeps its
+/// counted in `ignored`), and a seeded `test_fraction` of those videos holds the test split
+/// instead (the same, to test; see [`plan_videos`](super::plan_videos)); of the other labelled videos a seeded `labeled_fraction` keeps its
 /// labels (labelled frames to train, unlabelled frames to unlabeled); every other frame goes
 /// to unlabeled with its known label hidden. Shards carry `video_ids` and `frame_indices`.
 /// An unreadable frame fails the import naming its path, or with `skip_bad` is skipped and
@@ -65,7 +66,7 @@ pub fn import_frames(root: &Path, labels_dir: &Path, out: &Path, size: u32, opti
         let labels = label_files[video_id].as_ref().map_or(&[][..], |file| file.labels.as_slice());
         for (path, number) in frames {
             let label = usize::try_from(number - first_number).ok().and_then(|line| labels.get(line)).map_or(-1, |(_, label)| *label);
-            let sample = StagedSample { sample_id: items.len() as i64, label, given_val: false, video_id: Some(video_id as i64), frame_index: Some(*number) };
+            let sample = StagedSample { sample_id: items.len() as i64, label, given_val: false, given_test: false, video_id: Some(video_id as i64), frame_index: Some(*number) };
             items.push(PendingImage { path: path.clone(), sample });
         }
     }
@@ -94,7 +95,8 @@ pub fn import_frames(root: &Path, labels_dir: &Path, out: &Path, size: u32, opti
             let has_label = sample.label >= 0;
             match (roles[sample.video_id.unwrap_or(0) as usize], has_label) {
                 (VideoRole::Val, true) => Some(Split::Val),
-                (VideoRole::Val, false) => {
+                (VideoRole::Test, true) => Some(Split::Test),
+                (VideoRole::Val | VideoRole::Test, false) => {
                     ignored += 1;
                     None
                 }

@@ -84,6 +84,29 @@ fn frames_are_split_by_video_and_keep_their_video_and_frame() {
 }
 
 #[test]
+fn a_test_fraction_moves_whole_val_videos_to_test() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (root, labels) = (dir.path().join("videos"), dir.path().join("labels"));
+    let expected = write_videos(&root, &labels);
+    for seed in 1..4 {
+        let out = dir.path().join(format!("out-{seed}"));
+        let options = SplitOptions { val_fraction: 0.67, test_fraction: 0.5, labeled_fraction: 1.0, seed, ..SplitOptions::default() };
+        let report = import_frames(&root, &labels, &out, 6, &options, &|_| {}).expect("import");
+        let videos = videos_by_split(&read_splits(&out));
+        let (val, test) = (&videos[&Split::Val], &videos[&Split::Test]);
+        assert_eq!((val.len(), test.len(), videos[&Split::Train].len()), (1, 1, 1), "seed {seed}: {videos:?}");
+        for (split, held) in &videos {
+            if *split != Split::Test {
+                assert!(held.is_disjoint(test), "seed {seed}: {split} shares a video with test");
+            }
+        }
+        let held_out: BTreeSet<i64> = val.union(test).copied().collect();
+        let unlabelled = expected.iter().filter(|((video, _), label)| held_out.contains(video) && **label < 0).count();
+        assert_eq!(report.ignored, unlabelled as u64, "unlabelled frames of val and test videos are left out");
+    }
+}
+
+#[test]
 fn a_labelled_fraction_keeps_or_hides_whole_videos() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (root, labels) = (dir.path().join("videos"), dir.path().join("labels"));

@@ -30,8 +30,10 @@ const VAL_FOLDERS: [&str; 3] = ["val", "validation", "test"];
 /// is `relative/path.jpg LABEL` (path relative to `root`; LABEL a class index, classes then
 /// being `0..=max`, or a class name, classes then being the sorted distinct names); paths
 /// whose first folder is `val`, `validation` or `test` form the val split. Without a val
-/// split, a stratified seeded `val_fraction` is held out; of the rest, a stratified seeded
-/// `labeled_fraction` keeps its labels and the others join unlabeled with labels hidden.
+/// split, a stratified seeded `val_fraction` is held out. A stratified seeded
+/// `test_fraction` of the val split (given or held out) then moves to the test split, which
+/// is only reported. Of the rest, a stratified seeded `labeled_fraction` keeps its labels
+/// and the others join unlabeled with labels hidden.
 /// Sample ids are positions in the listing (sorted paths, or the label file's order); an
 /// unreadable image fails the import naming its path, or with `skip_bad` is skipped and
 /// listed. `source_sha256` is the sha256 of the sorted (relative path, size) list, followed
@@ -63,7 +65,8 @@ pub fn import_images(
     }
     let labels: Vec<i64> = staging.samples().iter().map(|s| s.label).collect();
     let given_val: Vec<bool> = staging.samples().iter().map(|s| s.given_val).collect();
-    let splits: Vec<_> = assign_labelled(&labels, &given_val, options).into_iter().map(Some).collect();
+    let given_test = vec![false; given_val.len()];
+    let splits: Vec<_> = assign_labelled(&labels, &given_val, &given_test, options).into_iter().map(Some).collect();
     let target = Target { out, name: folder_name(root, "images"), classes: listing.classes, shape, source: "images", source_sha256: listing.digest };
     let manifest = staging.write_dataset(target, &splits, options)?;
     Ok(ImportReport { manifest, skipped, rows_read: listing.items.len() as u64, ignored: listing.ignored })
@@ -228,7 +231,7 @@ fn list_class_folders(root: &Path) -> Result<Listing, ImportError> {
                 continue;
             }
             for path in list_image_files(&class_dir)? {
-                let sample = StagedSample { sample_id: items.len() as i64, label: label as i64, given_val: *given_val, video_id: None, frame_index: None };
+                let sample = StagedSample { sample_id: items.len() as i64, label: label as i64, given_val: *given_val, given_test: false, video_id: None, frame_index: None };
                 items.push(PendingImage { path, sample });
             }
         }
@@ -285,7 +288,7 @@ fn list_from_label_file(root: &Path, labels: &Path) -> Result<Listing, ImportErr
         let label = if numeric { label.parse::<i64>().unwrap_or(-1) } else { classes.iter().position(|c| c == label).map_or(-1, |c| c as i64) };
         let first = Path::new(relative).components().next().map(|c| c.as_os_str().to_string_lossy().to_ascii_lowercase());
         let given_val = first.is_some_and(|f| VAL_FOLDERS.contains(&f.as_str()));
-        let sample = StagedSample { sample_id: items.len() as i64, label, given_val, video_id: None, frame_index: None };
+        let sample = StagedSample { sample_id: items.len() as i64, label, given_val, given_test: false, video_id: None, frame_index: None };
         items.push(PendingImage { path: root.join(relative), sample });
     }
     let files: Vec<&Path> = items.iter().map(|i| i.path.as_path()).collect();

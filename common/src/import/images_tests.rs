@@ -90,6 +90,23 @@ fn train_and_val_folders_define_the_val_split() {
 }
 
 #[test]
+fn a_test_fraction_splits_the_val_folder_per_class() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("affectnet");
+    write_class_folders(&root.join("train"), &[("a", 0, 3), ("b", 1, 3)]);
+    write_class_folders(&root.join("val"), &[("a", 0, 4), ("b", 1, 3)]);
+    let out = dir.path().join("out");
+    let options = SplitOptions { test_fraction: 0.5, ..SplitOptions::default() };
+    import_images(&root, None, &out, 6, 1, &options, &|_| {}).expect("import");
+    let splits = read_splits(&out);
+    let (val, test) = (&splits[&Split::Val], &splits[&Split::Test]);
+    assert_eq!((count_label(val, 0), count_label(test, 0)), (2, 2));
+    assert_eq!((count_label(val, 1), count_label(test, 1)), (1, 2), "round(1.5) of 3 to test, one left in val");
+    assert!(val.sample_ids.iter().chain(&test.sample_ids).all(|id| *id >= 6), "test comes out of the val folder");
+    assert_eq!(splits[&Split::Train].len(), 6);
+}
+
+#[test]
 fn a_label_list_names_images_by_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("list");

@@ -52,3 +52,27 @@ fn inspect_counts_and_flags_damaged_shards() {
     let err = inspect(&dir.path().join("nowhere")).expect_err("no dataset");
     assert!(err.to_string().contains("manifest.json"), "{err}");
 }
+
+#[test]
+fn inspect_shows_the_test_split_beside_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("fer.csv");
+    let rows = fer_rows(&[("Training", [6, 2, 6, 6, 6, 6, 6]), ("PublicTest", [2, 1, 2, 2, 2, 2, 2]), ("PrivateTest", [3, 0, 1, 2, 1, 1, 1])]);
+    std::fs::write(&csv, fer_csv(&rows)).expect("write");
+    let out = dir.path().join("out");
+    import_fer2013(&csv, &out, &SplitOptions::default(), &|_| {}).expect("import");
+
+    let inspection = inspect(&out).expect("inspect");
+    assert!(inspection.all_ok());
+    let order: Vec<Split> = inspection.splits.iter().map(|s| s.split).collect();
+    assert_eq!(order, [Split::Train, Split::Val, Split::Test]);
+    let test = inspection.splits.iter().find(|s| s.split == Split::Test).expect("test split");
+    assert_eq!((test.samples, test.class_counts.clone()), (9, vec![3, 0, 1, 2, 1, 1, 1]));
+    assert_eq!(inspection.imbalance_ratio, Some(3.0), "test counts stay out of the imbalance");
+    let printed = inspection.to_string();
+    let header: Vec<&str> = printed.lines().nth(2).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["class", "train", "val", "test"], "{printed}");
+    let angry: Vec<&str> = printed.lines().find(|l| l.starts_with("angry")).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(angry, ["angry", "6", "2", "3"], "{printed}");
+    assert!(printed.contains("test-00000.safetensors"), "{printed}");
+}

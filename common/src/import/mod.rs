@@ -17,13 +17,13 @@ pub use fer2013::import_fer2013;
 pub use frames::import_frames;
 pub use images::import_images;
 pub use inspect::{inspect, Inspection, ShardCheck, ShardStatus, SplitSummary};
-pub use split::{assign_labelled, pick_groups, plan_videos, stratified_pick, VideoRole};
+pub use split::{assign_labelled, pick_groups, plan_videos, split_off_test, stratified_pick, VideoRole};
 
 use std::path::PathBuf;
 
 use crate::dataset::{DatasetError, Manifest};
 
-/// How an importer divides its samples into the train, val and unlabeled splits.
+/// How an importer divides its samples into the train, val, test and unlabeled splits.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SplitOptions {
     /// Share of each class's training samples that keeps its label (exactly
@@ -33,6 +33,11 @@ pub struct SplitOptions {
     /// Share held out for validation when the source defines no validation split
     /// (stratified per class; by video for videos).
     pub val_fraction: f64,
+    /// Share of the validation samples moved to the test split when the source defines no
+    /// test split (stratified per class, at least one of every class with two or more
+    /// validation samples on each side; by video for videos). In `[0, 1)`; 0 writes no test
+    /// split. Val chooses feedback and the best round; test is only reported.
+    pub test_fraction: f64,
     /// Seed of every random choice; the same seed and source give the same dataset.
     pub seed: u64,
     /// Samples per shard file.
@@ -43,7 +48,7 @@ pub struct SplitOptions {
 
 impl Default for SplitOptions {
     fn default() -> Self {
-        Self { labeled_fraction: 1.0, val_fraction: 0.1, seed: 7, shard_size: 4096, skip_bad: false }
+        Self { labeled_fraction: 1.0, val_fraction: 0.1, test_fraction: 0.0, seed: 7, shard_size: 4096, skip_bad: false }
     }
 }
 
@@ -55,6 +60,9 @@ impl SplitOptions {
         }
         if !fraction_ok(self.val_fraction) {
             return Err(ImportError::Options { problem: format!("val fraction {} is outside 0..=1", self.val_fraction) });
+        }
+        if !(0.0..1.0).contains(&self.test_fraction) {
+            return Err(ImportError::Options { problem: format!("test_fraction {} is outside 0..1", self.test_fraction) });
         }
         if self.shard_size == 0 {
             return Err(ImportError::Options { problem: "shard size must be at least 1".to_owned() });
@@ -73,8 +81,8 @@ pub struct ImportReport {
     pub skipped: Vec<String>,
     /// Rows, images or frames read from the source, skipped and ignored ones included.
     pub rows_read: u64,
-    /// Samples read but deliberately not imported: FER2013 `PrivateTest` rows, images under
-    /// an unused top-level folder, unlabelled frames of validation videos.
+    /// Samples read but deliberately not imported: images under an unused top-level folder,
+    /// unlabelled frames of validation and test videos.
     pub ignored: u64,
 }
 

@@ -1,5 +1,5 @@
-//! Split planning: which samples are held out for validation, which keep their labels and
-//! which join the unlabelled pool. Pure functions of the labels and a seed, stratified per
+//! Split planning: which samples are held out for validation or test, which keep their
+//! labels and which join the unlabelled pool. Pure functions of the labels and a seed, stratified per
 //! class (or per video group), so an import is reproducible and testable without files.
 
 use std::collections::BTreeMap;
@@ -8,20 +8,40 @@ use crate::dataset::Split;
 
 use super::SplitOptions;
 
-/// Salts that make the validation and labelled choices independent under one seed.
+/// Salts that make the validation, test and labelled choices independent under one seed.
 const VAL_SALT: u64 = 0x7661_6c5f_686f_6c64;
 const LABELED_SALT: u64 = 0x6c61_6265_6c6c_6564;
+const TEST_SALT: u64 = 0x7465_7374_5f68_6f6c;
 
 /// Per class, picks exactly `round(fraction * n_c)` of the class's `n_c` members by a
 /// seeded shuffle. Negative labels (unknown) are never picked.
 pub fn stratified_pick(labels: &[i64], fraction: f64, seed: u64) -> Vec<bool> {
+    pick_per_class(labels, seed, |n| rounded_share(n, fraction))
+}
+
+/// Of the samples marked `in_val`, picks per class the seeded share `fraction` that moves
+/// to the test split: `round(fraction * n_c)` of a class's `n_c` validation samples, but at
+/// least one and never all of them when `n_c >= 2`, and none of a class with a single one
+/// (validation keeps it: val chooses the best round). Nothing is picked at fraction 0.
+pub fn split_off_test(labels: &[i64], in_val: &[bool], fraction: f64, seed: u64) -> Vec<bool> {
+    debug_assert_eq!(labels.len(), in_val.len());
+    if fraction <= 0.0 {
+        return vec![false; labels.len()];
+    }
+    let val_labels: Vec<i64> = labels.iter().zip(in_val).map(|(&label, &v)| if v { label } else { -1 }).collect();
+    pick_per_class(&val_labels, seed, |n| test_share(n, fraction))
+}
+
+/// Per class, picks `take(n_c)` of the class's `n_c` members by a seeded shuffle; negative
+/// labels are never picked.
+fn pick_per_class(labels: &[i64], seed: u64, take: impl Fn(usize) -> usize) -> Vec<bool> {
     let mut members_by_class: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
     for (index, &label) in labels.iter().enumerate().filter(|(_, label)| **label >= 0) {
         members_by_class.entry(label).or_default().push(index);
     }
     let mut picked = vec![false; labels.len()];
     for (class, mut members) in members_by_class {
-        let take = rounded_share(members.len(), fraction);
+        let take = take(members.len()).min(members.len());
         shuffle(&mut members, mix(seed, class as u64));
         for &index in &members[..take] {
             picked[index] = true;
@@ -41,24 +61,37 @@ pub fn pick_groups(count: usize, take: usize, seed: u64) -> Vec<bool> {
     picked
 }
 
-/// Splits of labelled samples: those marked `given_val` go to val; when none is marked, a
-/// stratified `val_fraction` is held out instead. Of the rest, a stratified
-/// `labeled_fraction` goes to train and the others to unlabeled.
-pub fn assign_labelled(labels: &[i64], given_val: &[bool], options: &SplitOptions) -> Vec<Split> {
+/// Splits of labelled samples: those marked `given_test` go to test, those marked
+/// `given_val` to val; when none is marked val, a stratified `val_fraction` of the others is
+/// held out instead. When none is marked test, [`split_off_test`] moves a stratified
+/// `test_fraction` of val to test (the train and unlabeled choices do not depend on it). Of
+/// the rest, a stratified `labeled_fraction` goes to train and the others to unlabeled.
+pub fn assign_labelled(labels: &[i64], given_val: &[bool], given_test: &[bool], options: &SplitOptions) -> Vec<Split> {
     debug_assert_eq!(labels.len(), given_val.len());
-    let val = if given_val.iter().any(|v| *v) {
-        given_val.to_vec()
+    debug_assert_eq!(labels.len(), given_test.len());
+    let without = |excluded: &[bool]| -> Vec<i64> { labels.iter().zip(excluded).map(|(&label, &out)| if out { -1 } else { label }).collect() };
+    let has_given_test = given_test.iter().any(|t| *t);
+    let mut val = if given_val.iter().any(|v| *v) {
+        given_val.iter().zip(given_test).map(|(&v, &t)| v && !t).collect()
     } else {
-        stratified_pick(labels, options.val_fraction, mix(options.seed, VAL_SALT))
+        stratified_pick(&without(given_test), options.val_fraction, mix(options.seed, VAL_SALT))
     };
-    let rest: Vec<i64> = labels.iter().zip(&val).map(|(&label, &in_val)| if in_val { -1 } else { label }).collect();
-    let keep = stratified_pick(&rest, options.labeled_fraction, mix(options.seed, LABELED_SALT));
-    val.iter()
-        .zip(keep)
-        .map(|(&in_val, kept)| match (in_val, kept) {
-            (true, _) => Split::Val,
-            (false, true) => Split::Train,
-            (false, false) => Split::Unlabeled,
+    let test = if has_given_test {
+        given_test.to_vec()
+    } else {
+        split_off_test(labels, &val, options.test_fraction, mix(options.seed, TEST_SALT))
+    };
+    let held_out: Vec<bool> = val.iter().zip(&test).map(|(&v, &t)| v || t).collect();
+    let keep = stratified_pick(&without(&held_out), options.labeled_fraction, mix(options.seed, LABELED_SALT));
+    for (in_val, &in_test) in val.iter_mut().zip(&test) {
+        *in_val &= !in_test;
+    }
+    (0..labels.len())
+        .map(|i| match (test[i], val[i], keep[i]) {
+            (true, _, _) => Split::Test,
+            (false, true, _) => Split::Val,
+            (false, false, true) => Split::Train,
+            (false, false, false) => Split::Unlabeled,
         })
         .collect()
 }
@@ -66,7 +99,10 @@ pub fn assign_labelled(labels: &[i64], given_val: &[bool], options: &SplitOption
 /// Which of `videos` groups hold validation and which keep their labels: a seeded
 /// `val_fraction` of the labelled videos (at least one when the fraction is positive and two
 /// or more are labelled, never all of them) goes to val; of the remaining labelled videos a
-/// seeded `labeled_fraction` (at least one when positive) keeps its labels.
+/// seeded `labeled_fraction` (at least one when positive) keeps its labels. A seeded
+/// `test_fraction` of the val videos then moves to test (at least one and never all when
+/// the fraction is positive and two or more are val; none of a single val video), which
+/// changes no other video's role.
 pub fn plan_videos(labelled: &[bool], options: &SplitOptions) -> Vec<VideoRole> {
     let candidates: Vec<usize> = (0..labelled.len()).filter(|&v| labelled[v]).collect();
     let n = candidates.len();
@@ -81,11 +117,12 @@ pub fn plan_videos(labelled: &[bool], options: &SplitOptions) -> Vec<VideoRole> 
         keep_count = keep_count.max(1);
     }
     let kept = pick_groups(rest.len(), keep_count, mix(options.seed, LABELED_SALT));
+    let val_videos: Vec<usize> = (0..n).filter(|&i| in_val[i]).map(|i| candidates[i]).collect();
+    let test_count = if options.test_fraction > 0.0 { test_share(val_videos.len(), options.test_fraction) } else { 0 };
+    let in_test = pick_groups(val_videos.len(), test_count, mix(options.seed, TEST_SALT));
     let mut roles = vec![VideoRole::Hidden; labelled.len()];
-    for (i, &video) in candidates.iter().enumerate() {
-        if in_val[i] {
-            roles[video] = VideoRole::Val;
-        }
+    for (i, &video) in val_videos.iter().enumerate() {
+        roles[video] = if in_test[i] { VideoRole::Test } else { VideoRole::Val };
     }
     for (i, &video) in rest.iter().enumerate() {
         if kept[i] {
@@ -100,6 +137,8 @@ pub fn plan_videos(labelled: &[bool], options: &SplitOptions) -> Vec<VideoRole> 
 pub enum VideoRole {
     /// Labelled frames go to val; its unlabelled frames are left out.
     Val,
+    /// Labelled frames go to test; its unlabelled frames are left out.
+    Test,
     /// Labelled frames go to train; unlabelled frames to the unlabeled pool.
     Labelled,
     /// Every frame goes to the unlabeled pool, known labels hidden.
@@ -109,6 +148,15 @@ pub enum VideoRole {
 /// `round(fraction * count)`, within `0..=count`.
 fn rounded_share(count: usize, fraction: f64) -> usize {
     ((fraction * count as f64).round().max(0.0) as usize).min(count)
+}
+
+/// How many of `count` validation members move to test: `round(fraction * count)` within
+/// `1..=count - 1` when `count >= 2`, else none.
+fn test_share(count: usize, fraction: f64) -> usize {
+    if count < 2 {
+        return 0;
+    }
+    rounded_share(count, fraction).clamp(1, count - 1)
 }
 
 /// Fisher-Yates with a splitmix64 stream: stable across dependency versions.
@@ -176,7 +224,7 @@ mod tests {
         let labels = labels(&[20, 20, 10]);
         let given_val: Vec<bool> = (0..labels.len()).map(|i| i % 5 == 0).collect();
         let options = SplitOptions { labeled_fraction: 0.5, ..SplitOptions::default() };
-        let splits = assign_labelled(&labels, &given_val, &options);
+        let splits = assign_labelled(&labels, &given_val, &vec![false; labels.len()], &options);
         for (i, split) in splits.iter().enumerate() {
             assert_eq!(*split == Split::Val, given_val[i], "sample {i}");
         }
@@ -191,7 +239,8 @@ mod tests {
     fn without_given_validation_a_stratified_share_is_held_out() {
         let labels = labels(&[50, 30, 20]);
         let options = SplitOptions { val_fraction: 0.2, labeled_fraction: 1.0, ..SplitOptions::default() };
-        let splits = assign_labelled(&labels, &vec![false; labels.len()], &options);
+        let none = vec![false; labels.len()];
+        let splits = assign_labelled(&labels, &none, &none, &options);
         for (class, n) in [(0, 50), (1, 30), (2, 20)] {
             let val = (0..labels.len()).filter(|&i| labels[i] == class && splits[i] == Split::Val).count();
             assert_eq!(val, n / 5, "class {class}");
@@ -209,5 +258,54 @@ mod tests {
         assert_eq!(roles.iter().filter(|r| **r == VideoRole::Labelled).count(), 2, "half of the other three, rounded");
         let one = plan_videos(&[true], &options);
         assert_eq!(one, vec![VideoRole::Labelled], "a single video is never all validation");
+    }
+
+    #[test]
+    fn test_is_split_off_validation_per_class_and_changes_nothing_else() {
+        let labels = labels(&[20, 20, 10, 3]);
+        let given_val: Vec<bool> = (0..labels.len()).map(|i| i % 4 == 0).collect();
+        let none = vec![false; labels.len()];
+        let before = SplitOptions { labeled_fraction: 0.5, ..SplitOptions::default() };
+        let after = SplitOptions { test_fraction: 0.5, ..before.clone() };
+        let (old, new) = (assign_labelled(&labels, &given_val, &none, &before), assign_labelled(&labels, &given_val, &none, &after));
+        assert!(!old.contains(&Split::Test), "no test split at fraction 0");
+        for i in 0..labels.len() {
+            match old[i] {
+                Split::Val => assert!(matches!(new[i], Split::Val | Split::Test), "sample {i}: test comes out of val"),
+                other => assert_eq!(new[i], other, "sample {i}: train and unlabeled do not move"),
+            }
+        }
+        for class in 0..4 {
+            let in_split = |split| (0..labels.len()).filter(|&i| labels[i] == class && new[i] == split).count();
+            let val_before = (0..labels.len()).filter(|&i| labels[i] == class && old[i] == Split::Val).count();
+            let expected = if val_before < 2 { 0 } else { ((0.5 * val_before as f64).round() as usize).clamp(1, val_before - 1) };
+            assert_eq!(in_split(Split::Test), expected, "class {class}");
+            assert_eq!(in_split(Split::Val) + in_split(Split::Test), val_before, "class {class}");
+        }
+        let given_test: Vec<bool> = (0..labels.len()).map(|i| i % 4 == 1).collect();
+        let with_given = assign_labelled(&labels, &given_val, &given_test, &after);
+        for i in 0..labels.len() {
+            assert_eq!(with_given[i] == Split::Test, given_test[i], "sample {i}: a given test split is kept as it is");
+        }
+        let picked = split_off_test(&labels, &given_val, 0.9, 3);
+        assert!(picked.iter().zip(&given_val).all(|(p, v)| !p || *v), "only validation samples move");
+        assert_eq!(split_off_test(&labels, &given_val, 0.0, 3), none);
+    }
+
+    #[test]
+    fn test_videos_come_out_of_the_val_videos() {
+        let labelled = vec![true; 10];
+        let options = SplitOptions { val_fraction: 0.4, labeled_fraction: 0.5, ..SplitOptions::default() };
+        let before = plan_videos(&labelled, &options);
+        let after = plan_videos(&labelled, &SplitOptions { test_fraction: 0.5, ..options.clone() });
+        assert_eq!(after.iter().filter(|r| **r == VideoRole::Test).count(), 2, "half of the four val videos");
+        for (old, new) in before.iter().zip(&after) {
+            match old {
+                VideoRole::Val => assert!(matches!(new, VideoRole::Val | VideoRole::Test)),
+                other => assert_eq!(new, other),
+            }
+        }
+        let one_val = SplitOptions { val_fraction: 0.1, test_fraction: 0.9, ..options };
+        assert!(!plan_videos(&labelled, &one_val).contains(&VideoRole::Test), "a single val video stays val");
     }
 }

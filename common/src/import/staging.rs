@@ -20,6 +20,8 @@ pub(super) struct StagedSample {
     pub label: i64,
     /// The source puts the sample in its validation split.
     pub given_val: bool,
+    /// The source puts the sample in its test split (FER2013 `PrivateTest`).
+    pub given_test: bool,
     pub video_id: Option<i64>,
     pub frame_index: Option<i64>,
 }
@@ -78,7 +80,7 @@ impl Staging {
             let known = (staged.label >= 0).then_some(staged.label);
             let (label, hidden_label) = match split {
                 Split::Unlabeled => (-1, known),
-                Split::Train | Split::Val => (staged.label, None),
+                Split::Train | Split::Val | Split::Test => (staged.label, None),
             };
             let sample = Sample {
                 pixels: &pixels,

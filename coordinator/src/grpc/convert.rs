@@ -63,6 +63,7 @@ impl TryFrom<pb::finish_task_request::Outcome> for TaskOutcome {
                     model_path,
                     class_names: t.class_names,
                     frame_validation: t.frame_validation.map(metrics_from_proto),
+                    test: t.test.map(metrics_from_proto),
                 })
             }
             Outcome::Prepare(p) => TaskOutcome::Prepared(DatasetSummary {
@@ -100,6 +101,7 @@ fn round_to_proto(r: &RoundRecord, shards_total: usize) -> pb::RoundSummary {
         shards_total: if r.round == 0 { 0 } else { shards_total as u32 },
         selection: r.selection.as_ref().map(pb::SelectOutcome::from),
         frame_validation: r.model.as_ref().and_then(|m| m.frame_validation.as_ref()).map(metrics_to_proto),
+        test: r.model.as_ref().and_then(|m| m.test.as_ref()).map(metrics_to_proto),
     }
 }
 
@@ -133,6 +135,7 @@ pub fn job_to_proto(job: &JobRecord) -> pb::Job {
             model_path: r.model_path.clone(),
             class_names: r.class_names.clone(),
             best_round: r.best_round,
+            test: r.test.as_ref().map(metrics_to_proto),
         }),
         worker_ids: job.workers().iter().map(ToString::to_string).collect(),
         rounds: job.rounds.iter().map(|r| round_to_proto(r, shards_total)).collect(),
@@ -199,4 +202,60 @@ pub fn assignment_to_proto(a: &TaskAssignment) -> pb::TaskAssignment {
 
 pub fn task_ids(ids: Vec<String>) -> Vec<TaskId> {
     ids.into_iter().map(TaskId::new).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use feral_common::ids::JobId;
+    use feral_common::spec::JobSpec;
+
+    use super::*;
+    use crate::model::JobResult;
+
+    fn metrics(macro_f1: f64) -> MetricsSummary {
+        MetricsSummary { accuracy: macro_f1 + 0.1, macro_f1, per_class_f1: vec![macro_f1, macro_f1], confusion: vec![3, 1, 0, 4], samples: 8 }
+    }
+
+    fn train_outcome(test: Option<&MetricsSummary>) -> pb::finish_task_request::Outcome {
+        pb::finish_task_request::Outcome::Train(pb::TrainOutcome {
+            validation: Some(metrics_to_proto(&metrics(0.6))),
+            model_path: "/a/r0/model.safetensors".into(),
+            class_names: vec!["a".into(), "b".into()],
+            frame_validation: None,
+            test: test.map(metrics_to_proto),
+        })
+    }
+
+    #[test]
+    fn test_metrics_travel_from_the_worker_to_the_round_and_the_result() {
+        let test = metrics(0.45);
+        let model = match TaskOutcome::try_from(train_outcome(Some(&test))).expect("a valid outcome") {
+            TaskOutcome::Trained(model) => model,
+            other => panic!("expected a trained model, got {other:?}"),
+        };
+        assert_eq!(model.test.as_ref(), Some(&test), "test metrics arrive whole");
+        assert_eq!(model.validation, metrics(0.6), "beside the validation metrics, not instead of them");
+        match TaskOutcome::try_from(train_outcome(None)).expect("a valid outcome") {
+            TaskOutcome::Trained(without) => assert_eq!(without.test, None),
+            other => panic!("expected a trained model, got {other:?}"),
+        }
+
+        let mut job = JobRecord::submitted(JobId::new("j"), JobSpec::for_dataset("/d"), String::new(), PathBuf::from("/a"), 0);
+        job.rounds.push(RoundRecord { round: 0, model: Some(model.clone()), ..RoundRecord::default() });
+        job.rounds.push(RoundRecord { round: 1, ..RoundRecord::default() });
+        job.state = JobState::Succeeded;
+        job.result = Some(JobResult {
+            validation: model.validation.clone(),
+            model_path: model.model_path.clone(),
+            class_names: model.class_names.clone(),
+            best_round: 0,
+            test: model.test.clone(),
+        });
+        let proto = job_to_proto(&job);
+        assert_eq!(proto.rounds[0].test.clone().map(metrics_from_proto), Some(test.clone()));
+        assert_eq!(proto.rounds[1].test, None, "an untrained round has no test metrics");
+        assert_eq!(proto.result.and_then(|r| r.test).map(metrics_from_proto), Some(test));
+    }
 }

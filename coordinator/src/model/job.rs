@@ -169,6 +169,10 @@ pub struct JobResult {
     pub class_names: Vec<String>,
     #[serde(default)]
     pub best_round: u32,
+    /// The best round's metrics on the dataset's test split (only reported; the round was
+    /// chosen on `validation`). `None` without a test split, and in older records.
+    #[serde(default)]
+    pub test: Option<MetricsSummary>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -474,6 +478,7 @@ impl JobRecord {
                     model_path: model.model_path.clone(),
                     class_names: model.class_names.clone(),
                     best_round: round,
+                    test: model.test.clone(),
                 });
                 self.state = JobState::Succeeded;
             }

@@ -20,7 +20,7 @@ pub struct ShardRef {
     pub samples: u64,
 }
 
-/// A trained round's model and its validation metrics.
+/// A trained round's model and its validation (and test) metrics.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainedModel {
     /// The round's metrics: the temporal encoder's on video datasets.
@@ -30,6 +30,10 @@ pub struct TrainedModel {
     /// Video datasets: the backbone's own frame-by-frame metrics.
     #[serde(default)]
     pub frame_validation: Option<MetricsSummary>,
+    /// The same model's metrics on the dataset's test split: only reported, never used to
+    /// choose a round. `None` without a test split, and in records stored before it existed.
+    #[serde(default)]
+    pub test: Option<MetricsSummary>,
 }
 
 /// One shard's share of the class prior: Σ_i p_i,c over its samples, and how many.
@@ -59,5 +63,30 @@ impl TaskOutcome {
             TaskOutcome::Inferred(_) => TaskKind::Infer,
             TaskOutcome::Selected(_) => TaskKind::Select,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{JobResult, RoundRecord};
+
+    const METRICS: &str = r#"{ "accuracy": 0.5, "macro_f1": 0.4, "per_class_f1": [0.3, 0.5], "confusion": [2, 1, 1, 2], "samples": 6 }"#;
+
+    #[test]
+    fn records_stored_before_test_metrics_load_without_them() {
+        let old_model = format!(r#"{{ "validation": {METRICS}, "model_path": "/a/r0/model.safetensors", "class_names": ["a", "b"] }}"#);
+        let model: TrainedModel = serde_json::from_str(&old_model).expect("an old trained model loads");
+        assert_eq!((model.test, model.frame_validation, model.validation.samples), (None, None, 6));
+        let old_round = format!(r#"{{ "round": 0, "class_weights": [], "partials": {{}}, "class_prior": [], "selection": null, "model": {old_model} }}"#);
+        let round: RoundRecord = serde_json::from_str(&old_round).expect("an old round loads");
+        assert_eq!(round.model.and_then(|m| m.test), None);
+        let old_result = format!(r#"{{ "validation": {METRICS}, "model_path": "/a/r0/model.safetensors", "class_names": ["a", "b"], "best_round": 0 }}"#);
+        let result: JobResult = serde_json::from_str(&old_result).expect("an old job result loads");
+        assert_eq!(result.test, None);
+
+        let with_test = old_model.replacen('{', &format!(r#"{{ "test": {METRICS},"#), 1);
+        let model: TrainedModel = serde_json::from_str(&with_test).expect("a model with test metrics loads");
+        assert_eq!(model.test.map(|t| t.macro_f1), Some(0.4));
     }
 }

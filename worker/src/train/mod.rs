@@ -64,6 +64,8 @@ pub struct TrainOutput {
     pub validation: MetricsSummary,
     /// The backbone's own frame-by-frame metrics, where a temporal encoder made `validation`.
     pub frame_validation: Option<MetricsSummary>,
+    /// The `test` split's metrics, where the dataset has one: only reported.
+    pub test: Option<MetricsSummary>,
     pub model_path: PathBuf,
     pub class_names: Vec<String>,
 }
@@ -332,7 +334,7 @@ pub fn train(
 
     let model_path = round_dir.join("model.safetensors");
     if rank > 0 {
-        return Ok(TrainOutput { validation, frame_validation, model_path, class_names: manifest.classes });
+        return Ok(TrainOutput { validation, frame_validation, test: None, model_path, class_names: manifest.classes });
     }
     if let Some(vs) = &temporal_vs {
         vs.save(round_dir.join(temporal::FILE))?;
@@ -356,7 +358,7 @@ pub fn train(
         }),
     };
     write_json(&round_dir.join("model.json"), &card)?;
-    Ok(TrainOutput { validation, frame_validation, model_path, class_names: manifest.classes })
+    Ok(TrainOutput { validation, frame_validation, test: None, model_path, class_names: manifest.classes })
 }
 
 /// Every variable of `vs`, in name order (the same on every rank).

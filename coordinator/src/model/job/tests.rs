@@ -35,7 +35,15 @@ fn dataset(shards: usize) -> TaskOutcome {
 
 fn trained(round: u32, macro_f1: f64, per_class_f1: Vec<f64>) -> TaskOutcome {
     let validation = MetricsSummary { macro_f1, per_class_f1, ..MetricsSummary::default() };
-    TaskOutcome::Trained(TrainedModel { validation, model_path: format!("/a/r{round}/model.safetensors"), class_names: vec![], frame_validation: None })
+    TaskOutcome::Trained(TrainedModel { validation, model_path: format!("/a/r{round}/model.safetensors"), class_names: vec![], frame_validation: None, test: None })
+}
+
+/// [`trained`] with test-split metrics of macro-F1 `test_f1`.
+fn trained_with_test(round: u32, macro_f1: f64, test_f1: f64) -> TaskOutcome {
+    let validation = MetricsSummary { macro_f1, per_class_f1: vec![macro_f1; 2], ..MetricsSummary::default() };
+    let test = Some(MetricsSummary { macro_f1: test_f1, accuracy: test_f1, samples: 9, ..MetricsSummary::default() });
+    let model_path = format!("/a/r{round}/model.safetensors");
+    TaskOutcome::Trained(TrainedModel { validation, model_path, class_names: vec![], frame_validation: None, test })
 }
 
 fn inferred(sums: Vec<f64>, samples: u64) -> TaskOutcome {
@@ -117,6 +125,30 @@ fn the_best_round_is_final_and_patience_stops_early() {
     let result = job.result.expect("result");
     assert_eq!(result.best_round, 1);
     assert_eq!(result.model_path, "/a/r1/model.safetensors");
+}
+
+#[test]
+fn the_result_carries_the_best_rounds_test_metrics_which_choose_nothing() {
+    // Round 1 wins on validation (0.8 over 0.6) although round 0 scores better on test.
+    let mut job = prepared(1, 1);
+    let train = live(&job, TaskKind::Train)[0].clone();
+    job = run(job, &train, "w1", trained_with_test(0, 0.6, 0.9));
+    let infer = live(&job, TaskKind::Infer)[0].clone();
+    job = run(job, &infer, "w1", inferred(vec![1.0, 1.0], 2));
+    let select = live(&job, TaskKind::Select)[0].clone();
+    job = run(job, &select, "w1", selected());
+    let train = live(&job, TaskKind::Train)[0].clone();
+    job = run(job, &train, "w1", trained_with_test(1, 0.8, 0.4));
+    assert_eq!(job.state, JobState::Succeeded);
+    let result = job.result.as_ref().expect("result");
+    assert_eq!(result.best_round, 1, "validation chooses the round");
+    assert_eq!(result.test.as_ref().map(|t| t.macro_f1), Some(0.4), "the chosen round's test metrics are reported");
+    assert_eq!(job.rounds[0].model.as_ref().and_then(|m| m.test.as_ref()).map(|t| t.macro_f1), Some(0.9));
+
+    let supervised = prepared(0, 0);
+    let train = live(&supervised, TaskKind::Train)[0].clone();
+    let done = run(supervised, &train, "w1", trained(0, 0.5, vec![0.5, 0.5]));
+    assert_eq!(done.result.expect("result").test, None, "no test metrics without a test split");
 }
 
 #[test]
