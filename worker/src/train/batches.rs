@@ -13,6 +13,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tch::{Device, Tensor};
 
+use super::strong::{strong_augment, StrongAugmentation};
+
 /// Draws sample indices: a class by the given weights (uniformly when none are given;
 /// classes without samples are never drawn), then a sample of that class uniformly, with
 /// replacement; or samples uniformly (`Natural`, unless weights are given).
@@ -164,17 +166,24 @@ pub fn rotate(image: &[u8], shape: ImageShape, degrees: f32, out: &mut [u8]) {
         out.copy_from_slice(image);
         return;
     }
-    let (h, w, c) = (shape.height as usize, shape.width as usize, shape.channels as usize);
     let (sin, cos) = degrees.to_radians().sin_cos();
-    let (cy, cx) = ((h as f32 - 1.0) / 2.0, (w as f32 - 1.0) / 2.0);
+    let (cy, cx) = ((shape.height as f32 - 1.0) / 2.0, (shape.width as f32 - 1.0) / 2.0);
+    warp_bilinear(image, shape, out, |x, y| {
+        let (u, v) = (x - cx, y - cy);
+        (cos * u + sin * v + cx, cos * v - sin * u + cy)
+    });
+}
+
+/// Resamples `image` into `out` (the same size): output pixel (x, y) is the input at
+/// `source(x, y)`, clamped to the image (edges replicated) and interpolated bilinearly.
+pub fn warp_bilinear(image: &[u8], shape: ImageShape, out: &mut [u8], source: impl Fn(f32, f32) -> (f32, f32)) {
+    let (h, w, c) = (shape.height as usize, shape.width as usize, shape.channels as usize);
     let (max_y, max_x) = ((h - 1) as f32, (w - 1) as f32);
     let mut at = 0;
     for y in 0..h {
-        let v = y as f32 - cy;
         for x in 0..w {
-            let u = x as f32 - cx;
-            let sx = (cos * u + sin * v + cx).clamp(0.0, max_x);
-            let sy = (cos * v - sin * u + cy).clamp(0.0, max_y);
+            let (sx, sy) = source(x as f32, y as f32);
+            let (sx, sy) = (sx.clamp(0.0, max_x), sy.clamp(0.0, max_y));
             let (x0, y0) = (sx as usize, sy as usize);
             let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
             let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
@@ -203,20 +212,37 @@ pub fn jitter(image: &mut [u8], brightness: f32, contrast: f32) {
     }
 }
 
-/// The images `indices` of `data` as normalised floats in N×H×W×C order. With
-/// `augmentation = Some((settings, seed, offset))`, the k-th image is augmented with a
-/// generator seeded by `seed` and `offset + k`, its place in the global batch.
-pub fn normalised_images(data: &ShardData, indices: &[usize], augmentation: Option<(&Augmentation, u64, usize)>) -> Vec<f32> {
+/// How the images of one batch are perturbed: the weak view, then the strong operations
+/// when `strong` is set; the k-th image draws from a generator seeded by `seed` and
+/// `offset + k`, its place in the global batch.
+#[derive(Clone, Copy, Debug)]
+pub struct View<'a> {
+    pub weak: &'a Augmentation,
+    pub strong: Option<&'a StrongAugmentation>,
+    pub seed: u64,
+    pub offset: usize,
+}
+
+/// The images `indices` of `data` as normalised floats in N×H×W×C order, perturbed as
+/// `view` says (none: as they are).
+pub fn normalised_images(data: &ShardData, indices: &[usize], view: Option<View<'_>>) -> Vec<f32> {
     let shape = data.shape;
     let mut floats = vec![0f32; indices.len() * shape.pixels()];
-    let mut augmented = Vec::with_capacity(shape.pixels());
+    let (mut weak, mut strong) = (Vec::with_capacity(shape.pixels()), Vec::with_capacity(shape.pixels()));
     for (k, (&index, image_out)) in indices.iter().zip(floats.chunks_exact_mut(shape.pixels())).enumerate() {
-        let image = match augmentation {
-            Some((settings, seed, offset)) => {
-                let mut rng = SmallRng::seed_from_u64(super::mix(seed, (offset + k) as u64));
-                augmented.clear();
-                augment(data.image(index), shape, settings, &mut rng, &mut augmented);
-                augmented.as_slice()
+        let image = match view {
+            Some(view) => {
+                let mut rng = SmallRng::seed_from_u64(super::mix(view.seed, (view.offset + k) as u64));
+                weak.clear();
+                augment(data.image(index), shape, view.weak, &mut rng, &mut weak);
+                match view.strong {
+                    Some(settings) => {
+                        strong.clear();
+                        strong_augment(&weak, shape, settings, &mut rng, &mut strong);
+                        strong.as_slice()
+                    }
+                    None => weak.as_slice(),
+                }
             }
             None => data.image(index),
         };
@@ -239,8 +265,8 @@ pub fn channels_last_images(floats: &[f32], count: usize, shape: ImageShape) -> 
 /// With `augmentation = Some((seed, offset))`, images get the default [`Augmentation`],
 /// the k-th seeded by `seed` and `offset + k`, its place in the global batch.
 pub fn to_tensors(data: &ShardData, indices: &[usize], labels: &[i64], device: Device, augmentation: Option<(u64, usize)>) -> (Tensor, Tensor) {
-    let settings = Augmentation::default();
-    let floats = normalised_images(data, indices, augmentation.map(|(seed, offset)| (&settings, seed, offset)));
+    let weak = Augmentation::default();
+    let floats = normalised_images(data, indices, augmentation.map(|(seed, offset)| View { weak: &weak, strong: None, seed, offset }));
     let dims = [indices.len() as i64, i64::from(data.shape.height), i64::from(data.shape.width), i64::from(data.shape.channels)];
     let images = Tensor::from_slice(&floats).view(dims).permute([0, 3, 1, 2]).to_device(device);
     let targets: Vec<i64> = indices.iter().map(|&i| labels[i]).collect();
