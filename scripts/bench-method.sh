@@ -1,24 +1,37 @@
 #!/usr/bin/env bash
 # The method on real faces: FER2013 with 10% of the training rows labelled (stratified,
-# seed 7), validated on PublicTest, the same model and training budget for
-#   (a) supervised on the 10% only (all epochs in one round),
-#   (b) pseudo-label rounds without debiasing or feedback,
-#   (c) the full method (debiased pseudo-labels, class-aware selection, feedback).
-# Usage: scripts/bench-method.sh [FER2013_CSV(.gz)]   (OUT=dir to keep results elsewhere;
-# VARIANTS="c" runs only some of them)
+# seed 7), PublicTest split into a val half (chooses feedback weights and the best round)
+# and a test half (only reported), the compact CNN, bf16 autocast, one CPU worker.
+# Variants (the same budget in optimiser steps unless the name says otherwise):
+#   a-weak-1x, a-weak-2x, a-strong-1x, a-strong-2x: supervised on the 10% only, weak or
+#       strong augmentation, at 1x and 2x the semi-supervised budget
+#   b-offline:   the offline rounds alone (selected pseudo-labels on weak views)
+#   c-full:      the full method (online debiased consistency on strong views, feedback)
+#   d-no-debias: (c) without debiasing;  e-no-feedback: (c) without feedback
+#   f-ceiling:   supervised on 100% of the training labels, 1x budget
+# Each variant runs for every seed in SEEDS (default "7"). Writes a results table to stdout
+# and the numbers to benchmarks/method-fer2013.json (JSON=path to write elsewhere), where
+# rows of other variants or seeds from earlier runs are kept.
+# Usage: scripts/bench-method.sh [FER2013_CSV(.gz)]
+#   VARIANTS="a-weak-1x c-full" SEEDS="7 8" ROUNDS=2 EPOCHS=12 STEPS=45 WIDTH=32 OUT=dir
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 csv=$(realpath "${1:-../shared/data/fer2013/fer2013_train_publictest.csv.gz}")
 out=$(realpath -m "${OUT:-target/bench-method}")
-rounds=${ROUNDS:-3} epochs=${EPOCHS:-6} steps=${STEPS:-45} width=${WIDTH:-16}
+json=$(realpath -m "${JSON:-benchmarks/method-fer2013.json}")
+rounds=${ROUNDS:-2} epochs=${EPOCHS:-12} steps=${STEPS:-45} width=${WIDTH:-32}
+variants=${VARIANTS:-a-weak-1x a-strong-1x a-weak-2x a-strong-2x c-full f-ceiling b-offline d-no-debias e-no-feedback}
+seeds=${SEEDS:-7}
 
 bash scripts/bootstrap.sh
 cargo build --release -p feral-cli -p feral-coordinator -p feral-worker
 bin=target/release
-mkdir -p "$out/logs"
-if [ ! -f "$out/data/manifest.json" ]; then
-  "$bin/feral" prepare fer2013 --csv "$csv" --out "$out/data" --labeled-fraction 0.1 --seed 7
-fi
+mkdir -p "$out/logs" "$(dirname "$json")"
+prepare() {  # dir labeled-fraction
+  [ -f "$1/manifest.json" ] || "$bin/feral" prepare fer2013 --csv "$csv" --out "$1" --labeled-fraction "$2" --seed 7 --test-fraction 0.5 >/dev/null
+}
+prepare "$out/data" 0.1
+prepare "$out/data-all-labels" 1.0
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 url=http://127.0.0.1:$port
@@ -27,22 +40,79 @@ pids=($!)
 "$bin/feral-worker" --coordinator "$url" --id bench-worker --devices cpu >"$out/logs/worker.log" 2>&1 &
 pids+=($!)
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-sleep 2
+for _ in $(seq 100); do "$bin/feral" --coordinator "$url" workers 2>/dev/null | grep -q bench-worker && break; sleep 0.2; done
 
-spec() {  # name rounds epochs [semi_supervised lines]
-  printf 'version = 1\nname = "%s"\ndataset = "%s"\n\n[model]\nwidth = %s\n\n[train]\nepochs = %s\nbatch_size = 64\nsteps_per_epoch = %s\nthreads = 2\n\n[semi_supervised]\nrounds = %s\npatience = 0\n%s' \
-    "$1" "$out/data" "$width" "$3" "$steps" "$2" "${4:-}"
+spec() {  # name seed dataset rounds epochs [extra lines]
+  printf 'version = 1\nname = "%s"\ndataset = "%s"\n\n[model]\nwidth = %s\n\n[train]\nepochs = %s\nbatch_size = 64\nsteps_per_epoch = %s\nthreads = 2\nprecision = "bf16"\nseed = %s\n%s\n[semi_supervised]\nrounds = %s\npatience = 0\n%s' \
+    "$1" "$3" "$width" "$5" "$steps" "$2" "${7:-}" "$4" "${6:-}"
 }
-spec a-supervised 0 $((epochs * (rounds + 1))) >"$out/a.toml"
-spec b-plain-pseudo-labels "$rounds" "$epochs" $'debias = false\nfeedback = false\n' >"$out/b.toml"
-spec c-full-method "$rounds" "$epochs" >"$out/c.toml"
-
-for variant in ${VARIANTS:-a b c}; do
-  started=$(date +%s)
-  job=$("$bin/feral" --coordinator "$url" submit "$out/$variant.toml" | awk '{print $3}')
-  "$bin/feral" --coordinator "$url" watch "$job" >"$out/$variant.watch.txt" || true
-  "$bin/feral" --coordinator "$url" status "$job" >"$out/$variant.txt"
-  echo "== ($variant) $(head -1 "$out/$variant.txt"), $(( $(date +%s) - started )) s"
-  sed -n '/^ROUND  VAL ACC/,$p;/^final validation/,/^model:/p' "$out/$variant.txt"
+budget=$((epochs * (rounds + 1)))
+strong=$'[train.strong]\nlabelled = true\n'
+results=()
+for seed in $seeds; do
+  for variant in $variants; do
+    name=$variant-s$seed
+    case $variant in
+      a-weak-1x)     kind=supervised; spec "$name" "$seed" "$out/data" 0 "$budget" ;;
+      a-weak-2x)     kind=supervised; spec "$name" "$seed" "$out/data" 0 $((2 * budget)) ;;
+      a-strong-1x)   kind=supervised; spec "$name" "$seed" "$out/data" 0 "$budget" "" "$strong" ;;
+      a-strong-2x)   kind=supervised; spec "$name" "$seed" "$out/data" 0 $((2 * budget)) "" "$strong" ;;
+      b-offline)     kind=ablation;   spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'online = false\n' ;;
+      c-full)        kind=method;     spec "$name" "$seed" "$out/data" "$rounds" "$epochs" ;;
+      d-no-debias)   kind=ablation;   spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'debias = false\n' ;;
+      e-no-feedback) kind=ablation;   spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'feedback = false\n' ;;
+      f-ceiling)     kind=ceiling;    spec "$name" "$seed" "$out/data-all-labels" 0 "$budget" ;;
+      *) echo "unknown variant $variant" >&2; exit 2 ;;
+    esac >"$out/$name.toml"
+    started=$(date +%s)
+    job=$("$bin/feral" --coordinator "$url" submit "$out/$name.toml" | awk '{print $3}')
+    "$bin/feral" --coordinator "$url" watch "$job" >"$out/$name.watch.txt" || true
+    "$bin/feral" --coordinator "$url" status "$job" >"$out/$name.txt"
+    seconds=$(( $(date +%s) - started ))
+    echo "== $name ($kind): $(head -1 "$out/$name.txt"), $seconds s"
+    results+=("$name $kind $seed $seconds $out/artifacts/$job")
+  done
 done
-echo "results in $out (a.txt, b.txt, c.txt)"
+
+# One JSON document: every variant's chosen round (best val macro-F1) with its test numbers.
+python3 - "$json" "$(git rev-parse --short HEAD)" "${results[@]}" <<'EOF'
+import json, pathlib, sys
+path, commit, rows = sys.argv[1], sys.argv[2], sys.argv[3:]
+variants = []
+for row in rows:
+    name, kind, seed, seconds, artifacts = row.split(" ", 4)
+    cards = sorted(pathlib.Path(artifacts).glob("r*/model.json"), key=lambda p: int(p.parent.name[1:]))
+    cards = [json.loads(p.read_text()) for p in cards]
+    if not cards:
+        print(f"{name}: no round produced a model", file=sys.stderr)
+        continue
+    best = max(range(len(cards)), key=lambda i: (cards[i]["validation"]["macro_f1"], -i))
+    card = cards[best]
+    classes = card["classes"]
+    test = card.get("test") or {}
+    variants.append({
+        "name": name.rsplit("-s", 1)[0], "kind": kind, "seed": int(seed),
+        "best_round": best,
+        "test_macro_f1": test.get("macro_f1"), "test_accuracy": test.get("accuracy"),
+        "val_macro_f1": card["validation"]["macro_f1"],
+        "per_class_f1": dict(zip(classes, test.get("per_class_f1", []))),
+        "online_mask": [{"round": c["round"], "rate": c["online"]["mask_rate"], "precision": c["online"]["mask_precision"]}
+                        for c in cards if c.get("online")],
+        "seconds": int(seconds),
+    })
+# Runs of other variants or seeds already in the file stay (each row names its commit).
+for v in variants:
+    v["commit"] = commit
+done = {(v["name"], v["seed"]) for v in variants}
+old = json.loads(pathlib.Path(path).read_text()) if pathlib.Path(path).exists() else {"variants": []}
+kept = [v for v in old["variants"] if (v["name"], v["seed"]) not in done]
+pathlib.Path(path).write_text(json.dumps({"commit": commit, "variants": kept + variants}, indent=2) + "\n")
+print(f"| variant | seed | test macro-F1 | test accuracy | disgust F1 | fear F1 | val macro-F1 | best round | online mask (rate / precision) | time |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+for v in variants:
+    f = lambda x: "-" if x is None else f"{x:.3f}"
+    mask = ", ".join(f"r{m['round']} {m['rate']:.2f} / {f(m['precision'])}" for m in v["online_mask"]) or "-"
+    print(f"| {v['name']} | {v['seed']} | {f(v['test_macro_f1'])} | {f(v['test_accuracy'])} | {f(v['per_class_f1'].get('disgust'))} "
+          f"| {f(v['per_class_f1'].get('fear'))} | {f(v['val_macro_f1'])} | {v['best_round']} | {mask} | {v['seconds']} s |")
+print(f"wrote {path}")
+EOF

@@ -107,10 +107,15 @@ pub fn debiased_label(logits: &[f64], prior: &[f64], tau: f64) -> (usize, f64) {
     if logits.is_empty() {
         return (0, 0.0);
     }
-    // z − τ·ln p̂ is the margin adjustment with −τ.
-    let probabilities = softmax(&margin_adjusted_logits(logits, prior, -tau));
+    let probabilities = debiased_probabilities(logits, prior, tau);
     let class = argmax(&probabilities);
     (class, probabilities[class])
+}
+
+/// softmax(z − τ·ln p̂): the debiased class probabilities of one logit row.
+pub fn debiased_probabilities(logits: &[f64], prior: &[f64], tau: f64) -> Vec<f64> {
+    // z − τ·ln p̂ is the margin adjustment with −τ.
+    softmax(&margin_adjusted_logits(logits, prior, -tau))
 }
 
 /// Per-class thresholds t_c = max(t_min, t · p̃_c / max_k p̃_k), where p̃ counts per class
@@ -118,12 +123,32 @@ pub fn debiased_label(logits: &[f64], prior: &[f64], tau: f64) -> (usize, f64) {
 /// the limit of the formula, where a class with p̃_c = 0 gets t_min whatever the others
 /// have (a weak first teacher still yields pseudo-labels; the cap bounds how many).
 pub fn class_thresholds(confident_counts: &[u64], params: &SelectionParams) -> Vec<f64> {
-    let most = confident_counts.iter().copied().max().unwrap_or(0);
-    if most == 0 {
-        return vec![params.min_threshold; confident_counts.len()];
+    let shares: Vec<f64> = confident_counts.iter().map(|&count| count as f64).collect();
+    thresholds_from_shares(&shares, params.threshold, params.min_threshold)
+}
+
+/// The class-aware thresholds from per-class confident shares (counts or fractions alike):
+/// t_c = max(t_min, t · s_c / max_k s_k); every t_c = t_min when no share is positive.
+/// Non-finite or negative shares count as 0.
+pub fn thresholds_from_shares(shares: &[f64], threshold: f64, min_threshold: f64) -> Vec<f64> {
+    let clean = |s: f64| if s.is_finite() { s.max(0.0) } else { 0.0 };
+    let most = shares.iter().copied().map(clean).fold(0.0, f64::max);
+    if most <= 0.0 {
+        return vec![min_threshold; shares.len()];
     }
-    let scaled = |count: u64| params.threshold * count as f64 / most as f64;
-    confident_counts.iter().map(|&count| params.min_threshold.max(scaled(count))).collect()
+    shares.iter().map(|&s| min_threshold.max(threshold * clean(s) / most)).collect()
+}
+
+/// One step of an online estimate: `m·state + (1 − m)·observed`, element by element (the
+/// online prior q̂ of DebiasPL, and the confident shares behind online thresholds). An
+/// `observed` of another length leaves the state as it is.
+pub fn momentum_update(state: &mut [f64], observed: &[f64], momentum: f64) {
+    if state.len() != observed.len() {
+        return;
+    }
+    for (value, seen) in state.iter_mut().zip(observed) {
+        *value = momentum * *value + (1.0 - momentum) * seen;
+    }
 }
 
 /// One candidate pseudo-label.
@@ -366,6 +391,22 @@ mod tests {
         assert_near(&class_thresholds(&[10, 8], &params), &[0.95, 0.76], 1e-12);
         assert_eq!(class_thresholds(&[0, 0], &params), vec![0.5, 0.5]);
         assert!(class_thresholds(&[], &params).is_empty());
+        // Shares as fractions: t = 0.8, t_min = 0.7; shares 0.4, 0.3, 0.05 -> 0.8, 0.7 (0.6
+        // floored), 0.7 (0.1 floored).
+        assert_near(&thresholds_from_shares(&[0.4, 0.35, 0.05], 0.8, 0.7), &[0.8, 0.7, 0.7], 1e-12);
+        assert_near(&thresholds_from_shares(&[0.4, 0.36, f64::NAN], 0.8, 0.5), &[0.8, 0.72, 0.5], 1e-12);
+        assert_eq!(thresholds_from_shares(&[0.0, -1.0], 0.8, 0.6), vec![0.6, 0.6]);
+    }
+
+    #[test]
+    fn momentum_update_moves_towards_what_is_observed() {
+        // q = 0.9·[0.5, 0.3, 0.2] + 0.1·[0.1, 0.1, 0.8] = [0.46, 0.28, 0.26].
+        let mut prior = vec![0.5, 0.3, 0.2];
+        momentum_update(&mut prior, &[0.1, 0.1, 0.8], 0.9);
+        assert_near(&prior, &[0.46, 0.28, 0.26], 1e-12);
+        assert!((prior.iter().sum::<f64>() - 1.0).abs() < 1e-12, "a distribution stays one");
+        momentum_update(&mut prior, &[1.0], 0.5);
+        assert_near(&prior, &[0.46, 0.28, 0.26], 1e-12);
     }
 
     #[test]

@@ -73,7 +73,8 @@ pub struct SemiSupervisedSpec {
     pub feedback_lambda: f64,
     /// γ: the exponent of (1 − F1 + ε) in the feedback weights.
     pub feedback_gamma: f64,
-    /// μ: pseudo-labelled samples per labelled sample in a student batch.
+    /// μ: unlabelled (online) or pseudo-labelled (offline) samples per labelled sample in
+    /// a student batch.
     pub mu: f64,
     /// λ_u: weight of the pseudo-label loss.
     pub lambda_u: f64,
@@ -83,6 +84,19 @@ pub struct SemiSupervisedSpec {
     pub debias: bool,
     /// Feed per-class validation F1 back into the class sampling weights.
     pub feedback: bool,
+    /// Online debiased consistency in every student round (FixMatch + DebiasPL): each step
+    /// the EMA model labels a weak view of μ·B images drawn from the whole unlabelled pool
+    /// and the student learns those labels on their strong view. `false`: the offline
+    /// rounds only (the student learns the round's selected pseudo-labels on weak views).
+    pub online: bool,
+    /// m of the online prior q̂ ← m·q̂ + (1 − m)·mean softmax(weak), and of the running
+    /// means behind the online thresholds.
+    pub prior_momentum: f64,
+    /// The lowest online class threshold. The thresholds are self-adaptive (FreeMatch):
+    /// t_c = max(online_min_threshold, t̄ · p̃_c / max_k p̃_k), with t̄ the running mean of
+    /// the debiased confidence and p̃ of the debiased class probabilities, both started
+    /// from the round's pass over the whole pool.
+    pub online_min_threshold: f64,
     /// K: frames in the temporal encoder's centred window (odd). On video datasets (frames
     /// with video ids) a small transformer over the backbone features of K neighbouring
     /// frames predicts the centre frame, for evaluation and to smooth pseudo-labels over
@@ -103,11 +117,14 @@ impl Default for SemiSupervisedSpec {
             cap_factor: 4.0,
             feedback_lambda: 0.5,
             feedback_gamma: 1.0,
-            mu: 1.0,
+            mu: 2.0,
             lambda_u: 1.0,
             init_from_teacher: true,
             debias: true,
             feedback: true,
+            online: true,
+            prior_momentum: 0.999,
+            online_min_threshold: 0.8,
             temporal_window: 5,
             temporal_epochs: 8,
         }
@@ -184,8 +201,14 @@ pub struct TrainSpec {
     pub loss: LossSpec,
     #[serde(default)]
     pub sampling: Sampling,
+    /// The weak view of every labelled image: flip, pad-crop, small rotation, brightness
+    /// and contrast jitter. `false`: images as they are.
     #[serde(default = "default_true")]
     pub augment: bool,
+    /// The strong view (`[train.strong]`): what the student learns unlabelled images from,
+    /// and optionally the labelled ones too.
+    #[serde(default)]
+    pub strong: StrongViewSpec,
     #[serde(default = "default_seed")]
     pub seed: u64,
     /// libtorch intra-op threads for this task; 0 keeps libtorch's default.
@@ -196,6 +219,28 @@ pub struct TrainSpec {
     /// state and gradients stay fp32).
     #[serde(default)]
     pub precision: Precision,
+}
+
+/// The strong view (RandAugment-style, Cubuk et al. 2020, as FixMatch uses it): the weak
+/// view, then `ops` operations drawn at random (affine, autocontrast, equalize, posterize,
+/// sharpness, contrast, brightness) of strength up to `magnitude`, then Cutout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StrongViewSpec {
+    /// Operations per image.
+    pub ops: i64,
+    /// Strength of each operation, 0..=30 (torchvision's RandAugment scale).
+    pub magnitude: i64,
+    /// Cutout: a gray square whose side is drawn up to this fraction of the image side; 0: none.
+    pub cutout: f64,
+    /// Labelled batches get the strong view too (a supervised run with strong augmentation).
+    pub labelled: bool,
+}
+
+impl Default for StrongViewSpec {
+    fn default() -> Self {
+        Self { ops: 2, magnitude: 10, cutout: 0.5, labelled: false }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -368,6 +413,7 @@ impl Default for TrainSpec {
             loss: LossSpec::default(),
             sampling: Sampling::default(),
             augment: true,
+            strong: StrongViewSpec::default(),
             seed: default_seed(),
             threads: 0,
             precision: Precision::Fp32,
@@ -448,6 +494,13 @@ impl JobSpec {
         fraction("train.momentum", train.momentum)?;
         fraction("train.label_smoothing", train.label_smoothing)?;
         at_least("train.threads", train.threads, 0)?;
+        at_least("train.strong.ops", train.strong.ops, 0)?;
+        if !(0..=30).contains(&train.strong.magnitude) {
+            return Err(invalid("train.strong.magnitude", format!("must be in 0..=30, got {}", train.strong.magnitude)));
+        }
+        if !(0.0..=1.0).contains(&train.strong.cutout) {
+            return Err(invalid("train.strong.cutout", format!("must be in [0, 1], got {}", train.strong.cutout)));
+        }
         validate_loss(&train.loss, train.label_smoothing, train.epochs)?;
         at_least("resources.max_attempts", self.resources.max_attempts, 1)?;
         at_least("resources.workers", self.resources.workers, 1)?;
@@ -467,6 +520,8 @@ impl JobSpec {
         non_negative("semi_supervised.feedback_gamma", semi.feedback_gamma)?;
         non_negative("semi_supervised.mu", semi.mu)?;
         non_negative("semi_supervised.lambda_u", semi.lambda_u)?;
+        fraction("semi_supervised.prior_momentum", semi.prior_momentum)?;
+        fraction("semi_supervised.online_min_threshold", semi.online_min_threshold)?;
         at_least("semi_supervised.temporal_window", semi.temporal_window, 1)?;
         if semi.temporal_window > MAX_TEMPORAL_WINDOW {
             return Err(invalid("semi_supervised.temporal_window", format!("must be at most {MAX_TEMPORAL_WINDOW}, got {}", semi.temporal_window)));
@@ -593,6 +648,12 @@ mod tests {
         assert!(err(&format!("{base}[semi_supervised]\ntemporal_window = 0\n")).contains("temporal_window"));
         assert!(err(&format!("{base}[semi_supervised]\ntemporal_window = 67\n")).contains("at most 65"));
         assert!(err(&format!("{base}[semi_supervised]\ntemporal_epochs = 0\n")).contains("temporal_epochs"));
+        assert!(err(&format!("{base}[train.strong]\nmagnitude = 31\n")).contains("train.strong.magnitude"));
+        assert!(err(&format!("{base}[train.strong]\ncutout = 1.5\n")).contains("train.strong.cutout"));
+        assert!(err(&format!("{base}[train.strong]\nops = -1\n")).contains("train.strong.ops"));
+        assert!(err(&format!("{base}[train.strong]\nopz = 1\n")).contains("opz"));
+        assert!(err(&format!("{base}[semi_supervised]\nprior_momentum = 1.0\n")).contains("prior_momentum"));
+        assert!(err(&format!("{base}[semi_supervised]\nonline_min_threshold = 1.2\n")).contains("online_min_threshold"));
     }
 
     #[test]

@@ -251,10 +251,13 @@ fn loader(args: &Args, data: &Arc<ShardData>) -> anyhow::Result<Loader> {
         sampling: Sampling::ClassUniform,
         class_weights: None,
         augmentation: Some(Augmentation::default()),
+        strong: None,
+        strong_labelled: false,
+        pool_batch: 0,
         threads: args.loader_threads,
         depth: LoaderConfig::DEFAULT_DEPTH,
     };
-    Ok(Loader::start(config, Arc::clone(data), None, Cursor::new(1, 0))?)
+    Ok(Loader::start(config, Arc::clone(data), None, None, Cursor::new(1, 0))?)
 }
 
 fn time_loader(args: &Args, data: &Arc<ShardData>) -> anyhow::Result<Vec<f64>> {

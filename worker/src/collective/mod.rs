@@ -13,7 +13,7 @@ pub mod tcp_ring;
 mod wire;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -13,7 +13,7 @@ use super::nccl::{self, Nccl};
 use super::*;
 
 /// No test waits on a rank longer than this.
-const LIMIT: Duration = Duration::from_secs(60);
+pub(crate) const LIMIT: Duration = Duration::from_secs(60);
 
 fn listeners(world_size: usize) -> (Vec<TcpListener>, Vec<SocketAddr>) {
     let listeners: Vec<_> = (0..world_size).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
@@ -45,7 +45,7 @@ fn on_threads<T: Send + 'static>(
 }
 
 /// Joins a ring of `world_size` and runs `body` on each rank.
-fn with_ring<T: Send + 'static>(
+pub(crate) fn with_ring<T: Send + 'static>(
     world_size: usize,
     timeout: Duration,
     body: impl Fn(usize, &mut TcpRing) -> T + Send + Sync + 'static,

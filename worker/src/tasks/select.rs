@@ -1,7 +1,9 @@
 //! Pseudo-labelling, step two: from every prediction of the round, the debiased labels
 //! (DebiasPL: z − τ·log p̂ with the pool's prior p̂) and class-aware thresholds with a
 //! per-class cap choose the pseudo-labels the student trains on. They are written to the
-//! round's `selection.safetensors` (sample ids, labels, confidences).
+//! round's `selection.safetensors` (sample ids, labels, confidences, and the pool's mean
+//! debiased confidence and class probabilities, which seed the student's online
+//! thresholds).
 
 use std::path::Path;
 
@@ -32,6 +34,9 @@ pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64])
     let semi = &context.spec.semi_supervised;
     let (mut candidates, mut hidden, mut sample_ids) = (Vec::new(), Vec::new(), Vec::new());
     let mut classes = 0;
+    // Over the whole pool: Σ max debiased probability and Σ debiased probabilities, the
+    // exact start of the student's self-adaptive thresholds.
+    let (mut confidence_sum, mut probability_sums) = (0.0, Vec::new());
     for file in prediction_files {
         let path = Path::new(file);
         let tensors = Tensor::read_safetensors(path)?;
@@ -46,9 +51,12 @@ pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64])
         let values = Vec::<f32>::try_from(&logits.reshape([-1]))?;
         let uniform = vec![1.0; columns];
         let (prior, tau) = if prior.len() == columns { (prior, semi.tau) } else { (uniform.as_slice(), 0.0) };
+        probability_sums.resize(columns, 0.0);
         for (row, id) in values.chunks(columns).zip(&ids).take(rows) {
             let row: Vec<f64> = row.iter().map(|v| f64::from(*v)).collect();
             let (class, confidence) = method::debiased_label(&row, prior, tau);
+            confidence_sum += confidence;
+            probability_sums.iter_mut().zip(method::debiased_probabilities(&row, prior, tau)).for_each(|(sum, p)| *sum += p);
             candidates.push(Candidate { index: sample_ids.len(), class, confidence });
             sample_ids.push(*id);
         }
@@ -61,6 +69,7 @@ pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64])
     let selection = method::select(&candidates, classes, &params);
     let (correct, with_hidden_label) = method::pseudo_label_precision(&selection.selected, &hidden);
 
+    let pool = candidates.len().max(1) as f64;
     let round_dir = context.round_dir();
     create_dir(&round_dir)?;
     let selection_file = round_dir.join("selection.safetensors");
@@ -71,6 +80,9 @@ pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64])
         ("sample_ids", Tensor::from_slice(&ids)),
         ("labels", Tensor::from_slice(&labels)),
         ("confidences", Tensor::from_slice(&confidences)),
+        // Seed the student's online self-adaptive thresholds.
+        ("mean_confidence", Tensor::from_slice(&[confidence_sum / pool])),
+        ("mean_probabilities", Tensor::from_slice(&probability_sums.iter().map(|s| s / pool).collect::<Vec<f64>>())),
     ];
     Tensor::write_safetensors(&tensors, &selection_file)?;
     Ok(SelectionSummary {

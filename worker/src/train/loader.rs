@@ -19,7 +19,10 @@ use feral_common::spec::Sampling;
 use tch::{Kind, Tensor};
 
 pub use super::batches::Augmentation;
-use super::batches::{channels_last_images, normalised_images, Sampler};
+use super::batches::{channels_last_images, normalised_images, Sampler, View};
+use super::strong::StrongAugmentation;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use super::mix;
 
 /// Which batch: 1-based epoch and 0-based step within it.
@@ -60,8 +63,14 @@ pub struct LoaderConfig {
     pub sampling: Sampling,
     /// Sampling weight per class of the labelled data; none: as `sampling` says.
     pub class_weights: Option<Vec<f64>>,
-    /// None: images as they are.
+    /// The weak view; none: images as they are.
     pub augmentation: Option<Augmentation>,
+    /// The strong view (on top of the weak one) of the unlabelled pool's images.
+    pub strong: Option<StrongAugmentation>,
+    /// Labelled images get the strong view too.
+    pub strong_labelled: bool,
+    /// Unlabelled pool samples per rank and step, each in a weak and a strong view (0: none).
+    pub pool_batch: usize,
     /// Threads that make batches (1 is plenty for small images); 0 makes each batch on
     /// the caller's thread when it is asked for, which costs less where the training step
     /// already keeps every core busy.
@@ -82,6 +91,17 @@ pub struct PseudoSource {
     pub confidences: Arc<Vec<f32>>,
 }
 
+/// Samples of the unlabelled pool, for online consistency: the weak view the EMA model
+/// labels and the strong view the student learns that label on.
+#[derive(Debug)]
+pub struct PoolBatch {
+    pub indices: Vec<usize>,
+    pub weak: Tensor,
+    pub strong: Tensor,
+    /// The hidden true labels where the dataset keeps them (-1: unknown), for audits only.
+    pub hidden_labels: Vec<i64>,
+}
+
 /// One rank's batch for one step, on the CPU.
 #[derive(Debug)]
 pub struct Batch {
@@ -93,6 +113,7 @@ pub struct Batch {
     /// `[batch]` i64 labels.
     pub labels: Tensor,
     pub pseudo: Option<PseudoBatch>,
+    pub pool: Option<PoolBatch>,
 }
 
 /// The pseudo-labelled part of a step.
@@ -127,6 +148,7 @@ struct Plan {
     labelled: Arc<ShardData>,
     sampler: Sampler,
     pseudo: Option<(PseudoSource, Sampler)>,
+    pool: Option<Arc<ShardData>>,
 }
 
 impl Plan {
@@ -137,11 +159,14 @@ impl Plan {
         let global_step = (cursor.epoch as usize - 1) * config.steps_per_epoch + cursor.step;
         let step_seed = mix(epoch_seed, global_step as u64);
         let augmentation = config.augmentation.as_ref();
+        let strong = config.strong.as_ref();
+        let view = |weak, strong, seed, offset| Some(View { weak, strong, seed, offset });
 
         let (batch, rank) = (config.batch, config.rank);
         let global = self.sampler.draw(batch * config.world, mix(step_seed, 2));
         let indices = global.get(rank * batch..(rank + 1) * batch).ok_or(LoaderError::NothingToDraw)?.to_vec();
-        let floats = normalised_images(&self.labelled, &indices, augmentation.map(|a| (a, step_seed, rank * batch)));
+        let labelled_strong = strong.filter(|_| config.strong_labelled);
+        let floats = normalised_images(&self.labelled, &indices, augmentation.and_then(|a| view(a, labelled_strong, step_seed, rank * batch)));
         let (images, labels) = tensors(&self.labelled, &floats, &indices)?;
 
         let pseudo_batch = config.pseudo_batch;
@@ -151,7 +176,7 @@ impl Plan {
                 match global.get(rank * pseudo_batch..(rank + 1) * pseudo_batch) {
                     Some(chosen) => {
                         let chosen = chosen.to_vec();
-                        let aug = augmentation.map(|a| (a, mix(step_seed, 1), rank * pseudo_batch));
+                        let aug = augmentation.and_then(|a| view(a, None, mix(step_seed, 1), rank * pseudo_batch));
                         let floats = normalised_images(&source.data, &chosen, aug);
                         let (images, labels) = tensors(&source.data, &floats, &chosen)?;
                         let confidences: Vec<f32> = chosen.iter().map(|&i| source.confidences.get(i).copied().unwrap_or(0.0)).collect();
@@ -163,7 +188,32 @@ impl Plan {
             }
             _ => None,
         };
-        Ok(Batch { cursor, indices, images, labels, pseudo })
+        let pool = match &self.pool {
+            Some(pool) if config.pool_batch > 0 && !pool.is_empty() => Some(self.pool_batch(pool, step_seed)?),
+            _ => None,
+        };
+        Ok(Batch { cursor, indices, images, labels, pseudo, pool })
+    }
+
+    /// This rank's slice of the step's global draw from the unlabelled pool (uniform, with
+    /// replacement), in a weak view and, from the same weak draws, a strong view.
+    fn pool_batch(&self, pool: &ShardData, step_seed: u64) -> Result<PoolBatch, LoaderError> {
+        let config = &self.config;
+        let (size, rank) = (config.pool_batch, config.rank);
+        let mut rng = SmallRng::seed_from_u64(mix(step_seed, 4));
+        let global: Vec<usize> = (0..size * config.world).map(|_| rng.random_range(0..pool.len())).collect();
+        let indices = global[rank * size..(rank + 1) * size].to_vec();
+        let weak_settings = config.augmentation.unwrap_or(Augmentation { flip: false, pad: 0, max_rotation_degrees: 0.0, brightness: 0.0, contrast: 0.0 });
+        let (seed, offset) = (mix(step_seed, 5), rank * size);
+        let weak = normalised_images(pool, &indices, Some(View { weak: &weak_settings, strong: None, seed, offset }));
+        let strong = normalised_images(pool, &indices, Some(View { weak: &weak_settings, strong: config.strong.as_ref(), seed: mix(step_seed, 6), offset }));
+        let hidden_labels = indices.iter().map(|&i| pool.hidden_labels.as_ref().and_then(|h| h.get(i)).copied().unwrap_or(-1)).collect();
+        Ok(PoolBatch {
+            weak: channels_last_images(&weak, size, pool.shape)?,
+            strong: channels_last_images(&strong, size, pool.shape)?,
+            indices,
+            hidden_labels,
+        })
     }
 }
 
@@ -193,8 +243,15 @@ pub struct Loader {
 
 impl Loader {
     /// Starts the threads at `start`. `labelled` are the labelled data (samples labelled
-    /// -1 are never drawn); `pseudo` the selected pseudo-labels, if any.
-    pub fn start(config: LoaderConfig, labelled: Arc<ShardData>, pseudo: Option<PseudoSource>, start: Cursor) -> Result<Self, LoaderError> {
+    /// -1 are never drawn); `pseudo` the selected pseudo-labels, if any; `pool` the
+    /// unlabelled pool for online consistency, if any.
+    pub fn start(
+        config: LoaderConfig,
+        labelled: Arc<ShardData>,
+        pseudo: Option<PseudoSource>,
+        pool: Option<Arc<ShardData>>,
+        start: Cursor,
+    ) -> Result<Self, LoaderError> {
         let invalid = |name, problem: &str| Err(LoaderError::Config { name, problem: problem.to_owned() });
         if config.batch == 0 || config.steps_per_epoch == 0 || config.world == 0 {
             return invalid("batch, steps_per_epoch, world", "must all be at least 1");
@@ -218,7 +275,7 @@ impl Loader {
             (source, sampler)
         });
         let (threads, depth, steps_per_epoch, last_epoch) = (config.threads, config.depth, config.steps_per_epoch, config.last_epoch);
-        let plan = Arc::new(Plan { config, labelled, sampler, pseudo });
+        let plan = Arc::new(Plan { config, labelled, sampler, pseudo, pool });
         let mut loader = Self { plan: Arc::clone(&plan), channels: Vec::new(), threads: Vec::new(), cursor: start, taken: 0, steps_per_epoch, last_epoch };
         for thread in 0..threads {
             let (sender, receiver) = sync_channel(depth.div_ceil(threads).max(1));
@@ -305,6 +362,9 @@ mod tests {
             sampling: Sampling::ClassUniform,
             class_weights: None,
             augmentation: Some(Augmentation::default()),
+            strong: Some(StrongAugmentation::default()),
+            strong_labelled: false,
+            pool_batch: batch,
             threads,
             depth: LoaderConfig::DEFAULT_DEPTH,
         }
@@ -317,7 +377,7 @@ mod tests {
     }
 
     fn start(config: LoaderConfig, at: Cursor) -> Loader {
-        Loader::start(config, data(40, 1), pseudo(), at).expect("loader starts")
+        Loader::start(config, data(40, 1), pseudo(), Some(data(25, 5)), at).expect("loader starts")
     }
 
     fn same(a: &Batch, b: &Batch) -> bool {
@@ -329,6 +389,10 @@ mod tests {
             && pa.indices == pb.indices
             && pa.images.equal(&pb.images)
             && pa.confidences.equal(&pb.confidences)
+            && match (&a.pool, &b.pool) {
+                (Some(qa), Some(qb)) => qa.indices == qb.indices && qa.weak.equal(&qb.weak) && qa.strong.equal(&qb.strong),
+                _ => false,
+            }
     }
 
     #[test]
@@ -381,7 +445,26 @@ mod tests {
             let whole_pseudo = whole.pseudo.as_ref().expect("pseudo");
             assert!(Tensor::cat(&[&pseudo[0].images, &pseudo[1].images], 0).equal(&whole_pseudo.images));
             assert!(Tensor::cat(&[&pseudo[0].confidences, &pseudo[1].confidences], 0).equal(&whole_pseudo.confidences));
+            let pool: Vec<&PoolBatch> = parts.iter().map(|p| p.pool.as_ref().expect("pool")).collect();
+            let whole_pool = whole.pool.as_ref().expect("pool");
+            assert_eq!([pool[0].indices.clone(), pool[1].indices.clone()].concat(), whole_pool.indices);
+            assert!(Tensor::cat(&[&pool[0].weak, &pool[1].weak], 0).equal(&whole_pool.weak));
+            assert!(Tensor::cat(&[&pool[0].strong, &pool[1].strong], 0).equal(&whole_pool.strong));
         }
+    }
+
+    #[test]
+    fn pool_samples_come_in_a_weak_and_a_different_strong_view() {
+        let mut loader = start(config(1, 0, 6, 1), Cursor::new(1, 0));
+        let batch = loader.next_batch().expect("batch");
+        let pool = batch.pool.expect("pool batch");
+        assert_eq!(pool.weak.size(), [6, 1, 8, 6]);
+        assert_eq!(pool.strong.size(), [6, 1, 8, 6]);
+        assert!(pool.indices.iter().all(|&i| i < 25), "indices into the pool: {:?}", pool.indices);
+        assert!(!pool.weak.equal(&pool.strong), "the strong view differs from the weak one");
+        let weak_mean = pool.weak.mean(Kind::Float).double_value(&[]);
+        assert!(weak_mean.is_finite() && pool.strong.abs().max().double_value(&[]) <= 1.0 + 1e-6, "normalised to [-1, 1]");
+        assert_eq!(pool.hidden_labels, vec![-1; 6], "no hidden labels in this pool");
     }
 
     #[test]
@@ -400,12 +483,12 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused() {
-        let refused = |config: LoaderConfig, at| Loader::start(config, data(10, 0), None, at).is_err();
+        let refused = |config: LoaderConfig, at| Loader::start(config, data(10, 0), None, None, at).is_err();
         assert!(refused(config(2, 2, 4, 1), Cursor::new(1, 0)));
         assert!(refused(config(1, 0, 4, 17), Cursor::new(1, 0)));
         assert!(refused(config(1, 0, 0, 1), Cursor::new(1, 0)));
         assert!(refused(config(1, 0, 4, 1), Cursor::new(1, 5)));
         let unlabelled = Arc::new(ShardData { labels: vec![-1; 10], ..(*data(10, 0)).clone() });
-        assert!(matches!(Loader::start(config(1, 0, 4, 1), unlabelled, None, Cursor::new(1, 0)), Err(LoaderError::NothingToDraw)));
+        assert!(matches!(Loader::start(config(1, 0, 4, 1), unlabelled, None, None, Cursor::new(1, 0)), Err(LoaderError::NothingToDraw)));
     }
 }

@@ -1,11 +1,22 @@
 //! Training one round's model on the calling OS thread: the teacher on labelled data
-//! (round 0), or a student on labelled plus selected pseudo-labelled data (rounds >= 1).
-//! Batches mix B labelled samples, drawn class by class with the round's feedback weights,
-//! and μ·B pseudo-labelled ones; the loss is CE_L + λ_u·mean(conf·CE(z + τ·log p̂, ŷ)).
-//! An exponential moving average of the weights is what gets evaluated and saved. Every
-//! epoch ends with a validation pass and a checkpoint that a new attempt resumes from.
+//! (round 0), or a student (rounds >= 1). Batches hold B labelled samples, drawn class by
+//! class with the round's feedback weights, and μ·B unlabelled ones. Online (the default),
+//! these are drawn from the whole pool: the EMA model labels their weak view, debiased by
+//! the online prior, and the student learns the labels that pass the class-aware thresholds
+//! on their strong view (see [`consistency`]); the loss is CE_L + λ_u·L_U, with labelled
+//! and strong images in one forward pass. Offline, they are the round's selected
+//! pseudo-labels on weak views, CE_L + λ_u·mean(conf·CE(z + τ·log p̂, ŷ)).
+//!
+//! One learning-rate schedule spans the whole job: round r trains steps
+//! `[r·E·S, (r+1)·E·S)` of the `(R+1)·E·S` planned (E epochs of S steps a round), and a
+//! student continues its teacher's raw weights, EMA and optimiser state, so the rounds of
+//! a job train like one run that changes its data. An exponential moving average of the
+//! weights is what gets evaluated and saved. Every epoch ends with a validation pass and a
+//! checkpoint that a new attempt resumes from; a dataset's `test` split is evaluated once
+//! at the end, and only reported.
 
 mod batches;
+pub mod consistency;
 mod ema;
 mod export;
 mod loader;
@@ -13,10 +24,12 @@ pub mod losses;
 mod model;
 mod optim;
 pub mod precision;
+pub mod strong;
 pub mod temporal;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use feral_common::dataset::{Dataset, DatasetError, ShardData, Split};
@@ -28,6 +41,9 @@ use tch::{Device, Kind, Tensor};
 pub use batches::{to_tensors, Sampler};
 pub use loader::{Augmentation, Batch, Cursor, Loader, LoaderConfig, LoaderError, PseudoBatch, PseudoSource};
 pub use model::{build_model, Network};
+
+use consistency::{MaskAudit, OnlineLabeller, OnlineParams, OnlineState, ThresholdSeed};
+use strong::StrongAugmentation;
 
 use crate::collective::{self, Collective, CollectiveError};
 use crate::tasks::{create_dir, read_selection, TaskContext};
@@ -64,7 +80,8 @@ pub struct TrainOutput {
     pub validation: MetricsSummary,
     /// The backbone's own frame-by-frame metrics, where a temporal encoder made `validation`.
     pub frame_validation: Option<MetricsSummary>,
-    /// The `test` split's metrics, where the dataset has one: only reported.
+    /// The `test` split's metrics (the temporal encoder's on video datasets), where the
+    /// dataset has one: only reported.
     pub test: Option<MetricsSummary>,
     pub model_path: PathBuf,
     pub class_names: Vec<String>,
@@ -118,9 +135,25 @@ struct ModelCard {
     round: u32,
     /// The temporal encoder's metrics on video datasets, the backbone's otherwise.
     validation: MetricsSummary,
+    /// The `test` split's metrics, where the dataset has one: reported, never used to choose.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test: Option<MetricsSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temporal: Option<TemporalCard>,
+    /// Student rounds trained online: how many pool labels passed the thresholds, and
+    /// their precision against hidden labels where the dataset keeps them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    online: Option<OnlineCard>,
 }
+
+#[derive(Debug, Serialize, Deserialize)]
+struct OnlineCard {
+    mask_rate: f64,
+    mask_precision: Option<f64>,
+    prior: Vec<f64>,
+    thresholds: Vec<f64>,
+}
+
 
 /// The temporal encoder beside a model: its file, window, and the backbone's own metrics.
 #[derive(Debug, Serialize, Deserialize)]
@@ -165,9 +198,12 @@ pub fn train(
     if val_data.is_empty() {
         return Err(unusable("its val split is empty"));
     }
-    let pseudo = match &task.selection_file {
-        Some(path) => Some(load_pseudo_set(&dataset, path)?),
-        None => None,
+    let semi = &spec.semi_supervised;
+    let online = semi.online && context.round > 0;
+    let (pseudo, pool) = match &task.selection_file {
+        Some(_) if online => (None, Some(Arc::new(dataset.read_split(Split::Unlabeled)?))),
+        Some(path) => (Some(load_pseudo_set(&dataset, path)?), None),
+        None => (None, None),
     };
     let round_dir = context.round_dir();
     create_dir(&round_dir)?;
@@ -191,8 +227,9 @@ pub fn train(
         (vs, net, ema_vs, ema_net)
     };
     match (&task.init_model, &spec.model.init) {
-        // A student starts from its teacher; a teacher from the user's weights, if any.
-        (Some(teacher), _) => vs.load(teacher)?,
+        // A student continues its teacher's raw weights (its EMA and optimiser state are
+        // loaded below); a teacher starts from the user's weights, if any.
+        (Some(teacher), _) => vs.load(teacher_file(teacher, "checkpoint.safetensors"))?,
         (None, Some(weights)) => {
             model::load_initial_weights(&mut vs, weights).map_err(|problem| TrainError::Corrupt { path: weights.clone(), problem })?;
         }
@@ -207,7 +244,16 @@ pub fn train(
     let files = [checkpoint.as_path(), checkpoint_ema.as_path(), checkpoint_optimizer.as_path()];
     let first_epoch = resume(&mut vs, &mut ema_vs, &mut optimizer, files, &checkpoint_info, context.round)? + 1;
     if first_epoch == 1 {
-        ema_vs.copy(&vs)?;
+        match &task.init_model {
+            Some(teacher) => {
+                ema_vs.load(teacher)?;
+                let state = teacher_file(teacher, "checkpoint-optimizer.safetensors");
+                if state != *teacher {
+                    optimizer.load(&state).map_err(|problem| TrainError::Corrupt { path: state.clone(), problem })?;
+                }
+            }
+            None => ema_vs.copy(&vs)?,
+        }
     }
     // Every rank starts from rank 0's weights (and running statistics).
     let mut weights = by_name(&vs);
@@ -218,12 +264,34 @@ pub fn train(
 
     let epochs = spec.train.epochs as u32;
     let batch = spec.train.batch_size as usize;
-    let pseudo_batch = pseudo.as_ref().filter(|p| !p.data.is_empty()).map_or(0, |_| (spec.semi_supervised.mu * batch as f64).round() as usize);
+    let unlabelled_batch = (semi.mu * batch as f64).round() as usize;
+    let pseudo_batch = pseudo.as_ref().filter(|p| !p.data.is_empty()).map_or(0, |_| unlabelled_batch);
+    let pool_batch = pool.as_ref().filter(|p| !p.is_empty()).map_or(0, |_| unlabelled_batch);
     let labelled = train_data.labels.iter().filter(|&&l| l >= 0).count();
     let loss_fn = losses::Loss::new(&spec.train.effective_loss(), &losses::class_counts(&train_data.labels, classes))
         .map_err(|e| unusable(&e.to_string()))?;
     let steps = spec.train.steps_per_epoch.map_or(labelled.div_ceil(batch * world), |s| s as usize);
-    let total_steps = (steps * epochs as usize).max(1);
+    // One schedule over every round the job plans (see the module's documentation).
+    let round_steps = steps * epochs as usize;
+    let total_steps = (round_steps * (semi.rounds.max(0) as usize + 1)).max(1);
+    let step_offset = round_steps * context.round as usize;
+    let mut labeller = (pool_batch > 0).then(|| {
+        let debiased = task.class_prior.len() == classes;
+        let params = OnlineParams {
+            tau: if debiased { semi.tau } else { 0.0 },
+            momentum: semi.prior_momentum,
+            min_threshold: semi.online_min_threshold,
+        };
+        let seed = task.selection_file.as_deref().and_then(read_threshold_seed);
+        OnlineLabeller::new(params, classes, &task.class_prior, seed)
+    });
+    let checkpoint_online = round_dir.join("checkpoint-online.json");
+    if let (Some(labeller), true) = (labeller.as_mut(), first_epoch > 1) {
+        if let Some(saved) = std::fs::read_to_string(&checkpoint_online).ok().and_then(|t| serde_json::from_str::<OnlineState>(&t).ok()) {
+            labeller.restore(saved);
+        }
+    }
+    let mut mask_audit = MaskAudit::default();
     let margin = (task.class_prior.len() == classes && pseudo_batch > 0).then(|| {
         let log_prior: Vec<f32> = task.class_prior.iter().map(|p| (spec.semi_supervised.tau * p.max(1e-12).ln()) as f32).collect();
         Tensor::from_slice(&log_prior).to_device(context.device)
@@ -243,12 +311,15 @@ pub fn train(
         sampling: spec.train.sampling,
         class_weights: (task.class_weights.len() == classes).then(|| task.class_weights.clone()),
         augmentation: spec.train.augment.then(Augmentation::default),
+        strong: Some(strong_view(&spec.train.strong)),
+        strong_labelled: spec.train.strong.labelled,
+        pool_batch,
         threads: LoaderConfig::DEFAULT_THREADS,
         depth: LoaderConfig::DEFAULT_DEPTH,
     };
     let pseudo_source = pseudo.map(|p| PseudoSource { data: std::sync::Arc::new(p.data), confidences: std::sync::Arc::new(p.confidences) });
-    let train_data = std::sync::Arc::new(train_data);
-    let mut loader = Loader::start(loader_config, train_data.clone(), pseudo_source, Cursor::new(first_epoch, 0))?;
+    let train_data = Arc::new(train_data);
+    let mut loader = Loader::start(loader_config, train_data.clone(), pseudo_source, pool, Cursor::new(first_epoch, 0))?;
 
     for epoch in first_epoch..=epochs {
         let started = Instant::now();
@@ -260,7 +331,7 @@ pub fn train(
             if stop.load(Ordering::Relaxed) {
                 return Err(TrainError::Stopped);
             }
-            let global_step = (epoch as usize - 1) * steps + step;
+            let global_step = step_offset + (epoch as usize - 1) * steps + step;
             optimizer.set_lr(learning_rate(spec.train.learning_rate, global_step, total_steps));
             // This rank's slice of the step's global batch (see `loader`).
             let loaded = loader.next_batch()?;
@@ -268,8 +339,29 @@ pub fn train(
             let (images, targets) = (loaded.images.to_device(context.device), loaded.labels.to_device(context.device));
             // bf16 autocast (when asked) covers the forward passes; losses are fp32.
             let autocast = precision::Autocast::enter(spec.train.precision, context.device);
-            let logits = net.forward_t(&images, true).to_kind(Kind::Float);
-            let mut loss = loss_fn.compute(&logits, &targets, epoch);
+            let (logits, mut loss) = match (&loaded.pool, labeller.as_mut()) {
+                (Some(pool), Some(labeller)) => {
+                    // The EMA model labels the weak views; labelled and strong images then
+                    // go through the student in one forward pass.
+                    let weak_logits = tch::no_grad(|| ema_net.forward_t(&pool.weak.to_device(context.device), false));
+                    let margin = labeller.margin(context.device);
+                    let pseudo_targets = labeller.label(&weak_logits, collective)?;
+                    consistency::audit(&mut mask_audit, &pseudo_targets, &pool.hidden_labels)?;
+                    let both = Tensor::cat(&[images.shallow_clone(), pool.strong.to_device(context.device)], 0);
+                    let all_logits = net.forward_t(&both, true).to_kind(Kind::Float);
+                    let labelled_count = images.size()[0];
+                    let logits = all_logits.narrow(0, 0, labelled_count);
+                    let strong_logits = all_logits.narrow(0, labelled_count, all_logits.size()[0] - labelled_count);
+                    let unlabelled_loss = consistency::consistency_loss(&strong_logits, &pseudo_targets, &margin);
+                    let loss = loss_fn.compute(&logits, &targets, epoch) + unlabelled_loss * semi.lambda_u;
+                    (logits, loss)
+                }
+                _ => {
+                    let logits = net.forward_t(&images, true).to_kind(Kind::Float);
+                    let loss = loss_fn.compute(&logits, &targets, epoch);
+                    (logits, loss)
+                }
+            };
             if let Some(pseudo) = &loaded.pseudo {
                 let (images, targets) = (pseudo.images.to_device(context.device), pseudo.labels.to_device(context.device));
                 let confidences = pseudo.confidences.to_device(context.device);
@@ -291,12 +383,25 @@ pub fn train(
             seen += indices.len();
         }
         validation = evaluate_model(&ema_vs, ema_net.as_ref(), &val_data, classes, context.device, collective)?;
+        if let Some(labeller) = &labeller {
+            tracing::info!(
+                round = context.round,
+                epoch,
+                mask_rate = mask_audit.rate(),
+                mask_precision = mask_audit.precision().unwrap_or(f64::NAN),
+                prior = ?labeller.prior(),
+                "online pseudo-labels"
+            );
+        }
         if rank > 0 {
             continue;
         }
         vs.save(&checkpoint)?;
         ema_vs.save(&checkpoint_ema)?;
         optimizer.save(&checkpoint_optimizer)?;
+        if let Some(labeller) = &labeller {
+            write_json(&checkpoint_online, &labeller.state())?;
+        }
         write_json(&checkpoint_info, &CheckpointInfo { round: context.round, epoch })?;
         on_epoch(EpochReport {
             round: context.round,
@@ -314,14 +419,28 @@ pub fn train(
     }
     drop(loader);
 
+    // The `test` split, where there is one: evaluated once, with the model that is saved.
+    let test_data = match dataset.split(Split::Test) {
+        Ok(_) => Some(dataset.read_split(Split::Test)?).filter(|d| !d.is_empty()),
+        Err(_) => None,
+    };
+    let mut test = match &test_data {
+        Some(data) => Some(evaluate_model(&ema_vs, ema_net.as_ref(), data, classes, context.device, collective)?),
+        None => None,
+    };
+
     // Video datasets: a temporal encoder over the finished backbone's features.
     let (mut frame_validation, mut temporal_vs) = (None, None);
     if temporal::wanted(spec, &train_data) {
         let window = spec.semi_supervised.temporal_window as usize;
         let train_windows = temporal::Windows::extract(ema_net.as_ref(), &train_data, window, context.device, collective)?;
         let val_windows = temporal::Windows::extract(ema_net.as_ref(), &val_data, window, context.device, collective)?;
-        let (vs, _, temporal_validation) =
+        let (vs, encoder, temporal_validation) =
             temporal::train(spec, context.round, classes, (&train_windows, &train_data.labels), (&val_windows, &val_data.labels), collective, stop)?;
+        if let Some(data) = &test_data {
+            let test_windows = temporal::Windows::extract(ema_net.as_ref(), data, window, context.device, collective)?;
+            test = Some(temporal::evaluate(&encoder, &test_windows, &data.labels, classes, collective)?);
+        }
         tracing::info!(
             round = context.round,
             frame_macro_f1 = validation.macro_f1,
@@ -334,7 +453,7 @@ pub fn train(
 
     let model_path = round_dir.join("model.safetensors");
     if rank > 0 {
-        return Ok(TrainOutput { validation, frame_validation, test: None, model_path, class_names: manifest.classes });
+        return Ok(TrainOutput { validation, frame_validation, test, model_path, class_names: manifest.classes });
     }
     if let Some(vs) = &temporal_vs {
         vs.save(round_dir.join(temporal::FILE))?;
@@ -351,14 +470,21 @@ pub fn train(
         torchscript: "model.pt".into(),
         round: context.round,
         validation: validation.clone(),
+        test: test.clone(),
         temporal: temporal_vs.is_some().then(|| TemporalCard {
             file: temporal::FILE.into(),
             window: spec.semi_supervised.temporal_window,
             frame_validation: frame_validation.clone().unwrap_or_default(),
         }),
+        online: labeller.as_ref().map(|labeller| OnlineCard {
+            mask_rate: mask_audit.rate(),
+            mask_precision: mask_audit.precision(),
+            prior: labeller.prior().to_vec(),
+            thresholds: labeller.thresholds(),
+        }),
     };
     write_json(&round_dir.join("model.json"), &card)?;
-    Ok(TrainOutput { validation, frame_validation, test: None, model_path, class_names: manifest.classes })
+    Ok(TrainOutput { validation, frame_validation, test, model_path, class_names: manifest.classes })
 }
 
 /// Every variable of `vs`, in name order (the same on every rank).
@@ -374,6 +500,31 @@ pub(crate) fn mix(a: u64, b: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+/// `name` beside the teacher's saved model (its last raw weights, its optimiser state), or
+/// the model itself where the teacher left no such file.
+fn teacher_file(teacher: &Path, name: &str) -> PathBuf {
+    let beside = teacher.with_file_name(name);
+    if beside.exists() {
+        beside
+    } else {
+        teacher.to_path_buf()
+    }
+}
+
+/// The strong view the spec asks for.
+fn strong_view(spec: &feral_common::spec::StrongViewSpec) -> StrongAugmentation {
+    StrongAugmentation { ops: spec.ops as u32, magnitude: spec.magnitude as u32, cutout: spec.cutout as f32 }
+}
+
+/// The pool's mean debiased confidence and class probabilities from the round's selection,
+/// which start the online thresholds; none when the file has them not (an older selection)
+/// or cannot be read.
+fn read_threshold_seed(selection_file: &Path) -> Option<ThresholdSeed> {
+    let tensors = Tensor::read_safetensors(selection_file).ok()?;
+    let values = |name: &str| tensors.iter().find(|(n, _)| n == name).and_then(|(_, t)| Vec::<f64>::try_from(t).ok());
+    Some(ThresholdSeed { mean_confidence: *values("mean_confidence")?.first()?, mean_probabilities: values("mean_probabilities")? })
 }
 
 /// The selected pseudo-labelled samples of the unlabelled split, with their labels.

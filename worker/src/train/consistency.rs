@@ -1,0 +1,303 @@
+//! Online debiased consistency, the student's unlabelled loss in every round (DESIGN.md
+//! section 1, step 7): FixMatch (Sohn et al., NeurIPS 2020) with DebiasPL's online prior
+//! and adaptive margin (Wang et al., CVPR 2022) and FreeMatch's self-adaptive class-aware
+//! thresholds (Wang et al., ICLR 2023). Each step the EMA model labels a weak view of μ·B
+//! pool images without gradients; the labels are debiased with the online prior,
+//! ŷ = argmax softmax(z_w − τ·log q̂), kept where their confidence reaches ŷ's threshold,
+//! and learnt on the strong view as CE(z_s + τ·log q̂, ŷ).
+//!
+//! The thresholds follow the model's own confidence: t_c = max(t_min, t̄ · p̃_c / max_k p̃_k)
+//! with t̄ the running mean of the debiased confidence and p̃ the running mean of the
+//! debiased probabilities, so a teacher that is still unsure gets low thresholds and
+//! classes the model finds hard get lower ones. The round's selection pass over the whole
+//! pool starts both exactly. The prior, t̄ and p̃ are running averages over every rank's
+//! samples, all-reduced once a step, so every rank holds the same numbers.
+
+use feral_common::method::{self, PRIOR_FLOOR};
+use tch::{Device, Kind, Tensor};
+
+use crate::collective::{Collective, CollectiveError};
+
+/// The constants of the online labeller (the job spec's `[semi_supervised]`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OnlineParams {
+    /// τ: debiasing strength (0: neither debiased labels nor margins).
+    pub tau: f64,
+    /// m of every running average.
+    pub momentum: f64,
+    /// t_min: no class threshold goes below this.
+    pub min_threshold: f64,
+}
+
+/// Where the running averages start: the pool's mean debiased confidence t̄ and mean
+/// debiased class probabilities p̃ under the round's teacher.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ThresholdSeed {
+    pub mean_confidence: f64,
+    pub mean_probabilities: Vec<f64>,
+}
+
+/// The online state: q̂, t̄ and p̃, identical on every rank.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OnlineLabeller {
+    params: OnlineParams,
+    /// q̂_c: the running class prior of the pool under the EMA model (raw probabilities).
+    prior: Vec<f64>,
+    /// t̄: the running mean of the highest debiased probability.
+    confidence: f64,
+    /// p̃_c: the running mean of the debiased probability of class c.
+    class_confidence: Vec<f64>,
+}
+
+/// One step's labels for the pool samples, on the model's device.
+#[derive(Debug)]
+pub struct PseudoTargets {
+    /// ŷ, `[N]` i64.
+    pub labels: Tensor,
+    /// 1 where the confidence reaches ŷ's threshold, else 0; `[N]` f32.
+    pub mask: Tensor,
+}
+
+/// What the labeller saw over some steps, for the round's audit.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MaskAudit {
+    pub seen: u64,
+    pub masked_in: u64,
+    /// Masked-in labels with a hidden true label, and how many of them were right.
+    pub with_hidden_label: u64,
+    pub correct: u64,
+}
+
+impl MaskAudit {
+    pub fn rate(&self) -> f64 {
+        self.masked_in as f64 / self.seen.max(1) as f64
+    }
+
+    pub fn precision(&self) -> Option<f64> {
+        (self.with_hidden_label > 0).then(|| self.correct as f64 / self.with_hidden_label as f64)
+    }
+}
+
+/// The labeller's state, as a checkpoint keeps it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OnlineState {
+    pub prior: Vec<f64>,
+    pub confidence: f64,
+    pub class_confidence: Vec<f64>,
+}
+
+impl OnlineLabeller {
+    /// Starts from the round's exact pool prior (uniform when absent) and the selection's
+    /// seed (FreeMatch's start, 1/C everywhere, when absent).
+    pub fn new(params: OnlineParams, classes: usize, prior: &[f64], seed: Option<ThresholdSeed>) -> Self {
+        let uniform = vec![1.0 / classes as f64; classes];
+        let prior = if prior.len() == classes { prior.to_vec() } else { uniform.clone() };
+        let (confidence, class_confidence) = match seed {
+            Some(seed) if seed.mean_probabilities.len() == classes => (seed.mean_confidence, seed.mean_probabilities),
+            _ => (1.0 / classes as f64, uniform),
+        };
+        Self { params, prior, confidence, class_confidence }
+    }
+
+    pub fn prior(&self) -> &[f64] {
+        &self.prior
+    }
+
+    pub fn state(&self) -> OnlineState {
+        OnlineState { prior: self.prior.clone(), confidence: self.confidence, class_confidence: self.class_confidence.clone() }
+    }
+
+    /// Restores a saved state; one of another class count is ignored.
+    pub fn restore(&mut self, state: OnlineState) {
+        if state.prior.len() == self.prior.len() && state.class_confidence.len() == self.class_confidence.len() {
+            (self.prior, self.confidence, self.class_confidence) = (state.prior, state.confidence, state.class_confidence);
+        }
+    }
+
+    /// The class thresholds now: t_c = max(t_min, t̄ · p̃_c / max_k p̃_k).
+    pub fn thresholds(&self) -> Vec<f64> {
+        method::thresholds_from_shares(&self.class_confidence, self.confidence, self.params.min_threshold)
+    }
+
+    /// τ·log q̂ as a `[C]` f32 tensor: subtracted from the weak logits to debias the labels,
+    /// added to the strong logits as the adaptive margin.
+    pub fn margin(&self, device: Device) -> Tensor {
+        let values: Vec<f32> = self.prior.iter().map(|p| (self.params.tau * p.max(PRIOR_FLOOR).ln()) as f32).collect();
+        Tensor::from_slice(&values).to_device(device)
+    }
+
+    /// Labels the weak views (`[N, C]` logits of the EMA model) with the state as it is,
+    /// then folds this step's samples of every rank into q̂, t̄ and p̃ (one all-reduce), so
+    /// the next step labels with them.
+    pub fn label(&mut self, weak_logits: &Tensor, collective: &mut dyn Collective) -> Result<PseudoTargets, CollectiveError> {
+        let device = weak_logits.device();
+        let weak_logits = weak_logits.detach().to_kind(Kind::Float);
+        let debiased = (&weak_logits - self.margin(device)).softmax(-1, Kind::Float);
+        let (confidence, labels) = debiased.max_dim(-1, false);
+        let thresholds: Vec<f32> = self.thresholds().iter().map(|&t| t as f32).collect();
+        let threshold_of_label = Tensor::from_slice(&thresholds).to_device(device).index_select(0, &labels);
+        let mask = confidence.ge_tensor(&threshold_of_label).to_kind(Kind::Float);
+
+        // Global sums: Σ softmax(z_w) (the prior's evidence: raw, not debiased), Σ of the
+        // debiased probabilities, Σ of the highest debiased probability, and the count.
+        let sums = [
+            weak_logits.softmax(-1, Kind::Float).sum_dim_intlist(0, false, Kind::Float),
+            debiased.sum_dim_intlist(0, false, Kind::Float),
+            confidence.sum(Kind::Float).view([1]),
+            Tensor::from_slice(&[weak_logits.size()[0] as f32]).to_device(device),
+        ];
+        let mut sums = Tensor::cat(&sums, 0);
+        collective.all_reduce_sum(&mut sums)?;
+        let sums: Vec<f64> = Vec::<f32>::try_from(&sums.to_device(Device::Cpu)).map_err(torch)?.into_iter().map(f64::from).collect();
+        let classes = self.prior.len();
+        let total = sums[2 * classes + 1].max(1.0);
+        let mean = |range: std::ops::Range<usize>| sums[range].iter().map(|s| s / total).collect::<Vec<f64>>();
+        let m = self.params.momentum;
+        method::momentum_update(&mut self.prior, &mean(0..classes), m);
+        method::momentum_update(&mut self.class_confidence, &mean(classes..2 * classes), m);
+        self.confidence = m * self.confidence + (1.0 - m) * sums[2 * classes] / total;
+        Ok(PseudoTargets { labels, mask })
+    }
+}
+
+fn torch(error: tch::TchError) -> CollectiveError {
+    CollectiveError::Mismatch(format!("online prior: {error}"))
+}
+
+/// The masked adaptive-margin loss mean_i mask_i · CE(z_s,i + margin, ŷ_i), over every
+/// sample of the batch (masked-out samples count as zero, as in FixMatch).
+pub fn consistency_loss(strong_logits: &Tensor, targets: &PseudoTargets, margin: &Tensor) -> Tensor {
+    let per_sample = (strong_logits + margin).cross_entropy_loss::<Tensor>(&targets.labels, None, tch::Reduction::None, -100, 0.0);
+    (per_sample * &targets.mask).mean(Kind::Float)
+}
+
+/// Adds one step's masks to `audit`, with the pool samples' hidden labels (-1: unknown).
+pub fn audit(audit: &mut MaskAudit, targets: &PseudoTargets, hidden_labels: &[i64]) -> Result<(), tch::TchError> {
+    let labels = Vec::<i64>::try_from(&targets.labels.to_device(Device::Cpu))?;
+    let mask = Vec::<f32>::try_from(&targets.mask.to_device(Device::Cpu))?;
+    for ((label, kept), truth) in labels.iter().zip(&mask).zip(hidden_labels) {
+        audit.seen += 1;
+        if *kept > 0.5 {
+            audit.masked_in += 1;
+            if *truth >= 0 {
+                audit.with_hidden_label += 1;
+                audit.correct += u64::from(truth == label);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collective::Single;
+
+    const PARAMS: OnlineParams = OnlineParams { tau: 1.0, momentum: 0.5, min_threshold: 0.5 };
+
+    fn near(a: &[f64], b: &[f64]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
+    }
+
+    fn softmax(row: &[f64]) -> Vec<f64> {
+        let e: Vec<f64> = row.iter().map(|z| z.exp()).collect();
+        let s: f64 = e.iter().sum();
+        e.into_iter().map(|v| v / s).collect()
+    }
+
+    fn seed() -> Option<ThresholdSeed> {
+        Some(ThresholdSeed { mean_confidence: 0.8, mean_probabilities: vec![0.4, 0.3, 0.3] })
+    }
+
+    #[test]
+    fn labels_are_debiased_thresholded_and_the_state_moves_with_the_batch() {
+        // Prior [0.5, 0.25, 0.25]: with τ = 1 the debiased logits are z − ln q̂.
+        let mut labeller = OnlineLabeller::new(PARAMS, 3, &[0.5, 0.25, 0.25], seed());
+        // t̄ · p̃ / max p̃ = 0.8 · [1, 0.75, 0.75] = [0.8, 0.6, 0.6].
+        assert!(near(&labeller.thresholds(), &[0.8, 0.6, 0.6]), "{:?}", labeller.thresholds());
+        // Row 0: z = [ln 2 + 2, 0, 0] → debiased [2 + ln 4, ln 4, ln 4]: class 0 with
+        //   p = e²/(e² + 2) = 0.787 < t_0 = 0.8: masked out.
+        // Row 1: z = [ln 2, 3, 0] → [ln 4, 3 + ln 4, ln 4]: class 1, p = e³/(e³ + 2) = 0.909: kept.
+        // Row 2: z = [ln 2 + 1, 1.5, 0] → [1 + ln 4, 1.5 + ln 4, ln 4]: class 1 (the raw
+        //   argmax is 0), p = e^1.5/(e + e^1.5 + 1) = 0.547 < t_1 = 0.6: masked out.
+        let ln2 = 2f64.ln();
+        let rows = [[ln2 + 2.0, 0.0, 0.0], [ln2, 3.0, 0.0], [ln2 + 1.0, 1.5, 0.0]];
+        let flat: Vec<f32> = rows.iter().flatten().map(|&v| v as f32).collect();
+        let logits = Tensor::from_slice(&flat).view([3, 3]);
+        let targets = labeller.label(&logits, &mut Single).expect("label");
+        assert_eq!(Vec::<i64>::try_from(&targets.labels).expect("labels"), vec![0, 1, 1]);
+        assert_eq!(Vec::<f32>::try_from(&targets.mask).expect("mask"), vec![0.0, 1.0, 0.0]);
+
+        // q̂ ← 0.5·q̂ + 0.5·mean softmax(z) (raw logits, not debiased).
+        let mean_of = |rows: &[Vec<f64>]| (0..3).map(|c| rows.iter().map(|r| r[c]).sum::<f64>() / 3.0).collect::<Vec<f64>>();
+        let raw: Vec<Vec<f64>> = rows.iter().map(|r| softmax(r)).collect();
+        let want: Vec<f64> = [0.5, 0.25, 0.25].iter().zip(mean_of(&raw)).map(|(q, m)| 0.5 * q + 0.5 * m).collect();
+        assert!(near(labeller.prior(), &want), "{:?} vs {want:?}", labeller.prior());
+        // p̃ ← 0.5·p̃ + 0.5·mean softmax(z − ln q̂), t̄ ← 0.5·t̄ + 0.5·mean max of it.
+        let prior_ln = [0.5f64.ln(), 0.25f64.ln(), 0.25f64.ln()];
+        let debiased: Vec<Vec<f64>> = rows.iter().map(|r| softmax(&[r[0] - prior_ln[0], r[1] - prior_ln[1], r[2] - prior_ln[2]])).collect();
+        let class_confidence: Vec<f64> = [0.4, 0.3, 0.3].iter().zip(mean_of(&debiased)).map(|(p, m)| 0.5 * p + 0.5 * m).collect();
+        let top = debiased.iter().map(|p| p.iter().copied().fold(0.0, f64::max)).sum::<f64>() / 3.0;
+        let state = labeller.state();
+        assert!(near(&state.class_confidence, &class_confidence), "{:?} vs {class_confidence:?}", state.class_confidence);
+        assert!((state.confidence - (0.4 + 0.5 * top)).abs() < 1e-5, "t̄ {} vs {}", state.confidence, 0.4 + 0.5 * top);
+    }
+
+    #[test]
+    fn masked_margin_loss_matches_hand_computed_values() {
+        // z_s = [[0, 0], [2, 0]], margin = [ln 0.8, ln 0.2] (τ = 1, q̂ = [0.8, 0.2]).
+        // Row 0, ŷ = 1: z + m = [ln 0.8, ln 0.2] → CE = −ln 0.2 = 1.6094, kept.
+        // Row 1, ŷ = 0: masked out. Mean over both rows: 1.6094 / 2.
+        let logits = Tensor::from_slice(&[0.0f32, 0.0, 2.0, 0.0]).view([2, 2]);
+        let margin = Tensor::from_slice(&[0.8f32.ln(), 0.2f32.ln()]);
+        let targets = PseudoTargets { labels: Tensor::from_slice(&[1i64, 0]), mask: Tensor::from_slice(&[1.0f32, 0.0]) };
+        let loss = consistency_loss(&logits, &targets, &margin).double_value(&[]);
+        assert!((loss - (-(0.2f64.ln())) / 2.0).abs() < 1e-5, "loss {loss}");
+        // With no margin (τ = 0) row 0 is CE([0, 0], 1) = ln 2.
+        let zero = Tensor::zeros([2], (Kind::Float, Device::Cpu));
+        let plain = consistency_loss(&logits, &targets, &zero).double_value(&[]);
+        assert!((plain - 2f64.ln() / 2.0).abs() < 1e-5, "loss {plain}");
+    }
+
+    #[test]
+    fn a_labeller_without_a_prior_starts_uniform_and_the_audit_counts_masks() {
+        // FreeMatch's start: t̄ = 1/C = 0.5 and p̃ uniform, so every threshold is 0.5.
+        let mut labeller = OnlineLabeller::new(OnlineParams { tau: 0.0, ..PARAMS }, 2, &[], None);
+        assert_eq!(labeller.prior(), [0.5, 0.5]);
+        assert_eq!(labeller.thresholds(), [0.5, 0.5]);
+        // Confidences: 0.953 (class 0), 0.953 (class 1), 0.525 (class 0): all pass 0.5.
+        let logits = Tensor::from_slice(&[3.0f32, 0.0, 0.0, 3.0, 0.1, 0.0]).view([3, 2]);
+        let targets = labeller.label(&logits, &mut Single).expect("label");
+        let mut counts = MaskAudit::default();
+        audit(&mut counts, &targets, &[0, 0, -1]).expect("audit");
+        assert_eq!(counts, MaskAudit { seen: 3, masked_in: 3, with_hidden_label: 2, correct: 1 });
+        assert_eq!(counts.precision(), Some(0.5));
+        // t̄ rose towards the batch's mean confidence: the thresholds follow the model.
+        assert!(labeller.thresholds()[0] > 0.6, "{:?}", labeller.thresholds());
+    }
+
+    #[test]
+    fn ranks_of_a_gang_hold_identical_priors_and_thresholds() {
+        // Two ranks label different halves of a global batch; after every step both hold
+        // the same state, and it is the state one rank reaches on the whole batch.
+        let batch = |rank: usize, step: usize| {
+            let values: Vec<f32> = (0..12).map(|i| ((i * 7 + rank * 5 + step * 3) % 11) as f32 / 3.0).collect();
+            Tensor::from_slice(&values).view([4, 3])
+        };
+        let states = crate::collective::tests::with_ring(2, crate::collective::tests::LIMIT, move |rank, ring| {
+            let mut labeller = OnlineLabeller::new(PARAMS, 3, &[0.6, 0.3, 0.1], seed());
+            for step in 0..5 {
+                labeller.label(&batch(rank, step), ring).expect("label");
+            }
+            labeller
+        });
+        assert_eq!(states[0], states[1], "ranks hold the same prior and shares");
+        let mut alone = OnlineLabeller::new(PARAMS, 3, &[0.6, 0.3, 0.1], seed());
+        for step in 0..5 {
+            alone.label(&Tensor::cat(&[batch(0, step), batch(1, step)], 0), &mut Single).expect("label");
+        }
+        let (a, b) = (alone.state(), states[0].state());
+        assert!(near(&a.prior, &b.prior) && near(&a.class_confidence, &b.class_confidence) && (a.confidence - b.confidence).abs() < 1e-5);
+        assert!(alone.prior() != [0.6, 0.3, 0.1], "the prior moved");
+    }
+}
