@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use feral_common::dataset::Manifest;
+use feral_common::method::MaskAudit;
 use feral_common::prepare::SyntheticSplits;
 use feral_common::synthetic::SyntheticConfig;
 use feral_proto::v1 as pb;
@@ -141,8 +142,34 @@ async fn run_demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> anyho
             metrics.macro_f1,
             result.model_path
         );
+        if let Some(online) = online_summary(&job.rounds) {
+            println!("{online}");
+        }
     }
     Ok(code)
+}
+
+/// The online pseudo-labels of the student rounds, summed: how many pool labels made by the
+/// EMA model passed the thresholds and were learnt, and how precise they were where the
+/// synthetic pool kept its true labels. `None` when no round trained online.
+fn online_summary(rounds: &[pb::RoundSummary]) -> Option<String> {
+    let masks: Vec<MaskAudit> = rounds.iter().filter_map(|round| round.online).map(MaskAudit::from).collect();
+    if masks.is_empty() {
+        return None;
+    }
+    let total = masks.iter().fold(MaskAudit::default(), |sum, mask| MaskAudit {
+        seen: sum.seen.saturating_add(mask.seen),
+        masked_in: sum.masked_in.saturating_add(mask.masked_in),
+        with_hidden_label: sum.with_hidden_label.saturating_add(mask.with_hidden_label),
+        correct: sum.correct.saturating_add(mask.correct),
+    });
+    let precision = total.precision().map_or_else(|| "unknown".to_owned(), render::percent);
+    Some(format!(
+        "online pseudo-labels: {} learnt in {} ({} of the pool labels the EMA model made, precision {precision}); per round in the ONLINE columns above",
+        render::count(total.masked_in),
+        count(masks.len(), "student round"),
+        render::percent(total.rate()),
+    ))
 }
 
 /// `1 worker`, `2 workers`.
@@ -335,6 +362,23 @@ mod tests {
         assert!(bad(DemoArgs { epochs: 0, ..args.clone() }).contains("--epochs"));
         assert!(bad(DemoArgs { labeled_fraction: 0.0, ..args.clone() }).contains("--labeled-fraction"));
         assert!(bad(DemoArgs { labeled_fraction: 1.0, ..args.clone() }).contains("--rounds"));
+    }
+
+    #[test]
+    fn the_summary_adds_up_the_online_pseudo_labels_of_the_student_rounds() {
+        let online = |masked_in, correct| pb::OnlineMask { seen: 10_000, masked_in, with_hidden_label: masked_in, correct };
+        let rounds = [
+            pb::RoundSummary { round: 0, ..Default::default() },
+            pb::RoundSummary { round: 1, online: Some(online(4_000, 3_500)), ..Default::default() },
+            pb::RoundSummary { round: 2, online: Some(online(6_000, 5_500)), ..Default::default() },
+        ];
+        assert_eq!(
+            online_summary(&rounds).as_deref(),
+            Some("online pseudo-labels: 10,000 learnt in 2 student rounds (50.0% of the pool labels the EMA model made, precision 90.0%); per round in the ONLINE columns above")
+        );
+        let blind = [pb::RoundSummary { round: 1, online: Some(pb::OnlineMask { seen: 4, masked_in: 1, ..Default::default() }), ..Default::default() }];
+        assert!(online_summary(&blind).is_some_and(|line| line.contains("1 learnt in 1 student round (25.0%") && line.contains("precision unknown")));
+        assert_eq!(online_summary(&rounds[..1]), None, "no online line when no round trained online");
     }
 
     #[test]

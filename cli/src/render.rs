@@ -55,6 +55,19 @@ pub(crate) fn f1(value: f64) -> String {
     format!("{value:.3}")
 }
 
+/// A count with thousands separated by commas: `41,230`.
+pub(crate) fn count(value: u64) -> String {
+    let mut groups = Vec::new();
+    let mut rest = value;
+    while rest >= 1000 {
+        groups.push(format!("{:03}", rest % 1000));
+        rest /= 1000;
+    }
+    groups.push(rest.to_string());
+    groups.reverse();
+    groups.join(",")
+}
+
 fn validation(epoch: &pb::EpochMetrics) -> pb::Metrics {
     epoch.validation.clone().unwrap_or_default()
 }
@@ -283,6 +296,16 @@ mod tests {
     }
 
     #[test]
+    fn counts_separate_thousands() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(999), "999");
+        assert_eq!(count(1_000), "1,000");
+        assert_eq!(count(41_230), "41,230");
+        assert_eq!(count(1_234_567), "1,234,567");
+        assert_eq!(count(1_000_005), "1,000,005", "inner groups keep their zeros");
+    }
+
+    #[test]
     fn ages_use_the_largest_whole_unit() {
         assert_eq!(format_age(999), "0s");
         assert_eq!(format_age(59_000), "59s");
@@ -348,6 +371,25 @@ mod tests {
         assert!(text.contains("round 2 of 3, epochs 2/6"), "{text}");
         assert!(text.contains("final validation (model of round 1): accuracy 0.0%"), "{text}");
         assert!(!text.contains("final test"), "no test line without test metrics: {text}");
+        assert!(!text.contains("ONLINE"), "no online columns without online rounds: {text}");
+    }
+
+    #[test]
+    fn status_of_a_job_with_online_student_rounds_shows_the_online_columns() {
+        let mut running = job(pb::JobState::Training);
+        running.round = 1;
+        running.rounds_planned = 2;
+        let online = pb::OnlineMask { seen: 60_000, masked_in: 41_230, with_hidden_label: 41_230, correct: 37_107 };
+        running.rounds = vec![
+            pb::RoundSummary { round: 0, validation: Some(pb::Metrics { macro_f1: 0.5, ..pb::Metrics::default() }), ..pb::RoundSummary::default() },
+            pb::RoundSummary { round: 1, validation: Some(pb::Metrics { macro_f1: 0.6, ..pb::Metrics::default() }), online: Some(online), ..pb::RoundSummary::default() },
+        ];
+        let text = job_details(&running, 5_000);
+        let header = text.lines().find(|l| l.trim_start().starts_with("ROUND  VAL ACC")).unwrap_or_default();
+        assert!(header.ends_with("ONLINE PL  ONLINE RATE  ONLINE PRECISION"), "{text}");
+        let student = text.lines().skip_while(|l| *l != header).nth(2).unwrap_or_default();
+        let cells: Vec<&str> = student.split_whitespace().collect();
+        assert_eq!((cells[0], &cells[cells.len() - 3..]), ("1", &["41,230", "68.7%", "90.0%"][..]), "{text}");
     }
 
     #[test]

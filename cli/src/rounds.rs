@@ -1,10 +1,10 @@
 //! Per-round results of a semi-supervised job: what each round's model scored, what its
-//! pseudo-labelling selected, and how precise the pseudo-labels were where the dataset
-//! kept the true labels of its unlabelled pool.
+//! pseudo-labelling selected (offline, and online during training), and how precise the
+//! pseudo-labels were where the dataset kept the true labels of its unlabelled pool.
 
 use feral_proto::v1 as pb;
 
-use crate::render::{f1, percent};
+use crate::render::{count, f1, percent};
 use crate::table::{Align, Table};
 
 fn class_headers<'a>(first: &'a str, classes: &'a [String]) -> Vec<(&'a str, Align)> {
@@ -15,10 +15,13 @@ fn class_headers<'a>(first: &'a str, classes: &'a [String]) -> Vec<(&'a str, Ali
 /// On video datasets the validation columns are the temporal encoder's, and a last column
 /// shows the backbone's frame-by-frame macro-F1 beside them. Where the dataset has a test
 /// split, a TEST MACRO-F1 column follows the validation ones (only reported: validation
-/// chooses the best round).
+/// chooses the best round). Where student rounds trained with online pseudo-labels, ONLINE
+/// PL (pool labels that passed the thresholds and were learnt), ONLINE RATE (their share of
+/// the pool labels the EMA model made) and ONLINE PRECISION follow the offline selection's.
 pub fn rounds_tables(job: &pb::Job, classes: &[String]) -> String {
     let video = job.rounds.iter().any(|r| r.frame_validation.is_some());
     let with_test = job.rounds.iter().any(|r| r.test.is_some());
+    let with_online = job.rounds.iter().any(|r| r.online.is_some());
     let mut columns = vec![("ROUND", Align::Right), ("VAL ACC", Align::Right), ("VAL MACRO-F1", Align::Right)];
     if with_test {
         columns.push(("TEST MACRO-F1", Align::Right));
@@ -29,6 +32,9 @@ pub fn rounds_tables(job: &pb::Job, classes: &[String]) -> String {
         ("POOL", Align::Right),
         ("PL PRECISION", Align::Right),
     ]);
+    if with_online {
+        columns.extend([("ONLINE PL", Align::Right), ("ONLINE RATE", Align::Right), ("ONLINE PRECISION", Align::Right)]);
+    }
     if video {
         columns.push(("FRAME MACRO-F1", Align::Right));
     }
@@ -49,6 +55,14 @@ pub fn rounds_tables(job: &pb::Job, classes: &[String]) -> String {
             selection.map_or_else(dash, |s| s.pool.to_string()),
             selection.and_then(precision).map_or_else(dash, percent),
         ]);
+        if with_online {
+            let online = round.online.as_ref();
+            row.extend([
+                online.map_or_else(dash, |o| count(o.masked_in)),
+                online.map_or_else(dash, |o| percent(online_rate(o))),
+                online.and_then(online_precision).map_or_else(dash, percent),
+            ]);
+        }
         if video {
             row.push(round.frame_validation.as_ref().map_or_else(dash, |v| f1(v.macro_f1)));
         }
@@ -73,6 +87,16 @@ pub fn rounds_tables(job: &pb::Job, classes: &[String]) -> String {
 /// Pseudo-label precision where true labels were known.
 pub fn precision(selection: &pb::SelectOutcome) -> Option<f64> {
     (selection.with_hidden_label > 0).then(|| selection.correct as f64 / selection.with_hidden_label as f64)
+}
+
+/// The share of the pool labels made online that passed the thresholds.
+pub fn online_rate(online: &pb::OnlineMask) -> f64 {
+    feral_common::method::MaskAudit::from(*online).rate()
+}
+
+/// Precision of the online pseudo-labels that were learnt, where true labels were known.
+pub fn online_precision(online: &pb::OnlineMask) -> Option<f64> {
+    feral_common::method::MaskAudit::from(*online).precision()
 }
 
 #[cfg(test)]
@@ -138,7 +162,33 @@ mod tests {
     }
 
     #[test]
+    fn rounds_with_online_pseudo_labels_show_them_after_the_offline_selection() {
+        let selection = pb::SelectOutcome { selected: 40, pool: 100, ..Default::default() };
+        let online = pb::OnlineMask { seen: 100_000, masked_in: 41_230, with_hidden_label: 40_000, correct: 36_000 };
+        let blind = pb::OnlineMask { seen: 2_000, masked_in: 500, ..Default::default() };
+        let job = pb::Job {
+            rounds: vec![
+                pb::RoundSummary { round: 0, validation: Some(metrics(0.5)), ..Default::default() },
+                pb::RoundSummary { round: 1, validation: Some(metrics(0.6)), shards_predicted: 3, shards_total: 3, selection: Some(selection.clone()), online: Some(online), ..Default::default() },
+                pb::RoundSummary { round: 2, validation: Some(metrics(0.7)), shards_predicted: 3, shards_total: 3, selection: Some(selection), online: Some(blind), ..Default::default() },
+            ],
+            ..Default::default()
+        };
+        let text = rounds_tables(&job, &["a".to_owned(), "b".to_owned()]);
+        let header = text.lines().next().unwrap_or_default();
+        assert!(header.ends_with("PL PRECISION  ONLINE PL  ONLINE RATE  ONLINE PRECISION"), "{header}");
+        let lines: Vec<Vec<&str>> = text.lines().take(4).map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(lines[1], ["0", "50.0%", "0.500", "-", "-", "-", "-", "-", "-", "-"], "the teacher learns no online labels: {text}");
+        assert_eq!(lines[2], ["1", "50.0%", "0.600", "3/3", "40", "100", "-", "41,230", "41.2%", "90.0%"], "{text}");
+        assert_eq!(lines[3][7..], ["500", "25.0%", "-"], "precision is unknown without hidden labels: {text}");
+        let offline = pb::Job { rounds: vec![pb::RoundSummary { round: 1, selection: Some(pb::SelectOutcome::default()), ..Default::default() }], ..Default::default() };
+        assert!(!rounds_tables(&offline, &[]).contains("ONLINE"), "no online columns when no round trained online");
+    }
+
+    #[test]
     fn precision_is_unknown_without_hidden_labels() {
         assert_eq!(precision(&pb::SelectOutcome::default()), None);
+        assert_eq!(online_precision(&pb::OnlineMask::default()), None);
+        assert_eq!(online_rate(&pb::OnlineMask::default()), 0.0, "an empty mask has rate 0, not NaN");
     }
 }

@@ -313,6 +313,29 @@ impl SelectionSummary {
     }
 }
 
+/// What a student round's online labeller did: pool samples labelled, how many passed the
+/// thresholds, and of those with a hidden true label how many were right. The worker
+/// counts, the coordinator keeps it in the round.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MaskAudit {
+    pub seen: u64,
+    pub masked_in: u64,
+    pub with_hidden_label: u64,
+    pub correct: u64,
+}
+
+impl MaskAudit {
+    /// The share of labelled pool samples that passed the thresholds.
+    pub fn rate(&self) -> f64 {
+        self.masked_in as f64 / self.seen.max(1) as f64
+    }
+
+    /// Precision of the passed labels where true labels are known.
+    pub fn precision(&self) -> Option<f64> {
+        (self.with_hidden_label > 0).then(|| self.correct as f64 / self.with_hidden_label as f64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

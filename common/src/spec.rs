@@ -97,6 +97,10 @@ pub struct SemiSupervisedSpec {
     /// the debiased confidence and p̃ of the debiased class probabilities, both started
     /// from the round's pass over the whole pool.
     pub online_min_threshold: f64,
+    /// SoftMatch's soft mask: a label below its threshold t still counts, with weight
+    /// exp(−(t − p)²/(2·(σ/2)²)) for confidence p, σ² the running variance of the
+    /// confidence. `false`: labels below their threshold are dropped (FixMatch).
+    pub soft_mask: bool,
     /// K: frames in the temporal encoder's centred window (odd). On video datasets (frames
     /// with video ids) a small transformer over the backbone features of K neighbouring
     /// frames predicts the centre frame, for evaluation and to smooth pseudo-labels over
@@ -125,6 +129,7 @@ impl Default for SemiSupervisedSpec {
             online: true,
             prior_momentum: 0.999,
             online_min_threshold: 0.8,
+            soft_mask: true,
             temporal_window: 5,
             temporal_epochs: 8,
         }

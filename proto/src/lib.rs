@@ -1,6 +1,7 @@
 //! Feral's wire API: the `feral.v1` gRPC package, generated at build time from
 //! `proto/feral/v1/feral.proto`, and the conversions of the shared domain types of
-//! `feral-common` that both the coordinator and the workers send (metrics, selections).
+//! `feral-common` that both the coordinator and the workers send (metrics, selections,
+//! online pseudo-label masks).
 #![allow(clippy::all, missing_docs)]
 
 pub mod v1 {
@@ -8,7 +9,7 @@ pub mod v1 {
 }
 
 mod convert {
-    use feral_common::method::SelectionSummary;
+    use feral_common::method::{MaskAudit, SelectionSummary};
     use feral_common::metrics::MetricsSummary;
 
     use crate::v1 as pb;
@@ -60,6 +61,18 @@ mod convert {
                 selection_file: s.selection_file,
                 cap: s.cap,
             }
+        }
+    }
+
+    impl From<&MaskAudit> for pb::OnlineMask {
+        fn from(a: &MaskAudit) -> Self {
+            pb::OnlineMask { seen: a.seen, masked_in: a.masked_in, with_hidden_label: a.with_hidden_label, correct: a.correct }
+        }
+    }
+
+    impl From<pb::OnlineMask> for MaskAudit {
+        fn from(m: pb::OnlineMask) -> Self {
+            MaskAudit { seen: m.seen, masked_in: m.masked_in, with_hidden_label: m.with_hidden_label, correct: m.correct }
         }
     }
 }

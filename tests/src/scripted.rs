@@ -56,7 +56,7 @@ impl TaskRunner for ScriptedRunner {
                     on_epoch(report);
                 }
                 let validation = metrics(self.macro_f1 + 0.1 * f64::from(task.round));
-                TaskOutput::Trained(TrainOutput { validation, frame_validation: None, test: None, model_path: task.artifact_dir.join(format!("r{}/model.safetensors", task.round)), class_names: vec!["a".into(), "b".into()] })
+                TaskOutput::Trained(TrainOutput { validation, frame_validation: None, test: None, online: None, model_path: task.artifact_dir.join(format!("r{}/model.safetensors", task.round)), class_names: vec!["a".into(), "b".into()] })
             }
             TaskKind::Infer => TaskOutput::Inferred(InferOutput {
                 probability_sums: vec![7.0, 3.0],

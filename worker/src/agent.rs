@@ -288,6 +288,7 @@ fn outcome_to_proto(output: TaskOutput) -> pb::finish_task_request::Outcome {
             class_names: t.class_names,
             frame_validation: t.frame_validation.as_ref().map(metrics),
             test: t.test.as_ref().map(metrics),
+            online: t.online.as_ref().map(pb::OnlineMask::from),
         }),
         TaskOutput::Prepared(p) => Outcome::Prepare(pb::PrepareOutcome {
             class_names: p.class_names,

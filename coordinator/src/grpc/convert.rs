@@ -1,6 +1,7 @@
 //! Conversions between `feral.v1` messages and domain types. Proto types stay at the edge.
 
 use feral_common::ids::{Round, TaskId};
+use feral_common::method::MaskAudit;
 use feral_common::metrics::MetricsSummary;
 use feral_proto::v1 as pb;
 
@@ -64,6 +65,7 @@ impl TryFrom<pb::finish_task_request::Outcome> for TaskOutcome {
                     class_names: t.class_names,
                     frame_validation: t.frame_validation.map(metrics_from_proto),
                     test: t.test.map(metrics_from_proto),
+                    online: t.online.map(MaskAudit::from),
                 })
             }
             Outcome::Prepare(p) => TaskOutcome::Prepared(DatasetSummary {
@@ -102,6 +104,7 @@ fn round_to_proto(r: &RoundRecord, shards_total: usize) -> pb::RoundSummary {
         selection: r.selection.as_ref().map(pb::SelectOutcome::from),
         frame_validation: r.model.as_ref().and_then(|m| m.frame_validation.as_ref()).map(metrics_to_proto),
         test: r.model.as_ref().and_then(|m| m.test.as_ref()).map(metrics_to_proto),
+        online: r.model.as_ref().and_then(|m| m.online.as_ref()).map(pb::OnlineMask::from),
     }
 }
 
@@ -225,6 +228,7 @@ mod tests {
             class_names: vec!["a".into(), "b".into()],
             frame_validation: None,
             test: test.map(metrics_to_proto),
+            online: None,
         })
     }
 
@@ -257,5 +261,35 @@ mod tests {
         assert_eq!(proto.rounds[0].test.clone().map(metrics_from_proto), Some(test.clone()));
         assert_eq!(proto.rounds[1].test, None, "an untrained round has no test metrics");
         assert_eq!(proto.result.and_then(|r| r.test).map(metrics_from_proto), Some(test));
+    }
+
+    #[test]
+    fn online_masks_travel_from_the_worker_to_the_round_summary() {
+        let mask = MaskAudit { seen: 100_000, masked_in: 41_230, with_hidden_label: 30_000, correct: 27_000 };
+        assert_eq!(MaskAudit::from(pb::OnlineMask::from(&mask)), mask, "the proto round trip keeps every count");
+
+        let mut outcome = train_outcome(None);
+        if let pb::finish_task_request::Outcome::Train(t) = &mut outcome {
+            t.online = Some(pb::OnlineMask::from(&mask));
+        }
+        let student = match TaskOutcome::try_from(outcome).expect("a valid outcome") {
+            TaskOutcome::Trained(model) => model,
+            other => panic!("expected a trained model, got {other:?}"),
+        };
+        assert_eq!(student.online, Some(mask), "the mask arrives whole");
+        let teacher = match TaskOutcome::try_from(train_outcome(None)).expect("a valid outcome") {
+            TaskOutcome::Trained(model) => model,
+            other => panic!("expected a trained model, got {other:?}"),
+        };
+        assert_eq!(teacher.online, None, "no mask when the worker sends none");
+
+        let mut job = JobRecord::submitted(JobId::new("j"), JobSpec::for_dataset("/d"), String::new(), PathBuf::from("/a"), 0);
+        job.rounds.push(RoundRecord { round: 0, model: Some(teacher), ..RoundRecord::default() });
+        job.rounds.push(RoundRecord { round: 1, model: Some(student), ..RoundRecord::default() });
+        job.rounds.push(RoundRecord { round: 2, ..RoundRecord::default() });
+        let proto = job_to_proto(&job);
+        assert_eq!(proto.rounds[0].online, None, "the teacher has no online mask");
+        assert_eq!(proto.rounds[1].online.map(MaskAudit::from), Some(mask), "the student round reports its mask");
+        assert_eq!(proto.rounds[2].online, None, "an untrained round has no online mask");
     }
 }

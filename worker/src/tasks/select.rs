@@ -34,9 +34,9 @@ pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64])
     let semi = &context.spec.semi_supervised;
     let (mut candidates, mut hidden, mut sample_ids) = (Vec::new(), Vec::new(), Vec::new());
     let mut classes = 0;
-    // Over the whole pool: Σ max debiased probability and Σ debiased probabilities, the
-    // exact start of the student's self-adaptive thresholds.
-    let (mut confidence_sum, mut probability_sums) = (0.0, Vec::new());
+    // Over the whole pool: Σ and Σ² of the max debiased probability and Σ of the debiased
+    // probabilities, the exact start of the student's self-adaptive thresholds.
+    let (mut confidence_sum, mut confidence_squares, mut probability_sums) = (0.0, 0.0, Vec::new());
     for file in prediction_files {
         let path = Path::new(file);
         let tensors = Tensor::read_safetensors(path)?;
@@ -56,6 +56,7 @@ pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64])
             let row: Vec<f64> = row.iter().map(|v| f64::from(*v)).collect();
             let (class, confidence) = method::debiased_label(&row, prior, tau);
             confidence_sum += confidence;
+            confidence_squares += confidence * confidence;
             probability_sums.iter_mut().zip(method::debiased_probabilities(&row, prior, tau)).for_each(|(sum, p)| *sum += p);
             candidates.push(Candidate { index: sample_ids.len(), class, confidence });
             sample_ids.push(*id);
@@ -82,6 +83,7 @@ pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64])
         ("confidences", Tensor::from_slice(&confidences)),
         // Seed the student's online self-adaptive thresholds.
         ("mean_confidence", Tensor::from_slice(&[confidence_sum / pool])),
+        ("confidence_variance", Tensor::from_slice(&[(confidence_squares / pool - (confidence_sum / pool).powi(2)).max(0.0)])),
         ("mean_probabilities", Tensor::from_slice(&probability_sums.iter().map(|s| s / pool).collect::<Vec<f64>>())),
     ];
     Tensor::write_safetensors(&tensors, &selection_file)?;

@@ -9,10 +9,14 @@
 //! The thresholds follow the model's own confidence: t_c = max(t_min, t̄ · p̃_c / max_k p̃_k)
 //! with t̄ the running mean of the debiased confidence and p̃ the running mean of the
 //! debiased probabilities, so a teacher that is still unsure gets low thresholds and
-//! classes the model finds hard get lower ones. The round's selection pass over the whole
-//! pool starts both exactly. The prior, t̄ and p̃ are running averages over every rank's
+//! classes the model finds hard get lower ones. With the soft mask (SoftMatch, Chen et al.,
+//! ICLR 2023) a label below its threshold t still counts, with weight
+//! exp(−(t − p)² / (2·(σ/2)²)), σ² the running variance of the confidence: near misses
+//! teach a little instead of nothing. The round's selection pass over the whole pool starts
+//! t̄, σ² and p̃ exactly. The prior, t̄, σ² and p̃ are running averages over every rank's
 //! samples, all-reduced once a step, so every rank holds the same numbers.
 
+pub use feral_common::method::MaskAudit;
 use feral_common::method::{self, PRIOR_FLOOR};
 use tch::{Device, Kind, Tensor};
 
@@ -27,6 +31,8 @@ pub struct OnlineParams {
     pub momentum: f64,
     /// t_min: no class threshold goes below this.
     pub min_threshold: f64,
+    /// Weigh labels below their threshold by SoftMatch's Gaussian instead of dropping them.
+    pub soft: bool,
 }
 
 /// Where the running averages start: the pool's mean debiased confidence t̄ and mean
@@ -34,6 +40,7 @@ pub struct OnlineParams {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ThresholdSeed {
     pub mean_confidence: f64,
+    pub confidence_variance: f64,
     pub mean_probabilities: Vec<f64>,
 }
 
@@ -45,6 +52,8 @@ pub struct OnlineLabeller {
     prior: Vec<f64>,
     /// t̄: the running mean of the highest debiased probability.
     confidence: f64,
+    /// σ²: its running variance.
+    confidence_variance: f64,
     /// p̃_c: the running mean of the debiased probability of class c.
     class_confidence: Vec<f64>,
 }
@@ -54,28 +63,11 @@ pub struct OnlineLabeller {
 pub struct PseudoTargets {
     /// ŷ, `[N]` i64.
     pub labels: Tensor,
-    /// 1 where the confidence reaches ŷ's threshold, else 0; `[N]` f32.
+    /// 1 where the confidence reaches ŷ's threshold, else 0 (or, soft, the Gaussian
+    /// weight); `[N]` f32.
     pub mask: Tensor,
-}
-
-/// What the labeller saw over some steps, for the round's audit.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct MaskAudit {
-    pub seen: u64,
-    pub masked_in: u64,
-    /// Masked-in labels with a hidden true label, and how many of them were right.
-    pub with_hidden_label: u64,
-    pub correct: u64,
-}
-
-impl MaskAudit {
-    pub fn rate(&self) -> f64 {
-        self.masked_in as f64 / self.seen.max(1) as f64
-    }
-
-    pub fn precision(&self) -> Option<f64> {
-        (self.with_hidden_label > 0).then(|| self.correct as f64 / self.with_hidden_label as f64)
-    }
+    /// Whether each confidence reached ŷ's threshold, `[N]` bool: what the audit counts.
+    pub passed: Tensor,
 }
 
 /// The labeller's state, as a checkpoint keeps it.
@@ -83,6 +75,8 @@ impl MaskAudit {
 pub struct OnlineState {
     pub prior: Vec<f64>,
     pub confidence: f64,
+    #[serde(default)]
+    pub confidence_variance: f64,
     pub class_confidence: Vec<f64>,
 }
 
@@ -92,11 +86,11 @@ impl OnlineLabeller {
     pub fn new(params: OnlineParams, classes: usize, prior: &[f64], seed: Option<ThresholdSeed>) -> Self {
         let uniform = vec![1.0 / classes as f64; classes];
         let prior = if prior.len() == classes { prior.to_vec() } else { uniform.clone() };
-        let (confidence, class_confidence) = match seed {
-            Some(seed) if seed.mean_probabilities.len() == classes => (seed.mean_confidence, seed.mean_probabilities),
-            _ => (1.0 / classes as f64, uniform),
+        let (confidence, confidence_variance, class_confidence) = match seed {
+            Some(seed) if seed.mean_probabilities.len() == classes => (seed.mean_confidence, seed.confidence_variance, seed.mean_probabilities),
+            _ => (1.0 / classes as f64, 1.0, uniform),
         };
-        Self { params, prior, confidence, class_confidence }
+        Self { params, prior, confidence, confidence_variance, class_confidence }
     }
 
     pub fn prior(&self) -> &[f64] {
@@ -104,13 +98,19 @@ impl OnlineLabeller {
     }
 
     pub fn state(&self) -> OnlineState {
-        OnlineState { prior: self.prior.clone(), confidence: self.confidence, class_confidence: self.class_confidence.clone() }
+        OnlineState {
+            prior: self.prior.clone(),
+            confidence: self.confidence,
+            confidence_variance: self.confidence_variance,
+            class_confidence: self.class_confidence.clone(),
+        }
     }
 
     /// Restores a saved state; one of another class count is ignored.
     pub fn restore(&mut self, state: OnlineState) {
         if state.prior.len() == self.prior.len() && state.class_confidence.len() == self.class_confidence.len() {
             (self.prior, self.confidence, self.class_confidence) = (state.prior, state.confidence, state.class_confidence);
+            self.confidence_variance = state.confidence_variance;
         }
     }
 
@@ -136,7 +136,15 @@ impl OnlineLabeller {
         let (confidence, labels) = debiased.max_dim(-1, false);
         let thresholds: Vec<f32> = self.thresholds().iter().map(|&t| t as f32).collect();
         let threshold_of_label = Tensor::from_slice(&thresholds).to_device(device).index_select(0, &labels);
-        let mask = confidence.ge_tensor(&threshold_of_label).to_kind(Kind::Float);
+        let passed = confidence.ge_tensor(&threshold_of_label);
+        let mask = if self.params.soft {
+            // SoftMatch's truncated Gaussian, with σ/2 as USB's reference code uses.
+            let shortfall = (&threshold_of_label - &confidence).clamp_min(0.0);
+            let spread = 2.0 * self.confidence_variance.max(1e-6) / 4.0;
+            (-(&shortfall * &shortfall) / spread).exp()
+        } else {
+            passed.to_kind(Kind::Float)
+        };
 
         // Global sums: Σ softmax(z_w) (the prior's evidence: raw, not debiased), Σ of the
         // debiased probabilities, Σ of the highest debiased probability, and the count.
@@ -144,19 +152,23 @@ impl OnlineLabeller {
             weak_logits.softmax(-1, Kind::Float).sum_dim_intlist(0, false, Kind::Float),
             debiased.sum_dim_intlist(0, false, Kind::Float),
             confidence.sum(Kind::Float).view([1]),
+            (&confidence * &confidence).sum(Kind::Float).view([1]),
             Tensor::from_slice(&[weak_logits.size()[0] as f32]).to_device(device),
         ];
         let mut sums = Tensor::cat(&sums, 0);
         collective.all_reduce_sum(&mut sums)?;
         let sums: Vec<f64> = Vec::<f32>::try_from(&sums.to_device(Device::Cpu)).map_err(torch)?.into_iter().map(f64::from).collect();
         let classes = self.prior.len();
-        let total = sums[2 * classes + 1].max(1.0);
+        let total = sums[2 * classes + 2].max(1.0);
         let mean = |range: std::ops::Range<usize>| sums[range].iter().map(|s| s / total).collect::<Vec<f64>>();
         let m = self.params.momentum;
         method::momentum_update(&mut self.prior, &mean(0..classes), m);
         method::momentum_update(&mut self.class_confidence, &mean(classes..2 * classes), m);
-        self.confidence = m * self.confidence + (1.0 - m) * sums[2 * classes] / total;
-        Ok(PseudoTargets { labels, mask })
+        let batch_mean = sums[2 * classes] / total;
+        let batch_variance = (sums[2 * classes + 1] / total - batch_mean * batch_mean).max(0.0);
+        self.confidence = m * self.confidence + (1.0 - m) * batch_mean;
+        self.confidence_variance = m * self.confidence_variance + (1.0 - m) * batch_variance;
+        Ok(PseudoTargets { labels, mask, passed })
     }
 }
 
@@ -174,10 +186,10 @@ pub fn consistency_loss(strong_logits: &Tensor, targets: &PseudoTargets, margin:
 /// Adds one step's masks to `audit`, with the pool samples' hidden labels (-1: unknown).
 pub fn audit(audit: &mut MaskAudit, targets: &PseudoTargets, hidden_labels: &[i64]) -> Result<(), tch::TchError> {
     let labels = Vec::<i64>::try_from(&targets.labels.to_device(Device::Cpu))?;
-    let mask = Vec::<f32>::try_from(&targets.mask.to_device(Device::Cpu))?;
-    for ((label, kept), truth) in labels.iter().zip(&mask).zip(hidden_labels) {
+    let passed = Vec::<bool>::try_from(&targets.passed.to_device(Device::Cpu))?;
+    for ((label, kept), truth) in labels.iter().zip(&passed).zip(hidden_labels) {
         audit.seen += 1;
-        if *kept > 0.5 {
+        if *kept {
             audit.masked_in += 1;
             if *truth >= 0 {
                 audit.with_hidden_label += 1;
@@ -193,7 +205,7 @@ mod tests {
     use super::*;
     use crate::collective::Single;
 
-    const PARAMS: OnlineParams = OnlineParams { tau: 1.0, momentum: 0.5, min_threshold: 0.5 };
+    const PARAMS: OnlineParams = OnlineParams { tau: 1.0, momentum: 0.5, min_threshold: 0.5, soft: false };
 
     fn near(a: &[f64], b: &[f64]) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
@@ -206,7 +218,7 @@ mod tests {
     }
 
     fn seed() -> Option<ThresholdSeed> {
-        Some(ThresholdSeed { mean_confidence: 0.8, mean_probabilities: vec![0.4, 0.3, 0.3] })
+        Some(ThresholdSeed { mean_confidence: 0.8, confidence_variance: 0.01, mean_probabilities: vec![0.4, 0.3, 0.3] })
     }
 
     #[test]
@@ -241,6 +253,30 @@ mod tests {
         let state = labeller.state();
         assert!(near(&state.class_confidence, &class_confidence), "{:?} vs {class_confidence:?}", state.class_confidence);
         assert!((state.confidence - (0.4 + 0.5 * top)).abs() < 1e-5, "t̄ {} vs {}", state.confidence, 0.4 + 0.5 * top);
+        // σ² ← 0.5·σ² + 0.5·(mean of the squared top probabilities − their mean squared).
+        let tops: Vec<f64> = debiased.iter().map(|p| p.iter().copied().fold(0.0, f64::max)).collect();
+        let variance = tops.iter().map(|t| t * t).sum::<f64>() / 3.0 - top * top;
+        assert!((state.confidence_variance - (0.005 + 0.5 * variance)).abs() < 1e-5, "σ² {}", state.confidence_variance);
+    }
+
+    #[test]
+    fn the_soft_mask_weighs_near_misses_by_a_gaussian() {
+        // The same rows as above, soft: σ² = 0.01, so a label short of its threshold by d
+        // weighs exp(−d² / (2·0.01/4)) = exp(−200·d²).
+        let mut labeller = OnlineLabeller::new(OnlineParams { soft: true, ..PARAMS }, 3, &[0.5, 0.25, 0.25], seed());
+        let ln2 = 2f64.ln();
+        let flat: Vec<f32> = [ln2 + 2.0, 0.0, 0.0, ln2, 3.0, 0.0, ln2 + 1.0, 1.5, 0.0].iter().map(|&v| v as f32).collect();
+        let targets = labeller.label(&Tensor::from_slice(&flat).view([3, 3]), &mut Single).expect("label");
+        let weights = Vec::<f32>::try_from(&targets.mask).expect("mask");
+        let e2 = 2f64.exp();
+        let row0 = e2 / (e2 + 2.0); // 0.787, threshold 0.8
+        let e15 = 1.5f64.exp();
+        let row2 = e15 / (1f64.exp() + e15 + 1.0); // 0.547, threshold 0.6
+        let want = [(-200.0 * (0.8 - row0).powi(2)).exp(), 1.0, (-200.0 * (0.6 - row2).powi(2)).exp()];
+        for (got, want) in weights.iter().zip(want) {
+            assert!((f64::from(*got) - want).abs() < 1e-4, "weights {weights:?}, want {want:?}");
+        }
+        assert_eq!(Vec::<bool>::try_from(&targets.passed).expect("passed"), vec![false, true, false], "the audit counts passes only");
     }
 
     #[test]
@@ -250,7 +286,8 @@ mod tests {
         // Row 1, ŷ = 0: masked out. Mean over both rows: 1.6094 / 2.
         let logits = Tensor::from_slice(&[0.0f32, 0.0, 2.0, 0.0]).view([2, 2]);
         let margin = Tensor::from_slice(&[0.8f32.ln(), 0.2f32.ln()]);
-        let targets = PseudoTargets { labels: Tensor::from_slice(&[1i64, 0]), mask: Tensor::from_slice(&[1.0f32, 0.0]) };
+        let mask = Tensor::from_slice(&[1.0f32, 0.0]);
+        let targets = PseudoTargets { labels: Tensor::from_slice(&[1i64, 0]), passed: mask.gt(0.5), mask };
         let loss = consistency_loss(&logits, &targets, &margin).double_value(&[]);
         assert!((loss - (-(0.2f64.ln())) / 2.0).abs() < 1e-5, "loss {loss}");
         // With no margin (τ = 0) row 0 is CE([0, 0], 1) = ln 2.

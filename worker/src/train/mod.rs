@@ -83,6 +83,8 @@ pub struct TrainOutput {
     /// The `test` split's metrics (the temporal encoder's on video datasets), where the
     /// dataset has one: only reported.
     pub test: Option<MetricsSummary>,
+    /// Student rounds trained online: what the online labeller passed.
+    pub online: Option<MaskAudit>,
     pub model_path: PathBuf,
     pub class_names: Vec<String>,
 }
@@ -281,6 +283,7 @@ pub fn train(
             tau: if debiased { semi.tau } else { 0.0 },
             momentum: semi.prior_momentum,
             min_threshold: semi.online_min_threshold,
+            soft: semi.soft_mask,
         };
         let seed = task.selection_file.as_deref().and_then(read_threshold_seed);
         OnlineLabeller::new(params, classes, &task.class_prior, seed)
@@ -453,7 +456,7 @@ pub fn train(
 
     let model_path = round_dir.join("model.safetensors");
     if rank > 0 {
-        return Ok(TrainOutput { validation, frame_validation, test, model_path, class_names: manifest.classes });
+        return Ok(TrainOutput { validation, frame_validation, test, online: labeller.is_some().then_some(mask_audit), model_path, class_names: manifest.classes });
     }
     if let Some(vs) = &temporal_vs {
         vs.save(round_dir.join(temporal::FILE))?;
@@ -484,7 +487,7 @@ pub fn train(
         }),
     };
     write_json(&round_dir.join("model.json"), &card)?;
-    Ok(TrainOutput { validation, frame_validation, test, model_path, class_names: manifest.classes })
+    Ok(TrainOutput { validation, frame_validation, test, online: labeller.is_some().then_some(mask_audit), model_path, class_names: manifest.classes })
 }
 
 /// Every variable of `vs`, in name order (the same on every rank).
@@ -524,7 +527,11 @@ fn strong_view(spec: &feral_common::spec::StrongViewSpec) -> StrongAugmentation 
 fn read_threshold_seed(selection_file: &Path) -> Option<ThresholdSeed> {
     let tensors = Tensor::read_safetensors(selection_file).ok()?;
     let values = |name: &str| tensors.iter().find(|(n, _)| n == name).and_then(|(_, t)| Vec::<f64>::try_from(t).ok());
-    Some(ThresholdSeed { mean_confidence: *values("mean_confidence")?.first()?, mean_probabilities: values("mean_probabilities")? })
+    Some(ThresholdSeed {
+        mean_confidence: *values("mean_confidence")?.first()?,
+        confidence_variance: *values("confidence_variance")?.first()?,
+        mean_probabilities: values("mean_probabilities")?,
+    })
 }
 
 /// The selected pseudo-labelled samples of the unlabelled split, with their labels.

@@ -35,7 +35,7 @@ fn dataset(shards: usize) -> TaskOutcome {
 
 fn trained(round: u32, macro_f1: f64, per_class_f1: Vec<f64>) -> TaskOutcome {
     let validation = MetricsSummary { macro_f1, per_class_f1, ..MetricsSummary::default() };
-    TaskOutcome::Trained(TrainedModel { validation, model_path: format!("/a/r{round}/model.safetensors"), class_names: vec![], frame_validation: None, test: None })
+    TaskOutcome::Trained(TrainedModel { validation, model_path: format!("/a/r{round}/model.safetensors"), class_names: vec![], frame_validation: None, test: None, online: None })
 }
 
 /// [`trained`] with test-split metrics of macro-F1 `test_f1`.
@@ -43,7 +43,7 @@ fn trained_with_test(round: u32, macro_f1: f64, test_f1: f64) -> TaskOutcome {
     let validation = MetricsSummary { macro_f1, per_class_f1: vec![macro_f1; 2], ..MetricsSummary::default() };
     let test = Some(MetricsSummary { macro_f1: test_f1, accuracy: test_f1, samples: 9, ..MetricsSummary::default() });
     let model_path = format!("/a/r{round}/model.safetensors");
-    TaskOutcome::Trained(TrainedModel { validation, model_path, class_names: vec![], frame_validation: None, test })
+    TaskOutcome::Trained(TrainedModel { validation, model_path, class_names: vec![], frame_validation: None, test, online: None })
 }
 
 fn inferred(sums: Vec<f64>, samples: u64) -> TaskOutcome {
