@@ -8,7 +8,7 @@
 #   b-offline:   the offline rounds alone (selected pseudo-labels on weak views)
 #   c-full:      the full method (online debiased consistency on strong views, feedback)
 #   d-no-debias: (c) without debiasing;  e-no-feedback: (c) without feedback
-#   f-ceiling:   supervised on 100% of the training labels, 1x budget
+#   f-ceiling:   supervised on 100% of the training labels, 1x budget (f-ceiling-2x: 2x)
 # Each variant runs for every seed in SEEDS (default "7"). Writes a results table to stdout
 # and the numbers to benchmarks/method-fer2013.json (JSON=path to write elsewhere), where
 # rows of other variants or seeds from earlier runs are kept.
@@ -62,6 +62,7 @@ for seed in $seeds; do
       d-no-debias)   kind=ablation;   spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'debias = false\n' ;;
       e-no-feedback) kind=ablation;   spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'feedback = false\n' ;;
       f-ceiling)     kind=ceiling;    spec "$name" "$seed" "$out/data-all-labels" 0 "$budget" ;;
+      f-ceiling-2x)  kind=ceiling;    spec "$name" "$seed" "$out/data-all-labels" 0 $((2 * budget)) ;;
       *) echo "unknown variant $variant" >&2; exit 2 ;;
     esac >"$out/$name.toml"
     started=$(date +%s)
