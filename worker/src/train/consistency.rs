@@ -68,6 +68,8 @@ pub struct PseudoTargets {
     pub mask: Tensor,
     /// Whether each confidence reached ŷ's threshold, `[N]` bool: what the audit counts.
     pub passed: Tensor,
+    /// τ·log q̂ with the q̂ the labels were made with, `[C]`: the margin of their loss.
+    pub margin: Tensor,
 }
 
 /// The labeller's state, as a checkpoint keeps it.
@@ -121,7 +123,7 @@ impl OnlineLabeller {
 
     /// τ·log q̂ as a `[C]` f32 tensor: subtracted from the weak logits to debias the labels,
     /// added to the strong logits as the adaptive margin.
-    pub fn margin(&self, device: Device) -> Tensor {
+    fn margin(&self, device: Device) -> Tensor {
         let values: Vec<f32> = self.prior.iter().map(|p| (self.params.tau * p.max(PRIOR_FLOOR).ln()) as f32).collect();
         Tensor::from_slice(&values).to_device(device)
     }
@@ -132,7 +134,8 @@ impl OnlineLabeller {
     pub fn label(&mut self, weak_logits: &Tensor, collective: &mut dyn Collective) -> Result<PseudoTargets, CollectiveError> {
         let device = weak_logits.device();
         let weak_logits = weak_logits.detach().to_kind(Kind::Float);
-        let debiased = (&weak_logits - self.margin(device)).softmax(-1, Kind::Float);
+        let margin = self.margin(device);
+        let debiased = (&weak_logits - &margin).softmax(-1, Kind::Float);
         let (confidence, labels) = debiased.max_dim(-1, false);
         let thresholds: Vec<f32> = self.thresholds().iter().map(|&t| t as f32).collect();
         let threshold_of_label = Tensor::from_slice(&thresholds).to_device(device).index_select(0, &labels);
@@ -168,7 +171,7 @@ impl OnlineLabeller {
         let batch_variance = (sums[2 * classes + 1] / total - batch_mean * batch_mean).max(0.0);
         self.confidence = m * self.confidence + (1.0 - m) * batch_mean;
         self.confidence_variance = m * self.confidence_variance + (1.0 - m) * batch_variance;
-        Ok(PseudoTargets { labels, mask, passed })
+        Ok(PseudoTargets { labels, mask, passed, margin })
     }
 }
 
@@ -176,10 +179,10 @@ fn torch(error: tch::TchError) -> CollectiveError {
     CollectiveError::Mismatch(format!("online prior: {error}"))
 }
 
-/// The masked adaptive-margin loss mean_i mask_i · CE(z_s,i + margin, ŷ_i), over every
+/// The masked adaptive-margin loss mean_i mask_i · CE(z_s,i + τ·log q̂, ŷ_i), over every
 /// sample of the batch (masked-out samples count as zero, as in FixMatch).
-pub fn consistency_loss(strong_logits: &Tensor, targets: &PseudoTargets, margin: &Tensor) -> Tensor {
-    let per_sample = (strong_logits + margin).cross_entropy_loss::<Tensor>(&targets.labels, None, tch::Reduction::None, -100, 0.0);
+pub fn consistency_loss(strong_logits: &Tensor, targets: &PseudoTargets) -> Tensor {
+    let per_sample = (strong_logits + &targets.margin).cross_entropy_loss::<Tensor>(&targets.labels, None, tch::Reduction::None, -100, 0.0);
     (per_sample * &targets.mask).mean(Kind::Float)
 }
 
@@ -286,13 +289,15 @@ mod tests {
         // Row 1, ŷ = 0: masked out. Mean over both rows: 1.6094 / 2.
         let logits = Tensor::from_slice(&[0.0f32, 0.0, 2.0, 0.0]).view([2, 2]);
         let margin = Tensor::from_slice(&[0.8f32.ln(), 0.2f32.ln()]);
-        let mask = Tensor::from_slice(&[1.0f32, 0.0]);
-        let targets = PseudoTargets { labels: Tensor::from_slice(&[1i64, 0]), passed: mask.gt(0.5), mask };
-        let loss = consistency_loss(&logits, &targets, &margin).double_value(&[]);
+        let targets = |margin: Tensor| {
+            let mask = Tensor::from_slice(&[1.0f32, 0.0]);
+            PseudoTargets { labels: Tensor::from_slice(&[1i64, 0]), passed: mask.gt(0.5), mask, margin }
+        };
+        let loss = consistency_loss(&logits, &targets(margin)).double_value(&[]);
         assert!((loss - (-(0.2f64.ln())) / 2.0).abs() < 1e-5, "loss {loss}");
         // With no margin (τ = 0) row 0 is CE([0, 0], 1) = ln 2.
         let zero = Tensor::zeros([2], (Kind::Float, Device::Cpu));
-        let plain = consistency_loss(&logits, &targets, &zero).double_value(&[]);
+        let plain = consistency_loss(&logits, &targets(zero)).double_value(&[]);
         assert!((plain - 2f64.ln() / 2.0).abs() < 1e-5, "loss {plain}");
     }
 

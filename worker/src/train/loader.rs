@@ -196,7 +196,8 @@ impl Plan {
     }
 
     /// This rank's slice of the step's global draw from the unlabelled pool (uniform, with
-    /// replacement), in a weak view and, from the same weak draws, a strong view.
+    /// replacement), in a weak view and in a strong view drawn independently of it (a weak
+    /// view of its own, then the strong ops), as FixMatch draws its two views.
     fn pool_batch(&self, pool: &ShardData, step_seed: u64) -> Result<PoolBatch, LoaderError> {
         let config = &self.config;
         let (size, rank) = (config.pool_batch, config.rank);

@@ -347,7 +347,6 @@ pub fn train(
                     // The EMA model labels the weak views; labelled and strong images then
                     // go through the student in one forward pass.
                     let weak_logits = tch::no_grad(|| ema_net.forward_t(&pool.weak.to_device(context.device), false));
-                    let margin = labeller.margin(context.device);
                     let pseudo_targets = labeller.label(&weak_logits, collective)?;
                     consistency::audit(&mut mask_audit, &pseudo_targets, &pool.hidden_labels)?;
                     let both = Tensor::cat(&[images.shallow_clone(), pool.strong.to_device(context.device)], 0);
@@ -355,7 +354,7 @@ pub fn train(
                     let labelled_count = images.size()[0];
                     let logits = all_logits.narrow(0, 0, labelled_count);
                     let strong_logits = all_logits.narrow(0, labelled_count, all_logits.size()[0] - labelled_count);
-                    let unlabelled_loss = consistency::consistency_loss(&strong_logits, &pseudo_targets, &margin);
+                    let unlabelled_loss = consistency::consistency_loss(&strong_logits, &pseudo_targets);
                     let loss = loss_fn.compute(&logits, &targets, epoch) + unlabelled_loss * semi.lambda_u;
                     (logits, loss)
                 }
