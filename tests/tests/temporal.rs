@@ -16,10 +16,10 @@ async fn a_video_job_trains_a_temporal_encoder_and_smooths_pseudo_labels() -> an
     init_tracing();
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    // 300 clips of 16 frames; in a third of its frames a face barely shows its expression.
+    // 600 clips of 8 frames; in a third of its frames a face barely shows its expression.
     let config = SyntheticConfig { samples: 4800, image_size: 32, imbalance_ratio: 3.0, label_noise: 0.0, seed: 3 };
     let splits = SyntheticSplits { val_fraction: 0.25, labeled_fraction: 0.5, shard_size: 640, ..SyntheticSplits::default() };
-    let manifest = prepare_synthetic_video(&data, &config, &splits, 16)?;
+    let manifest = prepare_synthetic_video(&data, &config, &splits, 8)?;
     let pool_shards = manifest.splits[&Split::Unlabeled].shards.len();
 
     let coordinator = RunningCoordinator::in_memory(dir.path()).await?;
@@ -41,7 +41,7 @@ async fn a_video_job_trains_a_temporal_encoder_and_smooths_pseudo_labels() -> an
         // Chance is about 0.1 (seven classes, imbalanced).
         assert!(temporal.macro_f1 > 0.3, "round {}: temporal macro-F1 {}", round.round, temporal.macro_f1);
         // The window sees the clear frames around a blank one: it must not be clearly worse
-        // (runs measured +0.01 to +0.03; a broken encoder falls towards chance, about 0.1).
+        // (runs measured +0.04 to +0.09; a broken encoder falls towards chance, about 0.1).
         assert!(temporal.macro_f1 >= frame.macro_f1 - 0.05, "round {}: temporal {} < frame {}", round.round, temporal.macro_f1, frame.macro_f1);
         let model = std::path::Path::new(&round.model_path);
         assert!(model.with_file_name("temporal.safetensors").is_file(), "the encoder is saved beside {}", model.display());

@@ -435,7 +435,16 @@ pub fn train(
     let (mut frame_validation, mut temporal_vs) = (None, None);
     if temporal::wanted(spec, &train_data) {
         let window = spec.semi_supervised.temporal_window as usize;
-        let train_windows = temporal::Windows::extract(ema_net.as_ref(), &train_data, window, context.device, collective)?;
+        let strong = strong_view(&spec.train.strong);
+        let seed = mix(spec.train.seed ^ 0x7e6d_0000, u64::from(context.round));
+        let train_windows = temporal::Windows::extract_views(
+            ema_net.as_ref(),
+            &train_data,
+            window,
+            context.device,
+            collective,
+            Some((&strong, seed, temporal::TRAIN_VIEWS)),
+        )?;
         let val_windows = temporal::Windows::extract(ema_net.as_ref(), &val_data, window, context.device, collective)?;
         let (vs, encoder, temporal_validation) =
             temporal::train(spec, context.round, classes, (&train_windows, &train_data.labels), (&val_windows, &val_data.labels), collective, stop)?;

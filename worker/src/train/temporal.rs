@@ -20,7 +20,8 @@ use rand::{Rng, SeedableRng};
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
-use super::batches::{to_tensors, Sampler};
+use super::batches::{channels_last_images, normalised_images, to_tensors, Augmentation, Sampler, View};
+use super::strong::StrongAugmentation;
 use super::model::Network;
 use super::{by_name, collective_confusion, learning_rate, mix, optim, TrainError, SEEDED_INIT};
 use crate::collective::{self, Collective};
@@ -36,6 +37,8 @@ const BATCH: usize = 128;
 /// telling than unseen frames' will be; hiding the centre makes the encoder use the rest.
 const HIDE_CENTRE: f64 = 0.3;
 const DROPOUT: f64 = 0.1;
+/// Strongly perturbed copies of the training frames' features the encoder learns from.
+pub const TRAIN_VIEWS: usize = 4;
 
 /// Whether `spec` asks for the temporal encoder and `data` is a video dataset.
 pub fn wanted(spec: &JobSpec, data: &ShardData) -> bool {
@@ -119,8 +122,12 @@ impl Layer {
 
 /// Frame features with the windows around each frame.
 pub struct Windows {
-    /// N×F features of every frame (on the task's device).
+    /// V·N×F features of every frame (on the task's device): V views of the N frames,
+    /// view-major. Evaluation has one view, the frames as they are; training has several
+    /// strongly perturbed views.
     pub features: Tensor,
+    /// N, the frames.
+    pub frames: usize,
     /// N×K frame indices (row-major), see [`feral_common::temporal::windows`].
     pub rows: Vec<usize>,
     pub window: usize,
@@ -130,32 +137,75 @@ impl Windows {
     /// `backbone`'s features (averaged with the mirror image's, as pseudo-labelling
     /// predicts) of every frame of `data`, shared across the ranks of `collective`.
     pub fn extract(backbone: &dyn Network, data: &ShardData, window: usize, device: Device, collective: &mut dyn Collective) -> Result<Self, TrainError> {
+        Self::extract_views(backbone, data, window, device, collective, None)
+    }
+
+    /// Like [`Windows::extract`], with `views` copies of every frame's features drawn
+    /// under `view.0` (the k-th frame of copy v seeded by `view.1`, v and k) when `view` is
+    /// set: the backbone has fitted its training frames, and perturbed frames look more like
+    /// the frames it has not seen.
+    pub fn extract_views(
+        backbone: &dyn Network,
+        data: &ShardData,
+        window: usize,
+        device: Device,
+        collective: &mut dyn Collective,
+        view: Option<(&StrongAugmentation, u64, usize)>,
+    ) -> Result<Self, TrainError> {
         let _guard = tch::no_grad_guard();
         let (rank, world) = (collective.rank(), collective.world_size());
-        let mut features = Tensor::zeros([data.len() as i64, backbone.feature_dim()], (Kind::Float, device));
-        let mine: Vec<usize> = (rank..data.len()).step_by(world).collect();
-        for chunk in mine.chunks(256) {
-            let (images, _) = to_tensors(data, chunk, &data.labels, device, None);
-            let f = (backbone.features_t(&images, false) + backbone.features_t(&images.flip([3]), false)) / 2.0;
-            let rows: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
-            let _ = features.index_copy_(0, &Tensor::from_slice(&rows).to_device(device), &f.to_kind(Kind::Float));
+        let n = data.len();
+        let copies = view.map_or(1, |(_, _, views)| views.max(1));
+        let mut features = Tensor::zeros([(copies * n) as i64, backbone.feature_dim()], (Kind::Float, device));
+        let mine: Vec<usize> = (rank..n).step_by(world).collect();
+        let weak = Augmentation::default();
+        for copy in 0..copies {
+            for chunk in mine.chunks(256) {
+                let perturbed = view.map(|(strong, seed, _)| View { weak: &weak, strong: Some(strong), seed: mix(seed, copy as u64), offset: 0 });
+                let images = match perturbed {
+                    // Seeded by frame index, so that every rank draws what one rank would.
+                    Some(v) => {
+                        let floats: Vec<f32> = chunk
+                            .iter()
+                            .flat_map(|&i| normalised_images(data, &[i], Some(View { offset: i, ..v })))
+                            .collect();
+                        channels_last_images(&floats, chunk.len(), data.shape)?.to_device(device)
+                    }
+                    None => to_tensors(data, chunk, &data.labels, device, None).0,
+                };
+                let f = (backbone.features_t(&images, false) + backbone.features_t(&images.flip([3]), false)) / 2.0;
+                let rows: Vec<i64> = chunk.iter().map(|&i| (copy * n + i) as i64).collect();
+                let _ = features.index_copy_(0, &Tensor::from_slice(&rows).to_device(device), &f.to_kind(Kind::Float));
+            }
         }
         if world > 1 {
             // Rows of other ranks are zero here: the sum is every rank's rows.
             collective.all_reduce_sum(&mut features)?;
         }
-        let none = vec![-1; data.len()];
+        let none = vec![-1; n];
         let rows = feral_common::temporal::windows(
             data.video_ids.as_deref().unwrap_or(&none),
             data.frame_indices.as_deref().unwrap_or(&none),
             window,
         );
-        Ok(Self { features, rows, window })
+        Ok(Self { features, frames: n, rows, window })
     }
 
-    /// The N×K×F features of the windows centred on `centres`.
+    /// The N×K×F features of the windows centred on `centres`, in the first view.
     pub fn gather(&self, centres: &[usize]) -> Tensor {
-        let indices: Vec<i64> = centres.iter().flat_map(|&c| self.rows[c * self.window..(c + 1) * self.window].iter().map(|&i| i as i64)).collect();
+        self.gather_views(centres, |_| 0)
+    }
+
+    /// The N×K×F features of the windows centred on `centres`, each token in the view
+    /// `view(token)` chooses (tokens counted row-major).
+    fn gather_views(&self, centres: &[usize], mut view: impl FnMut(usize) -> usize) -> Tensor {
+        let views = self.features.size()[0] as usize / self.frames.max(1);
+        let indices: Vec<i64> = centres
+            .iter()
+            .flat_map(|&c| self.rows[c * self.window..(c + 1) * self.window].iter())
+            .enumerate()
+            .map(|(token, &i)| ((view(token) % views) * self.frames + i) as i64)
+            .collect();
         let device = self.features.device();
         self.features
             .index_select(0, &Tensor::from_slice(&indices).to_device(device))
@@ -215,8 +265,10 @@ pub fn train(
             let seed = mix(mix(spec.train.seed, u64::from(round) << 32 | 0x7e), global_step as u64);
             let drawn = sampler.draw(global, seed);
             let mine = &drawn[rank * BATCH..(rank + 1) * BATCH];
-            let mut windows = train.gather(mine);
             let mut rng = SmallRng::seed_from_u64(mix(seed, rank as u64));
+            // Every token in a view of its own, so that no two steps see one window alike.
+            let views = train.features.size()[0] as usize / train.frames.max(1);
+            let mut windows = train.gather_views(mine, |_| rng.random_range(0..views));
             // Hide the centre frame wherever it stands in its window (edge padding repeats it).
             let mut keep = vec![1f32; mine.len() * train.window];
             for (row, &frame) in mine.iter().enumerate() {
@@ -291,7 +343,7 @@ mod tests {
         }
         let features = Tensor::from_slice(&values).view([-1, 6]);
         let rows = feral_common::temporal::windows(&video_ids, &frame_indices, 5);
-        (Windows { features, rows, window: 5 }, labels)
+        (Windows { features, frames: videos * frames, rows, window: 5 }, labels)
     }
 
     #[test]
