@@ -39,7 +39,8 @@ pub struct JobSpec {
     pub name: String,
     /// A prepared dataset directory (with `manifest.json`) that every worker can read.
     pub dataset: PathBuf,
-    /// Where the job's artifacts go; by default `<coordinator artifact root>/<job id>`.
+    /// The directory under which the job's own directory, named by its id, is made; by
+    /// default the coordinator's artifact root. Jobs never share a directory.
     #[serde(default)]
     pub artifacts: Option<PathBuf>,
     #[serde(default)]
@@ -460,6 +461,9 @@ impl JobSpec {
 
     /// Parses and validates a spec.
     pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        if text.len() > MAX_SPEC_BYTES {
+            return Err(invalid("spec_toml", format!("must be at most {MAX_SPEC_BYTES} bytes, got {}", text.len())));
+        }
         let spec: JobSpec = toml::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?;
         spec.validate()?;
         Ok(spec)
@@ -474,67 +478,59 @@ impl JobSpec {
         if self.version != SPEC_VERSION {
             return Err(invalid("version", format!("must be {SPEC_VERSION}, got {}", self.version)));
         }
-        if self.name.trim().is_empty() {
-            return Err(invalid("name", "must not be empty"));
+        text_field("name", &self.name, MAX_NAME_CHARS)?;
+        path_field("dataset", &self.dataset, "must name a prepared dataset directory")?;
+        if let Some(artifacts) = &self.artifacts {
+            path_field("artifacts", artifacts, "must name a directory")?;
         }
-        if self.dataset.as_os_str().is_empty() {
-            return Err(invalid("dataset", "must name a prepared dataset directory"));
-        }
-        at_least("model.width", self.model.width, 4)?;
+        in_range("model.width", self.model.width, 4, MAX_WIDTH)?;
         fraction("model.dropout", self.model.dropout)?;
         if self.model.cbam && !self.model.arch.is_resnet() {
             return Err(invalid("model.cbam", "applies to the resnet18 and resnet34 architectures only"));
         }
-        if self.model.init.as_ref().is_some_and(|path| path.as_os_str().is_empty()) {
-            return Err(invalid("model.init", "must name a .safetensors file"));
+        if let Some(init) = &self.model.init {
+            path_field("model.init", init, "must name a .safetensors file")?;
         }
         let train = &self.train;
-        at_least("train.epochs", train.epochs, 1)?;
-        at_least("train.batch_size", train.batch_size, 1)?;
+        in_range("train.epochs", train.epochs, 1, MAX_EPOCHS)?;
+        in_range("train.batch_size", train.batch_size, 1, MAX_BATCH_SIZE)?;
         if let Some(steps) = train.steps_per_epoch {
-            at_least("train.steps_per_epoch", steps, 1)?;
+            in_range("train.steps_per_epoch", steps, 1, MAX_STEPS_PER_EPOCH)?;
         }
-        positive("train.learning_rate", train.learning_rate)?;
-        non_negative("train.weight_decay", train.weight_decay)?;
+        bounded("train.learning_rate", train.learning_rate, f64::MIN_POSITIVE, 10.0)?;
+        bounded("train.weight_decay", train.weight_decay, 0.0, 10.0)?;
         fraction("train.momentum", train.momentum)?;
         fraction("train.label_smoothing", train.label_smoothing)?;
-        at_least("train.threads", train.threads, 0)?;
-        at_least("train.strong.ops", train.strong.ops, 0)?;
-        if !(0..=30).contains(&train.strong.magnitude) {
-            return Err(invalid("train.strong.magnitude", format!("must be in 0..=30, got {}", train.strong.magnitude)));
-        }
-        if !(0.0..=1.0).contains(&train.strong.cutout) {
-            return Err(invalid("train.strong.cutout", format!("must be in [0, 1], got {}", train.strong.cutout)));
-        }
+        in_range("train.threads", train.threads, 0, MAX_THREADS)?;
+        in_range("train.strong.ops", train.strong.ops, 0, MAX_STRONG_OPS)?;
+        in_range("train.strong.magnitude", train.strong.magnitude, 0, 30)?;
+        bounded("train.strong.cutout", train.strong.cutout, 0.0, 1.0)?;
         validate_loss(&train.loss, train.label_smoothing, train.epochs)?;
-        at_least("resources.max_attempts", self.resources.max_attempts, 1)?;
-        at_least("resources.workers", self.resources.workers, 1)?;
+        in_range("resources.max_attempts", self.resources.max_attempts, 1, MAX_ATTEMPTS)?;
+        in_range("resources.workers", self.resources.workers, 1, MAX_GANG)?;
         let semi = &self.semi_supervised;
-        at_least("semi_supervised.rounds", semi.rounds, 0)?;
-        at_least("semi_supervised.patience", semi.patience, 0)?;
+        in_range("semi_supervised.rounds", semi.rounds, 0, MAX_ROUNDS)?;
+        in_range("semi_supervised.patience", semi.patience, 0, MAX_ROUNDS)?;
         fraction("semi_supervised.threshold", semi.threshold)?;
         fraction("semi_supervised.min_threshold", semi.min_threshold)?;
         if semi.min_threshold > semi.threshold {
             return Err(invalid("semi_supervised.min_threshold", format!("must not exceed threshold ({} > {})", semi.min_threshold, semi.threshold)));
         }
-        non_negative("semi_supervised.tau", semi.tau)?;
-        non_negative("semi_supervised.cap_factor", semi.cap_factor)?;
+        bounded("semi_supervised.tau", semi.tau, 0.0, 10.0)?;
+        bounded("semi_supervised.cap_factor", semi.cap_factor, 0.0, 1e6)?;
         if !(0.0..=1.0).contains(&semi.feedback_lambda) {
             return Err(invalid("semi_supervised.feedback_lambda", format!("must be in [0, 1], got {}", semi.feedback_lambda)));
         }
-        non_negative("semi_supervised.feedback_gamma", semi.feedback_gamma)?;
-        non_negative("semi_supervised.mu", semi.mu)?;
-        non_negative("semi_supervised.lambda_u", semi.lambda_u)?;
+        bounded("semi_supervised.feedback_gamma", semi.feedback_gamma, 0.0, 10.0)?;
+        bounded("semi_supervised.mu", semi.mu, 0.0, MAX_MU)?;
+        bounded("semi_supervised.lambda_u", semi.lambda_u, 0.0, 100.0)?;
         fraction("semi_supervised.prior_momentum", semi.prior_momentum)?;
         fraction("semi_supervised.online_min_threshold", semi.online_min_threshold)?;
-        at_least("semi_supervised.temporal_window", semi.temporal_window, 1)?;
-        if semi.temporal_window > MAX_TEMPORAL_WINDOW {
-            return Err(invalid("semi_supervised.temporal_window", format!("must be at most {MAX_TEMPORAL_WINDOW}, got {}", semi.temporal_window)));
-        }
+        in_range("semi_supervised.temporal_window", semi.temporal_window, 1, MAX_TEMPORAL_WINDOW)?;
         if semi.temporal_window % 2 == 0 {
             return Err(invalid("semi_supervised.temporal_window", format!("must be odd (a window centred on its frame), got {}", semi.temporal_window)));
         }
-        at_least("semi_supervised.temporal_epochs", semi.temporal_epochs, 1)?;
+        in_range("semi_supervised.temporal_epochs", semi.temporal_epochs, 1, MAX_EPOCHS)?;
         Ok(())
     }
 }
@@ -543,21 +539,24 @@ impl JobSpec {
 fn validate_loss(loss: &LossSpec, legacy_smoothing: f64, epochs: i64) -> Result<(), SpecError> {
     use LossKind::*;
     fraction("train.loss.label_smoothing", loss.label_smoothing)?;
-    non_negative("train.loss.class_weight_beta", loss.class_weight_beta)?;
-    non_negative("train.loss.focal_gamma", loss.focal_gamma)?;
+    bounded("train.loss.class_weight_beta", loss.class_weight_beta, 0.0, 10.0)?;
+    bounded("train.loss.focal_gamma", loss.focal_gamma, 0.0, 10.0)?;
     if let Some(alpha) = &loss.focal_alpha {
+        if alpha.len() > MAX_CLASSES {
+            return Err(invalid("train.loss.focal_alpha", format!("must have at most {MAX_CLASSES} weights (one per class), got {}", alpha.len())));
+        }
         if alpha.is_empty() || alpha.iter().any(|a| !(a.is_finite() && *a >= 0.0)) || alpha.iter().all(|a| *a == 0.0) {
             return Err(invalid("train.loss.focal_alpha", format!("must be one weight of zero or more per class, not all zero, got {alpha:?}")));
         }
     }
-    positive("train.loss.ldam_max_margin", loss.ldam_max_margin)?;
-    positive("train.loss.ldam_scale", loss.ldam_scale)?;
-    at_least("train.loss.drw_epoch", loss.drw_epoch, 0)?;
+    bounded("train.loss.ldam_max_margin", loss.ldam_max_margin, f64::MIN_POSITIVE, 10.0)?;
+    bounded("train.loss.ldam_scale", loss.ldam_scale, f64::MIN_POSITIVE, 1000.0)?;
+    in_range("train.loss.drw_epoch", loss.drw_epoch, 0, MAX_EPOCHS)?;
     if loss.drw_epoch > epochs {
         return Err(invalid("train.loss.drw_epoch", format!("must not exceed train.epochs ({} > {epochs}), or re-weighting never starts", loss.drw_epoch)));
     }
     fraction("train.loss.drw_beta", loss.drw_beta)?;
-    non_negative("train.loss.la_tau", loss.la_tau)?;
+    bounded("train.loss.la_tau", loss.la_tau, 0.0, 10.0)?;
 
     let default = LossSpec::default();
     let parameters: [(&'static str, bool, &[LossKind]); 9] = [
@@ -589,24 +588,77 @@ fn validate_loss(loss: &LossSpec, legacy_smoothing: f64, epochs: i64) -> Result<
 
 /// The widest temporal window a job may ask for (frames).
 pub const MAX_TEMPORAL_WINDOW: i64 = 65;
+/// The largest spec a coordinator takes (bytes of TOML).
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
+/// The longest job name (characters).
+pub const MAX_NAME_CHARS: usize = 128;
+/// The longest path a spec may name (bytes).
+pub const MAX_PATH_BYTES: usize = 4096;
+/// `model.width`: the compact CNN's first convolution (its last stage has 8× as many).
+pub const MAX_WIDTH: i64 = 512;
+/// `train.epochs` and `semi_supervised.temporal_epochs`.
+pub const MAX_EPOCHS: i64 = 100_000;
+/// `train.batch_size`: images per rank and step (the unlabelled batch is μ times more).
+pub const MAX_BATCH_SIZE: i64 = 4096;
+/// `train.steps_per_epoch`.
+pub const MAX_STEPS_PER_EPOCH: i64 = 1_000_000;
+/// `train.threads`.
+pub const MAX_THREADS: i64 = 256;
+/// `train.strong.ops`: operations drawn per image.
+pub const MAX_STRONG_OPS: i64 = 16;
+/// `resources.max_attempts`.
+pub const MAX_ATTEMPTS: i64 = 100;
+/// `resources.workers`: ranks of one gang.
+pub const MAX_GANG: i64 = 256;
+/// `semi_supervised.rounds` and `semi_supervised.patience`.
+pub const MAX_ROUNDS: i64 = 100;
+/// `semi_supervised.mu`: unlabelled images per labelled one in a step.
+pub const MAX_MU: f64 = 16.0;
+/// Classes a dataset may have (and so weights `train.loss.focal_alpha` may list).
+pub const MAX_CLASSES: usize = 1000;
 
-fn at_least(field: &'static str, value: i64, minimum: i64) -> Result<(), SpecError> {
-    if value < minimum {
-        return Err(invalid(field, format!("must be at least {minimum}, got {value}")));
+fn in_range(field: &'static str, value: i64, minimum: i64, maximum: i64) -> Result<(), SpecError> {
+    if !(minimum..=maximum).contains(&value) {
+        return Err(invalid(field, format!("must be in {minimum}..={maximum}, got {value}")));
     }
     Ok(())
 }
 
-fn positive(field: &'static str, value: f64) -> Result<(), SpecError> {
-    if !(value.is_finite() && value > 0.0) {
-        return Err(invalid(field, format!("must be a positive number, got {value}")));
+/// A finite number in `[minimum, maximum]`.
+fn bounded(field: &'static str, value: f64, minimum: f64, maximum: f64) -> Result<(), SpecError> {
+    if !(value.is_finite() && (minimum..=maximum).contains(&value)) {
+        let low = if minimum == f64::MIN_POSITIVE { "0 (exclusive)".to_owned() } else { minimum.to_string() };
+        return Err(invalid(field, format!("must be a number in [{low}, {maximum}], got {value}")));
     }
     Ok(())
 }
 
-fn non_negative(field: &'static str, value: f64) -> Result<(), SpecError> {
-    if !(value.is_finite() && value >= 0.0) {
-        return Err(invalid(field, format!("must be zero or more, got {value}")));
+/// A name a person reads: not blank, at most `maximum` characters, no control characters
+/// (which a terminal would act on).
+fn text_field(field: &'static str, value: &str, maximum: usize) -> Result<(), SpecError> {
+    if value.trim().is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    let chars = value.chars().count();
+    if chars > maximum {
+        return Err(invalid(field, format!("must be at most {maximum} characters, got {chars}")));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(invalid(field, format!("must not contain control characters, got {c:?}")));
+    }
+    Ok(())
+}
+
+fn path_field(field: &'static str, path: &std::path::Path, empty: &str) -> Result<(), SpecError> {
+    let bytes = path.as_os_str().len();
+    if bytes == 0 {
+        return Err(invalid(field, empty.to_owned()));
+    }
+    if bytes > MAX_PATH_BYTES {
+        return Err(invalid(field, format!("must be at most {MAX_PATH_BYTES} bytes, got {bytes}")));
+    }
+    if path.to_string_lossy().chars().any(char::is_control) {
+        return Err(invalid(field, "must not contain control characters"));
     }
     Ok(())
 }
@@ -651,7 +703,7 @@ mod tests {
         let precision = err(&format!("{base}[train]\nprecision = \"fp16\"\n"));
         assert!(precision.contains("fp16") && precision.contains("bf16"), "{precision}");
         assert!(err(&format!("{base}[semi_supervised]\ntemporal_window = 0\n")).contains("temporal_window"));
-        assert!(err(&format!("{base}[semi_supervised]\ntemporal_window = 67\n")).contains("at most 65"));
+        assert!(err(&format!("{base}[semi_supervised]\ntemporal_window = 67\n")).contains("1..=65"));
         assert!(err(&format!("{base}[semi_supervised]\ntemporal_epochs = 0\n")).contains("temporal_epochs"));
         assert!(err(&format!("{base}[train.strong]\nmagnitude = 31\n")).contains("train.strong.magnitude"));
         assert!(err(&format!("{base}[train.strong]\ncutout = 1.5\n")).contains("train.strong.cutout"));
@@ -659,6 +711,49 @@ mod tests {
         assert!(err(&format!("{base}[train.strong]\nopz = 1\n")).contains("opz"));
         assert!(err(&format!("{base}[semi_supervised]\nprior_momentum = 1.0\n")).contains("prior_momentum"));
         assert!(err(&format!("{base}[semi_supervised]\nonline_min_threshold = 1.2\n")).contains("online_min_threshold"));
+    }
+
+    #[test]
+    fn numbers_beyond_their_range_are_refused_not_truncated() {
+        let base = "version = 1\ndataset = \"/d\"\n";
+        let cases = [
+            ("[train]\nepochs = 4294967296\n", "train.epochs", "1..=100000"),
+            ("[train]\nbatch_size = 1099511627776\n", "train.batch_size", "1..=4096"),
+            ("[train]\nsteps_per_epoch = 9223372036854775807\n", "train.steps_per_epoch", "1..=1000000"),
+            ("[train]\nthreads = 2147483648\n", "train.threads", "0..=256"),
+            ("[train]\nlearning_rate = 1e300\n", "train.learning_rate", "10"),
+            ("[train.strong]\nops = 1000\n", "train.strong.ops", "0..=16"),
+            ("[model]\nwidth = 1099511627776\n", "model.width", "4..=512"),
+            ("[resources]\nworkers = 4294967295\n", "resources.workers", "1..=256"),
+            ("[resources]\nworkers = 99999999999\n", "resources.workers", "1..=256"),
+            ("[resources]\nmax_attempts = 4294967297\n", "resources.max_attempts", "1..=100"),
+            ("[semi_supervised]\nrounds = 4294967297\n", "semi_supervised.rounds", "0..=100"),
+            ("[semi_supervised]\nmu = 1e9\n", "semi_supervised.mu", "16"),
+            ("[semi_supervised]\ntemporal_epochs = 4294967296\n", "semi_supervised.temporal_epochs", "1..=100000"),
+            ("[train.loss]\nkind = \"ldam\"\nldam_scale = inf\n", "train.loss.ldam_scale", "1000"),
+        ];
+        for (text, field, limit) in cases {
+            let error = JobSpec::from_toml(&format!("{base}{text}")).expect_err(text).to_string();
+            assert!(error.contains(field) && error.contains(limit), "{text:?}: {error}");
+        }
+        // The largest values in range are taken as they are.
+        let spec = JobSpec::from_toml(&format!("{base}[train]\nepochs = 100000\n[resources]\nworkers = 256\n")).expect("in range");
+        assert_eq!((spec.train.epochs, spec.resources.workers), (100_000, 256));
+    }
+
+    #[test]
+    fn names_paths_and_the_spec_itself_are_bounded() {
+        let err = |text: &str| JobSpec::from_toml(text).expect_err("spec must be rejected").to_string();
+        let long_name = format!("version = 1\ndataset = \"/d\"\nname = \"{}\"\n", "x".repeat(129));
+        assert!(err(&long_name).contains("`name` must be at most 128 characters"));
+        assert!(err("version = 1\ndataset = \"/d\"\nname = \"ok\\u001b[2J\"\n").contains("`name` must not contain control characters"));
+        let long_path = format!("version = 1\ndataset = \"/{}\"\n", "d".repeat(5000));
+        assert!(err(&long_path).contains("`dataset` must be at most 4096 bytes"));
+        let huge = format!("version = 1\ndataset = \"/d\"\n# {}\n", "x".repeat(3 << 20));
+        assert!(err(&huge).contains("`spec_toml` must be at most 65536 bytes"));
+        let name = "é".repeat(128);
+        let spec = JobSpec::from_toml(&format!("version = 1\ndataset = \"/d\"\nname = \"{name}\"\n")).expect("128 characters");
+        assert_eq!(spec.name, name);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::store::{Store, Write};
 /// Timing and placement settings of a coordinator.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
-    /// Job artifacts go under `<artifact_root>/<job id>` unless the spec names a directory.
+    /// Job artifacts go under `<artifact_root>/<job id>`, or `<spec artifacts>/<job id>`.
     pub artifact_root: PathBuf,
     pub heartbeat_interval_ms: u64,
     /// A worker without a heartbeat for this long is lost.
@@ -136,7 +136,9 @@ impl ControlPlane {
     pub async fn submit(&self, spec_toml: &str, now_ms: u64) -> Result<JobRecord, CoordinatorError> {
         let spec = JobSpec::from_toml(spec_toml)?;
         let id = JobId::generate();
-        let artifact_dir = spec.artifacts.clone().unwrap_or_else(|| self.settings.artifact_root.join(id.as_str()));
+        // Always a directory of the job's own, named by its id: two specs that name one
+        // `artifacts` directory write beside each other, never over each other.
+        let artifact_dir = spec.artifacts.as_deref().unwrap_or(&self.settings.artifact_root).join(id.as_str());
         let job = JobRecord::submitted(id.clone(), spec, spec_toml.to_owned(), artifact_dir, now_ms);
         let mut model = self.model.lock().await;
         self.store.apply(vec![encode(&job_key(&id), &job)?]).await?;

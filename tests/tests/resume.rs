@@ -1,6 +1,7 @@
 //! Resuming from a checkpoint: a training task stopped after an epoch and started again
 //! continues the loss curve the uninterrupted task draws, and ends with the same model.
-//! (Its own test binary: libtorch's random generator is process-wide.)
+//! (Its own test binary, its tests one at a time: libtorch's random generator is
+//! process-wide.)
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +22,9 @@ fn task(dataset: &Path, artifacts: &Path) -> TrainTask {
     TrainTask { context, init_model: None, class_weights: vec![], class_prior: vec![], selection_file: None }
 }
 
+/// Held by each test: two trainings at once would draw from one generator.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Trains; with `stop_after`, raises the stop flag once that epoch is reported.
 fn run(task: &TrainTask, stop_after: Option<u32>) -> (Vec<EpochReport>, Result<std::path::PathBuf, TrainError>) {
     let stop = AtomicBool::new(false);
@@ -37,6 +41,7 @@ fn run(task: &TrainTask, stop_after: Option<u32>) -> (Vec<EpochReport>, Result<s
 
 #[test]
 fn a_resumed_task_continues_the_same_loss_curve() -> anyhow::Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir()?;
     let dataset = feral_tests::synthetic_dataset(&dir.path().join("data"), 600)?;
 
@@ -68,5 +73,33 @@ fn a_resumed_task_continues_the_same_loss_curve() -> anyhow::Result<()> {
         let difference = (a - b).abs().max().double_value(&[]);
         assert!(difference < 1e-4, "{name} differs by {difference}");
     }
+    Ok(())
+}
+
+#[test]
+fn a_torn_checkpoint_is_set_aside_and_the_round_starts_again() -> anyhow::Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir()?;
+    let dataset = feral_tests::synthetic_dataset(&dir.path().join("data"), 600)?;
+    let torn = task(&dataset, &dir.path().join("torn"));
+    let (_, stopped) = run(&torn, Some(2));
+    assert!(matches!(stopped, Err(TrainError::Stopped)), "the first attempt stops after epoch 2");
+    // What a crash in the middle of a write would have left, had it not been renamed into place.
+    let checkpoint = dir.path().join("torn/r0/checkpoint.safetensors");
+    let bytes = std::fs::read(&checkpoint)?;
+    std::fs::write(&checkpoint, &bytes[..bytes.len() / 2])?;
+
+    let (reports, model) = run(&torn, None);
+    let model = model.map_err(|e| anyhow::anyhow!("the attempt after a torn checkpoint must succeed: {e}"))?;
+    let epochs: Vec<u32> = reports.iter().map(|r| r.epoch).collect();
+    assert_eq!(epochs, vec![1, 2, 3, 4], "the round starts again from its first epoch");
+    assert!(checkpoint.with_file_name("checkpoint.safetensors.corrupt").is_file(), "the torn file is kept aside for a person to look at");
+    assert!(Tensor::read_safetensors(&model).is_ok(), "the model loads");
+    assert!(reports[3].train_accuracy > reports[0].train_accuracy, "it trained: {reports:?}");
+    let partial: Vec<_> = std::fs::read_dir(dir.path().join("torn/r0"))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".partial-"))
+        .collect();
+    assert!(partial.is_empty(), "no temporary file is left: {partial:?}");
     Ok(())
 }

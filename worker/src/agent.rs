@@ -190,8 +190,13 @@ fn start_task(config: &AgentConfig, client: &WorkerServiceClient<Channel>, runne
             let mut on_epoch = move |report: EpochReport| {
                 let _ = progress.send(TaskMessage::Epoch(report));
             };
-            let outcome = gang::connect(&task, setup, &control)
-                .and_then(|mut collective| runner.run(&task, collective.as_mut(), &mut on_epoch, control.flag()));
+            // A panic inside the task (libtorch refusing a size, a bug) fails this attempt
+            // with its message and frees the slot; the worker serves on. The same input
+            // would panic again, so the attempt is not retried.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                gang::connect(&task, setup, &control).and_then(|mut collective| runner.run(&task, collective.as_mut(), &mut on_epoch, control.flag()))
+            }))
+            .unwrap_or_else(|panic| Err(TaskFailure::Failed { reason: format!("the task panicked: {}", panic_message(panic.as_ref())), retryable: false }));
             let _ = thread_sender.send(TaskMessage::Ended(outcome));
         });
         if let Err(error) = spawned {
@@ -199,6 +204,11 @@ fn start_task(config: &AgentConfig, client: &WorkerServiceClient<Channel>, runne
             let _ = sender.send(TaskMessage::Ended(Err(TaskFailure::Failed { reason, retryable: true })));
         }
     });
+}
+
+/// The message a panic was raised with (`panic!` passes a `&str` or a `String`).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str)).unwrap_or("no message")
 }
 
 /// Sends one task's reports in order, retrying through coordinator outages.

@@ -66,7 +66,7 @@ impl Dataset {
         let info = self.split(split)?;
         let mut all = ShardData::empty(self.manifest.image);
         for shard in &info.shards {
-            all.append(read_shard(&self.dir, shard, self.manifest.image, true)?);
+            all.append(read_shard(&self.dir, shard, self.manifest.image, self.manifest.classes.len(), true)?);
         }
         Ok(all)
     }
@@ -76,7 +76,7 @@ impl Dataset {
         let mut samples = 0;
         for info in self.manifest.splits.values() {
             for shard in &info.shards {
-                samples += read_shard(&self.dir, shard, self.manifest.image, true)?.len() as u64;
+                samples += read_shard(&self.dir, shard, self.manifest.image, self.manifest.classes.len(), true)?.len() as u64;
             }
         }
         Ok(samples)

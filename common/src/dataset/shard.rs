@@ -70,8 +70,9 @@ fn merge_optional(mine: Option<Vec<i64>>, had: usize, theirs: Option<Vec<i64>>, 
 }
 
 /// Reads `info.file` from `dir`, checking its checksum (when `verify`), dtypes, shapes and
-/// sample count against the manifest.
-pub fn read_shard(dir: &Path, info: &ShardInfo, shape: ImageShape, verify: bool) -> Result<ShardData, DatasetError> {
+/// sample count against the manifest, and that every label is -1 (none) or one of the
+/// manifest's `classes`.
+pub fn read_shard(dir: &Path, info: &ShardInfo, shape: ImageShape, classes: usize, verify: bool) -> Result<ShardData, DatasetError> {
     let path = dir.join(&info.file);
     let io = |source| DatasetError::Io { path: path.clone(), source };
     let bytes = Arc::new(File::open(&path).and_then(|file| map_shard(&file)).map_err(io)?);
@@ -94,6 +95,11 @@ pub fn read_shard(dir: &Path, info: &ShardInfo, shape: ImageShape, verify: bool)
     let hidden_labels = read_i64(&tensors, "hidden_labels", n).map_err(corrupt)?;
     let video_ids = read_i64(&tensors, "video_ids", n).map_err(corrupt)?;
     let frame_indices = read_i64(&tensors, "frame_indices", n).map_err(corrupt)?;
+    for (name, column) in [("labels", Some(&labels)), ("hidden_labels", hidden_labels.as_ref())] {
+        if let Some((index, label)) = column.into_iter().flatten().enumerate().find(|(_, &l)| l < -1 || l >= classes as i64) {
+            return Err(corrupt(format!("`{name}`[{index}] is {label}, outside the manifest's {classes} classes (0..{classes}, or -1 for none)")));
+        }
+    }
     let images = Images::mapped(shape.pixels(), Arc::clone(&bytes), range_within(&bytes, images.data()));
     Ok(ShardData { shape, images, labels, sample_ids, hidden_labels, video_ids, frame_indices })
 }

@@ -84,7 +84,7 @@ fn corrupt_files_are_reported_by_name() {
     // Garbage that still matches its checksum: the parser must refuse it, not panic.
     std::fs::write(&shard, b"not a tensor file").expect("write");
     let info = ShardInfo { file: "train-00001.safetensors".into(), samples: 2, sha256: String::new() };
-    let err = read_shard(dir.path(), &info, shape(), false).expect_err("garbage");
+    let err = read_shard(dir.path(), &info, shape(), 7, false).expect_err("garbage");
     assert!(err.to_string().contains("not a safetensors file"), "{err}");
 
     std::fs::write(dir.path().join(MANIFEST_FILE), "{ \"format_version\": 1 ").expect("write");
@@ -100,7 +100,7 @@ fn shard_with_wrong_shape_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_small(dir.path());
     let info = ShardInfo { file: "train-00000.safetensors".into(), samples: 3, sha256: String::new() };
-    let err = read_shard(dir.path(), &info, shape(), false).expect_err("wrong count");
+    let err = read_shard(dir.path(), &info, shape(), 7, false).expect_err("wrong count");
     assert!(err.to_string().contains("`images`"), "{err}");
 }
 
@@ -180,4 +180,31 @@ fn rewriting_a_dataset_leaves_mapped_images_as_they_were() {
     let after = write_distinct(dir.path(), 4, 2, 50);
     assert_eq!(before.image(3), distinct_pixels(3), "shards are replaced, not changed in place");
     assert_eq!(after.image(3), distinct_pixels(53));
+}
+
+#[test]
+fn labels_outside_the_class_list_are_refused_with_the_shard_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let classes = vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
+    let mut writer = DatasetWriter::create(dir.path(), "three", classes, shape(), 8).expect("create");
+    for i in 0..3i64 {
+        let pixels = vec![i as u8; 12];
+        writer.push(Split::Train, Sample { pixels: &pixels, label: i, sample_id: i, hidden_label: None, video_id: None, frame_index: None }).expect("push");
+    }
+    let pixels = vec![9u8; 12];
+    writer.push(Split::Unlabeled, Sample { pixels: &pixels, label: -1, sample_id: 9, hidden_label: Some(2), video_id: None, frame_index: None }).expect("push");
+    let mut manifest = writer.finish("test", "none").expect("finish");
+    // The shards keep their checksums; the manifest now lists two classes, so label 2 (and
+    // hidden label 2 in the pool) name no class.
+    manifest.classes.truncate(2);
+    for split in manifest.splits.values_mut() {
+        split.class_counts.truncate(2);
+    }
+    std::fs::write(dir.path().join(MANIFEST_FILE), serde_json::to_string(&manifest).expect("serialise")).expect("write");
+    let dataset = Dataset::open(dir.path()).expect("the manifest alone is well formed");
+    let err = dataset.read_split(Split::Train).expect_err("label 2 of two classes");
+    let text = err.to_string();
+    assert!(text.contains("train-00000.safetensors") && text.contains("`labels`[2] is 2, outside the manifest's 2 classes"), "{text}");
+    let err = dataset.read_split(Split::Unlabeled).expect_err("hidden label 2 of two classes");
+    assert!(err.to_string().contains("`hidden_labels`[0] is 2"), "{err}");
 }

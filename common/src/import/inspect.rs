@@ -71,7 +71,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection, ImportError> {
         let mut videos: Option<BTreeSet<i64>> = None;
         for shard in &info.shards {
             let bytes = std::fs::metadata(dir.join(&shard.file)).ok().map(|m| m.len());
-            let check = match read_shard(dir, shard, manifest.image, true) {
+            let check = match read_shard(dir, shard, manifest.image, manifest.classes.len(), true) {
                 Ok(data) => {
                     if let Some(ids) = data.video_ids {
                         videos.get_or_insert_with(BTreeSet::new).extend(ids.into_iter().filter(|id| *id >= 0));

@@ -37,7 +37,7 @@ pub fn infer(context: &TaskContext, model_path: &Path, shard: &str, stop: &Atomi
         .iter()
         .find(|s| s.file == shard)
         .ok_or_else(|| TrainError::UnusableDataset { dir: context.spec.dataset.clone(), problem: format!("it has no unlabeled shard {shard}") })?;
-    let data = read_shard(dataset.dir(), info, manifest.image, true)?;
+    let data = read_shard(dataset.dir(), info, manifest.image, manifest.classes.len(), true)?;
     let classes = manifest.classes.len();
 
     let mut vs = nn::VarStore::new(context.device);
@@ -75,7 +75,7 @@ pub fn infer(context: &TaskContext, model_path: &Path, shard: &str, stop: &Atomi
     if let Some(hidden) = &data.hidden_labels {
         tensors.push(("hidden_labels", Tensor::from_slice(hidden)));
     }
-    Tensor::write_safetensors(&tensors, &predictions_file)?;
+    crate::train::write_atomically(&predictions_file, |p| Tensor::write_safetensors(&tensors, p))?;
     let probability_sums = Vec::<f64>::try_from(&sums)?;
     Ok(InferOutput { probability_sums, samples: data.len() as u64, predictions_file })
 }

@@ -86,7 +86,7 @@ pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64])
         ("confidence_variance", Tensor::from_slice(&[(confidence_squares / pool - (confidence_sum / pool).powi(2)).max(0.0)])),
         ("mean_probabilities", Tensor::from_slice(&probability_sums.iter().map(|s| s / pool).collect::<Vec<f64>>())),
     ];
-    Tensor::write_safetensors(&tensors, &selection_file)?;
+    crate::train::write_atomically(&selection_file, |p| Tensor::write_safetensors(&tensors, p))?;
     Ok(SelectionSummary {
         selected_per_class: selection.selected_per_class,
         thresholds: selection.thresholds,

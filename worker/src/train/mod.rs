@@ -398,9 +398,9 @@ pub fn train(
         if rank > 0 {
             continue;
         }
-        vs.save(&checkpoint)?;
-        ema_vs.save(&checkpoint_ema)?;
-        optimizer.save(&checkpoint_optimizer)?;
+        write_atomically(&checkpoint, |p| vs.save(p))?;
+        write_atomically(&checkpoint_ema, |p| ema_vs.save(p))?;
+        write_atomically(&checkpoint_optimizer, |p| optimizer.save(p))?;
         if let Some(labeller) = &labeller {
             write_json(&checkpoint_online, &labeller.state())?;
         }
@@ -467,10 +467,10 @@ pub fn train(
         return Ok(TrainOutput { validation, frame_validation, test, online: labeller.is_some().then_some(mask_audit), model_path, class_names: manifest.classes });
     }
     if let Some(vs) = &temporal_vs {
-        vs.save(round_dir.join(temporal::FILE))?;
+        write_atomically(&round_dir.join(temporal::FILE), |p| vs.save(p))?;
     }
-    ema_vs.save(&model_path)?;
-    export::export_torchscript(&mut ema_vs, ema_net.as_ref(), image, context.device, &round_dir.join("model.pt"))?;
+    write_atomically(&model_path, |p| ema_vs.save(p))?;
+    write_atomically(&round_dir.join("model.pt"), |p| export::export_torchscript(&mut ema_vs, ema_net.as_ref(), image, context.device, p))?;
     let card = ModelCard {
         arch: format!("{:?}", spec.model.arch),
         cbam: spec.model.cbam,
@@ -586,6 +586,17 @@ fn resume(
     if saved.round != round || !files.iter().all(|w| w.exists()) {
         return Ok(0);
     }
+    // A checkpoint damaged since it was written (every file is renamed into place whole)
+    // is set aside, and the round starts again from its beginning.
+    if let Some((damaged, problem)) = files.iter().find_map(|f| Tensor::read_safetensors(f).err().map(|e| (f, e))) {
+        tracing::warn!(round, file = %damaged.display(), %problem, "the checkpoint does not load: set aside, the round starts again");
+        for file in files.iter().copied().chain([info]) {
+            let mut aside = file.as_os_str().to_owned();
+            aside.push(".corrupt");
+            let _ = std::fs::rename(file, aside);
+        }
+        return Ok(0);
+    }
     vs.load(files[0])?;
     ema_vs.load(files[1])?;
     optimizer.load(files[2]).map_err(|problem| TrainError::Corrupt { path: files[2].to_path_buf(), problem })?;
@@ -645,7 +656,17 @@ fn collective_confusion(confusion: ConfusionMatrix, collective: &mut dyn Collect
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
     let text = serde_json::to_string_pretty(value).unwrap_or_default();
-    std::fs::write(path, text).map_err(|source| TrainError::Write { path: path.to_path_buf(), source })
+    write_atomically(path, |partial| std::fs::write(partial, text).map_err(|source| TrainError::Write { path: partial.to_path_buf(), source }))
+}
+
+/// Writes `path` by `write` under a temporary name beside it (`.partial-<name>`, which
+/// keeps the extension that libtorch chooses its format by), then renames it into place:
+/// a crash leaves the previous file or the new one whole, never a torn one.
+pub(crate) fn write_atomically<E: Into<TrainError>>(path: &Path, write: impl FnOnce(&Path) -> Result<(), E>) -> Result<(), TrainError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let partial = path.with_file_name(format!(".partial-{name}"));
+    write(&partial).map_err(Into::into)?;
+    std::fs::rename(&partial, path).map_err(|source| TrainError::Write { path: path.to_path_buf(), source })
 }
 
 #[cfg(test)]
