@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::error::CoordinatorError;
 use crate::model::{
-    schedule, EpochRecord, JobEvent, JobRecord, Slot, TaskInputs, TaskKind, TaskOutcome, TaskState, WorkerRecord, WorkerState,
+    schedule, waiting_reason, EpochRecord, JobEvent, JobRecord, Slot, TaskInputs, TaskKind, TaskOutcome, TaskState, WorkerRecord, WorkerState,
 };
 use crate::store::{Store, Write};
 
@@ -114,14 +114,43 @@ impl ControlPlane {
     /// `now_ms`: they keep running their tasks while the coordinator was away.
     pub async fn load(settings: Settings, store: Arc<dyn Store>, now_ms: u64) -> Result<Self, CoordinatorError> {
         let mut model = Model::default();
+        // What cannot be processed is failed or set aside here, so that no record can put
+        // the coordinator into a crash loop.
+        let mut repairs = Vec::new();
         for (key, bytes) in store.list("jobs/").await? {
-            let job: JobRecord = decode(&key, &bytes)?;
-            model.jobs.insert(job.id.clone(), job);
+            match decode::<JobRecord>(&key, &bytes) {
+                Ok(job) => {
+                    let job = match job.refused_on_load(now_ms) {
+                        Some(failed) => {
+                            warn!(job_id = %failed.id, reason = ?failed.state, "a stored job cannot run: failed");
+                            repairs.push(encode(&key, &failed)?);
+                            failed
+                        }
+                        None => job,
+                    };
+                    model.jobs.insert(job.id.clone(), job);
+                }
+                Err(error) => {
+                    warn!(%key, %error, "a job record that cannot be read is set aside under quarantine/");
+                    repairs.extend([Write::put(format!("quarantine/{key}"), bytes), Write::Delete { key }]);
+                }
+            }
         }
         for (key, bytes) in store.list("workers/").await? {
-            let record: WorkerRecord = decode(&key, &bytes)?;
-            let live = LiveWorker { record, last_heartbeat_ms: now_ms, running: Vec::new() };
-            model.workers.insert(live.record.id.clone(), live);
+            match decode::<WorkerRecord>(&key, &bytes) {
+                Ok(record) => {
+                    let live = LiveWorker { record, last_heartbeat_ms: now_ms, running: Vec::new() };
+                    model.workers.insert(live.record.id.clone(), live);
+                }
+                Err(error) => {
+                    // A worker registers again on its next heartbeat.
+                    warn!(%key, %error, "a worker record that cannot be read is dropped");
+                    repairs.push(Write::Delete { key });
+                }
+            }
+        }
+        if !repairs.is_empty() {
+            store.apply(repairs).await?;
         }
         info!(jobs = model.jobs.len(), workers = model.workers.len(), "loaded state from the store");
         Ok(Self { settings, store, model: Mutex::new(model) })
@@ -159,6 +188,13 @@ impl ControlPlane {
         let mut jobs: Vec<JobRecord> = model.jobs.values().cloned().collect();
         jobs.sort_by(|a, b| (b.created_at_ms, &b.id).cmp(&(a.created_at_ms, &a.id)));
         jobs
+    }
+
+    /// For each of `jobs`, why it waits beyond its turn (see [`waiting_reason`]).
+    pub async fn waiting_reasons(&self, jobs: &[JobRecord]) -> Vec<Option<String>> {
+        let model = self.model.lock().await;
+        let workers: Vec<&WorkerRecord> = model.workers.values().map(|w| &w.record).collect();
+        jobs.iter().map(|job| waiting_reason(job, &workers)).collect()
     }
 
     pub async fn cancel(&self, id: &JobId, now_ms: u64) -> Result<JobRecord, CoordinatorError> {

@@ -65,3 +65,67 @@ async fn two_jobs_that_name_one_artifacts_directory_write_apart() -> anyhow::Res
     worker.stop().await?;
     coordinator.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_the_coordinator_cannot_process_fail_their_job_not_the_service() -> anyhow::Result<()> {
+    use feral_coordinator::store::{EmbeddedStore, Store, Write};
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let store_path = dir.path().join("state.redb");
+    let settings = test_settings(dir.path());
+    let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+
+    // A queued job (no worker yet), then its stored spec edited past a bound, as a record
+    // written before the bound existed would be; and a record that is not JSON at all.
+    let first = RunningCoordinator::start(settings.clone(), Arc::new(EmbeddedStore::open(&store_path)?), any_port).await?;
+    let mut jobs = first.jobs().await?;
+    let queued = submit(&mut jobs, job_spec(dir.path(), 2)).await?;
+    first.stop().await?;
+    {
+        let store = EmbeddedStore::open(&store_path)?;
+        let key = format!("jobs/{}", queued.id);
+        let mut record: serde_json::Value = serde_json::from_slice(&store.get(&key).await?.expect("the job is stored"))?;
+        record["spec"]["resources"]["workers"] = serde_json::json!(4_294_967_295u64);
+        store.apply(vec![Write::put(key, serde_json::to_vec(&record)?), Write::put("jobs/job-garbage", b"{ not json".to_vec())]).await?;
+    }
+
+    let second = RunningCoordinator::start(settings.clone(), Arc::new(EmbeddedStore::open(&store_path)?), any_port).await?;
+    let mut jobs = second.jobs().await?;
+    let failed = get_job(&mut jobs, &queued.id).await?;
+    assert_eq!(failed.state, pb::JobState::Failed as i32);
+    assert!(failed.state_reason.contains("resources.workers"), "the reason names the field: {}", failed.state_reason);
+    // The service goes on: the next job runs to the end.
+    let worker = RunningWorker::start(&second.url(), "w1", Arc::new(ScriptedRunner::fast(0)));
+    let next = submit(&mut jobs, job_spec(dir.path(), 2)).await?;
+    let done = wait_for_state(&jobs, &next.id, &FINAL, Duration::from_secs(60)).await?;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32, "{}", done.state_reason);
+    worker.stop().await?;
+    second.stop().await?;
+
+    // The unreadable record is kept aside for a person, out of the way of the next start.
+    let store = EmbeddedStore::open(&store_path)?;
+    assert!(store.get("jobs/job-garbage").await?.is_none());
+    assert_eq!(store.get("quarantine/jobs/job-garbage").await?.as_deref(), Some(&b"{ not json"[..]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gang_larger_than_the_cluster_says_what_it_waits_for() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let coordinator = RunningCoordinator::in_memory(dir.path()).await?;
+    let worker = RunningWorker::start(&coordinator.url(), "w1", Arc::new(ScriptedRunner::fast(0)));
+    let mut jobs = coordinator.jobs().await?;
+    let job = submit(&mut jobs, format!("{}\n[resources]\nworkers = 5\n", job_spec(dir.path(), 2))).await?;
+    let reason = wait_until("the job to say why it waits", Duration::from_secs(30), || {
+        let mut jobs = jobs.clone();
+        let id = job.id.clone();
+        async move { Ok(Some(get_job(&mut jobs, &id).await?.state_reason).filter(|r| !r.is_empty())) }
+    })
+    .await?;
+    assert!(reason.contains("waiting for 5 device slots") && reason.contains("1 live workers have 1"), "{reason}");
+    let listed = jobs.list_jobs(pb::ListJobsRequest {}).await?.into_inner().jobs;
+    assert_eq!(listed[0].state_reason, reason, "the listing says it too");
+    worker.stop().await?;
+    coordinator.stop().await
+}

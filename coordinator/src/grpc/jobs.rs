@@ -26,6 +26,15 @@ impl JobApi {
     }
 }
 
+/// The job as users see it; a job that waits for more than the cluster has says why.
+fn with_waiting_reason(job: &crate::model::JobRecord, waiting: Option<String>) -> pb::Job {
+    let mut proto = job_to_proto(job);
+    if let (true, Some(reason)) = (proto.state_reason.is_empty(), waiting) {
+        proto.state_reason = reason;
+    }
+    proto
+}
+
 fn job_id(value: &str) -> Result<JobId, Status> {
     required(value, "job_id").map(JobId::new).map_err(to_status)
 }
@@ -43,11 +52,14 @@ impl pb::job_service_server::JobService for JobApi {
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let id = job_id(&request.get_ref().job_id)?;
         let job = self.control.job(&id).await.map_err(to_status)?;
-        Ok(Response::new(job_to_proto(&job)))
+        let waiting = self.control.waiting_reasons(std::slice::from_ref(&job)).await;
+        Ok(Response::new(with_waiting_reason(&job, waiting.into_iter().next().flatten())))
     }
 
     async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let jobs = self.control.jobs().await.iter().map(job_to_proto).collect();
+        let jobs = self.control.jobs().await;
+        let waiting = self.control.waiting_reasons(&jobs).await;
+        let jobs = jobs.iter().zip(waiting).map(|(job, reason)| with_waiting_reason(job, reason)).collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 

@@ -325,6 +325,21 @@ impl JobRecord {
         })
     }
 
+    /// The job failed, when its stored spec no longer passes validation (a record written
+    /// before a bound existed, or edited in the store): loading it fails the job, not the
+    /// service. `None` when the job is fine or already over.
+    pub fn refused_on_load(&self, now_ms: u64) -> Option<JobRecord> {
+        if self.state.is_final() {
+            return None;
+        }
+        let problem = self.spec.validate().err()?;
+        let mut next = self.clone();
+        next.end_live_tasks();
+        next.state = JobState::Failed { reason: format!("its stored spec is not valid: {problem}") };
+        next.updated_at_ms = now_ms;
+        Some(next)
+    }
+
     fn task_mut(&mut self, id: &TaskId) -> Option<&mut TaskRecord> {
         self.tasks.iter_mut().find(|t| &t.id == id)
     }

@@ -9,5 +9,5 @@ mod worker;
 
 pub use job::{EpochRecord, JobEvent, JobRecord, JobResult, JobState, RoundRecord, TaskInputs, TaskKind, TaskRecord, TaskState};
 pub use outcome::{DatasetSummary, InferPartial, SelectionSummary, ShardRef, TaskOutcome, TrainedModel};
-pub use scheduler::{schedule, Assignment};
+pub use scheduler::{schedule, waiting_reason, Assignment};
 pub use worker::{Slot, WorkerRecord, WorkerState};

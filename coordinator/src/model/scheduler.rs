@@ -73,6 +73,18 @@ pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Assignmen
     assignments
 }
 
+/// Why `job` waits, when it waits for more than is free now: a training gang larger than
+/// all the device slots of the live workers together can never be placed until workers
+/// join. `None` when its pending tasks could run on the cluster as it is.
+pub fn waiting_reason(job: &JobRecord, workers: &[&WorkerRecord]) -> Option<String> {
+    let gang = job.tasks.iter().filter(|t| t.state == TaskState::Pending).map(|t| t.world_size).max()?;
+    let live: Vec<&&WorkerRecord> = workers.iter().filter(|w| w.state == WorkerState::Live).collect();
+    let slots: usize = live.iter().map(|w| w.slots.len()).sum();
+    (gang as usize > slots).then(|| {
+        format!("waiting for {gang} device slots for its training gang (resources.workers = {gang}); {} live workers have {slots}", live.len())
+    })
+}
+
 /// Which live worker should predict each unlabelled shard of `job`: the shard planner's
 /// assignment over the live workers, balanced by sample count. Deterministic, so while the
 /// same workers are live every round predicts a shard on the same worker (whose page
@@ -176,6 +188,18 @@ mod tests {
         let stolen = schedule(&[&labelling], &[&w1, &w2]);
         assert_eq!(stolen.len(), 2, "w2 helps with w1's shards");
         assert!(stolen.iter().any(|a| a.worker.as_str() == "w2"));
+    }
+
+    #[test]
+    fn a_gang_larger_than_every_live_slot_says_what_it_waits_for() {
+        let mut gang = job("j1", 1);
+        gang.tasks = TaskRecord::gang_for_test(&gang.id, 5);
+        let one = worker("w1", 1, WorkerState::Live);
+        let lost = worker("w2", 8, WorkerState::Lost);
+        let reason = waiting_reason(&gang, &[&one, &lost]).expect("5 ranks cannot fit in 1 slot");
+        assert!(reason.contains("waiting for 5 device slots") && reason.contains("1 live workers have 1"), "{reason}");
+        let big = worker("w3", 4, WorkerState::Live);
+        assert_eq!(waiting_reason(&gang, &[&one, &big]), None, "5 slots live: it only waits its turn");
     }
 
     #[test]
