@@ -15,7 +15,7 @@ use feral_proto::v1 as pb;
 
 use crate::children::Children;
 use crate::client::{connect, rpc_error};
-use crate::jobs::{report_final, submit_spec};
+use crate::jobs::{all_jobs, all_workers, report_final, submit_spec};
 use crate::prepare::{describe_manifest, generate_synthetic};
 use crate::render;
 use crate::watch::watch_job;
@@ -242,8 +242,7 @@ async fn wait_for_workers(url: &str, worker_ids: &[String], children: &mut Child
             anyhow::bail!("{exited}");
         }
         if let Ok(mut client) = connect(url).await {
-            if let Ok(response) = client.list_workers(pb::ListWorkersRequest {}).await {
-                let workers = &response.get_ref().workers;
+            if let Ok(workers) = all_workers(&mut client).await {
                 live = workers.iter().filter(|w| w.state() == pb::WorkerState::Live && worker_ids.contains(&w.id)).count();
                 if live == worker_ids.len() {
                     return Ok(());
@@ -266,7 +265,7 @@ async fn wait_for_workers(url: &str, worker_ids: &[String], children: &mut Child
 /// they do not compete with the new one.
 async fn cancel_leftover_jobs(url: &str) -> anyhow::Result<()> {
     let mut client = connect(url).await?;
-    let jobs = client.list_jobs(pb::ListJobsRequest {}).await.map_err(rpc_error)?.into_inner().jobs;
+    let jobs = all_jobs(&mut client).await?;
     for job in jobs.iter().filter(|job| !render::is_final(job.state())) {
         println!("cancelling job {} left over from an earlier run", job.id);
         client.cancel_job(pb::CancelJobRequest { job_id: job.id.clone() }).await.map_err(rpc_error)?;

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use feral_common::time::now_ms;
 use feral_proto::v1 as pb;
+use feral_proto::v1::job_service_client::JobServiceClient;
+use tonic::transport::Channel;
 
 use crate::client::{connect, rpc_error};
 use crate::render;
@@ -41,8 +43,7 @@ pub async fn status(url: &str, job_id: Option<&str>) -> anyhow::Result<ExitCode>
             print!("{}", render::job_details(job.get_ref(), now_ms()));
         }
         None => {
-            let jobs = client.list_jobs(pb::ListJobsRequest {}).await.map_err(rpc_error)?;
-            print!("{}", render::jobs_table(&jobs.get_ref().jobs, now_ms()));
+            print!("{}", render::jobs_table(&all_jobs(&mut client).await?, now_ms()));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -80,7 +81,32 @@ pub async fn cancel(url: &str, job_id: &str) -> anyhow::Result<ExitCode> {
 /// `feral workers`.
 pub async fn workers(url: &str) -> anyhow::Result<ExitCode> {
     let mut client = connect(url).await?;
-    let response = client.list_workers(pb::ListWorkersRequest {}).await.map_err(rpc_error)?;
-    print!("{}", render::workers_table(&response.get_ref().workers, now_ms()));
+    print!("{}", render::workers_table(&all_workers(&mut client).await?, now_ms()));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every job's summary, newest first, page by page.
+pub async fn all_jobs(client: &mut JobServiceClient<Channel>) -> anyhow::Result<Vec<pb::Job>> {
+    let (mut jobs, mut page_token) = (Vec::new(), String::new());
+    loop {
+        let page = client.list_jobs(pb::ListJobsRequest { page_size: 0, page_token }).await.map_err(rpc_error)?.into_inner();
+        jobs.extend(page.jobs);
+        if page.next_page_token.is_empty() {
+            return Ok(jobs);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Every worker, by id, page by page.
+pub async fn all_workers(client: &mut JobServiceClient<Channel>) -> anyhow::Result<Vec<pb::Worker>> {
+    let (mut workers, mut page_token) = (Vec::new(), String::new());
+    loop {
+        let page = client.list_workers(pb::ListWorkersRequest { page_size: 0, page_token }).await.map_err(rpc_error)?.into_inner();
+        workers.extend(page.workers);
+        if page.next_page_token.is_empty() {
+            return Ok(workers);
+        }
+        page_token = page.next_page_token;
+    }
 }

@@ -73,10 +73,10 @@ fn validation(epoch: &pb::EpochMetrics) -> pb::Metrics {
 }
 
 /// The best and the latest validation macro-F1 over the job's finished epochs.
+/// The best and the last epoch's validation macro-F1, as the coordinator summarises them
+/// (listings carry no epochs).
 fn best_and_last_f1(job: &pb::Job) -> Option<(f64, f64)> {
-    let scores: Vec<f64> = job.epochs.iter().map(|e| validation(e).macro_f1).collect();
-    let last = *scores.last()?;
-    Some((scores.iter().copied().fold(f64::MIN, f64::max), last))
+    Some((job.best_macro_f1?, job.last_macro_f1?))
 }
 
 /// `feral status`: one row per job.
@@ -290,6 +290,8 @@ mod tests {
             epochs_done: 2,
             epochs_total: 6,
             epochs: vec![epoch(0, 1, 0.4), epoch(0, 2, 0.35)],
+            best_macro_f1: Some(0.4),
+            last_macro_f1: Some(0.35),
             worker_ids: vec!["w-1".into()],
             ..pb::Job::default()
         }
@@ -329,6 +331,7 @@ mod tests {
     fn job_without_epochs_shows_dashes() {
         let mut queued = job(pb::JobState::Queued);
         queued.epochs.clear();
+        (queued.best_macro_f1, queued.last_macro_f1) = (None, None);
         let text = jobs_table(&[queued], 1_000);
         let cells: Vec<&str> = text.lines().nth(1).unwrap_or_default().split_whitespace().collect();
         assert_eq!(&cells[2..], ["queued", "0", "2/6", "-", "-", "0s"]);

@@ -50,7 +50,23 @@ impl JobId {
     }
 }
 
+/// The longest worker id, in characters.
+pub const MAX_WORKER_ID_CHARS: usize = 128;
+
 impl WorkerId {
+    /// `text` as a worker id: 1 to [`MAX_WORKER_ID_CHARS`] letters, digits and `.`, `_`,
+    /// `-`, `:`, `@`, so that an id is safe to print, log and use in a store key.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let chars = text.chars().count();
+        if chars == 0 || chars > MAX_WORKER_ID_CHARS {
+            return Err(format!("must be 1 to {MAX_WORKER_ID_CHARS} characters, got {chars}"));
+        }
+        if let Some(c) = text.chars().find(|c| !(c.is_ascii_alphanumeric() || ".-_:@".contains(*c))) {
+            return Err(format!("may hold only letters, digits and . - _ : @, got {c:?}"));
+        }
+        Ok(Self(text.to_owned()))
+    }
+
     /// A fresh random worker id for a worker started without `--id`.
     pub fn generate(hostname: &str) -> Self {
         let uuid = uuid::Uuid::new_v4().simple().to_string();

@@ -184,10 +184,20 @@ impl ControlPlane {
 
     /// Jobs, newest first.
     pub async fn jobs(&self) -> Vec<JobRecord> {
+        self.jobs_page(None, usize::MAX).await.0
+    }
+
+    /// Up to `size` jobs, newest first, starting after the job `after` names (its creation
+    /// time and id); with the key of the last one when more follow.
+    pub async fn jobs_page(&self, after: Option<(u64, JobId)>, size: usize) -> (Vec<JobRecord>, Option<(u64, JobId)>) {
         let model = self.model.lock().await;
-        let mut jobs: Vec<JobRecord> = model.jobs.values().cloned().collect();
-        jobs.sort_by(|a, b| (b.created_at_ms, &b.id).cmp(&(a.created_at_ms, &a.id)));
-        jobs
+        let mut keys: Vec<(u64, &JobId)> = model.jobs.values().map(|j| (j.created_at_ms, &j.id)).collect();
+        keys.sort_by(|a, b| b.cmp(a));
+        let start = after.map_or(0, |(at, id)| keys.partition_point(|&(t, i)| (t, i) >= (at, &id)));
+        let page: Vec<JobRecord> = keys[start..].iter().take(size).filter_map(|(_, id)| model.jobs.get(*id).cloned()).collect();
+        let more = start + page.len() < keys.len();
+        let next = more.then(|| page.last().map(|j| (j.created_at_ms, j.id.clone()))).flatten();
+        (page, next)
     }
 
     /// For each of `jobs`, why it waits beyond its turn (see [`waiting_reason`]).
@@ -274,11 +284,17 @@ impl ControlPlane {
     }
 
     pub async fn workers(&self) -> Vec<WorkerView> {
+        self.workers_page(None, usize::MAX).await
+    }
+
+    /// Up to `size` workers by id, after the worker `after`.
+    pub async fn workers_page(&self, after: Option<&WorkerId>, size: usize) -> Vec<WorkerView> {
+        use std::ops::Bound::{Excluded, Unbounded};
         let model = self.model.lock().await;
-        model
-            .workers
-            .values()
-            .map(|w| WorkerView { record: w.record.clone(), last_heartbeat_ms: w.last_heartbeat_ms, running: w.running.clone() })
+        let range = model.workers.range::<WorkerId, _>((after.map_or(Unbounded, Excluded), Unbounded));
+        range
+            .take(size)
+            .map(|(_, w)| WorkerView { record: w.record.clone(), last_heartbeat_ms: w.last_heartbeat_ms, running: w.running.clone() })
             .collect()
     }
 

@@ -47,7 +47,7 @@ async fn bad_job_specs_are_refused_with_the_field_named() -> anyhow::Result<()> 
     for (spec_toml, needle) in cases {
         expect_status(jobs.submit_job(pb::SubmitJobRequest { spec_toml }).await, Code::InvalidArgument, needle);
     }
-    assert!(jobs.list_jobs(pb::ListJobsRequest {}).await?.into_inner().jobs.is_empty(), "nothing was queued");
+    assert!(jobs.list_jobs(pb::ListJobsRequest::default()).await?.into_inner().jobs.is_empty(), "nothing was queued");
     coordinator.stop().await
 }
 
@@ -64,6 +64,16 @@ async fn requests_missing_required_fields_or_naming_unknown_ids_are_refused() ->
     expect_status(workers.register(register(vec![])).await, Code::InvalidArgument, "slots");
     let tpu = pb::Slot { device: "tpu:0".into(), name: String::new() };
     expect_status(workers.register(register(vec![tpu])).await, Code::InvalidArgument, "tpu:0");
+    // Ids, hostnames and slot lists are bounded, so that no registration can make
+    // listings too large to send or print escape codes on a user's terminal.
+    let cpu = || pb::Slot { device: "cpu".into(), name: "cpu".into() };
+    let named = |worker_id: String| pb::RegisterRequest { worker_id, hostname: "h".into(), slots: vec![cpu()] };
+    expect_status(workers.register(named("w".repeat(1 << 20))).await, Code::InvalidArgument, "`worker_id` must be 1 to 128 characters");
+    expect_status(workers.register(named("w\u{1b}[2Jx".into())).await, Code::InvalidArgument, "`worker_id` may hold only");
+    let many = pb::RegisterRequest { worker_id: "w".into(), hostname: "h".into(), slots: vec![cpu(); 250_000] };
+    expect_status(workers.register(many).await, Code::InvalidArgument, "`slots` must list at most 64 slots");
+    let hostname = pb::RegisterRequest { worker_id: "w".into(), hostname: "h\u{7}".into(), slots: vec![cpu()] };
+    expect_status(workers.register(hostname).await, Code::InvalidArgument, "`hostname`");
     let heartbeat = pb::HeartbeatRequest { worker_id: String::new(), running_task_ids: vec![] };
     expect_status(workers.heartbeat(heartbeat).await, Code::InvalidArgument, "worker_id");
     let heartbeat = pb::HeartbeatRequest { worker_id: "stranger".into(), running_task_ids: vec![] };
@@ -80,7 +90,7 @@ async fn requests_missing_required_fields_or_naming_unknown_ids_are_refused() ->
     let fail = pb::FailTaskRequest { worker_id: "w".into(), task_id: "t".into(), reason: String::new(), retryable: false };
     expect_status(workers.fail_task(fail).await, Code::InvalidArgument, "reason");
     // Still serving.
-    assert!(jobs.list_jobs(pb::ListJobsRequest {}).await?.into_inner().jobs.is_empty());
+    assert!(jobs.list_jobs(pb::ListJobsRequest::default()).await?.into_inner().jobs.is_empty());
     coordinator.stop().await
 }
 

@@ -26,7 +26,7 @@ async fn cancel_stops_the_training_thread() -> anyhow::Result<()> {
     let worker_running_task = |jobs: &feral_proto::v1::job_service_client::JobServiceClient<tonic::transport::Channel>| {
         let mut jobs = jobs.clone();
         async move {
-            let workers = jobs.list_workers(pb::ListWorkersRequest {}).await?.into_inner().workers;
+            let workers = jobs.list_workers(pb::ListWorkersRequest::default()).await?.into_inner().workers;
             anyhow::Ok(workers.iter().any(|w| !w.task_ids.is_empty()))
         }
     };

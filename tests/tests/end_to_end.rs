@@ -16,7 +16,7 @@ async fn two_workers_train_jobs_that_learn() -> anyhow::Result<()> {
     wait_until("two live workers", Duration::from_secs(20), || {
         let mut jobs = jobs.clone();
         async move {
-            let workers = jobs.list_workers(pb::ListWorkersRequest {}).await?.into_inner().workers;
+            let workers = jobs.list_workers(pb::ListWorkersRequest::default()).await?.into_inner().workers;
             Ok((workers.iter().filter(|w| w.state == pb::WorkerState::Live as i32).count() == 2).then_some(()))
         }
     })

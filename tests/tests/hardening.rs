@@ -124,8 +124,69 @@ async fn a_gang_larger_than_the_cluster_says_what_it_waits_for() -> anyhow::Resu
     })
     .await?;
     assert!(reason.contains("waiting for 5 device slots") && reason.contains("1 live workers have 1"), "{reason}");
-    let listed = jobs.list_jobs(pb::ListJobsRequest {}).await?.into_inner().jobs;
+    let listed = jobs.list_jobs(pb::ListJobsRequest::default()).await?.into_inner().jobs;
     assert_eq!(listed[0].state_reason, reason, "the listing says it too");
     worker.stop().await?;
+    coordinator.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_are_summaries_in_pages_whatever_the_specs_weigh() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let coordinator = RunningCoordinator::in_memory(dir.path()).await?;
+    let mut jobs = coordinator.jobs().await?;
+    // 80 specs of 60 KiB: 4.8 MB together, more than gRPC's 4 MiB message limit, were
+    // the listing to carry them.
+    let padding = format!("# {}\n", "x".repeat(60 * 1024));
+    let mut submitted = Vec::new();
+    for _ in 0..80 {
+        submitted.push(submit(&mut jobs, format!("{padding}{}", job_spec(dir.path(), 2))).await?.id);
+    }
+    let all = jobs.list_jobs(pb::ListJobsRequest { page_size: 1000, page_token: String::new() }).await?.into_inner();
+    assert_eq!(all.jobs.len(), 80);
+    assert!(all.next_page_token.is_empty());
+    assert!(all.jobs.iter().all(|j| j.spec_toml.is_empty() && j.epochs.is_empty()), "summaries carry no spec");
+
+    let (mut paged, mut page_token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = jobs.list_jobs(pb::ListJobsRequest { page_size: 30, page_token }).await?.into_inner();
+        pages += 1;
+        paged.extend(page.jobs.into_iter().map(|j| j.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(pages, 3, "30 + 30 + 20");
+    let newest_first: Vec<String> = all.jobs.iter().map(|j| j.id.clone()).collect();
+    assert_eq!(paged, newest_first, "pages join up: every job once, newest first");
+    let mut sorted = paged.clone();
+    sorted.sort();
+    submitted.sort();
+    assert_eq!(sorted, submitted);
+    // GetJob still has the whole job.
+    assert!(get_job(&mut jobs, &submitted[0]).await?.spec_toml.len() > 60 * 1024);
+
+    let refused = jobs.list_jobs(pb::ListJobsRequest { page_size: 5000, page_token: String::new() }).await.expect_err("too large a page");
+    assert!(refused.message().contains("`page_size` must be at most 1000"), "{refused:?}");
+    let refused = jobs.list_jobs(pb::ListJobsRequest { page_size: 0, page_token: "nonsense".into() }).await.expect_err("a forged token");
+    assert!(refused.message().contains("`page_token`"), "{refused:?}");
+
+    // Workers page the same way.
+    let workers: Vec<RunningWorker> = (0..5).map(|i| RunningWorker::start(&coordinator.url(), &format!("w{i}"), Arc::new(ScriptedRunner::fast(0)))).collect();
+    wait_until("five workers", Duration::from_secs(30), || {
+        let mut jobs = jobs.clone();
+        async move { Ok((jobs.list_workers(pb::ListWorkersRequest::default()).await?.into_inner().workers.len() == 5).then_some(())) }
+    })
+    .await?;
+    let first = jobs.list_workers(pb::ListWorkersRequest { page_size: 3, page_token: String::new() }).await?.into_inner();
+    let second = jobs.list_workers(pb::ListWorkersRequest { page_size: 3, page_token: first.next_page_token.clone() }).await?.into_inner();
+    let ids: Vec<String> = first.workers.iter().chain(&second.workers).map(|w| w.id.clone()).collect();
+    assert_eq!(ids, ["w0", "w1", "w2", "w3", "w4"]);
+    assert!(second.next_page_token.is_empty());
+    for worker in workers {
+        worker.stop().await?;
+    }
     coordinator.stop().await
 }

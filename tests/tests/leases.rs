@@ -35,7 +35,7 @@ async fn a_silent_worker_is_lost_within_its_lease() -> anyhow::Result<()> {
     wait_until("the silent worker to be lost", ttl * 3, || {
         let mut jobs = jobs.clone();
         async move {
-            let all = jobs.list_workers(pb::ListWorkersRequest {}).await?.into_inner().workers;
+            let all = jobs.list_workers(pb::ListWorkersRequest::default()).await?.into_inner().workers;
             Ok(all.iter().any(|w| w.id == "silent" && w.state == pb::WorkerState::Lost as i32).then_some(()))
         }
     })
@@ -48,7 +48,7 @@ async fn a_silent_worker_is_lost_within_its_lease() -> anyhow::Result<()> {
     // A heartbeat brings it back.
     workers.heartbeat(pb::HeartbeatRequest { worker_id: "silent".into(), running_task_ids: vec![] }).await?;
     let mut jobs = jobs.clone();
-    let all = jobs.list_workers(pb::ListWorkersRequest {}).await?.into_inner().workers;
+    let all = jobs.list_workers(pb::ListWorkersRequest::default()).await?.into_inner().workers;
     assert_eq!(all[0].state, pb::WorkerState::Live as i32);
     coordinator.stop().await
 }

@@ -44,7 +44,7 @@ async fn a_restarted_coordinator_finishes_the_job() -> anyhow::Result<()> {
     assert_eq!(done.state, pb::JobState::Succeeded as i32, "job failed: {}", done.state_reason);
     let epochs: Vec<u32> = done.epochs.iter().map(|e| e.epoch).collect();
     assert_eq!(epochs, (1..=6).collect::<Vec<_>>(), "every epoch recorded once");
-    let workers = jobs.list_workers(pb::ListWorkersRequest {}).await?.into_inner().workers;
+    let workers = jobs.list_workers(pb::ListWorkersRequest::default()).await?.into_inner().workers;
     assert_eq!(workers.len(), 1);
     assert_eq!(workers[0].state, pb::WorkerState::Live as i32, "the worker is known and live again");
 

@@ -143,7 +143,15 @@ pub fn job_to_proto(job: &JobRecord) -> pb::Job {
         worker_ids: job.workers().iter().map(ToString::to_string).collect(),
         rounds: job.rounds.iter().map(|r| round_to_proto(r, shards_total)).collect(),
         rounds_planned: job.rounds_planned(),
+        best_macro_f1: job.epochs.iter().map(|e| e.validation.macro_f1).reduce(f64::max),
+        last_macro_f1: job.epochs.last().map(|e| e.validation.macro_f1),
     }
+}
+
+/// The job as a listing shows it: what [`job_to_proto`] gives, less the spec, the epochs
+/// and the rounds, whose size grows with the job (`GetJob` has them).
+pub fn job_summary_to_proto(job: &JobRecord) -> pb::Job {
+    pb::Job { spec_toml: String::new(), epochs: Vec::new(), rounds: Vec::new(), ..job_to_proto(job) }
 }
 
 pub fn worker_to_proto(w: &WorkerView) -> pb::Worker {
@@ -172,6 +180,9 @@ impl TryFrom<pb::Slot> for Slot {
                 "field `slots.device` must be `cpu` or `cuda:N`, got {:?}",
                 s.device
             )));
+        }
+        if s.name.chars().count() > 128 || s.name.chars().any(char::is_control) {
+            return Err(CoordinatorError::InvalidArgument("field `slots.name` must be at most 128 characters, none of them control characters".into()));
         }
         Ok(Slot { device: s.device, name: s.name })
     }

@@ -3,13 +3,13 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use feral_common::ids::JobId;
+use feral_common::ids::{JobId, WorkerId};
 use feral_common::time::now_ms;
 use feral_proto::v1 as pb;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert::{job_to_proto, worker_to_proto};
+use super::convert::{job_summary_to_proto, job_to_proto, worker_to_proto};
 use super::{required, to_status};
 use crate::control::ControlPlane;
 
@@ -27,12 +27,28 @@ impl JobApi {
 }
 
 /// The job as users see it; a job that waits for more than the cluster has says why.
-fn with_waiting_reason(job: &crate::model::JobRecord, waiting: Option<String>) -> pb::Job {
-    let mut proto = job_to_proto(job);
+fn with_waiting_reason(mut proto: pb::Job, waiting: Option<String>) -> pb::Job {
     if let (true, Some(reason)) = (proto.state_reason.is_empty(), waiting) {
         proto.state_reason = reason;
     }
     proto
+}
+
+/// The most entries one listing page holds, and how many a request of size 0 gets.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+
+fn page_size(requested: u32) -> Result<usize, Status> {
+    match requested {
+        0 => Ok(DEFAULT_PAGE_SIZE as usize),
+        n if n <= MAX_PAGE_SIZE => Ok(n as usize),
+        n => Err(Status::invalid_argument(format!("field `page_size` must be at most {MAX_PAGE_SIZE}, got {n}"))),
+    }
+}
+
+fn bad_token(token: &str) -> Status {
+    let shown: String = token.chars().take(64).collect();
+    Status::invalid_argument(format!("field `page_token` is not one this coordinator gave: {shown:?}"))
 }
 
 fn job_id(value: &str) -> Result<JobId, Status> {
@@ -53,14 +69,25 @@ impl pb::job_service_server::JobService for JobApi {
         let id = job_id(&request.get_ref().job_id)?;
         let job = self.control.job(&id).await.map_err(to_status)?;
         let waiting = self.control.waiting_reasons(std::slice::from_ref(&job)).await;
-        Ok(Response::new(with_waiting_reason(&job, waiting.into_iter().next().flatten())))
+        Ok(Response::new(with_waiting_reason(job_to_proto(&job), waiting.into_iter().next().flatten())))
     }
 
-    async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let jobs = self.control.jobs().await;
+    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let request = request.into_inner();
+        let size = page_size(request.page_size)?;
+        let after = match request.page_token.as_str() {
+            "" => None,
+            token => Some(token.split_once(':').and_then(|(at, id)| Some((at.parse::<u64>().ok()?, JobId::new(id)))).ok_or_else(|| bad_token(token))?),
+        };
+        let (jobs, next) = self.control.jobs_page(after, size).await;
         let waiting = self.control.waiting_reasons(&jobs).await;
-        let jobs = jobs.iter().zip(waiting).map(|(job, reason)| with_waiting_reason(job, reason)).collect();
-        Ok(Response::new(pb::ListJobsResponse { jobs }))
+        let jobs = jobs
+            .iter()
+            .zip(waiting)
+            .map(|(job, reason)| with_waiting_reason(job_summary_to_proto(job), reason))
+            .collect();
+        let next_page_token = next.map(|(at, id)| format!("{at}:{id}")).unwrap_or_default();
+        Ok(Response::new(pb::ListJobsResponse { jobs, next_page_token }))
     }
 
     async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
@@ -99,9 +126,16 @@ impl pb::job_service_server::JobService for JobApi {
         Ok(Response::new(stream))
     }
 
-    async fn list_workers(&self, _: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        let workers = self.control.workers().await.iter().map(worker_to_proto).collect();
-        Ok(Response::new(pb::ListWorkersResponse { workers }))
+    async fn list_workers(&self, request: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let request = request.into_inner();
+        let size = page_size(request.page_size)?;
+        let after = (!request.page_token.is_empty()).then(|| WorkerId::new(request.page_token.as_str()));
+        // One more than the page, to know whether another follows.
+        let mut workers = self.control.workers_page(after.as_ref(), size + 1).await;
+        let more = workers.len() > size;
+        workers.truncate(size);
+        let next_page_token = if more { workers.last().map(|w| w.record.id.to_string()).unwrap_or_default() } else { String::new() };
+        Ok(Response::new(pb::ListWorkersResponse { workers: workers.iter().map(worker_to_proto).collect(), next_page_token }))
     }
 }
 

@@ -13,6 +13,11 @@ use crate::control::ControlPlane;
 use crate::error::CoordinatorError;
 use crate::model::{EpochRecord, Slot, TaskOutcome};
 
+/// The most device slots one worker may offer.
+pub const MAX_SLOTS: usize = 64;
+/// The longest hostname a worker may report (DNS allows 253).
+pub const MAX_HOSTNAME_CHARS: usize = 253;
+
 pub struct WorkerApi {
     control: Arc<ControlPlane>,
 }
@@ -33,7 +38,14 @@ fn ids(worker_id: &str, task_id: &str) -> Result<(WorkerId, TaskId), Status> {
 impl pb::worker_service_server::WorkerService for WorkerApi {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let request = request.into_inner();
-        let id = WorkerId::new(required(&request.worker_id, "worker_id").map_err(to_status)?);
+        let invalid = |field: &str, problem: String| to_status(CoordinatorError::InvalidArgument(format!("field `{field}` {problem}")));
+        let id = WorkerId::parse(required(&request.worker_id, "worker_id").map_err(to_status)?).map_err(|p| invalid("worker_id", p))?;
+        if request.hostname.chars().count() > MAX_HOSTNAME_CHARS || request.hostname.chars().any(char::is_control) {
+            return Err(invalid("hostname", format!("must be at most {MAX_HOSTNAME_CHARS} characters, none of them control characters")));
+        }
+        if request.slots.len() > MAX_SLOTS {
+            return Err(invalid("slots", format!("must list at most {MAX_SLOTS} slots, got {}", request.slots.len())));
+        }
         let slots = request.slots.into_iter().map(Slot::try_from).collect::<Result<Vec<_>, _>>().map_err(to_status)?;
         self.control.register(id, request.hostname, slots, now_ms()).await.map_err(to_status)?;
         let settings = self.control.settings();
