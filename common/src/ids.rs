@@ -42,6 +42,13 @@ string_id!(
     TaskId
 );
 
+impl TaskId {
+    /// The job this task belongs to: the part of the id before its first `/`.
+    pub fn job(&self) -> JobId {
+        JobId(self.0.split('/').next().unwrap_or_default().to_owned())
+    }
+}
+
 impl JobId {
     /// A fresh random job id.
     pub fn generate() -> Self {

@@ -2,7 +2,7 @@
 //! written through to the [`Store`] before the in-memory model changes. gRPC services call
 //! into this; it calls the pure model (`JobRecord::on_event`, `schedule`) and the store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -78,11 +78,49 @@ type Rendezvous = Vec<Option<(String, Vec<u8>)>>;
 
 #[derive(Default)]
 struct Model {
+    /// Changed only through [`Model::put_job`], which keeps `assigned` in step.
     jobs: BTreeMap<JobId, JobRecord>,
+    /// The tasks assigned to each worker, by (job, task): a heartbeat reads its own
+    /// worker's, however many jobs are queued or done.
+    assigned: HashMap<WorkerId, BTreeSet<(JobId, TaskId)>>,
     workers: BTreeMap<WorkerId, LiveWorker>,
     watchers: HashMap<JobId, watch::Sender<JobRecord>>,
     /// Gang rendezvous by (job, round, attempt).
     gangs: HashMap<(JobId, u32, u32), Rendezvous>,
+}
+
+impl Model {
+    /// The job a task id names (task ids begin with their job's id).
+    fn job_of(&self, task: &TaskId) -> Option<&JobRecord> {
+        self.jobs.get(&task.job())
+    }
+
+    /// Stores `job`, replacing its earlier record, and updates the index of assigned tasks.
+    fn put_job(&mut self, job: JobRecord) {
+        let assigned = |job: &JobRecord| -> Vec<(WorkerId, TaskId)> {
+            job.tasks
+                .iter()
+                .filter_map(|t| match &t.state {
+                    TaskState::Assigned { worker, .. } => Some((worker.clone(), t.id.clone())),
+                    _ => None,
+                })
+                .collect()
+        };
+        if let Some(old) = self.jobs.get(&job.id) {
+            for (worker, task) in assigned(old) {
+                if let Some(tasks) = self.assigned.get_mut(&worker) {
+                    tasks.remove(&(job.id.clone(), task));
+                    if tasks.is_empty() {
+                        self.assigned.remove(&worker);
+                    }
+                }
+            }
+        }
+        for (worker, task) in assigned(&job) {
+            self.assigned.entry(worker).or_default().insert((job.id.clone(), task));
+        }
+        self.jobs.insert(job.id.clone(), job);
+    }
 }
 
 pub struct ControlPlane {
@@ -128,7 +166,7 @@ impl ControlPlane {
                         }
                         None => job,
                     };
-                    model.jobs.insert(job.id.clone(), job);
+                    model.put_job(job);
                 }
                 Err(error) => {
                     warn!(%key, %error, "a job record that cannot be read is set aside under quarantine/");
@@ -171,7 +209,7 @@ impl ControlPlane {
         let job = JobRecord::submitted(id.clone(), spec, spec_toml.to_owned(), artifact_dir, now_ms);
         let mut model = self.model.lock().await;
         self.store.apply(vec![encode(&job_key(&id), &job)?]).await?;
-        model.jobs.insert(id.clone(), job);
+        model.put_job(job);
         info!(job_id = %id, "job submitted");
         self.run_scheduler(&mut model, now_ms).await?;
         model.jobs.get(&id).cloned().ok_or(CoordinatorError::JobNotFound(id))
@@ -258,26 +296,25 @@ impl ControlPlane {
         }
 
         let mut reply = HeartbeatReply::default();
-        for job in model.jobs.values() {
-            for task in &job.tasks {
-                if let TaskState::Assigned { worker, device } = &task.state {
-                    if worker == id && !running.contains(&task.id) {
-                        reply.assignments.push(TaskAssignment {
-                            task: task.id.clone(),
-                            job: job.id.clone(),
-                            kind: task.kind,
-                            round: task.round.0,
-                            attempt: task.attempt,
-                            spec_toml: job.spec_toml.clone(),
-                            artifact_dir: job.artifact_dir.clone(),
-                            device: device.clone(),
-                            inputs: job.task_inputs(task),
-                            rank: task.rank,
-                            world_size: task.world_size,
-                        });
-                    }
-                }
+        let mine = model.assigned.get(id).into_iter().flatten();
+        for (job, task) in mine.filter_map(|(job, task)| model.jobs.get(job).and_then(|j| Some((j, j.task(task)?)))) {
+            let TaskState::Assigned { device, .. } = &task.state else { continue };
+            if running.contains(&task.id) {
+                continue;
             }
+            reply.assignments.push(TaskAssignment {
+                task: task.id.clone(),
+                job: job.id.clone(),
+                kind: task.kind,
+                round: task.round.0,
+                attempt: task.attempt,
+                spec_toml: job.spec_toml.clone(),
+                artifact_dir: job.artifact_dir.clone(),
+                device: device.clone(),
+                inputs: job.task_inputs(task),
+                rank: task.rank,
+                world_size: task.world_size,
+            });
         }
         reply.cancel = running.into_iter().filter(|task| !is_assigned_to(&model, task, id)).collect();
         Ok(reply)
@@ -316,8 +353,7 @@ impl ControlPlane {
             worker.record = lost;
             worker.running.clear();
             warn!(worker_id = %id, ttl_ms = self.settings.lease_ttl_ms, "worker lost: no heartbeat within its lease");
-            let affected: Vec<JobId> =
-                model.jobs.values().filter(|j| j.workers().contains(&id)).map(|j| j.id.clone()).collect();
+            let affected: BTreeSet<JobId> = model.assigned.get(&id).into_iter().flatten().map(|(job, _)| job.clone()).collect();
             for job in affected {
                 self.apply_job_event(&mut model, &job, &JobEvent::WorkerLost { worker: id.clone() }, now_ms).await?;
             }
@@ -347,7 +383,7 @@ impl ControlPlane {
 
     pub async fn finish_task(&self, worker: &WorkerId, task: &TaskId, outcome: TaskOutcome, now_ms: u64) -> Result<(), CoordinatorError> {
         let mut model = self.model.lock().await;
-        let known = model.jobs.values().find_map(|j| j.task(task)).map(|t| t.kind);
+        let known = model.job_of(task).and_then(|j| j.task(task)).map(|t| t.kind);
         if let Some(kind) = known.filter(|kind| *kind != outcome.kind()) {
             return Err(CoordinatorError::InvalidArgument(format!(
                 "task {task} is a {} task, but the report carries a {} outcome",
@@ -409,7 +445,7 @@ impl ControlPlane {
 
     async fn apply_task_event(&self, model: &mut Model, task: &TaskId, event: &JobEvent, now_ms: u64) -> Result<(), CoordinatorError> {
         // A report for a task no job knows (say, from before a store was wiped) is stale.
-        let Some(job) = model.jobs.values().find(|j| j.task(task).is_some()).map(|j| j.id.clone()) else {
+        let Some(job) = model.job_of(task).filter(|j| j.task(task).is_some()).map(|j| j.id.clone()) else {
             return Ok(());
         };
         self.apply_job_event(model, &job, event, now_ms).await
@@ -430,7 +466,7 @@ impl ControlPlane {
             model.watchers.remove(id);
             model.gangs.retain(|(job, _, _), _| job != id);
         }
-        model.jobs.insert(id.clone(), next);
+        model.put_job(next);
         Ok(())
     }
 
@@ -450,5 +486,5 @@ impl ControlPlane {
 }
 
 fn is_assigned_to(model: &Model, task: &TaskId, worker: &WorkerId) -> bool {
-    model.jobs.values().any(|j| j.task(task).is_some_and(|t| t.worker() == Some(worker)))
+    model.assigned.get(worker).is_some_and(|tasks| tasks.iter().any(|(_, t)| t == task))
 }
