@@ -70,6 +70,10 @@ struct LiveWorker {
     record: WorkerRecord,
     last_heartbeat_ms: u64,
     running: Vec<TaskId>,
+    /// Set when a gang this worker held a rank of failed: until it heartbeats again after
+    /// that moment it gets no task, so a retried gang is not placed on a rank that died
+    /// and is still "live" within its lease.
+    unproven_since_ms: Option<u64>,
 }
 
 /// Ranks that joined a gang so far, by rank: (address, NCCL id). In memory only: after a
@@ -177,7 +181,7 @@ impl ControlPlane {
         for (key, bytes) in store.list("workers/").await? {
             match decode::<WorkerRecord>(&key, &bytes) {
                 Ok(record) => {
-                    let live = LiveWorker { record, last_heartbeat_ms: now_ms, running: Vec::new() };
+                    let live = LiveWorker { record, last_heartbeat_ms: now_ms, running: Vec::new(), unproven_since_ms: None };
                     model.workers.insert(live.record.id.clone(), live);
                 }
                 Err(error) => {
@@ -272,7 +276,7 @@ impl ControlPlane {
         let record = WorkerRecord { id: id.clone(), hostname, slots, state: WorkerState::Live, registered_at_ms };
         self.store.apply(vec![encode(&worker_key(&id), &record)?]).await?;
         let running = model.workers.remove(&id).map(|w| w.running).unwrap_or_default();
-        model.workers.insert(id.clone(), LiveWorker { record, last_heartbeat_ms: now_ms, running });
+        model.workers.insert(id.clone(), LiveWorker { record, last_heartbeat_ms: now_ms, running, unproven_since_ms: None });
         info!(worker_id = %id, "worker registered");
         self.run_scheduler(&mut model, now_ms).await
     }
@@ -284,6 +288,7 @@ impl ControlPlane {
         let worker = model.workers.get_mut(id).ok_or_else(|| CoordinatorError::WorkerNotFound(id.clone()))?;
         worker.last_heartbeat_ms = now_ms;
         worker.running = running.clone();
+        let proven = worker.unproven_since_ms.take_if(|since| now_ms > *since).is_some();
         if worker.record.state == WorkerState::Lost {
             let mut revived = worker.record.clone();
             revived.state = WorkerState::Live;
@@ -292,6 +297,8 @@ impl ControlPlane {
             if let Some(worker) = model.workers.get_mut(id) {
                 worker.record = revived;
             }
+            self.run_scheduler(&mut model, now_ms).await?;
+        } else if proven {
             self.run_scheduler(&mut model, now_ms).await?;
         }
 
@@ -406,6 +413,20 @@ impl ControlPlane {
     ) -> Result<(), CoordinatorError> {
         let mut model = self.model.lock().await;
         warn!(worker_id = %worker, task_id = %task, %reason, retryable, "task failed");
+        // Every worker of a failed gang must prove itself alive before it gets a task
+        // again: the rank that reports the failure is often not the one that died.
+        let gang: Vec<WorkerId> = model
+            .job_of(task)
+            .and_then(|job| {
+                let failed = job.task(task).filter(|t| t.world_size > 1 && t.worker() == Some(worker))?;
+                Some(job.tasks.iter().filter(|t| t.gang_key() == failed.gang_key()).filter_map(|t| t.worker().cloned()).collect())
+            })
+            .unwrap_or_default();
+        for id in &gang {
+            if let Some(member) = model.workers.get_mut(id) {
+                member.unproven_since_ms = Some(now_ms);
+            }
+        }
         let event = JobEvent::TaskFailed { task: task.clone(), worker: worker.clone(), reason, retryable };
         self.apply_task_event(&mut model, task, &event, now_ms).await?;
         self.run_scheduler(&mut model, now_ms).await
@@ -473,7 +494,7 @@ impl ControlPlane {
     async fn run_scheduler(&self, model: &mut Model, now_ms: u64) -> Result<(), CoordinatorError> {
         let assignments = {
             let jobs: Vec<&JobRecord> = model.jobs.values().collect();
-            let workers: Vec<&WorkerRecord> = model.workers.values().map(|w| &w.record).collect();
+            let workers: Vec<&WorkerRecord> = model.workers.values().filter(|w| w.unproven_since_ms.is_none()).map(|w| &w.record).collect();
             schedule(&jobs, &workers)
         };
         for assignment in assignments {
@@ -487,4 +508,50 @@ impl ControlPlane {
 
 fn is_assigned_to(model: &Model, task: &TaskId, worker: &WorkerId) -> bool {
     model.assigned.get(worker).is_some_and(|tasks| tasks.iter().any(|(_, t)| t == task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DatasetSummary;
+    use crate::store::MemoryStore;
+
+    fn settings() -> Settings {
+        Settings { artifact_root: "/tmp/unused".into(), heartbeat_interval_ms: 1000, lease_ttl_ms: 60_000 }
+    }
+
+    async fn heartbeat(control: &ControlPlane, id: &WorkerId, now_ms: u64) -> Vec<TaskAssignment> {
+        control.heartbeat(id, Vec::new(), now_ms).await.expect("heartbeat").assignments
+    }
+
+    #[tokio::test]
+    async fn a_retried_gang_is_not_placed_on_a_rank_that_has_not_heartbeated_since_it_failed() {
+        let control = ControlPlane::load(settings(), Arc::new(MemoryStore::default()), 0).await.expect("load");
+        let [w1, w2, w3] = ["w1", "w2", "w3"].map(WorkerId::new);
+        let cpu = || vec![Slot { device: "cpu".into(), name: "cpu".into() }];
+        for id in [&w1, &w2] {
+            control.register(id.clone(), "h".into(), cpu(), 0).await.expect("register");
+        }
+        let spec = "version = 1\ndataset = \"/d\"\n[resources]\nworkers = 2\n";
+        let job = control.submit(spec, 1).await.expect("submit");
+        let (p1, p2) = (heartbeat(&control, &w1, 2).await, heartbeat(&control, &w2, 2).await);
+        let (preparer, prepare) = if p1.is_empty() { (&w2, &p2[0]) } else { (&w1, &p1[0]) };
+        let summary = DatasetSummary { class_names: vec!["a".into(), "b".into()], train_samples: 4, val_samples: 4, unlabeled_shards: vec![] };
+        control.finish_task(preparer, &prepare.task, TaskOutcome::Prepared(summary), 3).await.expect("finish");
+        let (g1, g2) = (heartbeat(&control, &w1, 4).await, heartbeat(&control, &w2, 4).await);
+        assert_eq!((g1.len(), g2.len()), (1, 1), "the gang of two ranks is placed on w1 and w2");
+
+        // w2 dies silently (still live within its lease); w1's rank reports the broken ring.
+        control.register(w3.clone(), "h".into(), cpu(), 5).await.expect("register");
+        control.fail_task(&w1, &g1[0].task, "gradient exchange failed".into(), true, 10).await.expect("fail");
+        // Until they heartbeat again, neither rank of the failed gang gets a task.
+        assert!(heartbeat(&control, &w3, 11).await.is_empty(), "w3 alone cannot hold a gang of two");
+        // w1 heartbeats: it is alive, and the retried gang goes to w1 and w3, not to w2.
+        let on_w1 = heartbeat(&control, &w1, 12).await;
+        let on_w3 = heartbeat(&control, &w3, 12).await;
+        assert_eq!((on_w1.len(), on_w3.len()), (1, 1), "the retry runs on the two workers that proved alive");
+        assert!(on_w1[0].attempt > g1[0].attempt, "a new attempt");
+        let record = control.job(&job.id).await.expect("job");
+        assert!(!record.workers().contains(&w2), "nothing is placed on the silent w2: {:?}", record.workers());
+    }
 }
