@@ -24,6 +24,8 @@ variants=${VARIANTS:-a-weak-1x a-strong-1x a-weak-2x a-strong-2x c-full f-ceilin
 seeds=${SEEDS:-7}
 
 bash scripts/bootstrap.sh
+# The commit the binaries are built from (the tree may move on while the variants run).
+commit=$(git describe --always --dirty --abbrev=7)
 cargo build --release -p feral-cli -p feral-coordinator -p feral-worker
 bin=target/release
 mkdir -p "$out/logs" "$(dirname "$json")"
@@ -76,7 +78,7 @@ for seed in $seeds; do
 done
 
 # One JSON document: every variant's chosen round (best val macro-F1) with its test numbers.
-python3 - "$json" "$(git rev-parse --short HEAD)" "${results[@]}" <<'EOF'
+python3 - "$json" "$commit" "${results[@]}" <<'EOF'
 import json, pathlib, sys
 path, commit, rows = sys.argv[1], sys.argv[2], sys.argv[3:]
 variants = []

@@ -20,24 +20,35 @@ pub struct Assignment {
 /// the worker the shard planner gives their shard ([`shard_plan`]); only a slot left free
 /// after that takes another worker's shard, so no worker idles while shards wait.
 pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Assignment> {
-    let mut busy: Vec<Vec<String>> = workers
-        .iter()
-        .map(|w| {
-            jobs.iter()
-                .flat_map(|j| &j.tasks)
-                .filter_map(|t| match &t.state {
-                    TaskState::Assigned { worker, device } if worker == &w.id => Some(device.clone()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .collect();
-
+    // The devices each worker is busy on: one pass over the tasks of the jobs still running.
+    let position: std::collections::HashMap<&WorkerId, usize> = workers.iter().enumerate().map(|(i, w)| (&w.id, i)).collect();
+    let mut busy: Vec<Vec<String>> = vec![Vec::new(); workers.len()];
     let mut ordered: Vec<&&JobRecord> = jobs.iter().filter(|j| !j.state.is_final()).collect();
+    for task in ordered.iter().flat_map(|j| &j.tasks) {
+        if let TaskState::Assigned { worker, device } = &task.state {
+            if let Some(&i) = position.get(worker) {
+                busy[i].push(device.clone());
+            }
+        }
+    }
+    let free_slots = |busy: &[Vec<String>]| -> usize {
+        workers
+            .iter()
+            .zip(busy)
+            .filter(|(w, _)| w.state == WorkerState::Live)
+            .map(|(w, b)| w.slots.iter().filter(|s| !b.contains(&s.device)).count())
+            .sum()
+    };
+    let mut free = free_slots(&busy);
     ordered.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
 
     let mut assignments = Vec::new();
     for job in ordered {
+        // A full cluster places nothing more: the jobs behind wait without being looked at,
+        // so a long queue costs nothing here.
+        if free == 0 {
+            break;
+        }
         let mut pending: Vec<&TaskRecord> = job.tasks.iter().filter(|t| t.state == TaskState::Pending).collect();
         if pending.iter().any(|t| t.shard.is_some()) {
             let planned = shard_plan(job, workers);
@@ -69,6 +80,7 @@ pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Assignmen
                 assignments.extend(placed);
             }
         }
+        free = free_slots(&busy);
     }
     assignments
 }
