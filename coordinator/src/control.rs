@@ -101,15 +101,8 @@ impl Model {
 
     /// Stores `job`, replacing its earlier record, and updates the index of assigned tasks.
     fn put_job(&mut self, job: JobRecord) {
-        let assigned = |job: &JobRecord| -> Vec<(WorkerId, TaskId)> {
-            job.tasks
-                .iter()
-                .filter_map(|t| match &t.state {
-                    TaskState::Assigned { worker, .. } => Some((worker.clone(), t.id.clone())),
-                    _ => None,
-                })
-                .collect()
-        };
+        let assigned =
+            |job: &JobRecord| -> Vec<(WorkerId, TaskId)> { job.tasks.iter().filter_map(|t| Some((t.worker()?.clone(), t.id.clone()))).collect() };
         if let Some(old) = self.jobs.get(&job.id) {
             for (worker, task) in assigned(old) {
                 if let Some(tasks) = self.assigned.get_mut(&worker) {
