@@ -160,8 +160,8 @@ impl Windows {
         let mine: Vec<usize> = (rank..n).step_by(world).collect();
         let weak = Augmentation::default();
         for copy in 0..copies {
+            let perturbed = view.map(|(strong, seed, _)| View { weak: &weak, strong: Some(strong), seed: mix(seed, copy as u64), offset: 0 });
             for chunk in mine.chunks(256) {
-                let perturbed = view.map(|(strong, seed, _)| View { weak: &weak, strong: Some(strong), seed: mix(seed, copy as u64), offset: 0 });
                 let images = match perturbed {
                     // Seeded by frame index, so that every rank draws what one rank would.
                     Some(v) => {
@@ -191,6 +191,11 @@ impl Windows {
         Ok(Self { features, frames: n, rows, window })
     }
 
+    /// V, the copies of each frame's features.
+    pub fn views(&self) -> usize {
+        self.features.size()[0] as usize / self.frames.max(1)
+    }
+
     /// The N×K×F features of the windows centred on `centres`, in the first view.
     pub fn gather(&self, centres: &[usize]) -> Tensor {
         self.gather_views(centres, |_| 0)
@@ -199,7 +204,7 @@ impl Windows {
     /// The N×K×F features of the windows centred on `centres`, each token in the view
     /// `view(token)` chooses (tokens counted row-major).
     fn gather_views(&self, centres: &[usize], mut view: impl FnMut(usize) -> usize) -> Tensor {
-        let views = self.features.size()[0] as usize / self.frames.max(1);
+        let views = self.views();
         let indices: Vec<i64> = centres
             .iter()
             .flat_map(|&c| self.rows[c * self.window..(c + 1) * self.window].iter())
@@ -267,7 +272,7 @@ pub fn train(
             let mine = &drawn[rank * BATCH..(rank + 1) * BATCH];
             let mut rng = SmallRng::seed_from_u64(mix(seed, rank as u64));
             // Every token in a view of its own, so that no two steps see one window alike.
-            let views = train.features.size()[0] as usize / train.frames.max(1);
+            let views = train.views();
             let mut windows = train.gather_views(mine, |_| rng.random_range(0..views));
             // Hide the centre frame wherever it stands in its window (edge padding repeats it).
             let mut keep = vec![1f32; mine.len() * train.window];
