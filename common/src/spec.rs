@@ -175,6 +175,16 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// The name a spec gives it (`[model] arch`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::CompactCnn => "compact-cnn",
+            Arch::Linear => "linear",
+            Arch::Resnet18 => "resnet18",
+            Arch::Resnet34 => "resnet34",
+        }
+    }
+
     /// Whether the network is a ResNet (and so can take CBAM attention).
     pub fn is_resnet(self) -> bool {
         matches!(self, Arch::Resnet18 | Arch::Resnet34)

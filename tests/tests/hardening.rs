@@ -1,13 +1,16 @@
-//! What a careless or hostile user sends cannot take Feral down: a task that panics fails
-//! its own job with the reason and the worker serves the next one; two jobs that name one
-//! artifacts directory write apart.
+//! What a careless or hostile user sends cannot take Feral down: a task that panics, or
+//! one too large for the worker's memory, fails its own job with the reason and the
+//! worker serves the next one; two jobs that name one artifacts directory write apart.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use feral_common::prepare::{prepare_synthetic, SyntheticSplits};
+use feral_common::synthetic::SyntheticConfig;
 use feral_proto::v1 as pb;
 use feral_tests::scripted::ScriptedRunner;
 use feral_tests::*;
+use feral_worker::runner::TchRunner;
 
 const FINAL: [pb::JobState; 2] = [pb::JobState::Succeeded, pb::JobState::Failed];
 
@@ -35,6 +38,36 @@ async fn a_panicking_task_fails_its_job_with_the_reason_and_the_worker_serves_on
     // The panic freed the slot and the worker process lives on: the next job runs there.
     let next = submit(&mut jobs, named(dir.path(), "fine")).await?;
     let done = wait_for_state(&jobs, &next.id, &FINAL, Duration::from_secs(60)).await?;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32, "{}", done.state_reason);
+
+    worker.stop().await?;
+    coordinator.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_too_large_for_the_workers_memory_is_refused_before_it_allocates() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let coordinator = RunningCoordinator::in_memory(dir.path()).await?;
+    let worker = RunningWorker::start(&coordinator.url(), "w1", Arc::new(TchRunner));
+    let mut jobs = coordinator.jobs().await?;
+    // 96×96 faces: within every range, but one step of width 512 and 4096 images would
+    // hold some 800 GiB of activations. Allocated, Linux would kill the worker process.
+    let data = dir.path().join("faces96");
+    let config = SyntheticConfig { samples: 200, image_size: 96, imbalance_ratio: 1.0, label_noise: 0.0, seed: 3 };
+    prepare_synthetic(&data, &config, &SyntheticSplits { val_fraction: 0.2, labeled_fraction: 1.0, ..SyntheticSplits::default() })?;
+    let huge = job_spec(&data, 1).replace("width = 16", "width = 512").replace("batch_size = 64", "batch_size = 4096");
+    let job = submit(&mut jobs, huge).await?;
+    let failed = wait_for_state(&jobs, &job.id, &FINAL, Duration::from_secs(120)).await?;
+    assert_eq!(failed.state, pb::JobState::Failed as i32, "{failed:?}");
+    let reason = &failed.state_reason;
+    assert!(reason.contains("too large for this worker") && reason.contains("4096 images of 1×96×96"), "the reason gives the sizes: {reason}");
+    assert!(reason.contains("lower train.batch_size"), "and what to change: {reason}");
+    assert!(!reason.contains("gave up after"), "the same job would not fit on a retry either: {reason}");
+
+    // The same worker, still alive, trains a job that fits.
+    let fits = submit(&mut jobs, job_spec(&data, 1)).await?;
+    let done = wait_for_state(&jobs, &fits.id, &FINAL, Duration::from_secs(120)).await?;
     assert_eq!(done.state, pb::JobState::Succeeded as i32, "{}", done.state_reason);
 
     worker.stop().await?;

@@ -21,6 +21,7 @@ mod ema;
 mod export;
 mod loader;
 pub mod losses;
+mod memory;
 mod model;
 mod optim;
 pub mod precision;
@@ -105,6 +106,8 @@ pub enum TrainError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("batch loader failed: {0}")]
     Loader(#[from] LoaderError),
+    #[error("the job is too large for this worker: {0}")]
+    TooLarge(String),
     #[error("stopped before the end")]
     Stopped,
 }
@@ -213,6 +216,7 @@ pub fn train(
         tch::set_num_threads(spec.train.threads as i32);
     }
     let image = [manifest.image.channels as i64, manifest.image.height as i64, manifest.image.width as i64];
+    memory::check_step_fits(spec, image, context.round, context.device).map_err(TrainError::TooLarge)?;
     let (mut vs, net, mut ema_vs, ema_net) = {
         // libtorch's generator is global: seeding and initialising under one lock makes the
         // initial weights depend on the seed alone, even with several tasks in a process.

@@ -33,6 +33,29 @@ pub fn build_model(path: &nn::Path, spec: &ModelSpec, image: [i64; 3], classes: 
     }
 }
 
+/// Floats one training sample's forward pass through the network `spec` describes keeps
+/// for the backward pass (each convolution, normalisation and activation output). A
+/// step needs at least this times its batch, in 4-byte floats: what the worker checks
+/// before it allocates (see [`super::memory`]).
+pub fn activation_floats(spec: &ModelSpec, image: [i64; 3]) -> u64 {
+    let [channels, height, width] = image.map(|d| d.max(1) as u64);
+    match spec.arch {
+        Arch::Linear => channels * height * width,
+        Arch::CompactCnn => {
+            let (mut floats, mut side) = (0u64, (height, width));
+            for out in [1, 2, 4].map(|m| spec.width.max(1) as u64 * m) {
+                // Two convolutions with batch norm and ReLU, then the 2×2 max-pool's output.
+                floats = floats.saturating_add(6 * out * side.0 * side.1);
+                side = (side.0 / 2, side.1 / 2);
+                floats = floats.saturating_add(out * side.0 * side.1);
+            }
+            floats
+        }
+        Arch::Resnet18 => resnet::ResNetConfig::new(resnet::RESNET18_BLOCKS, image, 1, spec).activation_floats([height, width]),
+        Arch::Resnet34 => resnet::ResNetConfig::new(resnet::RESNET34_BLOCKS, image, 1, spec).activation_floats([height, width]),
+    }
+}
+
 /// Lays every 4-D variable of `vs` (convolution weights) out channels-last, like the input
 /// batches, keeping its values and shape: with bf16, cuDNN's fastest convolutions on
 /// tensor cores want NHWC. Done on CUDA only; the CPU keeps libtorch's default layout.

@@ -59,6 +59,33 @@ impl ResNetConfig {
     }
 }
 
+impl ResNetConfig {
+    /// Floats one `height × width` sample keeps for the backward pass: the stem's
+    /// convolution, batch norm and ReLU (and max-pool); per block conv, bn, ReLU, conv, bn,
+    /// the sum and its ReLU, three more for CBAM and two for a projection shortcut.
+    pub fn activation_floats(&self, [height, width]: [u64; 2]) -> u64 {
+        let half = |(h, w): (u64, u64)| (h.div_ceil(2), w.div_ceil(2));
+        let mut side = if self.small_stem { (height, width) } else { half((height, width)) };
+        let mut floats = 3 * STAGE_WIDTHS[0] as u64 * side.0 * side.1;
+        if !self.small_stem {
+            side = half(side);
+            floats += STAGE_WIDTHS[0] as u64 * side.0 * side.1;
+        }
+        for (stage, (&channels, &count)) in STAGE_WIDTHS.iter().zip(&self.blocks).enumerate() {
+            for index in 0..count {
+                // The first block of stages 2 to 4 halves the side and projects its shortcut.
+                let projected = stage > 0 && index == 0;
+                if projected {
+                    side = half(side);
+                }
+                let per_map = 7 + if self.cbam { 3 } else { 0 } + if projected { 2 } else { 0 };
+                floats = floats.saturating_add(per_map * channels as u64 * side.0 * side.1);
+            }
+        }
+        floats
+    }
+}
+
 /// Two 3×3 convolutions with batch norm on the residual branch (CBAM after the second,
 /// before the addition, as in Woo et al.'s Fig. 3), and a 1×1 projection on the shortcut
 /// where the shape changes.
