@@ -506,7 +506,7 @@ fn is_assigned_to(model: &Model, task: &TaskId, worker: &WorkerId) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::DatasetSummary;
+    use crate::model::{DatasetSummary, JobState};
     use crate::store::MemoryStore;
 
     fn settings() -> Settings {
@@ -517,34 +517,83 @@ mod tests {
         control.heartbeat(id, Vec::new(), now_ms).await.expect("heartbeat").assignments
     }
 
-    #[tokio::test]
-    async fn a_retried_gang_is_not_placed_on_a_rank_that_has_not_heartbeated_since_it_failed() {
+    /// A coordinator whose job (at most `max_attempts` attempts) has its gang of two ranks
+    /// placed on `w1` and `w2`, and `w3` registered: the assignments of `w1` and `w2`.
+    async fn gang_on_w1_and_w2(max_attempts: u32) -> (ControlPlane, JobId, [TaskAssignment; 2]) {
         let control = ControlPlane::load(settings(), Arc::new(MemoryStore::default()), 0).await.expect("load");
-        let [w1, w2, w3] = ["w1", "w2", "w3"].map(WorkerId::new);
         let cpu = || vec![Slot { device: "cpu".into(), name: "cpu".into() }];
+        let [w1, w2, w3] = ["w1", "w2", "w3"].map(WorkerId::new);
         for id in [&w1, &w2] {
             control.register(id.clone(), "h".into(), cpu(), 0).await.expect("register");
         }
-        let spec = "version = 1\ndataset = \"/d\"\n[resources]\nworkers = 2\n";
-        let job = control.submit(spec, 1).await.expect("submit");
+        let spec = format!("version = 1\ndataset = \"/d\"\n[resources]\nworkers = 2\nmax_attempts = {max_attempts}\n");
+        let job = control.submit(&spec, 1).await.expect("submit");
         let (p1, p2) = (heartbeat(&control, &w1, 2).await, heartbeat(&control, &w2, 2).await);
         let (preparer, prepare) = if p1.is_empty() { (&w2, &p2[0]) } else { (&w1, &p1[0]) };
         let summary = DatasetSummary { class_names: vec!["a".into(), "b".into()], train_samples: 4, val_samples: 4, unlabeled_shards: vec![] };
         control.finish_task(preparer, &prepare.task, TaskOutcome::Prepared(summary), 3).await.expect("finish");
-        let (g1, g2) = (heartbeat(&control, &w1, 4).await, heartbeat(&control, &w2, 4).await);
+        let (mut g1, mut g2) = (heartbeat(&control, &w1, 4).await, heartbeat(&control, &w2, 4).await);
         assert_eq!((g1.len(), g2.len()), (1, 1), "the gang of two ranks is placed on w1 and w2");
+        control.register(w3, "h".into(), cpu(), 5).await.expect("register");
+        (control, job.id, [g1.remove(0), g2.remove(0)])
+    }
 
+    /// The train tasks of `job` that are still live (queued or placed), and its state.
+    async fn live_training(control: &ControlPlane, job: &JobId) -> (Vec<(u32, Option<WorkerId>)>, JobState) {
+        let record = control.job(job).await.expect("job");
+        let mut live: Vec<_> = record.tasks.iter().filter(|t| t.kind == TaskKind::Train && t.is_live()).map(|t| (t.attempt, t.worker().cloned())).collect();
+        live.sort();
+        (live, record.state)
+    }
+
+    #[tokio::test]
+    async fn a_retried_gang_is_not_placed_on_a_rank_that_has_not_heartbeated_since_it_failed() {
+        let (control, job, [g1, _]) = gang_on_w1_and_w2(3).await;
+        let [w1, w2, w3] = ["w1", "w2", "w3"].map(WorkerId::new);
         // w2 dies silently (still live within its lease); w1's rank reports the broken ring.
-        control.register(w3.clone(), "h".into(), cpu(), 5).await.expect("register");
-        control.fail_task(&w1, &g1[0].task, "gradient exchange failed".into(), true, 10).await.expect("fail");
+        control.fail_task(&w1, &g1.task, "gradient exchange failed".into(), true, 10).await.expect("fail");
         // Until they heartbeat again, neither rank of the failed gang gets a task.
         assert!(heartbeat(&control, &w3, 11).await.is_empty(), "w3 alone cannot hold a gang of two");
         // w1 heartbeats: it is alive, and the retried gang goes to w1 and w3, not to w2.
         let on_w1 = heartbeat(&control, &w1, 12).await;
         let on_w3 = heartbeat(&control, &w3, 12).await;
         assert_eq!((on_w1.len(), on_w3.len()), (1, 1), "the retry runs on the two workers that proved alive");
-        assert!(on_w1[0].attempt > g1[0].attempt, "a new attempt");
-        let record = control.job(&job.id).await.expect("job");
+        assert!(on_w1[0].attempt > g1.attempt, "a new attempt");
+        let record = control.job(&job).await.expect("job");
         assert!(!record.workers().contains(&w2), "nothing is placed on the silent w2: {:?}", record.workers());
+    }
+
+    #[tokio::test]
+    async fn a_lost_rank_costs_its_gang_one_attempt_when_the_survivor_reports_first() {
+        let (control, job, [g1, _]) = gang_on_w1_and_w2(2).await;
+        let [w1, w2, w3] = ["w1", "w2", "w3"].map(WorkerId::new);
+        control.fail_task(&w1, &g1.task, "gradient exchange failed: peer closed the connection".into(), true, 10).await.expect("fail");
+        heartbeat(&control, &w1, 12).await;
+        heartbeat(&control, &w3, 12).await;
+        // Later, the dead w2's lease runs out: that is the same failure, not a second one.
+        heartbeat(&control, &w1, 60_000).await;
+        heartbeat(&control, &w3, 60_000).await;
+        control.expire_leases(61_000).await.expect("expire");
+        assert_eq!(control.workers().await.iter().find(|w| w.record.id == w2).map(|w| w.record.state), Some(WorkerState::Lost));
+        let (live, state) = live_training(&control, &job).await;
+        assert!(!state.is_final(), "two attempts allowed, one used: {state:?}");
+        assert_eq!(live, [(2, Some(w1)), (2, Some(w3))], "attempt 2 runs on, and no third is queued");
+    }
+
+    #[tokio::test]
+    async fn a_lost_rank_costs_its_gang_one_attempt_when_its_lease_runs_out_first() {
+        let (control, job, [g1, _]) = gang_on_w1_and_w2(2).await;
+        let [w1, w2, w3] = ["w1", "w2", "w3"].map(WorkerId::new);
+        heartbeat(&control, &w1, 60_000).await;
+        heartbeat(&control, &w3, 60_000).await;
+        control.expire_leases(61_000).await.expect("expire");
+        // The survivor's rank, blocked on its dead peer, reports the broken ring late: its
+        // attempt is already over, and the report changes nothing.
+        control.fail_task(&w1, &g1.task, "gradient exchange failed: peer timed out".into(), true, 61_500).await.expect("fail");
+        heartbeat(&control, &w1, 62_000).await;
+        heartbeat(&control, &w3, 62_000).await;
+        let (live, state) = live_training(&control, &job).await;
+        assert!(!state.is_final(), "two attempts allowed, one used: {state:?}");
+        assert_eq!(live, [(2, Some(w1)), (2, Some(w3))], "attempt 2 runs on w1 and w3, not on the lost w2 ({w2})");
     }
 }
