@@ -16,8 +16,9 @@ use feral_proto::v1 as pb;
 use crate::children::Children;
 use crate::client::{connect, rpc_error};
 use crate::jobs::{all_jobs, all_workers, report_final, submit_spec};
-use crate::prepare::{describe_manifest, generate_synthetic};
-use crate::render;
+use crate::manifest::describe_manifest;
+use crate::prepare::generate_synthetic;
+use crate::{render, table};
 use crate::watch::watch_job;
 
 /// How long the workers get to register.
@@ -163,12 +164,12 @@ fn online_summary(rounds: &[pb::RoundSummary]) -> Option<String> {
         with_hidden_label: sum.with_hidden_label.saturating_add(mask.with_hidden_label),
         correct: sum.correct.saturating_add(mask.correct),
     });
-    let precision = total.precision().map_or_else(|| "unknown".to_owned(), render::percent);
+    let precision = total.precision().map_or_else(|| "unknown".to_owned(), table::percent);
     Some(format!(
         "online pseudo-labels: {} learnt in {} ({} of the pool labels the EMA model made, precision {precision}); per round in the ONLINE columns above",
-        render::count(total.masked_in),
+        table::count(total.masked_in),
         count(masks.len(), "student round"),
-        render::percent(total.rate()),
+        table::percent(total.rate()),
     ))
 }
 

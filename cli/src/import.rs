@@ -9,7 +9,7 @@ use anyhow::Context;
 use feral_common::import::{self, ImportReport, SplitOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::prepare::describe_manifest;
+use crate::manifest::describe_manifest;
 
 /// How the imported samples are split; shared by every importer.
 #[derive(Clone, Debug, clap::Args)]

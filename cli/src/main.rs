@@ -7,6 +7,7 @@ mod client;
 mod demo;
 mod import;
 mod jobs;
+mod manifest;
 mod prepare;
 mod render;
 mod rounds;

@@ -9,7 +9,7 @@ use feral_common::dataset::Manifest;
 use feral_common::prepare::{prepare_synthetic, prepare_synthetic_video, SyntheticSplits};
 use feral_common::synthetic::SyntheticConfig;
 
-use crate::table::{Align, Table};
+use crate::manifest::describe_manifest;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PrepareSource {
@@ -142,29 +142,6 @@ pub async fn generate_synthetic(out: &Path, config: SyntheticConfig, splits: Syn
         .context("dataset generation stopped unexpectedly")?
         .with_context(|| format!("cannot write the synthetic dataset into {}", out.display()))?;
     Ok(manifest)
-}
-
-/// Per-split sample counts and per-class counts, by class name.
-pub fn describe_manifest(manifest: &Manifest) -> String {
-    let mut headers = vec![("SPLIT", Align::Left), ("SAMPLES", Align::Right)];
-    headers.extend(manifest.classes.iter().map(|name| (name.as_str(), Align::Right)));
-    let mut table = Table::new(&headers);
-    for (split, info) in &manifest.splits {
-        let mut row = vec![split.to_string(), info.samples.to_string()];
-        row.extend(info.class_counts.iter().map(u64::to_string));
-        table.push(row);
-    }
-    let image = manifest.image;
-    let total: u64 = manifest.splits.values().map(|info| info.samples).sum();
-    format!(
-        "dataset {}: {total} images of {}x{}x{}, {} classes\n{}",
-        manifest.name,
-        image.height,
-        image.width,
-        image.channels,
-        manifest.classes.len(),
-        table.render()
-    )
 }
 
 #[cfg(test)]

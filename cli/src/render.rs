@@ -3,7 +3,7 @@
 
 use feral_proto::v1 as pb;
 
-use crate::table::{Align, Table};
+use crate::table::{f1, percent, Align, Table};
 
 /// A job state in lower case, as the CLI prints it.
 pub fn job_state_name(state: pb::JobState) -> &'static str {
@@ -46,27 +46,6 @@ pub fn format_age(milliseconds: u64) -> String {
     }
 }
 
-/// A fraction in [0, 1] as a percentage with one decimal.
-pub(crate) fn percent(value: f64) -> String {
-    format!("{:.1}%", value * 100.0)
-}
-
-pub(crate) fn f1(value: f64) -> String {
-    format!("{value:.3}")
-}
-
-/// A count with thousands separated by commas: `41,230`.
-pub(crate) fn count(value: u64) -> String {
-    let mut groups = Vec::new();
-    let mut rest = value;
-    while rest >= 1000 {
-        groups.push(format!("{:03}", rest % 1000));
-        rest /= 1000;
-    }
-    groups.push(rest.to_string());
-    groups.reverse();
-    groups.join(",")
-}
 
 fn validation(epoch: &pb::EpochMetrics) -> pb::Metrics {
     epoch.validation.clone().unwrap_or_default()
@@ -295,16 +274,6 @@ mod tests {
             worker_ids: vec!["w-1".into()],
             ..pb::Job::default()
         }
-    }
-
-    #[test]
-    fn counts_separate_thousands() {
-        assert_eq!(count(0), "0");
-        assert_eq!(count(999), "999");
-        assert_eq!(count(1_000), "1,000");
-        assert_eq!(count(41_230), "41,230");
-        assert_eq!(count(1_234_567), "1,234,567");
-        assert_eq!(count(1_000_005), "1,000,005", "inner groups keep their zeros");
     }
 
     #[test]

@@ -4,8 +4,7 @@
 
 use feral_proto::v1 as pb;
 
-use crate::render::{count, f1, percent};
-use crate::table::{Align, Table};
+use crate::table::{count, f1, percent, Align, Table};
 
 fn class_headers<'a>(first: &'a str, classes: &'a [String]) -> Vec<(&'a str, Align)> {
     std::iter::once((first, Align::Right)).chain(classes.iter().map(|c| (c.as_str(), Align::Right))).collect()

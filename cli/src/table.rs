@@ -1,4 +1,5 @@
-//! Plain-text tables with aligned columns, for `feral status` and `feral workers`.
+//! Plain-text tables with aligned columns, for `feral status` and `feral workers`, and
+//! the number formats their cells use.
 
 /// How a column's cells line up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,9 +69,41 @@ impl Table {
     }
 }
 
+/// A fraction in [0, 1] as a percentage with one decimal.
+pub fn percent(value: f64) -> String {
+    format!("{:.1}%", value * 100.0)
+}
+
+pub fn f1(value: f64) -> String {
+    format!("{value:.3}")
+}
+
+/// A count with thousands separated by commas: `41,230`.
+pub fn count(value: u64) -> String {
+    let mut groups = Vec::new();
+    let mut rest = value;
+    while rest >= 1000 {
+        groups.push(format!("{:03}", rest % 1000));
+        rest /= 1000;
+    }
+    groups.push(rest.to_string());
+    groups.reverse();
+    groups.join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_separate_thousands() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(999), "999");
+        assert_eq!(count(1_000), "1,000");
+        assert_eq!(count(41_230), "41,230");
+        assert_eq!(count(1_234_567), "1,234,567");
+        assert_eq!(count(1_000_005), "1,000,005", "inner groups keep their zeros");
+    }
 
     #[test]
     fn columns_are_aligned_and_lines_have_no_trailing_spaces() {
