@@ -1,7 +1,8 @@
 //! The vocabulary every Feral process shares and that needs no libtorch and no network:
-//! typed ids, the job spec and its validation, the dataset format (manifest plus
-//! safetensors shards) with its reader and writer, evaluation metrics, and the synthetic
-//! expression dataset used by the demo and the tests.
+//! typed ids, the job spec and its validation, the task contract between the coordinator
+//! and its workers, the dataset format (manifest plus safetensors shards) with its reader
+//! and writer, evaluation metrics, and the synthetic expression dataset used by the demo
+//! and the tests.
 // `deny`, not `forbid`: the one function that memory-maps a shard allows it.
 #![deny(unsafe_code)]
 
@@ -16,5 +17,6 @@ pub mod prepare;
 pub mod signals;
 pub mod spec;
 pub mod synthetic;
+pub mod task;
 pub mod temporal;
 pub mod time;

@@ -1,22 +1,22 @@
 //! The coordinator's control plane: jobs, workers and their tasks, kept in memory and
 //! written through to the [`Store`] before the in-memory model changes. gRPC services call
-//! into this; it calls the pure model (`JobRecord::on_event`, `schedule`) and the store.
+//! into this; it asks the pure model (`Cluster`, `JobRecord::on_event`, `schedule`) what
+//! to do, persists the result, then installs it and tells watchers.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use feral_common::ids::{JobId, TaskId, WorkerId};
 use feral_common::spec::JobSpec;
+use feral_common::task::{EpochReport, TaskOutcome, TaskRef};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{watch, Mutex};
 use tracing::{info, warn};
 
 use crate::error::CoordinatorError;
-use crate::model::{
-    schedule, waiting_reason, EpochRecord, JobEvent, JobRecord, Slot, TaskInputs, TaskKind, TaskOutcome, TaskState, WorkerRecord, WorkerState,
-};
+use crate::model::{schedule, waiting_reason, Cluster, GangPeers, JobEvent, JobRecord, LiveWorker, Orders, Slot, WorkerRecord, WorkerState};
 use crate::store::{Store, Write};
 
 /// Timing and placement settings of a coordinator.
@@ -29,35 +29,6 @@ pub struct Settings {
     pub lease_ttl_ms: u64,
 }
 
-/// A task as handed to the worker that runs it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TaskAssignment {
-    pub task: TaskId,
-    pub job: JobId,
-    pub kind: TaskKind,
-    pub round: u32,
-    pub attempt: u32,
-    pub spec_toml: String,
-    pub artifact_dir: PathBuf,
-    pub device: String,
-    pub inputs: TaskInputs,
-    pub rank: u32,
-    pub world_size: u32,
-}
-
-/// A finished rendezvous: every rank's address, and rank 0's NCCL id.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GangPeers {
-    pub addresses: Vec<String>,
-    pub nccl_unique_id: Vec<u8>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct HeartbeatReply {
-    pub assignments: Vec<TaskAssignment>,
-    pub cancel: Vec<TaskId>,
-}
-
 /// A worker with what only memory knows of it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkerView {
@@ -66,58 +37,10 @@ pub struct WorkerView {
     pub running: Vec<TaskId>,
 }
 
-struct LiveWorker {
-    record: WorkerRecord,
-    last_heartbeat_ms: u64,
-    running: Vec<TaskId>,
-    /// Set when a gang this worker held a rank of failed: until it heartbeats again after
-    /// that moment it gets no task, so a retried gang is not placed on a rank that died
-    /// and is still "live" within its lease.
-    unproven_since_ms: Option<u64>,
-}
-
-/// Ranks that joined a gang so far, by rank: (address, NCCL id). In memory only: after a
-/// coordinator restart, ranks still waiting simply join again.
-type Rendezvous = Vec<Option<(String, Vec<u8>)>>;
-
 #[derive(Default)]
 struct Model {
-    /// Changed only through [`Model::put_job`], which keeps `assigned` in step.
-    jobs: BTreeMap<JobId, JobRecord>,
-    /// The tasks assigned to each worker, by (job, task): a heartbeat reads its own
-    /// worker's, however many jobs are queued or done.
-    assigned: HashMap<WorkerId, BTreeSet<(JobId, TaskId)>>,
-    workers: BTreeMap<WorkerId, LiveWorker>,
+    cluster: Cluster,
     watchers: HashMap<JobId, watch::Sender<JobRecord>>,
-    /// Gang rendezvous by (job, round, attempt).
-    gangs: HashMap<(JobId, u32, u32), Rendezvous>,
-}
-
-impl Model {
-    /// The job a task id names (task ids begin with their job's id).
-    fn job_of(&self, task: &TaskId) -> Option<&JobRecord> {
-        self.jobs.get(&task.job())
-    }
-
-    /// Stores `job`, replacing its earlier record, and updates the index of assigned tasks.
-    fn put_job(&mut self, job: JobRecord) {
-        let assigned =
-            |job: &JobRecord| -> Vec<(WorkerId, TaskId)> { job.tasks.iter().filter_map(|t| Some((t.worker()?.clone(), t.id.clone()))).collect() };
-        if let Some(old) = self.jobs.get(&job.id) {
-            for (worker, task) in assigned(old) {
-                if let Some(tasks) = self.assigned.get_mut(&worker) {
-                    tasks.remove(&(job.id.clone(), task));
-                    if tasks.is_empty() {
-                        self.assigned.remove(&worker);
-                    }
-                }
-            }
-        }
-        for (worker, task) in assigned(&job) {
-            self.assigned.entry(worker).or_default().insert((job.id.clone(), task));
-        }
-        self.jobs.insert(job.id.clone(), job);
-    }
 }
 
 pub struct ControlPlane {
@@ -163,7 +86,7 @@ impl ControlPlane {
                         }
                         None => job,
                     };
-                    model.put_job(job);
+                    model.cluster.put_job(job);
                 }
                 Err(error) => {
                     warn!(%key, %error, "a job record that cannot be read is set aside under quarantine/");
@@ -174,8 +97,7 @@ impl ControlPlane {
         for (key, bytes) in store.list("workers/").await? {
             match decode::<WorkerRecord>(&key, &bytes) {
                 Ok(record) => {
-                    let live = LiveWorker { record, last_heartbeat_ms: now_ms, running: Vec::new(), unproven_since_ms: None };
-                    model.workers.insert(live.record.id.clone(), live);
+                    model.cluster.workers.insert(record.id.clone(), LiveWorker::new(record, now_ms));
                 }
                 Err(error) => {
                     // A worker registers again on its next heartbeat.
@@ -187,7 +109,7 @@ impl ControlPlane {
         if !repairs.is_empty() {
             store.apply(repairs).await?;
         }
-        info!(jobs = model.jobs.len(), workers = model.workers.len(), "loaded state from the store");
+        info!(jobs = model.cluster.jobs().len(), workers = model.cluster.workers.len(), "loaded state from the store");
         Ok(Self { settings, store, model: Mutex::new(model) })
     }
 
@@ -206,15 +128,15 @@ impl ControlPlane {
         let job = JobRecord::submitted(id.clone(), spec, spec_toml.to_owned(), artifact_dir, now_ms);
         let mut model = self.model.lock().await;
         self.store.apply(vec![encode(&job_key(&id), &job)?]).await?;
-        model.put_job(job);
+        model.cluster.put_job(job);
         info!(job_id = %id, "job submitted");
         self.run_scheduler(&mut model, now_ms).await?;
-        model.jobs.get(&id).cloned().ok_or(CoordinatorError::JobNotFound(id))
+        model.cluster.job(&id).cloned().ok_or(CoordinatorError::JobNotFound(id))
     }
 
     pub async fn job(&self, id: &JobId) -> Result<JobRecord, CoordinatorError> {
         let model = self.model.lock().await;
-        model.jobs.get(id).cloned().ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))
+        model.cluster.job(id).cloned().ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))
     }
 
     /// Jobs, newest first.
@@ -226,10 +148,10 @@ impl ControlPlane {
     /// time and id); with the key of the last one when more follow.
     pub async fn jobs_page(&self, after: Option<(u64, JobId)>, size: usize) -> (Vec<JobRecord>, Option<(u64, JobId)>) {
         let model = self.model.lock().await;
-        let mut keys: Vec<(u64, &JobId)> = model.jobs.values().map(|j| (j.created_at_ms, &j.id)).collect();
+        let mut keys: Vec<(u64, &JobId)> = model.cluster.jobs().values().map(|j| (j.created_at_ms, &j.id)).collect();
         keys.sort_by(|a, b| b.cmp(a));
         let start = after.map_or(0, |(at, id)| keys.partition_point(|&(t, i)| (t, i) >= (at, &id)));
-        let page: Vec<JobRecord> = keys[start..].iter().take(size).filter_map(|(_, id)| model.jobs.get(*id).cloned()).collect();
+        let page: Vec<JobRecord> = keys[start..].iter().take(size).filter_map(|(_, id)| model.cluster.job(*id).cloned()).collect();
         let more = start + page.len() < keys.len();
         let next = more.then(|| page.last().map(|j| (j.created_at_ms, j.id.clone()))).flatten();
         (page, next)
@@ -238,7 +160,7 @@ impl ControlPlane {
     /// For each of `jobs`, why it waits beyond its turn (see [`waiting_reason`]).
     pub async fn waiting_reasons(&self, jobs: &[JobRecord]) -> Vec<Option<String>> {
         let model = self.model.lock().await;
-        let workers: Vec<&WorkerRecord> = model.workers.values().map(|w| &w.record).collect();
+        let workers: Vec<&WorkerRecord> = model.cluster.workers.values().map(|w| &w.record).collect();
         jobs.iter().map(|job| waiting_reason(job, &workers)).collect()
     }
 
@@ -247,13 +169,13 @@ impl ControlPlane {
         let event = JobEvent::CancelRequested { reason: "cancelled by user".to_owned() };
         self.apply_job_event(&mut model, id, &event, now_ms).await?;
         info!(job_id = %id, "job cancel requested");
-        model.jobs.get(id).cloned().ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))
+        model.cluster.job(id).cloned().ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))
     }
 
     /// The job now, and every later version of it until it is final.
     pub async fn watch(&self, id: &JobId) -> Result<watch::Receiver<JobRecord>, CoordinatorError> {
         let mut model = self.model.lock().await;
-        let job = model.jobs.get(id).cloned().ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))?;
+        let job = model.cluster.job(id).cloned().ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))?;
         let sender = model.watchers.entry(id.clone()).or_insert_with(|| watch::channel(job).0);
         Ok(sender.subscribe())
     }
@@ -265,20 +187,20 @@ impl ControlPlane {
             return Err(CoordinatorError::required("slots"));
         }
         let mut model = self.model.lock().await;
-        let registered_at_ms = model.workers.get(&id).map_or(now_ms, |w| w.record.registered_at_ms);
+        let registered_at_ms = model.cluster.workers.get(&id).map_or(now_ms, |w| w.record.registered_at_ms);
         let record = WorkerRecord { id: id.clone(), hostname, slots, state: WorkerState::Live, registered_at_ms };
         self.store.apply(vec![encode(&worker_key(&id), &record)?]).await?;
-        let running = model.workers.remove(&id).map(|w| w.running).unwrap_or_default();
-        model.workers.insert(id.clone(), LiveWorker { record, last_heartbeat_ms: now_ms, running, unproven_since_ms: None });
+        let running = model.cluster.workers.remove(&id).map(|w| w.running).unwrap_or_default();
+        model.cluster.workers.insert(id.clone(), LiveWorker { running, ..LiveWorker::new(record, now_ms) });
         info!(worker_id = %id, "worker registered");
         self.run_scheduler(&mut model, now_ms).await
     }
 
     /// Renews a worker's lease. Answers with the tasks it should start and those it
     /// should stop: anything it runs that is no longer assigned to it.
-    pub async fn heartbeat(&self, id: &WorkerId, running: Vec<TaskId>, now_ms: u64) -> Result<HeartbeatReply, CoordinatorError> {
+    pub async fn heartbeat(&self, id: &WorkerId, running: Vec<TaskId>, now_ms: u64) -> Result<Orders, CoordinatorError> {
         let mut model = self.model.lock().await;
-        let worker = model.workers.get_mut(id).ok_or_else(|| CoordinatorError::WorkerNotFound(id.clone()))?;
+        let worker = model.cluster.workers.get_mut(id).ok_or_else(|| CoordinatorError::WorkerNotFound(id.clone()))?;
         worker.last_heartbeat_ms = now_ms;
         worker.running = running.clone();
         let proven = worker.unproven_since_ms.take_if(|since| now_ms > *since).is_some();
@@ -287,37 +209,14 @@ impl ControlPlane {
             revived.state = WorkerState::Live;
             self.store.apply(vec![encode(&worker_key(id), &revived)?]).await?;
             info!(worker_id = %id, "lost worker is back");
-            if let Some(worker) = model.workers.get_mut(id) {
+            if let Some(worker) = model.cluster.workers.get_mut(id) {
                 worker.record = revived;
             }
             self.run_scheduler(&mut model, now_ms).await?;
         } else if proven {
             self.run_scheduler(&mut model, now_ms).await?;
         }
-
-        let mut reply = HeartbeatReply::default();
-        let mine = model.assigned.get(id).into_iter().flatten();
-        for (job, task) in mine.filter_map(|(job, task)| model.jobs.get(job).and_then(|j| Some((j, j.task(task)?)))) {
-            let TaskState::Assigned { device, .. } = &task.state else { continue };
-            if running.contains(&task.id) {
-                continue;
-            }
-            reply.assignments.push(TaskAssignment {
-                task: task.id.clone(),
-                job: job.id.clone(),
-                kind: task.kind,
-                round: task.round.0,
-                attempt: task.attempt,
-                spec_toml: job.spec_toml.clone(),
-                artifact_dir: job.artifact_dir.clone(),
-                device: device.clone(),
-                inputs: job.task_inputs(task),
-                rank: task.rank,
-                world_size: task.world_size,
-            });
-        }
-        reply.cancel = running.into_iter().filter(|task| !is_assigned_to(&model, task, id)).collect();
-        Ok(reply)
+        Ok(model.cluster.orders(id, &running))
     }
 
     pub async fn workers(&self) -> Vec<WorkerView> {
@@ -328,7 +227,7 @@ impl ControlPlane {
     pub async fn workers_page(&self, after: Option<&WorkerId>, size: usize) -> Vec<WorkerView> {
         use std::ops::Bound::{Excluded, Unbounded};
         let model = self.model.lock().await;
-        let range = model.workers.range::<WorkerId, _>((after.map_or(Unbounded, Excluded), Unbounded));
+        let range = model.cluster.workers.range::<WorkerId, _>((after.map_or(Unbounded, Excluded), Unbounded));
         range
             .take(size)
             .map(|(_, w)| WorkerView { record: w.record.clone(), last_heartbeat_ms: w.last_heartbeat_ms, running: w.running.clone() })
@@ -338,23 +237,15 @@ impl ControlPlane {
     /// Marks workers whose lease ran out as lost and requeues their tasks.
     pub async fn expire_leases(&self, now_ms: u64) -> Result<(), CoordinatorError> {
         let mut model = self.model.lock().await;
-        let expired: Vec<WorkerId> = model
-            .workers
-            .values()
-            .filter(|w| w.record.state == WorkerState::Live)
-            .filter(|w| now_ms.saturating_sub(w.last_heartbeat_ms) > self.settings.lease_ttl_ms)
-            .map(|w| w.record.id.clone())
-            .collect();
-        for id in expired {
-            let Some(worker) = model.workers.get_mut(&id) else { continue };
+        for id in model.cluster.expired(now_ms, self.settings.lease_ttl_ms) {
+            let Some(worker) = model.cluster.workers.get_mut(&id) else { continue };
             let mut lost = worker.record.clone();
             lost.state = WorkerState::Lost;
             self.store.apply(vec![encode(&worker_key(&id), &lost)?]).await?;
             worker.record = lost;
             worker.running.clear();
             warn!(worker_id = %id, ttl_ms = self.settings.lease_ttl_ms, "worker lost: no heartbeat within its lease");
-            let affected: BTreeSet<JobId> = model.assigned.get(&id).into_iter().flatten().map(|(job, _)| job.clone()).collect();
-            for job in affected {
+            for job in model.cluster.jobs_on(&id) {
                 self.apply_job_event(&mut model, &job, &JobEvent::WorkerLost { worker: id.clone() }, now_ms).await?;
             }
         }
@@ -364,110 +255,55 @@ impl ControlPlane {
     // ----- task reports -------------------------------------------------------------
 
     /// Records an epoch; answers whether the task should stop.
-    pub async fn report_progress(
-        &self,
-        worker: &WorkerId,
-        task: &TaskId,
-        epoch: EpochRecord,
-        epochs_total: u32,
-        now_ms: u64,
-    ) -> Result<bool, CoordinatorError> {
+    pub async fn report_progress(&self, worker: &WorkerId, task: &TaskRef, epoch: EpochReport, epochs_total: u32, now_ms: u64) -> Result<bool, CoordinatorError> {
         let mut model = self.model.lock().await;
-        if !is_assigned_to(&model, task, worker) {
+        if model.cluster.task(task).is_none() || !model.cluster.is_assigned_to(&task.task, worker) {
             return Ok(true);
         }
-        let event = JobEvent::TaskProgress { task: task.clone(), worker: worker.clone(), epoch, epochs_total };
-        self.apply_task_event(&mut model, task, &event, now_ms).await?;
+        let event = JobEvent::TaskProgress { task: task.task.clone(), worker: worker.clone(), epoch, epochs_total };
+        self.apply_job_event(&mut model, &task.job, &event, now_ms).await?;
         Ok(false)
     }
 
-    pub async fn finish_task(&self, worker: &WorkerId, task: &TaskId, outcome: TaskOutcome, now_ms: u64) -> Result<(), CoordinatorError> {
+    pub async fn finish_task(&self, worker: &WorkerId, task: &TaskRef, outcome: TaskOutcome, now_ms: u64) -> Result<(), CoordinatorError> {
         let mut model = self.model.lock().await;
-        let known = model.job_of(task).and_then(|j| j.task(task)).map(|t| t.kind);
-        if let Some(kind) = known.filter(|kind| *kind != outcome.kind()) {
+        // A report for a task no job knows (from before a store was wiped, or from an
+        // attempt that has been replaced) is stale and changes nothing.
+        let Some(kind) = model.cluster.task(task).map(|t| t.kind) else { return Ok(()) };
+        if kind != outcome.kind() {
             return Err(CoordinatorError::InvalidArgument(format!(
                 "task {task} is a {} task, but the report carries a {} outcome",
                 kind.name(),
                 outcome.kind().name()
             )));
         }
-        let event = JobEvent::TaskFinished { task: task.clone(), worker: worker.clone(), outcome };
-        self.apply_task_event(&mut model, task, &event, now_ms).await?;
+        let event = JobEvent::TaskFinished { task: task.task.clone(), worker: worker.clone(), outcome };
+        self.apply_job_event(&mut model, &task.job, &event, now_ms).await?;
         self.run_scheduler(&mut model, now_ms).await
     }
 
-    pub async fn fail_task(
-        &self,
-        worker: &WorkerId,
-        task: &TaskId,
-        reason: String,
-        retryable: bool,
-        now_ms: u64,
-    ) -> Result<(), CoordinatorError> {
+    pub async fn fail_task(&self, worker: &WorkerId, task: &TaskRef, reason: String, retryable: bool, now_ms: u64) -> Result<(), CoordinatorError> {
         let mut model = self.model.lock().await;
         warn!(worker_id = %worker, task_id = %task, %reason, retryable, "task failed");
-        // Every worker of a failed gang must prove itself alive before it gets a task
-        // again: the rank that reports the failure is often not the one that died.
-        let gang: Vec<WorkerId> = model
-            .job_of(task)
-            .and_then(|job| {
-                let failed = job.task(task).filter(|t| t.world_size > 1 && t.worker() == Some(worker))?;
-                Some(job.tasks.iter().filter(|t| t.gang_key() == failed.gang_key()).filter_map(|t| t.worker().cloned()).collect())
-            })
-            .unwrap_or_default();
-        for id in &gang {
-            if let Some(member) = model.workers.get_mut(id) {
-                member.unproven_since_ms = Some(now_ms);
-            }
+        if model.cluster.task(task).is_none() {
+            return Ok(());
         }
-        let event = JobEvent::TaskFailed { task: task.clone(), worker: worker.clone(), reason, retryable };
-        self.apply_task_event(&mut model, task, &event, now_ms).await?;
+        model.cluster.distrust_gang_of(worker, task, now_ms);
+        let event = JobEvent::TaskFailed { task: task.task.clone(), worker: worker.clone(), reason, retryable };
+        self.apply_job_event(&mut model, &task.job, &event, now_ms).await?;
         self.run_scheduler(&mut model, now_ms).await
     }
 
     /// Records where rank `task` listens; answers every rank's address once all have joined.
-    pub async fn join_gang(
-        &self,
-        worker: &WorkerId,
-        task: &TaskId,
-        address: String,
-        nccl_unique_id: Vec<u8>,
-    ) -> Result<Option<GangPeers>, CoordinatorError> {
-        let mut model = self.model.lock().await;
-        let (job, record) = model
-            .jobs
-            .values()
-            .find_map(|j| j.task(task).map(|t| (j.id.clone(), t.clone())))
-            .ok_or_else(|| CoordinatorError::InvalidArgument(format!("task {task} is not a task of any job")))?;
-        if record.worker() != Some(worker) {
-            return Err(CoordinatorError::NotAssigned { task: task.clone(), worker: worker.clone() });
-        }
-        let key = (job, record.round.0, record.attempt);
-        let gang = model.gangs.entry(key.clone()).or_insert_with(|| vec![None; record.world_size as usize]);
-        if let Some(slot) = gang.get_mut(record.rank as usize) {
-            *slot = Some((address, nccl_unique_id));
-        }
-        if gang.iter().any(Option::is_none) {
-            return Ok(None);
-        }
-        let addresses = gang.iter().flatten().map(|(a, _)| a.clone()).collect();
-        let nccl_unique_id = gang.first().and_then(|g| g.as_ref()).map(|(_, id)| id.clone()).unwrap_or_default();
-        Ok(Some(GangPeers { addresses, nccl_unique_id }))
+    pub async fn join_gang(&self, worker: &WorkerId, task: &TaskRef, address: String, nccl_unique_id: Vec<u8>) -> Result<Option<GangPeers>, CoordinatorError> {
+        self.model.lock().await.cluster.join_gang(worker, task, address, nccl_unique_id)
     }
 
     // ----- internals ----------------------------------------------------------------
 
-    async fn apply_task_event(&self, model: &mut Model, task: &TaskId, event: &JobEvent, now_ms: u64) -> Result<(), CoordinatorError> {
-        // A report for a task no job knows (say, from before a store was wiped) is stale.
-        let Some(job) = model.job_of(task).filter(|j| j.task(task).is_some()).map(|j| j.id.clone()) else {
-            return Ok(());
-        };
-        self.apply_job_event(model, &job, event, now_ms).await
-    }
-
     /// Runs the pure transition, persists its result, then installs it and tells watchers.
     async fn apply_job_event(&self, model: &mut Model, id: &JobId, event: &JobEvent, now_ms: u64) -> Result<(), CoordinatorError> {
-        let job = model.jobs.get(id).ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))?;
+        let job = model.cluster.job(id).ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))?;
         let Some(next) = job.on_event(event, now_ms) else { return Ok(()) };
         self.store.apply(vec![encode(&job_key(id), &next)?]).await?;
         if next.state != job.state {
@@ -478,17 +314,15 @@ impl ControlPlane {
         }
         if next.state.is_final() {
             model.watchers.remove(id);
-            model.gangs.retain(|(job, _, _), _| job != id);
         }
-        model.put_job(next);
+        model.cluster.put_job(next);
         Ok(())
     }
 
     async fn run_scheduler(&self, model: &mut Model, now_ms: u64) -> Result<(), CoordinatorError> {
         let assignments = {
-            let jobs: Vec<&JobRecord> = model.jobs.values().collect();
-            let workers: Vec<&WorkerRecord> = model.workers.values().filter(|w| w.unproven_since_ms.is_none()).map(|w| &w.record).collect();
-            schedule(&jobs, &workers)
+            let jobs: Vec<&JobRecord> = model.cluster.jobs().values().collect();
+            schedule(&jobs, &model.cluster.schedulable_workers())
         };
         for assignment in assignments {
             info!(job_id = %assignment.job, task_id = %assignment.task, worker_id = %assignment.worker, "task assigned");
@@ -499,27 +333,25 @@ impl ControlPlane {
     }
 }
 
-fn is_assigned_to(model: &Model, task: &TaskId, worker: &WorkerId) -> bool {
-    model.assigned.get(worker).is_some_and(|tasks| tasks.iter().any(|(_, t)| t == task))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DatasetSummary, JobState};
+    use crate::model::JobState;
     use crate::store::MemoryStore;
+    use feral_common::ids::Round;
+    use feral_common::task::{Assignment, DatasetSummary, TaskKind};
 
     fn settings() -> Settings {
         Settings { artifact_root: "/tmp/unused".into(), heartbeat_interval_ms: 1000, lease_ttl_ms: 60_000 }
     }
 
-    async fn heartbeat(control: &ControlPlane, id: &WorkerId, now_ms: u64) -> Vec<TaskAssignment> {
+    async fn heartbeat(control: &ControlPlane, id: &WorkerId, now_ms: u64) -> Vec<Assignment> {
         control.heartbeat(id, Vec::new(), now_ms).await.expect("heartbeat").assignments
     }
 
     /// A coordinator whose job (at most `max_attempts` attempts) has its gang of two ranks
     /// placed on `w1` and `w2`, and `w3` registered: the assignments of `w1` and `w2`.
-    async fn gang_on_w1_and_w2(max_attempts: u32) -> (ControlPlane, JobId, [TaskAssignment; 2]) {
+    async fn gang_on_w1_and_w2(max_attempts: u32) -> (ControlPlane, JobId, [Assignment; 2]) {
         let control = ControlPlane::load(settings(), Arc::new(MemoryStore::default()), 0).await.expect("load");
         let cpu = || vec![Slot { device: "cpu".into(), name: "cpu".into() }];
         let [w1, w2, w3] = ["w1", "w2", "w3"].map(WorkerId::new);
@@ -531,7 +363,7 @@ mod tests {
         let (p1, p2) = (heartbeat(&control, &w1, 2).await, heartbeat(&control, &w2, 2).await);
         let (preparer, prepare) = if p1.is_empty() { (&w2, &p2[0]) } else { (&w1, &p1[0]) };
         let summary = DatasetSummary { class_names: vec!["a".into(), "b".into()], train_samples: 4, val_samples: 4, unlabeled_shards: vec![] };
-        control.finish_task(preparer, &prepare.task, TaskOutcome::Prepared(summary), 3).await.expect("finish");
+        control.finish_task(preparer, &prepare.task_ref(), TaskOutcome::Prepared(summary), 3).await.expect("finish");
         let (mut g1, mut g2) = (heartbeat(&control, &w1, 4).await, heartbeat(&control, &w2, 4).await);
         assert_eq!((g1.len(), g2.len()), (1, 1), "the gang of two ranks is placed on w1 and w2");
         control.register(w3, "h".into(), cpu(), 5).await.expect("register");
@@ -551,7 +383,7 @@ mod tests {
         let (control, job, [g1, _]) = gang_on_w1_and_w2(3).await;
         let [w1, w2, w3] = ["w1", "w2", "w3"].map(WorkerId::new);
         // w2 dies silently (still live within its lease); w1's rank reports the broken ring.
-        control.fail_task(&w1, &g1.task, "gradient exchange failed".into(), true, 10).await.expect("fail");
+        control.fail_task(&w1, &g1.task_ref(), "gradient exchange failed".into(), true, 10).await.expect("fail");
         // Until they heartbeat again, neither rank of the failed gang gets a task.
         assert!(heartbeat(&control, &w3, 11).await.is_empty(), "w3 alone cannot hold a gang of two");
         // w1 heartbeats: it is alive, and the retried gang goes to w1 and w3, not to w2.
@@ -567,7 +399,7 @@ mod tests {
     async fn a_lost_rank_costs_its_gang_one_attempt_when_the_survivor_reports_first() {
         let (control, job, [g1, _]) = gang_on_w1_and_w2(2).await;
         let [w1, w2, w3] = ["w1", "w2", "w3"].map(WorkerId::new);
-        control.fail_task(&w1, &g1.task, "gradient exchange failed: peer closed the connection".into(), true, 10).await.expect("fail");
+        control.fail_task(&w1, &g1.task_ref(), "gradient exchange failed: peer closed the connection".into(), true, 10).await.expect("fail");
         heartbeat(&control, &w1, 12).await;
         heartbeat(&control, &w3, 12).await;
         // Later, the dead w2's lease runs out: that is the same failure, not a second one.
@@ -589,11 +421,60 @@ mod tests {
         control.expire_leases(61_000).await.expect("expire");
         // The survivor's rank, blocked on its dead peer, reports the broken ring late: its
         // attempt is already over, and the report changes nothing.
-        control.fail_task(&w1, &g1.task, "gradient exchange failed: peer timed out".into(), true, 61_500).await.expect("fail");
+        control.fail_task(&w1, &g1.task_ref(), "gradient exchange failed: peer timed out".into(), true, 61_500).await.expect("fail");
         heartbeat(&control, &w1, 62_000).await;
         heartbeat(&control, &w3, 62_000).await;
         let (live, state) = live_training(&control, &job).await;
         assert!(!state.is_final(), "two attempts allowed, one used: {state:?}");
         assert_eq!(live, [(2, Some(w1)), (2, Some(w3))], "attempt 2 runs on w1 and w3, not on the lost w2 ({w2})");
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_answers_what_to_start_and_what_to_stop() {
+        let (control, job, [g1, _]) = gang_on_w1_and_w2(3).await;
+        let w1 = WorkerId::new("w1");
+        // Running its rank, w1 is told nothing new; an unknown task it runs is stopped.
+        let stray = TaskId::new("job-gone/r0/train/a1");
+        let reply = control.heartbeat(&w1, vec![g1.task.clone(), stray.clone()], 6).await.expect("heartbeat");
+        assert!(reply.assignments.is_empty(), "{:?}", reply.assignments);
+        assert_eq!(reply.cancel, [stray]);
+        // Once the job is cancelled, its rank is stopped too.
+        control.cancel(&job, 7).await.expect("cancel");
+        let reply = control.heartbeat(&w1, vec![g1.task.clone()], 8).await.expect("heartbeat");
+        assert_eq!(reply.cancel, [g1.task.clone()]);
+    }
+
+    #[tokio::test]
+    async fn reports_are_found_by_their_job_and_a_replaced_attempts_change_nothing() {
+        let (control, job, [g1, g2]) = gang_on_w1_and_w2(3).await;
+        let (w1, w2) = (WorkerId::new("w1"), WorkerId::new("w2"));
+        control.fail_task(&w1, &g1.task_ref(), "gradient exchange failed".into(), true, 10).await.expect("fail");
+        let before = control.job(&job).await.expect("job");
+        // w2's rank of the abandoned attempt 1 reports an epoch and then a failure: stale.
+        let epoch = EpochReport { round: Round(0), epoch: 1, train_loss: 1.0, train_accuracy: 0.5, validation: Default::default(), seconds: 1.0 };
+        let stop = control.report_progress(&w2, &g2.task_ref(), epoch, 2, 11).await.expect("progress");
+        assert!(stop, "the rank of a replaced attempt is told to stop");
+        control.fail_task(&w2, &g2.task_ref(), "peer lost".into(), true, 12).await.expect("fail");
+        let after = control.job(&job).await.expect("job");
+        assert_eq!((after.epochs.len(), after.tasks.len()), (before.epochs.len(), before.tasks.len()), "nothing changed");
+        // A report whose attempt is not its task's names no live task either.
+        let wrong = TaskRef { attempt: 2, ..g1.task_ref() };
+        control.fail_task(&w1, &wrong, "x".into(), false, 13).await.expect("a stale report is accepted and ignored");
+        assert!(!control.job(&job).await.expect("job").state.is_final());
+    }
+
+    #[tokio::test]
+    async fn a_gang_meets_once_every_rank_has_joined() {
+        let (control, _job, [g1, g2]) = gang_on_w1_and_w2(3).await;
+        let (w1, w2) = (WorkerId::new("w1"), WorkerId::new("w2"));
+        let first = control.join_gang(&w1, &g1.task_ref(), "h1:1".into(), b"nccl".to_vec()).await.expect("join");
+        assert_eq!(first, None, "rank 0 waits for rank 1");
+        let error = control.join_gang(&w1, &g2.task_ref(), "h1:2".into(), Vec::new()).await.expect_err("not w1's rank");
+        assert!(matches!(error, CoordinatorError::NotAssigned { .. }), "{error}");
+        let peers = control.join_gang(&w2, &g2.task_ref(), "h2:1".into(), Vec::new()).await.expect("join").expect("complete");
+        assert_eq!(peers, GangPeers { addresses: vec!["h1:1".into(), "h2:1".into()], nccl_unique_id: b"nccl".to_vec() });
+        // Rank 0 polls again and gets the same answer.
+        let again = control.join_gang(&w1, &g1.task_ref(), "h1:1".into(), b"nccl".to_vec()).await.expect("join");
+        assert_eq!(again, Some(peers));
     }
 }

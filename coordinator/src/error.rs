@@ -2,6 +2,7 @@
 
 use feral_common::ids::{JobId, TaskId, WorkerId};
 use feral_common::spec::SpecError;
+use feral_proto::ContractError;
 
 use crate::store::StoreError;
 
@@ -11,6 +12,8 @@ pub enum CoordinatorError {
     InvalidArgument(String),
     #[error(transparent)]
     InvalidSpec(#[from] SpecError),
+    #[error(transparent)]
+    InvalidMessage(#[from] ContractError),
     #[error("no job with id `{0}`")]
     JobNotFound(JobId),
     #[error("no worker with id `{0}`; register first")]

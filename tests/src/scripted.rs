@@ -4,11 +4,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use feral_common::ids::Round;
 use feral_common::metrics::MetricsSummary;
+use feral_common::task::{Assignment, DatasetSummary, EpochReport, InferPartial, SelectionSummary, ShardRef, TaskKind, TaskOutcome, TrainedModel};
 use feral_worker::collective::Collective;
-use feral_worker::runner::{Assignment, TaskFailure, TaskKind, TaskOutput, TaskRunner};
-use feral_worker::tasks::{InferOutput, PrepareOutput, SelectionSummary};
-use feral_worker::train::{EpochReport, TrainOutput};
+use feral_worker::runner::TaskRunner;
+use feral_worker::task::TaskError;
 
 /// Answers every task; `slow` kinds take `delay` per step (and honour `stop`).
 pub struct ScriptedRunner {
@@ -30,27 +31,27 @@ impl ScriptedRunner {
         Self { epochs: 2, shards, slow: Vec::new(), delay: Duration::ZERO, macro_f1: 0.5, panic_for: None }
     }
 
-    fn pause(&self, kind: TaskKind, stop: &AtomicBool) -> Result<(), TaskFailure> {
+    fn pause(&self, kind: TaskKind, stop: &AtomicBool) -> Result<(), TaskError> {
         if self.slow.contains(&kind) {
             std::thread::sleep(self.delay);
         }
         if stop.load(Ordering::Relaxed) {
-            return Err(TaskFailure::Stopped);
+            return Err(TaskError::Stopped);
         }
         Ok(())
     }
 }
 
 impl TaskRunner for ScriptedRunner {
-    fn run(&self, task: &Assignment, _: &mut dyn Collective, on_epoch: &mut dyn FnMut(EpochReport), stop: &AtomicBool) -> Result<TaskOutput, TaskFailure> {
+    fn run(&self, task: &Assignment, _: &mut dyn Collective, on_epoch: &mut dyn FnMut(EpochReport, u32), stop: &AtomicBool) -> Result<TaskOutcome, TaskError> {
         let metrics = |f1: f64| MetricsSummary { accuracy: f1, macro_f1: f1, per_class_f1: vec![f1, f1], ..MetricsSummary::default() };
         self.pause(task.kind, stop)?;
         Ok(match task.kind {
-            TaskKind::Prepare => TaskOutput::Prepared(PrepareOutput {
+            TaskKind::Prepare => TaskOutcome::Prepared(DatasetSummary {
                 class_names: vec!["a".into(), "b".into()],
                 train_samples: 10,
                 val_samples: 10,
-                unlabeled_shards: (0..self.shards).map(|i| (format!("unlabeled-{i:05}.safetensors"), 10)).collect(),
+                unlabeled_shards: (0..self.shards).map(|i| ShardRef { file: format!("unlabeled-{i:05}.safetensors"), samples: 10 }).collect(),
             }),
             TaskKind::Train => {
                 if let Some(name) = &self.panic_for {
@@ -60,18 +61,20 @@ impl TaskRunner for ScriptedRunner {
                 }
                 for epoch in 1..=self.epochs {
                     self.pause(TaskKind::Train, stop)?;
-                    let report = EpochReport { round: task.round, epoch, epochs_total: self.epochs, train_loss: 1.0 / f64::from(epoch), train_accuracy: 0.5, validation: metrics(0.5), seconds: 0.0 };
-                    on_epoch(report);
+                    let report = EpochReport { round: task.round, epoch, train_loss: 1.0 / f64::from(epoch), train_accuracy: 0.5, validation: metrics(0.5), seconds: 0.0 };
+                    on_epoch(report, self.epochs);
                 }
-                let validation = metrics(self.macro_f1 + 0.1 * f64::from(task.round));
-                TaskOutput::Trained(TrainOutput { validation, frame_validation: None, test: None, online: None, model_path: task.artifact_dir.join(format!("r{}/model.safetensors", task.round)), class_names: vec!["a".into(), "b".into()] })
+                let Round(round) = task.round;
+                let validation = metrics(self.macro_f1 + 0.1 * f64::from(round));
+                let model_path = task.artifact_dir.join(format!("r{round}/model.safetensors")).display().to_string();
+                TaskOutcome::Trained(TrainedModel { validation, frame_validation: None, test: None, online: None, model_path, class_names: vec!["a".into(), "b".into()] })
             }
-            TaskKind::Infer => TaskOutput::Inferred(InferOutput {
+            TaskKind::Infer => TaskOutcome::Inferred(InferPartial {
                 probability_sums: vec![7.0, 3.0],
                 samples: 10,
-                predictions_file: task.artifact_dir.join(format!("r{}/pred-{}", task.round, task.shards.join(","))),
+                predictions_file: task.artifact_dir.join(format!("r{}/pred-{}", task.round, task.inputs.shards.join(","))).display().to_string(),
             }),
-            TaskKind::Select => TaskOutput::Selected(SelectionSummary {
+            TaskKind::Select => TaskOutcome::Selected(SelectionSummary {
                 selected_per_class: vec![3, 2],
                 thresholds: vec![0.9, 0.6],
                 confident_per_class: vec![3, 1],

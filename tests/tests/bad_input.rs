@@ -78,16 +78,19 @@ async fn requests_missing_required_fields_or_naming_unknown_ids_are_refused() ->
     expect_status(workers.heartbeat(heartbeat).await, Code::InvalidArgument, "worker_id");
     let heartbeat = pb::HeartbeatRequest { worker_id: "stranger".into(), running_task_ids: vec![] };
     expect_status(workers.heartbeat(heartbeat).await, Code::NotFound, "stranger");
-    let progress = pb::ReportProgressRequest { worker_id: "w".into(), task_id: "t".into(), epoch: None, epochs_total: 1 };
+    // Every report names its job, task and attempt; the task must be one of the job's.
+    let (job_id, task_id) = (|| String::from("job-1"), || String::from("job-1/r0/train/a1"));
+    let progress = pb::ReportProgressRequest { worker_id: "w".into(), job_id: job_id(), task_id: task_id(), attempt: 1, epoch: None, epochs_total: 1 };
     expect_status(workers.report_progress(progress).await, Code::InvalidArgument, "epoch");
-    let finish = pb::FinishTaskRequest { worker_id: "w".into(), task_id: String::new(), outcome: None };
-    expect_status(workers.finish_task(finish).await, Code::InvalidArgument, "task_id");
-    let finish = pb::FinishTaskRequest { worker_id: "w".into(), task_id: "t".into(), outcome: None };
-    expect_status(workers.finish_task(finish).await, Code::InvalidArgument, "outcome");
+    let finish = |job_id: String, task_id: String, attempt: u32, outcome| pb::FinishTaskRequest { worker_id: "w".into(), job_id, task_id, attempt, outcome };
+    expect_status(workers.finish_task(finish(job_id(), String::new(), 1, None)).await, Code::InvalidArgument, "`task_id` is required");
+    expect_status(workers.finish_task(finish(String::new(), task_id(), 1, None)).await, Code::InvalidArgument, "`job_id` is required");
+    expect_status(workers.finish_task(finish(job_id(), task_id(), 0, None)).await, Code::InvalidArgument, "`attempt` is required");
+    expect_status(workers.finish_task(finish("job-2".into(), task_id(), 1, None)).await, Code::InvalidArgument, "names a task of another job");
+    expect_status(workers.finish_task(finish(job_id(), task_id(), 1, None)).await, Code::InvalidArgument, "outcome");
     let empty_train = pb::finish_task_request::Outcome::Train(pb::TrainOutcome::default());
-    let finish = pb::FinishTaskRequest { worker_id: "w".into(), task_id: "t".into(), outcome: Some(empty_train) };
-    expect_status(workers.finish_task(finish).await, Code::InvalidArgument, "train.validation");
-    let fail = pb::FailTaskRequest { worker_id: "w".into(), task_id: "t".into(), reason: String::new(), retryable: false };
+    expect_status(workers.finish_task(finish(job_id(), task_id(), 1, Some(empty_train))).await, Code::InvalidArgument, "train.validation");
+    let fail = pb::FailTaskRequest { worker_id: "w".into(), job_id: job_id(), task_id: task_id(), attempt: 1, reason: String::new(), retryable: false };
     expect_status(workers.fail_task(fail).await, Code::InvalidArgument, "reason");
     // Still serving.
     assert!(jobs.list_jobs(pb::ListJobsRequest::default()).await?.into_inner().jobs.is_empty());

@@ -9,7 +9,7 @@ use feral_coordinator::store::MemoryStore;
 use feral_proto::v1 as pb;
 use feral_tests::*;
 use feral_tests::scripted::ScriptedRunner;
-use feral_worker::runner::TaskKind;
+use feral_common::task::TaskKind;
 
 /// Trains slowly (100 ms an epoch) and reports `macro_f1` at the end.
 fn trainer(epochs: u32, macro_f1: f64) -> ScriptedRunner {

@@ -7,9 +7,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use feral_common::spec::JobSpec;
+use feral_common::task::{EpochReport, TaskInputs};
 use feral_worker::collective::Single;
-use feral_worker::tasks::TaskContext;
-use feral_worker::train::{train, EpochReport, TrainError, TrainTask};
+use feral_worker::task::{TaskContext, TaskError};
+use feral_worker::train::{train, TrainTask};
 use tch::{Device, Tensor};
 
 fn task(dataset: &Path, artifacts: &Path) -> TrainTask {
@@ -19,23 +20,23 @@ fn task(dataset: &Path, artifacts: &Path) -> TrainTask {
     spec.train.batch_size = 32;
     spec.train.steps_per_epoch = Some(12);
     let context = TaskContext { spec, round: 0, artifact_dir: artifacts.to_path_buf(), device: Device::Cpu };
-    TrainTask { context, init_model: None, class_weights: vec![], class_prior: vec![], selection_file: None }
+    TrainTask { context, inputs: TaskInputs::default() }
 }
 
 /// Held by each test: two trainings at once would draw from one generator.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Trains; with `stop_after`, raises the stop flag once that epoch is reported.
-fn run(task: &TrainTask, stop_after: Option<u32>) -> (Vec<EpochReport>, Result<std::path::PathBuf, TrainError>) {
+fn run(task: &TrainTask, stop_after: Option<u32>) -> (Vec<EpochReport>, Result<std::path::PathBuf, TaskError>) {
     let stop = AtomicBool::new(false);
     let mut reports = Vec::new();
-    let mut on_epoch = |report: EpochReport| {
+    let mut on_epoch = |report: EpochReport, _epochs: u32| {
         if Some(report.epoch) == stop_after {
             stop.store(true, Ordering::Relaxed);
         }
         reports.push(report);
     };
-    let outcome = train(task, &mut Single, &mut on_epoch, &stop).map(|output| output.model_path);
+    let outcome = train(task, &mut Single, &mut on_epoch, &stop).map(|output| std::path::PathBuf::from(output.model_path));
     (reports, outcome)
 }
 
@@ -51,7 +52,7 @@ fn a_resumed_task_continues_the_same_loss_curve() -> anyhow::Result<()> {
 
     let interrupted = task(&dataset, &dir.path().join("interrupted"));
     let (first, stopped) = run(&interrupted, Some(2));
-    assert!(matches!(stopped, Err(TrainError::Stopped)), "the first attempt stops after epoch 2");
+    assert!(matches!(stopped, Err(TaskError::Stopped)), "the first attempt stops after epoch 2");
     let (rest, resumed_model) = run(&interrupted, None);
     let resumed_model = resumed_model?;
 
@@ -83,7 +84,7 @@ fn a_torn_checkpoint_is_set_aside_and_the_round_starts_again() -> anyhow::Result
     let dataset = feral_tests::synthetic_dataset(&dir.path().join("data"), 600)?;
     let torn = task(&dataset, &dir.path().join("torn"));
     let (_, stopped) = run(&torn, Some(2));
-    assert!(matches!(stopped, Err(TrainError::Stopped)), "the first attempt stops after epoch 2");
+    assert!(matches!(stopped, Err(TaskError::Stopped)), "the first attempt stops after epoch 2");
     // What a crash in the middle of a write would have left, had it not been renamed into place.
     let checkpoint = dir.path().join("torn/r0/checkpoint.safetensors");
     let bytes = std::fs::read(&checkpoint)?;

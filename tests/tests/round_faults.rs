@@ -10,7 +10,7 @@ use feral_coordinator::store::{EmbeddedStore, MemoryStore};
 use feral_proto::v1 as pb;
 use feral_tests::scripted::ScriptedRunner;
 use feral_tests::*;
-use feral_worker::runner::TaskKind;
+use feral_common::task::TaskKind;
 
 const SHARDS: usize = 6;
 

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use feral_common::task::{Assignment, EpochReport, TaskKind, TaskOutcome, TaskRef};
 use feral_proto::v1 as pb;
 use feral_proto::v1::worker_service_client::WorkerServiceClient;
 use tokio::sync::mpsc;
@@ -15,8 +16,8 @@ use tonic::Code;
 use tracing::{info, warn};
 
 use crate::gang::{self, TaskControl};
-use crate::runner::{Assignment, TaskFailure, TaskKind, TaskOutput, TaskRunner};
-use crate::train::EpochReport;
+use crate::runner::TaskRunner;
+use crate::task::TaskError;
 
 /// Who this worker is and where its coordinator listens.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,8 +41,9 @@ pub enum AgentError {
 type Running = Arc<Mutex<HashMap<String, Arc<TaskControl>>>>;
 
 enum TaskMessage {
-    Epoch(EpochReport),
-    Ended(Result<TaskOutput, TaskFailure>),
+    /// An epoch, and the round's epoch count.
+    Epoch(EpochReport, u32),
+    Ended(Result<TaskOutcome, TaskError>),
 }
 
 /// Runs the worker until `shutdown` resolves; running tasks are then asked to stop.
@@ -135,39 +137,19 @@ async fn register(config: &AgentConfig, client: &mut WorkerServiceClient<Channel
 }
 
 fn start_task(config: &AgentConfig, client: &WorkerServiceClient<Channel>, runner: &Arc<dyn TaskRunner>, running: &Running, assignment: pb::TaskAssignment) {
-    let kind = match pb::TaskKind::try_from(assignment.kind) {
-        Ok(pb::TaskKind::Prepare) => TaskKind::Prepare,
-        Ok(pb::TaskKind::Train) => TaskKind::Train,
-        Ok(pb::TaskKind::Infer) => TaskKind::Infer,
-        Ok(pb::TaskKind::Select) => TaskKind::Select,
-        _ => {
-            warn!(task_id = %assignment.task_id, kind = assignment.kind, "ignoring a task of a kind this worker does not know");
+    let task_id = assignment.task_id.clone();
+    let task = match Assignment::try_from(assignment) {
+        Ok(task) => task,
+        Err(error) => {
+            warn!(task_id = %task_id, %error, "ignoring an assignment this worker cannot run");
             return;
         }
     };
-    let path = |text: String| (!text.is_empty()).then(|| std::path::PathBuf::from(text));
-    let task = Assignment {
-        task_id: assignment.task_id.clone(),
-        job_id: assignment.job_id,
-        kind,
-        round: assignment.round,
-        attempt: assignment.attempt,
-        spec_toml: assignment.spec_toml,
-        artifact_dir: assignment.artifact_dir.into(),
-        device: assignment.device,
-        init_model: path(assignment.init_model),
-        class_weights: assignment.class_weights,
-        class_prior: assignment.class_prior,
-        shards: assignment.shards,
-        selection_file: path(assignment.selection_file),
-        rank: assignment.rank,
-        world_size: assignment.world_size.max(1),
-    };
-    info!(task_id = %task.task_id, device = %task.device, attempt = task.attempt, "starting task");
+    info!(task_id = %task.task, device = %task.device, attempt = task.attempt, "starting task");
     let control = Arc::new(TaskControl::default());
-    lock(running).insert(task.task_id.clone(), Arc::clone(&control));
+    lock(running).insert(task.task.to_string(), Arc::clone(&control));
     let (sender, receiver) = mpsc::unbounded_channel();
-    let reporter = Reporter { client: client.clone(), worker_id: config.worker_id.clone(), task_id: task.task_id.clone() };
+    let reporter = Reporter { client: client.clone(), worker_id: config.worker_id.clone(), task: task.task_ref() };
     tokio::spawn(reporter.forward(receiver, Arc::clone(&control), Arc::clone(running)));
 
     let runner = Arc::clone(runner);
@@ -187,8 +169,8 @@ fn start_task(config: &AgentConfig, client: &WorkerServiceClient<Channel>, runne
         let thread_sender = sender.clone();
         let spawned = std::thread::Builder::new().name(format!("task-{}-{}", task.attempt, task.rank)).spawn(move || {
             let progress = thread_sender.clone();
-            let mut on_epoch = move |report: EpochReport| {
-                let _ = progress.send(TaskMessage::Epoch(report));
+            let mut on_epoch = move |report: EpochReport, epochs_total: u32| {
+                let _ = progress.send(TaskMessage::Epoch(report, epochs_total));
             };
             // A panic inside the task (libtorch refusing a size, a bug) fails this attempt
             // with its message and frees the slot; the worker serves on. The same input
@@ -196,12 +178,11 @@ fn start_task(config: &AgentConfig, client: &WorkerServiceClient<Channel>, runne
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 gang::connect(&task, setup, &control).and_then(|mut collective| runner.run(&task, collective.as_mut(), &mut on_epoch, control.flag()))
             }))
-            .unwrap_or_else(|panic| Err(TaskFailure::Failed { reason: format!("the task panicked: {}", panic_message(panic.as_ref())), retryable: false }));
+            .unwrap_or_else(|panic| Err(TaskError::Panicked(panic_message(panic.as_ref()).to_owned())));
             let _ = thread_sender.send(TaskMessage::Ended(outcome));
         });
         if let Err(error) = spawned {
-            let reason = format!("cannot start a task thread: {error}");
-            let _ = sender.send(TaskMessage::Ended(Err(TaskFailure::Failed { reason, retryable: true })));
+            let _ = sender.send(TaskMessage::Ended(Err(TaskError::Thread(error))));
         }
     });
 }
@@ -215,16 +196,16 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 struct Reporter {
     client: WorkerServiceClient<Channel>,
     worker_id: String,
-    task_id: String,
+    task: TaskRef,
 }
 
 impl Reporter {
     async fn forward(mut self, mut messages: mpsc::UnboundedReceiver<TaskMessage>, control: Arc<TaskControl>, running: Running) {
         while let Some(message) = messages.recv().await {
             match message {
-                TaskMessage::Epoch(report) => {
-                    info!(task_id = %self.task_id, epoch = report.epoch, loss = report.train_loss, val_macro_f1 = report.validation.macro_f1, "epoch finished");
-                    if self.report_epoch(report).await {
+                TaskMessage::Epoch(report, epochs_total) => {
+                    info!(task_id = %self.task, epoch = report.epoch, loss = report.train_loss, val_macro_f1 = report.validation.macro_f1, "epoch finished");
+                    if self.report_epoch(&report, epochs_total).await {
                         control.stop();
                     }
                 }
@@ -234,23 +215,18 @@ impl Reporter {
                 }
             }
         }
-        lock(&running).remove(&self.task_id);
+        lock(&running).remove(self.task.task.as_str());
     }
 
     /// Returns whether the coordinator wants the task stopped.
-    async fn report_epoch(&mut self, report: EpochReport) -> bool {
+    async fn report_epoch(&mut self, report: &EpochReport, epochs_total: u32) -> bool {
         let request = pb::ReportProgressRequest {
             worker_id: self.worker_id.clone(),
-            task_id: self.task_id.clone(),
-            epoch: Some(pb::EpochMetrics {
-                round: report.round,
-                epoch: report.epoch,
-                train_loss: report.train_loss,
-                train_accuracy: report.train_accuracy,
-                validation: Some(metrics(&report.validation)),
-                seconds: report.seconds,
-            }),
-            epochs_total: report.epochs_total,
+            task_id: self.task.task.to_string(),
+            job_id: self.task.job.to_string(),
+            attempt: self.task.attempt,
+            epoch: Some(pb::EpochMetrics::from(report)),
+            epochs_total,
         };
         let client = &mut self.client;
         retry("progress report", || {
@@ -262,23 +238,24 @@ impl Reporter {
         .unwrap_or(false)
     }
 
-    async fn report_end(&mut self, outcome: Result<TaskOutput, TaskFailure>) {
-        let (worker_id, task_id) = (self.worker_id.clone(), self.task_id.clone());
+    async fn report_end(&mut self, outcome: Result<TaskOutcome, TaskError>) {
+        let (worker_id, task_id, job_id, attempt) = (self.worker_id.clone(), self.task.task.to_string(), self.task.job.to_string(), self.task.attempt);
         let client = &self.client;
         match outcome {
-            Ok(output) => {
+            Ok(outcome) => {
                 info!(task_id = %task_id, "task finished");
-                let request = pb::FinishTaskRequest { worker_id, task_id, outcome: Some(outcome_to_proto(output)) };
+                let request = pb::FinishTaskRequest { worker_id, task_id, job_id, attempt, outcome: Some((&outcome).into()) };
                 let _ = retry("finish report", || {
                     let (mut client, request) = (client.clone(), request.clone());
                     async move { client.finish_task(request).await.map(|_| ()) }
                 })
                 .await;
             }
-            Err(TaskFailure::Stopped) => info!(task_id = %task_id, "task stopped"),
-            Err(TaskFailure::Failed { reason, retryable }) => {
-                warn!(task_id = %task_id, %reason, "task failed");
-                let request = pb::FailTaskRequest { worker_id, task_id, reason, retryable };
+            Err(TaskError::Stopped) => info!(task_id = %task_id, "task stopped"),
+            Err(error) => {
+                let (reason, retryable) = (error.to_string(), error.is_retryable());
+                warn!(task_id = %task_id, %reason, retryable, "task failed");
+                let request = pb::FailTaskRequest { worker_id, task_id, job_id, attempt, reason, retryable };
                 let _ = retry("failure report", || {
                     let (mut client, request) = (client.clone(), request.clone());
                     async move { client.fail_task(request).await.map(|_| ()) }
@@ -287,36 +264,6 @@ impl Reporter {
             }
         }
     }
-}
-
-fn outcome_to_proto(output: TaskOutput) -> pb::finish_task_request::Outcome {
-    use pb::finish_task_request::Outcome;
-    match output {
-        TaskOutput::Trained(t) => Outcome::Train(pb::TrainOutcome {
-            validation: Some(metrics(&t.validation)),
-            model_path: t.model_path.display().to_string(),
-            class_names: t.class_names,
-            frame_validation: t.frame_validation.as_ref().map(metrics),
-            test: t.test.as_ref().map(metrics),
-            online: t.online.as_ref().map(pb::OnlineMask::from),
-        }),
-        TaskOutput::Prepared(p) => Outcome::Prepare(pb::PrepareOutcome {
-            class_names: p.class_names,
-            train_samples: p.train_samples,
-            val_samples: p.val_samples,
-            unlabeled_shards: p.unlabeled_shards.into_iter().map(|(file, samples)| pb::ShardRef { file, samples }).collect(),
-        }),
-        TaskOutput::Inferred(i) => Outcome::Infer(pb::InferOutcome {
-            probability_sums: i.probability_sums,
-            samples: i.samples,
-            predictions_file: i.predictions_file.display().to_string(),
-        }),
-        TaskOutput::Selected(s) => Outcome::Select(pb::SelectOutcome::from(&s)),
-    }
-}
-
-fn metrics(m: &feral_common::metrics::MetricsSummary) -> pb::Metrics {
-    pb::Metrics::from(m)
 }
 
 /// Calls until the coordinator answers. Errors that another try cannot fix (the request

@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use feral_common::task::{Assignment, Device};
 use feral_proto::v1 as pb;
 use feral_proto::v1::worker_service_client::WorkerServiceClient;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::collective::{AbortHandle, Collective, Nccl, Single, TcpRing};
-use crate::runner::{parse_device, Assignment, TaskFailure};
+use crate::collective::{AbortHandle, Collective, CollectiveError, Nccl, Single, TcpRing};
+use crate::task::TaskError;
 
 /// How long ranks may take to connect to each other, and the longest a rank waits on a
 /// silent peer inside a collective before it gives up.
@@ -55,8 +56,25 @@ pub struct GangSetup {
     nccl_unique_id: Vec<u8>,
 }
 
-fn failed(reason: String, retryable: bool) -> TaskFailure {
-    TaskFailure::Failed { reason, retryable }
+/// Why a rank could not join its gang.
+#[derive(Debug, thiserror::Error)]
+pub enum GangError {
+    #[error("cannot open a port for the gang: {0}")]
+    Listen(std::io::Error),
+    #[error("cannot resolve peer address {address}: {problem}")]
+    Resolve { address: String, problem: String },
+    #[error("cannot set up NCCL: {0}")]
+    Nccl(CollectiveError),
+    #[error("cannot connect the ring: {0}")]
+    Ring(CollectiveError),
+}
+
+impl GangError {
+    /// A port, a name or a peer may be there on the next attempt; NCCL that cannot start
+    /// on this machine will not be.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, GangError::Nccl(_))
+    }
 }
 
 /// Binds this rank's listener and joins the gang through the coordinator, polling until
@@ -67,20 +85,21 @@ pub async fn rendezvous(
     advertise_host: &str,
     task: &Assignment,
     control: &TaskControl,
-) -> Result<GangSetup, TaskFailure> {
-    let listener = TcpListener::bind(("0.0.0.0", 0)).map_err(|e| failed(format!("cannot open a port for the gang: {e}"), true))?;
-    let port = listener.local_addr().map_err(|e| failed(e.to_string(), true))?.port();
-    let cuda = parse_device(&task.device).map_err(|e| failed(e, false))?.is_cuda();
-    let nccl_unique_id = if cuda && task.rank == 0 { Nccl::unique_id().map_err(|e| failed(e.to_string(), false))? } else { Vec::new() };
+) -> Result<GangSetup, TaskError> {
+    let listener = TcpListener::bind(("0.0.0.0", 0)).map_err(GangError::Listen)?;
+    let port = listener.local_addr().map_err(GangError::Listen)?.port();
+    let nccl_unique_id = if task.device.is_cuda() && task.rank == 0 { Nccl::unique_id().map_err(GangError::Nccl)? } else { Vec::new() };
     let request = pb::JoinGangRequest {
         worker_id: worker_id.to_owned(),
-        task_id: task.task_id.clone(),
+        task_id: task.task.to_string(),
+        job_id: task.job.to_string(),
+        attempt: task.attempt,
         address: format!("{advertise_host}:{port}"),
         nccl_unique_id,
     };
     loop {
         if control.flag().load(Ordering::Relaxed) {
-            return Err(TaskFailure::Stopped);
+            return Err(TaskError::Stopped);
         }
         match client.clone().join_gang(request.clone()).await {
             Ok(reply) if reply.get_ref().ready => {
@@ -89,37 +108,33 @@ pub async fn rendezvous(
                     .peer_addresses
                     .iter()
                     .map(|a| resolve(a))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| failed(e, true))?;
+                    .collect::<Result<Vec<_>, _>>()?;
                 return Ok(GangSetup { listener, peers, nccl_unique_id: reply.nccl_unique_id });
             }
             Ok(_) => {}
             Err(status) if matches!(status.code(), Code::InvalidArgument | Code::FailedPrecondition) => {
                 // The task is no longer ours: a newer attempt replaced it.
-                tracing::info!(task_id = %task.task_id, reason = %status.message(), "leaving the gang");
-                return Err(TaskFailure::Stopped);
+                tracing::info!(task_id = %task.task, reason = %status.message(), "leaving the gang");
+                return Err(TaskError::Stopped);
             }
-            Err(status) => tracing::warn!(task_id = %task.task_id, error = %status.message(), "gang rendezvous failed; retrying"),
+            Err(status) => tracing::warn!(task_id = %task.task, error = %status.message(), "gang rendezvous failed; retrying"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-fn resolve(address: &str) -> Result<SocketAddr, String> {
-    address
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve peer address {address}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("peer address {address} resolves to nothing"))
+fn resolve(address: &str) -> Result<SocketAddr, GangError> {
+    let unresolved = |problem: String| GangError::Resolve { address: address.to_owned(), problem };
+    address.to_socket_addrs().map_err(|e| unresolved(e.to_string()))?.next().ok_or_else(|| unresolved("it resolves to nothing".into()))
 }
 
 /// Connects the task's collective: NCCL on CUDA, a TCP ring on CPU, nothing when alone.
-pub fn connect(task: &Assignment, setup: Option<GangSetup>, control: &TaskControl) -> Result<Box<dyn Collective>, TaskFailure> {
+pub fn connect(task: &Assignment, setup: Option<GangSetup>, control: &TaskControl) -> Result<Box<dyn Collective>, TaskError> {
     let Some(setup) = setup else { return Ok(Box::new(Single)) };
     let (rank, world) = (task.rank as usize, task.world_size as usize);
-    let collective: Box<dyn Collective> = match parse_device(&task.device).map_err(|e| failed(e, false))? {
-        tch::Device::Cuda(index) => Box::new(Nccl::new(rank, world, index, &setup.nccl_unique_id).map_err(|e| failed(e.to_string(), false))?),
-        _ => Box::new(TcpRing::connect(rank, world, setup.listener, &setup.peers, PEER_TIMEOUT).map_err(|e| failed(e.to_string(), true))?),
+    let collective: Box<dyn Collective> = match task.device {
+        Device::Cuda(index) => Box::new(Nccl::new(rank, world, index as usize, &setup.nccl_unique_id).map_err(GangError::Nccl)?),
+        Device::Cpu => Box::new(TcpRing::connect(rank, world, setup.listener, &setup.peers, PEER_TIMEOUT).map_err(GangError::Ring)?),
     };
     control.set_abort(collective.abort_handle());
     Ok(collective)

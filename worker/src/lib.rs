@@ -10,9 +10,12 @@ pub mod collective;
 pub mod config;
 pub mod gang;
 pub mod runner;
+pub mod selection;
+pub mod task;
 pub mod tasks;
 pub mod train;
 
+use feral_common::task::Device;
 use feral_proto::v1 as pb;
 
 /// The worker's slots from `--devices`: `auto` (every CUDA device, else the CPU), or a
@@ -26,10 +29,9 @@ pub fn slots(devices: &str) -> Result<Vec<pb::Slot>, String> {
     }
     let mut slots = Vec::new();
     for item in devices.split(',').map(str::trim) {
-        let slot = match runner::parse_device(item)? {
-            tch::Device::Cpu => cpu(),
-            tch::Device::Cuda(index) => cuda(index),
-            other => return Err(format!("unsupported device {other:?}")),
+        let slot = match item.parse::<Device>().map_err(|problem| format!("device {problem}"))? {
+            Device::Cpu => cpu(),
+            Device::Cuda(index) => cuda(index as usize),
         };
         if slots.iter().any(|s: &pb::Slot| s.device == slot.device) {
             return Err(format!("device {item} is listed twice"));

@@ -1,95 +1,21 @@
 //! Conversions between `feral.v1` messages and domain types. Proto types stay at the edge.
 
-use feral_common::ids::{Round, TaskId};
-use feral_common::method::MaskAudit;
+use feral_common::ids::TaskId;
 use feral_common::metrics::MetricsSummary;
+use feral_common::task::Device;
 use feral_proto::v1 as pb;
 
-use crate::control::{TaskAssignment, WorkerView};
+use crate::control::WorkerView;
 use crate::error::CoordinatorError;
-use crate::model::{
-    DatasetSummary, EpochRecord, InferPartial, JobRecord, JobState, RoundRecord, ShardRef, Slot, TaskKind,
-    TaskOutcome, TrainedModel, WorkerState,
-};
+use crate::model::{JobRecord, JobState, RoundRecord, Slot, WorkerState};
 
 pub fn metrics_to_proto(m: &MetricsSummary) -> pb::Metrics {
     pb::Metrics::from(m)
 }
 
+#[cfg(test)]
 fn metrics_from_proto(m: pb::Metrics) -> MetricsSummary {
     MetricsSummary::from(m)
-}
-
-pub fn epoch_to_proto(e: &EpochRecord) -> pb::EpochMetrics {
-    pb::EpochMetrics {
-        round: e.round.0,
-        epoch: e.epoch,
-        train_loss: e.train_loss,
-        train_accuracy: e.train_accuracy,
-        validation: Some(metrics_to_proto(&e.validation)),
-        seconds: e.seconds,
-    }
-}
-
-impl TryFrom<pb::EpochMetrics> for EpochRecord {
-    type Error = CoordinatorError;
-
-    fn try_from(e: pb::EpochMetrics) -> Result<Self, Self::Error> {
-        let validation = e.validation.ok_or_else(|| CoordinatorError::required("epoch.validation"))?;
-        if e.epoch == 0 {
-            return Err(CoordinatorError::InvalidArgument("field `epoch.epoch` must be at least 1".into()));
-        }
-        Ok(EpochRecord {
-            round: Round(e.round),
-            epoch: e.epoch,
-            train_loss: e.train_loss,
-            train_accuracy: e.train_accuracy,
-            validation: metrics_from_proto(validation),
-            seconds: e.seconds,
-        })
-    }
-}
-
-impl TryFrom<pb::finish_task_request::Outcome> for TaskOutcome {
-    type Error = CoordinatorError;
-
-    fn try_from(outcome: pb::finish_task_request::Outcome) -> Result<Self, Self::Error> {
-        use pb::finish_task_request::Outcome;
-        Ok(match outcome {
-            Outcome::Train(t) => {
-                let validation = t.validation.ok_or_else(|| CoordinatorError::required("train.validation"))?;
-                let model_path = super::required(&t.model_path, "train.model_path")?.to_owned();
-                TaskOutcome::Trained(TrainedModel {
-                    validation: metrics_from_proto(validation),
-                    model_path,
-                    class_names: t.class_names,
-                    frame_validation: t.frame_validation.map(metrics_from_proto),
-                    test: t.test.map(metrics_from_proto),
-                    online: t.online.map(MaskAudit::from),
-                })
-            }
-            Outcome::Prepare(p) => TaskOutcome::Prepared(DatasetSummary {
-                class_names: p.class_names,
-                train_samples: p.train_samples,
-                val_samples: p.val_samples,
-                unlabeled_shards: p.unlabeled_shards.into_iter().map(|s| ShardRef { file: s.file, samples: s.samples }).collect(),
-            }),
-            Outcome::Infer(i) => {
-                if i.probability_sums.is_empty() {
-                    return Err(CoordinatorError::required("infer.probability_sums"));
-                }
-                TaskOutcome::Inferred(InferPartial {
-                    probability_sums: i.probability_sums,
-                    samples: i.samples,
-                    predictions_file: super::required(&i.predictions_file, "infer.predictions_file")?.to_owned(),
-                })
-            }
-            Outcome::Select(s) => {
-                super::required(&s.selection_file, "select.selection_file")?;
-                TaskOutcome::Selected(s.into())
-            }
-        })
-    }
 }
 
 fn round_to_proto(r: &RoundRecord, shards_total: usize) -> pb::RoundSummary {
@@ -132,7 +58,7 @@ pub fn job_to_proto(job: &JobRecord) -> pb::Job {
         spec_toml: job.spec_toml.clone(),
         epochs_done: round_epochs,
         epochs_total: job.epochs_total,
-        epochs: job.epochs.iter().map(epoch_to_proto).collect(),
+        epochs: job.epochs.iter().map(pb::EpochMetrics::from).collect(),
         result: job.result.as_ref().map(|r| pb::JobResult {
             validation: Some(metrics_to_proto(&r.validation)),
             model_path: r.model_path.clone(),
@@ -174,43 +100,13 @@ impl TryFrom<pb::Slot> for Slot {
     type Error = CoordinatorError;
 
     fn try_from(s: pb::Slot) -> Result<Self, Self::Error> {
-        let valid = s.device == "cpu" || s.device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
-        if !valid {
-            return Err(CoordinatorError::InvalidArgument(format!(
-                "field `slots.device` must be `cpu` or `cuda:N`, got {:?}",
-                s.device
-            )));
+        if let Err(problem) = s.device.parse::<Device>() {
+            return Err(CoordinatorError::InvalidArgument(format!("field `slots.device` {problem}")));
         }
         if s.name.chars().count() > 128 || s.name.chars().any(char::is_control) {
             return Err(CoordinatorError::InvalidArgument("field `slots.name` must be at most 128 characters, none of them control characters".into()));
         }
         Ok(Slot { device: s.device, name: s.name })
-    }
-}
-
-pub fn assignment_to_proto(a: &TaskAssignment) -> pb::TaskAssignment {
-    let kind = match a.kind {
-        TaskKind::Prepare => pb::TaskKind::Prepare,
-        TaskKind::Train => pb::TaskKind::Train,
-        TaskKind::Infer => pb::TaskKind::Infer,
-        TaskKind::Select => pb::TaskKind::Select,
-    };
-    pb::TaskAssignment {
-        task_id: a.task.to_string(),
-        job_id: a.job.to_string(),
-        kind: kind as i32,
-        round: a.round,
-        attempt: a.attempt,
-        spec_toml: a.spec_toml.clone(),
-        artifact_dir: a.artifact_dir.display().to_string(),
-        device: a.device.clone(),
-        init_model: a.inputs.init_model.clone().unwrap_or_default(),
-        class_weights: a.inputs.class_weights.clone(),
-        class_prior: a.inputs.class_prior.clone(),
-        shards: a.inputs.shards.clone(),
-        selection_file: a.inputs.selection_file.clone().unwrap_or_default(),
-        rank: a.rank,
-        world_size: a.world_size,
     }
 }
 
@@ -227,6 +123,7 @@ mod tests {
 
     use super::*;
     use crate::model::JobResult;
+    use feral_common::task::{MaskAudit, TaskOutcome};
 
     fn metrics(macro_f1: f64) -> MetricsSummary {
         MetricsSummary { accuracy: macro_f1 + 0.1, macro_f1, per_class_f1: vec![macro_f1, macro_f1], confusion: vec![3, 1, 0, 4], samples: 8 }

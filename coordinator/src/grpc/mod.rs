@@ -15,7 +15,7 @@ pub fn to_status(error: CoordinatorError) -> tonic::Status {
     use tonic::Status;
     let message = error.to_string();
     match error {
-        CoordinatorError::InvalidArgument(_) | CoordinatorError::InvalidSpec(_) => Status::invalid_argument(message),
+        CoordinatorError::InvalidArgument(_) | CoordinatorError::InvalidSpec(_) | CoordinatorError::InvalidMessage(_) => Status::invalid_argument(message),
         CoordinatorError::JobNotFound(_) | CoordinatorError::WorkerNotFound(_) => Status::not_found(message),
         CoordinatorError::NotAssigned { .. } => Status::failed_precondition(message),
         CoordinatorError::Store(_) => Status::unavailable(message),

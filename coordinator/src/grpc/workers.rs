@@ -2,16 +2,17 @@
 
 use std::sync::Arc;
 
-use feral_common::ids::{TaskId, WorkerId};
+use feral_common::ids::WorkerId;
+use feral_common::task::{EpochReport, TaskOutcome, TaskRef};
 use feral_common::time::now_ms;
 use feral_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::convert::{assignment_to_proto, task_ids};
+use super::convert::task_ids;
 use super::{required, to_status};
 use crate::control::ControlPlane;
 use crate::error::CoordinatorError;
-use crate::model::{EpochRecord, Slot, TaskOutcome};
+use crate::model::Slot;
 
 /// The most device slots one worker may offer.
 pub const MAX_SLOTS: usize = 64;
@@ -28,10 +29,11 @@ impl WorkerApi {
     }
 }
 
-fn ids(worker_id: &str, task_id: &str) -> Result<(WorkerId, TaskId), Status> {
+/// The worker a report is from and the task it is about.
+fn ids(worker_id: &str, job_id: &str, task_id: &str, attempt: u32) -> Result<(WorkerId, TaskRef), Status> {
     let worker = required(worker_id, "worker_id").map_err(to_status)?;
-    let task = required(task_id, "task_id").map_err(to_status)?;
-    Ok((WorkerId::new(worker), TaskId::new(task)))
+    let task = feral_proto::task_ref(job_id, task_id, attempt).map_err(|e| to_status(e.into()))?;
+    Ok((WorkerId::new(worker), task))
 }
 
 #[tonic::async_trait]
@@ -60,16 +62,16 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let id = WorkerId::new(required(&request.worker_id, "worker_id").map_err(to_status)?);
         let reply = self.control.heartbeat(&id, task_ids(request.running_task_ids), now_ms()).await.map_err(to_status)?;
         Ok(Response::new(pb::HeartbeatResponse {
-            assignments: reply.assignments.iter().map(assignment_to_proto).collect(),
+            assignments: reply.assignments.iter().map(pb::TaskAssignment::from).collect(),
             cancel_task_ids: reply.cancel.iter().map(ToString::to_string).collect(),
         }))
     }
 
     async fn report_progress(&self, request: Request<pb::ReportProgressRequest>) -> Result<Response<pb::ReportProgressResponse>, Status> {
         let request = request.into_inner();
-        let (worker, task) = ids(&request.worker_id, &request.task_id)?;
-        let epoch = request.epoch.ok_or_else(|| CoordinatorError::required("epoch")).and_then(EpochRecord::try_from);
-        let epoch = epoch.map_err(to_status)?;
+        let (worker, task) = ids(&request.worker_id, &request.job_id, &request.task_id, request.attempt)?;
+        let epoch = request.epoch.ok_or_else(|| to_status(CoordinatorError::required("epoch")))?;
+        let epoch = EpochReport::try_from(epoch).map_err(|e| to_status(e.into()))?;
         let stop = self
             .control
             .report_progress(&worker, &task, epoch, request.epochs_total, now_ms())
@@ -80,16 +82,16 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
 
     async fn finish_task(&self, request: Request<pb::FinishTaskRequest>) -> Result<Response<pb::FinishTaskResponse>, Status> {
         let request = request.into_inner();
-        let (worker, task) = ids(&request.worker_id, &request.task_id)?;
-        let outcome = request.outcome.ok_or_else(|| CoordinatorError::required("outcome")).and_then(TaskOutcome::try_from);
-        let outcome = outcome.map_err(to_status)?;
+        let (worker, task) = ids(&request.worker_id, &request.job_id, &request.task_id, request.attempt)?;
+        let outcome = request.outcome.ok_or_else(|| to_status(CoordinatorError::required("outcome")))?;
+        let outcome = TaskOutcome::try_from(outcome).map_err(|e| to_status(e.into()))?;
         self.control.finish_task(&worker, &task, outcome, now_ms()).await.map_err(to_status)?;
         Ok(Response::new(pb::FinishTaskResponse {}))
     }
 
     async fn join_gang(&self, request: Request<pb::JoinGangRequest>) -> Result<Response<pb::JoinGangResponse>, Status> {
         let request = request.into_inner();
-        let (worker, task) = ids(&request.worker_id, &request.task_id)?;
+        let (worker, task) = ids(&request.worker_id, &request.job_id, &request.task_id, request.attempt)?;
         let address = required(&request.address, "address").map_err(to_status)?.to_owned();
         let peers = self.control.join_gang(&worker, &task, address, request.nccl_unique_id).await.map_err(to_status)?;
         Ok(Response::new(match peers {
@@ -100,7 +102,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
 
     async fn fail_task(&self, request: Request<pb::FailTaskRequest>) -> Result<Response<pb::FailTaskResponse>, Status> {
         let request = request.into_inner();
-        let (worker, task) = ids(&request.worker_id, &request.task_id)?;
+        let (worker, task) = ids(&request.worker_id, &request.job_id, &request.task_id, request.attempt)?;
         let reason = required(&request.reason, "reason").map_err(to_status)?.to_owned();
         self.control.fail_task(&worker, &task, reason, request.retryable, now_ms()).await.map_err(to_status)?;
         Ok(Response::new(pb::FailTaskResponse {}))

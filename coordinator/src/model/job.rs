@@ -17,7 +17,7 @@ use feral_common::metrics::MetricsSummary;
 use feral_common::spec::JobSpec;
 use serde::{Deserialize, Serialize};
 
-use super::outcome::{DatasetSummary, InferPartial, SelectionSummary, TaskOutcome, TrainedModel};
+use feral_common::task::{DatasetSummary, EpochReport, InferPartial, SelectionSummary, TaskInputs, TaskKind, TaskOutcome, TrainedModel};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum JobState {
@@ -35,25 +35,6 @@ pub enum JobState {
 impl JobState {
     pub fn is_final(&self) -> bool {
         matches!(self, JobState::Succeeded | JobState::Failed { .. } | JobState::Cancelled { .. })
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TaskKind {
-    Prepare,
-    Train,
-    Infer,
-    Select,
-}
-
-impl TaskKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            TaskKind::Prepare => "prepare",
-            TaskKind::Train => "train",
-            TaskKind::Infer => "infer",
-            TaskKind::Select => "select",
-        }
     }
 }
 
@@ -137,17 +118,6 @@ impl TaskRecord {
     }
 }
 
-/// One finished epoch of a training task.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    pub round: Round,
-    pub epoch: u32,
-    pub train_loss: f64,
-    pub train_accuracy: f64,
-    pub validation: MetricsSummary,
-    pub seconds: f64,
-}
-
 /// What one round produced, phase by phase.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RoundRecord {
@@ -187,7 +157,7 @@ pub struct JobRecord {
     pub updated_at_ms: u64,
     pub artifact_dir: PathBuf,
     pub tasks: Vec<TaskRecord>,
-    pub epochs: Vec<EpochRecord>,
+    pub epochs: Vec<EpochReport>,
     pub epochs_total: u32,
     // Fields added after the first release default when an older record is read.
     #[serde(default)]
@@ -197,24 +167,12 @@ pub struct JobRecord {
     pub result: Option<JobResult>,
 }
 
-/// What a task needs beyond the job spec (see [`JobRecord::task_inputs`]).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct TaskInputs {
-    /// The model to start from (train) or predict with (infer).
-    pub init_model: Option<String>,
-    pub class_weights: Vec<f64>,
-    pub class_prior: Vec<f64>,
-    /// Infer: the shard to predict. Select: the prediction files of the round.
-    pub shards: Vec<String>,
-    pub selection_file: Option<String>,
-}
-
 /// What can happen to a job. Events about a task that is no longer live (a late report
 /// from an old attempt, a repeated report) change nothing.
 #[derive(Clone, Debug, PartialEq)]
 pub enum JobEvent {
     TaskAssigned { task: TaskId, worker: WorkerId, device: String },
-    TaskProgress { task: TaskId, worker: WorkerId, epoch: EpochRecord, epochs_total: u32 },
+    TaskProgress { task: TaskId, worker: WorkerId, epoch: EpochReport, epochs_total: u32 },
     TaskFinished { task: TaskId, worker: WorkerId, outcome: TaskOutcome },
     TaskFailed { task: TaskId, worker: WorkerId, reason: String, retryable: bool },
     WorkerLost { worker: WorkerId },
@@ -274,7 +232,7 @@ impl JobRecord {
             .checked_sub(1)
             .and_then(|previous| self.round_record(Round(previous)))
             .and_then(|r| r.model.as_ref())
-            .map(|m| m.model_path.clone());
+            .map(|m| PathBuf::from(&m.model_path));
         let current = self.round_record(task.round).cloned().unwrap_or_default();
         let prior = if semi.debias { current.class_prior.clone() } else { Vec::new() };
         match task.kind {
@@ -284,7 +242,7 @@ impl JobRecord {
                 class_weights: current.class_weights,
                 class_prior: prior,
                 shards: Vec::new(),
-                selection_file: current.selection.map(|s| s.selection_file),
+                selection_file: current.selection.map(|s| PathBuf::from(s.selection_file)),
             },
             TaskKind::Infer => TaskInputs { init_model: previous_model, shards: task.shard.iter().cloned().collect(), ..TaskInputs::default() },
             TaskKind::Select => TaskInputs {
@@ -358,12 +316,12 @@ impl JobRecord {
         true
     }
 
-    fn progress(&mut self, id: &TaskId, worker: &WorkerId, epoch: &EpochRecord, epochs_total: u32) -> bool {
+    fn progress(&mut self, id: &TaskId, worker: &WorkerId, epoch: &EpochReport, epochs_total: u32) -> bool {
         let Some(task) = self.running_on(id, worker) else { return false };
         let round = task.round;
         // A resumed attempt reports epochs again from its checkpoint: keep the latest.
         self.epochs.retain(|e| !(e.round == round && e.epoch >= epoch.epoch));
-        self.epochs.push(EpochRecord { round, ..epoch.clone() });
+        self.epochs.push(EpochReport { round, ..epoch.clone() });
         self.epochs_total = epochs_total;
         true
     }

@@ -7,7 +7,8 @@ use feral_common::plan::{plan, PlanProblem, ShardLoad};
 use super::{JobRecord, TaskRecord, TaskState, WorkerRecord, WorkerState};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Assignment {
+/// A pending task placed on a worker's free device slot.
+pub struct Placement {
     pub job: JobId,
     pub task: TaskId,
     pub worker: WorkerId,
@@ -19,7 +20,7 @@ pub struct Assignment {
 /// The ranks of a gang are placed all at once or not at all. Inference tasks first go to
 /// the worker the shard planner gives their shard ([`shard_plan`]); only a slot left free
 /// after that takes another worker's shard, so no worker idles while shards wait.
-pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Assignment> {
+pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Placement> {
     // The devices each worker is busy on: one pass over the tasks of the jobs still running.
     let position: std::collections::HashMap<&WorkerId, usize> = workers.iter().enumerate().map(|(i, w)| (&w.id, i)).collect();
     let mut busy: Vec<Vec<String>> = vec![Vec::new(); workers.len()];
@@ -57,7 +58,7 @@ pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Assignmen
                 let Some(index) = workers.iter().position(|w| w.id.as_str() == worker) else { return true };
                 let Some(slot) = workers[index].slots.iter().find(|s| !busy[index].contains(&s.device)) else { return true };
                 busy[index].push(slot.device.clone());
-                assignments.push(Assignment { job: job.id.clone(), task: task.id.clone(), worker: workers[index].id.clone(), device: slot.device.clone() });
+                assignments.push(Placement { job: job.id.clone(), task: task.id.clone(), worker: workers[index].id.clone(), device: slot.device.clone() });
                 false
             });
         }
@@ -73,7 +74,7 @@ pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Assignmen
             for member in &gang {
                 let Some((index, device)) = free_slot(workers, &trial) else { break };
                 trial[index].push(device.clone());
-                placed.push(Assignment { job: job.id.clone(), task: member.id.clone(), worker: workers[index].id.clone(), device });
+                placed.push(Placement { job: job.id.clone(), task: member.id.clone(), worker: workers[index].id.clone(), device });
             }
             if placed.len() == gang.len() {
                 busy = trial;
@@ -177,7 +178,7 @@ mod tests {
 
     #[test]
     fn inference_follows_the_shard_plan_and_free_slots_take_what_is_left() {
-        use crate::model::{DatasetSummary, ShardRef};
+        use feral_common::task::{DatasetSummary, ShardRef};
         let mut labelling = job("p", 1);
         let shards: Vec<ShardRef> = (0..6).map(|i| ShardRef { file: format!("u{i}.safetensors"), samples: 100 }).collect();
         labelling.dataset = Some(DatasetSummary { class_names: vec![], train_samples: 1, val_samples: 1, unlabeled_shards: shards.clone() });

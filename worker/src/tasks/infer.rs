@@ -12,23 +12,18 @@ use feral_common::dataset::{read_shard, Dataset, Split};
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
-use super::{create_dir, TaskContext};
-use crate::collective::Single;
-use crate::train::{build_model, temporal, to_tensors, TrainError};
+use feral_common::task::InferPartial;
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct InferOutput {
-    pub probability_sums: Vec<f64>,
-    pub samples: u64,
-    pub predictions_file: PathBuf,
-}
+use crate::collective::Single;
+use crate::task::{create_dir, write_atomically, TaskContext, TaskError};
+use crate::train::{build_model, temporal, to_tensors};
 
 /// The predictions file of `shard` in `round_dir`.
-pub fn predictions_path(round_dir: &Path, shard: &str) -> PathBuf {
+fn predictions_path(round_dir: &Path, shard: &str) -> PathBuf {
     round_dir.join(format!("pred-{}", shard))
 }
 
-pub fn infer(context: &TaskContext, model_path: &Path, shard: &str, stop: &AtomicBool) -> Result<InferOutput, TrainError> {
+pub fn infer(context: &TaskContext, model_path: &Path, shard: &str, stop: &AtomicBool) -> Result<InferPartial, TaskError> {
     let dataset = Dataset::open(&context.spec.dataset)?;
     let manifest = dataset.manifest();
     let info = dataset
@@ -36,7 +31,7 @@ pub fn infer(context: &TaskContext, model_path: &Path, shard: &str, stop: &Atomi
         .shards
         .iter()
         .find(|s| s.file == shard)
-        .ok_or_else(|| TrainError::UnusableDataset { dir: context.spec.dataset.clone(), problem: format!("it has no unlabeled shard {shard}") })?;
+        .ok_or_else(|| TaskError::UnusableDataset { dir: context.spec.dataset.clone(), problem: format!("it has no unlabeled shard {shard}") })?;
     let data = read_shard(dataset.dir(), info, manifest.image, manifest.classes.len(), true)?;
     let classes = manifest.classes.len();
 
@@ -57,7 +52,7 @@ pub fn infer(context: &TaskContext, model_path: &Path, shard: &str, stop: &Atomi
         let indices: Vec<usize> = (0..data.len()).collect();
         for chunk in indices.chunks(256) {
             if stop.load(Ordering::Relaxed) {
-                return Err(TrainError::Stopped);
+                return Err(TaskError::Stopped);
             }
             let (images, _) = to_tensors(&data, chunk, &data.labels, context.device, None);
             let logits = (net.forward_t(&images, false) + net.forward_t(&images.flip([3]), false)) / 2.0;
@@ -75,7 +70,7 @@ pub fn infer(context: &TaskContext, model_path: &Path, shard: &str, stop: &Atomi
     if let Some(hidden) = &data.hidden_labels {
         tensors.push(("hidden_labels", Tensor::from_slice(hidden)));
     }
-    crate::train::write_atomically(&predictions_file, |p| Tensor::write_safetensors(&tensors, p))?;
+    write_atomically(&predictions_file, |p| Tensor::write_safetensors(&tensors, p))?;
     let probability_sums = Vec::<f64>::try_from(&sums)?;
-    Ok(InferOutput { probability_sums, samples: data.len() as u64, predictions_file })
+    Ok(InferPartial { probability_sums, samples: data.len() as u64, predictions_file: predictions_file.display().to_string() })
 }

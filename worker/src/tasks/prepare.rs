@@ -2,25 +2,16 @@
 //! against its checksum, so a bad dataset fails the job at once with the file named.
 
 use feral_common::dataset::{Dataset, Split};
+use feral_common::task::{DatasetSummary, ShardRef};
 
-use super::TaskContext;
-use crate::train::TrainError;
+use crate::task::{TaskContext, TaskError};
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct PrepareOutput {
-    pub class_names: Vec<String>,
-    pub train_samples: u64,
-    pub val_samples: u64,
-    /// Unlabelled shard files with their sample counts, in manifest order.
-    pub unlabeled_shards: Vec<(String, u64)>,
-}
-
-pub fn prepare(context: &TaskContext) -> Result<PrepareOutput, TrainError> {
+pub fn prepare(context: &TaskContext) -> Result<DatasetSummary, TaskError> {
     let dataset = Dataset::open(&context.spec.dataset)?;
     dataset.verify()?;
     let manifest = dataset.manifest();
     let count = |split| manifest.splits.get(&split).map_or(0, |s| s.samples);
-    let unusable = |problem: &str| TrainError::UnusableDataset { dir: context.spec.dataset.clone(), problem: problem.to_owned() };
+    let unusable = |problem: &str| TaskError::UnusableDataset { dir: context.spec.dataset.clone(), problem: problem.to_owned() };
     if count(Split::Train) == 0 {
         return Err(unusable("its train split is empty"));
     }
@@ -30,9 +21,9 @@ pub fn prepare(context: &TaskContext) -> Result<PrepareOutput, TrainError> {
     let unlabeled_shards = manifest
         .splits
         .get(&Split::Unlabeled)
-        .map(|s| s.shards.iter().map(|shard| (shard.file.clone(), shard.samples)).collect())
+        .map(|s| s.shards.iter().map(|shard| ShardRef { file: shard.file.clone(), samples: shard.samples }).collect())
         .unwrap_or_default();
-    Ok(PrepareOutput {
+    Ok(DatasetSummary {
         class_names: manifest.classes.clone(),
         train_samples: count(Split::Train),
         val_samples: count(Split::Val),

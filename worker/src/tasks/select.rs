@@ -10,27 +10,10 @@ use std::path::Path;
 use feral_common::method::{self, Candidate, SelectionParams, SelectionSummary};
 use tch::Tensor;
 
-use super::{create_dir, TaskContext};
-use crate::train::TrainError;
+use crate::selection::named;
+use crate::task::{create_dir, write_atomically, TaskContext, TaskError};
 
-/// Selected pseudo-labels, as the student reads them.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct PseudoLabels {
-    pub sample_ids: Vec<i64>,
-    pub labels: Vec<i64>,
-    pub confidences: Vec<f32>,
-}
-
-/// The named tensor `name` of a safetensors file read with tch.
-fn named(tensors: &[(String, Tensor)], name: &str, path: &Path) -> Result<Tensor, TrainError> {
-    tensors
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, t)| t.shallow_clone())
-        .ok_or_else(|| TrainError::Corrupt { path: path.to_path_buf(), problem: format!("it has no `{name}` tensor") })
-}
-
-pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64]) -> Result<SelectionSummary, TrainError> {
+pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64]) -> Result<SelectionSummary, TaskError> {
     let semi = &context.spec.semi_supervised;
     let (mut candidates, mut hidden, mut sample_ids) = (Vec::new(), Vec::new(), Vec::new());
     let mut classes = 0;
@@ -45,7 +28,7 @@ pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64])
         let size = logits.size();
         let (rows, columns) = match size.as_slice() {
             [rows, columns] if *rows as usize == ids.len() => (*rows as usize, *columns as usize),
-            _ => return Err(TrainError::Corrupt { path: path.to_path_buf(), problem: format!("`logits` has shape {size:?}") }),
+            _ => return Err(TaskError::Corrupt { path: path.to_path_buf(), problem: format!("`logits` has shape {size:?}") }),
         };
         classes = columns;
         let values = Vec::<f32>::try_from(&logits.reshape([-1]))?;
@@ -86,7 +69,7 @@ pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64])
         ("confidence_variance", Tensor::from_slice(&[(confidence_squares / pool - (confidence_sum / pool).powi(2)).max(0.0)])),
         ("mean_probabilities", Tensor::from_slice(&probability_sums.iter().map(|s| s / pool).collect::<Vec<f64>>())),
     ];
-    crate::train::write_atomically(&selection_file, |p| Tensor::write_safetensors(&tensors, p))?;
+    write_atomically(&selection_file, |p| Tensor::write_safetensors(&tensors, p))?;
     Ok(SelectionSummary {
         selected_per_class: selection.selected_per_class,
         thresholds: selection.thresholds,
@@ -98,17 +81,4 @@ pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64])
         selection_file: selection_file.display().to_string(),
         cap: selection.cap.unwrap_or(0),
     })
-}
-
-pub fn read_selection(path: &Path) -> Result<PseudoLabels, TrainError> {
-    let tensors = Tensor::read_safetensors(path)?;
-    let labels = PseudoLabels {
-        sample_ids: Vec::<i64>::try_from(&named(&tensors, "sample_ids", path)?)?,
-        labels: Vec::<i64>::try_from(&named(&tensors, "labels", path)?)?,
-        confidences: Vec::<f32>::try_from(&named(&tensors, "confidences", path)?)?,
-    };
-    if labels.labels.len() != labels.sample_ids.len() || labels.confidences.len() != labels.sample_ids.len() {
-        return Err(TrainError::Corrupt { path: path.to_path_buf(), problem: "its tensors have different lengths".into() });
-    }
-    Ok(labels)
 }

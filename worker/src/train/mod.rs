@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use feral_common::dataset::{Dataset, DatasetError, ShardData, Split};
+use feral_common::dataset::{Dataset, ShardData, Split};
 use feral_common::metrics::{ConfusionMatrix, MetricsSummary};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
@@ -46,77 +46,19 @@ pub use model::{build_model, Network};
 use consistency::{MaskAudit, OnlineLabeller, OnlineParams, OnlineState, ThresholdSeed};
 use strong::StrongAugmentation;
 
-use crate::collective::{self, Collective, CollectiveError};
-use crate::tasks::{create_dir, read_selection, TaskContext};
+use feral_common::ids::Round;
+use feral_common::task::{EpochReport, TaskInputs, TrainedModel};
 
-/// What a training task needs to know.
+use crate::collective::{self, Collective, CollectiveError};
+use crate::selection::read_selection;
+use crate::task::{create_dir, write_atomically, write_json, TaskContext, TaskError};
+
+/// What a training task needs to know: where it runs, and the round's inputs (the model
+/// to start from, the class weights and prior, the selected pseudo-labels).
 #[derive(Clone, Debug)]
 pub struct TrainTask {
     pub context: TaskContext,
-    /// Start from these weights (the teacher) instead of a fresh initialisation.
-    pub init_model: Option<PathBuf>,
-    /// Sampling weight per class of the labelled data; empty: uniform over classes.
-    pub class_weights: Vec<f64>,
-    /// The pool's class prior for the pseudo-label margin; empty: no margin.
-    pub class_prior: Vec<f64>,
-    /// Selected pseudo-labels (rounds >= 1).
-    pub selection_file: Option<PathBuf>,
-}
-
-/// One finished epoch.
-#[derive(Clone, Debug, PartialEq)]
-pub struct EpochReport {
-    pub round: u32,
-    pub epoch: u32,
-    pub epochs_total: u32,
-    pub train_loss: f64,
-    pub train_accuracy: f64,
-    pub validation: MetricsSummary,
-    pub seconds: f64,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct TrainOutput {
-    /// The round's validation metrics: the temporal encoder's where one was trained.
-    pub validation: MetricsSummary,
-    /// The backbone's own frame-by-frame metrics, where a temporal encoder made `validation`.
-    pub frame_validation: Option<MetricsSummary>,
-    /// The `test` split's metrics (the temporal encoder's on video datasets), where the
-    /// dataset has one: only reported.
-    pub test: Option<MetricsSummary>,
-    /// Student rounds trained online: what the online labeller passed.
-    pub online: Option<MaskAudit>,
-    pub model_path: PathBuf,
-    pub class_names: Vec<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error(transparent)]
-    Dataset(#[from] DatasetError),
-    #[error("dataset {dir} cannot be used: {problem}")]
-    UnusableDataset { dir: PathBuf, problem: String },
-    #[error("file {path} is corrupt: {problem}")]
-    Corrupt { path: PathBuf, problem: String },
-    #[error("libtorch failed: {0}")]
-    Torch(#[from] tch::TchError),
-    #[error("gradient exchange failed: {0}")]
-    Collective(#[from] CollectiveError),
-    #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
-    #[error("batch loader failed: {0}")]
-    Loader(#[from] LoaderError),
-    #[error("the job is too large for this worker: {0}")]
-    TooLarge(String),
-    #[error("stopped before the end")]
-    Stopped,
-}
-
-impl TrainError {
-    /// Whether another attempt could succeed where this one failed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, TrainError::Torch(_) | TrainError::Write { .. } | TrainError::Collective(_))
-    }
+    pub inputs: TaskInputs,
 }
 
 /// Written beside each epoch-end checkpoint.
@@ -181,13 +123,13 @@ static SEEDED_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// same global batch of `batch_size × world_size` samples and trains on its own slice;
 /// gradients are averaged across ranks, so the ranks' models stay identical and equal
 /// what one rank would train on the whole global batch. Rank 0 reports epochs
-/// (`on_epoch`) and writes checkpoints and the model. `stop` is checked every step.
+/// (`on_epoch`, with the round's epoch count) and writes checkpoints and the model. `stop` is checked every step.
 pub fn train(
     task: &TrainTask,
     collective: &mut dyn Collective,
-    on_epoch: &mut dyn FnMut(EpochReport),
+    on_epoch: &mut dyn FnMut(EpochReport, u32),
     stop: &AtomicBool,
-) -> Result<TrainOutput, TrainError> {
+) -> Result<TrainedModel, TaskError> {
     let (rank, world) = (collective.rank(), collective.world_size());
     let context = &task.context;
     let spec = &context.spec;
@@ -196,7 +138,7 @@ pub fn train(
     let train_data = dataset.read_split(Split::Train)?;
     let val_data = dataset.read_split(Split::Val)?;
     let classes = manifest.classes.len();
-    let unusable = |problem: &str| TrainError::UnusableDataset { dir: spec.dataset.clone(), problem: problem.to_owned() };
+    let unusable = |problem: &str| TaskError::UnusableDataset { dir: spec.dataset.clone(), problem: problem.to_owned() };
     if train_data.labels.iter().all(|&l| l < 0) {
         return Err(unusable("its train split has no labelled samples"));
     }
@@ -205,7 +147,7 @@ pub fn train(
     }
     let semi = &spec.semi_supervised;
     let online = semi.online && context.round > 0;
-    let (pseudo, pool) = match &task.selection_file {
+    let (pseudo, pool) = match &task.inputs.selection_file {
         Some(_) if online => (None, Some(Arc::new(dataset.read_split(Split::Unlabeled)?))),
         Some(path) => (Some(load_pseudo_set(&dataset, path)?), None),
         None => (None, None),
@@ -216,7 +158,7 @@ pub fn train(
         tch::set_num_threads(spec.train.threads as i32);
     }
     let image = [manifest.image.channels as i64, manifest.image.height as i64, manifest.image.width as i64];
-    memory::check_step_fits(spec, image, context.round, context.device).map_err(TrainError::TooLarge)?;
+    memory::check_step_fits(spec, image, context.round, context.device).map_err(TaskError::TooLarge)?;
     let (mut vs, net, mut ema_vs, ema_net) = {
         // libtorch's generator is global: seeding and initialising under one lock makes the
         // initial weights depend on the seed alone, even with several tasks in a process.
@@ -232,12 +174,12 @@ pub fn train(
         }
         (vs, net, ema_vs, ema_net)
     };
-    match (&task.init_model, &spec.model.init) {
+    match (&task.inputs.init_model, &spec.model.init) {
         // A student continues its teacher's raw weights (its EMA and optimiser state are
         // loaded below); a teacher starts from the user's weights, if any.
         (Some(teacher), _) => vs.load(teacher_file(teacher, "checkpoint.safetensors"))?,
         (None, Some(weights)) => {
-            model::load_initial_weights(&mut vs, weights).map_err(|problem| TrainError::Corrupt { path: weights.clone(), problem })?;
+            model::load_initial_weights(&mut vs, weights)?;
         }
         (None, None) => {}
     }
@@ -250,12 +192,12 @@ pub fn train(
     let files = [checkpoint.as_path(), checkpoint_ema.as_path(), checkpoint_optimizer.as_path()];
     let first_epoch = resume(&mut vs, &mut ema_vs, &mut optimizer, files, &checkpoint_info, context.round)? + 1;
     if first_epoch == 1 {
-        match &task.init_model {
+        match &task.inputs.init_model {
             Some(teacher) => {
                 ema_vs.load(teacher)?;
                 let state = teacher_file(teacher, "checkpoint-optimizer.safetensors");
                 if state != *teacher {
-                    optimizer.load(&state).map_err(|problem| TrainError::Corrupt { path: state.clone(), problem })?;
+                    optimizer.load(&state)?;
                 }
             }
             None => ema_vs.copy(&vs)?,
@@ -282,15 +224,15 @@ pub fn train(
     let total_steps = (round_steps * (semi.rounds.max(0) as usize + 1)).max(1);
     let step_offset = round_steps * context.round as usize;
     let mut labeller = (pool_batch > 0).then(|| {
-        let debiased = task.class_prior.len() == classes;
+        let debiased = task.inputs.class_prior.len() == classes;
         let params = OnlineParams {
             tau: if debiased { semi.tau } else { 0.0 },
             momentum: semi.prior_momentum,
             min_threshold: semi.online_min_threshold,
             soft: semi.soft_mask,
         };
-        let seed = task.selection_file.as_deref().and_then(read_threshold_seed);
-        OnlineLabeller::new(params, classes, &task.class_prior, seed)
+        let seed = task.inputs.selection_file.as_deref().and_then(read_threshold_seed);
+        OnlineLabeller::new(params, classes, &task.inputs.class_prior, seed)
     });
     let checkpoint_online = round_dir.join("checkpoint-online.json");
     if let (Some(labeller), true) = (labeller.as_mut(), first_epoch > 1) {
@@ -299,8 +241,8 @@ pub fn train(
         }
     }
     let mut mask_audit = MaskAudit::default();
-    let margin = (task.class_prior.len() == classes && pseudo_batch > 0).then(|| {
-        let log_prior: Vec<f32> = task.class_prior.iter().map(|p| (spec.semi_supervised.tau * p.max(1e-12).ln()) as f32).collect();
+    let margin = (task.inputs.class_prior.len() == classes && pseudo_batch > 0).then(|| {
+        let log_prior: Vec<f32> = task.inputs.class_prior.iter().map(|p| (spec.semi_supervised.tau * p.max(1e-12).ln()) as f32).collect();
         Tensor::from_slice(&log_prior).to_device(context.device)
     });
     let mut validation = MetricsSummary::default();
@@ -316,7 +258,7 @@ pub fn train(
         last_epoch: epochs,
         classes,
         sampling: spec.train.sampling,
-        class_weights: (task.class_weights.len() == classes).then(|| task.class_weights.clone()),
+        class_weights: (task.inputs.class_weights.len() == classes).then(|| task.inputs.class_weights.clone()),
         augmentation: spec.train.augment.then(Augmentation::default),
         strong: Some(strong_view(&spec.train.strong)),
         strong_labelled: spec.train.strong.labelled,
@@ -336,7 +278,7 @@ pub fn train(
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
         for step in 0..steps {
             if stop.load(Ordering::Relaxed) {
-                return Err(TrainError::Stopped);
+                return Err(TaskError::Stopped);
             }
             let global_step = step_offset + (epoch as usize - 1) * steps + step;
             optimizer.set_lr(learning_rate(spec.train.learning_rate, global_step, total_steps));
@@ -409,15 +351,15 @@ pub fn train(
             write_json(&checkpoint_online, &labeller.state())?;
         }
         write_json(&checkpoint_info, &CheckpointInfo { round: context.round, epoch })?;
-        on_epoch(EpochReport {
-            round: context.round,
+        let report = EpochReport {
+            round: Round(context.round),
             epoch,
-            epochs_total: epochs,
             train_loss: loss_sum / steps.max(1) as f64,
             train_accuracy: correct as f64 / seen.max(1) as f64,
             validation: validation.clone(),
             seconds: started.elapsed().as_secs_f64(),
-        });
+        };
+        on_epoch(report, epochs);
     }
     if first_epoch > epochs {
         // Every epoch was done before a restart: evaluate the checkpoint we resumed.
@@ -468,7 +410,7 @@ pub fn train(
 
     let model_path = round_dir.join("model.safetensors");
     if rank > 0 {
-        return Ok(TrainOutput { validation, frame_validation, test, online: labeller.is_some().then_some(mask_audit), model_path, class_names: manifest.classes });
+        return Ok(TrainedModel { validation, frame_validation, test, online: labeller.is_some().then_some(mask_audit), model_path: model_path.display().to_string(), class_names: manifest.classes });
     }
     if let Some(vs) = &temporal_vs {
         write_atomically(&round_dir.join(temporal::FILE), |p| vs.save(p))?;
@@ -499,7 +441,7 @@ pub fn train(
         }),
     };
     write_json(&round_dir.join("model.json"), &card)?;
-    Ok(TrainOutput { validation, frame_validation, test, online: labeller.is_some().then_some(mask_audit), model_path, class_names: manifest.classes })
+    Ok(TrainedModel { validation, frame_validation, test, online: labeller.is_some().then_some(mask_audit), model_path: model_path.display().to_string(), class_names: manifest.classes })
 }
 
 /// Every variable of `vs`, in name order (the same on every rank).
@@ -547,7 +489,7 @@ fn read_threshold_seed(selection_file: &Path) -> Option<ThresholdSeed> {
 }
 
 /// The selected pseudo-labelled samples of the unlabelled split, with their labels.
-fn load_pseudo_set(dataset: &Dataset, selection_file: &Path) -> Result<PseudoSet, TrainError> {
+fn load_pseudo_set(dataset: &Dataset, selection_file: &Path) -> Result<PseudoSet, TaskError> {
     let selection = read_selection(selection_file)?;
     let pool = dataset.read_split(Split::Unlabeled)?;
     let position: std::collections::HashMap<i64, usize> = pool.sample_ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
@@ -555,7 +497,7 @@ fn load_pseudo_set(dataset: &Dataset, selection_file: &Path) -> Result<PseudoSet
     let mut confidences = Vec::with_capacity(selection.sample_ids.len());
     for ((id, label), confidence) in selection.sample_ids.iter().zip(&selection.labels).zip(&selection.confidences) {
         let Some(&index) = position.get(id) else {
-            return Err(TrainError::Corrupt { path: selection_file.to_path_buf(), problem: format!("sample {id} is not in the unlabeled split") });
+            return Err(TaskError::Corrupt { path: selection_file.to_path_buf(), problem: format!("sample {id} is not in the unlabeled split") });
         };
         data.images.extend_from_slice(pool.image(index));
         data.labels.push(*label);
@@ -584,7 +526,7 @@ fn resume(
     files: [&Path; 3],
     info: &Path,
     round: u32,
-) -> Result<u32, TrainError> {
+) -> Result<u32, TaskError> {
     let Ok(text) = std::fs::read_to_string(info) else { return Ok(0) };
     let Ok(saved) = serde_json::from_str::<CheckpointInfo>(&text) else { return Ok(0) };
     if saved.round != round || !files.iter().all(|w| w.exists()) {
@@ -603,7 +545,7 @@ fn resume(
     }
     vs.load(files[0])?;
     ema_vs.load(files[1])?;
-    optimizer.load(files[2]).map_err(|problem| TrainError::Corrupt { path: files[2].to_path_buf(), problem })?;
+    optimizer.load(files[2])?;
     tracing::info!(round, epoch = saved.epoch, "resuming from checkpoint");
     Ok(saved.epoch)
 }
@@ -618,7 +560,7 @@ fn evaluate_model(
     classes: usize,
     device: Device,
     collective: &mut dyn Collective,
-) -> Result<MetricsSummary, TrainError> {
+) -> Result<MetricsSummary, TaskError> {
     if collective.world_size() > 1 {
         collective::broadcast_from_rank0(collective, &mut by_name(ema_vs))?;
     }
@@ -628,7 +570,7 @@ fn evaluate_model(
 /// Accuracy, macro-F1 and the rest on `data`, in evaluation mode. The ranks of a gang
 /// each predict every `world`-th sample and add their confusion matrices, so every rank
 /// gets the metrics of the whole split for 1/world of the work.
-pub fn evaluate(net: &dyn ModuleT, data: &ShardData, classes: usize, device: Device, collective: &mut dyn Collective) -> Result<MetricsSummary, TrainError> {
+pub fn evaluate(net: &dyn ModuleT, data: &ShardData, classes: usize, device: Device, collective: &mut dyn Collective) -> Result<MetricsSummary, TaskError> {
     let _guard = tch::no_grad_guard();
     let mut confusion = ConfusionMatrix::new(classes);
     let (rank, world) = (collective.rank(), collective.world_size());
@@ -646,7 +588,7 @@ pub fn evaluate(net: &dyn ModuleT, data: &ShardData, classes: usize, device: Dev
 }
 
 /// The sum of every rank's confusion matrix (each rank counted its own samples).
-fn collective_confusion(confusion: ConfusionMatrix, collective: &mut dyn Collective) -> Result<ConfusionMatrix, TrainError> {
+fn collective_confusion(confusion: ConfusionMatrix, collective: &mut dyn Collective) -> Result<ConfusionMatrix, TaskError> {
     if collective.world_size() == 1 {
         return Ok(confusion);
     }
@@ -655,22 +597,7 @@ fn collective_confusion(confusion: ConfusionMatrix, collective: &mut dyn Collect
     collective.all_reduce_sum(&mut total)?;
     let summed: Vec<i64> = Vec::try_from(&total)?;
     ConfusionMatrix::from_counts(summed.into_iter().map(|c| c.max(0) as u64).collect())
-        .ok_or_else(|| TrainError::Collective(CollectiveError::Mismatch("confusion matrix is not square".into())))
-}
-
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TrainError> {
-    let text = serde_json::to_string_pretty(value).unwrap_or_default();
-    write_atomically(path, |partial| std::fs::write(partial, text).map_err(|source| TrainError::Write { path: partial.to_path_buf(), source }))
-}
-
-/// Writes `path` by `write` under a temporary name beside it (`.partial-<name>`, which
-/// keeps the extension that libtorch chooses its format by), then renames it into place:
-/// a crash leaves the previous file or the new one whole, never a torn one.
-pub(crate) fn write_atomically<E: Into<TrainError>>(path: &Path, write: impl FnOnce(&Path) -> Result<(), E>) -> Result<(), TrainError> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let partial = path.with_file_name(format!(".partial-{name}"));
-    write(&partial).map_err(Into::into)?;
-    std::fs::rename(&partial, path).map_err(|source| TrainError::Write { path: path.to_path_buf(), source })
+        .ok_or_else(|| TaskError::Collective(CollectiveError::Mismatch("confusion matrix is not square".into())))
 }
 
 #[cfg(test)]

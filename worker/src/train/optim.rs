@@ -8,6 +8,8 @@ use std::path::Path;
 use feral_common::spec::{Optimizer as Kind_, TrainSpec};
 use tch::{Kind, Tensor};
 
+use crate::task::TaskError;
+
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
 const EPSILON: f64 = 1e-8;
@@ -92,19 +94,20 @@ impl Optimizer {
     }
 
     /// Restores what [`save`](Self::save) wrote for the same model.
-    pub fn load(&mut self, path: &Path) -> Result<(), String> {
-        let named = Tensor::read_safetensors(path).map_err(|e| e.to_string())?;
+    pub fn load(&mut self, path: &Path) -> Result<(), TaskError> {
+        let corrupt = |problem: String| TaskError::Corrupt { path: path.to_path_buf(), problem };
+        let named = Tensor::read_safetensors(path).map_err(|e| corrupt(e.to_string()))?;
         let find = |name: &str| named.iter().find(|(n, _)| n == name).map(|(_, t)| t);
-        let step = find("step").ok_or("it has no `step`")?;
+        let step = find("step").ok_or_else(|| corrupt("it has no `step`".into()))?;
         self.step = step.int64_value(&[0]);
         let _no_grad = tch::no_grad_guard();
         for (index, (first, second)) in self.state.iter_mut().enumerate() {
             let saved = (find(&format!("first.{index}")), find(&format!("second.{index}")));
             let (Some(saved_first), Some(saved_second)) = saved else {
-                return Err(format!("it has no state for parameter {index}"));
+                return Err(corrupt(format!("it has no state for parameter {index}")));
             };
             if saved_first.size() != first.size() || saved_second.size() != second.size() {
-                return Err(format!("the state of parameter {index} has another shape"));
+                return Err(corrupt(format!("the state of parameter {index} has another shape")));
             }
             first.copy_(&saved_first.to_kind(first.kind()).to_device(first.device()));
             second.copy_(&saved_second.to_kind(Kind::Float).to_kind(second.kind()).to_device(second.device()));

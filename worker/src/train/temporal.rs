@@ -23,7 +23,7 @@ use tch::{Device, Kind, Tensor};
 use super::batches::{channels_last_images, normalised_images, to_tensors, Augmentation, Sampler, View};
 use super::strong::StrongAugmentation;
 use super::model::Network;
-use super::{by_name, collective_confusion, learning_rate, mix, optim, TrainError, SEEDED_INIT};
+use super::{by_name, collective_confusion, learning_rate, mix, optim, TaskError, SEEDED_INIT};
 use crate::collective::{self, Collective};
 
 /// Width of the encoder's tokens.
@@ -136,7 +136,7 @@ pub struct Windows {
 impl Windows {
     /// `backbone`'s features (averaged with the mirror image's, as pseudo-labelling
     /// predicts) of every frame of `data`, shared across the ranks of `collective`.
-    pub fn extract(backbone: &dyn Network, data: &ShardData, window: usize, device: Device, collective: &mut dyn Collective) -> Result<Self, TrainError> {
+    pub fn extract(backbone: &dyn Network, data: &ShardData, window: usize, device: Device, collective: &mut dyn Collective) -> Result<Self, TaskError> {
         Self::extract_views(backbone, data, window, device, collective, None)
     }
 
@@ -151,7 +151,7 @@ impl Windows {
         device: Device,
         collective: &mut dyn Collective,
         view: Option<(&StrongAugmentation, u64, usize)>,
-    ) -> Result<Self, TrainError> {
+    ) -> Result<Self, TaskError> {
         let _guard = tch::no_grad_guard();
         let (rank, world) = (collective.rank(), collective.world_size());
         let n = data.len();
@@ -237,7 +237,7 @@ pub fn train(
     (val, val_labels): (&Windows, &[i64]),
     collective: &mut dyn Collective,
     stop: &AtomicBool,
-) -> Result<(nn::VarStore, TemporalEncoder, MetricsSummary), TrainError> {
+) -> Result<(nn::VarStore, TemporalEncoder, MetricsSummary), TaskError> {
     let device = train.features.device();
     let features = train.features.size()[1];
     let (vs, encoder) = {
@@ -262,7 +262,7 @@ pub fn train(
         tch::manual_seed(mix(spec.train.seed ^ u64::from(round), 1000 + epoch as u64) as i64);
         for step in 0..steps {
             if stop.load(Ordering::Relaxed) {
-                return Err(TrainError::Stopped);
+                return Err(TaskError::Stopped);
             }
             let global_step = epoch * steps + step;
             optimizer.set_lr(learning_rate(settings.learning_rate, global_step, epochs * steps));
@@ -301,7 +301,7 @@ pub fn train(
 }
 
 /// The encoder's validation metrics on the labelled frames of `data`, split across ranks.
-pub fn evaluate(encoder: &TemporalEncoder, data: &Windows, labels: &[i64], classes: usize, collective: &mut dyn Collective) -> Result<MetricsSummary, TrainError> {
+pub fn evaluate(encoder: &TemporalEncoder, data: &Windows, labels: &[i64], classes: usize, collective: &mut dyn Collective) -> Result<MetricsSummary, TaskError> {
     let _guard = tch::no_grad_guard();
     let (rank, world) = (collective.rank(), collective.world_size());
     let mut confusion = ConfusionMatrix::new(classes);
@@ -316,10 +316,10 @@ pub fn evaluate(encoder: &TemporalEncoder, data: &Windows, labels: &[i64], class
 }
 
 /// Loads a round's encoder from `path` for features of width `features`.
-pub fn load(path: &std::path::Path, features: i64, window: i64, classes: i64, device: Device) -> Result<(nn::VarStore, TemporalEncoder), TrainError> {
+pub fn load(path: &std::path::Path, features: i64, window: i64, classes: i64, device: Device) -> Result<(nn::VarStore, TemporalEncoder), TaskError> {
     let mut vs = nn::VarStore::new(device);
     let encoder = TemporalEncoder::new(&vs.root(), features, window, classes);
-    vs.load(path).map_err(|e| TrainError::Corrupt { path: path.to_path_buf(), problem: format!("not this job's temporal encoder ({e})") })?;
+    vs.load(path).map_err(|e| TaskError::Corrupt { path: path.to_path_buf(), problem: format!("not this job's temporal encoder ({e})") })?;
     Ok((vs, encoder))
 }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::ShardRef;
+use feral_common::task::ShardRef;
 
 fn spec(rounds: i64, max_attempts: i64) -> JobSpec {
     let mut spec = JobSpec::for_dataset("/d");
@@ -229,7 +229,7 @@ fn a_resumed_attempt_replaces_the_epochs_it_repeats() {
     let ready = prepared(0, 0);
     let train = live(&ready, TaskKind::Train)[0].clone();
     let mut job = ready.on_event(&JobEvent::TaskAssigned { task: train.clone(), worker: w("w1"), device: "cpu".into() }, 1).expect("assign");
-    let epoch = |n| EpochRecord { round: Round(0), epoch: n, train_loss: 1.0, train_accuracy: 0.5, validation: MetricsSummary::default(), seconds: 1.0 };
+    let epoch = |n| EpochReport { round: Round(0), epoch: n, train_loss: 1.0, train_accuracy: 0.5, validation: MetricsSummary::default(), seconds: 1.0 };
     for n in [1, 2, 3, 2] {
         let event = JobEvent::TaskProgress { task: train.clone(), worker: w("w1"), epoch: epoch(n), epochs_total: 5 };
         job = job.on_event(&event, 2).expect("progress");
@@ -264,4 +264,37 @@ fn a_gang_trains_when_every_rank_is_done_and_restarts_whole_when_one_is_lost() {
     assert_eq!(done.state, JobState::Training);
     done = done.on_event(&finish(&ranks[0], "w1"), 4).expect("rank 0");
     assert_eq!(done.state, JobState::Succeeded);
+}
+
+mod stored_records {
+    use super::*;
+    use feral_common::task::MaskAudit;
+
+    const METRICS: &str = r#"{ "accuracy": 0.5, "macro_f1": 0.4, "per_class_f1": [0.3, 0.5], "confusion": [2, 1, 1, 2], "samples": 6 }"#;
+
+    #[test]
+    fn records_stored_before_test_metrics_and_online_masks_load_without_them() {
+        let old_model = format!(r#"{{ "validation": {METRICS}, "model_path": "/a/r0/model.safetensors", "class_names": ["a", "b"] }}"#);
+        let model: TrainedModel = serde_json::from_str(&old_model).expect("an old trained model loads");
+        assert_eq!((model.test, model.frame_validation, model.validation.samples), (None, None, 6));
+        let old_round = format!(r#"{{ "round": 0, "class_weights": [], "partials": {{}}, "class_prior": [], "selection": null, "model": {old_model} }}"#);
+        let round: RoundRecord = serde_json::from_str(&old_round).expect("an old round loads");
+        assert_eq!(round.model.as_ref().and_then(|m| m.test.as_ref()), None);
+        assert_eq!(round.model.and_then(|m| m.online), None, "no online mask in an old round");
+        let old_result = format!(r#"{{ "validation": {METRICS}, "model_path": "/a/r0/model.safetensors", "class_names": ["a", "b"], "best_round": 0 }}"#);
+        let result: JobResult = serde_json::from_str(&old_result).expect("an old job result loads");
+        assert_eq!(result.test, None);
+
+        let with_test = old_model.replacen('{', &format!(r#"{{ "test": {METRICS},"#), 1);
+        let model: TrainedModel = serde_json::from_str(&with_test).expect("a model with test metrics loads");
+        assert_eq!(model.test.map(|t| t.macro_f1), Some(0.4));
+        assert_eq!(model.online, None);
+
+        let online = r#"{ "seen": 100, "masked_in": 40, "with_hidden_label": 30, "correct": 27 }"#;
+        let with_online = old_model.replacen('{', &format!(r#"{{ "online": {online},"#), 1);
+        let model: TrainedModel = serde_json::from_str(&with_online).expect("a model with an online mask loads");
+        assert_eq!(model.online, Some(MaskAudit { seen: 100, masked_in: 40, with_hidden_label: 30, correct: 27 }));
+        let stored = serde_json::to_string(&model).expect("a model serialises");
+        assert_eq!(serde_json::from_str::<TrainedModel>(&stored).expect("and loads back"), model);
+    }
 }

@@ -8,12 +8,15 @@ use std::path::Path;
 use tch::nn;
 use tch::Tensor;
 
+use crate::task::TaskError;
+
 /// Copies into `vs` every tensor of the `.safetensors` file at `path` whose name and shape
 /// match a variable, and returns how many did. A file that cannot be read, or that matches
 /// no variable at all, is an error naming the file.
-pub fn load_initial_weights(vs: &mut nn::VarStore, path: &Path) -> Result<usize, String> {
+pub fn load_initial_weights(vs: &mut nn::VarStore, path: &Path) -> Result<usize, TaskError> {
+    let corrupt = |problem: String| TaskError::Corrupt { path: path.to_path_buf(), problem };
     let file = path.display();
-    let tensors = Tensor::read_safetensors(path).map_err(|e| format!("cannot read initial weights {file}: {e}"))?;
+    let tensors = Tensor::read_safetensors(path).map_err(|e| corrupt(format!("cannot read initial weights {file}: {e}")))?;
     let variables = vs.variables();
     let _no_grad = tch::no_grad_guard();
     let (mut matched, mut wrong_shape) = (0, Vec::new());
@@ -26,16 +29,16 @@ pub fn load_initial_weights(vs: &mut nn::VarStore, path: &Path) -> Result<usize,
         let converted = source
             .f_to_device(variable.device())
             .and_then(|t| t.f_to_kind(variable.kind()))
-            .map_err(|e| format!("cannot convert {name} of initial weights {file}: {e}"))?;
-        variable.shallow_clone().f_copy_(&converted).map_err(|e| format!("cannot load {name} of initial weights {file}: {e}"))?;
+            .map_err(|e| corrupt(format!("cannot convert {name} of initial weights {file}: {e}")))?;
+        variable.shallow_clone().f_copy_(&converted).map_err(|e| corrupt(format!("cannot load {name} of initial weights {file}: {e}")))?;
         matched += 1;
     }
     if matched == 0 {
-        return Err(format!(
+        return Err(corrupt(format!(
             "initial weights {file} match no variable of the model by name and shape ({} tensors in the file, {} variables in the model)",
             tensors.len(),
             variables.len()
-        ));
+        )));
     }
     tracing::info!(file = %file, matched, variables = variables.len(), tensors = tensors.len(), "loaded initial weights");
     if !wrong_shape.is_empty() {
@@ -73,7 +76,7 @@ mod tests {
         let input = Tensor::randn([2, 1, 48, 48], (Kind::Float, Device::Cpu));
         let expected = tch::no_grad(|| net.forward_t(&input, false));
         assert!(!tch::no_grad(|| fresh_net.forward_t(&input, false)).allclose(&expected, 1e-5, 1e-6, false), "different seeds differ");
-        assert_eq!(load_initial_weights(&mut fresh, &file), Ok(fresh.variables().len()));
+        assert_eq!(load_initial_weights(&mut fresh, &file).expect("loads"), fresh.variables().len());
         assert!(tch::no_grad(|| fresh_net.forward_t(&input, false)).allclose(&expected, 0.0, 0.0, false));
     }
 
@@ -86,10 +89,10 @@ mod tests {
 
         // Another head: fc.weight and fc.bias have other shapes.
         let (mut other_head, _net) = resnet(2, [1, 48, 48], 5);
-        assert_eq!(load_initial_weights(&mut other_head, &file), Ok(other_head.variables().len() - 2));
+        assert_eq!(load_initial_weights(&mut other_head, &file).expect("loads"), other_head.variables().len() - 2);
         // Colour input too: conv1.weight is [64, 3, 3, 3], not [64, 1, 3, 3].
         let (mut colour, _net) = resnet(2, [3, 48, 48], 5);
-        assert_eq!(load_initial_weights(&mut colour, &file), Ok(colour.variables().len() - 3));
+        assert_eq!(load_initial_weights(&mut colour, &file).expect("loads"), colour.variables().len() - 3);
         let loaded = colour.variables();
         assert!(loaded["layer1.0.conv1.weight"].equal(&saved.variables()["layer1.0.conv1.weight"]));
     }
@@ -102,11 +105,11 @@ mod tests {
         saved.save(&file).expect("model saved");
         let mut compact = nn::VarStore::new(Device::Cpu);
         let _net = build_model(&compact.root(), &ModelSpec::default(), [1, 48, 48], 7);
-        let error = load_initial_weights(&mut compact, &file).expect_err("no variable matches");
+        let error = load_initial_weights(&mut compact, &file).expect_err("no variable matches").to_string();
         assert!(error.contains("resnet.safetensors") && error.contains("match no variable"), "{error}");
 
         let missing = dir.path().join("missing.safetensors");
-        let error = load_initial_weights(&mut compact, &missing).expect_err("no such file");
+        let error = load_initial_weights(&mut compact, &missing).expect_err("no such file").to_string();
         assert!(error.contains("missing.safetensors"), "{error}");
     }
 }

@@ -1,0 +1,417 @@
+//! The task contract on the wire: assignments, task references, outcomes and epoch
+//! reports, both ways.
+
+use std::path::PathBuf;
+
+use feral_common::ids::{JobId, Round, TaskId};
+use feral_common::task::{
+    Assignment, DatasetSummary, EpochReport, InferPartial, ShardRef, TaskInputs, TaskKind,
+    TaskOutcome, TaskRef, TrainedModel,
+};
+
+use crate::v1 as pb;
+use pb::finish_task_request::Outcome;
+
+/// A message that does not hold what the contract needs.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ContractError {
+    #[error("field `{0}` is required")]
+    Required(&'static str),
+    #[error("field `{field}` {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+fn required<'a>(text: &'a str, field: &'static str) -> Result<&'a str, ContractError> {
+    if text.is_empty() {
+        Err(ContractError::Required(field))
+    } else {
+        Ok(text)
+    }
+}
+
+fn path(text: String) -> Option<PathBuf> {
+    (!text.is_empty()).then(|| PathBuf::from(text))
+}
+
+fn text(path: &Option<PathBuf>) -> String {
+    path.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// The task a report names: `job_id`, `task_id` and `attempt` of a request. The task must
+/// be one of the job's (task ids begin with their job's id) and the attempt at least 1.
+pub fn task_ref(job_id: &str, task_id: &str, attempt: u32) -> Result<TaskRef, ContractError> {
+    let job = JobId::new(required(job_id, "job_id")?);
+    let task = TaskId::new(required(task_id, "task_id")?);
+    if task.job() != job {
+        return Err(ContractError::Invalid {
+            field: "task_id",
+            problem: format!("names a task of another job than {job}: {task}"),
+        });
+    }
+    if attempt == 0 {
+        return Err(ContractError::Required("attempt"));
+    }
+    Ok(TaskRef { job, task, attempt })
+}
+
+impl From<TaskKind> for pb::TaskKind {
+    fn from(kind: TaskKind) -> Self {
+        match kind {
+            TaskKind::Prepare => pb::TaskKind::Prepare,
+            TaskKind::Train => pb::TaskKind::Train,
+            TaskKind::Infer => pb::TaskKind::Infer,
+            TaskKind::Select => pb::TaskKind::Select,
+        }
+    }
+}
+
+/// The task kind a message's `kind` field holds.
+pub fn task_kind(kind: i32) -> Result<TaskKind, ContractError> {
+    {
+        match pb::TaskKind::try_from(kind) {
+            Ok(pb::TaskKind::Prepare) => Ok(TaskKind::Prepare),
+            Ok(pb::TaskKind::Train) => Ok(TaskKind::Train),
+            Ok(pb::TaskKind::Infer) => Ok(TaskKind::Infer),
+            Ok(pb::TaskKind::Select) => Ok(TaskKind::Select),
+            Ok(pb::TaskKind::Unspecified) => Err(ContractError::Required("kind")),
+            Err(_) => Err(ContractError::Invalid {
+                field: "kind",
+                problem: format!("is not a task kind this worker knows: {kind}"),
+            }),
+        }
+    }
+}
+
+impl From<&Assignment> for pb::TaskAssignment {
+    fn from(a: &Assignment) -> Self {
+        pb::TaskAssignment {
+            task_id: a.task.to_string(),
+            job_id: a.job.to_string(),
+            kind: pb::TaskKind::from(a.kind) as i32,
+            round: a.round.0,
+            attempt: a.attempt,
+            spec_toml: a.spec_toml.clone(),
+            artifact_dir: a.artifact_dir.display().to_string(),
+            device: a.device.to_string(),
+            init_model: text(&a.inputs.init_model),
+            class_weights: a.inputs.class_weights.clone(),
+            class_prior: a.inputs.class_prior.clone(),
+            shards: a.inputs.shards.clone(),
+            selection_file: text(&a.inputs.selection_file),
+            rank: a.rank,
+            world_size: a.world_size,
+        }
+    }
+}
+
+impl TryFrom<pb::TaskAssignment> for Assignment {
+    type Error = ContractError;
+
+    fn try_from(a: pb::TaskAssignment) -> Result<Self, ContractError> {
+        let TaskRef { job, task, attempt } = task_ref(&a.job_id, &a.task_id, a.attempt)?;
+        if a.world_size == 0 {
+            return Err(ContractError::Required("world_size"));
+        }
+        if a.rank >= a.world_size {
+            return Err(ContractError::Invalid {
+                field: "rank",
+                problem: format!("must be below world_size {}, got {}", a.world_size, a.rank),
+            });
+        }
+        let device =
+            required(&a.device, "device")?
+                .parse()
+                .map_err(|problem| ContractError::Invalid {
+                    field: "device",
+                    problem,
+                })?;
+        Ok(Assignment {
+            task,
+            job,
+            kind: task_kind(a.kind)?,
+            round: Round(a.round),
+            attempt,
+            rank: a.rank,
+            world_size: a.world_size,
+            spec_toml: required(&a.spec_toml, "spec_toml")?.to_owned(),
+            artifact_dir: PathBuf::from(required(&a.artifact_dir, "artifact_dir")?),
+            device,
+            inputs: TaskInputs {
+                init_model: path(a.init_model),
+                class_weights: a.class_weights,
+                class_prior: a.class_prior,
+                shards: a.shards,
+                selection_file: path(a.selection_file),
+            },
+        })
+    }
+}
+
+impl From<&EpochReport> for pb::EpochMetrics {
+    fn from(e: &EpochReport) -> Self {
+        pb::EpochMetrics {
+            round: e.round.0,
+            epoch: e.epoch,
+            train_loss: e.train_loss,
+            train_accuracy: e.train_accuracy,
+            validation: Some(pb::Metrics::from(&e.validation)),
+            seconds: e.seconds,
+        }
+    }
+}
+
+impl TryFrom<pb::EpochMetrics> for EpochReport {
+    type Error = ContractError;
+
+    fn try_from(e: pb::EpochMetrics) -> Result<Self, ContractError> {
+        let validation = e
+            .validation
+            .ok_or(ContractError::Required("epoch.validation"))?;
+        if e.epoch == 0 {
+            return Err(ContractError::Invalid {
+                field: "epoch.epoch",
+                problem: "must be at least 1".into(),
+            });
+        }
+        Ok(EpochReport {
+            round: Round(e.round),
+            epoch: e.epoch,
+            train_loss: e.train_loss,
+            train_accuracy: e.train_accuracy,
+            validation: validation.into(),
+            seconds: e.seconds,
+        })
+    }
+}
+
+impl From<&TaskOutcome> for Outcome {
+    fn from(outcome: &TaskOutcome) -> Self {
+        match outcome {
+            TaskOutcome::Trained(t) => Outcome::Train(pb::TrainOutcome {
+                validation: Some(pb::Metrics::from(&t.validation)),
+                model_path: t.model_path.clone(),
+                class_names: t.class_names.clone(),
+                frame_validation: t.frame_validation.as_ref().map(pb::Metrics::from),
+                test: t.test.as_ref().map(pb::Metrics::from),
+                online: t.online.as_ref().map(pb::OnlineMask::from),
+            }),
+            TaskOutcome::Prepared(p) => Outcome::Prepare(pb::PrepareOutcome {
+                class_names: p.class_names.clone(),
+                train_samples: p.train_samples,
+                val_samples: p.val_samples,
+                unlabeled_shards: p
+                    .unlabeled_shards
+                    .iter()
+                    .map(|s| pb::ShardRef {
+                        file: s.file.clone(),
+                        samples: s.samples,
+                    })
+                    .collect(),
+            }),
+            TaskOutcome::Inferred(i) => Outcome::Infer(pb::InferOutcome {
+                probability_sums: i.probability_sums.clone(),
+                samples: i.samples,
+                predictions_file: i.predictions_file.clone(),
+            }),
+            TaskOutcome::Selected(s) => Outcome::Select(pb::SelectOutcome::from(s)),
+        }
+    }
+}
+
+impl TryFrom<Outcome> for TaskOutcome {
+    type Error = ContractError;
+
+    fn try_from(outcome: Outcome) -> Result<Self, ContractError> {
+        Ok(match outcome {
+            Outcome::Train(t) => TaskOutcome::Trained(TrainedModel {
+                validation: t
+                    .validation
+                    .ok_or(ContractError::Required("train.validation"))?
+                    .into(),
+                model_path: required(&t.model_path, "train.model_path")?.to_owned(),
+                class_names: t.class_names,
+                frame_validation: t.frame_validation.map(Into::into),
+                test: t.test.map(Into::into),
+                online: t.online.map(Into::into),
+            }),
+            Outcome::Prepare(p) => TaskOutcome::Prepared(DatasetSummary {
+                class_names: p.class_names,
+                train_samples: p.train_samples,
+                val_samples: p.val_samples,
+                unlabeled_shards: p
+                    .unlabeled_shards
+                    .into_iter()
+                    .map(|s| ShardRef {
+                        file: s.file,
+                        samples: s.samples,
+                    })
+                    .collect(),
+            }),
+            Outcome::Infer(i) => {
+                if i.probability_sums.is_empty() {
+                    return Err(ContractError::Required("infer.probability_sums"));
+                }
+                TaskOutcome::Inferred(InferPartial {
+                    probability_sums: i.probability_sums,
+                    samples: i.samples,
+                    predictions_file: required(&i.predictions_file, "infer.predictions_file")?
+                        .to_owned(),
+                })
+            }
+            Outcome::Select(s) => {
+                required(&s.selection_file, "select.selection_file")?;
+                TaskOutcome::Selected(s.into())
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use feral_common::metrics::MetricsSummary;
+    use feral_common::task::{Device, MaskAudit};
+
+    use super::*;
+
+    fn assignment() -> Assignment {
+        Assignment {
+            task: TaskId::new("job-1/r1/train/a2/rank1"),
+            job: JobId::new("job-1"),
+            kind: TaskKind::Train,
+            round: Round(1),
+            attempt: 2,
+            rank: 1,
+            world_size: 2,
+            spec_toml: "version = 1\n".into(),
+            artifact_dir: "/a/job-1".into(),
+            device: Device::Cuda(3),
+            inputs: TaskInputs {
+                init_model: Some("/a/job-1/r0/model.safetensors".into()),
+                class_weights: vec![0.5, 1.5],
+                class_prior: vec![0.25, 0.75],
+                shards: vec![],
+                selection_file: Some("/a/job-1/r1/selection.safetensors".into()),
+            },
+        }
+    }
+
+    #[test]
+    fn an_assignment_crosses_the_wire_whole() {
+        let sent = assignment();
+        assert_eq!(
+            Assignment::try_from(pb::TaskAssignment::from(&sent)),
+            Ok(sent.clone())
+        );
+        let lone = Assignment {
+            inputs: TaskInputs::default(),
+            rank: 0,
+            world_size: 1,
+            device: Device::Cpu,
+            ..sent
+        };
+        assert_eq!(
+            Assignment::try_from(pb::TaskAssignment::from(&lone)),
+            Ok(lone),
+            "empty paths stay absent"
+        );
+    }
+
+    #[test]
+    fn an_assignment_missing_what_a_task_needs_names_the_field() {
+        let wire = pb::TaskAssignment::from(&assignment());
+        let cases: [(&str, Box<dyn Fn(&mut pb::TaskAssignment)>); 8] = [
+            ("field `job_id` is required", Box::new(|a| a.job_id.clear())),
+            (
+                "field `task_id` names a task of another job",
+                Box::new(|a| a.job_id = "job-2".into()),
+            ),
+            ("field `attempt` is required", Box::new(|a| a.attempt = 0)),
+            ("field `kind` is required", Box::new(|a| a.kind = 0)),
+            ("field `kind` is not a task kind", Box::new(|a| a.kind = 99)),
+            (
+                "field `device` must be `cpu` or `cuda:N`",
+                Box::new(|a| a.device = "tpu".into()),
+            ),
+            (
+                "field `world_size` is required",
+                Box::new(|a| a.world_size = 0),
+            ),
+            (
+                "field `rank` must be below world_size 2, got 2",
+                Box::new(|a| a.rank = 2),
+            ),
+        ];
+        for (expected, change) in cases {
+            let mut bad = wire.clone();
+            change(&mut bad);
+            let error = Assignment::try_from(bad).expect_err(expected).to_string();
+            assert!(error.starts_with(expected), "{error} (expected {expected})");
+        }
+    }
+
+    #[test]
+    fn outcomes_and_epochs_cross_the_wire_whole() {
+        let metrics = MetricsSummary {
+            accuracy: 0.7,
+            macro_f1: 0.6,
+            per_class_f1: vec![0.5, 0.7],
+            confusion: vec![3, 1, 1, 3],
+            samples: 8,
+        };
+        let outcomes = [
+            TaskOutcome::Trained(TrainedModel {
+                validation: metrics.clone(),
+                model_path: "/a/r1/model.safetensors".into(),
+                class_names: vec!["a".into(), "b".into()],
+                frame_validation: Some(metrics.clone()),
+                test: Some(metrics.clone()),
+                online: Some(MaskAudit {
+                    seen: 100,
+                    masked_in: 40,
+                    with_hidden_label: 30,
+                    correct: 27,
+                }),
+            }),
+            TaskOutcome::Prepared(DatasetSummary {
+                class_names: vec!["a".into()],
+                train_samples: 9,
+                val_samples: 3,
+                unlabeled_shards: vec![ShardRef {
+                    file: "unlabeled-00000.safetensors".into(),
+                    samples: 5,
+                }],
+            }),
+            TaskOutcome::Inferred(InferPartial {
+                probability_sums: vec![1.5, 3.5],
+                samples: 5,
+                predictions_file: "/a/r1/pred-u".into(),
+            }),
+        ];
+        for outcome in outcomes {
+            assert_eq!(TaskOutcome::try_from(Outcome::from(&outcome)), Ok(outcome));
+        }
+        let epoch = EpochReport {
+            round: Round(2),
+            epoch: 3,
+            train_loss: 0.5,
+            train_accuracy: 0.8,
+            validation: metrics,
+            seconds: 1.5,
+        };
+        assert_eq!(
+            EpochReport::try_from(pb::EpochMetrics::from(&epoch)),
+            Ok(epoch)
+        );
+        let error = EpochReport::try_from(pb::EpochMetrics {
+            validation: None,
+            ..Default::default()
+        })
+        .expect_err("no metrics");
+        assert_eq!(error, ContractError::Required("epoch.validation"));
+    }
+}

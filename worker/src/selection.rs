@@ -1,0 +1,40 @@
+//! The round's selection file, `selection.safetensors`: what the selection task writes
+//! and the student reads (sample ids, labels, confidences, and the pool's statistics that
+//! seed the student's online thresholds).
+
+use std::path::Path;
+
+use tch::Tensor;
+
+use crate::task::TaskError;
+
+/// Selected pseudo-labels, as the student reads them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PseudoLabels {
+    pub sample_ids: Vec<i64>,
+    pub labels: Vec<i64>,
+    pub confidences: Vec<f32>,
+}
+
+/// The named tensor `name` of a safetensors file read with tch.
+pub fn named(tensors: &[(String, Tensor)], name: &str, path: &Path) -> Result<Tensor, TaskError> {
+    tensors
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t.shallow_clone())
+        .ok_or_else(|| TaskError::Corrupt { path: path.to_path_buf(), problem: format!("it has no `{name}` tensor") })
+}
+
+/// The selected pseudo-labels of the file at `path`.
+pub fn read_selection(path: &Path) -> Result<PseudoLabels, TaskError> {
+    let tensors = Tensor::read_safetensors(path)?;
+    let labels = PseudoLabels {
+        sample_ids: Vec::<i64>::try_from(&named(&tensors, "sample_ids", path)?)?,
+        labels: Vec::<i64>::try_from(&named(&tensors, "labels", path)?)?,
+        confidences: Vec::<f32>::try_from(&named(&tensors, "confidences", path)?)?,
+    };
+    if labels.labels.len() != labels.sample_ids.len() || labels.confidences.len() != labels.sample_ids.len() {
+        return Err(TaskError::Corrupt { path: path.to_path_buf(), problem: "its tensors have different lengths".into() });
+    }
+    Ok(labels)
+}
