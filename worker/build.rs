@@ -1,6 +1,6 @@
 // Binaries and tests that link tch get no rpath, and `--as-needed` drops libtorch_cuda.so
 // (then a GPU machine sees no CUDA). Point the rpath at the libtorch that torch-sys linked
-// and keep libtorch (with its CUDA part) needed. See DESIGN.md, "Toolchain facts".
+// and keep libtorch (with its CUDA part) needed. See docs/design.md §5.
 // The worker also compiles one small C++ file against libtorch's headers: bf16 autocast,
 // which tch does not expose (`src/train/precision.rs`).
 include!("build_rpath.rs");

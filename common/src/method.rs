@@ -1,4 +1,4 @@
-//! The pure math of Feral's semi-supervised method (DESIGN.md section 1): the exact class
+//! The pure math of Feral's semi-supervised method (docs/design.md §1): the exact class
 //! prior assembled from workers' partial sums, DebiasPL's debiased pseudo-labels and
 //! adaptive-margin logits (Wang et al., "Debiased Learning from Naturally Imbalanced
 //! Pseudo-Labels", CVPR 2022), FlexMatch-style class-aware thresholds with a per-class cap,
@@ -24,7 +24,7 @@ pub enum MethodError {
     NoSamples,
 }
 
-/// Constants of DESIGN.md section 1 (the job spec carries them; this is the math's view).
+/// Constants of docs/design.md §1 (the job spec carries them; this is the math's view).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SelectionParams {
     /// Confidence t that counts a prediction as confident and is the highest class threshold.

@@ -53,7 +53,7 @@ pub struct JobSpec {
     pub semi_supervised: SemiSupervisedSpec,
 }
 
-/// The method of DESIGN.md section 1: rounds of debiased pseudo-labelling with feedback.
+/// The method of docs/design.md §1: rounds of debiased pseudo-labelling with feedback.
 /// Every constant is a field with the design's default.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -354,7 +354,7 @@ impl Default for LossSpec {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Sampling {
-    /// Draw a class uniformly, then a sample of that class (DESIGN.md section 1, step 1).
+    /// Draw a class uniformly, then a sample of that class (docs/design.md §1, step 1).
     #[default]
     ClassUniform,
     /// Draw samples uniformly, so classes appear at their natural frequency.

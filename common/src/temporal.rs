@@ -1,5 +1,5 @@
-//! Centred windows of neighbouring video frames for the temporal encoder (DESIGN.md
-//! section 1, step 8). Pure index arithmetic: which samples stand around each sample in
+//! Centred windows of neighbouring video frames for the temporal encoder (docs/design.md
+//! §1, step 9). Pure index arithmetic: which samples stand around each sample in
 //! its own video, in frame order.
 
 use std::collections::HashMap;

@@ -1,5 +1,5 @@
 //! The method end to end: a teacher, then pseudo-labelling rounds over the unlabelled
-//! pool on two workers, with the class prior, selection and feedback of DESIGN.md.
+//! pool on two workers, with the class prior, selection and feedback of docs/design.md §1.
 
 use std::time::Duration;
 

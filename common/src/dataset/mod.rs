@@ -1,4 +1,4 @@
-//! The dataset format of DESIGN.md: a directory with `manifest.json` (classes, splits,
+//! The dataset format of docs/design.md §4: a directory with `manifest.json` (classes, splits,
 //! counts, image shape, source checksum) and fixed-size safetensors shards that Python
 //! users can open too (`images` u8 N×H×W×C, `labels` i64 with -1 for unlabelled,
 //! `sample_ids` i64, and optionally `hidden_labels`, `video_ids`, `frame_indices`).

@@ -1,5 +1,5 @@
-//! Online debiased consistency, the student's unlabelled loss in every round (DESIGN.md
-//! section 1, step 7): FixMatch (Sohn et al., NeurIPS 2020) with DebiasPL's online prior
+//! Online debiased consistency, the student's unlabelled loss in every round (docs/design.md
+//! §1, step 6): FixMatch (Sohn et al., NeurIPS 2020) with DebiasPL's online prior
 //! and adaptive margin (Wang et al., CVPR 2022) and FreeMatch's self-adaptive class-aware
 //! thresholds (Wang et al., ICLR 2023). Each step the EMA model labels a weak view of μ·B
 //! pool images without gradients; the labels are debiased with the online prior,

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use feral_common::dataset::{Dataset, ShardData, Split};
+use feral_common::dataset::{Dataset, Manifest, ShardData, Split};
 use feral_common::metrics::{ConfusionMatrix, MetricsSummary};
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
@@ -123,154 +123,249 @@ static SEEDED_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// same global batch of `batch_size × world_size` samples and trains on its own slice;
 /// gradients are averaged across ranks, so the ranks' models stay identical and equal
 /// what one rank would train on the whole global batch. Rank 0 reports epochs
-/// (`on_epoch`, with the round's epoch count) and writes checkpoints and the model. `stop` is checked every step.
+/// (`on_epoch`, with the round's epoch count) and writes checkpoints and the model.
+/// `stop` is checked every step.
 pub fn train(
     task: &TrainTask,
     collective: &mut dyn Collective,
     on_epoch: &mut dyn FnMut(EpochReport, u32),
     stop: &AtomicBool,
 ) -> Result<TrainedModel, TaskError> {
-    let (rank, world) = (collective.rank(), collective.world_size());
-    let context = &task.context;
-    let spec = &context.spec;
-    let dataset = Dataset::open(&spec.dataset)?;
-    let manifest = dataset.manifest().clone();
-    let train_data = dataset.read_split(Split::Train)?;
-    let val_data = dataset.read_split(Split::Val)?;
-    let classes = manifest.classes.len();
-    let unusable = |problem: &str| TaskError::UnusableDataset { dir: spec.dataset.clone(), problem: problem.to_owned() };
-    if train_data.labels.iter().all(|&l| l < 0) {
-        return Err(unusable("its train split has no labelled samples"));
-    }
-    if val_data.is_empty() {
-        return Err(unusable("its val split is empty"));
-    }
-    let semi = &spec.semi_supervised;
-    let online = semi.online && context.round > 0;
-    let (pseudo, pool) = match &task.inputs.selection_file {
-        Some(_) if online => (None, Some(Arc::new(dataset.read_split(Split::Unlabeled)?))),
-        Some(path) => (Some(load_pseudo_set(&dataset, path)?), None),
-        None => (None, None),
-    };
-    let round_dir = context.round_dir();
-    create_dir(&round_dir)?;
-    if spec.train.threads > 0 {
-        tch::set_num_threads(spec.train.threads as i32);
-    }
-    let image = [manifest.image.channels as i64, manifest.image.height as i64, manifest.image.width as i64];
-    memory::check_step_fits(spec, image, context.round, context.device).map_err(TaskError::TooLarge)?;
-    let (mut vs, net, mut ema_vs, ema_net) = {
-        // libtorch's generator is global: seeding and initialising under one lock makes the
-        // initial weights depend on the seed alone, even with several tasks in a process.
-        let _seeded = SEEDED_INIT.lock().unwrap_or_else(|p| p.into_inner());
-        tch::manual_seed(spec.train.seed as i64 + i64::from(context.round));
-        let vs = nn::VarStore::new(context.device);
-        let net = build_model(&vs.root(), &spec.model, image, classes as i64);
-        let ema_vs = nn::VarStore::new(context.device);
-        let ema_net = build_model(&ema_vs.root(), &spec.model, image, classes as i64);
-        if context.device.is_cuda() {
-            model::use_channels_last(&vs);
-            model::use_channels_last(&ema_vs);
+    let mut round = RoundTraining::set_up(task, collective)?;
+    for epoch in round.first_epoch..=round.epochs {
+        if let Some(report) = round.epoch(epoch, collective, stop)? {
+            on_epoch(report, round.epochs);
         }
-        (vs, net, ema_vs, ema_net)
-    };
-    match (&task.inputs.init_model, &spec.model.init) {
-        // A student continues its teacher's raw weights (its EMA and optimiser state are
-        // loaded below); a teacher starts from the user's weights, if any.
-        (Some(teacher), _) => vs.load(teacher_file(teacher, "checkpoint.safetensors"))?,
-        (None, Some(weights)) => {
-            model::load_initial_weights(&mut vs, weights)?;
-        }
-        (None, None) => {}
     }
-    let mut optimizer = optim::Optimizer::new(&spec.train, vs.trainable_variables());
+    round.finish(collective, stop)
+}
 
-    let checkpoint = round_dir.join("checkpoint.safetensors");
-    let checkpoint_ema = round_dir.join("checkpoint-ema.safetensors");
-    let checkpoint_info = round_dir.join("checkpoint.json");
-    let checkpoint_optimizer = round_dir.join("checkpoint-optimizer.safetensors");
-    let files = [checkpoint.as_path(), checkpoint_ema.as_path(), checkpoint_optimizer.as_path()];
-    let first_epoch = resume(&mut vs, &mut ema_vs, &mut optimizer, files, &checkpoint_info, context.round)? + 1;
-    if first_epoch == 1 {
-        match &task.inputs.init_model {
-            Some(teacher) => {
-                ema_vs.load(teacher)?;
-                let state = teacher_file(teacher, "checkpoint-optimizer.safetensors");
-                if state != *teacher {
-                    optimizer.load(&state)?;
-                }
-            }
-            None => ema_vs.copy(&vs)?,
-        }
-    }
-    // Every rank starts from rank 0's weights (and running statistics).
-    let mut weights = by_name(&vs);
-    collective::broadcast_from_rank0(collective, &mut weights)?;
-    let mut averages = by_name(&ema_vs);
-    collective::broadcast_from_rank0(collective, &mut averages)?;
-    let trainable = vs.trainable_variables();
+/// One round's training as it goes: what [`RoundTraining::set_up`] opened, loaded or
+/// resumed, changed by each [`RoundTraining::epoch`] and saved by [`RoundTraining::finish`].
+struct RoundTraining<'t> {
+    task: &'t TrainTask,
+    rank: usize,
+    dataset: Dataset,
+    manifest: Manifest,
+    train_data: Arc<ShardData>,
+    val_data: ShardData,
+    classes: usize,
+    image: [i64; 3],
+    round_dir: PathBuf,
+    vs: nn::VarStore,
+    net: Box<dyn Network>,
+    ema_vs: nn::VarStore,
+    ema_net: Box<dyn Network>,
+    optimizer: optim::Optimizer,
+    trainable: Vec<Tensor>,
+    checkpoint: PathBuf,
+    checkpoint_ema: PathBuf,
+    checkpoint_info: PathBuf,
+    checkpoint_optimizer: PathBuf,
+    checkpoint_online: PathBuf,
+    /// The first epoch this attempt trains (after a resumed checkpoint's), and the last.
+    first_epoch: u32,
+    epochs: u32,
+    steps: usize,
+    total_steps: usize,
+    step_offset: usize,
+    loss_fn: losses::Loss,
+    /// Online student rounds: the EMA model's labeller of the pool, and what it passed.
+    labeller: Option<OnlineLabeller>,
+    mask_audit: MaskAudit,
+    /// Offline student rounds with debiasing: τ·log p̂, added to the pseudo-labelled logits.
+    margin: Option<Tensor>,
+    /// The latest epoch's validation metrics.
+    validation: MetricsSummary,
+    loader: Loader,
+}
 
-    let epochs = spec.train.epochs as u32;
-    let batch = spec.train.batch_size as usize;
-    let unlabelled_batch = (semi.mu * batch as f64).round() as usize;
-    let pseudo_batch = pseudo.as_ref().filter(|p| !p.data.is_empty()).map_or(0, |_| unlabelled_batch);
-    let pool_batch = pool.as_ref().filter(|p| !p.is_empty()).map_or(0, |_| unlabelled_batch);
-    let labelled = train_data.labels.iter().filter(|&&l| l >= 0).count();
-    let loss_fn = losses::Loss::new(&spec.train.effective_loss(), &losses::class_counts(&train_data.labels, classes))
-        .map_err(|e| unusable(&e.to_string()))?;
-    let steps = spec.train.steps_per_epoch.map_or(labelled.div_ceil(batch * world), |s| s as usize);
-    // One schedule over every round the job plans (see the module's documentation).
-    let round_steps = steps * epochs as usize;
-    let total_steps = (round_steps * (semi.rounds.max(0) as usize + 1)).max(1);
-    let step_offset = round_steps * context.round as usize;
-    let mut labeller = (pool_batch > 0).then(|| {
-        let debiased = task.inputs.class_prior.len() == classes;
-        let params = OnlineParams {
-            tau: if debiased { semi.tau } else { 0.0 },
-            momentum: semi.prior_momentum,
-            min_threshold: semi.online_min_threshold,
-            soft: semi.soft_mask,
+impl<'t> RoundTraining<'t> {
+    /// Opens the dataset, builds the model and its EMA, starts them from the teacher, the
+    /// user's weights or this round's last checkpoint, and starts the batch loader.
+    fn set_up(task: &'t TrainTask, collective: &mut dyn Collective) -> Result<Self, TaskError> {
+
+        let (rank, world) = (collective.rank(), collective.world_size());
+        let context = &task.context;
+        let spec = &context.spec;
+        let dataset = Dataset::open(&spec.dataset)?;
+        let manifest = dataset.manifest().clone();
+        let train_data = dataset.read_split(Split::Train)?;
+        let val_data = dataset.read_split(Split::Val)?;
+        let classes = manifest.classes.len();
+        let unusable = |problem: &str| TaskError::UnusableDataset { dir: spec.dataset.clone(), problem: problem.to_owned() };
+        if train_data.labels.iter().all(|&l| l < 0) {
+            return Err(unusable("its train split has no labelled samples"));
+        }
+        if val_data.is_empty() {
+            return Err(unusable("its val split is empty"));
+        }
+        let semi = &spec.semi_supervised;
+        let online = semi.online && context.round > 0;
+        let (pseudo, pool) = match &task.inputs.selection_file {
+            Some(_) if online => (None, Some(Arc::new(dataset.read_split(Split::Unlabeled)?))),
+            Some(path) => (Some(load_pseudo_set(&dataset, path)?), None),
+            None => (None, None),
         };
-        let seed = task.inputs.selection_file.as_deref().and_then(read_threshold_seed);
-        OnlineLabeller::new(params, classes, &task.inputs.class_prior, seed)
-    });
-    let checkpoint_online = round_dir.join("checkpoint-online.json");
-    if let (Some(labeller), true) = (labeller.as_mut(), first_epoch > 1) {
-        if let Some(saved) = std::fs::read_to_string(&checkpoint_online).ok().and_then(|t| serde_json::from_str::<OnlineState>(&t).ok()) {
-            labeller.restore(saved);
+        let round_dir = context.round_dir();
+        create_dir(&round_dir)?;
+        if spec.train.threads > 0 {
+            tch::set_num_threads(spec.train.threads as i32);
         }
-    }
-    let mut mask_audit = MaskAudit::default();
-    let margin = (task.inputs.class_prior.len() == classes && pseudo_batch > 0).then(|| {
-        let log_prior: Vec<f32> = task.inputs.class_prior.iter().map(|p| (spec.semi_supervised.tau * p.max(1e-12).ln()) as f32).collect();
-        Tensor::from_slice(&log_prior).to_device(context.device)
-    });
-    let mut validation = MetricsSummary::default();
-    // Batches are sampled, augmented and converted on loader threads, ahead of the step.
-    let loader_config = LoaderConfig {
-        seed: spec.train.seed,
-        round: context.round,
-        rank,
-        world,
-        batch,
-        pseudo_batch,
-        steps_per_epoch: steps,
-        last_epoch: epochs,
-        classes,
-        sampling: spec.train.sampling,
-        class_weights: (task.inputs.class_weights.len() == classes).then(|| task.inputs.class_weights.clone()),
-        augmentation: spec.train.augment.then(Augmentation::default),
-        strong: Some(strong_view(&spec.train.strong)),
-        strong_labelled: spec.train.strong.labelled,
-        pool_batch,
-        threads: LoaderConfig::DEFAULT_THREADS,
-        depth: LoaderConfig::DEFAULT_DEPTH,
-    };
-    let pseudo_source = pseudo.map(|p| PseudoSource { data: std::sync::Arc::new(p.data), confidences: std::sync::Arc::new(p.confidences) });
-    let train_data = Arc::new(train_data);
-    let mut loader = Loader::start(loader_config, train_data.clone(), pseudo_source, pool, Cursor::new(first_epoch, 0))?;
+        let image = [manifest.image.channels as i64, manifest.image.height as i64, manifest.image.width as i64];
+        memory::check_step_fits(spec, image, context.round, context.device).map_err(TaskError::TooLarge)?;
+        let (mut vs, net, mut ema_vs, ema_net) = {
+            // libtorch's generator is global: seeding and initialising under one lock makes the
+            // initial weights depend on the seed alone, even with several tasks in a process.
+            let _seeded = SEEDED_INIT.lock().unwrap_or_else(|p| p.into_inner());
+            tch::manual_seed(spec.train.seed as i64 + i64::from(context.round));
+            let vs = nn::VarStore::new(context.device);
+            let net = build_model(&vs.root(), &spec.model, image, classes as i64);
+            let ema_vs = nn::VarStore::new(context.device);
+            let ema_net = build_model(&ema_vs.root(), &spec.model, image, classes as i64);
+            if context.device.is_cuda() {
+                model::use_channels_last(&vs);
+                model::use_channels_last(&ema_vs);
+            }
+            (vs, net, ema_vs, ema_net)
+        };
+        match (&task.inputs.init_model, &spec.model.init) {
+            // A student continues its teacher's raw weights (its EMA and optimiser state are
+            // loaded below); a teacher starts from the user's weights, if any.
+            (Some(teacher), _) => vs.load(teacher_file(teacher, "checkpoint.safetensors"))?,
+            (None, Some(weights)) => {
+                model::load_initial_weights(&mut vs, weights)?;
+            }
+            (None, None) => {}
+        }
+        let mut optimizer = optim::Optimizer::new(&spec.train, vs.trainable_variables());
 
-    for epoch in first_epoch..=epochs {
+        let checkpoint = round_dir.join("checkpoint.safetensors");
+        let checkpoint_ema = round_dir.join("checkpoint-ema.safetensors");
+        let checkpoint_info = round_dir.join("checkpoint.json");
+        let checkpoint_optimizer = round_dir.join("checkpoint-optimizer.safetensors");
+        let files = [checkpoint.as_path(), checkpoint_ema.as_path(), checkpoint_optimizer.as_path()];
+        let first_epoch = resume(&mut vs, &mut ema_vs, &mut optimizer, files, &checkpoint_info, context.round)? + 1;
+        if first_epoch == 1 {
+            match &task.inputs.init_model {
+                Some(teacher) => {
+                    ema_vs.load(teacher)?;
+                    let state = teacher_file(teacher, "checkpoint-optimizer.safetensors");
+                    if state != *teacher {
+                        optimizer.load(&state)?;
+                    }
+                }
+                None => ema_vs.copy(&vs)?,
+            }
+        }
+        // Every rank starts from rank 0's weights (and running statistics).
+        let mut weights = by_name(&vs);
+        collective::broadcast_from_rank0(collective, &mut weights)?;
+        let mut averages = by_name(&ema_vs);
+        collective::broadcast_from_rank0(collective, &mut averages)?;
+        let trainable = vs.trainable_variables();
+
+        let epochs = spec.train.epochs as u32;
+        let batch = spec.train.batch_size as usize;
+        let unlabelled_batch = (semi.mu * batch as f64).round() as usize;
+        let pseudo_batch = pseudo.as_ref().filter(|p| !p.data.is_empty()).map_or(0, |_| unlabelled_batch);
+        let pool_batch = pool.as_ref().filter(|p| !p.is_empty()).map_or(0, |_| unlabelled_batch);
+        let labelled = train_data.labels.iter().filter(|&&l| l >= 0).count();
+        let loss_fn = losses::Loss::new(&spec.train.effective_loss(), &losses::class_counts(&train_data.labels, classes))
+            .map_err(|e| unusable(&e.to_string()))?;
+        let steps = spec.train.steps_per_epoch.map_or(labelled.div_ceil(batch * world), |s| s as usize);
+        // One schedule over every round the job plans (see the module's documentation).
+        let round_steps = steps * epochs as usize;
+        let total_steps = (round_steps * (semi.rounds.max(0) as usize + 1)).max(1);
+        let step_offset = round_steps * context.round as usize;
+        let mut labeller = (pool_batch > 0).then(|| {
+            let debiased = task.inputs.class_prior.len() == classes;
+            let params = OnlineParams {
+                tau: if debiased { semi.tau } else { 0.0 },
+                momentum: semi.prior_momentum,
+                min_threshold: semi.online_min_threshold,
+                soft: semi.soft_mask,
+            };
+            let seed = task.inputs.selection_file.as_deref().and_then(read_threshold_seed);
+            OnlineLabeller::new(params, classes, &task.inputs.class_prior, seed)
+        });
+        let checkpoint_online = round_dir.join("checkpoint-online.json");
+        if let (Some(labeller), true) = (labeller.as_mut(), first_epoch > 1) {
+            if let Some(saved) = std::fs::read_to_string(&checkpoint_online).ok().and_then(|t| serde_json::from_str::<OnlineState>(&t).ok()) {
+                labeller.restore(saved);
+            }
+        }
+        let mask_audit = MaskAudit::default();
+        let margin = (task.inputs.class_prior.len() == classes && pseudo_batch > 0).then(|| {
+            let log_prior: Vec<f32> = task.inputs.class_prior.iter().map(|p| (spec.semi_supervised.tau * p.max(1e-12).ln()) as f32).collect();
+            Tensor::from_slice(&log_prior).to_device(context.device)
+        });
+        let validation = MetricsSummary::default();
+        // Batches are sampled, augmented and converted on loader threads, ahead of the step.
+        let loader_config = LoaderConfig {
+            seed: spec.train.seed,
+            round: context.round,
+            rank,
+            world,
+            batch,
+            pseudo_batch,
+            steps_per_epoch: steps,
+            last_epoch: epochs,
+            classes,
+            sampling: spec.train.sampling,
+            class_weights: (task.inputs.class_weights.len() == classes).then(|| task.inputs.class_weights.clone()),
+            augmentation: spec.train.augment.then(Augmentation::default),
+            strong: Some(strong_view(&spec.train.strong)),
+            strong_labelled: spec.train.strong.labelled,
+            pool_batch,
+            threads: LoaderConfig::DEFAULT_THREADS,
+            depth: LoaderConfig::DEFAULT_DEPTH,
+        };
+        let pseudo_source = pseudo.map(|p| PseudoSource { data: std::sync::Arc::new(p.data), confidences: std::sync::Arc::new(p.confidences) });
+        let train_data = Arc::new(train_data);
+        let loader = Loader::start(loader_config, train_data.clone(), pseudo_source, pool, Cursor::new(first_epoch, 0))?;
+        Ok(Self {
+            rank,
+            dataset,
+            manifest,
+            train_data,
+            val_data,
+            classes,
+            image,
+            round_dir,
+            vs,
+            net,
+            ema_vs,
+            ema_net,
+            optimizer,
+            trainable,
+            checkpoint,
+            checkpoint_ema,
+            checkpoint_info,
+            checkpoint_optimizer,
+            checkpoint_online,
+            first_epoch,
+            epochs,
+            steps,
+            total_steps,
+            step_offset,
+            loss_fn,
+            labeller,
+            mask_audit,
+            margin,
+            validation,
+            loader,
+            task,
+        })
+    }
+
+    /// Trains epoch `epoch`, validates, and on rank 0 writes the checkpoint and returns the
+    /// epoch's report.
+    fn epoch(&mut self, epoch: u32, collective: &mut dyn Collective, stop: &AtomicBool) -> Result<Option<EpochReport>, TaskError> {
+        let Self { task, rank, val_data, classes, vs, net, ema_vs, ema_net, optimizer, trainable, checkpoint, checkpoint_ema, checkpoint_info, checkpoint_optimizer, checkpoint_online, steps, total_steps, step_offset, loss_fn, labeller, mask_audit, margin, validation, loader, .. } = self;
+        let (context, steps, total_steps, step_offset, classes, rank) = (&task.context, *steps, *total_steps, *step_offset, *classes, *rank);
+        let spec = &context.spec;
+        let semi = &spec.semi_supervised;
         let started = Instant::now();
         // Dropout draws from libtorch's generator: seeding it per epoch makes a resumed
         // epoch draw what the uninterrupted run drew.
@@ -294,7 +389,7 @@ pub fn train(
                     // go through the student in one forward pass.
                     let weak_logits = tch::no_grad(|| ema_net.forward_t(&pool.weak.to_device(context.device), false));
                     let pseudo_targets = labeller.label(&weak_logits, collective)?;
-                    consistency::audit(&mut mask_audit, &pseudo_targets, &pool.hidden_labels)?;
+                    consistency::audit(mask_audit, &pseudo_targets, &pool.hidden_labels)?;
                     let both = Tensor::cat(&[images.shallow_clone(), pool.strong.to_device(context.device)], 0);
                     let all_logits = net.forward_t(&both, true).to_kind(Kind::Float);
                     let labelled_count = images.size()[0];
@@ -330,7 +425,7 @@ pub fn train(
             correct += logits.argmax(-1, false).eq_tensor(&targets).sum(Kind::Int64).int64_value(&[]);
             seen += indices.len();
         }
-        validation = evaluate_model(&ema_vs, ema_net.as_ref(), &val_data, classes, context.device, collective)?;
+        *validation = evaluate_model(ema_vs, ema_net.as_ref(), val_data, classes, context.device, collective)?;
         if let Some(labeller) = &labeller {
             tracing::info!(
                 round = context.round,
@@ -342,7 +437,7 @@ pub fn train(
             );
         }
         if rank > 0 {
-            continue;
+            return Ok(None);
         }
         write_atomically(&checkpoint, |p| vs.save(p))?;
         write_atomically(&checkpoint_ema, |p| ema_vs.save(p))?;
@@ -359,91 +454,98 @@ pub fn train(
             validation: validation.clone(),
             seconds: started.elapsed().as_secs_f64(),
         };
-        on_epoch(report, epochs);
+        Ok(Some(report))
     }
-    if first_epoch > epochs {
-        // Every epoch was done before a restart: evaluate the checkpoint we resumed.
-        validation = evaluate_model(&ema_vs, ema_net.as_ref(), &val_data, classes, context.device, collective)?;
-    }
-    drop(loader);
 
-    // The `test` split, where there is one: evaluated once, with the model that is saved.
-    let test_data = match dataset.split(Split::Test) {
-        Ok(_) => Some(dataset.read_split(Split::Test)?).filter(|d| !d.is_empty()),
-        Err(_) => None,
-    };
-    let mut test = match &test_data {
-        Some(data) => Some(evaluate_model(&ema_vs, ema_net.as_ref(), data, classes, context.device, collective)?),
-        None => None,
-    };
-
-    // Video datasets: a temporal encoder over the finished backbone's features.
-    let (mut frame_validation, mut temporal_vs) = (None, None);
-    if temporal::wanted(spec, &train_data) {
-        let window = spec.semi_supervised.temporal_window as usize;
-        let strong = strong_view(&spec.train.strong);
-        let seed = mix(spec.train.seed ^ 0x7e6d_0000, u64::from(context.round));
-        let train_windows = temporal::Windows::extract_views(
-            ema_net.as_ref(),
-            &train_data,
-            window,
-            context.device,
-            collective,
-            Some((&strong, seed, temporal::TRAIN_VIEWS)),
-        )?;
-        let val_windows = temporal::Windows::extract(ema_net.as_ref(), &val_data, window, context.device, collective)?;
-        let (vs, encoder, temporal_validation) =
-            temporal::train(spec, context.round, classes, (&train_windows, &train_data.labels), (&val_windows, &val_data.labels), collective, stop)?;
-        if let Some(data) = &test_data {
-            let test_windows = temporal::Windows::extract(ema_net.as_ref(), data, window, context.device, collective)?;
-            test = Some(temporal::evaluate(&encoder, &test_windows, &data.labels, classes, collective)?);
+    /// Evaluates the test split, trains the temporal encoder on video datasets, and on
+    /// rank 0 saves the model, its TorchScript export and its card.
+    fn finish(self, collective: &mut dyn Collective, stop: &AtomicBool) -> Result<TrainedModel, TaskError> {
+        let Self { task, rank, dataset, manifest, train_data, val_data, classes, image, round_dir, mut ema_vs, ema_net, first_epoch, epochs, labeller, mask_audit, mut validation, loader, .. } = self;
+        let context = &task.context;
+        let spec = &context.spec;
+        if first_epoch > epochs {
+            // Every epoch was done before a restart: evaluate the checkpoint we resumed.
+            validation = evaluate_model(&ema_vs, ema_net.as_ref(), &val_data, classes, context.device, collective)?;
         }
-        tracing::info!(
-            round = context.round,
-            frame_macro_f1 = validation.macro_f1,
-            temporal_macro_f1 = temporal_validation.macro_f1,
-            "temporal encoder trained"
-        );
-        frame_validation = Some(std::mem::replace(&mut validation, temporal_validation));
-        temporal_vs = Some(vs);
-    }
+        drop(loader);
 
-    let model_path = round_dir.join("model.safetensors");
-    if rank > 0 {
-        return Ok(TrainedModel { validation, frame_validation, test, online: labeller.is_some().then_some(mask_audit), model_path: model_path.display().to_string(), class_names: manifest.classes });
+        // The `test` split, where there is one: evaluated once, with the model that is saved.
+        let test_data = match dataset.split(Split::Test) {
+            Ok(_) => Some(dataset.read_split(Split::Test)?).filter(|d| !d.is_empty()),
+            Err(_) => None,
+        };
+        let mut test = match &test_data {
+            Some(data) => Some(evaluate_model(&ema_vs, ema_net.as_ref(), data, classes, context.device, collective)?),
+            None => None,
+        };
+
+        // Video datasets: a temporal encoder over the finished backbone's features.
+        let (mut frame_validation, mut temporal_vs) = (None, None);
+        if temporal::wanted(spec, &train_data) {
+            let window = spec.semi_supervised.temporal_window as usize;
+            let strong = strong_view(&spec.train.strong);
+            let seed = mix(spec.train.seed ^ 0x7e6d_0000, u64::from(context.round));
+            let train_windows = temporal::Windows::extract_views(
+                ema_net.as_ref(),
+                &train_data,
+                window,
+                context.device,
+                collective,
+                Some((&strong, seed, temporal::TRAIN_VIEWS)),
+            )?;
+            let val_windows = temporal::Windows::extract(ema_net.as_ref(), &val_data, window, context.device, collective)?;
+            let (vs, encoder, temporal_validation) =
+                temporal::train(spec, context.round, classes, (&train_windows, &train_data.labels), (&val_windows, &val_data.labels), collective, stop)?;
+            if let Some(data) = &test_data {
+                let test_windows = temporal::Windows::extract(ema_net.as_ref(), data, window, context.device, collective)?;
+                test = Some(temporal::evaluate(&encoder, &test_windows, &data.labels, classes, collective)?);
+            }
+            tracing::info!(
+                round = context.round,
+                frame_macro_f1 = validation.macro_f1,
+                temporal_macro_f1 = temporal_validation.macro_f1,
+                "temporal encoder trained"
+            );
+            frame_validation = Some(std::mem::replace(&mut validation, temporal_validation));
+            temporal_vs = Some(vs);
+        }
+
+        let model_path = round_dir.join("model.safetensors");
+        if rank > 0 {
+            return Ok(TrainedModel { validation, frame_validation, test, online: labeller.is_some().then_some(mask_audit), model_path: model_path.display().to_string(), class_names: manifest.classes });
+        }
+        if let Some(vs) = &temporal_vs {
+            write_atomically(&round_dir.join(temporal::FILE), |p| vs.save(p))?;
+        }
+        write_atomically(&model_path, |p| ema_vs.save(p))?;
+        write_atomically(&round_dir.join("model.pt"), |p| export::export_torchscript(&mut ema_vs, ema_net.as_ref(), image, context.device, p))?;
+        let card = ModelCard {
+            arch: format!("{:?}", spec.model.arch),
+            cbam: spec.model.cbam,
+            width: spec.model.width,
+            classes: manifest.classes.clone(),
+            image: manifest.image,
+            normalisation: "pixels / 127.5 - 1, layout N×C×H×W".into(),
+            torchscript: "model.pt".into(),
+            round: context.round,
+            validation: validation.clone(),
+            test: test.clone(),
+            temporal: temporal_vs.is_some().then(|| TemporalCard {
+                file: temporal::FILE.into(),
+                window: spec.semi_supervised.temporal_window,
+                frame_validation: frame_validation.clone().unwrap_or_default(),
+            }),
+            online: labeller.as_ref().map(|labeller| OnlineCard {
+                mask_rate: mask_audit.rate(),
+                mask_precision: mask_audit.precision(),
+                prior: labeller.prior().to_vec(),
+                thresholds: labeller.thresholds(),
+            }),
+        };
+        write_json(&round_dir.join("model.json"), &card)?;
+        Ok(TrainedModel { validation, frame_validation, test, online: labeller.is_some().then_some(mask_audit), model_path: model_path.display().to_string(), class_names: manifest.classes })
     }
-    if let Some(vs) = &temporal_vs {
-        write_atomically(&round_dir.join(temporal::FILE), |p| vs.save(p))?;
-    }
-    write_atomically(&model_path, |p| ema_vs.save(p))?;
-    write_atomically(&round_dir.join("model.pt"), |p| export::export_torchscript(&mut ema_vs, ema_net.as_ref(), image, context.device, p))?;
-    let card = ModelCard {
-        arch: format!("{:?}", spec.model.arch),
-        cbam: spec.model.cbam,
-        width: spec.model.width,
-        classes: manifest.classes.clone(),
-        image: manifest.image,
-        normalisation: "pixels / 127.5 - 1, layout N×C×H×W".into(),
-        torchscript: "model.pt".into(),
-        round: context.round,
-        validation: validation.clone(),
-        test: test.clone(),
-        temporal: temporal_vs.is_some().then(|| TemporalCard {
-            file: temporal::FILE.into(),
-            window: spec.semi_supervised.temporal_window,
-            frame_validation: frame_validation.clone().unwrap_or_default(),
-        }),
-        online: labeller.as_ref().map(|labeller| OnlineCard {
-            mask_rate: mask_audit.rate(),
-            mask_precision: mask_audit.precision(),
-            prior: labeller.prior().to_vec(),
-            thresholds: labeller.thresholds(),
-        }),
-    };
-    write_json(&round_dir.join("model.json"), &card)?;
-    Ok(TrainedModel { validation, frame_validation, test, online: labeller.is_some().then_some(mask_audit), model_path: model_path.display().to_string(), class_names: manifest.classes })
 }
-
 /// Every variable of `vs`, in name order (the same on every rank).
 fn by_name(vs: &nn::VarStore) -> Vec<Tensor> {
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();

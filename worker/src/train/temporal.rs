@@ -1,4 +1,4 @@
-//! The temporal encoder (DESIGN.md section 1, step 8): on video datasets, a small
+//! The temporal encoder (docs/design.md §1, step 9): on video datasets, a small
 //! transformer reads the backbone's features of K neighbouring frames (a centred window in
 //! the frame's own video) and predicts the centre frame. Each round trains it on the
 //! round's frozen backbone, after the backbone's epochs: the round's validation metrics
