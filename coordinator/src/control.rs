@@ -151,7 +151,7 @@ impl ControlPlane {
         let mut keys: Vec<(u64, &JobId)> = model.cluster.jobs().values().map(|j| (j.created_at_ms, &j.id)).collect();
         keys.sort_by(|a, b| b.cmp(a));
         let start = after.map_or(0, |(at, id)| keys.partition_point(|&(t, i)| (t, i) >= (at, &id)));
-        let page: Vec<JobRecord> = keys[start..].iter().take(size).filter_map(|(_, id)| model.cluster.job(*id).cloned()).collect();
+        let page: Vec<JobRecord> = keys[start..].iter().take(size).filter_map(|(_, id)| model.cluster.job(id).cloned()).collect();
         let more = start + page.len() < keys.len();
         let next = more.then(|| page.last().map(|j| (j.created_at_ms, j.id.clone()))).flatten();
         (page, next)
@@ -441,7 +441,7 @@ mod tests {
         // Once the job is cancelled, its rank is stopped too.
         control.cancel(&job, 7).await.expect("cancel");
         let reply = control.heartbeat(&w1, vec![g1.task.clone()], 8).await.expect("heartbeat");
-        assert_eq!(reply.cancel, [g1.task.clone()]);
+        assert_eq!(reply.cancel, std::slice::from_ref(&g1.task));
     }
 
     #[tokio::test]

@@ -418,15 +418,15 @@ impl<'t> RoundTraining<'t> {
             drop(autocast);
             optimizer.zero_grad();
             loss.backward();
-            collective::average_gradients(collective, &trainable, collective::DEFAULT_BUCKET_BYTES)?;
+            collective::average_gradients(collective, trainable, collective::DEFAULT_BUCKET_BYTES)?;
             optimizer.step();
-            ema::update(&ema_vs, &vs, global_step);
+            ema::update(ema_vs, vs, global_step);
             loss_sum += loss.double_value(&[]);
             correct += logits.argmax(-1, false).eq_tensor(&targets).sum(Kind::Int64).int64_value(&[]);
             seen += indices.len();
         }
         *validation = evaluate_model(ema_vs, ema_net.as_ref(), val_data, classes, context.device, collective)?;
-        if let Some(labeller) = &labeller {
+        if let Some(labeller) = labeller {
             tracing::info!(
                 round = context.round,
                 epoch,
@@ -439,13 +439,13 @@ impl<'t> RoundTraining<'t> {
         if rank > 0 {
             return Ok(None);
         }
-        write_atomically(&checkpoint, |p| vs.save(p))?;
-        write_atomically(&checkpoint_ema, |p| ema_vs.save(p))?;
-        write_atomically(&checkpoint_optimizer, |p| optimizer.save(p))?;
-        if let Some(labeller) = &labeller {
-            write_json(&checkpoint_online, &labeller.state())?;
+        write_atomically(checkpoint, |p| vs.save(p))?;
+        write_atomically(checkpoint_ema, |p| ema_vs.save(p))?;
+        write_atomically(checkpoint_optimizer, |p| optimizer.save(p))?;
+        if let Some(labeller) = labeller {
+            write_json(checkpoint_online, &labeller.state())?;
         }
-        write_json(&checkpoint_info, &CheckpointInfo { round: context.round, epoch })?;
+        write_json(checkpoint_info, &CheckpointInfo { round: context.round, epoch })?;
         let report = EpochReport {
             round: Round(context.round),
             epoch,
