@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Feral needs to build and run on a Debian machine with Rust, and nothing twice:
-#   - apt packages: protobuf-compiler (tonic and etcd-client run protoc at build time)
+#   - apt packages: protobuf-compiler (tonic and etcd-client run protoc at build time),
+#     libprotobuf-dev (the well-known types etcd-client's protos import), etcd-server (the
+#     store tests start a real etcd on loopback)
 #   - .venv with PyTorch 2.11.0 (the libtorch that tch 0.24 links), installed with uv
 #   - .cargo/config.toml pointing LIBTORCH at that venv, so plain `cargo build` works after
 # Safe to run again: each step is skipped when its result is already there.
@@ -21,6 +23,9 @@ as_root() {
 # --- apt packages -----------------------------------------------------------------
 missing=()
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
+command -v etcd >/dev/null || missing+=(etcd-server)
+# etcd-client's protos import protobuf's well-known types (descriptor.proto, struct.proto).
+[ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
   say "installing apt packages: ${missing[*]}"

@@ -5,7 +5,7 @@
 //! ```toml
 //! version = 1
 //! listen = "0.0.0.0:7070"
-//! store = "feral-state/coordinator.redb"   # or "memory"
+//! store = "feral-state/coordinator.redb"   # or "memory", or "etcd://h1:2379,h2:2379/feral"
 //! artifact_root = "feral-artifacts"
 //! heartbeat_interval_ms = 1000
 //! lease_ttl_ms = 10000
@@ -35,15 +35,29 @@ pub enum StoreConfig {
     Memory,
     /// A file on local disk.
     Embedded(PathBuf),
+    /// etcd v3: its members' client URLs, and the prefix every key lives under.
+    Etcd { endpoints: Vec<String>, prefix: String },
 }
 
 impl StoreConfig {
-    fn parse(text: &str) -> Self {
+    /// `memory`; `etcd://host:port[,host:port…][/prefix]` (prefix `feral` by default); or
+    /// the path of the embedded store file.
+    fn parse(text: &str) -> Result<Self, ConfigError> {
         if text == "memory" {
-            StoreConfig::Memory
-        } else {
-            StoreConfig::Embedded(PathBuf::from(text))
+            return Ok(StoreConfig::Memory);
         }
+        let Some(rest) = text.strip_prefix("etcd://") else { return Ok(StoreConfig::Embedded(PathBuf::from(text))) };
+        let (members, prefix) = rest.split_once('/').unwrap_or((rest, "feral"));
+        let invalid = |problem: String| ConfigError::Invalid { field: "store", problem };
+        let endpoints: Vec<String> = members.split(',').map(|m| format!("http://{}", m.trim())).collect();
+        if members.split(',').any(|m| m.trim().rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())) {
+            return Err(invalid(format!("must name etcd members as host:port, got {text:?}")));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.is_empty() {
+            return Err(invalid(format!("must give a key prefix after the members, got {text:?}")));
+        }
+        Ok(StoreConfig::Etcd { endpoints, prefix: format!("/{prefix}/") })
     }
 }
 
@@ -71,7 +85,7 @@ pub struct Overrides {
     /// Address to serve gRPC on.
     #[arg(long, env = "FERAL_LISTEN")]
     pub listen: Option<String>,
-    /// `memory`, or the path of the embedded store file.
+    /// `memory`, `etcd://host:port[,host:port...][/prefix]`, or the path of the embedded store file.
     #[arg(long, env = "FERAL_STORE")]
     pub store: Option<String>,
     /// Directory under which each job gets its artifact directory.
@@ -106,7 +120,7 @@ impl CoordinatorConfig {
             .parse()
             .map_err(|e| ConfigError::Invalid { field: "listen", problem: format!("is not an address ({e}): {listen:?}") })?;
         let store = overrides.store.clone().or_else(|| file.and_then(|f| f.store.clone()));
-        let store = StoreConfig::parse(store.as_deref().unwrap_or("feral-state/coordinator.redb"));
+        let store = StoreConfig::parse(store.as_deref().unwrap_or("feral-state/coordinator.redb"))?;
         let artifact_root = overrides
             .artifact_root
             .clone()
@@ -176,5 +190,19 @@ mod tests {
         assert!(err.to_string().contains("lease_ttl_ms"), "{err}");
         let err = CoordinatorConfig::load(Some(&dir.path().join("missing.toml")), &Overrides::default()).expect_err("missing");
         assert!(err.to_string().contains("missing.toml"), "{err}");
+    }
+
+    #[test]
+    fn etcd_stores_name_their_members_and_prefix() {
+        let etcd = |endpoints: &[&str], prefix: &str| StoreConfig::Etcd { endpoints: endpoints.iter().map(|e| e.to_string()).collect(), prefix: prefix.into() };
+        assert_eq!(StoreConfig::parse("etcd://10.0.0.1:2379").expect("one member"), etcd(&["http://10.0.0.1:2379"], "/feral/"));
+        assert_eq!(
+            StoreConfig::parse("etcd://e1:2379,e2:2379/team-a/feral").expect("two members"),
+            etcd(&["http://e1:2379", "http://e2:2379"], "/team-a/feral/")
+        );
+        for bad in ["etcd://", "etcd://e1", "etcd://e1:x", "etcd://:2379", "etcd://e1:2379,/p", "etcd://e1:2379//"] {
+            let error = StoreConfig::parse(bad).expect_err(bad).to_string();
+            assert!(error.contains("`store`"), "{bad}: {error}");
+        }
     }
 }

@@ -23,13 +23,14 @@ use tracing::{info, warn};
 use crate::config::StoreConfig;
 use crate::control::{ControlPlane, Settings};
 use crate::error::CoordinatorError;
-use crate::store::{EmbeddedStore, MemoryStore, Store};
+use crate::store::{EmbeddedStore, EtcdStore, MemoryStore, Store};
 
 /// Opens the configured store.
-pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, CoordinatorError> {
+pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, CoordinatorError> {
     Ok(match config {
         StoreConfig::Memory => Arc::new(MemoryStore::default()),
         StoreConfig::Embedded(path) => Arc::new(EmbeddedStore::open(path)?),
+        StoreConfig::Etcd { endpoints, prefix } => Arc::new(EtcdStore::connect(endpoints, prefix).await?),
     })
 }
 

@@ -29,7 +29,7 @@ async fn run() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let config = CoordinatorConfig::load(args.config.as_deref(), &args.overrides)?;
-    let store = feral_coordinator::open_store(&config.store)?;
+    let store = feral_coordinator::open_store(&config.store).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

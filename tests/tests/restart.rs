@@ -1,25 +1,41 @@
-//! A coordinator stopped mid-job and started again on the same embedded store still knows
-//! the job; the worker carries on and the job completes.
+//! A coordinator stopped mid-job and started again on the same store (the embedded file,
+//! or a real etcd) still knows the job; the worker carries on and the job completes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use feral_coordinator::store::EmbeddedStore;
+use feral_coordinator::store::etcd_process::EtcdProcess;
+use feral_coordinator::store::{EmbeddedStore, Store};
 use feral_proto::v1 as pb;
 use feral_tests::*;
 use feral_worker::runner::TchRunner;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_coordinator_finishes_the_job() -> anyhow::Result<()> {
-    init_tracing();
     let dir = tempfile::tempdir()?;
-    let dataset = synthetic_dataset(&dir.path().join("data"), 2400)?;
     let store_path = dir.path().join("state.redb");
-    let settings = test_settings(dir.path());
+    let open = async || -> anyhow::Result<Arc<dyn Store>> { Ok(Arc::new(EmbeddedStore::open(&store_path)?) as Arc<dyn Store>) };
+    a_restarted_coordinator_finishes_the_job_on(dir.path(), open).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_coordinator_on_etcd_finishes_the_job() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let etcd = EtcdProcess::start().await;
+    let open = async || -> anyhow::Result<Arc<dyn Store>> { Ok(Arc::new(etcd.store("/feral/").await) as Arc<dyn Store>) };
+    a_restarted_coordinator_finishes_the_job_on(dir.path(), open).await
+}
+
+/// A job on a coordinator with the store `open` gives, stopped after the first epoch and
+/// started again on the same state, opened anew.
+async fn a_restarted_coordinator_finishes_the_job_on(root: &std::path::Path, open: impl AsyncFn() -> anyhow::Result<Arc<dyn Store>>) -> anyhow::Result<()> {
+    init_tracing();
+    let dataset = synthetic_dataset(&root.join("data"), 2400)?;
+    let settings = test_settings(root);
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
 
-    let first = RunningCoordinator::start(settings.clone(), Arc::new(EmbeddedStore::open(&store_path)?), any_port).await?;
+    let first = RunningCoordinator::start(settings.clone(), open().await?, any_port).await?;
     let address = first.address;
     let worker = RunningWorker::start(&first.url(), "w1", Arc::new(TchRunner));
     let mut jobs = first.jobs().await?;
@@ -34,7 +50,7 @@ async fn a_restarted_coordinator_finishes_the_job() -> anyhow::Result<()> {
 
     // While the coordinator is down the worker keeps training and retries its reports.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let second = RunningCoordinator::start(settings, Arc::new(EmbeddedStore::open(&store_path)?), address).await?;
+    let second = RunningCoordinator::start(settings, open().await?, address).await?;
     let mut jobs = second.jobs().await?;
     let known = get_job(&mut jobs, &job.id).await?;
     assert!(!known.epochs.is_empty(), "progress made before the restart is kept");

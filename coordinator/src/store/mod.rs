@@ -1,20 +1,28 @@
 //! Where the coordinator's state lives. One narrow trait with a backend per deployment:
-//! [`MemoryStore`] for tests, [`EmbeddedStore`] (a file on local disk) for one machine.
+//! [`MemoryStore`] for tests, [`EmbeddedStore`] (a file on local disk) for one machine,
+//! [`EtcdStore`] (etcd v3) for a cluster.
 //! Keys are `/`-separated paths such as `jobs/<id>`; values are JSON documents.
 //! Every backend passes the same test suite (`store_test_suite!`).
 
 mod embedded;
+mod etcd;
+/// A real etcd member on loopback, for tests of this crate and of others (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
+pub mod etcd_process;
 mod memory;
 
 use std::path::PathBuf;
 
 pub use embedded::EmbeddedStore;
+pub use etcd::EtcdStore;
 pub use memory::MemoryStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store file {path} cannot be used: {problem}")]
     Open { path: PathBuf, problem: String },
+    #[error("etcd at {endpoints} cannot be reached: {problem}")]
+    Unreachable { endpoints: String, problem: String },
     #[error("store operation on key prefix `{key}` failed: {problem}")]
     Operation { key: String, problem: String },
 }
@@ -100,6 +108,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         (EmbeddedStore::open(&dir.path().join("state.redb")).expect("open"), dir)
     });
+    // A real etcd member per test, on loopback ports of its own.
+    store_test_suite!(etcd, {
+        let etcd = super::super::etcd_process::EtcdProcess::start().await;
+        (etcd.store("/feral-test/").await, etcd)
+    });
 
     use super::*;
 
@@ -113,6 +126,21 @@ mod tests {
         }
         let store = EmbeddedStore::open(&path).expect("reopen");
         assert_eq!(store.get("jobs/x").await.expect("get"), Some(b"kept".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn etcd_keys_stay_under_their_prefix_and_a_lost_etcd_is_named() {
+        let etcd = etcd_process::EtcdProcess::start().await;
+        let (one, other) = (etcd.store("/a/").await, etcd.store("/b/").await);
+        one.apply(vec![Write::put("jobs/x", b"a".to_vec())]).await.expect("put");
+        assert_eq!(other.get("jobs/x").await.expect("get"), None, "another prefix sees nothing");
+        assert_eq!(one.list("jobs/").await.expect("list"), vec![("jobs/x".to_owned(), b"a".to_vec())], "keys come back without the prefix");
+        let endpoint = etcd.endpoint.clone();
+        drop(etcd);
+        let error = one.get("jobs/x").await.expect_err("etcd is gone");
+        assert!(error.to_string().contains("/a/jobs/x"), "{error}");
+        let error = EtcdStore::connect(std::slice::from_ref(&endpoint), "/a/").await.err().expect("nothing answers");
+        assert!(error.to_string().contains(&endpoint), "{error}");
     }
 
     #[test]

@@ -1,0 +1,82 @@
+//! A store in etcd v3 (crate `etcd-client`), for a coordinator on a cluster: every key
+//! lives under a prefix of its own (say `/feral/`), so one etcd serves several Feral
+//! installations, and a batch is one etcd transaction, applied whole or not at all.
+
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, SortOrder, SortTarget, Txn, TxnOp};
+
+use super::{Store, StoreError, Write};
+
+/// The most operations etcd takes in one transaction by default (`--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
+
+#[derive(Clone)]
+pub struct EtcdStore {
+    kv: KvClient,
+    prefix: String,
+}
+
+impl EtcdStore {
+    /// Connects to the etcd members at `endpoints` (`http://host:port`), keeping every key
+    /// under `prefix`.
+    pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
+        let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(Duration::from_secs(10));
+        let unreachable = |e: etcd_client::Error| StoreError::Unreachable { endpoints: endpoints.join(","), problem: e.to_string() };
+        let mut client = Client::connect(endpoints, Some(options)).await.map_err(unreachable)?;
+        // Connecting is lazy: a status call proves a member answers.
+        client.status().await.map_err(unreachable)?;
+        Ok(Self { kv: client.kv_client(), prefix: prefix.to_owned() })
+    }
+
+    fn failed(&self, key: &str, error: etcd_client::Error) -> StoreError {
+        StoreError::Operation { key: format!("{}{key}", self.prefix), problem: error.to_string() }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let reply = self.kv.clone().get(format!("{}{key}", self.prefix), None).await.map_err(|e| self.failed(key, e))?;
+        Ok(reply.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let options = GetOptions::new().with_prefix().with_sort(SortTarget::Key, SortOrder::Ascend);
+        let reply = self.kv.clone().get(format!("{}{prefix}", self.prefix), Some(options)).await.map_err(|e| self.failed(prefix, e))?;
+        reply
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = kv.key_str().map_err(|e| self.failed(prefix, e))?;
+                Ok((key.strip_prefix(&self.prefix).unwrap_or(key).to_owned(), kv.value().to_vec()))
+            })
+            .collect()
+    }
+
+    async fn apply(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        // etcd refuses a transaction that names a key twice; applied in order, only each
+        // key's last write counts, so that is the one sent.
+        let mut last: Vec<Write> = Vec::with_capacity(writes.len());
+        for write in writes {
+            last.retain(|w| w.key() != write.key());
+            last.push(write);
+        }
+        let first = last.first().map(|w| w.key().to_owned()).unwrap_or_default();
+        if last.len() > MAX_TXN_OPS {
+            return Err(StoreError::Operation {
+                key: format!("{}{first}", self.prefix),
+                problem: format!("a batch of {} writes is more than etcd's {MAX_TXN_OPS} per transaction", last.len()),
+            });
+        }
+        let operations: Vec<TxnOp> = last
+            .into_iter()
+            .map(|write| match write {
+                Write::Put { key, value } => TxnOp::put(format!("{}{key}", self.prefix), value, None),
+                Write::Delete { key } => TxnOp::delete(format!("{}{key}", self.prefix), None),
+            })
+            .collect();
+        self.kv.clone().txn(Txn::new().and_then(operations)).await.map_err(|e| self.failed(&first, e))?;
+        Ok(())
+    }
+}
