@@ -20,8 +20,21 @@ fn free_port() -> u16 {
 }
 
 impl EtcdProcess {
-    /// Starts a one-member cluster and waits (up to a minute) until it answers.
+    /// Starts a one-member cluster and waits (up to a minute) until it answers. A member
+    /// that exits at once (another process took a port between our choosing it and etcd
+    /// binding it) is started again on other ports.
     pub async fn start() -> Self {
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            match Self::try_start().await {
+                Ok(etcd) => return etcd,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("etcd did not start in five tries: {last_log}");
+    }
+
+    async fn try_start() -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let (client, peer) = (free_port(), free_port());
         let endpoint = format!("http://127.0.0.1:{client}");
@@ -41,10 +54,10 @@ impl EtcdProcess {
         let started = Instant::now();
         loop {
             if let Ok(Some(status)) = etcd.child.try_wait() {
-                panic!("etcd exited with {status}: {}", log_tail(etcd._dir.path()));
+                return Err(format!("etcd exited with {status}: {}", log_tail(etcd._dir.path())));
             }
             if EtcdStore::connect(std::slice::from_ref(&etcd.endpoint), "").await.is_ok() {
-                return etcd;
+                return Ok(etcd);
             }
             assert!(started.elapsed() < Duration::from_secs(60), "etcd did not answer within a minute: {}", log_tail(etcd._dir.path()));
             tokio::time::sleep(Duration::from_millis(100)).await;
