@@ -339,7 +339,7 @@ mod tests {
     use crate::model::JobState;
     use crate::store::MemoryStore;
     use feral_common::ids::Round;
-    use feral_common::task::{Assignment, DatasetSummary, TaskKind};
+    use feral_common::task::{Assignment, DatasetSummary, TaskKind, TrainedModel};
 
     fn settings() -> Settings {
         Settings { artifact_root: "/tmp/unused".into(), heartbeat_interval_ms: 1000, lease_ttl_ms: 60_000 }
@@ -476,5 +476,43 @@ mod tests {
         // Rank 0 polls again and gets the same answer.
         let again = control.join_gang(&w1, &g1.task_ref(), "h1:1".into(), b"nccl".to_vec()).await.expect("join");
         assert_eq!(again, Some(peers));
+    }
+
+    #[tokio::test]
+    async fn a_worker_back_from_a_partition_is_told_to_stop_and_its_late_result_is_not_counted() {
+        let control = ControlPlane::load(settings(), Arc::new(MemoryStore::default()), 0).await.expect("load");
+        let cpu = || vec![Slot { device: "cpu".into(), name: "cpu".into() }];
+        let (w1, w2) = (WorkerId::new("w1"), WorkerId::new("w2"));
+        control.register(w1.clone(), "h".into(), cpu(), 0).await.expect("register");
+        let job = control.submit("version = 1\ndataset = \"/d\"\n[semi_supervised]\nrounds = 0\n", 1).await.expect("submit").id;
+        let prepare = heartbeat(&control, &w1, 2).await.remove(0);
+        let summary = DatasetSummary { class_names: vec!["a".into(), "b".into()], train_samples: 4, val_samples: 4, unlabeled_shards: vec![] };
+        control.finish_task(&w1, &prepare.task_ref(), TaskOutcome::Prepared(summary), 3).await.expect("finish");
+        let first = heartbeat(&control, &w1, 4).await.remove(0);
+        assert_eq!((first.kind, first.attempt), (TaskKind::Train, 1));
+
+        // w1 is paused past its lease; its task goes to w2 as attempt 2.
+        control.register(w2.clone(), "h".into(), cpu(), 5).await.expect("register");
+        heartbeat(&control, &w2, 60_000).await;
+        control.expire_leases(61_000).await.expect("expire");
+        let second = heartbeat(&control, &w2, 61_500).await;
+        assert_eq!(second.iter().map(|a| (a.kind, a.attempt)).collect::<Vec<_>>(), [(TaskKind::Train, 2)]);
+
+        // w1 wakes: it is told to stop what it runs, and its finished attempt 1 counts for nothing.
+        let reply = control.heartbeat(&w1, vec![first.task.clone()], 62_000).await.expect("heartbeat");
+        assert_eq!(reply.cancel, std::slice::from_ref(&first.task), "the reassigned task is stopped");
+        let model = TrainedModel {
+            validation: Default::default(),
+            model_path: "/a/r0/model.safetensors".into(),
+            class_names: vec!["a".into(), "b".into()],
+            frame_validation: None,
+            test: None,
+            online: None,
+        };
+        control.finish_task(&w1, &first.task_ref(), TaskOutcome::Trained(model), 62_100).await.expect("a late report is accepted and ignored");
+        let record = control.job(&job).await.expect("job");
+        assert!(!record.state.is_final(), "the job waits for attempt 2: {:?}", record.state);
+        assert!(record.rounds.iter().all(|r| r.model.is_none()), "no model from the stale attempt");
+        assert_eq!(record.workers(), [w2], "attempt 2 runs on w2 alone");
     }
 }
