@@ -137,11 +137,23 @@ async fn register(config: &AgentConfig, client: &mut WorkerServiceClient<Channel
 }
 
 fn start_task(config: &AgentConfig, client: &WorkerServiceClient<Channel>, runner: &Arc<dyn TaskRunner>, running: &Running, assignment: pb::TaskAssignment) {
-    let task_id = assignment.task_id.clone();
+    let (task_id, job_id, attempt) = (assignment.task_id.clone(), assignment.job_id.clone(), assignment.attempt);
     let task = match Assignment::try_from(assignment) {
         Ok(task) => task,
         Err(error) => {
-            warn!(task_id = %task_id, %error, "ignoring an assignment this worker cannot run");
+            // Failed, not ignored, so that its job does not wait for it (the coordinator
+            // refuses the report itself if the ids are what is wrong).
+            let reason = format!("the worker cannot run this assignment: {error}");
+            warn!(task_id = %task_id, %reason, "refusing an assignment");
+            let request = pb::FailTaskRequest { worker_id: config.worker_id.clone(), task_id, job_id, attempt, reason, retryable: false };
+            let client = client.clone();
+            tokio::spawn(async move {
+                retry("failure report", || {
+                    let (mut client, request) = (client.clone(), request.clone());
+                    async move { client.fail_task(request).await.map(|_| ()) }
+                })
+                .await
+            });
             return;
         }
     };
