@@ -146,14 +146,7 @@ fn start_task(config: &AgentConfig, client: &WorkerServiceClient<Channel>, runne
             let reason = format!("the worker cannot run this assignment: {error}");
             warn!(task_id = %task_id, %reason, "refusing an assignment");
             let request = pb::FailTaskRequest { worker_id: config.worker_id.clone(), task_id, job_id, attempt, reason, retryable: false };
-            let client = client.clone();
-            tokio::spawn(async move {
-                retry("failure report", || {
-                    let (mut client, request) = (client.clone(), request.clone());
-                    async move { client.fail_task(request).await.map(|_| ()) }
-                })
-                .await
-            });
+            tokio::spawn(report_failure(client.clone(), request));
             return;
         }
     };
@@ -267,15 +260,19 @@ impl Reporter {
             Err(error) => {
                 let (reason, retryable) = (error.to_string(), error.is_retryable());
                 warn!(task_id = %task_id, %reason, retryable, "task failed");
-                let request = pb::FailTaskRequest { worker_id, task_id, job_id, attempt, reason, retryable };
-                let _ = retry("failure report", || {
-                    let (mut client, request) = (client.clone(), request.clone());
-                    async move { client.fail_task(request).await.map(|_| ()) }
-                })
-                .await;
+                report_failure(client.clone(), pb::FailTaskRequest { worker_id, task_id, job_id, attempt, reason, retryable }).await;
             }
         }
     }
+}
+
+/// Reports a failed task, retrying through coordinator outages.
+async fn report_failure(client: WorkerServiceClient<Channel>, request: pb::FailTaskRequest) {
+    let _ = retry("failure report", || {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move { client.fail_task(request).await.map(|_| ()) }
+    })
+    .await;
 }
 
 /// Calls until the coordinator answers. Errors that another try cannot fix (the request
