@@ -4,11 +4,46 @@ use std::time::Duration;
 
 use anyhow::Context;
 use feral_common::errors::error_chain;
+use feral_proto::leader::leader_of;
+use feral_proto::v1 as pb;
 use feral_proto::v1::job_service_client::JobServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
-/// A `JobService` client connected to `url`, or an error naming the address.
-pub async fn connect(url: &str) -> anyhow::Result<JobServiceClient<Channel>> {
+/// A `JobService` client connected to `urls`, or an error naming the address. Given
+/// several addresses (coordinators on one etcd, comma-separated), the client is the
+/// leader's: the first that answers, or the one a standby names.
+pub async fn connect(urls: &str) -> anyhow::Result<JobServiceClient<Channel>> {
+    let addresses: Vec<String> = urls.split(',').map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect();
+    if addresses.len() < 2 {
+        return connect_one(urls.trim()).await;
+    }
+    let mut queue = std::collections::VecDeque::from(addresses);
+    let (mut tried, mut problems) = (std::collections::HashSet::new(), Vec::new());
+    while let Some(address) = queue.pop_front() {
+        if !tried.insert(address.clone()) {
+            continue;
+        }
+        let mut client = match connect_one(&address).await {
+            Ok(client) => client,
+            Err(error) => {
+                problems.push(format!("{error:#}"));
+                continue;
+            }
+        };
+        match client.list_jobs(pb::ListJobsRequest { page_size: 1, page_token: String::new() }).await {
+            Ok(_) => return Ok(client),
+            Err(status) => {
+                if let Some(leader) = leader_of(&status) {
+                    queue.push_front(leader);
+                }
+                problems.push(format!("{address}: {}", status.message()));
+            }
+        }
+    }
+    anyhow::bail!("no coordinator of {urls} leads: {}", problems.join("; "))
+}
+
+async fn connect_one(url: &str) -> anyhow::Result<JobServiceClient<Channel>> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("--coordinator {url:?} is not a valid URL (expected e.g. http://127.0.0.1:7070)"))?
         .connect_timeout(Duration::from_secs(5));

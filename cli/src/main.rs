@@ -24,7 +24,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "feral", version)]
 struct Cli {
-    /// The coordinator's gRPC address.
+    /// The coordinator's gRPC address, or several separated by commas (coordinators on one
+    /// etcd: the CLI talks to the leader).
     #[arg(long, global = true, env = "FERAL_COORDINATOR", default_value = "http://127.0.0.1:7070")]
     coordinator: String,
     #[command(subcommand)]

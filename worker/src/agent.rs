@@ -1,6 +1,8 @@
 //! The worker's conversation with the coordinator: register, heartbeat, start assigned
 //! tasks on OS threads, forward their progress, report how they ended, stop them when told.
-//! A lost coordinator is retried with backoff; reports wait until it is back.
+//! A lost coordinator is retried with backoff; reports wait until it is back. Given several
+//! coordinators, every call goes to the one believed to lead, and a standby's answer moves
+//! the worker to the leader it names ([`Coordinators`]).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -9,6 +11,7 @@ use std::time::Duration;
 
 use feral_common::task::{Assignment, EpochReport, TaskKind, TaskOutcome, TaskRef};
 use feral_proto::v1 as pb;
+use feral_proto::leader::Coordinators;
 use feral_proto::v1::worker_service_client::WorkerServiceClient;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -22,7 +25,7 @@ use crate::task::TaskError;
 /// Who this worker is and where its coordinator listens.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AgentConfig {
-    /// e.g. `http://10.0.0.1:7070`
+    /// e.g. `http://10.0.0.1:7070`, or several separated by commas.
     pub coordinator: String,
     pub worker_id: String,
     pub hostname: String,
@@ -33,8 +36,8 @@ pub struct AgentConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("coordinator address {address:?} is not a valid URL: {problem}")]
-    BadAddress { address: String, problem: String },
+    #[error("{0}")]
+    BadAddress(String),
 }
 
 /// Tasks running now, by id, with what stops them.
@@ -48,15 +51,11 @@ enum TaskMessage {
 
 /// Runs the worker until `shutdown` resolves; running tasks are then asked to stop.
 pub async fn run(config: AgentConfig, runner: Arc<dyn TaskRunner>, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    let channel = Channel::from_shared(config.coordinator.clone())
-        .map_err(|e| AgentError::BadAddress { address: config.coordinator.clone(), problem: e.to_string() })?
-        .connect_timeout(Duration::from_secs(3))
-        .connect_lazy();
-    let client = WorkerServiceClient::new(channel);
+    let coordinators = Coordinators::parse(&config.coordinator).map_err(AgentError::BadAddress)?;
     let running: Running = Arc::default();
     tokio::select! {
         _ = shutdown => {}
-        _ = converse(&config, client, runner, Arc::clone(&running)) => {}
+        _ = converse(&config, coordinators, runner, Arc::clone(&running)) => {}
     }
     for control in lock(&running).values() {
         control.stop();
@@ -69,17 +68,17 @@ fn lock(running: &Running) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Task
     running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-async fn converse(config: &AgentConfig, mut client: WorkerServiceClient<Channel>, runner: Arc<dyn TaskRunner>, running: Running) {
+async fn converse(config: &AgentConfig, coordinators: Coordinators, runner: Arc<dyn TaskRunner>, running: Running) {
     let mut started: HashSet<String> = HashSet::new();
     loop {
-        let interval = register(config, &mut client).await;
+        let interval = register(config, &coordinators).await;
         let mut ticks = tokio::time::interval(interval);
         let mut failing = false;
         loop {
             ticks.tick().await;
             let running_ids: Vec<String> = lock(&running).keys().cloned().collect();
             let request = pb::HeartbeatRequest { worker_id: config.worker_id.clone(), running_task_ids: running_ids };
-            match client.heartbeat(request).await {
+            match client(&coordinators).heartbeat(request).await {
                 Ok(reply) => {
                     if failing {
                         info!("coordinator reachable again");
@@ -94,7 +93,7 @@ async fn converse(config: &AgentConfig, mut client: WorkerServiceClient<Channel>
                     }
                     for assignment in reply.assignments {
                         if started.insert(assignment.task_id.clone()) {
-                            start_task(config, &client, &runner, &running, assignment);
+                            start_task(config, &coordinators, &runner, &running, assignment);
                         }
                     }
                 }
@@ -103,6 +102,12 @@ async fn converse(config: &AgentConfig, mut client: WorkerServiceClient<Channel>
                     break;
                 }
                 Err(status) => {
+                    if coordinators.failed(&status) {
+                        // A standby named the leader: register with it (it knows this
+                        // worker from the store, or learns it now).
+                        info!(coordinator = %coordinators.current(), "following the leader");
+                        break;
+                    }
                     if !failing {
                         warn!(error = %status.message(), "heartbeat failed; retrying");
                         failing = true;
@@ -114,7 +119,7 @@ async fn converse(config: &AgentConfig, mut client: WorkerServiceClient<Channel>
 }
 
 /// Registers, retrying with backoff until the coordinator answers; returns the heartbeat interval.
-async fn register(config: &AgentConfig, client: &mut WorkerServiceClient<Channel>) -> Duration {
+async fn register(config: &AgentConfig, coordinators: &Coordinators) -> Duration {
     let mut backoff = Backoff::default();
     loop {
         let request = pb::RegisterRequest {
@@ -122,21 +127,27 @@ async fn register(config: &AgentConfig, client: &mut WorkerServiceClient<Channel
             hostname: config.hostname.clone(),
             slots: config.slots.clone(),
         };
-        match client.register(request).await {
+        match client(coordinators).register(request).await {
             Ok(reply) => {
                 let interval = reply.into_inner().heartbeat_interval_ms.max(10);
-                info!(worker_id = %config.worker_id, coordinator = %config.coordinator, "registered");
+                info!(worker_id = %config.worker_id, coordinator = %coordinators.current(), "registered");
                 return Duration::from_millis(interval);
             }
             Err(status) => {
-                warn!(error = %status.message(), "cannot register with the coordinator; retrying");
-                backoff.wait().await;
+                warn!(error = %status.message(), coordinator = %coordinators.current(), "cannot register with the coordinator; retrying");
+                if !coordinators.failed(&status) {
+                    backoff.wait().await;
+                }
             }
         }
     }
 }
 
-fn start_task(config: &AgentConfig, client: &WorkerServiceClient<Channel>, runner: &Arc<dyn TaskRunner>, running: &Running, assignment: pb::TaskAssignment) {
+fn client(coordinators: &Coordinators) -> WorkerServiceClient<Channel> {
+    WorkerServiceClient::new(coordinators.channel())
+}
+
+fn start_task(config: &AgentConfig, coordinators: &Coordinators, runner: &Arc<dyn TaskRunner>, running: &Running, assignment: pb::TaskAssignment) {
     let (task_id, job_id, attempt) = (assignment.task_id.clone(), assignment.job_id.clone(), assignment.attempt);
     let task = match Assignment::try_from(assignment) {
         Ok(task) => task,
@@ -146,7 +157,7 @@ fn start_task(config: &AgentConfig, client: &WorkerServiceClient<Channel>, runne
             let reason = format!("the worker cannot run this assignment: {error}");
             warn!(task_id = %task_id, %reason, "refusing an assignment");
             let request = pb::FailTaskRequest { worker_id: config.worker_id.clone(), task_id, job_id, attempt, reason, retryable: false };
-            tokio::spawn(report_failure(client.clone(), request));
+            tokio::spawn(report_failure(coordinators.clone(), request));
             return;
         }
     };
@@ -154,14 +165,14 @@ fn start_task(config: &AgentConfig, client: &WorkerServiceClient<Channel>, runne
     let control = Arc::new(TaskControl::default());
     lock(running).insert(task.task.to_string(), Arc::clone(&control));
     let (sender, receiver) = mpsc::unbounded_channel();
-    let reporter = Reporter { client: client.clone(), worker_id: config.worker_id.clone(), task: task.task_ref() };
+    let reporter = Reporter { coordinators: coordinators.clone(), worker_id: config.worker_id.clone(), task: task.task_ref() };
     tokio::spawn(reporter.forward(receiver, Arc::clone(&control), Arc::clone(running)));
 
     let runner = Arc::clone(runner);
-    let (client, worker_id, advertise_host) = (client.clone(), config.worker_id.clone(), config.advertise_host.clone());
+    let (coordinators, worker_id, advertise_host) = (coordinators.clone(), config.worker_id.clone(), config.advertise_host.clone());
     tokio::spawn(async move {
         let setup = if task.kind == TaskKind::Train && task.world_size > 1 {
-            match gang::rendezvous(&client, &worker_id, &advertise_host, &task, &control).await {
+            match gang::rendezvous(&coordinators, &worker_id, &advertise_host, &task, &control).await {
                 Ok(setup) => Some(setup),
                 Err(failure) => {
                     let _ = sender.send(TaskMessage::Ended(Err(failure)));
@@ -199,7 +210,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 
 /// Sends one task's reports in order, retrying through coordinator outages.
 struct Reporter {
-    client: WorkerServiceClient<Channel>,
+    coordinators: Coordinators,
     worker_id: String,
     task: TaskRef,
 }
@@ -233,9 +244,7 @@ impl Reporter {
             epoch: Some(pb::EpochMetrics::from(report)),
             epochs_total,
         };
-        let client = &mut self.client;
-        retry("progress report", || {
-            let mut client = client.clone();
+        retry("progress report", &self.coordinators, |mut client| {
             let request = request.clone();
             async move { client.report_progress(request).await.map(|r| r.into_inner().stop) }
         })
@@ -245,13 +254,12 @@ impl Reporter {
 
     async fn report_end(&mut self, outcome: Result<TaskOutcome, TaskError>) {
         let (worker_id, task_id, job_id, attempt) = (self.worker_id.clone(), self.task.task.to_string(), self.task.job.to_string(), self.task.attempt);
-        let client = &self.client;
         match outcome {
             Ok(outcome) => {
                 info!(task_id = %task_id, "task finished");
                 let request = pb::FinishTaskRequest { worker_id, task_id, job_id, attempt, outcome: Some((&outcome).into()) };
-                let _ = retry("finish report", || {
-                    let (mut client, request) = (client.clone(), request.clone());
+                let _ = retry("finish report", &self.coordinators, |mut client| {
+                    let request = request.clone();
                     async move { client.finish_task(request).await.map(|_| ()) }
                 })
                 .await;
@@ -260,31 +268,31 @@ impl Reporter {
             Err(error) => {
                 let (reason, retryable) = (error.to_string(), error.is_retryable());
                 warn!(task_id = %task_id, %reason, retryable, "task failed");
-                report_failure(client.clone(), pb::FailTaskRequest { worker_id, task_id, job_id, attempt, reason, retryable }).await;
+                report_failure(self.coordinators.clone(), pb::FailTaskRequest { worker_id, task_id, job_id, attempt, reason, retryable }).await;
             }
         }
     }
 }
 
 /// Reports a failed task, retrying through coordinator outages.
-async fn report_failure(client: WorkerServiceClient<Channel>, request: pb::FailTaskRequest) {
-    let _ = retry("failure report", || {
-        let (mut client, request) = (client.clone(), request.clone());
+async fn report_failure(coordinators: Coordinators, request: pb::FailTaskRequest) {
+    let _ = retry("failure report", &coordinators, |mut client| {
+        let request = request.clone();
         async move { client.fail_task(request).await.map(|_| ()) }
     })
     .await;
 }
 
-/// Calls until the coordinator answers. Errors that another try cannot fix (the request
-/// was refused as invalid) end the retries.
-async fn retry<T, F, Fut>(what: &str, mut call: F) -> Option<T>
+/// Calls the coordinator believed to lead until one answers. Errors that another try cannot
+/// fix (the request was refused as invalid) end the retries.
+async fn retry<T, F, Fut>(what: &str, coordinators: &Coordinators, mut call: F) -> Option<T>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(WorkerServiceClient<Channel>) -> Fut,
     Fut: Future<Output = Result<T, tonic::Status>>,
 {
     let mut backoff = Backoff::default();
     loop {
-        match call().await {
+        match call(client(coordinators)).await {
             Ok(value) => return Some(value),
             Err(status) if matches!(status.code(), Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition) => {
                 warn!(error = %status.message(), "{what} refused by the coordinator");
@@ -294,7 +302,9 @@ where
                 if backoff.attempts == 0 {
                     warn!(error = %status.message(), "{what} failed; retrying until the coordinator is back");
                 }
-                backoff.wait().await;
+                if !coordinators.failed(&status) {
+                    backoff.wait().await;
+                }
             }
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! version = 1
-//! coordinator = "http://10.0.0.1:7070"
+//! coordinator = "http://10.0.0.1:7070"   # or "http://c1:7070,http://c2:7070,http://c3:7070"
 //! id = "node-a"
 //! devices = "cuda:0,cuda:1"
 //! advertise_host = "10.0.0.2"

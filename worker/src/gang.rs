@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use feral_common::task::{Assignment, Device};
 use feral_proto::v1 as pb;
+use feral_proto::leader::Coordinators;
 use feral_proto::v1::worker_service_client::WorkerServiceClient;
-use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::collective::{AbortHandle, Collective, CollectiveError, Nccl, Single, TcpRing};
@@ -80,7 +80,7 @@ impl GangError {
 /// Binds this rank's listener and joins the gang through the coordinator, polling until
 /// every rank has joined (or the task is stopped).
 pub async fn rendezvous(
-    client: &WorkerServiceClient<Channel>,
+    coordinators: &Coordinators,
     worker_id: &str,
     advertise_host: &str,
     task: &Assignment,
@@ -101,7 +101,7 @@ pub async fn rendezvous(
         if control.flag().load(Ordering::Relaxed) {
             return Err(TaskError::Stopped);
         }
-        match client.clone().join_gang(request.clone()).await {
+        match WorkerServiceClient::new(coordinators.channel()).join_gang(request.clone()).await {
             Ok(reply) if reply.get_ref().ready => {
                 let reply = reply.into_inner();
                 let peers = reply
@@ -117,7 +117,10 @@ pub async fn rendezvous(
                 tracing::info!(task_id = %task.task, reason = %status.message(), "leaving the gang");
                 return Err(TaskError::Stopped);
             }
-            Err(status) => tracing::warn!(task_id = %task.task, error = %status.message(), "gang rendezvous failed; retrying"),
+            Err(status) => {
+                coordinators.failed(&status);
+                tracing::warn!(task_id = %task.task, error = %status.message(), "gang rendezvous failed; retrying");
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

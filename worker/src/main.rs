@@ -17,7 +17,8 @@ struct Args {
     /// Configuration file (TOML: version = 1 and any of the keys below).
     #[arg(long, env = "FERAL_WORKER_CONFIG")]
     config: Option<PathBuf>,
-    /// The coordinator's gRPC address [default: http://127.0.0.1:7070].
+    /// The coordinator's gRPC address, or several separated by commas (coordinators on one
+    /// etcd; the worker follows the leader) [default: http://127.0.0.1:7070].
     #[arg(long, env = "FERAL_COORDINATOR")]
     coordinator: Option<String>,
     /// This worker's id, stable across restarts; by default the host name and a random suffix.

@@ -1,0 +1,116 @@
+//! A client's side of several coordinators on one etcd (docs/design.md §3, High
+//! availability): the addresses it was given, and the one it believes leads. A standby
+//! answers `Unavailable` with the leader's address in [`LEADER_METADATA`]; a call that
+//! fails so moves the client to that leader, and a call that finds no coordinator at all
+//! moves it to the next address.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// The gRPC metadata key a standby names the leader's address in.
+pub const LEADER_METADATA: &str = "feral-leader";
+
+/// The leader a standby's answer names, if any.
+pub fn leader_of(status: &Status) -> Option<String> {
+    status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+/// The coordinators a client knows, each with a lazily connected channel.
+#[derive(Clone, Debug)]
+pub struct Coordinators {
+    addresses: Arc<[String]>,
+    channels: Arc<[Channel]>,
+    current: Arc<AtomicUsize>,
+}
+
+impl Coordinators {
+    /// `list`: one or more URLs (`http://host:port`), separated by commas.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let addresses: Vec<String> = list.split(',').map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect();
+        if addresses.is_empty() {
+            return Err(format!("no coordinator address in {list:?}"));
+        }
+        let channels = addresses
+            .iter()
+            .map(|address| {
+                Endpoint::from_shared(address.clone())
+                    .map(|e| e.connect_timeout(Duration::from_secs(3)).connect_lazy())
+                    .map_err(|e| format!("coordinator address {address:?} is not a valid URL: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { addresses: addresses.into(), channels: channels.into(), current: Arc::default() })
+    }
+
+    pub fn addresses(&self) -> &[String] {
+        &self.addresses
+    }
+
+    fn index(&self) -> usize {
+        self.current.load(Ordering::Relaxed) % self.channels.len()
+    }
+
+    /// The address believed to lead.
+    pub fn current(&self) -> &str {
+        &self.addresses[self.index()]
+    }
+
+    /// The channel to the coordinator believed to lead.
+    pub fn channel(&self) -> Channel {
+        self.channels[self.index()].clone()
+    }
+
+    /// After a failed call: moves to the leader the answer names, or to the next address
+    /// when the call reached no coordinator (or a standby that knows no leader). Returns
+    /// whether it moved to a named leader: a caller may call again at once then, and
+    /// should back off otherwise.
+    pub fn failed(&self, status: &Status) -> bool {
+        if self.channels.len() < 2 || !matches!(status.code(), Code::Unavailable | Code::Unknown | Code::DeadlineExceeded) {
+            return false;
+        }
+        let named = leader_of(status).and_then(|leader| self.addresses.iter().position(|a| a.trim_end_matches('/') == leader.trim_end_matches('/')));
+        let next = named.unwrap_or((self.index() + 1) % self.channels.len());
+        self.current.store(next, Ordering::Relaxed);
+        named.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn standby(leader: &str) -> Status {
+        let mut status = Status::unavailable("standby");
+        status.metadata_mut().insert(LEADER_METADATA, leader.parse().expect("ascii"));
+        status
+    }
+
+    #[tokio::test]
+    async fn a_client_follows_the_named_leader_or_tries_the_next_address() {
+        let coordinators = Coordinators::parse("http://a:1, http://b:2,http://c:3").expect("three");
+        assert_eq!(coordinators.current(), "http://a:1");
+        assert!(coordinators.failed(&standby("http://c:3/")), "moved to the named leader");
+        assert_eq!(coordinators.current(), "http://c:3");
+        assert!(!coordinators.failed(&Status::unavailable("connection refused")), "no leader named");
+        assert_eq!(coordinators.current(), "http://a:1");
+        // An answer from the leader itself does not move the client.
+        assert!(!coordinators.failed(&Status::invalid_argument("bad spec")));
+        assert_eq!(coordinators.current(), "http://a:1");
+        // A leader it was not told of: the next address.
+        assert!(!coordinators.failed(&standby("http://elsewhere:9")));
+        assert_eq!(coordinators.current(), "http://b:2");
+        // One address: nowhere to move.
+        let one = Coordinators::parse("http://a:1").expect("one");
+        assert!(!one.failed(&standby("http://b:2")));
+        assert_eq!(one.current(), "http://a:1");
+    }
+
+    #[tokio::test]
+    async fn bad_lists_are_named() {
+        assert!(Coordinators::parse(" , ").expect_err("empty").contains("no coordinator"));
+        assert!(Coordinators::parse("http://a:1,not a url").expect_err("bad").contains("not a url"));
+    }
+}
