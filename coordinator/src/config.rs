@@ -9,6 +9,8 @@
 //! artifact_root = "feral-artifacts"
 //! heartbeat_interval_ms = 1000
 //! lease_ttl_ms = 10000
+//! advertise = "http://10.0.0.1:7070"      # with etcd: what a standby tells callers of the leader
+//! leader_lease_s = 5
 //! ```
 
 use std::net::SocketAddr;
@@ -66,6 +68,10 @@ pub struct CoordinatorConfig {
     pub listen: SocketAddr,
     pub store: StoreConfig,
     pub settings: Settings,
+    /// The URL workers and the CLI reach this coordinator at; a standby names the leader's.
+    pub advertise: String,
+    /// The leader's etcd lease: a leader silent this long is replaced by a standby.
+    pub leader_lease_s: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +83,8 @@ struct ConfigFile {
     artifact_root: Option<PathBuf>,
     heartbeat_interval_ms: Option<u64>,
     lease_ttl_ms: Option<u64>,
+    advertise: Option<String>,
+    leader_lease_s: Option<u64>,
 }
 
 /// Values given on the command line or in the environment; they win over the file.
@@ -97,6 +105,15 @@ pub struct Overrides {
     /// After how long without a heartbeat a worker is lost, in milliseconds.
     #[arg(long, env = "FERAL_LEASE_TTL_MS")]
     pub lease_ttl_ms: Option<u64>,
+    /// The URL workers and the CLI reach this coordinator at (`http://host:port`); with an
+    /// etcd store, standbys name the leader by it. Default: the listen address, or this
+    /// host's name when listening on every interface.
+    #[arg(long, env = "FERAL_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// With an etcd store: the leader's lease in seconds; a leader silent this long is
+    /// replaced by a standby.
+    #[arg(long, env = "FERAL_LEADER_LEASE_S")]
+    pub leader_lease_s: Option<u64>,
 }
 
 impl CoordinatorConfig {
@@ -129,7 +146,10 @@ impl CoordinatorConfig {
         let heartbeat_interval_ms =
             overrides.heartbeat_interval_ms.or_else(|| file.and_then(|f| f.heartbeat_interval_ms)).unwrap_or(1000);
         let lease_ttl_ms = overrides.lease_ttl_ms.or_else(|| file.and_then(|f| f.lease_ttl_ms)).unwrap_or(10_000);
-        let config = Self { listen, store, settings: Settings { artifact_root, heartbeat_interval_ms, lease_ttl_ms } };
+        let advertise = overrides.advertise.clone().or_else(|| file.and_then(|f| f.advertise.clone())).unwrap_or_else(|| default_advertise(listen));
+        let leader_lease_s = overrides.leader_lease_s.or_else(|| file.and_then(|f| f.leader_lease_s)).unwrap_or(5);
+        let settings = Settings { artifact_root, heartbeat_interval_ms, lease_ttl_ms };
+        let config = Self { listen, store, settings, advertise, leader_lease_s };
         config.validate()?;
         Ok(config)
     }
@@ -145,6 +165,12 @@ impl CoordinatorConfig {
                 problem: format!("must be longer than heartbeat_interval_ms ({} <= {})", s.lease_ttl_ms, s.heartbeat_interval_ms),
             });
         }
+        if !(1..=300).contains(&self.leader_lease_s) {
+            return Err(ConfigError::Invalid { field: "leader_lease_s", problem: format!("must be in 1..=300 seconds, got {}", self.leader_lease_s) });
+        }
+        if self.advertise.parse::<tonic::transport::Uri>().map_or(true, |uri| uri.scheme().is_none() || uri.host().is_none()) {
+            return Err(ConfigError::Invalid { field: "advertise", problem: format!("must be a URL such as http://host:7070, got {:?}", self.advertise) });
+        }
         Ok(())
     }
 
@@ -154,8 +180,24 @@ impl CoordinatorConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             store: StoreConfig::Memory,
             settings: Settings { artifact_root, heartbeat_interval_ms: 100, lease_ttl_ms: 1500 },
+            advertise: "http://127.0.0.1:0".into(),
+            leader_lease_s: 2,
         }
     }
+}
+
+/// `http://<listen address>`, or `http://<host name>:<port>` when listening on every interface.
+fn default_advertise(listen: SocketAddr) -> String {
+    if !listen.ip().is_unspecified() {
+        return format!("http://{listen}");
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("http://{host}:{}", listen.port())
 }
 
 #[cfg(test)]
@@ -173,6 +215,8 @@ mod tests {
         assert_eq!(config.store, StoreConfig::Memory);
         assert_eq!(config.settings.lease_ttl_ms, 7000);
         assert_eq!(config.settings.heartbeat_interval_ms, 1000);
+        assert_eq!(config.advertise, "http://127.0.0.1:9000");
+        assert_eq!(config.leader_lease_s, 5);
     }
 
     #[test]
@@ -188,6 +232,12 @@ mod tests {
         let overrides = Overrides { lease_ttl_ms: Some(10), ..Overrides::default() };
         let err = CoordinatorConfig::load(None, &overrides).expect_err("short lease");
         assert!(err.to_string().contains("lease_ttl_ms"), "{err}");
+        let overrides = Overrides { advertise: Some("10.0.0.1:7070".into()), ..Overrides::default() };
+        let err = CoordinatorConfig::load(None, &overrides).expect_err("advertise without a scheme");
+        assert!(err.to_string().contains("`advertise`"), "{err}");
+        let overrides = Overrides { leader_lease_s: Some(0), ..Overrides::default() };
+        let err = CoordinatorConfig::load(None, &overrides).expect_err("no leader lease");
+        assert!(err.to_string().contains("`leader_lease_s`"), "{err}");
         let err = CoordinatorConfig::load(Some(&dir.path().join("missing.toml")), &Overrides::default()).expect_err("missing");
         assert!(err.to_string().contains("missing.toml"), "{err}");
     }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod grpc;
+pub mod leader;
 pub mod model;
 pub mod store;
 
@@ -23,6 +24,7 @@ use tracing::{info, warn};
 use crate::config::StoreConfig;
 use crate::control::{ControlPlane, Settings};
 use crate::error::CoordinatorError;
+use crate::leader::{Election, Role};
 use crate::store::{EmbeddedStore, EtcdStore, MemoryStore, Store};
 
 /// Opens the configured store.
@@ -43,31 +45,65 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let control = Arc::new(ControlPlane::load(settings.clone(), store, now_ms()).await?);
+    serve_as(&settings, listener, Role::leader(control), shutdown).await
+}
+
+/// Serves as one of several coordinators on one etcd: stands by (every call answered with
+/// the leader's address) until `election` elects this one, then loads the whole state from
+/// `store` and leads, every write fenced by its leadership. Returns when `shutdown`
+/// resolves (handing leadership over at once), or with [`ServeError::Deposed`] when the
+/// leadership is lost: the process should exit and be started again as a standby.
+pub async fn serve_elected(
+    settings: Settings,
+    listener: TcpListener,
+    store: EtcdStore,
+    election: Election,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let role = Role::standby();
+    let lead = async {
+        let leadership = election.campaign(&role).await;
+        let fenced = Arc::new(store.fenced(leadership.fence.clone()));
+        let control = Arc::new(ControlPlane::load(settings.clone(), fenced, now_ms()).await?);
+        leadership.lead(&role, control).await;
+        Err::<(), _>(ServeError::Deposed)
+    };
+    tokio::select! {
+        served = serve_as(&settings, listener, role.clone(), shutdown) => {
+            election.resign().await;
+            served
+        }
+        failed = lead => failed,
+    }
+}
+
+async fn serve_as(settings: &Settings, listener: TcpListener, role: Role, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
     let address = listener.local_addr().map_err(|e| ServeError::Transport(e.to_string()))?;
     info!(%address, "coordinator serving");
-
-    let expiry = tokio::spawn(expire_leases(Arc::clone(&control), settings.heartbeat_interval_ms));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let (stop_watches, stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
         let _ = stop_watches.send(true);
     };
-    let served = tonic::transport::Server::builder()
-        .add_service(JobServiceServer::new(grpc::JobApi::new(Arc::clone(&control), stopping)))
-        .add_service(WorkerServiceServer::new(grpc::WorkerApi::new(Arc::clone(&control))))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
-    expiry.abort();
-    let _ = expiry.await;
+    let server = tonic::transport::Server::builder()
+        .add_service(JobServiceServer::new(grpc::JobApi::new(role.clone(), stopping)))
+        .add_service(WorkerServiceServer::new(grpc::WorkerApi::new(role.clone())))
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    // Lease expiry lives and ends with the server (a dropped server leaves nothing behind).
+    let served = tokio::select! {
+        served = server => served,
+        never = expire_leases(role, settings.heartbeat_interval_ms) => match never {},
+    };
     info!(%address, "coordinator stopped");
     served.map_err(|e| ServeError::Transport(e.to_string()))
 }
 
-async fn expire_leases(control: Arc<ControlPlane>, heartbeat_interval_ms: u64) {
+async fn expire_leases(role: Role, heartbeat_interval_ms: u64) -> std::convert::Infallible {
     let mut ticks = tokio::time::interval(Duration::from_millis((heartbeat_interval_ms / 2).max(20)));
     loop {
         ticks.tick().await;
+        let Ok(control) = role.control() else { continue };
         if let Err(error) = control.expire_leases(now_ms()).await {
             warn!(%error, "checking worker leases failed; will retry");
         }
@@ -78,6 +114,8 @@ async fn expire_leases(control: Arc<ControlPlane>, heartbeat_interval_ms: u64) {
 pub enum ServeError {
     #[error(transparent)]
     Coordinator(#[from] CoordinatorError),
+    #[error("this coordinator lost its leadership (its etcd lease ran out or another was elected); start it again to stand by")]
+    Deposed,
     #[error("gRPC server failed: {0}")]
     Transport(String),
 }

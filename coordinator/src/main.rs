@@ -2,10 +2,13 @@
 //! SIGTERM, then drain.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use feral_coordinator::config::{CoordinatorConfig, Overrides};
+use feral_coordinator::config::{CoordinatorConfig, Overrides, StoreConfig};
+use feral_coordinator::leader::Election;
+use feral_coordinator::store::EtcdStore;
 
 /// Feral's coordinator: schedules training jobs across registered workers.
 #[derive(Debug, Parser)]
@@ -29,10 +32,22 @@ async fn run() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let config = CoordinatorConfig::load(args.config.as_deref(), &args.overrides)?;
-    let store = feral_coordinator::open_store(&config.store).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    feral_coordinator::serve(config.settings, listener, store, feral_common::signals::shutdown_signal()).await?;
+    let shutdown = feral_common::signals::shutdown_signal();
+    match &config.store {
+        // On etcd, coordinators elect a leader; the others stand by.
+        StoreConfig::Etcd { endpoints, prefix } => {
+            let store = EtcdStore::connect(endpoints, prefix).await?;
+            let lease = Duration::from_secs(config.leader_lease_s);
+            let election = Election::connect(endpoints, prefix, &config.advertise, lease).await?;
+            feral_coordinator::serve_elected(config.settings, listener, store, election, shutdown).await?;
+        }
+        other => {
+            let store = feral_coordinator::open_store(other).await?;
+            feral_coordinator::serve(config.settings, listener, store, shutdown).await?;
+        }
+    }
     Ok(())
 }

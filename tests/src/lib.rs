@@ -13,7 +13,8 @@ use anyhow::{bail, Context};
 use feral_common::prepare::{prepare_synthetic, SyntheticSplits};
 use feral_common::synthetic::SyntheticConfig;
 use feral_coordinator::control::Settings;
-use feral_coordinator::store::{MemoryStore, Store};
+use feral_coordinator::leader::Election;
+use feral_coordinator::store::{EtcdStore, MemoryStore, Store};
 use feral_proto::v1 as pb;
 use feral_proto::v1::job_service_client::JobServiceClient;
 use feral_proto::v1::worker_service_client::WorkerServiceClient;
@@ -53,6 +54,27 @@ impl RunningCoordinator {
             let _ = stopped.await;
         }));
         Ok(Self { address, shutdown: Some(shutdown), served })
+    }
+
+    /// One of several coordinators on the etcd at `endpoint`: it stands by until elected
+    /// (leader lease `lease`), then leads with fenced writes.
+    pub async fn elected(settings: Settings, endpoint: &str, prefix: &str, lease: Duration) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let address = listener.local_addr()?;
+        let endpoints = [endpoint.to_owned()];
+        let store = EtcdStore::connect(&endpoints, prefix).await?;
+        let election = Election::connect(&endpoints, prefix, &format!("http://{address}"), lease).await?;
+        let (shutdown, stopped) = oneshot::channel();
+        let served = tokio::spawn(feral_coordinator::serve_elected(settings, listener, store, election, async {
+            let _ = stopped.await;
+        }));
+        Ok(Self { address, shutdown: Some(shutdown), served })
+    }
+
+    /// Ends the coordinator as SIGKILL would: no drain, no hand-over of its leadership.
+    pub async fn kill(self) {
+        self.served.abort();
+        let _ = self.served.await;
     }
 
     pub fn url(&self) -> String {

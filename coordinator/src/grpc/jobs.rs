@@ -1,7 +1,6 @@
 //! `feral.v1.JobService`: what users and the CLI call.
 
 use std::pin::Pin;
-use std::sync::Arc;
 
 use feral_common::ids::{JobId, WorkerId};
 use feral_common::time::now_ms;
@@ -11,18 +10,18 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{job_summary_to_proto, job_to_proto, worker_to_proto};
 use super::{required, to_status};
-use crate::control::ControlPlane;
+use crate::leader::Role;
 
 pub struct JobApi {
-    control: Arc<ControlPlane>,
+    role: Role,
     /// Becomes true when the server shuts down: open watch streams end then, so that a
     /// draining server does not wait on them.
     stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl JobApi {
-    pub fn new(control: Arc<ControlPlane>, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
-        Self { control, stopping }
+    pub fn new(role: Role, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { role, stopping }
     }
 }
 
@@ -60,27 +59,30 @@ type JobEventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + 
 #[tonic::async_trait]
 impl pb::job_service_server::JobService for JobApi {
     async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let control = self.role.control()?;
         let spec = required(&request.get_ref().spec_toml, "spec_toml").map_err(to_status)?;
-        let job = self.control.submit(spec, now_ms()).await.map_err(to_status)?;
+        let job = control.submit(spec, now_ms()).await.map_err(to_status)?;
         Ok(Response::new(pb::SubmitJobResponse { job: Some(job_to_proto(&job)) }))
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let control = self.role.control()?;
         let id = job_id(&request.get_ref().job_id)?;
-        let job = self.control.job(&id).await.map_err(to_status)?;
-        let waiting = self.control.waiting_reasons(std::slice::from_ref(&job)).await;
+        let job = control.job(&id).await.map_err(to_status)?;
+        let waiting = control.waiting_reasons(std::slice::from_ref(&job)).await;
         Ok(Response::new(with_waiting_reason(job_to_proto(&job), waiting.into_iter().next().flatten())))
     }
 
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let control = self.role.control()?;
         let request = request.into_inner();
         let size = page_size(request.page_size)?;
         let after = match request.page_token.as_str() {
             "" => None,
             token => Some(token.split_once(':').and_then(|(at, id)| Some((at.parse::<u64>().ok()?, JobId::new(id)))).ok_or_else(|| bad_token(token))?),
         };
-        let (jobs, next) = self.control.jobs_page(after, size).await;
-        let waiting = self.control.waiting_reasons(&jobs).await;
+        let (jobs, next) = control.jobs_page(after, size).await;
+        let waiting = control.waiting_reasons(&jobs).await;
         let jobs = jobs
             .iter()
             .zip(waiting)
@@ -91,16 +93,18 @@ impl pb::job_service_server::JobService for JobApi {
     }
 
     async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let control = self.role.control()?;
         let id = job_id(&request.get_ref().job_id)?;
-        let job = self.control.cancel(&id, now_ms()).await.map_err(to_status)?;
+        let job = control.cancel(&id, now_ms()).await.map_err(to_status)?;
         Ok(Response::new(job_to_proto(&job)))
     }
 
     type WatchJobStream = JobEventStream;
 
     async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+        let control = self.role.control()?;
         let id = job_id(&request.get_ref().job_id)?;
-        let mut receiver = self.control.watch(&id).await.map_err(to_status)?;
+        let mut receiver = control.watch(&id).await.map_err(to_status)?;
         let mut stopping = self.stopping.clone();
         let stream = async_stream(move |emit| async move {
             loop {
@@ -127,11 +131,12 @@ impl pb::job_service_server::JobService for JobApi {
     }
 
     async fn list_workers(&self, request: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let control = self.role.control()?;
         let request = request.into_inner();
         let size = page_size(request.page_size)?;
         let after = (!request.page_token.is_empty()).then(|| WorkerId::new(request.page_token.as_str()));
         // One more than the page, to know whether another follows.
-        let mut workers = self.control.workers_page(after.as_ref(), size + 1).await;
+        let mut workers = control.workers_page(after.as_ref(), size + 1).await;
         let more = workers.len() > size;
         workers.truncate(size);
         let next_page_token = if more { workers.last().map(|w| w.record.id.to_string()).unwrap_or_default() } else { String::new() };

@@ -1,6 +1,5 @@
 //! `feral.v1.WorkerService`: what `feral-worker` processes call.
 
-use std::sync::Arc;
 
 use feral_common::ids::WorkerId;
 use feral_common::task::{EpochReport, TaskOutcome, TaskRef};
@@ -10,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::task_ids;
 use super::{required, to_status};
-use crate::control::ControlPlane;
+use crate::leader::Role;
 use crate::error::CoordinatorError;
 use crate::model::Slot;
 
@@ -20,12 +19,12 @@ pub const MAX_SLOTS: usize = 64;
 pub const MAX_HOSTNAME_CHARS: usize = 253;
 
 pub struct WorkerApi {
-    control: Arc<ControlPlane>,
+    role: Role,
 }
 
 impl WorkerApi {
-    pub fn new(control: Arc<ControlPlane>) -> Self {
-        Self { control }
+    pub fn new(role: Role) -> Self {
+        Self { role }
     }
 }
 
@@ -39,6 +38,7 @@ fn ids(worker_id: &str, job_id: &str, task_id: &str, attempt: u32) -> Result<(Wo
 #[tonic::async_trait]
 impl pb::worker_service_server::WorkerService for WorkerApi {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let control = self.role.control()?;
         let request = request.into_inner();
         let invalid = |field: &str, problem: String| to_status(CoordinatorError::InvalidArgument(format!("field `{field}` {problem}")));
         let id = WorkerId::parse(required(&request.worker_id, "worker_id").map_err(to_status)?).map_err(|p| invalid("worker_id", p))?;
@@ -49,8 +49,8 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
             return Err(invalid("slots", format!("must list at most {MAX_SLOTS} slots, got {}", request.slots.len())));
         }
         let slots = request.slots.into_iter().map(Slot::try_from).collect::<Result<Vec<_>, _>>().map_err(to_status)?;
-        self.control.register(id, request.hostname, slots, now_ms()).await.map_err(to_status)?;
-        let settings = self.control.settings();
+        control.register(id, request.hostname, slots, now_ms()).await.map_err(to_status)?;
+        let settings = control.settings();
         Ok(Response::new(pb::RegisterResponse {
             heartbeat_interval_ms: settings.heartbeat_interval_ms,
             lease_ttl_ms: settings.lease_ttl_ms,
@@ -58,9 +58,10 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
     }
 
     async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let control = self.role.control()?;
         let request = request.into_inner();
         let id = WorkerId::new(required(&request.worker_id, "worker_id").map_err(to_status)?);
-        let reply = self.control.heartbeat(&id, task_ids(request.running_task_ids), now_ms()).await.map_err(to_status)?;
+        let reply = control.heartbeat(&id, task_ids(request.running_task_ids), now_ms()).await.map_err(to_status)?;
         Ok(Response::new(pb::HeartbeatResponse {
             assignments: reply.assignments.iter().map(pb::TaskAssignment::from).collect(),
             cancel_task_ids: reply.cancel.iter().map(ToString::to_string).collect(),
@@ -73,7 +74,8 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let epoch = request.epoch.ok_or_else(|| to_status(CoordinatorError::required("epoch")))?;
         let epoch = EpochReport::try_from(epoch).map_err(|e| to_status(e.into()))?;
         let stop = self
-            .control
+            .role
+            .control()?
             .report_progress(&worker, &task, epoch, request.epochs_total, now_ms())
             .await
             .map_err(to_status)?;
@@ -81,19 +83,21 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
     }
 
     async fn finish_task(&self, request: Request<pb::FinishTaskRequest>) -> Result<Response<pb::FinishTaskResponse>, Status> {
+        let control = self.role.control()?;
         let request = request.into_inner();
         let (worker, task) = ids(&request.worker_id, &request.job_id, &request.task_id, request.attempt)?;
         let outcome = request.outcome.ok_or_else(|| to_status(CoordinatorError::required("outcome")))?;
         let outcome = TaskOutcome::try_from(outcome).map_err(|e| to_status(e.into()))?;
-        self.control.finish_task(&worker, &task, outcome, now_ms()).await.map_err(to_status)?;
+        control.finish_task(&worker, &task, outcome, now_ms()).await.map_err(to_status)?;
         Ok(Response::new(pb::FinishTaskResponse {}))
     }
 
     async fn join_gang(&self, request: Request<pb::JoinGangRequest>) -> Result<Response<pb::JoinGangResponse>, Status> {
+        let control = self.role.control()?;
         let request = request.into_inner();
         let (worker, task) = ids(&request.worker_id, &request.job_id, &request.task_id, request.attempt)?;
         let address = required(&request.address, "address").map_err(to_status)?.to_owned();
-        let peers = self.control.join_gang(&worker, &task, address, request.nccl_unique_id).await.map_err(to_status)?;
+        let peers = control.join_gang(&worker, &task, address, request.nccl_unique_id).await.map_err(to_status)?;
         Ok(Response::new(match peers {
             Some(peers) => pb::JoinGangResponse { ready: true, peer_addresses: peers.addresses, nccl_unique_id: peers.nccl_unique_id },
             None => pb::JoinGangResponse::default(),
@@ -101,10 +105,11 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
     }
 
     async fn fail_task(&self, request: Request<pb::FailTaskRequest>) -> Result<Response<pb::FailTaskResponse>, Status> {
+        let control = self.role.control()?;
         let request = request.into_inner();
         let (worker, task) = ids(&request.worker_id, &request.job_id, &request.task_id, request.attempt)?;
         let reason = required(&request.reason, "reason").map_err(to_status)?.to_owned();
-        self.control.fail_task(&worker, &task, reason, request.retryable, now_ms()).await.map_err(to_status)?;
+        control.fail_task(&worker, &task, reason, request.retryable, now_ms()).await.map_err(to_status)?;
         Ok(Response::new(pb::FailTaskResponse {}))
     }
 }

@@ -1,10 +1,15 @@
 //! A store in etcd v3 (crate `etcd-client`), for a coordinator on a cluster: every key
 //! lives under a prefix of its own (say `/feral/`), so one etcd serves several Feral
 //! installations, and a batch is one etcd transaction, applied whole or not at all.
+//!
+//! A store [`fenced`](EtcdStore::fenced) by a leadership key conditions every transaction
+//! on that key still being the one this coordinator was elected with: once its lease is
+//! gone (the coordinator paused, partitioned or deposed), etcd refuses its writes.
 
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, SortOrder, SortTarget, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, SortOrder, SortTarget, Txn, TxnOp};
+use tokio::sync::watch;
 
 use super::{Store, StoreError, Write};
 
@@ -13,8 +18,21 @@ pub const MAX_TXN_OPS: usize = 128;
 
 #[derive(Clone)]
 pub struct EtcdStore {
+    client: Client,
     kv: KvClient,
     prefix: String,
+    fence: Option<Fence>,
+}
+
+/// The leadership key a fenced store's writes are conditioned on.
+#[derive(Clone, Debug)]
+pub struct Fence {
+    /// The election key this coordinator holds.
+    pub key: Vec<u8>,
+    /// The revision it was created at: a later holder's key has another.
+    pub revision: i64,
+    /// Told `true` when etcd refuses a write for the fence.
+    pub lost: watch::Sender<bool>,
 }
 
 impl EtcdStore {
@@ -26,7 +44,21 @@ impl EtcdStore {
         let mut client = Client::connect(endpoints, Some(options)).await.map_err(unreachable)?;
         // Connecting is lazy: a status call proves a member answers.
         client.status().await.map_err(unreachable)?;
-        Ok(Self { kv: client.kv_client(), prefix: prefix.to_owned() })
+        Ok(Self { kv: client.kv_client(), client, prefix: prefix.to_owned(), fence: None })
+    }
+
+    /// The same store with every write conditioned on `fence`.
+    pub fn fenced(&self, fence: Fence) -> Self {
+        Self { fence: Some(fence), ..self.clone() }
+    }
+
+    /// The client, for the election that fences this store.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     fn failed(&self, key: &str, error: etcd_client::Error) -> StoreError {
@@ -76,7 +108,17 @@ impl Store for EtcdStore {
                 Write::Delete { key } => TxnOp::delete(format!("{}{key}", self.prefix), None),
             })
             .collect();
-        self.kv.clone().txn(Txn::new().and_then(operations)).await.map_err(|e| self.failed(&first, e))?;
+        let mut txn = Txn::new();
+        if let Some(fence) = &self.fence {
+            txn = txn.when(vec![Compare::create_revision(fence.key.clone(), CompareOp::Equal, fence.revision)]);
+        }
+        let reply = self.kv.clone().txn(txn.and_then(operations)).await.map_err(|e| self.failed(&first, e))?;
+        if !reply.succeeded() {
+            if let Some(fence) = &self.fence {
+                let _ = fence.lost.send(true);
+            }
+            return Err(StoreError::Fenced { key: format!("{}{first}", self.prefix) });
+        }
         Ok(())
     }
 }

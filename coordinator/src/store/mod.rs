@@ -14,7 +14,7 @@ mod memory;
 use std::path::PathBuf;
 
 pub use embedded::EmbeddedStore;
-pub use etcd::EtcdStore;
+pub use etcd::{EtcdStore, Fence};
 pub use memory::MemoryStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +23,8 @@ pub enum StoreError {
     Open { path: PathBuf, problem: String },
     #[error("etcd at {endpoints} cannot be reached: {problem}")]
     Unreachable { endpoints: String, problem: String },
+    #[error("this coordinator is no longer the leader: etcd refused its write of `{key}`")]
+    Fenced { key: String },
     #[error("store operation on key prefix `{key}` failed: {problem}")]
     Operation { key: String, problem: String },
 }

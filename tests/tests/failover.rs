@@ -1,0 +1,85 @@
+//! Two coordinators on one real etcd: one leads, the other stands by and names the leader.
+//! The leader is killed mid-job (no drain, no hand-over: its lease runs out); the standby
+//! takes over with the whole state, the workers follow it, and the job completes with
+//! every epoch, round and shard counted once.
+
+use std::time::Duration;
+
+use feral_common::prepare::{prepare_synthetic, SyntheticSplits};
+use feral_common::synthetic::SyntheticConfig;
+use feral_coordinator::store::etcd_process::EtcdProcess;
+use feral_proto::leader::leader_of;
+use feral_proto::v1 as pb;
+use feral_tests::*;
+use feral_worker::runner::TchRunner;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_from_a_killed_leader_and_the_job_completes() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let etcd = EtcdProcess::start().await;
+    let config = SyntheticConfig { samples: 2400, image_size: 32, imbalance_ratio: 4.0, label_noise: 0.05, seed: 5 };
+    let splits = SyntheticSplits { val_fraction: 0.2, labeled_fraction: 0.25, shard_size: 600, ..SyntheticSplits::default() };
+    let manifest = prepare_synthetic(&dir.path().join("data"), &config, &splits)?;
+    let pool_shards = manifest.splits[&feral_common::dataset::Split::Unlabeled].shards.len();
+    let lease = Duration::from_secs(2);
+    let settings = test_settings(dir.path());
+
+    let first = RunningCoordinator::elected(settings.clone(), &etcd.endpoint, "/feral/", lease).await?;
+    let mut jobs = first.jobs().await?;
+    wait_until("the first coordinator to lead", Duration::from_secs(30), || {
+        let mut jobs = jobs.clone();
+        async move { Ok(jobs.list_jobs(pb::ListJobsRequest::default()).await.is_ok().then_some(())) }
+    })
+    .await?;
+    let second = RunningCoordinator::elected(settings, &etcd.endpoint, "/feral/", lease).await?;
+    let mut standby = second.jobs().await?;
+    wait_until("the standby to name the leader", Duration::from_secs(30), || {
+        let (mut standby, leader) = (standby.clone(), first.url());
+        async move {
+            let status = standby.list_jobs(pb::ListJobsRequest::default()).await.expect_err("a standby serves nothing");
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            Ok((leader_of(&status) == Some(leader)).then_some(()))
+        }
+    })
+    .await?;
+    let refused = standby.submit_job(pb::SubmitJobRequest { spec_toml: job_spec(dir.path(), 1) }).await.expect_err("a standby takes no job");
+    assert!(refused.message().contains("standby"), "{}", refused.message());
+
+    // Workers know both coordinators and follow the leader.
+    let both = format!("{},{}", first.url(), second.url());
+    let workers: Vec<RunningWorker> = ["w1", "w2"].iter().map(|id| RunningWorker::start(&both, id, std::sync::Arc::new(TchRunner))).collect();
+    let spec = format!("{}steps_per_epoch = 20\n\n[semi_supervised]\nrounds = 1\npatience = 0\n", job_spec(&dir.path().join("data"), 4));
+    let job = submit(&mut jobs, spec).await?;
+    wait_until("the teacher's second epoch", Duration::from_secs(300), || {
+        let (mut jobs, id) = (jobs.clone(), job.id.clone());
+        async move { Ok((get_job(&mut jobs, &id).await?.epochs.len() >= 2).then_some(())) }
+    })
+    .await?;
+    first.kill().await;
+
+    // The standby is elected once the killed leader's lease runs out, and carries on.
+    let mut jobs = second.jobs().await?;
+    let taken_over = wait_until("the standby to lead", Duration::from_secs(60), || {
+        let (mut jobs, id) = (jobs.clone(), job.id.clone());
+        async move { Ok(jobs.get_job(pb::GetJobRequest { job_id: id }).await.ok().map(|r| r.into_inner())) }
+    })
+    .await?;
+    assert!(taken_over.epochs.len() >= 2, "the new leader knows the progress made before the kill");
+
+    let done = wait_for_state(&jobs, &job.id, &[pb::JobState::Succeeded, pb::JobState::Failed], Duration::from_secs(600)).await?;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32, "job failed: {}", done.state_reason);
+    let epochs: std::collections::BTreeSet<(u32, u32)> = done.epochs.iter().map(|e| (e.round, e.epoch)).collect();
+    assert_eq!((epochs.len(), done.epochs.len()), (8, 8), "every epoch of both rounds recorded once: {epochs:?}");
+    assert_eq!(done.rounds.len(), 2, "the teacher and one round");
+    assert_eq!(done.rounds[1].shards_predicted as usize, pool_shards, "every shard predicted once");
+    assert!(done.rounds[1].selection.is_some(), "the round's selection ran");
+    let registered = jobs.list_workers(pb::ListWorkersRequest::default()).await?.into_inner().workers;
+    assert_eq!(registered.len(), 2, "both workers follow the new leader");
+    assert!(registered.iter().all(|w| w.state == pb::WorkerState::Live as i32), "{registered:?}");
+
+    for worker in workers {
+        worker.stop().await?;
+    }
+    second.stop().await
+}
