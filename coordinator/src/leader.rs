@@ -128,7 +128,6 @@ impl Election {
         *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease);
         let mut election = self.client.election_client();
         let campaign = election.campaign(self.name.clone(), self.address.clone(), lease);
-        let (lost, _) = watch::channel(false);
         tokio::select! {
             reply = campaign => {
                 let mut reply = reply.map_err(|e| e.to_string())?;
@@ -136,7 +135,7 @@ impl Election {
                 let (lost, receiver) = watch::channel(false);
                 Ok(Leadership { fence: Fence { key: key.key().to_vec(), revision: key.rev(), lost }, lost: receiver, leases, lease, ttl: self.ttl })
             }
-            () = hold(leases.clone(), lease, self.ttl, &lost) => Err("the candidacy's lease ran out".into()),
+            () = hold(leases.clone(), lease, self.ttl) => Err("the candidacy's lease ran out".into()),
             () = self.follow_leader(role) => unreachable!("following the leader never ends"),
         }
     }
@@ -174,7 +173,7 @@ impl Leadership {
     pub async fn lead(mut self, role: &Role, control: Arc<ControlPlane>) {
         role.set(State::Leader(control));
         tokio::select! {
-            () = hold(self.leases.clone(), self.lease, self.ttl, &self.fence.lost) => {}
+            () = hold(self.leases.clone(), self.lease, self.ttl) => {}
             _ = self.lost.wait_for(|lost| *lost) => {}
         }
         role.set(State::Standby(None));
@@ -182,9 +181,9 @@ impl Leadership {
     }
 }
 
-/// Renews `lease` every third of its TTL; returns (and tells `lost`) once it is gone, or
-/// once it may be: the last renewal etcd confirmed is older than the lease's TTL.
-async fn hold(mut leases: LeaseClient, lease: i64, ttl: Duration, lost: &watch::Sender<bool>) {
+/// Renews `lease` every third of its TTL; returns once it is gone, or once it may be: the
+/// last renewal etcd confirmed is older than the lease's TTL.
+async fn hold(mut leases: LeaseClient, lease: i64, ttl: Duration) {
     let mut expires = Instant::now() + ttl;
     let mut stream = None;
     while Instant::now() < expires {
@@ -198,7 +197,6 @@ async fn hold(mut leases: LeaseClient, lease: i64, ttl: Duration, lost: &watch::
         }
         sleep((ttl / 3).min(expires.saturating_duration_since(Instant::now()))).await;
     }
-    let _ = lost.send(true);
 }
 
 /// One renewal of `lease`: the seconds it has left, or `None` if the stream ended.

@@ -18,7 +18,6 @@ pub const MAX_TXN_OPS: usize = 128;
 
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
     kv: KvClient,
     prefix: String,
     fence: Option<Fence>,
@@ -44,21 +43,12 @@ impl EtcdStore {
         let mut client = Client::connect(endpoints, Some(options)).await.map_err(unreachable)?;
         // Connecting is lazy: a status call proves a member answers.
         client.status().await.map_err(unreachable)?;
-        Ok(Self { kv: client.kv_client(), client, prefix: prefix.to_owned(), fence: None })
+        Ok(Self { kv: client.kv_client(), prefix: prefix.to_owned(), fence: None })
     }
 
     /// The same store with every write conditioned on `fence`.
     pub fn fenced(&self, fence: Fence) -> Self {
         Self { fence: Some(fence), ..self.clone() }
-    }
-
-    /// The client, for the election that fences this store.
-    pub fn client(&self) -> Client {
-        self.client.clone()
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
     }
 
     fn failed(&self, key: &str, error: etcd_client::Error) -> StoreError {
