@@ -10,7 +10,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, LeaseClient, LeaseKeepAliveStream, LeaseKeeper};
+use etcd_client::{ConnectOptions, LeaseKeepAliveStream, LeaseKeeper};
 use feral_proto::leader::LEADER_METADATA;
 use tokio::sync::watch;
 use tokio::time::{sleep, timeout, Instant};
@@ -18,6 +18,7 @@ use tonic::Status;
 use tracing::{info, warn};
 
 use crate::control::ControlPlane;
+use crate::store::members::{member_unavailable, Members};
 use crate::store::{Fence, StoreError};
 
 /// What this coordinator is now, as its gRPC services see it.
@@ -71,7 +72,7 @@ fn standby_status(leader: Option<&str>) -> Status {
 
 /// One coordinator's candidacy in the election `<prefix>leader`.
 pub struct Election {
-    client: Client,
+    members: Members,
     name: String,
     /// What the leader announces: the URL workers and the CLI reach it at.
     address: String,
@@ -84,7 +85,7 @@ pub struct Election {
 pub struct Leadership {
     pub fence: Fence,
     lost: watch::Receiver<bool>,
-    leases: LeaseClient,
+    members: Members,
     lease: i64,
     ttl: Duration,
 }
@@ -94,10 +95,9 @@ impl Election {
     /// cannot share the store's request timeout). `ttl`: the leader's lease; a leader that
     /// stops renewing it is replaced this long after.
     pub async fn connect(endpoints: &[String], prefix: &str, address: &str, ttl: Duration) -> Result<Self, StoreError> {
-        let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5)).with_keep_alive(ttl / 3, ttl / 3);
-        let unreachable = |e: etcd_client::Error| StoreError::Unreachable { endpoints: endpoints.join(","), problem: e.to_string() };
-        let client = Client::connect(endpoints, Some(options)).await.map_err(unreachable)?;
-        Ok(Self { client, name: format!("{prefix}leader"), address: address.to_owned(), ttl, lease: Arc::default() })
+        let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_keep_alive(ttl / 3, ttl / 3);
+        let members = Members::connect(endpoints, options).await?;
+        Ok(Self { members, name: format!("{prefix}leader"), address: address.to_owned(), ttl, lease: Arc::default() })
     }
 
     fn ttl_s(&self) -> i64 {
@@ -123,28 +123,40 @@ impl Election {
     }
 
     async fn try_campaign(&self, role: &Role) -> Result<Leadership, String> {
-        let mut leases = self.client.lease_client();
-        let lease = leases.grant(self.ttl_s(), None).await.map_err(|e| e.to_string())?.id();
+        let ttl_s = self.ttl_s();
+        let lease = self.members.call(|client| async move { client.lease_client().grant(ttl_s, None).await }).await.map_err(|e| e.to_string())?.id();
         *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease);
-        let mut election = self.client.election_client();
+        // The campaign waits on one member for as long as another coordinator leads; if
+        // that member goes, the next candidacy asks another.
+        let (member, client) = self.members.client();
+        let mut election = client.election_client();
         let campaign = election.campaign(self.name.clone(), self.address.clone(), lease);
         tokio::select! {
             reply = campaign => {
-                let mut reply = reply.map_err(|e| e.to_string())?;
+                let mut reply = reply.map_err(|e| {
+                    if member_unavailable(&e) {
+                        self.members.failed(member);
+                    }
+                    e.to_string()
+                })?;
                 let key = reply.take_leader().ok_or("etcd elected without a leader key")?;
                 let (lost, receiver) = watch::channel(false);
-                Ok(Leadership { fence: Fence { key: key.key().to_vec(), revision: key.rev(), lost }, lost: receiver, leases, lease, ttl: self.ttl })
+                let fence = Fence { key: key.key().to_vec(), revision: key.rev(), lost };
+                Ok(Leadership { fence, lost: receiver, members: self.members.clone(), lease, ttl: self.ttl })
             }
-            () = hold(leases.clone(), lease, self.ttl) => Err("the candidacy's lease ran out".into()),
+            () = hold(&self.members, lease, self.ttl) => Err("the candidacy's lease ran out".into()),
             () = self.follow_leader(role) => unreachable!("following the leader never ends"),
         }
     }
 
     /// Keeps `role`'s leader address current while this coordinator stands by.
     async fn follow_leader(&self, role: &Role) {
-        let mut election = self.client.election_client();
         loop {
-            let leader = match timeout(self.ttl, election.leader(self.name.clone())).await {
+            let asked = self.members.call(|client| {
+                let name = self.name.clone();
+                async move { client.election_client().leader(name).await }
+            });
+            let leader = match timeout(self.ttl, asked).await {
                 Ok(Ok(reply)) => reply.kv().and_then(|kv| kv.value_str().ok()).map(str::to_owned),
                 _ => None,
             };
@@ -157,7 +169,8 @@ impl Election {
     pub async fn resign(&self) {
         let lease = self.lease.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(lease) = lease {
-            match timeout(Duration::from_secs(2), self.client.lease_client().revoke(lease)).await {
+            let revoked = self.members.call(|client| async move { client.lease_client().revoke(lease).await });
+            match timeout(Duration::from_secs(2), revoked).await {
                 Ok(Ok(_)) => info!("leadership handed over"),
                 Ok(Err(error)) => warn!(%error, "could not hand leadership over; it passes when the lease expires"),
                 Err(_) => warn!("etcd did not answer in time; leadership passes when the lease expires"),
@@ -173,7 +186,7 @@ impl Leadership {
     pub async fn lead(mut self, role: &Role, control: Arc<ControlPlane>) {
         role.set(State::Leader(control));
         tokio::select! {
-            () = hold(self.leases.clone(), self.lease, self.ttl) => {}
+            () = hold(&self.members, self.lease, self.ttl) => {}
             _ = self.lost.wait_for(|lost| *lost) => {}
         }
         role.set(State::Standby(None));
@@ -183,17 +196,24 @@ impl Leadership {
 
 /// Renews `lease` every third of its TTL; returns once it is gone, or once it may be: the
 /// last renewal etcd confirmed is older than the lease's TTL.
-async fn hold(mut leases: LeaseClient, lease: i64, ttl: Duration) {
+async fn hold(members: &Members, lease: i64, ttl: Duration) {
     let mut expires = Instant::now() + ttl;
     let mut stream = None;
     while Instant::now() < expires {
         let sent = Instant::now();
-        match timeout(ttl / 3, renew(&mut leases, lease, ttl, &mut stream)).await {
+        let (member, client) = members.client();
+        match timeout(ttl / 3, renew(client, lease, ttl, &mut stream)).await {
             Ok(Ok(Some(left))) if left > 0 => expires = sent + Duration::from_secs(left as u64),
             Ok(Ok(Some(_))) => break,
             Ok(Err(etcd_client::Error::LeaseKeepAliveError(problem))) if problem.contains("not found") => break,
-            // A broken stream (its etcd member gone) is opened again, on another member.
-            _ => stream = None,
+            // A broken stream (its etcd member gone) is opened again at once, on the next
+            // member.
+            _ => {
+                stream = None;
+                members.failed(member);
+                sleep(Duration::from_millis(200)).await;
+                continue;
+            }
         }
         sleep((ttl / 3).min(expires.saturating_duration_since(Instant::now()))).await;
     }
@@ -201,15 +221,15 @@ async fn hold(mut leases: LeaseClient, lease: i64, ttl: Duration) {
 
 /// One renewal of `lease`: the seconds it has left, or `None` if the stream ended.
 async fn renew(
-    leases: &mut LeaseClient,
+    client: etcd_client::Client,
     lease: i64,
     ttl: Duration,
     stream: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
 ) -> Result<Option<i64>, etcd_client::Error> {
     match stream {
-        // Opening the stream renews once and checks the lease is there.
+        // Opening the stream renews once (the whole TTL) and checks the lease is there.
         None => {
-            *stream = Some(leases.keep_alive(lease).await?);
+            *stream = Some(client.lease_client().keep_alive(lease).await?);
             Ok(Some(ttl.as_secs() as i64))
         }
         Some((keeper, replies)) => {

@@ -56,14 +56,13 @@ impl RunningCoordinator {
         Ok(Self { address, shutdown: Some(shutdown), served })
     }
 
-    /// One of several coordinators on the etcd at `endpoint`: it stands by until elected
-    /// (leader lease `lease`), then leads with fenced writes.
-    pub async fn elected(settings: Settings, endpoint: &str, prefix: &str, lease: Duration) -> anyhow::Result<Self> {
+    /// One of several coordinators on the etcd members at `endpoints`: it stands by until
+    /// elected (leader lease `lease`), then leads with fenced writes.
+    pub async fn elected(settings: Settings, endpoints: &[String], prefix: &str, lease: Duration) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let address = listener.local_addr()?;
-        let endpoints = [endpoint.to_owned()];
-        let store = EtcdStore::connect(&endpoints, prefix).await?;
-        let election = Election::connect(&endpoints, prefix, &format!("http://{address}"), lease).await?;
+        let store = EtcdStore::connect(endpoints, prefix).await?;
+        let election = Election::connect(endpoints, prefix, &format!("http://{address}"), lease).await?;
         let (shutdown, stopped) = oneshot::channel();
         let served = tokio::spawn(feral_coordinator::serve_elected(settings, listener, store, election, async {
             let _ = stopped.await;

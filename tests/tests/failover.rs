@@ -2,6 +2,9 @@
 //! The leader is killed mid-job (no drain, no hand-over: its lease runs out); the standby
 //! takes over with the whole state, the workers follow it, and the job completes with
 //! every epoch, round and shard counted once.
+//!
+//! A coordinator on a three-member etcd cluster: the member that is etcd's Raft leader is
+//! killed mid-job, and a user watching the job sees nothing of it.
 
 use std::time::Duration;
 
@@ -18,21 +21,18 @@ async fn a_standby_takes_over_from_a_killed_leader_and_the_job_completes() -> an
     init_tracing();
     let dir = tempfile::tempdir()?;
     let etcd = EtcdProcess::start().await;
-    let config = SyntheticConfig { samples: 2400, image_size: 32, imbalance_ratio: 4.0, label_noise: 0.05, seed: 5 };
-    let splits = SyntheticSplits { val_fraction: 0.2, labeled_fraction: 0.25, shard_size: 600, ..SyntheticSplits::default() };
-    let manifest = prepare_synthetic(&dir.path().join("data"), &config, &splits)?;
-    let pool_shards = manifest.splits[&feral_common::dataset::Split::Unlabeled].shards.len();
+    let (spec, pool_shards) = one_round_job(dir.path())?;
     let lease = Duration::from_secs(2);
     let settings = test_settings(dir.path());
 
-    let first = RunningCoordinator::elected(settings.clone(), &etcd.endpoint, "/feral/", lease).await?;
+    let first = RunningCoordinator::elected(settings.clone(), &etcd.endpoints, "/feral/", lease).await?;
     let mut jobs = first.jobs().await?;
     wait_until("the first coordinator to lead", Duration::from_secs(30), || {
         let mut jobs = jobs.clone();
         async move { Ok(jobs.list_jobs(pb::ListJobsRequest::default()).await.is_ok().then_some(())) }
     })
     .await?;
-    let second = RunningCoordinator::elected(settings, &etcd.endpoint, "/feral/", lease).await?;
+    let second = RunningCoordinator::elected(settings, &etcd.endpoints, "/feral/", lease).await?;
     let mut standby = second.jobs().await?;
     wait_until("the standby to name the leader", Duration::from_secs(30), || {
         let (mut standby, leader) = (standby.clone(), first.url());
@@ -49,7 +49,6 @@ async fn a_standby_takes_over_from_a_killed_leader_and_the_job_completes() -> an
     // Workers know both coordinators and follow the leader.
     let both = format!("{},{}", first.url(), second.url());
     let workers: Vec<RunningWorker> = ["w1", "w2"].iter().map(|id| RunningWorker::start(&both, id, std::sync::Arc::new(TchRunner))).collect();
-    let spec = format!("{}steps_per_epoch = 20\n\n[semi_supervised]\nrounds = 1\npatience = 0\n", job_spec(&dir.path().join("data"), 4));
     let job = submit(&mut jobs, spec).await?;
     wait_until("the teacher's second epoch", Duration::from_secs(300), || {
         let (mut jobs, id) = (jobs.clone(), job.id.clone());
@@ -71,12 +70,7 @@ async fn a_standby_takes_over_from_a_killed_leader_and_the_job_completes() -> an
     assert!(taken_over.epochs.len() >= 2, "the new leader knows the progress made before the kill");
 
     let done = wait_for_state(&jobs, &job.id, &[pb::JobState::Succeeded, pb::JobState::Failed], Duration::from_secs(600)).await?;
-    assert_eq!(done.state, pb::JobState::Succeeded as i32, "job failed: {}", done.state_reason);
-    let epochs: std::collections::BTreeSet<(u32, u32)> = done.epochs.iter().map(|e| (e.round, e.epoch)).collect();
-    assert_eq!((epochs.len(), done.epochs.len()), (8, 8), "every epoch of both rounds recorded once: {epochs:?}");
-    assert_eq!(done.rounds.len(), 2, "the teacher and one round");
-    assert_eq!(done.rounds[1].shards_predicted as usize, pool_shards, "every shard predicted once");
-    assert!(done.rounds[1].selection.is_some(), "the round's selection ran");
+    assert_counted_once(&done, pool_shards);
     let registered = jobs.list_workers(pb::ListWorkersRequest::default()).await?.into_inner().workers;
     assert_eq!(registered.len(), 2, "both workers follow the new leader");
     assert!(registered.iter().all(|w| w.state == pb::WorkerState::Live as i32), "{registered:?}");
@@ -85,4 +79,89 @@ async fn a_standby_takes_over_from_a_killed_leader_and_the_job_completes() -> an
         worker.stop().await?;
     }
     second.stop().await
+}
+
+/// Prepares the generated dataset both tests train on; returns the job spec (one
+/// pseudo-label round, four epochs a round) and the number of pool shards.
+fn one_round_job(dir: &std::path::Path) -> anyhow::Result<(String, usize)> {
+    let config = SyntheticConfig { samples: 2400, image_size: 32, imbalance_ratio: 4.0, label_noise: 0.05, seed: 5 };
+    let splits = SyntheticSplits { val_fraction: 0.2, labeled_fraction: 0.25, shard_size: 600, ..SyntheticSplits::default() };
+    let manifest = prepare_synthetic(&dir.join("data"), &config, &splits)?;
+    let pool_shards = manifest.splits[&feral_common::dataset::Split::Unlabeled].shards.len();
+    let spec = format!("{}steps_per_epoch = 20\n\n[semi_supervised]\nrounds = 1\npatience = 0\n", job_spec(&dir.join("data"), 4));
+    Ok((spec, pool_shards))
+}
+
+/// Every epoch of the teacher and the round recorded once, every pool shard predicted once.
+fn assert_counted_once(done: &pb::Job, pool_shards: usize) {
+    assert_eq!(done.state, pb::JobState::Succeeded as i32, "job failed: {}", done.state_reason);
+    let epochs: std::collections::BTreeSet<(u32, u32)> = done.epochs.iter().map(|e| (e.round, e.epoch)).collect();
+    assert_eq!((epochs.len(), done.epochs.len()), (8, 8), "every epoch of both rounds recorded once: {epochs:?}");
+    assert_eq!(done.rounds.len(), 2, "the teacher and one round");
+    assert_eq!(done.rounds[1].shards_predicted as usize, pool_shards, "every shard predicted once");
+    assert!(done.rounds[1].selection.is_some(), "the round's selection ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_etcd_member_goes_unnoticed() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let mut etcd = EtcdProcess::cluster(3).await;
+    let (spec, pool_shards) = one_round_job(dir.path())?;
+    // Leases well above the time etcd takes to elect a new Raft leader (1.2-2.8 s here
+    // on a loaded machine): the default worker lease (10 s), and a leader lease of 10 s.
+    let settings = feral_coordinator::control::Settings { lease_ttl_ms: 10_000, ..test_settings(dir.path()) };
+    let coordinator = RunningCoordinator::elected(settings, &etcd.endpoints, "/feral/", Duration::from_secs(10)).await?;
+    let jobs = coordinator.jobs().await?;
+    wait_until("the coordinator to lead", Duration::from_secs(30), || {
+        let mut jobs = jobs.clone();
+        async move { Ok(jobs.list_jobs(pb::ListJobsRequest::default()).await.is_ok().then_some(())) }
+    })
+    .await?;
+    let workers = coordinator.tch_workers(2);
+    let job = submit(&mut jobs.clone(), spec).await?;
+
+    // A user watches the job the whole time: every call must answer.
+    let watching = tokio::spawn({
+        let (mut jobs, id) = (jobs.clone(), job.id.clone());
+        async move {
+            let mut failures = Vec::new();
+            loop {
+                match jobs.get_job(pb::GetJobRequest { job_id: id.clone() }).await {
+                    Ok(reply) if reply.get_ref().state == pb::JobState::Succeeded as i32 || reply.get_ref().state == pb::JobState::Failed as i32 => {
+                        return (reply.into_inner(), failures);
+                    }
+                    Ok(_) => {}
+                    Err(status) => failures.push(status.to_string()),
+                }
+                if failures.len() > 20 {
+                    panic!("the user's calls keep failing: {failures:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    wait_until("the teacher's second epoch", Duration::from_secs(300), || {
+        let (mut jobs, id) = (jobs.clone(), job.id.clone());
+        async move { Ok((get_job(&mut jobs, &id).await?.epochs.len() >= 2).then_some(())) }
+    })
+    .await?;
+    let leader = etcd.leader().await;
+    etcd.kill_member(leader);
+    let killed = std::time::Instant::now();
+    let new_leader = etcd.leader().await;
+    assert_ne!(new_leader, leader, "the two members left elect a leader");
+    eprintln!("killed etcd member n{} (the Raft leader); n{} led {:.2} s later", leader + 1, new_leader + 1, killed.elapsed().as_secs_f64());
+
+    let (done, failures) = tokio::time::timeout(Duration::from_secs(600), watching).await??;
+    assert!(failures.is_empty(), "the user saw calls fail: {failures:?}");
+    assert_counted_once(&done, pool_shards);
+    let registered = jobs.clone().list_workers(pb::ListWorkersRequest::default()).await?.into_inner().workers;
+    assert!(registered.iter().all(|w| w.state == pb::WorkerState::Live as i32), "{registered:?}");
+
+    for worker in workers {
+        worker.stop().await?;
+    }
+    // Still the leader: a deposed coordinator's serve returns an error.
+    coordinator.stop().await
 }

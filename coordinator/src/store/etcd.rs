@@ -8,9 +8,10 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, SortOrder, SortTarget, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
 use tokio::sync::watch;
 
+use super::members::Members;
 use super::{Store, StoreError, Write};
 
 /// The most operations etcd takes in one transaction by default (`--max-txn-ops`).
@@ -18,7 +19,7 @@ pub const MAX_TXN_OPS: usize = 128;
 
 #[derive(Clone)]
 pub struct EtcdStore {
-    kv: KvClient,
+    members: Members,
     prefix: String,
     fence: Option<Fence>,
 }
@@ -38,12 +39,9 @@ impl EtcdStore {
     /// Connects to the etcd members at `endpoints` (`http://host:port`), keeping every key
     /// under `prefix`.
     pub async fn connect(endpoints: &[String], prefix: &str) -> Result<Self, StoreError> {
-        let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(Duration::from_secs(10));
-        let unreachable = |e: etcd_client::Error| StoreError::Unreachable { endpoints: endpoints.join(","), problem: e.to_string() };
-        let mut client = Client::connect(endpoints, Some(options)).await.map_err(unreachable)?;
-        // Connecting is lazy: a status call proves a member answers.
-        client.status().await.map_err(unreachable)?;
-        Ok(Self { kv: client.kv_client(), prefix: prefix.to_owned(), fence: None })
+        let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(Duration::from_secs(10));
+        let members = Members::connect(endpoints, options).await?;
+        Ok(Self { members, prefix: prefix.to_owned(), fence: None })
     }
 
     /// The same store with every write conditioned on `fence`.
@@ -59,13 +57,29 @@ impl EtcdStore {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let reply = self.kv.clone().get(format!("{}{key}", self.prefix), None).await.map_err(|e| self.failed(key, e))?;
+        let full = format!("{}{key}", self.prefix);
+        let reply = self
+            .members
+            .call(|client| {
+                let full = full.clone();
+                async move { client.kv_client().get(full, None).await }
+            })
+            .await
+            .map_err(|e| self.failed(key, e))?;
         Ok(reply.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let options = GetOptions::new().with_prefix().with_sort(SortTarget::Key, SortOrder::Ascend);
-        let reply = self.kv.clone().get(format!("{}{prefix}", self.prefix), Some(options)).await.map_err(|e| self.failed(prefix, e))?;
+        let full = format!("{}{prefix}", self.prefix);
+        let reply = self
+            .members
+            .call(|client| {
+                let (full, options) = (full.clone(), options.clone());
+                async move { client.kv_client().get(full, Some(options)).await }
+            })
+            .await
+            .map_err(|e| self.failed(prefix, e))?;
         reply
             .kvs()
             .iter()
@@ -102,7 +116,15 @@ impl Store for EtcdStore {
         if let Some(fence) = &self.fence {
             txn = txn.when(vec![Compare::create_revision(fence.key.clone(), CompareOp::Equal, fence.revision)]);
         }
-        let reply = self.kv.clone().txn(txn.and_then(operations)).await.map_err(|e| self.failed(&first, e))?;
+        let txn = txn.and_then(operations);
+        let reply = self
+            .members
+            .call(|client| {
+                let txn = txn.clone();
+                async move { client.kv_client().txn(txn).await }
+            })
+            .await
+            .map_err(|e| self.failed(&first, e))?;
         if !reply.succeeded() {
             if let Some(fence) = &self.fence {
                 let _ = fence.lost.send(true);
