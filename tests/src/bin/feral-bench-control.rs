@@ -1,77 +1,217 @@
-//! The control plane under load: 200 simulated workers heartbeating at 1 Hz against a
-//! coordinator (in-memory store, loopback gRPC) that holds 0, 500 or 10,000 queued jobs;
-//! prints heartbeat and submit latency percentiles side by side.
+//! The control plane under load: simulated workers (1,000 by default) heartbeating at 1 Hz
+//! against one `feral-coordinator` process holding queued jobs (10,000 by default), on each
+//! store (memory, redb, a real one-member etcd); prints submit and heartbeat latency
+//! percentiles, and the coordinator process's CPU (in cores, over the heartbeat window) and
+//! resident memory, read from `/proc`.
 //!
-//! `cargo run --release -p feral-tests --bin feral-bench-control [-- SECONDS]`
+//! ```sh
+//! cargo build --release -p feral-coordinator -p feral-tests --bin feral-bench-control
+//! target/release/feral-bench-control [--seconds 30] [--workers 1000] [--queued 10000] [--stores memory,redb,etcd]
+//! ```
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use feral_coordinator::control::Settings;
-use feral_coordinator::store::MemoryStore;
+use anyhow::{bail, Context};
+use feral_coordinator::store::etcd_process::EtcdProcess;
 use feral_proto::v1 as pb;
-use feral_tests::RunningCoordinator;
+use feral_proto::v1::job_service_client::JobServiceClient;
+use feral_proto::v1::worker_service_client::WorkerServiceClient;
+use tonic::transport::Channel;
 
-const WORKERS: usize = 200;
-const QUEUED: [usize; 3] = [0, 500, 10_000];
+/// The simulated workers share this many connections, as many workers behind a few hosts'
+/// NAT would; one connection each would need a descriptor limit above the usual 1,024.
+const CONNECTIONS: usize = 50;
+
+struct Options {
+    seconds: u64,
+    workers: usize,
+    queued: usize,
+    stores: Vec<String>,
+}
+
+fn options() -> anyhow::Result<Options> {
+    let mut options = Options { seconds: 30, workers: 1000, queued: 10_000, stores: vec!["memory".into(), "redb".into(), "etcd".into()] };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        let number = || value.parse::<u64>().with_context(|| format!("{flag} takes a whole number, got {value:?}"));
+        match flag.as_str() {
+            "--seconds" => options.seconds = number()?,
+            "--workers" => options.workers = usize::try_from(number()?)?,
+            "--queued" => options.queued = usize::try_from(number()?)?,
+            "--stores" => options.stores = value.split(',').map(str::to_owned).collect(),
+            _ => bail!("unknown flag {flag:?} (flags: --seconds, --workers, --queued, --stores)"),
+        }
+    }
+    if let Some(store) = options.stores.iter().find(|s| !["memory", "redb", "etcd"].contains(&s.as_str())) {
+        bail!("--stores takes memory, redb and etcd, got {store:?}");
+    }
+    Ok(options)
+}
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
-    let seconds: u64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(10);
-    println!("| queued jobs | submit p50 | submit p99 | heartbeat p50 | heartbeat p99 | heartbeats |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    for queued in QUEUED {
+    let options = options()?;
+    let coordinator_bin = std::env::current_exe()?.with_file_name("feral-coordinator");
+    anyhow::ensure!(coordinator_bin.exists(), "{} is missing: cargo build --release -p feral-coordinator", coordinator_bin.display());
+    println!(
+        "{} workers at 1 Hz over {} connections, {} queued jobs, {} s of heartbeats per store",
+        options.workers, CONNECTIONS, options.queued, options.seconds
+    );
+    println!("| store | submit p50 | submit p99 | heartbeat p50 | heartbeat p99 | heartbeats | coordinator CPU | RSS (peak) |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for store in &options.stores {
         let dir = tempfile::tempdir()?;
-        let settings = Settings { artifact_root: dir.path().join("artifacts"), heartbeat_interval_ms: 1000, lease_ttl_ms: 600_000 };
-        let coordinator = RunningCoordinator::start(settings, Arc::new(MemoryStore::default()), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-        let mut workers = coordinator.workers().await?;
-        for i in 0..WORKERS {
-            let slots = vec![pb::Slot { device: "cpu".into(), name: "cpu".into() }];
-            workers.register(pb::RegisterRequest { worker_id: format!("sim-{i:03}"), hostname: "bench".into(), slots }).await?;
-        }
-        // The jobs queue behind the 200 that the workers' one slot each can take.
-        let mut jobs = coordinator.jobs().await?;
-        let spec = format!("version = 1\nname = \"queued\"\ndataset = {:?}\n", dir.path().join("nowhere").display().to_string());
-        let mut submits = Vec::with_capacity(queued);
-        for _ in 0..queued {
-            let started = Instant::now();
-            jobs.submit_job(pb::SubmitJobRequest { spec_toml: spec.clone() }).await?;
-            submits.push(started.elapsed());
-        }
-
-        let deadline = Instant::now() + Duration::from_secs(seconds);
-        let mut beating = Vec::new();
-        for i in 0..WORKERS {
-            let mut client = workers.clone();
-            beating.push(tokio::spawn(async move {
-                let (mut latencies, mut running) = (Vec::new(), Vec::new());
-                // Spread the workers over the second, as independent processes would be.
-                tokio::time::sleep(Duration::from_millis((i * 1000 / WORKERS) as u64)).await;
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                while Instant::now() < deadline {
-                    tick.tick().await;
-                    let request = pb::HeartbeatRequest { worker_id: format!("sim-{i:03}"), running_task_ids: running.clone() };
-                    let started = Instant::now();
-                    let reply = client.heartbeat(request).await?.into_inner();
-                    latencies.push(started.elapsed());
-                    // A simulated worker "runs" what it is given, and stops what it is told to.
-                    running.extend(reply.assignments.into_iter().map(|a| a.task_id));
-                    running.retain(|t| !reply.cancel_task_ids.contains(t));
-                }
-                anyhow::Ok(latencies)
-            }));
-        }
-        let mut heartbeats = Vec::new();
-        for handle in beating {
-            heartbeats.extend(handle.await??);
-        }
-        let (s50, s99) = (percentile(&mut submits, 0.50), percentile(&mut submits, 0.99));
-        let (h50, h99) = (percentile(&mut heartbeats, 0.50), percentile(&mut heartbeats, 0.99));
-        println!("| {queued} | {s50} | {s99} | {h50} | {h99} | {} |", heartbeats.len());
-        coordinator.stop().await?;
+        // Kept alive (and stopped at the end of the row) by holding it.
+        let etcd = if store == "etcd" { Some(EtcdProcess::start().await) } else { None };
+        let store_arg = match (store.as_str(), &etcd) {
+            ("etcd", Some(etcd)) => format!("etcd://{}/feral-bench", etcd.endpoint.trim_start_matches("http://")),
+            ("redb", _) => dir.path().join("coordinator.redb").display().to_string(),
+            _ => "memory".to_owned(),
+        };
+        let mut coordinator = Coordinator::start(&coordinator_bin, &store_arg, dir.path()).await?;
+        let row = measure(&options, &coordinator).await;
+        coordinator.stop();
+        let row = row.with_context(|| format!("store {store} (coordinator log: {})", coordinator.log_tail()))?;
+        println!("| {store} | {row} |");
     }
     Ok(())
+}
+
+async fn measure(options: &Options, coordinator: &Coordinator) -> anyhow::Result<String> {
+    let channels: Vec<Channel> = {
+        let mut channels = Vec::with_capacity(CONNECTIONS);
+        for _ in 0..CONNECTIONS {
+            channels.push(Channel::from_shared(coordinator.url.clone())?.connect().await?);
+        }
+        channels
+    };
+    let mut workers = WorkerServiceClient::new(channels[0].clone());
+    for i in 0..options.workers {
+        let slots = vec![pb::Slot { device: "cpu".into(), name: "cpu".into() }];
+        workers.register(pb::RegisterRequest { worker_id: format!("sim-{i:04}"), hostname: "bench".into(), slots }).await?;
+    }
+    // The jobs queue behind those that the workers' one slot each can take.
+    let mut jobs = JobServiceClient::new(channels[0].clone());
+    let spec = format!("version = 1\nname = \"queued\"\ndataset = {:?}\n", coordinator.dir.join("nowhere").display().to_string());
+    let mut submits = Vec::with_capacity(options.queued);
+    for _ in 0..options.queued {
+        let started = Instant::now();
+        jobs.submit_job(pb::SubmitJobRequest { spec_toml: spec.clone() }).await?;
+        submits.push(started.elapsed());
+    }
+
+    let before = coordinator.cpu_seconds()?;
+    let window = Instant::now();
+    let deadline = window + Duration::from_secs(options.seconds);
+    let mut beating = Vec::new();
+    for i in 0..options.workers {
+        let mut client = WorkerServiceClient::new(channels[i % CONNECTIONS].clone());
+        let spread = Duration::from_millis((i * 1000 / options.workers) as u64);
+        beating.push(tokio::spawn(async move {
+            let (mut latencies, mut running) = (Vec::new(), Vec::new());
+            // Spread the workers over the second, as independent processes would be.
+            tokio::time::sleep(spread).await;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            while Instant::now() < deadline {
+                tick.tick().await;
+                let request = pb::HeartbeatRequest { worker_id: format!("sim-{i:04}"), running_task_ids: running.clone() };
+                let started = Instant::now();
+                let reply = client.heartbeat(request).await?.into_inner();
+                latencies.push(started.elapsed());
+                // A simulated worker "runs" what it is given, and stops what it is told to.
+                running.extend(reply.assignments.into_iter().map(|a| a.task_id));
+                running.retain(|t| !reply.cancel_task_ids.contains(t));
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut heartbeats = Vec::new();
+    for handle in beating {
+        heartbeats.extend(handle.await??);
+    }
+    let cores = (coordinator.cpu_seconds()? - before) / window.elapsed().as_secs_f64();
+    let (rss, peak) = coordinator.memory_mib()?;
+    let (s50, s99) = (percentile(&mut submits, 0.50), percentile(&mut submits, 0.99));
+    let (h50, h99) = (percentile(&mut heartbeats, 0.50), percentile(&mut heartbeats, 0.99));
+    Ok(format!("{s50} | {s99} | {h50} | {h99} | {} | {cores:.3} cores | {rss:.0} MiB ({peak:.0} MiB)", heartbeats.len()))
+}
+
+/// A `feral-coordinator` process on a free loopback port, its log in its directory.
+struct Coordinator {
+    child: Child,
+    url: String,
+    dir: std::path::PathBuf,
+    ticks_per_second: f64,
+}
+
+impl Coordinator {
+    async fn start(bin: &Path, store: &str, dir: &Path) -> anyhow::Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let log = std::fs::File::create(dir.join("coordinator.log"))?;
+        let child = Command::new(bin)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--store", store])
+            .arg("--artifact-root")
+            .arg(dir.join("artifacts"))
+            // Workers heartbeat every second; none is lost during the bench.
+            .args(["--heartbeat-interval-ms", "1000", "--lease-ttl-ms", "600000"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let ticks = Command::new("getconf").arg("CLK_TCK").output().context("getconf CLK_TCK")?;
+        let ticks_per_second: f64 = String::from_utf8_lossy(&ticks.stdout).trim().parse().context("CLK_TCK")?;
+        let mut coordinator = Self { child, url: format!("http://127.0.0.1:{port}"), dir: dir.to_owned(), ticks_per_second };
+        // Serving once it answers (on etcd, once it has been elected).
+        let started = Instant::now();
+        loop {
+            if let Some(status) = coordinator.child.try_wait()? {
+                bail!("the coordinator exited with {status}: {}", coordinator.log_tail());
+            }
+            if let Ok(mut jobs) = JobServiceClient::connect(coordinator.url.clone()).await {
+                if jobs.list_jobs(pb::ListJobsRequest::default()).await.is_ok() {
+                    return Ok(coordinator);
+                }
+            }
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "the coordinator did not serve within a minute: {}", coordinator.log_tail());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// User plus system CPU time the process has used, in seconds.
+    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the command name (which is in parentheses): utime and stime are
+        // the 14th and 15th of the line, the 12th and 13th after the name.
+        let after_name = stat.rsplit_once(')').context("/proc stat")?.1;
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        Ok(ticks / self.ticks_per_second)
+    }
+
+    /// Resident memory now and at its peak, in MiB.
+    fn memory_mib(&self) -> anyhow::Result<(f64, f64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kib = |field: &str| -> anyhow::Result<f64> {
+            let line = status.lines().find(|l| l.starts_with(field)).with_context(|| format!("{field} in /proc status"))?;
+            Ok(line.split_whitespace().nth(1).context("a value")?.parse::<f64>()? / 1024.0)
+        };
+        Ok((kib("VmRSS:")?, kib("VmHWM:")?))
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("coordinator.log")).unwrap_or_default();
+        text.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The `q` quantile of `samples` in milliseconds ("-" when there are none).
