@@ -6,7 +6,7 @@
 
 mod embedded;
 mod etcd;
-pub mod members;
+pub(crate) mod members;
 /// A real etcd member on loopback, for tests of this crate and of others (feature `testing`).
 #[cfg(any(test, feature = "testing"))]
 pub mod etcd_process;
