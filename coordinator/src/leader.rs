@@ -206,8 +206,8 @@ async fn hold(members: &Members, lease: i64, ttl: Duration) {
             Ok(Ok(Some(left))) if left > 0 => expires = sent + Duration::from_secs(left as u64),
             Ok(Ok(Some(_))) => break,
             Ok(Err(etcd_client::Error::LeaseKeepAliveError(problem))) if problem.contains("not found") => break,
-            // A broken stream (its etcd member gone) is opened again at once, on the next
-            // member.
+            // A broken stream (its etcd member gone) is opened again on the next member,
+            // after a short pause rather than a third of the TTL.
             _ => {
                 stream = None;
                 members.failed(member);
