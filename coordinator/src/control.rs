@@ -16,7 +16,7 @@ use tokio::sync::{watch, Mutex};
 use tracing::{info, warn};
 
 use crate::error::CoordinatorError;
-use crate::model::{schedule, waiting_reason, Cluster, GangPeers, JobEvent, JobRecord, LiveWorker, Orders, Slot, WorkerRecord, WorkerState};
+use crate::model::{replan, schedule, waiting_reason, Cluster, GangPeers, JobEvent, JobRecord, LiveWorker, Orders, Slot, WorkerRecord, WorkerState};
 use crate::store::{Store, Write};
 
 /// Timing and placement settings of a coordinator.
@@ -320,6 +320,13 @@ impl ControlPlane {
     }
 
     async fn run_scheduler(&self, model: &mut Model, now_ms: u64) -> Result<(), CoordinatorError> {
+        let plans: Vec<(JobId, _)> = {
+            let workers = model.cluster.schedulable_workers();
+            model.cluster.jobs().values().filter(|j| !j.state.is_final()).filter_map(|j| Some((j.id.clone(), replan(j, &workers)?))).collect()
+        };
+        for (job, plan) in plans {
+            self.apply_job_event(model, &job, &JobEvent::ShardsPlanned { plan }, now_ms).await?;
+        }
         let assignments = {
             let jobs: Vec<&JobRecord> = model.cluster.jobs().values().collect();
             schedule(&jobs, &model.cluster.schedulable_workers())
@@ -514,5 +521,56 @@ mod tests {
         assert!(!record.state.is_final(), "the job waits for attempt 2: {:?}", record.state);
         assert!(record.rounds.iter().all(|r| r.model.is_none()), "no model from the stale attempt");
         assert_eq!(record.workers(), [w2], "attempt 2 runs on w2 alone");
+    }
+
+    #[tokio::test]
+    async fn the_shard_plan_is_kept_in_the_job_record_and_a_reloaded_coordinator_carries_it_on() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let control = ControlPlane::load(settings(), store.clone(), 0).await.expect("load");
+        let cpu = || vec![Slot { device: "cpu".into(), name: "cpu".into() }];
+        let [w1, w2, w3] = ["w1", "w2", "w3"].map(WorkerId::new);
+        for id in [&w1, &w2] {
+            control.register(id.clone(), "h".into(), cpu(), 0).await.expect("register");
+        }
+        let job = control.submit("version = 1\ndataset = \"/d\"\n[semi_supervised]\nrounds = 1\n", 1).await.expect("submit").id;
+        // The one task of each phase goes to whichever worker asks first: (worker, task).
+        let next_task = |now_ms: u64| {
+            let control = &control;
+            let (w1, w2) = (w1.clone(), w2.clone());
+            async move {
+                let on_w1 = heartbeat(control, &w1, now_ms).await;
+                let on_w2 = heartbeat(control, &w2, now_ms).await;
+                if on_w1.is_empty() { (w2, on_w2[0].clone()) } else { (w1, on_w1[0].clone()) }
+            }
+        };
+        let (preparer, prepare) = next_task(2).await;
+        let shards = (0..6).map(|i| feral_common::task::ShardRef { file: format!("u{i}.safetensors"), samples: 10 }).collect();
+        let summary = DatasetSummary { class_names: vec!["a".into(), "b".into()], train_samples: 4, val_samples: 4, unlabeled_shards: shards };
+        control.finish_task(&preparer, &prepare.task_ref(), TaskOutcome::Prepared(summary), 3).await.expect("prepared");
+        let (trainer, teacher) = next_task(4).await;
+        let model = TrainedModel {
+            validation: Default::default(),
+            model_path: "/a/r0/model.safetensors".into(),
+            class_names: vec!["a".into(), "b".into()],
+            frame_validation: None,
+            test: None,
+            online: None,
+        };
+        control.finish_task(&trainer, &teacher.task_ref(), TaskOutcome::Trained(model), 5).await.expect("trained");
+        let plan = control.job(&job).await.expect("job").shard_plan;
+        assert_eq!(plan.len(), 6, "every pool shard is planned: {plan:?}");
+        assert_eq!(plan.values().filter(|w| **w == w1.to_string()).count(), 3, "{plan:?}");
+
+        // A new coordinator on the same store (a restart, a standby taking over) has the plan,
+        // and a worker joining moves only the shards it takes.
+        drop(control);
+        let control = ControlPlane::load(settings(), store, 10).await.expect("reload");
+        assert_eq!(control.job(&job).await.expect("job").shard_plan, plan);
+        control.register(w3.clone(), "h".into(), cpu(), 11).await.expect("register");
+        heartbeat(&control, &w3, 12).await;
+        let replanned = control.job(&job).await.expect("job").shard_plan;
+        let moved: Vec<&String> = plan.keys().filter(|s| plan[*s] != replanned[*s]).collect();
+        assert_eq!(moved.len(), 2, "w3 takes its third: {replanned:?}");
+        assert!(moved.iter().all(|s| replanned[*s] == w3.to_string()), "{replanned:?}");
     }
 }

@@ -165,6 +165,11 @@ pub struct JobRecord {
     #[serde(default)]
     pub rounds: Vec<RoundRecord>,
     pub result: Option<JobResult>,
+    /// Which worker predicts each unlabelled shard (shard file -> worker id): the shard
+    /// planner's last plan, kept so that the next one, after a worker joined or left,
+    /// moves only that worker's share (and survives a coordinator restart or fail-over).
+    #[serde(default)]
+    pub shard_plan: BTreeMap<String, String>,
 }
 
 /// What can happen to a job. Events about a task that is no longer live (a late report
@@ -177,6 +182,7 @@ pub enum JobEvent {
     TaskFailed { task: TaskId, worker: WorkerId, reason: String, retryable: bool },
     WorkerLost { worker: WorkerId },
     CancelRequested { reason: String },
+    ShardsPlanned { plan: BTreeMap<String, String> },
 }
 
 impl JobRecord {
@@ -199,6 +205,7 @@ impl JobRecord {
             dataset: None,
             rounds: Vec::new(),
             result: None,
+            shard_plan: BTreeMap::new(),
         }
     }
 
@@ -275,6 +282,11 @@ impl JobRecord {
                 next.end_live_tasks();
                 next.state = JobState::Cancelled { reason: reason.clone() };
                 true
+            }
+            JobEvent::ShardsPlanned { plan } => {
+                let changed = &next.shard_plan != plan;
+                next.shard_plan = plan.clone();
+                changed
             }
         };
         changed.then(|| {

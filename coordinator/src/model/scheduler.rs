@@ -18,8 +18,9 @@ pub struct Placement {
 /// Assigns pending tasks, oldest job first, each to the free slot of the live worker that
 /// runs the fewest tasks (ties go to the lower worker id). A slot runs one task at a time.
 /// The ranks of a gang are placed all at once or not at all. Inference tasks first go to
-/// the worker the shard planner gives their shard ([`shard_plan`]); only a slot left free
-/// after that takes another worker's shard, so no worker idles while shards wait.
+/// the worker the job's shard plan gives their shard ([`replan`] keeps it current); only a
+/// slot left free after that takes another worker's shard, so no worker idles while shards
+/// wait.
 pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Placement> {
     // The devices each worker is busy on: one pass over the tasks of the jobs still running.
     let position: std::collections::HashMap<&WorkerId, usize> = workers.iter().enumerate().map(|(i, w)| (&w.id, i)).collect();
@@ -52,9 +53,8 @@ pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Placement
         }
         let mut pending: Vec<&TaskRecord> = job.tasks.iter().filter(|t| t.state == TaskState::Pending).collect();
         if pending.iter().any(|t| t.shard.is_some()) {
-            let planned = shard_plan(job, workers);
             pending.retain(|task| {
-                let Some(worker) = task.shard.as_ref().and_then(|s| planned.get(s)) else { return true };
+                let Some(worker) = task.shard.as_ref().and_then(|s| job.shard_plan.get(s)) else { return true };
                 let Some(index) = workers.iter().position(|w| w.id.as_str() == worker) else { return true };
                 let Some(slot) = workers[index].slots.iter().find(|s| !busy[index].contains(&s.device)) else { return true };
                 busy[index].push(slot.device.clone());
@@ -98,17 +98,22 @@ pub fn waiting_reason(job: &JobRecord, workers: &[&WorkerRecord]) -> Option<Stri
     })
 }
 
-/// Which live worker should predict each unlabelled shard of `job`: the shard planner's
-/// assignment over the live workers, balanced by sample count. Deterministic, so while the
-/// same workers are live every round predicts a shard on the same worker (whose page
-/// cache or local disk already holds it).
-fn shard_plan(job: &JobRecord, workers: &[&WorkerRecord]) -> feral_common::plan::Assignment {
+/// The job's next shard plan, when it has inference tasks waiting and the plan it holds is
+/// not the planner's answer for the live workers: which worker should predict each
+/// unlabelled shard, balanced by sample count, starting from the job's previous plan. So
+/// while the same workers are live every round predicts a shard on the same worker (whose
+/// page cache or local disk already holds it), and a worker joining or leaving moves only
+/// its own share. `None`: keep the plan as it is.
+pub fn replan(job: &JobRecord, workers: &[&WorkerRecord]) -> Option<feral_common::plan::Assignment> {
+    if !job.tasks.iter().any(|t| t.state == TaskState::Pending && t.shard.is_some()) {
+        return None;
+    }
     let shards = job.dataset.iter().flat_map(|d| &d.unlabeled_shards);
     let problem = PlanProblem {
         shards: shards.map(|s| ShardLoad { shard: s.file.clone(), samples: s.samples, group: None }).collect(),
         ranks: workers.iter().filter(|w| w.state == WorkerState::Live).map(|w| w.id.to_string()).collect(),
     };
-    plan(&problem, &Default::default())
+    Some(plan(&problem, &job.shard_plan)).filter(|next| next != &job.shard_plan)
 }
 
 /// The free slot of the live worker running the fewest tasks (lower id on ties).
@@ -184,16 +189,17 @@ mod tests {
         labelling.dataset = Some(DatasetSummary { class_names: vec![], train_samples: 1, val_samples: 1, unlabeled_shards: shards.clone() });
         labelling.tasks = shards.iter().map(|s| TaskRecord::infer_for_test(&labelling.id, &s.file)).collect();
         let (w1, w2) = (worker("w1", 1, WorkerState::Live), worker("w2", 1, WorkerState::Live));
-        let planned = shard_plan(&labelling, &[&w1, &w2]);
+        let planned = replan(&labelling, &[&w1, &w2]).expect("a first plan");
+        labelling.shard_plan = planned.clone();
         let first = schedule(&[&labelling], &[&w1, &w2]);
         assert_eq!(first.len(), 2, "one task per free slot");
         for a in &first {
             let shard = labelling.task(&a.task).and_then(|t| t.shard.clone()).expect("an inference task");
             assert_eq!(planned[&shard], a.worker.as_str(), "{shard} runs where the plan puts it");
         }
-        // The same live workers give the same plan (the next round predicts each shard on
-        // the same worker); a worker with nothing of its own left takes another's shard.
-        assert_eq!(planned, shard_plan(&labelling, &[&w2, &w1]));
+        // The same live workers keep the plan (the next round predicts each shard on the
+        // same worker); a worker with nothing of its own left takes another's shard.
+        assert_eq!(replan(&labelling, &[&w2, &w1]), None);
         let w1_shards: Vec<String> = planned.iter().filter(|(_, w)| w.as_str() == "w1").map(|(s, _)| s.clone()).collect();
         for task in labelling.tasks.iter_mut().filter(|t| !w1_shards.contains(t.shard.as_ref().expect("shard"))) {
             task.state = TaskState::Finished;
@@ -201,6 +207,41 @@ mod tests {
         let stolen = schedule(&[&labelling], &[&w1, &w2]);
         assert_eq!(stolen.len(), 2, "w2 helps with w1's shards");
         assert!(stolen.iter().any(|a| a.worker.as_str() == "w2"));
+    }
+
+    #[test]
+    fn a_worker_joining_or_leaving_moves_only_its_own_share_of_the_shards() {
+        use feral_common::task::{DatasetSummary, ShardRef};
+        let mut labelling = job("p", 1);
+        let shards: Vec<ShardRef> = (0..12).map(|i| ShardRef { file: format!("u{i:02}.safetensors"), samples: 100 }).collect();
+        labelling.dataset = Some(DatasetSummary { class_names: vec![], train_samples: 1, val_samples: 1, unlabeled_shards: shards.clone() });
+        labelling.tasks = shards.iter().map(|s| TaskRecord::infer_for_test(&labelling.id, &s.file)).collect();
+        let [w1, w2, w3] = ["w1", "w2", "w3"].map(|id| worker(id, 1, WorkerState::Live));
+        labelling.shard_plan = replan(&labelling, &[&w1, &w2]).expect("a first plan");
+        let count = |plan: &feral_common::plan::Assignment, id: &str| plan.values().filter(|w| w.as_str() == id).count();
+        assert_eq!((count(&labelling.shard_plan, "w1"), count(&labelling.shard_plan, "w2")), (6, 6));
+
+        // w3 joins: it takes its third, and every shard that moves moves to it.
+        let joined = replan(&labelling, &[&w1, &w2, &w3]).expect("w3 joined");
+        let moved: Vec<&String> = joined.keys().filter(|s| joined[*s] != labelling.shard_plan[*s]).collect();
+        assert_eq!(moved.len(), 4, "{joined:?}");
+        assert!(moved.iter().all(|s| joined[*s] == "w3"), "{joined:?}");
+
+        // w1 leaves: only w1's shards move, and they are shared between the two left.
+        labelling.shard_plan = joined.clone();
+        let left = replan(&labelling, &[&w2, &w3]).expect("w1 left");
+        for (shard, before) in &joined {
+            if before != "w1" {
+                assert_eq!(&left[shard], before, "{shard} stays on {before}");
+            }
+        }
+        assert_eq!((count(&left, "w2"), count(&left, "w3")), (6, 6), "{left:?}");
+
+        // No inference waiting: no plan is made.
+        for task in &mut labelling.tasks {
+            task.state = TaskState::Finished;
+        }
+        assert_eq!(replan(&labelling, &[&w1]), None);
     }
 
     #[test]
