@@ -352,6 +352,18 @@ mod tests {
         Settings { artifact_root: "/tmp/unused".into(), heartbeat_interval_ms: 1000, lease_ttl_ms: 60_000 }
     }
 
+    /// A round-0 model as a worker reports it.
+    fn teacher_model() -> TrainedModel {
+        TrainedModel {
+            validation: Default::default(),
+            model_path: "/a/r0/model.safetensors".into(),
+            class_names: vec!["a".into(), "b".into()],
+            frame_validation: None,
+            test: None,
+            online: None,
+        }
+    }
+
     async fn heartbeat(control: &ControlPlane, id: &WorkerId, now_ms: u64) -> Vec<Assignment> {
         control.heartbeat(id, Vec::new(), now_ms).await.expect("heartbeat").assignments
     }
@@ -508,14 +520,7 @@ mod tests {
         // w1 wakes: it is told to stop what it runs, and its finished attempt 1 counts for nothing.
         let reply = control.heartbeat(&w1, vec![first.task.clone()], 62_000).await.expect("heartbeat");
         assert_eq!(reply.cancel, std::slice::from_ref(&first.task), "the reassigned task is stopped");
-        let model = TrainedModel {
-            validation: Default::default(),
-            model_path: "/a/r0/model.safetensors".into(),
-            class_names: vec!["a".into(), "b".into()],
-            frame_validation: None,
-            test: None,
-            online: None,
-        };
+        let model = teacher_model();
         control.finish_task(&w1, &first.task_ref(), TaskOutcome::Trained(model), 62_100).await.expect("a late report is accepted and ignored");
         let record = control.job(&job).await.expect("job");
         assert!(!record.state.is_final(), "the job waits for attempt 2: {:?}", record.state);
@@ -548,14 +553,7 @@ mod tests {
         let summary = DatasetSummary { class_names: vec!["a".into(), "b".into()], train_samples: 4, val_samples: 4, unlabeled_shards: shards };
         control.finish_task(&preparer, &prepare.task_ref(), TaskOutcome::Prepared(summary), 3).await.expect("prepared");
         let (trainer, teacher) = next_task(4).await;
-        let model = TrainedModel {
-            validation: Default::default(),
-            model_path: "/a/r0/model.safetensors".into(),
-            class_names: vec!["a".into(), "b".into()],
-            frame_validation: None,
-            test: None,
-            online: None,
-        };
+        let model = teacher_model();
         control.finish_task(&trainer, &teacher.task_ref(), TaskOutcome::Trained(model), 5).await.expect("trained");
         let plan = control.job(&job).await.expect("job").shard_plan;
         assert_eq!(plan.len(), 6, "every pool shard is planned: {plan:?}");
