@@ -528,6 +528,25 @@ mod tests {
         assert_eq!(record.workers(), [w2], "attempt 2 runs on w2 alone");
     }
 
+    #[test]
+    fn a_stored_record_reads_back_every_float_exactly() {
+        // A coordinator that takes over reads the job from the store: the class prior and
+        // weights it hands the next task must be the ones computed, to the last bit.
+        let mut job = JobRecord::submitted(JobId::new("j"), JobSpec::for_dataset("/d"), String::new(), PathBuf::from("/a"), 0);
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let prior: Vec<f64> = (0..1000).map(|_| next()).collect();
+        job.rounds.push(crate::model::RoundRecord { round: 1, class_prior: prior, class_weights: vec![next(), next()], ..Default::default() });
+        let Write::Put { value, .. } = encode("k", &job).expect("encode") else { panic!("encode writes a put") };
+        let read: JobRecord = decode("k", &value).expect("decode");
+        assert_eq!(read, job);
+    }
+
     #[tokio::test]
     async fn the_shard_plan_is_kept_in_the_job_record_and_a_reloaded_coordinator_carries_it_on() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
