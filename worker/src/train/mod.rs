@@ -43,7 +43,7 @@ pub use batches::{to_tensors, Sampler};
 pub use loader::{Augmentation, Batch, Cursor, Loader, LoaderConfig, LoaderError, PseudoBatch, PseudoSource};
 pub use model::{build_model, Network};
 
-use consistency::{MaskAudit, OnlineLabeller, OnlineParams, OnlineState, ThresholdSeed};
+use consistency::{MaskAudit, OnlineCheckpoint, OnlineLabeller, OnlineParams, ThresholdSeed};
 use strong::StrongAugmentation;
 
 use feral_common::ids::Round;
@@ -290,12 +290,13 @@ impl<'t> RoundTraining<'t> {
             OnlineLabeller::new(params, classes, &task.inputs.class_prior, seed)
         });
         let checkpoint_online = round_dir.join("checkpoint-online.json");
+        let mut mask_audit = MaskAudit::default();
         if let (Some(labeller), true) = (labeller.as_mut(), first_epoch > 1) {
-            if let Some(saved) = std::fs::read_to_string(&checkpoint_online).ok().and_then(|t| serde_json::from_str::<OnlineState>(&t).ok()) {
-                labeller.restore(saved);
+            if let Some(saved) = std::fs::read_to_string(&checkpoint_online).ok().and_then(|t| serde_json::from_str::<OnlineCheckpoint>(&t).ok()) {
+                labeller.restore(saved.labeller);
+                mask_audit = saved.audit;
             }
         }
-        let mask_audit = MaskAudit::default();
         let margin = (task.inputs.class_prior.len() == classes && pseudo_batch > 0).then(|| {
             let log_prior: Vec<f32> = task.inputs.class_prior.iter().map(|p| (spec.semi_supervised.tau * p.max(1e-12).ln()) as f32).collect();
             Tensor::from_slice(&log_prior).to_device(context.device)
@@ -426,6 +427,14 @@ impl<'t> RoundTraining<'t> {
             seen += indices.len();
         }
         *validation = evaluate_model(ema_vs, ema_net.as_ref(), val_data, classes, context.device, collective)?;
+        // evaluate_model gave every rank rank 0's EMA; rank 0's raw weights and batch-norm
+        // statistics follow, so every rank ends the epoch with what rank 0 checkpoints, and a
+        // resumed attempt (which starts every rank from that checkpoint) trains what this
+        // one goes on to train. (Each rank's running statistics otherwise come from its own
+        // slices of the batches, and feed its EMA labeller's weak-view predictions.)
+        if collective.world_size() > 1 {
+            collective::broadcast_from_rank0(collective, &mut by_name(vs))?;
+        }
         if let Some(labeller) = labeller {
             tracing::info!(
                 round = context.round,
@@ -443,7 +452,7 @@ impl<'t> RoundTraining<'t> {
         write_atomically(checkpoint_ema, |p| ema_vs.save(p))?;
         write_atomically(checkpoint_optimizer, |p| optimizer.save(p))?;
         if let Some(labeller) = labeller {
-            write_json(checkpoint_online, &labeller.state())?;
+            write_json(checkpoint_online, &OnlineCheckpoint { labeller: labeller.state(), audit: *mask_audit })?;
         }
         write_json(checkpoint_info, &CheckpointInfo { round: context.round, epoch })?;
         let report = EpochReport {
