@@ -3,7 +3,8 @@
 #   - apt packages: protobuf-compiler (tonic and etcd-client run protoc at build time),
 #     libprotobuf-dev (the well-known types etcd-client's protos import), etcd-server (the
 #     store tests start a real etcd on loopback)
-#   - .venv with PyTorch 2.11.0 (the libtorch that tch 0.24 links), installed with uv
+#   - .venv with PyTorch 2.11.0 (the libtorch that tch 0.24 links), installed with uv, and
+#     kubernetes-validate (scripts/check-deploy.sh checks the Kubernetes manifests with it)
 #   - .cargo/config.toml pointing LIBTORCH at that venv, so plain `cargo build` works after
 # Safe to run again: each step is skipped when its result is already there.
 set -euo pipefail
@@ -11,6 +12,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 TORCH_VERSION=2.11.0
+KUBERNETES_VALIDATE_VERSION=1.37.0
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 as_root() {
@@ -44,6 +46,12 @@ else
   "$venv/bin/python" -m pip install -q --upgrade uv
   # uv ships its own CA list; use the system's so that machines behind a TLS proxy work too.
   UV_NATIVE_TLS=1 "$venv/bin/uv" pip install -q --python "$venv/bin/python" "torch==$TORCH_VERSION" numpy safetensors
+fi
+# kubernetes-validate (with the Kubernetes schemas it bundles): scripts/check-deploy.sh.
+if [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("kubernetes-validate"))' 2>/dev/null)" != "$KUBERNETES_VALIDATE_VERSION" ]; then
+  say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv"
+  [ -x "$venv/bin/uv" ] || "$venv/bin/python" -m pip install -q --upgrade uv
+  UV_NATIVE_TLS=1 "$venv/bin/uv" pip install -q --python "$venv/bin/python" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
 LIBTORCH=$(torch_dir)
 [ -n "$LIBTORCH" ] || { say "torch did not import from $venv"; exit 1; }
