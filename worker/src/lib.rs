@@ -1,8 +1,10 @@
 //! Feral's worker: it registers its devices with the coordinator, heartbeats, and runs each
 //! assigned task on its own OS thread with libtorch (`tch`), never on the async runtime.
 //! Progress and results go back over gRPC; the data is read from a path the worker sees.
-// Unsafe code is denied everywhere but the one module that talks to NCCL
-// (`collective::nccl`), where each block says why it is sound.
+// Unsafe code is denied everywhere but where it is the job: the NCCL bindings
+// (`collective::nccl`), the autocast FFI (`train::precision`) and the TCP ring's one view of
+// a tensor's memory as bytes (`FlatTensor::bytes_mut` in `collective::elements`); each block
+// says why it is sound.
 #![deny(unsafe_code)]
 
 pub mod agent;

@@ -1,15 +1,10 @@
-//! The element kinds the TCP ring moves, their element-wise sum over raw bytes, and the
-//! copies between a CPU tensor and those bytes (one `memcpy` out, and back in through a
-//! small cache-sized tensor per segment so the result lands in the tensor's own storage).
+//! The element kinds the TCP ring moves, their element-wise sum over raw bytes, and a CPU
+//! tensor's own memory seen as those bytes (one small `unsafe` view, [`FlatTensor::bytes_mut`]):
+//! the ring sends from it, sums into it and receives into it, with no copy in or out.
 
 use tch::{Device, Kind, Tensor};
 
 use super::CollectiveError;
-
-/// Bytes written back per piece: fewer elements than `at::internal::GRAIN_SIZE` (32768), so
-/// libtorch copies them serially, and small enough that the temporary tensor comes from the
-/// heap rather than a fresh (page-faulting) mmap.
-const SERIAL_COPY_BYTES: usize = 64 * 1024;
 
 /// An element kind the TCP ring can sum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,15 +55,6 @@ impl Element {
         }
     }
 
-    fn kind(self) -> Kind {
-        match self {
-            Self::F32 => Kind::Float,
-            Self::F64 => Kind::Double,
-            Self::I64 => Kind::Int64,
-            Self::I32 => Kind::Int,
-        }
-    }
-
     /// `accumulator[i] += addend[i]` over elements stored as native-endian bytes (integers
     /// wrap, so integer sums are exact whatever the order).
     pub(crate) fn add_into(self, accumulator: &mut [u8], addend: &[u8]) {
@@ -101,7 +87,7 @@ fn add_elements<const N: usize>(accumulator: &mut [u8], addend: &[u8], add: impl
     }
 }
 
-/// A CPU tensor seen as a flat run of elements that segments are copied out of and into.
+/// A CPU tensor seen as a flat, contiguous run of elements.
 pub(crate) struct FlatTensor {
     flat: Tensor,
     element: Element,
@@ -124,12 +110,6 @@ impl FlatTensor {
         Ok(Self { flat: contiguous.f_reshape([-1])?, element, copy_back })
     }
 
-    /// Another handle on the same storage, for the ring's worker thread (`Tensor` is `Send`
-    /// but not `Sync`). The two threads only ever touch different segments at once.
-    pub(crate) fn share(&self) -> Self {
-        Self { flat: self.flat.shallow_clone(), element: self.element, copy_back: false }
-    }
-
     pub(crate) fn element(&self) -> Element {
         self.element
     }
@@ -138,29 +118,20 @@ impl FlatTensor {
         self.flat.numel()
     }
 
-    /// Copies the elements at byte range `first_byte..first_byte + out.len()` into `out`.
-    pub(crate) fn load(&self, first_byte: usize, out: &mut [u8]) -> Result<(), CollectiveError> {
-        let size = self.element.size();
-        let count = out.len() / size;
-        let part = self.flat.f_narrow(0, (first_byte / size) as i64, count as i64)?;
-        part.f_copy_data_u8(out, count)?;
-        Ok(())
-    }
-
-    /// Writes `bytes` into the elements starting at byte `first_byte`, in pieces below
-    /// libtorch's parallel grain size: a copy that size stays on this thread, where a larger
-    /// one wakes the OpenMP pool, whose spinning threads then steal the cores the sockets need.
-    pub(crate) fn store(&mut self, first_byte: usize, bytes: &[u8]) -> Result<(), CollectiveError> {
-        let size = self.element.size();
-        let mut first_element = (first_byte / size) as i64;
-        for piece in bytes.chunks(SERIAL_COPY_BYTES) {
-            let count = (piece.len() / size) as i64;
-            let source = Tensor::f_from_data_size(piece, &[count], self.element.kind())?;
-            let mut part = self.flat.f_narrow(0, first_element, count)?;
-            part.f_copy_(&source)?;
-            first_element += count;
+    /// The tensor's elements as native-endian bytes, in place.
+    #[allow(unsafe_code)]
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        let len = self.flat.numel() * self.element.size();
+        if len == 0 {
+            return &mut [];
         }
-        Ok(())
+        // SAFETY: `flat` is a contiguous CPU tensor of `numel` elements of `element` (made so
+        // in `new`), so its data pointer addresses `len` initialised bytes, which stay valid
+        // while `flat` holds its storage: for the borrow of `self`. Every bit pattern is a
+        // valid `u8`, which needs no alignment. Nothing else touches those bytes meanwhile:
+        // the collective runs on the thread that holds the caller's tensor mutably, and the
+        // ring's worker thread only ever gets disjoint pieces of this slice.
+        unsafe { std::slice::from_raw_parts_mut(self.flat.data_ptr().cast::<u8>(), len) }
     }
 
     /// Writes the result into the caller's tensor when it was not contiguous.

@@ -7,7 +7,7 @@
 use std::ops::Range;
 
 use super::elements::FlatTensor;
-use super::ring_pipeline::{run, Link, Work};
+use super::ring_pipeline::{run, Link};
 use super::wire::{Header, Operation};
 use super::CollectiveError;
 
@@ -38,7 +38,7 @@ impl Layout {
         Self { segments, chunks }
     }
 
-    /// Cuts `buffer` (exactly the tensor's bytes) into the segments.
+    /// Cuts `buffer` (the tensor's bytes) into the segments.
     fn split<'b>(&self, mut buffer: &'b mut [u8]) -> Vec<&'b mut [u8]> {
         let mut pieces = Vec::with_capacity(self.segments.len());
         for range in &self.segments {
@@ -50,10 +50,9 @@ impl Layout {
     }
 }
 
-/// Reused buffers of a ring: the tensor's bytes and one incoming segment.
+/// The ring's one reused buffer: an incoming segment, summed into the tensor.
 #[derive(Default)]
 pub(crate) struct Buffers {
-    staging: Vec<u8>,
     incoming: Vec<u8>,
 }
 
@@ -68,7 +67,7 @@ fn first_bytes(buffer: &mut Vec<u8>, len: usize) -> &mut [u8] {
 /// Ring all-reduce (sum) of `tensor` in place.
 pub(crate) fn all_reduce(
     link: &Link<'_>,
-    tensor: &FlatTensor,
+    tensor: &mut FlatTensor,
     buffers: &mut Buffers,
     sequence: u64,
     segment_bytes: usize,
@@ -78,39 +77,36 @@ pub(crate) fn all_reduce(
     let layout = Layout::new(tensor.numel(), element.size(), world, segment_bytes);
     let header = Header::new(Operation::AllReduceSum, element, 0, sequence, tensor.numel());
     let longest = layout.segments.iter().map(|range| range.len()).max().unwrap_or(0);
-    let Buffers { staging, incoming } = buffers;
-    let incoming = first_bytes(incoming, longest);
-    let pieces = layout.split(first_bytes(staging, tensor.numel() * element.size()));
-    let flat = tensor;
-    run(link, header, flat, &layout.segments, pieces, |pipe| {
-        // Reduce-scatter step 0 sends this rank's own chunk (the worker copies it out).
+    let incoming = first_bytes(&mut buffers.incoming, longest);
+    let pieces = layout.split(tensor.bytes_mut());
+    run(link, header, pieces, |pipe| {
+        // Reduce-scatter step 0 sends this rank's own chunk.
         for id in layout.chunks[rank].clone() {
             let segment = pipe.take(id)?;
-            pipe.hand(id, segment, Work::LOAD_AND_SEND)?;
+            pipe.send(id, segment)?;
         }
-        // Step s receives chunk rank − s − 1, adds this rank's part and passes the sum on;
-        // the last step's sums are final: they also go into the tensor.
+        // Step s receives chunk rank − s − 1, adds it into this rank's part and passes the
+        // sum on; the last step's sums are final.
         for step in 0..world - 1 {
             let chunk = (rank + world - step - 1) % world;
-            let work = if step == world - 2 { Work::SEND_AND_STORE } else { Work::SEND };
             for id in layout.chunks[chunk].clone() {
                 let segment = pipe.take(id)?;
-                flat.load(layout.segments[id].start, segment)?;
                 let received = &mut incoming[..segment.len()];
                 pipe.read(received, "receive a reduce-scatter segment from")?;
                 element.add_into(segment, received);
-                pipe.hand(id, segment, work)?;
+                pipe.send(id, segment)?;
             }
         }
-        // All-gather step s receives the final chunk rank − s and passes it on, except at
-        // the last step (the next rank already has it).
+        // All-gather step s receives the final chunk rank − s into the tensor and passes it
+        // on, except at the last step (the next rank already has it).
         for step in 0..world - 1 {
             let chunk = (rank + world - step) % world;
-            let work = if step < world - 2 { Work::SEND_AND_STORE } else { Work::STORE };
             for id in layout.chunks[chunk].clone() {
                 let segment = pipe.take(id)?;
                 pipe.read(segment, "receive an all-gather segment from")?;
-                pipe.hand(id, segment, work)?;
+                if step < world - 2 {
+                    pipe.send(id, segment)?;
+                }
             }
         }
         Ok(())
@@ -120,8 +116,7 @@ pub(crate) fn all_reduce(
 /// Pipelined broadcast of `root`'s tensor along the ring, in place.
 pub(crate) fn broadcast(
     link: &Link<'_>,
-    tensor: &FlatTensor,
-    buffers: &mut Buffers,
+    tensor: &mut FlatTensor,
     sequence: u64,
     segment_bytes: usize,
     root: usize,
@@ -129,21 +124,19 @@ pub(crate) fn broadcast(
     let element = tensor.element();
     let layout = Layout::new(tensor.numel(), element.size(), 1, segment_bytes);
     let header = Header::new(Operation::Broadcast, element, root, sequence, tensor.numel());
-    let pieces = layout.split(first_bytes(&mut buffers.staging, tensor.numel() * element.size()));
-    // The root copies out and sends; the others receive, store, and pass on unless the
-    // next rank is the root.
-    let work = match (link.rank == root, link.next_rank() == root) {
-        (true, _) => Work::LOAD_AND_SEND,
-        (false, false) => Work::SEND_AND_STORE,
-        (false, true) => Work::STORE,
-    };
-    run(link, header, tensor, &layout.segments, pieces, |pipe| {
+    let pieces = layout.split(tensor.bytes_mut());
+    // The root sends; the others receive into the tensor and pass it on unless the next
+    // rank is the root.
+    let forward = link.next_rank() != root;
+    run(link, header, pieces, |pipe| {
         for id in 0..layout.segments.len() {
             let segment = pipe.take(id)?;
             if link.rank != root {
                 pipe.read(segment, "receive a broadcast segment from")?;
             }
-            pipe.hand(id, segment, work)?;
+            if link.rank == root || forward {
+                pipe.send(id, segment)?;
+            }
         }
         Ok(())
     })

@@ -1,20 +1,17 @@
-//! The TCP ring's two threads per collective. A tensor's bytes sit in one staging buffer
-//! cut into segments (about 1 MiB); a segment is a `&mut [u8]` whose ownership moves
-//! between the threads through channels, so they overlap without locks or unsafe code.
-//! The calling thread receives from the previous rank (and sums); a scoped worker thread
-//! does the rest of a segment's [`Work`]: copy it out of the tensor, send it to the next
-//! rank, write the final values back into the tensor. Splitting the copies this way keeps
-//! both threads busy, which matters on small machines where the copies cost as much as
-//! the sockets. The algorithms that drive it are in `ring_algorithms`.
+//! The TCP ring's two threads per collective. The tensor's own bytes are cut into segments
+//! (about 1 MiB); a segment is a `&mut [u8]` whose ownership moves between the threads
+//! through channels, so they overlap without locks. The calling thread receives from the
+//! previous rank, straight into the tensor or into one incoming buffer that it sums into
+//! the tensor; a scoped worker thread sends segments on to the next rank. No byte is
+//! copied between the tensor and a buffer of the ring's own. The algorithms that drive it
+//! are in `ring_algorithms`.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::ops::Range;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::elements::FlatTensor;
 use super::wire::{Header, HEADER_LEN};
 use super::{AbortHandle, CollectiveError};
 
@@ -104,28 +101,9 @@ impl Failure<'_, '_> {
     }
 }
 
-/// What the worker thread does with a segment, in this order.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Work {
-    /// Copy the segment's elements out of the tensor first.
-    pub load: bool,
-    /// Send the segment to the next rank.
-    pub send: bool,
-    /// Write the segment (final values) into the tensor.
-    pub store: bool,
-}
-
-impl Work {
-    pub(crate) const LOAD_AND_SEND: Self = Self { load: true, send: true, store: false };
-    pub(crate) const SEND: Self = Self { load: false, send: true, store: false };
-    pub(crate) const SEND_AND_STORE: Self = Self { load: false, send: true, store: true };
-    pub(crate) const STORE: Self = Self { load: false, send: false, store: true };
-}
-
 struct Job<'b> {
     id: usize,
     segment: &'b mut [u8],
-    work: Work,
 }
 
 /// The calling thread's view of a running collective.
@@ -155,9 +133,9 @@ impl<'b> Pipe<'b, '_, '_> {
         }
     }
 
-    /// Hands segment `id` to the worker thread to do `work` on.
-    pub(crate) fn hand(&mut self, id: usize, segment: &'b mut [u8], work: Work) -> Result<(), CollectiveError> {
-        self.to_worker.send(Job { id, segment, work }).map_err(|_| worker_stopped())
+    /// Hands segment `id` to the worker thread, which sends it to the next rank.
+    pub(crate) fn send(&mut self, id: usize, segment: &'b mut [u8]) -> Result<(), CollectiveError> {
+        self.to_worker.send(Job { id, segment }).map_err(|_| worker_stopped())
     }
 
     /// Fills `buffer` with the next bytes from the previous rank.
@@ -195,29 +173,10 @@ fn worker_stopped() -> CollectiveError {
     CollectiveError::Broken("the ring's worker thread stopped".into())
 }
 
-fn work_loop<'b>(
-    link: &Link<'_>,
-    mut tensor: FlatTensor,
-    segments: &[Range<usize>],
-    inbox: Receiver<Job<'b>>,
-    returns: Sender<(usize, &'b mut [u8])>,
-    failure: &Failure<'_, '_>,
-) {
-    // Grad mode is per thread: the tensor may be a parameter that requires grad.
-    let _no_grad = tch::no_grad_guard();
+fn work_loop<'b>(link: &Link<'_>, inbox: Receiver<Job<'b>>, returns: Sender<(usize, &'b mut [u8])>, failure: &Failure<'_, '_>) {
     let mut stream = link.next;
-    for Job { id, segment, work } in inbox {
-        let first_byte = segments[id].start;
-        let mut outcome = Ok(());
-        if work.load {
-            outcome = tensor.load(first_byte, segment);
-        }
-        if work.send && outcome.is_ok() {
-            outcome = stream.write_all(segment).map_err(|error| link.send_error("send to", error));
-        }
-        if work.store && outcome.is_ok() {
-            outcome = tensor.store(first_byte, segment);
-        }
+    for Job { id, segment } in inbox {
+        let outcome = stream.write_all(segment).map_err(|error| link.send_error("send to", error));
         // The calling thread may have finished with its segments already.
         let _ = returns.send((id, segment));
         if let Err(error) = outcome {
@@ -227,14 +186,12 @@ fn work_loop<'b>(
     }
 }
 
-/// Runs one collective on `tensor`: sends `header`, checks the previous rank's, then runs
-/// `body` on this thread while a scoped worker thread does the work `body` hands it.
-/// `segments` are the byte ranges of `pieces`, the staging buffer cut up.
+/// Runs one collective: sends `header`, checks the previous rank's, then runs `body` on this
+/// thread while a scoped worker thread sends the segments `body` hands it. `pieces` are the
+/// tensor's bytes cut into segments.
 pub(crate) fn run<'b>(
     link: &Link<'_>,
     header: Header,
-    tensor: &FlatTensor,
-    segments: &[Range<usize>],
     pieces: Vec<&'b mut [u8]>,
     body: impl FnOnce(&mut Pipe<'b, '_, '_>) -> Result<(), CollectiveError>,
 ) -> Result<(), CollectiveError> {
@@ -246,9 +203,8 @@ pub(crate) fn run<'b>(
         Ok(()) => std::thread::scope(|scope| {
             let (to_worker, inbox) = mpsc::channel();
             let (returns, from_worker) = mpsc::channel();
-            let worker_tensor = tensor.share();
             let failure = &failure;
-            let worker = scope.spawn(move || work_loop(link, worker_tensor, segments, inbox, returns, failure));
+            let worker = scope.spawn(move || work_loop(link, inbox, returns, failure));
             let mut pipe = Pipe { link, home: pieces.into_iter().map(Some).collect(), to_worker, from_worker };
             if let Err(error) = pipe.check_header(header).and_then(|()| body(&mut pipe)) {
                 failure.record(error);

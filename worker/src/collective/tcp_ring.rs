@@ -172,12 +172,12 @@ impl TcpRing {
     fn run(
         &mut self,
         tensor: &mut Tensor,
-        operation: impl FnOnce(&Link<'_>, &FlatTensor, &mut Buffers, u64, usize) -> Result<(), CollectiveError>,
+        operation: impl FnOnce(&Link<'_>, &mut FlatTensor, &mut Buffers, u64, usize) -> Result<(), CollectiveError>,
     ) -> Result<(), CollectiveError> {
         self.check_usable()?;
         // Parameters that require grad are written in place: no autograd here.
         let _no_grad = tch::no_grad_guard();
-        let flat = FlatTensor::new(tensor)?;
+        let mut flat = FlatTensor::new(tensor)?;
         let Some(connections) = &self.connections else {
             return Ok(());
         };
@@ -192,7 +192,7 @@ impl TcpRing {
             timeout: self.timeout,
             abort: &self.abort,
         };
-        match operation(&link, &flat, &mut self.buffers, self.sequence, self.segment_bytes) {
+        match operation(&link, &mut flat, &mut self.buffers, self.sequence, self.segment_bytes) {
             Ok(()) => flat.finish(tensor),
             Err(error) => {
                 let _ = connections.next.shutdown(Shutdown::Both);
@@ -219,9 +219,7 @@ impl Collective for TcpRing {
 
     fn broadcast(&mut self, tensor: &mut Tensor, root: usize) -> Result<(), CollectiveError> {
         check_root(root, self.world_size)?;
-        self.run(tensor, |link, flat, buffers, sequence, segment_bytes| {
-            ring_algorithms::broadcast(link, flat, buffers, sequence, segment_bytes, root)
-        })
+        self.run(tensor, |link, flat, _, sequence, segment_bytes| ring_algorithms::broadcast(link, flat, sequence, segment_bytes, root))
     }
 
     fn abort_handle(&self) -> AbortHandle {

@@ -136,6 +136,23 @@ fn all_reduce_writes_into_non_contiguous_and_shaped_tensors() {
 }
 
 #[test]
+fn all_reduce_of_a_slice_of_a_larger_tensor_changes_that_slice_alone() {
+    // The ring works in the tensor's own memory: a contiguous view that starts inside its
+    // storage is summed in place, and the elements around it stay as they were.
+    with_ring(2, LIMIT, |rank, ring| {
+        ring.set_segment_bytes(12);
+        let whole = Tensor::from_slice(&f32_values(rank, 40));
+        let mut middle = whole.narrow(0, 9, 20);
+        assert!(middle.is_contiguous());
+        ring.all_reduce_sum(&mut middle).expect("all-reduce");
+        let summed = sum_over(2, 40, f32_values);
+        let mine = f32_values(rank, 40);
+        let expected: Vec<f32> = (0..40).map(|i| if (9..29).contains(&i) { summed[i] } else { mine[i] }).collect();
+        assert_eq!(to_vec::<f32>(&whole), expected);
+    });
+}
+
+#[test]
 fn broadcast_copies_each_roots_tensor() {
     for world_size in [2, 3, 4] {
         with_ring(world_size, LIMIT, move |rank, ring| {
