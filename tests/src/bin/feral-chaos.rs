@@ -135,7 +135,8 @@ impl Cluster {
         let both = coordinators.iter().map(|(_, url)| url.as_str()).collect::<Vec<_>>().join(",");
         let mut workers = Vec::new();
         for i in 1..=3 {
-            let args = ["--coordinator", &both, "--id", &format!("chaos-worker-{i}"), "--devices", "cpu"];
+            // Gang peers reach each other on loopback (the host name may not resolve).
+            let args = ["--coordinator", &both, "--id", &format!("chaos-worker-{i}"), "--devices", "cpu", "--advertise-host", "127.0.0.1"];
             workers.push(Process::start(&format!("worker-{i}"), &sibling("feral-worker")?, args.iter().map(|a| a.to_string()).collect(), &logs)?);
         }
         let channels = coordinators
