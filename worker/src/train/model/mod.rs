@@ -15,6 +15,25 @@ use tch::Tensor;
 
 pub use weights::load_initial_weights;
 
+/// PyTorch's default initialisation of convolution and linear weights (`kaiming_uniform_`
+/// with `a = √5`): uniform in ±1/√fan_in. tch's own default is He's (±√(6/fan_in)), √6 ≈ 2.45
+/// times larger, and AdamW's steps of about the learning rate then move every weight that a
+/// batch norm follows 2.45 times less relative to its size: the same job learned
+/// measurably slower than in PyTorch (BENCHMARKS.md, "Time to accuracy").
+pub const TORCH_DEFAULT_INIT: nn::Init =
+    nn::Init::Kaiming { dist: nn::init::NormalOrUniform::Uniform, fan: nn::init::FanInOut::FanIn, non_linearity: nn::init::NonLinearity::ExplicitGain(0.577_350_269_189_625_8) };
+
+/// Batch norm as PyTorch starts it: scale 1, shift 0. (tch draws each scale uniformly from
+/// [0, 1), which starts many channels near zero.)
+pub fn batch_norm_config() -> nn::BatchNormConfig {
+    nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), ..Default::default() }
+}
+
+/// [`nn::LinearConfig`] with PyTorch's default weights (its bias is already PyTorch's).
+pub fn linear_config() -> nn::LinearConfig {
+    nn::LinearConfig { ws_init: TORCH_DEFAULT_INIT, ..Default::default() }
+}
+
 /// A classifier whose penultimate features can be read: what the temporal encoder sees.
 /// `forward_t` is `classifier(dropout(features_t(x)))`.
 pub trait Network: ModuleT {
@@ -117,17 +136,17 @@ impl CompactCnn {
         for (stage, out) in [width, width * 2, width * 4].into_iter().enumerate() {
             for conv in 0..2 {
                 let name = format!("stage{stage}_conv{conv}");
-                let config = nn::ConvConfig { padding: 1, bias: false, ..Default::default() };
+                let config = nn::ConvConfig { padding: 1, bias: false, ws_init: TORCH_DEFAULT_INIT, ..Default::default() };
                 body = body
                     .add(nn::conv2d(path / name.as_str(), channels, out, 3, config))
-                    .add(nn::batch_norm2d(path / format!("{name}_bn").as_str(), out, Default::default()))
+                    .add(nn::batch_norm2d(path / format!("{name}_bn").as_str(), out, batch_norm_config()))
                     .add_fn(Tensor::relu);
                 channels = out;
             }
             body = body.add_fn(|x| x.max_pool2d_default(2));
         }
         let body = body.add_fn(|x| x.adaptive_avg_pool2d([1, 1]).flatten(1, -1));
-        let classifier = nn::linear(path / "classifier", channels, classes, Default::default());
+        let classifier = nn::linear(path / "classifier", channels, classes, linear_config());
         Self { body, dropout, classifier, channels }
     }
 }
@@ -193,5 +212,24 @@ mod tests {
         names.sort();
         assert_eq!(names, ["classifier.bias", "classifier.weight"]);
         assert_eq!(net.forward_t(&Tensor::zeros([2, 1, 8, 8], (Kind::Float, Device::Cpu)), false).size(), [2, 3]);
+    }
+
+    #[test]
+    fn the_compact_cnn_starts_as_pytorch_starts_it() {
+        tch::manual_seed(5);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _net = build_model(&vs.root(), &spec(Arch::CompactCnn), [1, 48, 48], 7);
+        let variables = vs.variables();
+        for (name, fan_in) in [("stage0_conv0.weight", 9.0), ("stage2_conv1.weight", 128.0 * 9.0), ("classifier.weight", 128.0)] {
+            let weight = &variables[name];
+            let bound = 1.0 / f64::sqrt(fan_in);
+            let largest = weight.abs().max().double_value(&[]);
+            assert!(largest <= bound && largest > 0.9 * bound, "{name}: uniform in ±{bound}, largest {largest}");
+            let std = weight.std(true).double_value(&[]);
+            assert!((std / (bound / 3f64.sqrt()) - 1.0).abs() < 0.15, "{name}: std {std} for ±{bound}");
+        }
+        for name in ["stage0_conv0_bn.weight", "stage2_conv1_bn.weight"] {
+            assert!(variables[name].eq(1.0).all().int64_value(&[]) == 1, "{name}: batch-norm scales start at 1");
+        }
     }
 }

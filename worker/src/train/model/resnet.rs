@@ -108,13 +108,13 @@ impl BasicBlock {
     fn new(path: &nn::Path, c_in: i64, c_out: i64, stride: i64, cbam: bool) -> Self {
         let downsample = (stride != 1 || c_in != c_out).then(|| {
             let path = path / "downsample";
-            (conv(&path / "0", c_in, c_out, 1, stride), nn::batch_norm2d(&path / "1", c_out, Default::default()))
+            (conv(&path / "0", c_in, c_out, 1, stride), nn::batch_norm2d(&path / "1", c_out, super::batch_norm_config()))
         });
         Self {
             conv1: conv(path / "conv1", c_in, c_out, 3, stride),
-            bn1: nn::batch_norm2d(path / "bn1", c_out, Default::default()),
+            bn1: nn::batch_norm2d(path / "bn1", c_out, super::batch_norm_config()),
             conv2: conv(path / "conv2", c_out, c_out, 3, 1),
-            bn2: nn::batch_norm2d(path / "bn2", c_out, Default::default()),
+            bn2: nn::batch_norm2d(path / "bn2", c_out, super::batch_norm_config()),
             cbam: cbam.then(|| Cbam::new(&(path / "cbam"), c_out)),
             downsample,
         }
@@ -163,7 +163,7 @@ impl ResNet {
         }
         Self {
             conv1,
-            bn1: nn::batch_norm2d(path / "bn1", STAGE_WIDTHS[0], Default::default()),
+            bn1: nn::batch_norm2d(path / "bn1", STAGE_WIDTHS[0], super::batch_norm_config()),
             small_stem: config.small_stem,
             blocks,
             fc: nn::linear(path / "fc", channels, config.classes, Default::default()),
