@@ -7,15 +7,40 @@ use feral_common::errors::error_chain;
 use feral_proto::leader::leader_of;
 use feral_proto::v1 as pb;
 use feral_proto::v1::job_service_client::JobServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use feral_proto::credentials::{AuthedChannel, BearerToken};
+use tonic::transport::Endpoint;
 
-/// A `JobService` client connected to `urls`, or an error naming the address. Given
+/// The job API's client, every call carrying the CLI's token.
+pub type Client = JobServiceClient<AuthedChannel>;
+
+/// The coordinator(s) the CLI talks to (`--coordinator`) and the token it sends.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub urls: String,
+    pub token: BearerToken,
+}
+
+impl Target {
+    /// A coordinator without tokens (the demo's).
+    pub fn open(urls: impl Into<String>) -> Self {
+        Self { urls: urls.into(), token: BearerToken::none() }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.urls)
+    }
+}
+
+/// A `JobService` client connected to `target`, or an error naming the address. Given
 /// several addresses (coordinators on one etcd, comma-separated), the client is the
 /// leader's: the first that answers, or the one a standby names.
-pub async fn connect(urls: &str) -> anyhow::Result<JobServiceClient<Channel>> {
+pub async fn connect(target: &Target) -> anyhow::Result<Client> {
+    let urls = target.urls.as_str();
     let addresses: Vec<String> = urls.split(',').map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect();
     if addresses.len() < 2 {
-        return connect_one(urls.trim()).await;
+        return connect_one(urls.trim(), &target.token).await;
     }
     let mut queue = std::collections::VecDeque::from(addresses);
     let (mut tried, mut problems) = (std::collections::HashSet::new(), Vec::new());
@@ -23,7 +48,7 @@ pub async fn connect(urls: &str) -> anyhow::Result<JobServiceClient<Channel>> {
         if !tried.insert(address.clone()) {
             continue;
         }
-        let mut client = match connect_one(&address).await {
+        let mut client = match connect_one(&address, &target.token).await {
             Ok(client) => client,
             Err(error) => {
                 problems.push(format!("{error:#}"));
@@ -43,7 +68,7 @@ pub async fn connect(urls: &str) -> anyhow::Result<JobServiceClient<Channel>> {
     anyhow::bail!("no coordinator of {urls} leads: {}", problems.join("; "))
 }
 
-async fn connect_one(url: &str) -> anyhow::Result<JobServiceClient<Channel>> {
+async fn connect_one(url: &str, token: &BearerToken) -> anyhow::Result<Client> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("--coordinator {url:?} is not a valid URL (expected e.g. http://127.0.0.1:7070)"))?
         .connect_timeout(Duration::from_secs(5));
@@ -51,7 +76,7 @@ async fn connect_one(url: &str) -> anyhow::Result<JobServiceClient<Channel>> {
         .connect()
         .await
         .map_err(|error| anyhow::anyhow!("cannot reach the coordinator at {url}: {}", error_chain(&error)))?;
-    Ok(JobServiceClient::new(channel))
+    Ok(JobServiceClient::new(token.channel(channel)))
 }
 
 /// A failed call as an error that reads as the coordinator's message alone (it names the
@@ -85,7 +110,7 @@ mod tests {
 
     #[tokio::test]
     async fn invalid_url_names_the_flag() {
-        let error = connect("not a url").await.err().map(|e| format!("{e:#}")).unwrap_or_default();
+        let error = connect(&Target::open("not a url")).await.err().map(|e| format!("{e:#}")).unwrap_or_default();
         assert!(error.contains("--coordinator"), "{error}");
     }
 }

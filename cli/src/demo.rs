@@ -14,7 +14,7 @@ use feral_common::synthetic::SyntheticConfig;
 use feral_proto::v1 as pb;
 
 use crate::children::Children;
-use crate::client::{connect, rpc_error};
+use crate::client::{connect, rpc_error, Target};
 use crate::jobs::{all_jobs, all_workers, report_final, submit_spec};
 use crate::manifest::describe_manifest;
 use crate::prepare::generate_synthetic;
@@ -96,6 +96,7 @@ async fn run_demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> anyho
 
     let port = if args.port == 0 { free_port()? } else { args.port };
     let url = format!("http://127.0.0.1:{port}");
+    let target = Target::open(url.clone());
     println!("starting coordinator on 127.0.0.1:{port} (log: {})", logs.join("coordinator.log").display());
     let coordinator_args = [
         "--listen".to_owned(),
@@ -119,18 +120,18 @@ async fn run_demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> anyho
         let log = logs.join(format!("worker-{}.log", index + 1));
         children.spawn(id, &worker_bin, &worker_args, &env, &log)?;
     }
-    wait_for_workers(&url, &worker_ids, children, &logs).await?;
+    wait_for_workers(&target, &worker_ids, children, &logs).await?;
     println!("{} registered", count(worker_ids.len(), "worker"));
-    cancel_leftover_jobs(&url).await?;
+    cancel_leftover_jobs(&target).await?;
 
     let spec_path = dir.join("job.toml");
     let spec = job_toml(&data, args.epochs, args.rounds)?;
     tokio::fs::write(&spec_path, &spec).await.with_context(|| format!("cannot write {}", spec_path.display()))?;
-    let job = submit_spec(&url, spec).await?;
+    let job = submit_spec(&target, spec).await?;
     println!("submitted job {} ({})", job.id, spec_path.display());
 
     let job = tokio::select! {
-        job = watch_job(&url, &job.id) => job?,
+        job = watch_job(&target, &job.id) => job?,
         error = coordinator_exit(children) => return Err(error),
     };
     let code = report_final(&job);
@@ -235,7 +236,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Waits until every one of `worker_ids` is live, failing early when a child exits.
-async fn wait_for_workers(url: &str, worker_ids: &[String], children: &mut Children, logs: &Path) -> anyhow::Result<()> {
+async fn wait_for_workers(url: &Target, worker_ids: &[String], children: &mut Children, logs: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + REGISTER_TIMEOUT;
     let mut live = 0;
     loop {
@@ -264,7 +265,7 @@ async fn wait_for_workers(url: &str, worker_ids: &[String], children: &mut Child
 
 /// Cancels jobs left unfinished by an earlier, interrupted demo in the same directory, so
 /// they do not compete with the new one.
-async fn cancel_leftover_jobs(url: &str) -> anyhow::Result<()> {
+async fn cancel_leftover_jobs(url: &Target) -> anyhow::Result<()> {
     let mut client = connect(url).await?;
     let jobs = all_jobs(&mut client).await?;
     for job in jobs.iter().filter(|job| !render::is_final(job.state())) {

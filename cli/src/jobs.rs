@@ -7,15 +7,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use feral_common::time::now_ms;
 use feral_proto::v1 as pb;
-use feral_proto::v1::job_service_client::JobServiceClient;
-use tonic::transport::Channel;
 
-use crate::client::{connect, rpc_error};
+use crate::client::{connect, rpc_error, Client, Target};
 use crate::render;
 use crate::watch::watch_job;
 
 /// `feral submit JOB.toml [--watch]`.
-pub async fn submit(url: &str, spec_path: &Path, then_watch: bool) -> anyhow::Result<ExitCode> {
+pub async fn submit(url: &Target, spec_path: &Path, then_watch: bool) -> anyhow::Result<ExitCode> {
     let spec_toml = tokio::fs::read_to_string(spec_path)
         .await
         .with_context(|| format!("cannot read job spec {}", spec_path.display()))?;
@@ -28,14 +26,14 @@ pub async fn submit(url: &str, spec_path: &Path, then_watch: bool) -> anyhow::Re
 }
 
 /// Sends a spec and returns the queued job.
-pub async fn submit_spec(url: &str, spec_toml: String) -> anyhow::Result<pb::Job> {
+pub async fn submit_spec(url: &Target, spec_toml: String) -> anyhow::Result<pb::Job> {
     let mut client = connect(url).await?;
     let response = client.submit_job(pb::SubmitJobRequest { spec_toml }).await.map_err(rpc_error)?;
     response.into_inner().job.context("the coordinator accepted the job but did not return it")
 }
 
 /// `feral status [JOB]`.
-pub async fn status(url: &str, job_id: Option<&str>) -> anyhow::Result<ExitCode> {
+pub async fn status(url: &Target, job_id: Option<&str>) -> anyhow::Result<ExitCode> {
     let mut client = connect(url).await?;
     match job_id {
         Some(job_id) => {
@@ -50,7 +48,7 @@ pub async fn status(url: &str, job_id: Option<&str>) -> anyhow::Result<ExitCode>
 }
 
 /// `feral watch JOB`: exits 0 only when the job succeeded.
-pub async fn watch(url: &str, job_id: &str) -> anyhow::Result<ExitCode> {
+pub async fn watch(url: &Target, job_id: &str) -> anyhow::Result<ExitCode> {
     let job = watch_job(url, job_id).await?;
     Ok(report_final(&job))
 }
@@ -70,7 +68,7 @@ pub fn report_final(job: &pb::Job) -> ExitCode {
 }
 
 /// `feral cancel JOB`.
-pub async fn cancel(url: &str, job_id: &str) -> anyhow::Result<ExitCode> {
+pub async fn cancel(url: &Target, job_id: &str) -> anyhow::Result<ExitCode> {
     let mut client = connect(url).await?;
     let job = client.cancel_job(pb::CancelJobRequest { job_id: job_id.to_owned() }).await.map_err(rpc_error)?;
     let job = job.into_inner();
@@ -79,14 +77,14 @@ pub async fn cancel(url: &str, job_id: &str) -> anyhow::Result<ExitCode> {
 }
 
 /// `feral workers`.
-pub async fn workers(url: &str) -> anyhow::Result<ExitCode> {
+pub async fn workers(url: &Target) -> anyhow::Result<ExitCode> {
     let mut client = connect(url).await?;
     print!("{}", render::workers_table(&all_workers(&mut client).await?, now_ms()));
     Ok(ExitCode::SUCCESS)
 }
 
 /// Every job's summary, newest first, page by page.
-pub async fn all_jobs(client: &mut JobServiceClient<Channel>) -> anyhow::Result<Vec<pb::Job>> {
+pub async fn all_jobs(client: &mut Client) -> anyhow::Result<Vec<pb::Job>> {
     let (mut jobs, mut page_token) = (Vec::new(), String::new());
     loop {
         let page = client.list_jobs(pb::ListJobsRequest { page_size: 0, page_token }).await.map_err(rpc_error)?.into_inner();
@@ -99,7 +97,7 @@ pub async fn all_jobs(client: &mut JobServiceClient<Channel>) -> anyhow::Result<
 }
 
 /// Every worker, by id, page by page.
-pub async fn all_workers(client: &mut JobServiceClient<Channel>) -> anyhow::Result<Vec<pb::Worker>> {
+pub async fn all_workers(client: &mut Client) -> anyhow::Result<Vec<pb::Worker>> {
     let (mut workers, mut page_token) = (Vec::new(), String::new());
     loop {
         let page = client.list_workers(pb::ListWorkersRequest { page_size: 0, page_token }).await.map_err(rpc_error)?.into_inner();

@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use feral_proto::credentials::BearerToken;
 
 /// Feral: distributed training of facial-expression recognition models.
 #[derive(Debug, Parser)]
@@ -28,6 +29,10 @@ struct Cli {
     /// etcd: the CLI talks to the leader).
     #[arg(long, global = true, env = "FERAL_COORDINATOR", default_value = "http://127.0.0.1:7070")]
     coordinator: String,
+    /// A file whose first line is the bearer token to send, for a coordinator with tokens
+    /// (a submitter or admin token). The token may also come in `FERAL_TOKEN`.
+    #[arg(long, global = true, env = "FERAL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -105,7 +110,9 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let url = cli.coordinator.as_str();
+    let token = BearerToken::from_sources(cli.token_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    let target = client::Target { urls: cli.coordinator, token };
+    let url = &target;
     match cli.command {
         Command::Submit { spec, watch } => jobs::submit(url, &spec, watch).await,
         Command::Status { job } => jobs::status(url, job.as_deref()).await,

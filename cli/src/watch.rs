@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_stream::StreamExt;
 use tracing::debug;
 
-use crate::client::{connect, rpc_error};
+use crate::client::{connect, rpc_error, Target};
 use crate::render;
 
 /// How long the watch keeps trying to reconnect before it gives up.
@@ -19,7 +19,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Follows job `job_id` on the coordinator at `url` and returns it in its final state.
-pub async fn watch_job(url: &str, job_id: &str) -> anyhow::Result<pb::Job> {
+pub async fn watch_job(url: &Target, job_id: &str) -> anyhow::Result<pb::Job> {
     let mut display = WatchDisplay::new(std::io::stderr().is_terminal());
     let outcome = follow(url, job_id, &mut display).await;
     display.finish();
@@ -34,7 +34,7 @@ enum Break {
     Fatal(anyhow::Error),
 }
 
-async fn follow(url: &str, job_id: &str, display: &mut WatchDisplay) -> anyhow::Result<pb::Job> {
+async fn follow(url: &Target, job_id: &str, display: &mut WatchDisplay) -> anyhow::Result<pb::Job> {
     let mut ever_connected = false;
     let mut broken_since: Option<Instant> = None;
     let mut backoff = FIRST_BACKOFF;
@@ -70,7 +70,7 @@ async fn follow(url: &str, job_id: &str, display: &mut WatchDisplay) -> anyhow::
 /// One `WatchJob` stream from connection to its end. The first connection failing is fatal
 /// (a wrong address should not make the user wait); later ones are retried.
 async fn follow_once(
-    url: &str,
+    url: &Target,
     job_id: &str,
     display: &mut WatchDisplay,
     received: &mut bool,

@@ -30,7 +30,7 @@ impl Coordinator {
         let election = Election::connect(&etcd.endpoints, "/feral/", &url, Duration::from_secs(2)).await?;
         let settings = Settings { artifact_root: root.join("artifacts"), heartbeat_interval_ms: 100, lease_ttl_ms: 1500 };
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let served = tokio::spawn(feral_coordinator::serve_elected(settings, listener, store, election, async {
+        let served = tokio::spawn(feral_coordinator::serve_elected(settings, Default::default(), listener, store, election, async {
             let _ = stopped.await;
         }));
         Ok(Self { url, shutdown, served })

@@ -11,6 +11,7 @@
 //! lease_ttl_ms = 10000
 //! advertise = "http://10.0.0.1:7070"      # with etcd: what a standby tells callers of the leader
 //! leader_lease_s = 5
+//! tokens = "/etc/feral/tokens.toml"       # bearer tokens and their roles (see `auth`)
 //! ```
 
 use std::net::SocketAddr;
@@ -72,6 +73,8 @@ pub struct CoordinatorConfig {
     pub advertise: String,
     /// The leader's etcd lease: a leader silent this long is replaced by a standby.
     pub leader_lease_s: u64,
+    /// The tokens file ([`crate::auth`]); without one, every caller may call anything.
+    pub tokens: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +88,7 @@ struct ConfigFile {
     lease_ttl_ms: Option<u64>,
     advertise: Option<String>,
     leader_lease_s: Option<u64>,
+    tokens: Option<PathBuf>,
 }
 
 /// Values given on the command line or in the environment; they win over the file.
@@ -114,6 +118,10 @@ pub struct Overrides {
     /// replaced by a standby.
     #[arg(long, env = "FERAL_LEADER_LEASE_S")]
     pub leader_lease_s: Option<u64>,
+    /// The tokens file: bearer tokens with their names and roles (submitter, worker, admin).
+    /// Without one, anyone who reaches the port may call anything.
+    #[arg(long, env = "FERAL_TOKENS")]
+    pub tokens: Option<PathBuf>,
 }
 
 impl CoordinatorConfig {
@@ -149,7 +157,8 @@ impl CoordinatorConfig {
         let advertise = overrides.advertise.clone().or_else(|| file.and_then(|f| f.advertise.clone())).unwrap_or_else(|| default_advertise(listen));
         let leader_lease_s = overrides.leader_lease_s.or_else(|| file.and_then(|f| f.leader_lease_s)).unwrap_or(5);
         let settings = Settings { artifact_root, heartbeat_interval_ms, lease_ttl_ms };
-        let config = Self { listen, store, settings, advertise, leader_lease_s };
+        let tokens = overrides.tokens.clone().or_else(|| file.and_then(|f| f.tokens.clone()));
+        let config = Self { listen, store, settings, advertise, leader_lease_s, tokens };
         config.validate()?;
         Ok(config)
     }
@@ -182,6 +191,7 @@ impl CoordinatorConfig {
             settings: Settings { artifact_root, heartbeat_interval_ms: 100, lease_ttl_ms: 1500 },
             advertise: "http://127.0.0.1:0".into(),
             leader_lease_s: 2,
+            tokens: None,
         }
     }
 }
@@ -217,6 +227,9 @@ mod tests {
         assert_eq!(config.settings.heartbeat_interval_ms, 1000);
         assert_eq!(config.advertise, "http://127.0.0.1:9000");
         assert_eq!(config.leader_lease_s, 5);
+        assert_eq!(config.tokens, None);
+        let overrides = Overrides { tokens: Some("/etc/feral/tokens.toml".into()), ..Overrides::default() };
+        assert_eq!(CoordinatorConfig::load(Some(&path), &overrides).expect("valid").tokens, Some(PathBuf::from("/etc/feral/tokens.toml")));
     }
 
     #[test]

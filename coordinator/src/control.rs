@@ -270,6 +270,7 @@ impl ControlPlane {
         // A report for a task no job knows (from before a store was wiped, or from an
         // attempt that has been replaced) is stale and changes nothing.
         let Some(kind) = model.cluster.task(task).map(|t| t.kind) else { return Ok(()) };
+        refuse_if_another_workers(&model, worker, task)?;
         if kind != outcome.kind() {
             return Err(CoordinatorError::InvalidArgument(format!(
                 "task {task} is a {} task, but the report carries a {} outcome",
@@ -284,6 +285,7 @@ impl ControlPlane {
 
     pub async fn fail_task(&self, worker: &WorkerId, task: &TaskRef, reason: String, retryable: bool, now_ms: u64) -> Result<(), CoordinatorError> {
         let mut model = self.model.lock().await;
+        refuse_if_another_workers(&model, worker, task)?;
         warn!(worker_id = %worker, task_id = %task, %reason, retryable, "task failed");
         if model.cluster.task(task).is_none() {
             return Ok(());
@@ -337,6 +339,15 @@ impl ControlPlane {
             self.apply_job_event(model, &assignment.job, &event, now_ms).await?;
         }
         Ok(())
+    }
+}
+
+/// A report about the current attempt of a task another worker holds is refused (it can
+/// only be forged or misaddressed); reports about tasks nobody holds are stale and ignored.
+fn refuse_if_another_workers(model: &Model, worker: &WorkerId, task: &TaskRef) -> Result<(), CoordinatorError> {
+    match model.cluster.task(task).and_then(|t| t.worker()) {
+        Some(holder) if holder != worker => Err(CoordinatorError::NotAssigned { task: task.task.clone(), worker: worker.clone() }),
+        _ => Ok(()),
     }
 }
 

@@ -3,6 +3,7 @@
 //! workers. It never links libtorch and never sees an image: workers read the data.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod error;
@@ -21,6 +22,7 @@ use feral_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::auth::{Api, Gate, Tokens};
 use crate::config::StoreConfig;
 use crate::control::{ControlPlane, Settings};
 use crate::error::CoordinatorError;
@@ -36,16 +38,23 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, Coordina
     })
 }
 
+/// Who may call the coordinator ([`auth`]): with no tokens, anyone may call anything.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    pub tokens: Option<Arc<Tokens>>,
+}
+
 /// Serves the coordinator on `listener` until `shutdown` resolves, then drains. The store
 /// is released when this returns, so a new coordinator can open it.
 pub async fn serve(
     settings: Settings,
+    access: Access,
     listener: TcpListener,
     store: Arc<dyn Store>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let control = Arc::new(ControlPlane::load(settings.clone(), store, now_ms()).await?);
-    serve_as(&settings, listener, Role::leader(control), shutdown).await
+    serve_as(&settings, &access, listener, Role::leader(control), shutdown).await
 }
 
 /// Serves as one of several coordinators on one etcd: stands by (every call answered with
@@ -55,6 +64,7 @@ pub async fn serve(
 /// leadership is lost: the process should exit and be started again as a standby.
 pub async fn serve_elected(
     settings: Settings,
+    access: Access,
     listener: TcpListener,
     store: EtcdStore,
     election: Election,
@@ -69,7 +79,7 @@ pub async fn serve_elected(
         Err::<(), _>(ServeError::Deposed)
     };
     tokio::select! {
-        served = serve_as(&settings, listener, role.clone(), shutdown) => {
+        served = serve_as(&settings, &access, listener, role.clone(), shutdown) => {
             election.resign().await;
             served
         }
@@ -77,7 +87,7 @@ pub async fn serve_elected(
     }
 }
 
-async fn serve_as(settings: &Settings, listener: TcpListener, role: Role, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
+async fn serve_as(settings: &Settings, access: &Access, listener: TcpListener, role: Role, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
     let address = listener.local_addr().map_err(|e| ServeError::Transport(e.to_string()))?;
     info!(%address, "coordinator serving");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -87,8 +97,8 @@ async fn serve_as(settings: &Settings, listener: TcpListener, role: Role, shutdo
         let _ = stop_watches.send(true);
     };
     let server = tonic::transport::Server::builder()
-        .add_service(JobServiceServer::new(grpc::JobApi::new(role.clone(), stopping)))
-        .add_service(WorkerServiceServer::new(grpc::WorkerApi::new(role.clone())))
+        .add_service(JobServiceServer::with_interceptor(grpc::JobApi::new(role.clone(), stopping), Gate::new(access.tokens.clone(), Api::Jobs)))
+        .add_service(WorkerServiceServer::with_interceptor(grpc::WorkerApi::new(role.clone()), Gate::new(access.tokens.clone(), Api::Workers)))
         .serve_with_incoming_shutdown(incoming, shutdown);
     // Lease expiry lives and ends with the server (a dropped server leaves nothing behind).
     let served = tokio::select! {

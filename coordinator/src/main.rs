@@ -2,13 +2,16 @@
 //! SIGTERM, then drain.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use feral_coordinator::auth::Tokens;
 use feral_coordinator::config::{CoordinatorConfig, Overrides, StoreConfig};
 use feral_coordinator::leader::Election;
 use feral_coordinator::store::EtcdStore;
+use feral_coordinator::Access;
 
 /// Feral's coordinator: schedules training jobs across registered workers.
 #[derive(Debug, Parser)]
@@ -32,6 +35,15 @@ async fn run() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let config = CoordinatorConfig::load(args.config.as_deref(), &args.overrides)?;
+    let tokens = config.tokens.as_deref().map(Tokens::load).transpose()?.map(Arc::new);
+    if tokens.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "NO AUTHENTICATION: this coordinator listens beyond loopback without a tokens file, so anyone who reaches {} can submit and cancel jobs and register as a worker; give it --tokens (FERAL_TOKENS)",
+            config.listen
+        );
+    }
+    let access = Access { tokens };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -42,11 +54,11 @@ async fn run() -> anyhow::Result<()> {
             let store = EtcdStore::connect(endpoints, prefix).await?;
             let lease = Duration::from_secs(config.leader_lease_s);
             let election = Election::connect(endpoints, prefix, &config.advertise, lease).await?;
-            feral_coordinator::serve_elected(config.settings, listener, store, election, shutdown).await?;
+            feral_coordinator::serve_elected(config.settings, access, listener, store, election, shutdown).await?;
         }
         other => {
             let store = feral_coordinator::open_store(other).await?;
-            feral_coordinator::serve(config.settings, listener, store, shutdown).await?;
+            feral_coordinator::serve(config.settings, access, listener, store, shutdown).await?;
         }
     }
     Ok(())

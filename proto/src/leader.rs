@@ -11,6 +11,8 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::credentials::{AuthedChannel, BearerToken};
+
 /// The gRPC metadata key a standby names the leader's address in.
 pub const LEADER_METADATA: &str = "feral-leader";
 
@@ -25,6 +27,7 @@ pub struct Coordinators {
     addresses: Arc<[String]>,
     channels: Arc<[Channel]>,
     current: Arc<AtomicUsize>,
+    token: BearerToken,
 }
 
 impl Coordinators {
@@ -42,7 +45,12 @@ impl Coordinators {
                     .map_err(|e| format!("coordinator address {address:?} is not a valid URL: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { addresses: addresses.into(), channels: channels.into(), current: Arc::default() })
+        Ok(Self { addresses: addresses.into(), channels: channels.into(), current: Arc::default(), token: BearerToken::none() })
+    }
+
+    /// The same coordinators, every call carrying `token`.
+    pub fn with_token(self, token: BearerToken) -> Self {
+        Self { token, ..self }
     }
 
     pub fn addresses(&self) -> &[String] {
@@ -58,9 +66,9 @@ impl Coordinators {
         &self.addresses[self.index()]
     }
 
-    /// The channel to the coordinator believed to lead.
-    pub fn channel(&self) -> Channel {
-        self.channels[self.index()].clone()
+    /// The channel to the coordinator believed to lead, with this client's token.
+    pub fn channel(&self) -> AuthedChannel {
+        self.token.channel(self.channels[self.index()].clone())
     }
 
     /// After a failed call: moves to the leader the answer names, or to the next address

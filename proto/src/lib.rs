@@ -11,6 +11,7 @@ pub mod v1 {
 }
 
 mod contract;
+pub mod credentials;
 pub mod leader;
 
 pub use contract::{task_kind, task_ref, ContractError};

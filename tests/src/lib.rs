@@ -13,8 +13,10 @@ use anyhow::{bail, Context};
 use feral_common::prepare::{prepare_synthetic, SyntheticSplits};
 use feral_common::synthetic::SyntheticConfig;
 use feral_coordinator::control::Settings;
+use feral_coordinator::Access;
 use feral_coordinator::leader::Election;
 use feral_coordinator::store::{EtcdStore, MemoryStore, Store};
+use feral_proto::credentials::BearerToken;
 use feral_proto::v1 as pb;
 use feral_proto::v1::job_service_client::JobServiceClient;
 use feral_proto::v1::worker_service_client::WorkerServiceClient;
@@ -47,10 +49,15 @@ pub struct RunningCoordinator {
 impl RunningCoordinator {
     /// Serves on `address` (`127.0.0.1:0` for any free port).
     pub async fn start(settings: Settings, store: Arc<dyn Store>, address: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_with(settings, Access::default(), store, address).await
+    }
+
+    /// [`start`](Self::start) with `access` (tokens) in front of both APIs.
+    pub async fn start_with(settings: Settings, access: Access, store: Arc<dyn Store>, address: SocketAddr) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("bind {address}"))?;
         let address = listener.local_addr()?;
         let (shutdown, stopped) = oneshot::channel();
-        let served = tokio::spawn(feral_coordinator::serve(settings, listener, store, async {
+        let served = tokio::spawn(feral_coordinator::serve(settings, access, listener, store, async {
             let _ = stopped.await;
         }));
         Ok(Self { address, shutdown: Some(shutdown), served })
@@ -64,7 +71,7 @@ impl RunningCoordinator {
         let store = EtcdStore::connect(endpoints, prefix).await?;
         let election = Election::connect(endpoints, prefix, &format!("http://{address}"), lease).await?;
         let (shutdown, stopped) = oneshot::channel();
-        let served = tokio::spawn(feral_coordinator::serve_elected(settings, listener, store, election, async {
+        let served = tokio::spawn(feral_coordinator::serve_elected(settings, Default::default(), listener, store, election, async {
             let _ = stopped.await;
         }));
         Ok(Self { address, shutdown: Some(shutdown), served })
@@ -118,18 +125,29 @@ pub struct RunningWorker {
 
 impl RunningWorker {
     pub fn start(coordinator_url: &str, id: &str, runner: Arc<dyn TaskRunner>) -> Self {
+        Self::start_with_token(coordinator_url, id, runner, BearerToken::none())
+    }
+
+    /// [`start`](Self::start), every call carrying `token`.
+    pub fn start_with_token(coordinator_url: &str, id: &str, runner: Arc<dyn TaskRunner>, token: BearerToken) -> Self {
         let config = AgentConfig {
             coordinator: coordinator_url.to_owned(),
             worker_id: id.to_owned(),
             hostname: "sandbox".to_owned(),
             advertise_host: "127.0.0.1".to_owned(),
             slots: vec![pb::Slot { device: "cpu".into(), name: "cpu".into() }],
+            token,
         };
         let (shutdown, stopped) = oneshot::channel();
         let running = tokio::spawn(agent::run(config, runner, async {
             let _ = stopped.await;
         }));
         Self { id: id.to_owned(), shutdown: Some(shutdown), running }
+    }
+
+    /// Whether the agent has ended by itself (its credential refused).
+    pub fn is_finished(&self) -> bool {
+        self.running.is_finished()
     }
 
     pub async fn stop(mut self) -> anyhow::Result<()> {

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use feral_common::task::{Assignment, EpochReport, TaskKind, TaskOutcome, TaskRef};
 use feral_proto::v1 as pb;
+use feral_proto::credentials::{AuthedChannel, BearerToken};
 use feral_proto::leader::Coordinators;
 use feral_proto::v1::worker_service_client::WorkerServiceClient;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 use tonic::Code;
 use tracing::{info, warn};
 
@@ -32,12 +32,17 @@ pub struct AgentConfig {
     /// The host name or address other workers reach this one at (gang peers).
     pub advertise_host: String,
     pub slots: Vec<pb::Slot>,
+    /// Sent with every call (none for a coordinator without tokens).
+    pub token: BearerToken,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("{0}")]
     BadAddress(String),
+    /// The coordinator refused this worker's credential: no retry can fix that.
+    #[error("the coordinator at {coordinator} refused this worker's credential: {message}")]
+    Refused { coordinator: String, message: String },
 }
 
 /// Tasks running now, by id, with what stops them.
@@ -51,27 +56,31 @@ enum TaskMessage {
 
 /// Runs the worker until `shutdown` resolves; running tasks are then asked to stop.
 pub async fn run(config: AgentConfig, runner: Arc<dyn TaskRunner>, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    let coordinators = Coordinators::parse(&config.coordinator).map_err(AgentError::BadAddress)?;
+    let coordinators = Coordinators::parse(&config.coordinator).map_err(AgentError::BadAddress)?.with_token(config.token.clone());
     let running: Running = Arc::default();
-    tokio::select! {
-        _ = shutdown => {}
-        _ = converse(&config, coordinators, runner, Arc::clone(&running)) => {}
-    }
+    let ended = tokio::select! {
+        _ = shutdown => Ok(()),
+        refused = converse(&config, coordinators, runner, Arc::clone(&running)) => Err(refused),
+    };
     for control in lock(&running).values() {
         control.stop();
     }
     info!(worker_id = %config.worker_id, "worker stopped");
-    Ok(())
+    ended
 }
 
 fn lock(running: &Running) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TaskControl>>> {
     running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-async fn converse(config: &AgentConfig, coordinators: Coordinators, runner: Arc<dyn TaskRunner>, running: Running) {
+/// Registers and heartbeats until the coordinator refuses this worker's credential.
+async fn converse(config: &AgentConfig, coordinators: Coordinators, runner: Arc<dyn TaskRunner>, running: Running) -> AgentError {
     let mut started: HashSet<String> = HashSet::new();
     loop {
-        let interval = register(config, &coordinators).await;
+        let interval = match register(config, &coordinators).await {
+            Ok(interval) => interval,
+            Err(refused) => return refused,
+        };
         let mut ticks = tokio::time::interval(interval);
         let mut failing = false;
         loop {
@@ -118,8 +127,9 @@ async fn converse(config: &AgentConfig, coordinators: Coordinators, runner: Arc<
     }
 }
 
-/// Registers, retrying with backoff until the coordinator answers; returns the heartbeat interval.
-async fn register(config: &AgentConfig, coordinators: &Coordinators) -> Duration {
+/// Registers, retrying with backoff until the coordinator answers; returns the heartbeat
+/// interval, or the refusal of this worker's credential.
+async fn register(config: &AgentConfig, coordinators: &Coordinators) -> Result<Duration, AgentError> {
     let mut backoff = Backoff::default();
     loop {
         let request = pb::RegisterRequest {
@@ -131,7 +141,10 @@ async fn register(config: &AgentConfig, coordinators: &Coordinators) -> Duration
             Ok(reply) => {
                 let interval = reply.into_inner().heartbeat_interval_ms.max(10);
                 info!(worker_id = %config.worker_id, coordinator = %coordinators.current(), "registered");
-                return Duration::from_millis(interval);
+                return Ok(Duration::from_millis(interval));
+            }
+            Err(status) if matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied) => {
+                return Err(AgentError::Refused { coordinator: coordinators.current().to_owned(), message: status.message().to_owned() });
             }
             Err(status) => {
                 warn!(error = %status.message(), coordinator = %coordinators.current(), "cannot register with the coordinator; retrying");
@@ -143,7 +156,7 @@ async fn register(config: &AgentConfig, coordinators: &Coordinators) -> Duration
     }
 }
 
-fn client(coordinators: &Coordinators) -> WorkerServiceClient<Channel> {
+fn client(coordinators: &Coordinators) -> WorkerServiceClient<AuthedChannel> {
     WorkerServiceClient::new(coordinators.channel())
 }
 
@@ -287,14 +300,16 @@ async fn report_failure(coordinators: Coordinators, request: pb::FailTaskRequest
 /// fix (the request was refused as invalid) end the retries.
 async fn retry<T, F, Fut>(what: &str, coordinators: &Coordinators, mut call: F) -> Option<T>
 where
-    F: FnMut(WorkerServiceClient<Channel>) -> Fut,
+    F: FnMut(WorkerServiceClient<AuthedChannel>) -> Fut,
     Fut: Future<Output = Result<T, tonic::Status>>,
 {
     let mut backoff = Backoff::default();
     loop {
         match call(client(coordinators)).await {
             Ok(value) => return Some(value),
-            Err(status) if matches!(status.code(), Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition) => {
+            Err(status)
+                if matches!(status.code(), Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::PermissionDenied | Code::Unauthenticated) =>
+            {
                 warn!(error = %status.message(), "{what} refused by the coordinator");
                 return None;
             }

@@ -7,6 +7,7 @@
 //! id = "node-a"
 //! devices = "cuda:0,cuda:1"
 //! advertise_host = "10.0.0.2"
+//! token_file = "/etc/feral/worker-token"  # for a coordinator with tokens
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ pub struct WorkerFile {
     pub id: Option<String>,
     pub devices: Option<String>,
     pub advertise_host: Option<String>,
+    pub token_file: Option<PathBuf>,
 }
 
 impl WorkerFile {

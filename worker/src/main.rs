@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
+use feral_proto::credentials::BearerToken;
 use feral_worker::agent::{self, AgentConfig};
 use feral_worker::config::WorkerFile;
 use feral_worker::runner::TchRunner;
@@ -31,6 +32,10 @@ struct Args {
     /// by default this machine's host name.
     #[arg(long, env = "FERAL_ADVERTISE_HOST")]
     advertise_host: Option<String>,
+    /// A file whose first line is this worker's bearer token, for a coordinator with tokens
+    /// (a worker token named after this worker's id). The token may also come in `FERAL_TOKEN`.
+    #[arg(long, env = "FERAL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,7 +58,9 @@ async fn run() -> anyhow::Result<()> {
     let worker_id = args.id.or(file.id).unwrap_or_else(|| feral_common::ids::WorkerId::generate(&hostname).to_string());
     let advertise_host = args.advertise_host.or(file.advertise_host).unwrap_or_else(|| hostname.clone());
     let coordinator = args.coordinator.or(file.coordinator).unwrap_or_else(|| "http://127.0.0.1:7070".into());
-    let config = AgentConfig { coordinator, worker_id, hostname, advertise_host, slots };
+    let token_file = args.token_file.or(file.token_file);
+    let token = BearerToken::from_sources(token_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    let config = AgentConfig { coordinator, worker_id, hostname, advertise_host, slots, token };
     agent::run(config, Arc::new(TchRunner), feral_common::signals::shutdown_signal()).await?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::task_ids;
 use super::{required, to_status};
+use crate::auth::caller;
 use crate::leader::Role;
 use crate::error::CoordinatorError;
 use crate::model::Slot;
@@ -28,20 +29,29 @@ impl WorkerApi {
     }
 }
 
+/// The worker a call speaks for, once the caller's credential is known to be that
+/// worker's ([`crate::auth`]): nobody may register, heartbeat or report as another worker.
+fn worker<T>(request: &Request<T>, worker_id: &str) -> Result<WorkerId, Status> {
+    let id = WorkerId::new(required(worker_id, "worker_id").map_err(to_status)?);
+    caller(request).may_act_as(&id)?;
+    Ok(id)
+}
+
 /// The worker a report is from and the task it is about.
-fn ids(worker_id: &str, job_id: &str, task_id: &str, attempt: u32) -> Result<(WorkerId, TaskRef), Status> {
-    let worker = required(worker_id, "worker_id").map_err(to_status)?;
+fn ids<T>(request: &Request<T>, worker_id: &str, job_id: &str, task_id: &str, attempt: u32) -> Result<(WorkerId, TaskRef), Status> {
+    let worker = worker(request, worker_id)?;
     let task = feral_proto::task_ref(job_id, task_id, attempt).map_err(|e| to_status(e.into()))?;
-    Ok((WorkerId::new(worker), task))
+    Ok((worker, task))
 }
 
 #[tonic::async_trait]
 impl pb::worker_service_server::WorkerService for WorkerApi {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let control = self.role.control()?;
-        let request = request.into_inner();
         let invalid = |field: &str, problem: String| to_status(CoordinatorError::InvalidArgument(format!("field `{field}` {problem}")));
-        let id = WorkerId::parse(required(&request.worker_id, "worker_id").map_err(to_status)?).map_err(|p| invalid("worker_id", p))?;
+        let id = WorkerId::parse(required(&request.get_ref().worker_id, "worker_id").map_err(to_status)?).map_err(|p| invalid("worker_id", p))?;
+        caller(&request).may_act_as(&id)?;
+        let request = request.into_inner();
         if request.hostname.chars().count() > MAX_HOSTNAME_CHARS || request.hostname.chars().any(char::is_control) {
             return Err(invalid("hostname", format!("must be at most {MAX_HOSTNAME_CHARS} characters, none of them control characters")));
         }
@@ -59,8 +69,8 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
 
     async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let control = self.role.control()?;
+        let id = worker(&request, &request.get_ref().worker_id)?;
         let request = request.into_inner();
-        let id = WorkerId::new(required(&request.worker_id, "worker_id").map_err(to_status)?);
         let reply = control.heartbeat(&id, task_ids(request.running_task_ids), now_ms()).await.map_err(to_status)?;
         Ok(Response::new(pb::HeartbeatResponse {
             assignments: reply.assignments.iter().map(pb::TaskAssignment::from).collect(),
@@ -69,8 +79,11 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
     }
 
     async fn report_progress(&self, request: Request<pb::ReportProgressRequest>) -> Result<Response<pb::ReportProgressResponse>, Status> {
+        let (worker, task) = {
+            let r = request.get_ref();
+            ids(&request, &r.worker_id, &r.job_id, &r.task_id, r.attempt)?
+        };
         let request = request.into_inner();
-        let (worker, task) = ids(&request.worker_id, &request.job_id, &request.task_id, request.attempt)?;
         let epoch = request.epoch.ok_or_else(|| to_status(CoordinatorError::required("epoch")))?;
         let epoch = EpochReport::try_from(epoch).map_err(|e| to_status(e.into()))?;
         let stop = self
@@ -84,8 +97,11 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
 
     async fn finish_task(&self, request: Request<pb::FinishTaskRequest>) -> Result<Response<pb::FinishTaskResponse>, Status> {
         let control = self.role.control()?;
+        let (worker, task) = {
+            let r = request.get_ref();
+            ids(&request, &r.worker_id, &r.job_id, &r.task_id, r.attempt)?
+        };
         let request = request.into_inner();
-        let (worker, task) = ids(&request.worker_id, &request.job_id, &request.task_id, request.attempt)?;
         let outcome = request.outcome.ok_or_else(|| to_status(CoordinatorError::required("outcome")))?;
         let outcome = TaskOutcome::try_from(outcome).map_err(|e| to_status(e.into()))?;
         control.finish_task(&worker, &task, outcome, now_ms()).await.map_err(to_status)?;
@@ -94,8 +110,11 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
 
     async fn join_gang(&self, request: Request<pb::JoinGangRequest>) -> Result<Response<pb::JoinGangResponse>, Status> {
         let control = self.role.control()?;
+        let (worker, task) = {
+            let r = request.get_ref();
+            ids(&request, &r.worker_id, &r.job_id, &r.task_id, r.attempt)?
+        };
         let request = request.into_inner();
-        let (worker, task) = ids(&request.worker_id, &request.job_id, &request.task_id, request.attempt)?;
         let address = required(&request.address, "address").map_err(to_status)?.to_owned();
         let peers = control.join_gang(&worker, &task, address, request.nccl_unique_id).await.map_err(to_status)?;
         Ok(Response::new(match peers {
@@ -106,8 +125,11 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
 
     async fn fail_task(&self, request: Request<pb::FailTaskRequest>) -> Result<Response<pb::FailTaskResponse>, Status> {
         let control = self.role.control()?;
+        let (worker, task) = {
+            let r = request.get_ref();
+            ids(&request, &r.worker_id, &r.job_id, &r.task_id, r.attempt)?
+        };
         let request = request.into_inner();
-        let (worker, task) = ids(&request.worker_id, &request.job_id, &request.task_id, request.attempt)?;
         let reason = required(&request.reason, "reason").map_err(to_status)?.to_owned();
         control.fail_task(&worker, &task, reason, request.retryable, now_ms()).await.map_err(to_status)?;
         Ok(Response::new(pb::FailTaskResponse {}))
