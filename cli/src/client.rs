@@ -2,13 +2,12 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use feral_common::errors::error_chain;
 use feral_proto::leader::leader_of;
 use feral_proto::v1 as pb;
 use feral_proto::v1::job_service_client::JobServiceClient;
-use feral_proto::credentials::{AuthedChannel, BearerToken};
-use tonic::transport::Endpoint;
+use feral_proto::credentials::{self, AuthedChannel, BearerToken};
+use tonic::transport::ClientTlsConfig;
 
 /// The job API's client, every call carrying the CLI's token.
 pub type Client = JobServiceClient<AuthedChannel>;
@@ -18,12 +17,14 @@ pub type Client = JobServiceClient<AuthedChannel>;
 pub struct Target {
     pub urls: String,
     pub token: BearerToken,
+    /// TLS for `https://` addresses.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl Target {
     /// A coordinator without tokens (the demo's).
     pub fn open(urls: impl Into<String>) -> Self {
-        Self { urls: urls.into(), token: BearerToken::none() }
+        Self { urls: urls.into(), token: BearerToken::none(), tls: None }
     }
 }
 
@@ -40,7 +41,7 @@ pub async fn connect(target: &Target) -> anyhow::Result<Client> {
     let urls = target.urls.as_str();
     let addresses: Vec<String> = urls.split(',').map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect();
     if addresses.len() < 2 {
-        return connect_one(urls.trim(), &target.token).await;
+        return connect_one(urls.trim(), target).await;
     }
     let mut queue = std::collections::VecDeque::from(addresses);
     let (mut tried, mut problems) = (std::collections::HashSet::new(), Vec::new());
@@ -48,7 +49,7 @@ pub async fn connect(target: &Target) -> anyhow::Result<Client> {
         if !tried.insert(address.clone()) {
             continue;
         }
-        let mut client = match connect_one(&address, &target.token).await {
+        let mut client = match connect_one(&address, target).await {
             Ok(client) => client,
             Err(error) => {
                 problems.push(format!("{error:#}"));
@@ -68,15 +69,13 @@ pub async fn connect(target: &Target) -> anyhow::Result<Client> {
     anyhow::bail!("no coordinator of {urls} leads: {}", problems.join("; "))
 }
 
-async fn connect_one(url: &str, token: &BearerToken) -> anyhow::Result<Client> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("--coordinator {url:?} is not a valid URL (expected e.g. http://127.0.0.1:7070)"))?
-        .connect_timeout(Duration::from_secs(5));
+async fn connect_one(url: &str, target: &Target) -> anyhow::Result<Client> {
+    let endpoint = credentials::endpoint(url, target.tls.as_ref(), Duration::from_secs(5)).map_err(|e| anyhow::anyhow!("--coordinator: {e}"))?;
     let channel = endpoint
         .connect()
         .await
         .map_err(|error| anyhow::anyhow!("cannot reach the coordinator at {url}: {}", error_chain(&error)))?;
-    Ok(JobServiceClient::new(token.channel(channel)))
+    Ok(JobServiceClient::new(target.token.channel(channel)))
 }
 
 /// A failed call as an error that reads as the coordinator's message alone (it names the

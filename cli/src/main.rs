@@ -33,6 +33,15 @@ struct Cli {
     /// (a submitter or admin token). The token may also come in `FERAL_TOKEN`.
     #[arg(long, global = true, env = "FERAL_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) that signed the coordinator's certificate, for `https://` addresses.
+    #[arg(long, global = true, env = "FERAL_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM), for a coordinator that requires one (mutual TLS).
+    #[arg(long, global = true, env = "FERAL_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The key (PEM) of --tls-cert.
+    #[arg(long, global = true, env = "FERAL_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -111,7 +120,8 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let token = BearerToken::from_sources(cli.token_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
-    let target = client::Target { urls: cli.coordinator, token };
+    let tls = feral_proto::credentials::client_tls(cli.tls_ca.as_deref(), cli.tls_cert.as_deref(), cli.tls_key.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    let target = client::Target { urls: cli.coordinator, token, tls };
     let url = &target;
     match cli.command {
         Command::Submit { spec, watch } => jobs::submit(url, &spec, watch).await,

@@ -29,7 +29,7 @@ async fn the_cli_sends_its_token_and_says_why_a_call_was_refused() -> anyhow::Re
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let settings = Settings { artifact_root: dir.path().join("artifacts"), heartbeat_interval_ms: 100, lease_ttl_ms: 1500 };
-    let access = Access { tokens: Some(Arc::new(Tokens::parse(TOKENS).map_err(anyhow::Error::msg)?)) };
+    let access = Access { tokens: Some(Arc::new(Tokens::parse(TOKENS).map_err(anyhow::Error::msg)?)), ..Access::default() };
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(feral_coordinator::serve(settings, access, listener, Arc::new(MemoryStore::default()), async {
         let _ = stopped.await;

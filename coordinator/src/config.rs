@@ -12,6 +12,9 @@
 //! advertise = "http://10.0.0.1:7070"      # with etcd: what a standby tells callers of the leader
 //! leader_lease_s = 5
 //! tokens = "/etc/feral/tokens.toml"       # bearer tokens and their roles (see `auth`)
+//! tls_cert = "/etc/feral/coordinator.pem" # TLS on both APIs (clients use https://)
+//! tls_key = "/etc/feral/coordinator.key"
+//! tls_client_ca = "/etc/feral/ca.pem"     # mutual TLS: only clients with a certificate it signed
 //! ```
 
 use std::net::SocketAddr;
@@ -75,6 +78,11 @@ pub struct CoordinatorConfig {
     pub leader_lease_s: u64,
     /// The tokens file ([`crate::auth`]); without one, every caller may call anything.
     pub tokens: Option<PathBuf>,
+    /// PEM files: this coordinator's certificate and key (TLS), and the CA whose client
+    /// certificates it requires (mutual TLS).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +97,9 @@ struct ConfigFile {
     advertise: Option<String>,
     leader_lease_s: Option<u64>,
     tokens: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// Values given on the command line or in the environment; they win over the file.
@@ -122,6 +133,15 @@ pub struct Overrides {
     /// Without one, anyone who reaches the port may call anything.
     #[arg(long, env = "FERAL_TOKENS")]
     pub tokens: Option<PathBuf>,
+    /// This coordinator's TLS certificate (PEM): both APIs then speak TLS only (clients use https://).
+    #[arg(long, env = "FERAL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key (PEM) of --tls-cert.
+    #[arg(long, env = "FERAL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: the CA (PEM) whose client certificates are required of every caller.
+    #[arg(long, env = "FERAL_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl CoordinatorConfig {
@@ -158,7 +178,15 @@ impl CoordinatorConfig {
         let leader_lease_s = overrides.leader_lease_s.or_else(|| file.and_then(|f| f.leader_lease_s)).unwrap_or(5);
         let settings = Settings { artifact_root, heartbeat_interval_ms, lease_ttl_ms };
         let tokens = overrides.tokens.clone().or_else(|| file.and_then(|f| f.tokens.clone()));
-        let config = Self { listen, store, settings, advertise, leader_lease_s, tokens };
+        let tls_cert = overrides.tls_cert.clone().or_else(|| file.and_then(|f| f.tls_cert.clone()));
+        let tls_key = overrides.tls_key.clone().or_else(|| file.and_then(|f| f.tls_key.clone()));
+        let tls_client_ca = overrides.tls_client_ca.clone().or_else(|| file.and_then(|f| f.tls_client_ca.clone()));
+        let advertise = match (&tls_cert, advertise.strip_prefix("http://")) {
+            // Over TLS the default address is https://.
+            (Some(_), Some(rest)) if overrides.advertise.is_none() && file.and_then(|f| f.advertise.as_ref()).is_none() => format!("https://{rest}"),
+            _ => advertise,
+        };
+        let config = Self { listen, store, settings, advertise, leader_lease_s, tokens, tls_cert, tls_key, tls_client_ca };
         config.validate()?;
         Ok(config)
     }
@@ -177,6 +205,12 @@ impl CoordinatorConfig {
         if !(1..=300).contains(&self.leader_lease_s) {
             return Err(ConfigError::Invalid { field: "leader_lease_s", problem: format!("must be in 1..=300 seconds, got {}", self.leader_lease_s) });
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid { field: "tls_cert", problem: "and `tls_key` go together: give both or neither".into() });
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(ConfigError::Invalid { field: "tls_client_ca", problem: "needs `tls_cert` and `tls_key` (mutual TLS is TLS first)".into() });
+        }
         if self.advertise.parse::<tonic::transport::Uri>().map_or(true, |uri| uri.scheme().is_none() || uri.host().is_none()) {
             return Err(ConfigError::Invalid { field: "advertise", problem: format!("must be a URL such as http://host:7070, got {:?}", self.advertise) });
         }
@@ -192,6 +226,9 @@ impl CoordinatorConfig {
             advertise: "http://127.0.0.1:0".into(),
             leader_lease_s: 2,
             tokens: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -230,6 +267,12 @@ mod tests {
         assert_eq!(config.tokens, None);
         let overrides = Overrides { tokens: Some("/etc/feral/tokens.toml".into()), ..Overrides::default() };
         assert_eq!(CoordinatorConfig::load(Some(&path), &overrides).expect("valid").tokens, Some(PathBuf::from("/etc/feral/tokens.toml")));
+        let tls = Overrides { tls_cert: Some("c.pem".into()), tls_key: Some("k.pem".into()), ..Overrides::default() };
+        assert_eq!(CoordinatorConfig::load(Some(&path), &tls).expect("valid").advertise, "https://127.0.0.1:9000", "TLS advertises https");
+        let half = Overrides { tls_cert: Some("c.pem".into()), ..Overrides::default() };
+        assert!(CoordinatorConfig::load(Some(&path), &half).expect_err("no key").to_string().contains("tls_key"));
+        let mutual = Overrides { tls_client_ca: Some("ca.pem".into()), ..Overrides::default() };
+        assert!(CoordinatorConfig::load(Some(&path), &mutual).expect_err("no cert").to_string().contains("`tls_client_ca`"));
     }
 
     #[test]

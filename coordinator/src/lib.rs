@@ -13,6 +13,7 @@ pub mod model;
 pub mod store;
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use feral_common::time::now_ms;
 use feral_proto::v1::job_service_server::JobServiceServer;
 use feral_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::auth::{Api, Gate, Tokens};
@@ -42,6 +44,21 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, Coordina
 #[derive(Clone, Debug, Default)]
 pub struct Access {
     pub tokens: Option<Arc<Tokens>>,
+    /// TLS (and mutual TLS when it names a client CA) on both APIs.
+    pub tls: Option<ServerTlsConfig>,
+}
+
+impl Access {
+    /// TLS settings from PEM files: this coordinator's certificate and key, and the CA whose
+    /// client certificates it then requires.
+    pub fn tls_from_files(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerTlsConfig, ServeError> {
+        let read = |path: &Path, what: &str| std::fs::read(path).map_err(|e| ServeError::Tls(format!("cannot read {what} {}: {e}", path.display())));
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert, "the TLS certificate")?, read(key, "the TLS key")?));
+        if let Some(ca) = client_ca {
+            tls = tls.client_ca_root(Certificate::from_pem(read(ca, "the client CA")?));
+        }
+        Ok(tls)
+    }
 }
 
 /// Serves the coordinator on `listener` until `shutdown` resolves, then drains. The store
@@ -96,7 +113,11 @@ async fn serve_as(settings: &Settings, access: &Access, listener: TcpListener, r
         shutdown.await;
         let _ = stop_watches.send(true);
     };
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &access.tls {
+        builder = builder.tls_config(tls.clone()).map_err(|e| ServeError::Tls(e.to_string()))?;
+    }
+    let server = builder
         .add_service(JobServiceServer::with_interceptor(grpc::JobApi::new(role.clone(), stopping), Gate::new(access.tokens.clone(), Api::Jobs)))
         .add_service(WorkerServiceServer::with_interceptor(grpc::WorkerApi::new(role.clone()), Gate::new(access.tokens.clone(), Api::Workers)))
         .serve_with_incoming_shutdown(incoming, shutdown);
@@ -128,4 +149,6 @@ pub enum ServeError {
     Deposed,
     #[error("gRPC server failed: {0}")]
     Transport(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }

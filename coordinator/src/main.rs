@@ -36,6 +36,16 @@ async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = CoordinatorConfig::load(args.config.as_deref(), &args.overrides)?;
     let tokens = config.tokens.as_deref().map(Tokens::load).transpose()?.map(Arc::new);
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(Access::tls_from_files(cert, key, config.tls_client_ca.as_deref())?),
+        _ => None,
+    };
+    if tls.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "NO TLS: this coordinator listens beyond loopback in plain text, so tokens, specs and results cross the network readable by anyone on it; give it --tls-cert and --tls-key"
+        );
+    }
     if tokens.is_none() && !config.listen.ip().is_loopback() {
         tracing::warn!(
             listen = %config.listen,
@@ -43,7 +53,7 @@ async fn run() -> anyhow::Result<()> {
             config.listen
         );
     }
-    let access = Access { tokens };
+    let access = Access { tokens, tls };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

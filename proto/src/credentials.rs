@@ -1,15 +1,56 @@
 //! A client's credential: the bearer token it sends with every call to a coordinator that
 //! has tokens (the coordinator's `auth` module says who may call what). The `feral` CLI and
 //! `feral-worker` read it the same way: the `FERAL_TOKEN` environment variable, or a file
-//! (`--token-file`, `FERAL_TOKEN_FILE`) whose first line is the token.
+//! (`--token-file`, `FERAL_TOKEN_FILE`) whose first line is the token. Over TLS
+//! (`https://` addresses) a client trusts the CA it is given (`--tls-ca`) and may show its
+//! own certificate (`--tls-cert`, `--tls-key`) to a coordinator that asks for one (mTLS).
 
 use std::path::Path;
+use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+}
+
+/// A client's TLS settings from PEM files: the CA to trust, and this client's certificate
+/// and key for mutual TLS (both or neither). `None` when no file is given.
+pub fn client_tls(ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) -> Result<Option<ClientTlsConfig>, String> {
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some(Identity::from_pem(read(cert, "the TLS certificate")?, read(key, "the TLS key")?)),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together: give both or neither".into()),
+    };
+    let Some(ca) = ca else {
+        return match identity {
+            Some(_) => Err("--tls-cert needs --tls-ca, the CA that signed the coordinator's certificate".into()),
+            None => Ok(None),
+        };
+    };
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "the TLS CA")?));
+    if let Some(identity) = identity {
+        config = config.identity(identity);
+    }
+    Ok(Some(config))
+}
+
+/// The endpoint of coordinator `url`: TLS for an `https://` address (which needs `tls`),
+/// plain for `http://`.
+pub fn endpoint(url: &str, tls: Option<&ClientTlsConfig>, connect_timeout: Duration) -> Result<Endpoint, String> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| format!("coordinator address {url:?} is not a valid URL (expected e.g. http://127.0.0.1:7070): {e}"))?
+        .connect_timeout(connect_timeout);
+    match (url.starts_with("https://"), tls) {
+        (true, Some(tls)) => endpoint.tls_config(tls.clone()).map_err(|e| format!("TLS settings for {url}: {e}")),
+        (true, None) => Err(format!("{url} is an https:// address: give --tls-ca (FERAL_TLS_CA), the CA that signed the coordinator's certificate")),
+        (false, _) => Ok(endpoint),
+    }
+}
 
 /// The environment variable that holds a token itself.
 pub const TOKEN_ENV: &str = "FERAL_TOKEN";

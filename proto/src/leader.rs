@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Code, Status};
 
-use crate::credentials::{AuthedChannel, BearerToken};
+use crate::credentials::{endpoint, AuthedChannel, BearerToken};
 
 /// The gRPC metadata key a standby names the leader's address in.
 pub const LEADER_METADATA: &str = "feral-leader";
@@ -33,17 +33,18 @@ pub struct Coordinators {
 impl Coordinators {
     /// `list`: one or more URLs (`http://host:port`), separated by commas.
     pub fn parse(list: &str) -> Result<Self, String> {
+        Self::parse_with_tls(list, None)
+    }
+
+    /// [`parse`](Self::parse), with TLS for `https://` addresses.
+    pub fn parse_with_tls(list: &str, tls: Option<&ClientTlsConfig>) -> Result<Self, String> {
         let addresses: Vec<String> = list.split(',').map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect();
         if addresses.is_empty() {
             return Err(format!("no coordinator address in {list:?}"));
         }
         let channels = addresses
             .iter()
-            .map(|address| {
-                Endpoint::from_shared(address.clone())
-                    .map(|e| e.connect_timeout(Duration::from_secs(3)).connect_lazy())
-                    .map_err(|e| format!("coordinator address {address:?} is not a valid URL: {e}"))
-            })
+            .map(|address| endpoint(address, tls, Duration::from_secs(3)).map(|e| e.connect_lazy()))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { addresses: addresses.into(), channels: channels.into(), current: Arc::default(), token: BearerToken::none() })
     }

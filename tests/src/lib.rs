@@ -130,6 +130,11 @@ impl RunningWorker {
 
     /// [`start`](Self::start), every call carrying `token`.
     pub fn start_with_token(coordinator_url: &str, id: &str, runner: Arc<dyn TaskRunner>, token: BearerToken) -> Self {
+        Self::start_with(coordinator_url, id, runner, token, None)
+    }
+
+    /// [`start`](Self::start) with `token` and TLS settings (for an `https://` URL).
+    pub fn start_with(coordinator_url: &str, id: &str, runner: Arc<dyn TaskRunner>, token: BearerToken, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
         let config = AgentConfig {
             coordinator: coordinator_url.to_owned(),
             worker_id: id.to_owned(),
@@ -137,6 +142,7 @@ impl RunningWorker {
             advertise_host: "127.0.0.1".to_owned(),
             slots: vec![pb::Slot { device: "cpu".into(), name: "cpu".into() }],
             token,
+            tls,
         };
         let (shutdown, stopped) = oneshot::channel();
         let running = tokio::spawn(agent::run(config, runner, async {

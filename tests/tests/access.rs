@@ -41,7 +41,7 @@ fn token(secret: &str) -> BearerToken {
 }
 
 async fn coordinator(root: &std::path::Path) -> anyhow::Result<RunningCoordinator> {
-    let access = Access { tokens: Some(Arc::new(Tokens::parse(TOKENS).map_err(anyhow::Error::msg)?)) };
+    let access = Access { tokens: Some(Arc::new(Tokens::parse(TOKENS).map_err(anyhow::Error::msg)?)), ..Access::default() };
     RunningCoordinator::start_with(test_settings(root), access, Arc::new(MemoryStore::default()), SocketAddr::from(([127, 0, 0, 1], 0))).await
 }
 

@@ -13,6 +13,7 @@ use feral_common::task::{Assignment, EpochReport, TaskKind, TaskOutcome, TaskRef
 use feral_proto::v1 as pb;
 use feral_proto::credentials::{AuthedChannel, BearerToken};
 use feral_proto::leader::Coordinators;
+use tonic::transport::ClientTlsConfig;
 use feral_proto::v1::worker_service_client::WorkerServiceClient;
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -23,7 +24,7 @@ use crate::runner::TaskRunner;
 use crate::task::TaskError;
 
 /// Who this worker is and where its coordinator listens.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct AgentConfig {
     /// e.g. `http://10.0.0.1:7070`, or several separated by commas.
     pub coordinator: String,
@@ -34,6 +35,8 @@ pub struct AgentConfig {
     pub slots: Vec<pb::Slot>,
     /// Sent with every call (none for a coordinator without tokens).
     pub token: BearerToken,
+    /// TLS for `https://` coordinator addresses.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +59,7 @@ enum TaskMessage {
 
 /// Runs the worker until `shutdown` resolves; running tasks are then asked to stop.
 pub async fn run(config: AgentConfig, runner: Arc<dyn TaskRunner>, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    let coordinators = Coordinators::parse(&config.coordinator).map_err(AgentError::BadAddress)?.with_token(config.token.clone());
+    let coordinators = Coordinators::parse_with_tls(&config.coordinator, config.tls.as_ref()).map_err(AgentError::BadAddress)?.with_token(config.token.clone());
     let running: Running = Arc::default();
     let ended = tokio::select! {
         _ = shutdown => Ok(()),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Parser;
-use feral_proto::credentials::BearerToken;
+use feral_proto::credentials::{self, BearerToken};
 use feral_worker::agent::{self, AgentConfig};
 use feral_worker::config::WorkerFile;
 use feral_worker::runner::TchRunner;
@@ -36,6 +36,22 @@ struct Args {
     /// (a worker token named after this worker's id). The token may also come in `FERAL_TOKEN`.
     #[arg(long, env = "FERAL_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// TLS towards the coordinator (`https://` addresses).
+#[derive(Debug, clap::Args)]
+struct TlsArgs {
+    /// The CA certificate (PEM) that signed the coordinator's certificate.
+    #[arg(long, env = "FERAL_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// This worker's certificate (PEM), for a coordinator that requires client certificates.
+    #[arg(long, env = "FERAL_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The key (PEM) of --tls-cert.
+    #[arg(long, env = "FERAL_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,7 +76,8 @@ async fn run() -> anyhow::Result<()> {
     let coordinator = args.coordinator.or(file.coordinator).unwrap_or_else(|| "http://127.0.0.1:7070".into());
     let token_file = args.token_file.or(file.token_file);
     let token = BearerToken::from_sources(token_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
-    let config = AgentConfig { coordinator, worker_id, hostname, advertise_host, slots, token };
+    let tls = credentials::client_tls(args.tls.tls_ca.as_deref(), args.tls.tls_cert.as_deref(), args.tls.tls_key.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+    let config = AgentConfig { coordinator, worker_id, hostname, advertise_host, slots, token, tls };
     agent::run(config, Arc::new(TchRunner), feral_common::signals::shutdown_signal()).await?;
     Ok(())
 }

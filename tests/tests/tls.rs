@@ -1,0 +1,105 @@
+//! TLS and mutual TLS on a real coordinator (certificates made here with rcgen, none
+//! committed): a client that trusts the coordinator's CA is served; one that trusts another
+//! CA, or speaks plain text, is refused; with a client CA, only callers with a certificate
+//! that CA signed get through, and a worker with one runs a job to success.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use feral_coordinator::store::MemoryStore;
+use feral_coordinator::Access;
+use feral_proto::credentials::{client_tls, endpoint, BearerToken};
+use feral_proto::v1 as pb;
+use feral_proto::v1::job_service_client::JobServiceClient;
+use feral_tests::scripted::ScriptedRunner;
+use feral_tests::*;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+
+/// A CA, and certificates it signs, written as PEM files under `dir`.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    dir: PathBuf,
+    name: String,
+}
+
+impl Ca {
+    fn new(dir: &Path, name: &str) -> anyhow::Result<Self> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, format!("{name} test CA"));
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
+        std::fs::write(dir.join(format!("{name}-ca.pem")), issuer.pem())?;
+        Ok(Self { issuer, dir: dir.to_path_buf(), name: name.to_owned() })
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.join(format!("{}-ca.pem", self.name))
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses): its (certificate, key) files.
+    fn sign(&self, file: &str, names: &[&str]) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let (cert_file, key_file) = (self.dir.join(format!("{file}.pem")), self.dir.join(format!("{file}.key")));
+        std::fs::write(&cert_file, cert.pem())?;
+        std::fs::write(&key_file, key.serialize_pem())?;
+        Ok((cert_file, key_file))
+    }
+}
+
+async fn coordinator(root: &Path, ca: &Ca, client_ca: Option<&Path>) -> anyhow::Result<RunningCoordinator> {
+    let (cert, key) = ca.sign("coordinator", &["localhost", "127.0.0.1"])?;
+    let access = Access { tls: Some(Access::tls_from_files(&cert, &key, client_ca)?), ..Access::default() };
+    RunningCoordinator::start_with(test_settings(root), access, Arc::new(MemoryStore::default()), SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// Lists jobs at `url` with these client TLS files: whether the call was served.
+async fn served(url: &str, ca: Option<&Path>, identity: Option<&(PathBuf, PathBuf)>) -> anyhow::Result<bool> {
+    let tls = client_tls(ca, identity.map(|i| i.0.as_path()), identity.map(|i| i.1.as_path())).map_err(anyhow::Error::msg)?;
+    let endpoint = endpoint(url, tls.as_ref(), Duration::from_secs(5)).map_err(anyhow::Error::msg)?;
+    let Ok(channel) = endpoint.connect().await else { return Ok(false) };
+    Ok(JobServiceClient::new(channel).list_jobs(pb::ListJobsRequest::default()).await.is_ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_clients_that_trust_the_coordinators_ca_are_served() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let (ca, other) = (Ca::new(dir.path(), "feral")?, Ca::new(dir.path(), "other")?);
+    let coordinator = coordinator(dir.path(), &ca, None).await?;
+    let https = format!("https://{}", coordinator.address);
+    assert!(served(&https, Some(&ca.ca_file()), None).await?, "a client trusting the CA is served");
+    assert!(!served(&https, Some(&other.ca_file()), None).await?, "a client trusting another CA is refused");
+    assert!(!served(&coordinator.url(), None, None).await?, "plain text is refused");
+    let error = endpoint(&https, None, Duration::from_secs(1)).expect_err("https without a CA");
+    assert!(error.contains("--tls-ca"), "{error}");
+    coordinator.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_client_ca_only_certified_callers_get_through_and_a_certified_worker_trains() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let (ca, other) = (Ca::new(dir.path(), "feral")?, Ca::new(dir.path(), "other")?);
+    let coordinator = coordinator(dir.path(), &ca, Some(&ca.ca_file())).await?;
+    let https = format!("https://{}", coordinator.address);
+    let (worker_identity, stranger) = (ca.sign("w1", &["w1"])?, other.sign("stranger", &["stranger"])?);
+    assert!(!served(&https, Some(&ca.ca_file()), None).await?, "no client certificate: refused");
+    assert!(!served(&https, Some(&ca.ca_file()), Some(&stranger)).await?, "a certificate of another CA: refused");
+    assert!(served(&https, Some(&ca.ca_file()), Some(&worker_identity)).await?, "a certificate the CA signed: served");
+
+    let tls = client_tls(Some(&ca.ca_file()), Some(&worker_identity.0), Some(&worker_identity.1)).map_err(anyhow::Error::msg)?;
+    let worker = RunningWorker::start_with(&https, "w1", Arc::new(ScriptedRunner::fast(0)), BearerToken::none(), tls.clone());
+    let dataset = synthetic_dataset(&dir.path().join("data"), 200)?;
+    let channel = endpoint(&https, tls.as_ref(), Duration::from_secs(5)).map_err(anyhow::Error::msg)?.connect().await?;
+    let mut jobs = JobServiceClient::new(channel);
+    let job = submit(&mut jobs, job_spec(&dataset, 2)).await?;
+    let done = wait_for_state(&jobs, &job.id, &[pb::JobState::Succeeded, pb::JobState::Failed], Duration::from_secs(60)).await?;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32, "{}", done.state_reason);
+    worker.stop().await?;
+    coordinator.stop().await
+}
