@@ -7,12 +7,13 @@
 # its side is launched (Feral: before the coordinator starts; DDP: before torchrun). Prints
 # the validation macro-F1 by epoch, the time each side first reaches the macro-F1 both
 # reach, the time to the end, and the final macro-F1.
-# Usage: scripts/bench-ddp.sh [FER2013_CSV(.gz)]   (EPOCHS=12 STEPS=45 OUT=target/bench-ddp)
+# Usage: scripts/bench-ddp.sh [FER2013_CSV(.gz)]   (EPOCHS=12 STEPS=45 SEED=7 OUT=target/bench-ddp)
+# SEED seeds both sides' sampling, augmentation and initialisation (not the 10% split).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 csv=$(realpath "${1:-../shared/data/fer2013/fer2013_train_publictest.csv.gz}")
 out=$(realpath -m "${OUT:-target/bench-ddp}")
-epochs=${EPOCHS:-12} steps=${STEPS:-45}
+epochs=${EPOCHS:-12} steps=${STEPS:-45} seed=${SEED:-7}
 bash scripts/bootstrap.sh
 cargo build --release -p feral-cli -p feral-coordinator -p feral-worker
 bin=target/release
@@ -21,8 +22,8 @@ mkdir -p "$out/logs"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # --- Feral --------------------------------------------------------------------------
-printf 'version = 1\nname = "race"\ndataset = "%s"\n\n[model]\nwidth = 32\n\n[train]\nepochs = %s\nbatch_size = 64\nsteps_per_epoch = %s\nthreads = 1\n\n[semi_supervised]\nrounds = 0\n\n[resources]\nworkers = 2\n' \
-  "$out/data" "$epochs" "$steps" >"$out/race.toml"
+printf 'version = 1\nname = "race"\ndataset = "%s"\n\n[model]\nwidth = 32\n\n[train]\nepochs = %s\nbatch_size = 64\nsteps_per_epoch = %s\nthreads = 1\nseed = %s\n\n[semi_supervised]\nrounds = 0\n\n[resources]\nworkers = 2\n' \
+  "$out/data" "$epochs" "$steps" "$seed" >"$out/race.toml"
 rm -f "$out"/logs/*.log
 port=$(free_port) url=http://127.0.0.1:$port
 feral_start=$(date +%s.%N)
@@ -43,7 +44,7 @@ wait 2>/dev/null || true
 # --- torchrun DDP -------------------------------------------------------------------
 ddp_start=$(date +%s.%N)
 OMP_NUM_THREADS=1 .venv/bin/torchrun --nproc-per-node 2 --master-addr 127.0.0.1 --master-port "$(free_port)" \
-  scripts/ddp_reference.py --data "$out/data" --epochs "$epochs" --steps "$steps" --batch 64 --threads 1 >"$out/ddp.txt" 2>"$out/logs/ddp.log"
+  scripts/ddp_reference.py --data "$out/data" --epochs "$epochs" --steps "$steps" --batch 64 --threads 1 --seed "$seed" >"$out/ddp.txt" 2>"$out/logs/ddp.log"
 ddp_end=$(date +%s.%N)
 
 python3 - "$out" "$feral_start" "$feral_end" "$ddp_start" "$ddp_end" <<'PY'
