@@ -174,18 +174,15 @@ impl CoordinatorConfig {
         let heartbeat_interval_ms =
             overrides.heartbeat_interval_ms.or_else(|| file.and_then(|f| f.heartbeat_interval_ms)).unwrap_or(1000);
         let lease_ttl_ms = overrides.lease_ttl_ms.or_else(|| file.and_then(|f| f.lease_ttl_ms)).unwrap_or(10_000);
-        let advertise = overrides.advertise.clone().or_else(|| file.and_then(|f| f.advertise.clone())).unwrap_or_else(|| default_advertise(listen));
-        let leader_lease_s = overrides.leader_lease_s.or_else(|| file.and_then(|f| f.leader_lease_s)).unwrap_or(5);
-        let settings = Settings { artifact_root, heartbeat_interval_ms, lease_ttl_ms };
         let tokens = overrides.tokens.clone().or_else(|| file.and_then(|f| f.tokens.clone()));
         let tls_cert = overrides.tls_cert.clone().or_else(|| file.and_then(|f| f.tls_cert.clone()));
         let tls_key = overrides.tls_key.clone().or_else(|| file.and_then(|f| f.tls_key.clone()));
         let tls_client_ca = overrides.tls_client_ca.clone().or_else(|| file.and_then(|f| f.tls_client_ca.clone()));
-        let advertise = match (&tls_cert, advertise.strip_prefix("http://")) {
-            // Over TLS the default address is https://.
-            (Some(_), Some(rest)) if overrides.advertise.is_none() && file.and_then(|f| f.advertise.as_ref()).is_none() => format!("https://{rest}"),
-            _ => advertise,
-        };
+        let scheme = if tls_cert.is_some() { "https" } else { "http" };
+        let advertise =
+            overrides.advertise.clone().or_else(|| file.and_then(|f| f.advertise.clone())).unwrap_or_else(|| default_advertise(scheme, listen));
+        let leader_lease_s = overrides.leader_lease_s.or_else(|| file.and_then(|f| f.leader_lease_s)).unwrap_or(5);
+        let settings = Settings { artifact_root, heartbeat_interval_ms, lease_ttl_ms };
         let config = Self { listen, store, settings, advertise, leader_lease_s, tokens, tls_cert, tls_key, tls_client_ca };
         config.validate()?;
         Ok(config)
@@ -233,10 +230,11 @@ impl CoordinatorConfig {
     }
 }
 
-/// `http://<listen address>`, or `http://<host name>:<port>` when listening on every interface.
-fn default_advertise(listen: SocketAddr) -> String {
+/// `<scheme>://<listen address>`, or `<scheme>://<host name>:<port>` when listening on every
+/// interface (`https` over TLS).
+fn default_advertise(scheme: &str, listen: SocketAddr) -> String {
     if !listen.ip().is_unspecified() {
-        return format!("http://{listen}");
+        return format!("{scheme}://{listen}");
     }
     let host = std::env::var("HOSTNAME")
         .ok()
@@ -244,7 +242,7 @@ fn default_advertise(listen: SocketAddr) -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
-    format!("http://{host}:{}", listen.port())
+    format!("{scheme}://{host}:{}", listen.port())
 }
 
 #[cfg(test)]

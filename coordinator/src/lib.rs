@@ -52,7 +52,7 @@ impl Access {
     /// TLS settings from PEM files: this coordinator's certificate and key, and the CA whose
     /// client certificates it then requires.
     pub fn tls_from_files(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerTlsConfig, ServeError> {
-        let read = |path: &Path, what: &str| std::fs::read(path).map_err(|e| ServeError::Tls(format!("cannot read {what} {}: {e}", path.display())));
+        let read = |path: &Path, what: &str| feral_proto::credentials::read_pem(path, what).map_err(ServeError::Tls);
         let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert, "the TLS certificate")?, read(key, "the TLS key")?));
         if let Some(ca) = client_ca {
             tls = tls.client_ca_root(Certificate::from_pem(read(ca, "the client CA")?));

@@ -14,7 +14,8 @@ use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
-fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+/// The bytes of PEM file `path`; the error names `what` it is and the path.
+pub fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
 }
 
@@ -22,7 +23,7 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
 /// and key for mutual TLS (both or neither). `None` when no file is given.
 pub fn client_tls(ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) -> Result<Option<ClientTlsConfig>, String> {
     let identity = match (cert, key) {
-        (Some(cert), Some(key)) => Some(Identity::from_pem(read(cert, "the TLS certificate")?, read(key, "the TLS key")?)),
+        (Some(cert), Some(key)) => Some(Identity::from_pem(read_pem(cert, "the TLS certificate")?, read_pem(key, "the TLS key")?)),
         (None, None) => None,
         _ => return Err("--tls-cert and --tls-key go together: give both or neither".into()),
     };
@@ -32,7 +33,7 @@ pub fn client_tls(ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) ->
             None => Ok(None),
         };
     };
-    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "the TLS CA")?));
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem(ca, "the TLS CA")?));
     if let Some(identity) = identity {
         config = config.identity(identity);
     }

@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use feral_common::task::{Assignment, EpochReport, TaskKind, TaskOutcome, TaskRef};
-use feral_proto::v1 as pb;
 use feral_proto::credentials::{AuthedChannel, BearerToken};
 use feral_proto::leader::Coordinators;
-use tonic::transport::ClientTlsConfig;
+use feral_proto::v1 as pb;
 use feral_proto::v1::worker_service_client::WorkerServiceClient;
 use tokio::sync::mpsc;
+use tonic::transport::ClientTlsConfig;
 use tonic::Code;
 use tracing::{info, warn};
 

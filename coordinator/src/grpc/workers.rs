@@ -37,8 +37,25 @@ fn worker<T>(request: &Request<T>, worker_id: &str) -> Result<WorkerId, Status> 
     Ok(id)
 }
 
-/// The worker a report is from and the task it is about.
-fn ids<T>(request: &Request<T>, worker_id: &str, job_id: &str, task_id: &str, attempt: u32) -> Result<(WorkerId, TaskRef), Status> {
+/// A report about one task: it names its worker, job, task and attempt.
+trait Report {
+    fn key(&self) -> (&str, &str, &str, u32);
+}
+
+macro_rules! report {
+    ($($message:ty),*) => {$(
+        impl Report for $message {
+            fn key(&self) -> (&str, &str, &str, u32) {
+                (&self.worker_id, &self.job_id, &self.task_id, self.attempt)
+            }
+        }
+    )*};
+}
+report!(pb::ReportProgressRequest, pb::FinishTaskRequest, pb::JoinGangRequest, pb::FailTaskRequest);
+
+/// The worker a report is from (once its caller may speak for it) and the task it is about.
+fn ids<T: Report>(request: &Request<T>) -> Result<(WorkerId, TaskRef), Status> {
+    let (worker_id, job_id, task_id, attempt) = request.get_ref().key();
     let worker = worker(request, worker_id)?;
     let task = feral_proto::task_ref(job_id, task_id, attempt).map_err(|e| to_status(e.into()))?;
     Ok((worker, task))
@@ -79,10 +96,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
     }
 
     async fn report_progress(&self, request: Request<pb::ReportProgressRequest>) -> Result<Response<pb::ReportProgressResponse>, Status> {
-        let (worker, task) = {
-            let r = request.get_ref();
-            ids(&request, &r.worker_id, &r.job_id, &r.task_id, r.attempt)?
-        };
+        let (worker, task) = ids(&request)?;
         let request = request.into_inner();
         let epoch = request.epoch.ok_or_else(|| to_status(CoordinatorError::required("epoch")))?;
         let epoch = EpochReport::try_from(epoch).map_err(|e| to_status(e.into()))?;
@@ -97,10 +111,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
 
     async fn finish_task(&self, request: Request<pb::FinishTaskRequest>) -> Result<Response<pb::FinishTaskResponse>, Status> {
         let control = self.role.control()?;
-        let (worker, task) = {
-            let r = request.get_ref();
-            ids(&request, &r.worker_id, &r.job_id, &r.task_id, r.attempt)?
-        };
+        let (worker, task) = ids(&request)?;
         let request = request.into_inner();
         let outcome = request.outcome.ok_or_else(|| to_status(CoordinatorError::required("outcome")))?;
         let outcome = TaskOutcome::try_from(outcome).map_err(|e| to_status(e.into()))?;
@@ -110,10 +121,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
 
     async fn join_gang(&self, request: Request<pb::JoinGangRequest>) -> Result<Response<pb::JoinGangResponse>, Status> {
         let control = self.role.control()?;
-        let (worker, task) = {
-            let r = request.get_ref();
-            ids(&request, &r.worker_id, &r.job_id, &r.task_id, r.attempt)?
-        };
+        let (worker, task) = ids(&request)?;
         let request = request.into_inner();
         let address = required(&request.address, "address").map_err(to_status)?.to_owned();
         let peers = control.join_gang(&worker, &task, address, request.nccl_unique_id).await.map_err(to_status)?;
@@ -125,10 +133,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
 
     async fn fail_task(&self, request: Request<pb::FailTaskRequest>) -> Result<Response<pb::FailTaskResponse>, Status> {
         let control = self.role.control()?;
-        let (worker, task) = {
-            let r = request.get_ref();
-            ids(&request, &r.worker_id, &r.job_id, &r.task_id, r.attempt)?
-        };
+        let (worker, task) = ids(&request)?;
         let request = request.into_inner();
         let reason = required(&request.reason, "reason").map_err(to_status)?.to_owned();
         control.fail_task(&worker, &task, reason, request.retryable, now_ms()).await.map_err(to_status)?;
