@@ -142,6 +142,10 @@ pub struct EpochReport {
     pub train_accuracy: f64,
     pub validation: MetricsSummary,
     pub seconds: f64,
+    /// Images trained on per second in the epoch's steps, by every rank together
+    /// (labelled, unlabelled and pseudo-labelled; validation not counted).
+    #[serde(default)]
+    pub images_per_second: f64,
 }
 
 /// What a `Prepare` task found in the dataset.

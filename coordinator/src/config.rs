@@ -5,6 +5,7 @@
 //! ```toml
 //! version = 1
 //! listen = "0.0.0.0:7070"
+//! http_listen = "0.0.0.0:7071"            # HTTP: /metrics (Prometheus); off when absent
 //! store = "feral-state/coordinator.redb"   # or "memory", or "etcd://h1:2379,h2:2379/feral"
 //! artifact_root = "feral-artifacts"
 //! heartbeat_interval_ms = 1000
@@ -70,6 +71,8 @@ impl StoreConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub struct CoordinatorConfig {
     pub listen: SocketAddr,
+    /// Where HTTP (`/metrics`) is served; none when not asked for.
+    pub http_listen: Option<SocketAddr>,
     pub store: StoreConfig,
     pub settings: Settings,
     /// The URL workers and the CLI reach this coordinator at; a standby names the leader's.
@@ -90,6 +93,7 @@ pub struct CoordinatorConfig {
 struct ConfigFile {
     version: u32,
     listen: Option<String>,
+    http_listen: Option<String>,
     store: Option<String>,
     artifact_root: Option<PathBuf>,
     heartbeat_interval_ms: Option<u64>,
@@ -108,6 +112,9 @@ pub struct Overrides {
     /// Address to serve gRPC on.
     #[arg(long, env = "FERAL_LISTEN")]
     pub listen: Option<String>,
+    /// Address to serve HTTP on (`/metrics` for Prometheus); without it, no HTTP.
+    #[arg(long, env = "FERAL_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
     /// `memory`, `etcd://host:port[,host:port...][/prefix]`, or the path of the embedded store file.
     #[arg(long, env = "FERAL_STORE")]
     pub store: Option<String>,
@@ -164,6 +171,10 @@ impl CoordinatorConfig {
         let listen = listen
             .parse()
             .map_err(|e| ConfigError::Invalid { field: "listen", problem: format!("is not an address ({e}): {listen:?}") })?;
+        let http_listen = overrides.http_listen.clone().or_else(|| file.and_then(|f| f.http_listen.clone()));
+        let http_listen = http_listen
+            .map(|text| text.parse().map_err(|e| ConfigError::Invalid { field: "http_listen", problem: format!("is not an address ({e}): {text:?}") }))
+            .transpose()?;
         let store = overrides.store.clone().or_else(|| file.and_then(|f| f.store.clone()));
         let store = StoreConfig::parse(store.as_deref().unwrap_or("feral-state/coordinator.redb"))?;
         let artifact_root = overrides
@@ -183,7 +194,7 @@ impl CoordinatorConfig {
             overrides.advertise.clone().or_else(|| file.and_then(|f| f.advertise.clone())).unwrap_or_else(|| default_advertise(scheme, listen));
         let leader_lease_s = overrides.leader_lease_s.or_else(|| file.and_then(|f| f.leader_lease_s)).unwrap_or(5);
         let settings = Settings { artifact_root, heartbeat_interval_ms, lease_ttl_ms };
-        let config = Self { listen, store, settings, advertise, leader_lease_s, tokens, tls_cert, tls_key, tls_client_ca };
+        let config = Self { listen, http_listen, store, settings, advertise, leader_lease_s, tokens, tls_cert, tls_key, tls_client_ca };
         config.validate()?;
         Ok(config)
     }
@@ -218,6 +229,7 @@ impl CoordinatorConfig {
     pub fn for_test(artifact_root: PathBuf) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_listen: None,
             store: StoreConfig::Memory,
             settings: Settings { artifact_root, heartbeat_interval_ms: 100, lease_ttl_ms: 1500 },
             advertise: "http://127.0.0.1:0".into(),
@@ -263,6 +275,7 @@ mod tests {
         assert_eq!(config.advertise, "http://127.0.0.1:9000");
         assert_eq!(config.leader_lease_s, 5);
         assert_eq!(config.tokens, None);
+        assert_eq!(config.http_listen, None, "no HTTP unless asked for");
         let overrides = Overrides { tokens: Some("/etc/feral/tokens.toml".into()), ..Overrides::default() };
         assert_eq!(CoordinatorConfig::load(Some(&path), &overrides).expect("valid").tokens, Some(PathBuf::from("/etc/feral/tokens.toml")));
         let tls = Overrides { tls_cert: Some("c.pem".into()), tls_key: Some("k.pem".into()), ..Overrides::default() };
@@ -283,6 +296,9 @@ mod tests {
         let overrides = Overrides { listen: Some("nowhere".into()), ..Overrides::default() };
         let err = CoordinatorConfig::load(None, &overrides).expect_err("bad address");
         assert!(err.to_string().contains("listen"), "{err}");
+        let overrides = Overrides { http_listen: Some("127.0.0.1".into()), ..Overrides::default() };
+        let err = CoordinatorConfig::load(None, &overrides).expect_err("no port");
+        assert!(err.to_string().contains("`http_listen`"), "{err}");
         let overrides = Overrides { lease_ttl_ms: Some(10), ..Overrides::default() };
         let err = CoordinatorConfig::load(None, &overrides).expect_err("short lease");
         assert!(err.to_string().contains("lease_ttl_ms"), "{err}");

@@ -16,6 +16,7 @@ use tokio::sync::{watch, Mutex};
 use tracing::{info, warn};
 
 use crate::error::CoordinatorError;
+use crate::metrics::{Census, Metrics, RunningJob};
 use crate::model::{replan, schedule, waiting_reason, Cluster, GangPeers, JobEvent, JobRecord, LiveWorker, Orders, Slot, WorkerRecord, WorkerState};
 use crate::store::{Store, Write};
 
@@ -47,6 +48,7 @@ pub struct ControlPlane {
     settings: Settings,
     store: Arc<dyn Store>,
     model: Mutex<Model>,
+    metrics: Arc<Metrics>,
 }
 
 fn job_key(id: &JobId) -> String {
@@ -110,11 +112,46 @@ impl ControlPlane {
             store.apply(repairs).await?;
         }
         info!(jobs = model.cluster.jobs().len(), workers = model.cluster.workers.len(), "loaded state from the store");
-        Ok(Self { settings, store, model: Mutex::new(model) })
+        Ok(Self { settings, store, model: Mutex::new(model), metrics: Arc::default() })
+    }
+
+    /// Counts what happens from now on into `metrics`.
+    pub fn observed_by(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// What the state gauges of `/metrics` show, counted under one lock.
+    pub async fn census(&self) -> Census {
+        let model = self.model.lock().await;
+        let mut census = Census::default();
+        for job in model.cluster.jobs().values() {
+            *census.jobs_by_state.entry(crate::metrics::state_name(&job.state)).or_default() += 1;
+            if !job.state.is_final() {
+                let last = job.epochs.last();
+                census.running.push(RunningJob {
+                    id: job.id.clone(),
+                    round: job.round.0,
+                    epoch: last.map_or(0, |e| e.epoch),
+                    macro_f1: last.map(|e| e.validation.macro_f1),
+                    images_per_second: last.map(|e| e.images_per_second),
+                });
+            }
+        }
+        for worker in model.cluster.workers.values() {
+            if worker.record.state == WorkerState::Live {
+                census.live_workers += 1;
+                census.slots += worker.record.slots.len() as u64;
+                census.busy_slots += model.cluster.assigned_count(&worker.record.id) as u64;
+            } else {
+                census.lost_workers += 1;
+            }
+        }
+        census
     }
 
     // ----- jobs ---------------------------------------------------------------------
@@ -128,6 +165,7 @@ impl ControlPlane {
         let job = JobRecord::submitted(id.clone(), spec, spec_toml.to_owned(), artifact_dir, now_ms);
         let mut model = self.model.lock().await;
         self.store.apply(vec![encode(&job_key(&id), &job)?]).await?;
+        self.metrics.job_changed(None, &job, now_ms);
         model.cluster.put_job(job);
         info!(job_id = %id, "job submitted");
         self.run_scheduler(&mut model, now_ms).await?;
@@ -311,6 +349,7 @@ impl ControlPlane {
         if next.state != job.state {
             info!(job_id = %id, state = ?next.state, "job state changed");
         }
+        self.metrics.job_changed(Some(job), &next, now_ms);
         if let Some(watcher) = model.watchers.get(id) {
             watcher.send_replace(next.clone());
         }
@@ -481,7 +520,7 @@ mod tests {
         control.fail_task(&w1, &g1.task_ref(), "gradient exchange failed".into(), true, 10).await.expect("fail");
         let before = control.job(&job).await.expect("job");
         // w2's rank of the abandoned attempt 1 reports an epoch and then a failure: stale.
-        let epoch = EpochReport { round: Round(0), epoch: 1, train_loss: 1.0, train_accuracy: 0.5, validation: Default::default(), seconds: 1.0 };
+        let epoch = EpochReport { round: Round(0), epoch: 1, train_loss: 1.0, train_accuracy: 0.5, validation: Default::default(), seconds: 1.0, images_per_second: 0.0 };
         let stop = control.report_progress(&w2, &g2.task_ref(), epoch, 2, 11).await.expect("progress");
         assert!(stop, "the rank of a replaced attempt is told to stop");
         control.fail_task(&w2, &g2.task_ref(), "peer lost".into(), true, 12).await.expect("fail");

@@ -8,7 +8,9 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod leader;
+pub mod metrics;
 pub mod model;
 pub mod store;
 
@@ -29,6 +31,7 @@ use crate::config::StoreConfig;
 use crate::control::{ControlPlane, Settings};
 use crate::error::CoordinatorError;
 use crate::leader::{Election, Role};
+use crate::metrics::{MeteredStore, Metrics, RpcTimerLayer};
 use crate::store::{EmbeddedStore, EtcdStore, MemoryStore, Store};
 
 /// Opens the configured store.
@@ -61,17 +64,32 @@ impl Access {
     }
 }
 
-/// Serves the coordinator on `listener` until `shutdown` resolves, then drains. The store
+/// Where the coordinator listens: gRPC, and optionally HTTP (`/metrics`).
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(grpc: TcpListener) -> Self {
+        Self { grpc, http: None }
+    }
+}
+
+/// Serves the coordinator on `listeners` until `shutdown` resolves, then drains. The store
 /// is released when this returns, so a new coordinator can open it.
 pub async fn serve(
     settings: Settings,
     access: Access,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     store: Arc<dyn Store>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let control = Arc::new(ControlPlane::load(settings.clone(), store, now_ms()).await?);
-    serve_as(&settings, &access, listener, Role::leader(control), shutdown).await
+    let metrics = Arc::new(Metrics::default());
+    let store = Arc::new(MeteredStore::new(store, metrics.clone()));
+    let control = Arc::new(ControlPlane::load(settings.clone(), store, now_ms()).await?.observed_by(metrics.clone()));
+    serve_as(&settings, &access, listeners.into(), Role::leader(control), metrics, shutdown).await
 }
 
 /// Serves as one of several coordinators on one etcd: stands by (every call answered with
@@ -82,21 +100,22 @@ pub async fn serve(
 pub async fn serve_elected(
     settings: Settings,
     access: Access,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     store: EtcdStore,
     election: Election,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let role = Role::standby();
+    let metrics = Arc::new(Metrics::default());
     let lead = async {
         let leadership = election.campaign(&role).await;
-        let fenced = Arc::new(store.fenced(leadership.fence.clone()));
-        let control = Arc::new(ControlPlane::load(settings.clone(), fenced, now_ms()).await?);
+        let fenced = Arc::new(MeteredStore::new(Arc::new(store.fenced(leadership.fence.clone())), metrics.clone()));
+        let control = Arc::new(ControlPlane::load(settings.clone(), fenced, now_ms()).await?.observed_by(metrics.clone()));
         leadership.lead(&role, control).await;
         Err::<(), _>(ServeError::Deposed)
     };
     tokio::select! {
-        served = serve_as(&settings, &access, listener, role.clone(), shutdown) => {
+        served = serve_as(&settings, &access, listeners.into(), role.clone(), metrics.clone(), shutdown) => {
             election.resign().await;
             served
         }
@@ -104,20 +123,31 @@ pub async fn serve_elected(
     }
 }
 
-async fn serve_as(settings: &Settings, access: &Access, listener: TcpListener, role: Role, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
-    let address = listener.local_addr().map_err(|e| ServeError::Transport(e.to_string()))?;
+async fn serve_as(
+    settings: &Settings,
+    access: &Access,
+    listeners: Listeners,
+    role: Role,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let address = listeners.grpc.local_addr().map_err(|e| ServeError::Transport(e.to_string()))?;
     info!(%address, "coordinator serving");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
     let (stop_watches, stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
         let _ = stop_watches.send(true);
     };
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let web = serve_http(listeners.http, role.clone(), metrics.clone(), registry, stopping.clone());
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &access.tls {
         builder = builder.tls_config(tls.clone()).map_err(|e| ServeError::Tls(e.to_string()))?;
     }
     let server = builder
+        .layer(RpcTimerLayer(metrics))
         .add_service(JobServiceServer::with_interceptor(grpc::JobApi::new(role.clone(), stopping), Gate::new(access.tokens.clone(), Api::Jobs)))
         .add_service(WorkerServiceServer::with_interceptor(grpc::WorkerApi::new(role.clone()), Gate::new(access.tokens.clone(), Api::Workers)))
         .serve_with_incoming_shutdown(incoming, shutdown);
@@ -125,9 +155,31 @@ async fn serve_as(settings: &Settings, access: &Access, listener: TcpListener, r
     let served = tokio::select! {
         served = server => served,
         never = expire_leases(role, settings.heartbeat_interval_ms) => match never {},
+        never = web => match never {},
     };
     info!(%address, "coordinator stopped");
     served.map_err(|e| ServeError::Transport(e.to_string()))
+}
+
+/// Serves `/metrics` on `listener` (if any) until `stopping` turns true; never returns.
+async fn serve_http(
+    listener: Option<TcpListener>,
+    role: Role,
+    metrics: Arc<Metrics>,
+    registry: prometheus_client::registry::Registry,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> std::convert::Infallible {
+    if let Some(listener) = listener {
+        let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        info!(%address, "HTTP serving (/metrics)");
+        let stopped = async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
+        if let Err(error) = http::serve(listener, role, metrics, Arc::new(registry), stopped).await {
+            warn!(%address, %error, "the HTTP endpoint stopped");
+        }
+    }
+    std::future::pending().await
 }
 
 async fn expire_leases(role: Role, heartbeat_interval_ms: u64) -> std::convert::Infallible {

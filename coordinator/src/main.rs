@@ -53,10 +53,18 @@ async fn run() -> anyhow::Result<()> {
             config.listen
         );
     }
+    if let Some(http) = config.http_listen.filter(|a| !a.ip().is_loopback()) {
+        tracing::warn!(%http, "HTTP (/metrics) is served beyond loopback in plain text and without tokens: anyone who reaches it can read job ids and the cluster's counts");
+    }
     let access = Access { tokens, tls };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let http = match config.http_listen {
+        Some(address) => Some(tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen for HTTP on {address}"))?),
+        None => None,
+    };
+    let listeners = feral_coordinator::Listeners { grpc: listener, http };
     let shutdown = feral_common::signals::shutdown_signal();
     match &config.store {
         // On etcd, coordinators elect a leader; the others stand by.
@@ -64,11 +72,11 @@ async fn run() -> anyhow::Result<()> {
             let store = EtcdStore::connect(endpoints, prefix).await?;
             let lease = Duration::from_secs(config.leader_lease_s);
             let election = Election::connect(endpoints, prefix, &config.advertise, lease).await?;
-            feral_coordinator::serve_elected(config.settings, access, listener, store, election, shutdown).await?;
+            feral_coordinator::serve_elected(config.settings, access, listeners, store, election, shutdown).await?;
         }
         other => {
             let store = feral_coordinator::open_store(other).await?;
-            feral_coordinator::serve(config.settings, access, listener, store, shutdown).await?;
+            feral_coordinator::serve(config.settings, access, listeners, store, shutdown).await?;
         }
     }
     Ok(())

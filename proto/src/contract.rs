@@ -161,6 +161,7 @@ impl From<&EpochReport> for pb::EpochMetrics {
             train_accuracy: e.train_accuracy,
             validation: Some(pb::Metrics::from(&e.validation)),
             seconds: e.seconds,
+            images_per_second: e.images_per_second,
         }
     }
 }
@@ -178,6 +179,12 @@ impl TryFrom<pb::EpochMetrics> for EpochReport {
                 problem: "must be at least 1".into(),
             });
         }
+        if !(e.images_per_second.is_finite() && e.images_per_second >= 0.0) {
+            return Err(ContractError::Invalid {
+                field: "epoch.images_per_second",
+                problem: format!("must be a finite number of at least 0, got {}", e.images_per_second),
+            });
+        }
         Ok(EpochReport {
             round: Round(e.round),
             epoch: e.epoch,
@@ -185,6 +192,7 @@ impl TryFrom<pb::EpochMetrics> for EpochReport {
             train_accuracy: e.train_accuracy,
             validation: validation.into(),
             seconds: e.seconds,
+            images_per_second: e.images_per_second,
         })
     }
 }
@@ -402,6 +410,7 @@ mod tests {
             train_accuracy: 0.8,
             validation: metrics,
             seconds: 1.5,
+            images_per_second: 420.0,
         };
         assert_eq!(
             EpochReport::try_from(pb::EpochMetrics::from(&epoch)),

@@ -42,6 +42,8 @@ pub fn test_settings(root: &Path) -> Settings {
 /// A coordinator served in this process; stopped (and its store released) by [`stop`](Self::stop).
 pub struct RunningCoordinator {
     pub address: SocketAddr,
+    /// Where it serves HTTP (`/metrics`), when started with [`observed`](Self::observed).
+    pub http: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     served: JoinHandle<Result<(), feral_coordinator::ServeError>>,
 }
@@ -60,7 +62,21 @@ impl RunningCoordinator {
         let served = tokio::spawn(feral_coordinator::serve(settings, access, listener, store, async {
             let _ = stopped.await;
         }));
-        Ok(Self { address, shutdown: Some(shutdown), served })
+        Ok(Self { address, http: None, shutdown: Some(shutdown), served })
+    }
+
+    /// An in-memory coordinator (as [`in_memory`](Self::in_memory)) that also serves HTTP.
+    pub async fn observed(root: &Path) -> anyhow::Result<Self> {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let grpc = tokio::net::TcpListener::bind(loopback).await?;
+        let http = tokio::net::TcpListener::bind(loopback).await?;
+        let (address, http_address) = (grpc.local_addr()?, http.local_addr()?);
+        let listeners = feral_coordinator::Listeners { grpc, http: Some(http) };
+        let (shutdown, stopped) = oneshot::channel();
+        let served = tokio::spawn(feral_coordinator::serve(test_settings(root), Access::default(), listeners, Arc::new(MemoryStore::default()), async {
+            let _ = stopped.await;
+        }));
+        Ok(Self { address, http: Some(http_address), shutdown: Some(shutdown), served })
     }
 
     /// One of several coordinators on the etcd members at `endpoints`: it stands by until
@@ -74,7 +90,7 @@ impl RunningCoordinator {
         let served = tokio::spawn(feral_coordinator::serve_elected(settings, Default::default(), listener, store, election, async {
             let _ = stopped.await;
         }));
-        Ok(Self { address, shutdown: Some(shutdown), served })
+        Ok(Self { address, http: None, shutdown: Some(shutdown), served })
     }
 
     /// Ends the coordinator as SIGKILL would: no drain, no hand-over of its leadership.

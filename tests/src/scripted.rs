@@ -61,7 +61,7 @@ impl TaskRunner for ScriptedRunner {
                 }
                 for epoch in 1..=self.epochs {
                     self.pause(TaskKind::Train, stop)?;
-                    let report = EpochReport { round: task.round, epoch, train_loss: 1.0 / f64::from(epoch), train_accuracy: 0.5, validation: metrics(0.5), seconds: 0.0 };
+                    let report = EpochReport { round: task.round, epoch, train_loss: 1.0 / f64::from(epoch), train_accuracy: 0.5, validation: metrics(0.5), seconds: 0.0, images_per_second: 0.0 };
                     on_epoch(report, self.epochs);
                 }
                 let Round(round) = task.round;

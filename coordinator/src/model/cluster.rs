@@ -181,6 +181,11 @@ impl Cluster {
             .collect()
     }
 
+    /// How many tasks `worker` holds (each takes one of its slots).
+    pub fn assigned_count(&self, worker: &WorkerId) -> usize {
+        self.assigned.get(worker).map_or(0, BTreeSet::len)
+    }
+
     /// The workers the scheduler may give tasks: all but those a failed gang left unproven.
     pub fn schedulable_workers(&self) -> Vec<&WorkerRecord> {
         self.workers.values().filter(|w| w.unproven_since_ms.is_none()).map(|w| &w.record).collect()

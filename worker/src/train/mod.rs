@@ -371,7 +371,7 @@ impl<'t> RoundTraining<'t> {
         // Dropout draws from libtorch's generator: seeding it per epoch makes a resumed
         // epoch draw what the uninterrupted run drew.
         tch::manual_seed(mix(spec.train.seed ^ u64::from(context.round), u64::from(epoch)) as i64);
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
+        let (mut loss_sum, mut correct, mut seen, mut images_trained) = (0.0, 0i64, 0usize, 0i64);
         for step in 0..steps {
             if stop.load(Ordering::Relaxed) {
                 return Err(TaskError::Stopped);
@@ -425,7 +425,9 @@ impl<'t> RoundTraining<'t> {
             loss_sum += loss.double_value(&[]);
             correct += logits.argmax(-1, false).eq_tensor(&targets).sum(Kind::Int64).int64_value(&[]);
             seen += indices.len();
+            images_trained += images.size()[0] + loaded.pool.as_ref().map_or(0, |p| p.strong.size()[0]) + loaded.pseudo.as_ref().map_or(0, |p| p.images.size()[0]);
         }
+        let images_per_second = (images_trained * collective.world_size() as i64) as f64 / started.elapsed().as_secs_f64().max(1e-9);
         *validation = evaluate_model(ema_vs, ema_net.as_ref(), val_data, classes, context.device, collective)?;
         // evaluate_model gave every rank rank 0's EMA; rank 0's raw weights and batch-norm
         // statistics follow, so every rank ends the epoch with what rank 0 checkpoints, and a
@@ -462,6 +464,7 @@ impl<'t> RoundTraining<'t> {
             train_accuracy: correct as f64 / seen.max(1) as f64,
             validation: validation.clone(),
             seconds: started.elapsed().as_secs_f64(),
+            images_per_second,
         };
         Ok(Some(report))
     }

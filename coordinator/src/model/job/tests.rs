@@ -229,7 +229,7 @@ fn a_resumed_attempt_replaces_the_epochs_it_repeats() {
     let ready = prepared(0, 0);
     let train = live(&ready, TaskKind::Train)[0].clone();
     let mut job = ready.on_event(&JobEvent::TaskAssigned { task: train.clone(), worker: w("w1"), device: "cpu".into() }, 1).expect("assign");
-    let epoch = |n| EpochReport { round: Round(0), epoch: n, train_loss: 1.0, train_accuracy: 0.5, validation: MetricsSummary::default(), seconds: 1.0 };
+    let epoch = |n| EpochReport { round: Round(0), epoch: n, train_loss: 1.0, train_accuracy: 0.5, validation: MetricsSummary::default(), seconds: 1.0, images_per_second: 0.0 };
     for n in [1, 2, 3, 2] {
         let event = JobEvent::TaskProgress { task: train.clone(), worker: w("w1"), epoch: epoch(n), epochs_total: 5 };
         job = job.on_event(&event, 2).expect("progress");

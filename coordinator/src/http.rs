@@ -1,0 +1,45 @@
+//! The coordinator's HTTP endpoint (axum, on a listener of its own beside gRPC):
+//! `/metrics` in the Prometheus text format ([`crate::metrics`]).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::leader::Role;
+use crate::metrics::Metrics;
+
+/// OpenMetrics, which Prometheus asks for and reads; the body is also valid text format.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone)]
+struct Http {
+    role: Role,
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+}
+
+/// Serves HTTP on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, role: Role, metrics: Arc<Metrics>, registry: Arc<Registry>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let app = Router::new().route("/metrics", get(scrape)).with_state(Http { role, metrics, registry });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+async fn scrape(State(http): State<Http>) -> Response {
+    // A standby has no jobs or workers to count; its RPC metrics still show.
+    if let Ok(control) = http.role.control() {
+        http.metrics.show(&control.census().await);
+    }
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &http.registry) {
+        Ok(()) => ([(CONTENT_TYPE, OPENMETRICS)], text).into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {error}\n")).into_response(),
+    }
+}

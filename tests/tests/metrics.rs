@@ -1,0 +1,95 @@
+//! `/metrics`: valid Prometheus text whose gauges follow the cluster and whose counters
+//! move as a job runs.
+
+use std::time::Duration;
+
+use feral_common::task::TaskKind;
+use feral_proto::v1 as pb;
+use feral_tests::scripted::ScriptedRunner;
+use feral_tests::*;
+use prometheus_parse::{LineInfo, Scrape, Value};
+
+/// GETs `/metrics` (on a blocking thread: ureq is synchronous), checks every line is a
+/// comment or a sample, and parses it.
+async fn scrape(coordinator: &RunningCoordinator) -> anyhow::Result<Scrape> {
+    let url = format!("http://{}/metrics", coordinator.http.expect("an observed coordinator"));
+    let (content_type, text) = tokio::task::spawn_blocking(move || -> anyhow::Result<(String, String)> {
+        let mut response = ureq::get(&url).call()?;
+        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        Ok((content_type, response.body_mut().read_to_string()?))
+    })
+    .await??;
+    assert!(content_type.starts_with("application/openmetrics-text"), "content type {content_type}");
+    assert_eq!(text.lines().last(), Some("# EOF"), "OpenMetrics ends with # EOF");
+    for line in text.lines() {
+        let parsed = LineInfo::parse(line);
+        let known = match parsed {
+            LineInfo::Sample { value, .. } => value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
+            LineInfo::Doc { .. } | LineInfo::Type { .. } => true,
+            _ => line.starts_with("# UNIT ") || line == "# EOF",
+        };
+        assert!(known, "not a Prometheus line: {line:?}");
+    }
+    Ok(Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))?)
+}
+
+/// The value of sample `metric` whose labels include `labels` (none when absent).
+fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let sample = scrape.samples.iter().find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))?;
+    Some(match &sample.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+        Value::Histogram(buckets) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
+        Value::Summary(_) => return None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_a_job_as_it_runs() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let coordinator = RunningCoordinator::observed(dir.path()).await?;
+    let before = scrape(&coordinator).await?;
+    assert_eq!(value(&before, "feral_jobs", &[("state", "queued")]), Some(0.0));
+    assert_eq!(value(&before, "feral_workers", &[("state", "live")]), Some(0.0));
+    assert_eq!(value(&before, "feral_tasks_started_total", &[("kind", "train")]), None, "nothing has started");
+
+    // Each training task pauses 2 s before it reports: long enough to be seen running.
+    let runner = ScriptedRunner { epochs: 2, slow: vec![TaskKind::Train], delay: Duration::from_secs(2), ..ScriptedRunner::fast(1) };
+    let worker = RunningWorker::start(&coordinator.url(), "w1", std::sync::Arc::new(runner));
+    let mut jobs = coordinator.jobs().await?;
+    let spec = format!("{}\n[semi_supervised]\nrounds = 1\npatience = 0\n", job_spec(dir.path(), 2));
+    let job = submit(&mut jobs, spec).await?;
+
+    let running = wait_until("a training task to be seen running", Duration::from_secs(60), || async {
+        let scrape = scrape(&coordinator).await?;
+        let busy = value(&scrape, "feral_slots", &[("state", "busy")]) == Some(1.0);
+        Ok((busy && value(&scrape, "feral_job_round", &[("job", &job.id)]).is_some()).then_some(scrape))
+    })
+    .await?;
+    assert_eq!(value(&running, "feral_workers", &[("state", "live")]), Some(1.0));
+    assert_eq!(value(&running, "feral_jobs", &[("state", "training")]), Some(1.0));
+    assert_eq!(value(&running, "feral_slots", &[("state", "free")]), Some(0.0));
+
+    wait_for_state(&jobs, &job.id, &[pb::JobState::Succeeded], Duration::from_secs(60)).await?;
+    let after = scrape(&coordinator).await?;
+    assert_eq!(value(&after, "feral_jobs", &[("state", "succeeded")]), Some(1.0));
+    assert_eq!(value(&after, "feral_jobs", &[("state", "training")]), Some(0.0));
+    assert_eq!(value(&after, "feral_job_round", &[("job", &job.id)]), None, "a finished job has no round gauge");
+    assert_eq!(value(&after, "feral_slots", &[("state", "free")]), Some(1.0));
+    // A teacher and one student; one prepare, one inference shard, one selection.
+    assert_eq!(value(&after, "feral_tasks_started_total", &[("kind", "train")]), Some(2.0));
+    assert_eq!(value(&after, "feral_tasks_finished_total", &[("kind", "train")]), Some(2.0));
+    for kind in ["prepare", "infer", "select"] {
+        assert_eq!(value(&after, "feral_tasks_finished_total", &[("kind", kind)]), Some(1.0), "{kind}");
+    }
+    assert_eq!(value(&after, "feral_tasks_failed_total", &[("kind", "train")]), None);
+    assert_eq!(value(&after, "feral_task_duration_seconds_count", &[("kind", "train")]), Some(2.0));
+    let train_seconds = value(&after, "feral_task_duration_seconds_sum", &[("kind", "train")]).unwrap_or_default();
+    assert!(train_seconds >= 4.0, "two training tasks of 2 s or more took {train_seconds} s");
+    assert!(value(&after, "feral_job_phase_duration_seconds_count", &[("phase", "training")]).unwrap_or_default() >= 2.0);
+    assert!(value(&after, "feral_rpc_duration_seconds_count", &[("method", "SubmitJob")]) >= Some(1.0));
+    assert!(value(&after, "feral_rpc_duration_seconds_count", &[("method", "Heartbeat")]) >= Some(1.0));
+    assert!(value(&after, "feral_store_write_duration_seconds_count", &[]).unwrap_or_default() >= 10.0);
+    worker.stop().await?;
+    coordinator.stop().await
+}
