@@ -14,12 +14,13 @@
 # rows of other variants or seeds from earlier runs are kept.
 # Usage: scripts/bench-method.sh [FER2013_CSV(.gz)]
 #   VARIANTS="a-weak-1x c-full" SEEDS="7 8" ROUNDS=2 EPOCHS=12 STEPS=45 WIDTH=32 OUT=dir
+#   THREADS=2 (libtorch threads per job: 1 lets two copies of this script share two cores)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 csv=$(realpath "${1:-../shared/data/fer2013/fer2013_train_publictest.csv.gz}")
 out=$(realpath -m "${OUT:-target/bench-method}")
 json=$(realpath -m "${JSON:-benchmarks/method-fer2013.json}")
-rounds=${ROUNDS:-2} epochs=${EPOCHS:-12} steps=${STEPS:-45} width=${WIDTH:-32}
+rounds=${ROUNDS:-2} epochs=${EPOCHS:-12} steps=${STEPS:-45} width=${WIDTH:-32} threads=${THREADS:-2}
 variants=${VARIANTS:-a-weak-1x a-strong-1x a-weak-2x a-strong-2x c-full f-ceiling b-offline d-no-debias e-no-feedback}
 seeds=${SEEDS:-7}
 
@@ -45,8 +46,8 @@ trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 for _ in $(seq 100); do "$bin/feral" --coordinator "$url" workers 2>/dev/null | grep -q bench-worker && break; sleep 0.2; done
 
 spec() {  # name seed dataset rounds epochs [extra lines]
-  printf 'version = 1\nname = "%s"\ndataset = "%s"\n\n[model]\nwidth = %s\n\n[train]\nepochs = %s\nbatch_size = 64\nsteps_per_epoch = %s\nthreads = 2\nprecision = "bf16"\nseed = %s\n%s\n[semi_supervised]\nrounds = %s\npatience = 0\n%s' \
-    "$1" "$3" "$width" "$5" "$steps" "$2" "${7:-}" "$4" "${6:-}"
+  printf 'version = 1\nname = "%s"\ndataset = "%s"\n\n[model]\nwidth = %s\n\n[train]\nepochs = %s\nbatch_size = 64\nsteps_per_epoch = %s\nthreads = %s\nprecision = "bf16"\nseed = %s\n%s\n[semi_supervised]\nrounds = %s\npatience = 0\n%s' \
+    "$1" "$3" "$width" "$5" "$steps" "$threads" "$2" "${7:-}" "$4" "${6:-}"
 }
 budget=$((epochs * (rounds + 1)))
 strong=$'[train.strong]\nlabelled = true\n'

@@ -198,8 +198,10 @@ pub fn epoch_line(epoch: &pb::EpochMetrics, epochs_total: Option<u32>) -> String
         _ => epoch.epoch.to_string(),
     };
     let round = if epoch.round > 0 { format!("round {} ", epoch.round) } else { String::new() };
+    // Workers older than the field report 0.
+    let rate = if epoch.images_per_second > 0.0 { format!(", {:.0} images/s", epoch.images_per_second) } else { String::new() };
     format!(
-        "{round}epoch {number}: train loss {:.4}, train acc {}, val acc {}, val macro-F1 {} ({:.1}s)",
+        "{round}epoch {number}: train loss {:.4}, train acc {}, val acc {}, val macro-F1 {} ({:.1}s{rate})",
         epoch.train_loss,
         percent(epoch.train_accuracy),
         percent(val.accuracy),
@@ -257,6 +259,7 @@ mod tests {
             train_accuracy: 0.5,
             validation: Some(pb::Metrics { accuracy: 0.625, macro_f1, ..pb::Metrics::default() }),
             seconds: 12.34,
+            images_per_second: 0.0,
         }
     }
 
@@ -311,6 +314,8 @@ mod tests {
         let line = epoch_line(&epoch(0, 3, 0.5123), Some(6));
         assert_eq!(line, "epoch 3/6: train loss 1.2346, train acc 50.0%, val acc 62.5%, val macro-F1 0.512 (12.3s)");
         assert!(epoch_line(&epoch(2, 1, 0.5), None).starts_with("round 2 epoch 1: "));
+        let fast = pb::EpochMetrics { images_per_second: 1234.4, ..epoch(0, 3, 0.5123) };
+        assert!(epoch_line(&fast, Some(6)).ends_with("(12.3s, 1234 images/s)"));
     }
 
     #[test]

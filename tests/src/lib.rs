@@ -127,7 +127,7 @@ impl RunningCoordinator {
 
     /// Workers `w1`, `w2`, … of this coordinator that train for real (libtorch on the CPU).
     pub fn tch_workers(&self, count: usize) -> Vec<RunningWorker> {
-        (1..=count).map(|i| RunningWorker::start(&self.url(), &format!("w{i}"), Arc::new(TchRunner))).collect()
+        (1..=count).map(|i| RunningWorker::start(&self.url(), &format!("w{i}"), Arc::new(TchRunner::default()))).collect()
     }
 }
 

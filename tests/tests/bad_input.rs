@@ -100,7 +100,7 @@ async fn requests_missing_required_fields_or_naming_unknown_ids_are_refused() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_on_missing_or_corrupt_datasets_fail_with_the_file_named() -> anyhow::Result<()> {
     let (dir, coordinator) = start().await?;
-    let worker = RunningWorker::start(&coordinator.url(), "w1", Arc::new(TchRunner));
+    let worker = RunningWorker::start(&coordinator.url(), "w1", Arc::new(TchRunner::default()));
     let mut jobs = coordinator.jobs().await?;
 
     let missing = dir.path().join("no-such-dataset");

@@ -20,7 +20,7 @@ async fn cancel_stops_the_training_thread() -> anyhow::Result<()> {
         SocketAddr::from(([127, 0, 0, 1], 0)),
     )
     .await?;
-    let worker = RunningWorker::start(&coordinator.url(), "w1", Arc::new(TchRunner));
+    let worker = RunningWorker::start(&coordinator.url(), "w1", Arc::new(TchRunner::default()));
     let mut jobs = coordinator.jobs().await?;
     let job = submit(&mut jobs, job_spec(&dataset, 500)).await?;
     let worker_running_task = |jobs: &feral_proto::v1::job_service_client::JobServiceClient<tonic::transport::Channel>| {

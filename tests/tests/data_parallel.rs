@@ -45,8 +45,8 @@ async fn two_ranks_train_what_one_rank_trains_on_the_same_global_batch() -> anyh
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
     let coordinator = RunningCoordinator::start(test_settings(dir.path()), Arc::new(MemoryStore::default()), any_port).await?;
     let workers = [
-        RunningWorker::start(&coordinator.url(), "w1", Arc::new(TchRunner)),
-        RunningWorker::start(&coordinator.url(), "w2", Arc::new(TchRunner)),
+        RunningWorker::start(&coordinator.url(), "w1", Arc::new(TchRunner::default())),
+        RunningWorker::start(&coordinator.url(), "w2", Arc::new(TchRunner::default())),
     ];
 
     let gang = train(&coordinator, spec(&dataset, 2, 32)).await?;

@@ -48,7 +48,7 @@ async fn a_standby_takes_over_from_a_killed_leader_and_the_job_completes() -> an
 
     // Workers know both coordinators and follow the leader.
     let both = format!("{},{}", first.url(), second.url());
-    let workers: Vec<RunningWorker> = ["w1", "w2"].iter().map(|id| RunningWorker::start(&both, id, std::sync::Arc::new(TchRunner))).collect();
+    let workers: Vec<RunningWorker> = ["w1", "w2"].iter().map(|id| RunningWorker::start(&both, id, std::sync::Arc::new(TchRunner::default()))).collect();
     let job = submit(&mut jobs, spec).await?;
     wait_until("the teacher's second epoch", Duration::from_secs(300), || {
         let (mut jobs, id) = (jobs.clone(), job.id.clone());

@@ -49,7 +49,7 @@ async fn a_job_too_large_for_the_workers_memory_is_refused_before_it_allocates()
     init_tracing();
     let dir = tempfile::tempdir()?;
     let coordinator = RunningCoordinator::in_memory(dir.path()).await?;
-    let worker = RunningWorker::start(&coordinator.url(), "w1", Arc::new(TchRunner));
+    let worker = RunningWorker::start(&coordinator.url(), "w1", Arc::new(TchRunner::default()));
     let mut jobs = coordinator.jobs().await?;
     // 96×96 faces: within every range, but one step of width 512 and 4096 images would
     // hold some 800 GiB of activations. Allocated, Linux would kill the worker process.

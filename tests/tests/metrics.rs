@@ -62,8 +62,10 @@ async fn metrics_follow_a_job_as_it_runs() -> anyhow::Result<()> {
 
     let running = wait_until("a training task to be seen running", Duration::from_secs(60), || async {
         let scrape = scrape(&coordinator).await?;
+        // The slot is busy with the quick prepare task first: wait for training.
         let busy = value(&scrape, "feral_slots", &[("state", "busy")]) == Some(1.0);
-        Ok((busy && value(&scrape, "feral_job_round", &[("job", &job.id)]).is_some()).then_some(scrape))
+        let training = value(&scrape, "feral_jobs", &[("state", "training")]) == Some(1.0);
+        Ok((busy && training && value(&scrape, "feral_job_round", &[("job", &job.id)]).is_some()).then_some(scrape))
     })
     .await?;
     assert_eq!(value(&running, "feral_workers", &[("state", "live")]), Some(1.0));
@@ -90,6 +92,44 @@ async fn metrics_follow_a_job_as_it_runs() -> anyhow::Result<()> {
     assert!(value(&after, "feral_rpc_duration_seconds_count", &[("method", "SubmitJob")]) >= Some(1.0));
     assert!(value(&after, "feral_rpc_duration_seconds_count", &[("method", "Heartbeat")]) >= Some(1.0));
     assert!(value(&after, "feral_store_write_duration_seconds_count", &[]).unwrap_or_default() >= 10.0);
+    worker.stop().await?;
+    coordinator.stop().await
+}
+
+/// Encodes `registry` and parses it as [`scrape`] does.
+fn parse(registry: &prometheus_client::registry::Registry) -> anyhow::Result<Scrape> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry)?;
+    Ok(Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_counts_its_training_steps() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let data = synthetic_dataset(&dir.path().join("data"), 400)?;
+    let coordinator = RunningCoordinator::in_memory(dir.path()).await?;
+    let metrics = std::sync::Arc::new(feral_worker::metrics::WorkerMetrics::default());
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let before = parse(&registry)?;
+    assert_eq!(value(&before, "feral_worker_images_total", &[]), Some(0.0));
+    assert_eq!(value(&before, "feral_worker_step_duration_seconds_count", &[]), Some(0.0));
+
+    let runner = feral_worker::runner::TchRunner::observed(metrics.clone());
+    let worker = RunningWorker::start(&coordinator.url(), "w1", std::sync::Arc::new(runner));
+    let mut jobs = coordinator.jobs().await?;
+    let job = submit(&mut jobs, format!("{}steps_per_epoch = 3\n", job_spec(&data, 2))).await?;
+    wait_for_state(&jobs, &job.id, &[pb::JobState::Succeeded], Duration::from_secs(300)).await?;
+
+    let after = parse(&registry)?;
+    // Two epochs of three steps of 64 labelled images.
+    assert_eq!(value(&after, "feral_worker_step_duration_seconds_count", &[]), Some(6.0));
+    assert_eq!(value(&after, "feral_worker_images_total", &[]), Some(6.0 * 64.0));
+    assert!(value(&after, "feral_worker_images_per_second", &[]).unwrap_or_default() > 0.0);
+    assert!(value(&after, "feral_worker_step_duration_seconds_sum", &[]).unwrap_or_default() > 0.0);
+    // A lone rank all-reduces nothing.
+    assert_eq!(value(&after, "feral_worker_all_reduce_bytes_total", &[]), Some(0.0));
     worker.stop().await?;
     coordinator.stop().await
 }

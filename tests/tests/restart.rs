@@ -37,7 +37,7 @@ async fn a_restarted_coordinator_finishes_the_job_on(root: &std::path::Path, ope
 
     let first = RunningCoordinator::start(settings.clone(), open().await?, any_port).await?;
     let address = first.address;
-    let worker = RunningWorker::start(&first.url(), "w1", Arc::new(TchRunner));
+    let worker = RunningWorker::start(&first.url(), "w1", Arc::new(TchRunner::default()));
     let mut jobs = first.jobs().await?;
     let job = submit(&mut jobs, job_spec(&dataset, 6)).await?;
     wait_until("the first epoch", Duration::from_secs(120), || {

@@ -36,7 +36,7 @@ fn run(task: &TrainTask, stop_after: Option<u32>) -> (Vec<EpochReport>, Result<s
         }
         reports.push(report);
     };
-    let outcome = train(task, &mut Single, &mut on_epoch, &stop).map(|output| std::path::PathBuf::from(output.model_path));
+    let outcome = train(task, &mut Single, &mut on_epoch, &stop, &Default::default()).map(|output| std::path::PathBuf::from(output.model_path));
     (reports, outcome)
 }
 

@@ -8,6 +8,7 @@
 //! devices = "cuda:0,cuda:1"
 //! advertise_host = "10.0.0.2"
 //! token_file = "/etc/feral/worker-token"  # for a coordinator with tokens
+//! metrics_listen = "0.0.0.0:7072"          # HTTP: /metrics (Prometheus); off when absent
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ pub struct WorkerFile {
     pub devices: Option<String>,
     pub advertise_host: Option<String>,
     pub token_file: Option<PathBuf>,
+    pub metrics_listen: Option<String>,
 }
 
 impl WorkerFile {

@@ -11,6 +11,7 @@ pub mod agent;
 pub mod collective;
 pub mod config;
 pub mod gang;
+pub mod metrics;
 pub mod runner;
 pub mod selection;
 pub mod task;

@@ -7,6 +7,7 @@ use clap::Parser;
 use feral_proto::credentials::{self, BearerToken};
 use feral_worker::agent::{self, AgentConfig};
 use feral_worker::config::WorkerFile;
+use feral_worker::metrics::WorkerMetrics;
 use feral_worker::runner::TchRunner;
 
 /// Feral worker: registers this node's devices with a coordinator and runs its tasks.
@@ -36,6 +37,9 @@ struct Args {
     /// (a worker token named after this worker's id). The token may also come in `FERAL_TOKEN`.
     #[arg(long, env = "FERAL_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// Address to serve this worker's Prometheus metrics on (`/metrics`); without it, none.
+    #[arg(long, env = "FERAL_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -78,6 +82,19 @@ async fn run() -> anyhow::Result<()> {
     let token = BearerToken::from_sources(token_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
     let tls = credentials::client_tls(args.tls.tls_ca.as_deref(), args.tls.tls_cert.as_deref(), args.tls.tls_key.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
     let config = AgentConfig { coordinator, worker_id, hostname, advertise_host, slots, token, tls };
-    agent::run(config, Arc::new(TchRunner), feral_common::signals::shutdown_signal()).await?;
+    let metrics = Arc::new(WorkerMetrics::default());
+    if let Some(address) = args.metrics_listen.or(file.metrics_listen) {
+        let address: std::net::SocketAddr = address.parse().map_err(|e| anyhow::anyhow!("metrics_listen: is not an address ({e}): {address:?}"))?;
+        let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| anyhow::anyhow!("cannot listen for metrics on {address}: {e}"))?;
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        tracing::info!(%address, "serving metrics (/metrics)");
+        tokio::spawn(async move {
+            if let Err(error) = feral_worker::metrics::serve(listener, Arc::new(registry), std::future::pending()).await {
+                tracing::warn!(%address, %error, "the metrics endpoint stopped");
+            }
+        });
+    }
+    agent::run(config, Arc::new(TchRunner::observed(metrics)), feral_common::signals::shutdown_signal()).await?;
     Ok(())
 }

@@ -2,11 +2,13 @@
 //! with a scripted runner and the real one computes with libtorch.
 
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use feral_common::spec::JobSpec;
 use feral_common::task::{Assignment, EpochReport, TaskKind, TaskOutcome};
 
 use crate::collective::Collective;
+use crate::metrics::WorkerMetrics;
 use crate::task::{torch_device, TaskContext, TaskError};
 use crate::tasks;
 use crate::train::{self, TrainTask};
@@ -25,9 +27,17 @@ pub trait TaskRunner: Send + Sync + 'static {
     ) -> Result<TaskOutcome, TaskError>;
 }
 
-/// Computes with libtorch.
+/// Computes with libtorch; training records into `metrics`.
 #[derive(Debug, Default)]
-pub struct TchRunner;
+pub struct TchRunner {
+    pub metrics: Arc<WorkerMetrics>,
+}
+
+impl TchRunner {
+    pub fn observed(metrics: Arc<WorkerMetrics>) -> Self {
+        Self { metrics }
+    }
+}
 
 impl TaskRunner for TchRunner {
     fn run(
@@ -50,7 +60,7 @@ impl TaskRunner for TchRunner {
             TaskKind::Select => TaskOutcome::Selected(tasks::select(&context, &inputs.shards, &inputs.class_prior)?),
             TaskKind::Train => {
                 let train_task = TrainTask { context, inputs: inputs.clone() };
-                TaskOutcome::Trained(train::train(&train_task, collective, on_epoch, stop)?)
+                TaskOutcome::Trained(train::train(&train_task, collective, on_epoch, stop, &self.metrics)?)
             }
         })
     }

@@ -156,10 +156,10 @@ pub fn average_gradients(
     collective: &mut dyn Collective,
     variables: &[Tensor],
     bucket_bytes: usize,
-) -> Result<(), CollectiveError> {
+) -> Result<usize, CollectiveError> {
     let world_size = collective.world_size();
     if world_size == 1 {
-        return Ok(());
+        return Ok(0);
     }
     let _no_grad = tch::no_grad_guard();
     let mut gradients = Vec::with_capacity(variables.len());
@@ -176,6 +176,7 @@ pub fn average_gradients(
         }
     }
     let mut start = 0;
+    let mut reduced = 0;
     while start < gradients.len() {
         let first = &gradients[start];
         let element_bytes = first.kind().elt_size_in_bytes();
@@ -191,9 +192,10 @@ pub fn average_gradients(
             end += 1;
         }
         average_bucket(collective, &mut gradients[start..end], world_size)?;
+        reduced += bytes;
         start = end;
     }
-    Ok(())
+    Ok(reduced)
 }
 
 fn average_bucket(

@@ -10,6 +10,7 @@
 //! augmentation is seeded by the step and its place in the global batch, so ranks
 //! together see exactly what one rank sees on the whole global batch.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -149,6 +150,8 @@ struct Plan {
     sampler: Sampler,
     pseudo: Option<(PseudoSource, Sampler)>,
     pool: Option<Arc<ShardData>>,
+    /// Batches made and not yet taken (in a channel, or made and waiting to enter one).
+    ready: AtomicUsize,
 }
 
 impl Plan {
@@ -276,7 +279,7 @@ impl Loader {
             (source, sampler)
         });
         let (threads, depth, steps_per_epoch, last_epoch) = (config.threads, config.depth, config.steps_per_epoch, config.last_epoch);
-        let plan = Arc::new(Plan { config, labelled, sampler, pseudo, pool });
+        let plan = Arc::new(Plan { config, labelled, sampler, pseudo, pool, ready: AtomicUsize::new(0) });
         let mut loader = Self { plan: Arc::clone(&plan), channels: Vec::new(), threads: Vec::new(), cursor: start, taken: 0, steps_per_epoch, last_epoch };
         for thread in 0..threads {
             let (sender, receiver) = sync_channel(depth.div_ceil(threads).max(1));
@@ -296,13 +299,22 @@ impl Loader {
         self.cursor
     }
 
+    /// How many batches the loader threads have ready.
+    pub fn ready(&self) -> usize {
+        self.plan.ready.load(Ordering::Relaxed)
+    }
+
     /// The next batch, in cursor order; an error once past the last epoch.
     pub fn next_batch(&mut self) -> Result<Batch, LoaderError> {
         if self.cursor.epoch > self.last_epoch {
             return Err(LoaderError::Exhausted { last_epoch: self.last_epoch });
         }
         let batch = match self.channels.get(self.taken % self.channels.len().max(1)) {
-            Some(channel) => channel.recv().map_err(|_| LoaderError::ThreadEnded)??,
+            Some(channel) => {
+                let batch = channel.recv().map_err(|_| LoaderError::ThreadEnded)?;
+                self.plan.ready.fetch_sub(1, Ordering::Relaxed);
+                batch?
+            }
             None => self.plan.batch(self.cursor)?,
         };
         self.taken += 1;
@@ -329,6 +341,8 @@ fn produce(plan: &Plan, start: Cursor, thread: usize, threads: usize, sender: &S
     while cursor.epoch <= plan.config.last_epoch {
         let batch = plan.batch(cursor);
         let failed = batch.is_err();
+        // Counted before it is sent, so that the count never goes below what is in the channel.
+        plan.ready.fetch_add(1, Ordering::Relaxed);
         if sender.send(batch).is_err() || failed {
             return;
         }

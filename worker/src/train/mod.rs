@@ -50,6 +50,7 @@ use feral_common::ids::Round;
 use feral_common::task::{EpochReport, TaskInputs, TrainedModel};
 
 use crate::collective::{self, Collective, CollectiveError};
+use crate::metrics::WorkerMetrics;
 use crate::selection::read_selection;
 use crate::task::{create_dir, write_atomically, write_json, TaskContext, TaskError};
 
@@ -130,10 +131,11 @@ pub fn train(
     collective: &mut dyn Collective,
     on_epoch: &mut dyn FnMut(EpochReport, u32),
     stop: &AtomicBool,
+    metrics: &WorkerMetrics,
 ) -> Result<TrainedModel, TaskError> {
     let mut round = RoundTraining::set_up(task, collective)?;
     for epoch in round.first_epoch..=round.epochs {
-        if let Some(report) = round.epoch(epoch, collective, stop)? {
+        if let Some(report) = round.epoch(epoch, collective, stop, metrics)? {
             on_epoch(report, round.epochs);
         }
     }
@@ -362,7 +364,7 @@ impl<'t> RoundTraining<'t> {
 
     /// Trains epoch `epoch`, validates, and on rank 0 writes the checkpoint and returns the
     /// epoch's report.
-    fn epoch(&mut self, epoch: u32, collective: &mut dyn Collective, stop: &AtomicBool) -> Result<Option<EpochReport>, TaskError> {
+    fn epoch(&mut self, epoch: u32, collective: &mut dyn Collective, stop: &AtomicBool, metrics: &WorkerMetrics) -> Result<Option<EpochReport>, TaskError> {
         let Self { task, rank, val_data, classes, vs, net, ema_vs, ema_net, optimizer, trainable, checkpoint, checkpoint_ema, checkpoint_info, checkpoint_optimizer, checkpoint_online, steps, total_steps, step_offset, loss_fn, labeller, mask_audit, margin, validation, loader, .. } = self;
         let (context, steps, total_steps, step_offset, classes, rank) = (&task.context, *steps, *total_steps, *step_offset, *classes, *rank);
         let spec = &context.spec;
@@ -379,6 +381,7 @@ impl<'t> RoundTraining<'t> {
             let global_step = step_offset + (epoch as usize - 1) * steps + step;
             optimizer.set_lr(learning_rate(spec.train.learning_rate, global_step, total_steps));
             // This rank's slice of the step's global batch (see `loader`).
+            let step_started = Instant::now();
             let loaded = loader.next_batch()?;
             let indices = &loaded.indices;
             let (images, targets) = (loaded.images.to_device(context.device), loaded.labels.to_device(context.device));
@@ -419,15 +422,22 @@ impl<'t> RoundTraining<'t> {
             drop(autocast);
             optimizer.zero_grad();
             loss.backward();
-            collective::average_gradients(collective, trainable, collective::DEFAULT_BUCKET_BYTES)?;
+            let reducing = Instant::now();
+            let reduced = collective::average_gradients(collective, trainable, collective::DEFAULT_BUCKET_BYTES)?;
+            if reduced > 0 {
+                metrics.all_reduce(reducing.elapsed().as_secs_f64(), reduced as u64);
+            }
             optimizer.step();
             ema::update(ema_vs, vs, global_step);
             loss_sum += loss.double_value(&[]);
             correct += logits.argmax(-1, false).eq_tensor(&targets).sum(Kind::Int64).int64_value(&[]);
             seen += indices.len();
-            images_trained += images.size()[0] + loaded.pool.as_ref().map_or(0, |p| p.strong.size()[0]) + loaded.pseudo.as_ref().map_or(0, |p| p.images.size()[0]);
+            let step_images = images.size()[0] + loaded.pool.as_ref().map_or(0, |p| p.strong.size()[0]) + loaded.pseudo.as_ref().map_or(0, |p| p.images.size()[0]);
+            images_trained += step_images;
+            metrics.step(step_started.elapsed().as_secs_f64(), step_images as u64, loader.ready());
         }
         let images_per_second = (images_trained * collective.world_size() as i64) as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        metrics.epoch(images_per_second / collective.world_size() as f64);
         *validation = evaluate_model(ema_vs, ema_net.as_ref(), val_data, classes, context.device, collective)?;
         // evaluate_model gave every rank rank 0's EMA; rank 0's raw weights and batch-norm
         // statistics follow, so every rank ends the epoch with what rank 0 checkpoints, and a

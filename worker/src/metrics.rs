@@ -1,0 +1,91 @@
+//! A worker's Prometheus metrics (crate `prometheus-client`), served at `/metrics` on
+//! `--metrics-listen`: what its training steps do. Nothing is global: [`WorkerMetrics::register`]
+//! puts them in the registry its caller passes in, and training records into the
+//! [`WorkerMetrics`] its [`crate::runner::TchRunner`] holds.
+
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+
+/// What a worker's training steps do, all ranks of every task on this worker together.
+#[derive(Debug)]
+pub struct WorkerMetrics {
+    images: Counter,
+    images_per_second: Gauge<f64, AtomicU64>,
+    step_seconds: Histogram,
+    all_reduce_seconds: Histogram,
+    all_reduce_bytes: Counter,
+    loader_ready: Gauge,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self {
+            images: Counter::default(),
+            images_per_second: Gauge::default(),
+            // 100 µs to about 26 s.
+            step_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 19)),
+            all_reduce_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 19)),
+            all_reduce_bytes: Counter::default(),
+            loader_ready: Gauge::default(),
+        }
+    }
+}
+
+impl WorkerMetrics {
+    /// Adds every metric to `registry` (under the names in the README).
+    pub fn register(&self, registry: &mut Registry) {
+        let worker = registry.sub_registry_with_prefix("feral_worker");
+        worker.register("images", "Images this worker's ranks trained on (labelled, unlabelled and pseudo-labelled)", self.images.clone());
+        worker.register("images_per_second", "Training images per second of this worker's last epoch", self.images_per_second.clone());
+        worker.register_with_unit("step_duration", "Training steps, from taking the batch to the optimiser step", Unit::Seconds, self.step_seconds.clone());
+        worker.register_with_unit("all_reduce_duration", "Gradient all-reduce of one step (gangs only)", Unit::Seconds, self.all_reduce_seconds.clone());
+        worker.register_with_unit("all_reduce", "Gradient bytes this worker's ranks all-reduced", Unit::Bytes, self.all_reduce_bytes.clone());
+        worker.register("loader_ready_batches", "Batches the loader threads have ready ahead of the step", self.loader_ready.clone());
+    }
+
+    /// One training step: its time, its images, and the batches left ready behind it.
+    pub fn step(&self, seconds: f64, images: u64, loader_ready: usize) {
+        self.step_seconds.observe(seconds);
+        self.images.inc_by(images);
+        self.loader_ready.set(loader_ready as i64);
+    }
+
+    pub fn all_reduce(&self, seconds: f64, bytes: u64) {
+        self.all_reduce_seconds.observe(seconds);
+        self.all_reduce_bytes.inc_by(bytes);
+    }
+
+    pub fn epoch(&self, images_per_second: f64) {
+        self.images_per_second.set(images_per_second);
+    }
+}
+
+/// OpenMetrics, which Prometheus asks for and reads.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves `registry` at `/metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let app = Router::new().route("/metrics", get(scrape)).with_state(registry);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+async fn scrape(State(registry): State<Arc<Registry>>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+        Ok(()) => ([(CONTENT_TYPE, OPENMETRICS)], text).into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {error}\n")).into_response(),
+    }
+}
