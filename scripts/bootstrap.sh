@@ -2,7 +2,9 @@
 # Installs what Feral needs to build and run on a Debian machine with Rust, and nothing twice:
 #   - apt packages: protobuf-compiler (tonic and etcd-client run protoc at build time),
 #     libprotobuf-dev (the well-known types etcd-client's protos import), etcd-server (the
-#     store tests start a real etcd on loopback)
+#     store tests start a real etcd on loopback), chromium and nodejs/npm (the dashboard's
+#     browser test, scripts/test-dashboard.sh)
+#   - tests/browser/node_modules: playwright-core from the npm registry, as its lock file pins
 #   - .venv with PyTorch 2.11.0 (the libtorch that tch 0.24 links), installed with uv, and
 #     kubernetes-validate (scripts/check-deploy.sh checks the Kubernetes manifests with it)
 #   - .cargo/config.toml pointing LIBTORCH at that venv, so plain `cargo build` works after
@@ -29,6 +31,9 @@ command -v etcd >/dev/null || missing+=(etcd-server)
 # etcd-client's protos import protobuf's well-known types (descriptor.proto, struct.proto).
 [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if ((${#missing[@]})); then
   say "installing apt packages: ${missing[*]}"
   as_root apt-get update -qq
@@ -60,6 +65,13 @@ LIBTORCH=$(torch_dir)
 nccl=$(ls "$venv"/lib/python3*/site-packages/nvidia/nccl/lib/libnccl.so.2 2>/dev/null | head -n1 || true)
 if [ -n "$nccl" ] && [ ! -e "$(dirname "$nccl")/libnccl.so" ]; then
   ln -s libnccl.so.2 "$(dirname "$nccl")/libnccl.so"
+fi
+
+# --- the browser test's npm package (playwright-core drives Debian's chromium) ----------
+browser=tests/browser
+if [ ! -d "$browser/node_modules/playwright-core" ] || [ "$browser/package-lock.json" -nt "$browser/node_modules/.package-lock.json" ]; then
+  say "installing $browser's npm packages (npm ci)"
+  (cd "$browser" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 
 # --- cargo configuration ------------------------------------------------------------

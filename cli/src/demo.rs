@@ -48,6 +48,9 @@ pub struct DemoArgs {
     /// Port for the coordinator on 127.0.0.1; 0 picks a free one.
     #[arg(long, default_value_t = 0)]
     pub port: u16,
+    /// Port for the coordinator's dashboard and `/metrics` on 127.0.0.1; 0 picks a free one.
+    #[arg(long, default_value_t = 0)]
+    pub http_port: u16,
 }
 
 impl DemoArgs {
@@ -95,6 +98,10 @@ async fn run_demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> anyho
     let worker_bin = sibling_binary("feral-worker")?;
 
     let port = if args.port == 0 { free_port()? } else { args.port };
+    let mut http_port = args.http_port;
+    while http_port == 0 || http_port == port {
+        http_port = free_port()?;
+    }
     let url = format!("http://127.0.0.1:{port}");
     let target = Target::open(url.clone());
     println!("starting coordinator on 127.0.0.1:{port} (log: {})", logs.join("coordinator.log").display());
@@ -109,6 +116,8 @@ async fn run_demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> anyho
         "500".to_owned(),
         "--lease-ttl-ms".to_owned(),
         "5000".to_owned(),
+        "--http-listen".to_owned(),
+        format!("127.0.0.1:{http_port}"),
     ];
     let env = [("RUST_LOG", "info"), ("NO_COLOR", "1")];
     children.spawn("feral-coordinator", &coordinator_bin, &coordinator_args, &env, &logs.join("coordinator.log"))?;
@@ -129,6 +138,7 @@ async fn run_demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> anyho
     tokio::fs::write(&spec_path, &spec).await.with_context(|| format!("cannot write {}", spec_path.display()))?;
     let job = submit_spec(&target, spec).await?;
     println!("submitted job {} ({})", job.id, spec_path.display());
+    println!("dashboard: http://127.0.0.1:{http_port}/#/jobs/{}", job.id);
 
     let job = tokio::select! {
         job = watch_job(&target, &job.id) => job?,

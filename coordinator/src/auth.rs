@@ -195,30 +195,32 @@ impl Gate {
     }
 
     fn check(&self, request: &Request<()>) -> Result<Caller, Status> {
-        let Some(tokens) = &self.tokens else { return Ok(Caller::anonymous()) };
-        let header = request
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("this coordinator needs a bearer token (header `authorization: Bearer TOKEN`); the call sent none"))?;
-        let secret = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("the `authorization` header must read `Bearer TOKEN`"))?;
-        let caller = tokens.find(secret.trim()).ok_or_else(|| Status::unauthenticated("the bearer token is not one this coordinator knows"))?;
-        let allowed = match (self.api, caller.role) {
-            (_, Role::Admin) | (Api::Jobs, Role::Submitter) | (Api::Workers, Role::Worker) => true,
-            _ => false,
-        };
-        if !allowed {
-            let api = match self.api {
-                Api::Jobs => "the job API (feral.v1.JobService)",
-                Api::Workers => "the worker API (feral.v1.WorkerService)",
-            };
-            return Err(Status::permission_denied(format!("token `{}` has role {}, which may not call {api}", caller.name, caller.role)));
-        }
-        Ok(caller.clone())
+        let header = request.metadata().get("authorization").map(|value| value.to_str().unwrap_or(""));
+        authorize(self.tokens.as_deref(), self.api, header)
     }
+}
+
+/// The caller whose `authorization` header value is `header`, if it may use `api`: anyone
+/// without tokens; with tokens, a missing or unknown token is `Unauthenticated` and a role
+/// that `api` does not serve `PermissionDenied`. The gRPC [`Gate`] and the HTTP dashboard
+/// both ask this.
+pub fn authorize(tokens: Option<&Tokens>, api: Api, header: Option<&str>) -> Result<Caller, Status> {
+    let Some(tokens) = tokens else { return Ok(Caller::anonymous()) };
+    let header = header.ok_or_else(|| Status::unauthenticated("this coordinator needs a bearer token (header `authorization: Bearer TOKEN`); the call sent none"))?;
+    let secret = header.strip_prefix("Bearer ").ok_or_else(|| Status::unauthenticated("the `authorization` header must read `Bearer TOKEN`"))?;
+    let caller = tokens.find(secret.trim()).ok_or_else(|| Status::unauthenticated("the bearer token is not one this coordinator knows"))?;
+    let allowed = match (api, caller.role) {
+        (_, Role::Admin) | (Api::Jobs, Role::Submitter) | (Api::Workers, Role::Worker) => true,
+        _ => false,
+    };
+    if !allowed {
+        let api = match api {
+            Api::Jobs => "the job API (feral.v1.JobService)",
+            Api::Workers => "the worker API (feral.v1.WorkerService)",
+        };
+        return Err(Status::permission_denied(format!("token `{}` has role {}, which may not call {api}", caller.name, caller.role)));
+    }
+    Ok(caller.clone())
 }
 
 impl tonic::service::Interceptor for Gate {

@@ -1,5 +1,6 @@
 //! The coordinator's HTTP endpoint (axum, on a listener of its own beside gRPC):
-//! `/metrics` in the Prometheus text format ([`crate::metrics`]).
+//! `/metrics` in the Prometheus text format ([`crate::metrics`]) and the web dashboard
+//! ([`crate::dashboard`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use axum::Router;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use crate::auth::Tokens;
+use crate::dashboard::{self, Dashboard};
 use crate::leader::Role;
 use crate::metrics::Metrics;
 
@@ -27,8 +30,18 @@ struct Http {
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, role: Role, metrics: Arc<Metrics>, registry: Arc<Registry>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    let app = Router::new().route("/metrics", get(scrape)).with_state(Http { role, metrics, registry });
+pub async fn serve(
+    listener: TcpListener,
+    role: Role,
+    tokens: Option<Arc<Tokens>>,
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(Http { role: role.clone(), metrics, registry })
+        .merge(dashboard::routes(Dashboard { role, tokens }));
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 

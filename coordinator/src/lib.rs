@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod config;
 pub mod control;
+pub mod dashboard;
 pub mod error;
 pub mod grpc;
 pub mod http;
@@ -141,7 +142,7 @@ async fn serve_as(
     };
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
-    let web = serve_http(listeners.http, role.clone(), metrics.clone(), registry, stopping.clone());
+    let web = serve_http(listeners.http, role.clone(), access.tokens.clone(), metrics.clone(), registry, stopping.clone());
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &access.tls {
         builder = builder.tls_config(tls.clone()).map_err(|e| ServeError::Tls(e.to_string()))?;
@@ -161,21 +162,23 @@ async fn serve_as(
     served.map_err(|e| ServeError::Transport(e.to_string()))
 }
 
-/// Serves `/metrics` on `listener` (if any) until `stopping` turns true; never returns.
+/// Serves `/metrics` and the dashboard on `listener` (if any) until `stopping` turns true;
+/// never returns.
 async fn serve_http(
     listener: Option<TcpListener>,
     role: Role,
+    tokens: Option<Arc<Tokens>>,
     metrics: Arc<Metrics>,
     registry: prometheus_client::registry::Registry,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> std::convert::Infallible {
     if let Some(listener) = listener {
         let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        info!(%address, "HTTP serving (/metrics)");
+        info!(%address, "HTTP serving (/metrics, the dashboard at /)");
         let stopped = async move {
             let _ = stopping.wait_for(|stop| *stop).await;
         };
-        if let Err(error) = http::serve(listener, role, metrics, Arc::new(registry), stopped).await {
+        if let Err(error) = http::serve(listener, role, tokens, metrics, Arc::new(registry), stopped).await {
             warn!(%address, %error, "the HTTP endpoint stopped");
         }
     }

@@ -34,6 +34,23 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// A tokens file for the access tests: submitter `alice`, workers `w1` and `w2`.
+pub const TEST_TOKENS: &str = r#"
+version = 1
+[[token]]
+name = "alice"
+role = "submitter"
+secret = "alice-0123456789abcdef"
+[[token]]
+name = "w1"
+role = "worker"
+secret = "w1-0123456789abcdef"
+[[token]]
+name = "w2"
+role = "worker"
+secret = "w2-0123456789abcdef"
+"#;
+
 /// Settings with short leases, artifacts under `root`.
 pub fn test_settings(root: &Path) -> Settings {
     Settings { artifact_root: root.join("artifacts"), heartbeat_interval_ms: 100, lease_ttl_ms: 1500 }
@@ -67,13 +84,18 @@ impl RunningCoordinator {
 
     /// An in-memory coordinator (as [`in_memory`](Self::in_memory)) that also serves HTTP.
     pub async fn observed(root: &Path) -> anyhow::Result<Self> {
+        Self::observed_with(root, Access::default()).await
+    }
+
+    /// [`observed`](Self::observed) with `access` (tokens) in front of both APIs and the dashboard.
+    pub async fn observed_with(root: &Path, access: Access) -> anyhow::Result<Self> {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let grpc = tokio::net::TcpListener::bind(loopback).await?;
         let http = tokio::net::TcpListener::bind(loopback).await?;
         let (address, http_address) = (grpc.local_addr()?, http.local_addr()?);
         let listeners = feral_coordinator::Listeners { grpc, http: Some(http) };
         let (shutdown, stopped) = oneshot::channel();
-        let served = tokio::spawn(feral_coordinator::serve(test_settings(root), Access::default(), listeners, Arc::new(MemoryStore::default()), async {
+        let served = tokio::spawn(feral_coordinator::serve(test_settings(root), access, listeners, Arc::new(MemoryStore::default()), async {
             let _ = stopped.await;
         }));
         Ok(Self { address, http: Some(http_address), shutdown: Some(shutdown), served })

@@ -20,21 +20,7 @@ use feral_tests::*;
 use tonic::transport::Channel;
 use tonic::Code;
 
-const TOKENS: &str = r#"
-version = 1
-[[token]]
-name = "alice"
-role = "submitter"
-secret = "alice-0123456789abcdef"
-[[token]]
-name = "w1"
-role = "worker"
-secret = "w1-0123456789abcdef"
-[[token]]
-name = "w2"
-role = "worker"
-secret = "w2-0123456789abcdef"
-"#;
+const TOKENS: &str = TEST_TOKENS;
 
 fn token(secret: &str) -> BearerToken {
     BearerToken::new(secret).expect("token")

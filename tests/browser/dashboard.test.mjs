@@ -1,0 +1,92 @@
+// The dashboard in a real browser: Debian's Chromium, driven by playwright-core, on the
+// page of a job that really trains (scripts/test-dashboard.sh starts it and passes
+// FERAL_DASHBOARD_URL, the job's page). The round and epoch must advance on the page with
+// no reload and no polling (one event stream, no repeated fetches of the job), and the
+// curves, per-class F1, confusion matrix and pseudo-label histogram must be drawn.
+// Screenshots go to FERAL_SCREENSHOTS.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { chromium } from 'playwright-core';
+
+const url = process.env.FERAL_DASHBOARD_URL;
+const screenshots = process.env.FERAL_SCREENSHOTS || '.';
+const browserPath = process.env.FERAL_CHROMIUM || '/usr/bin/chromium';
+
+async function progress(page) {
+  return page.locator('#progress').evaluate((p) => ({
+    round: Number(p.dataset.round), epoch: Number(p.dataset.epoch), state: p.dataset.state,
+  }));
+}
+
+// Waits (polling the page, not the server) until check(progress) holds.
+async function waitFor(page, what, check, seconds) {
+  const deadline = Date.now() + seconds * 1000;
+  for (;;) {
+    const now = await progress(page).catch(() => null);
+    if (now && check(now)) return now;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${seconds} s (last seen ${JSON.stringify(now)})`);
+    await page.waitForTimeout(250);
+  }
+}
+
+test('the dashboard shows a training job live', { timeout: 900_000 }, async () => {
+  assert.ok(url, 'FERAL_DASHBOARD_URL names the job page');
+  const jobId = new URL(url).hash.replace('#/jobs/', '');
+  const browser = await chromium.launch({ executablePath: browserPath, args: ['--no-sandbox', '--disable-gpu'] });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    const requests = [];
+    page.on('request', (request) => requests.push(new URL(request.url()).pathname));
+    let navigations = 0;
+    page.on('framenavigated', (frame) => { if (frame === page.mainFrame()) navigations += 1; });
+    const errors = [];
+    page.on('pageerror', (error) => errors.push(error.message));
+
+    await page.goto(url);
+    const first = await waitFor(page, 'the job training', (p) => p.state === 'training' && p.epoch >= 1, 300);
+    await page.screenshot({ path: `${screenshots}/job-training.png`, fullPage: true });
+
+    // Live: a later epoch and then the student round appear on the same page.
+    await waitFor(page, 'a later epoch', (p) => p.round > first.round || p.epoch > first.epoch, 300);
+    const student = await waitFor(page, 'the pseudo-label round', (p) => p.round >= 1 && p.epoch >= 1, 600);
+    assert.ok(student.round >= 1);
+
+    // Meanwhile, in a second tab, the job list and the workers (the demo stops the
+    // coordinator once its job ends, so this is looked at while the student trains).
+    const list = await browser.newPage({ viewport: { width: 1280, height: 700 } });
+    await list.goto(new URL('/#/', url).toString());
+    await list.locator(`#jobs tr[data-job="${jobId}"]`).waitFor({ timeout: 30_000 });
+    assert.match(await list.locator(`#jobs tr[data-job="${jobId}"]`).innerText(), /training|pseudo-labeling|selecting|succeeded/);
+    assert.ok(await list.locator('#workers tr[data-worker]').count() >= 1);
+    await list.screenshot({ path: `${screenshots}/jobs.png`, fullPage: true });
+    await list.close();
+    const done = await waitFor(page, 'the job ending', (p) => ['succeeded', 'failed', 'cancelled'].includes(p.state), 600);
+    assert.equal(done.state, 'succeeded');
+    assert.equal(navigations, 1, 'the page never reloaded');
+    const jobFetches = requests.filter((p) => p === `/api/jobs/${jobId}`).length;
+    const streams = requests.filter((p) => p === `/api/jobs/${jobId}/events`).length;
+    assert.equal(jobFetches, 0, 'no polling of the job');
+    assert.ok(streams >= 1 && streams <= 3, `one event stream (reopened at most twice), got ${streams}`);
+
+    // The curves: one point per epoch of both rounds, with a dashed line where round 1 starts.
+    const points = Number(await page.locator('#f1-chart path.series').getAttribute('data-points'));
+    assert.ok(points >= 2, `the macro-F1 curve has ${points} points`);
+    assert.equal(await page.locator('#loss-chart path.series').count(), 1);
+    assert.equal(await page.locator('#accuracy-chart path.series').count(), 2, 'train and val accuracy');
+    assert.ok(await page.locator('#f1-chart line.round-line').count() >= 1, 'round boundary drawn');
+    // The confusion matrix: classes × classes cells holding every validation sample.
+    const classes = await page.locator('#per-class rect').count();
+    assert.ok(classes >= 2, `${classes} classes in the per-class F1 chart`);
+    const cells = await page.locator('#confusion rect.cell').evaluateAll((cs) => cs.map((c) => Number(c.dataset.count)));
+    assert.equal(cells.length, classes * classes);
+    assert.ok(cells.reduce((a, b) => a + b, 0) > 0, 'the matrix counts validation samples');
+    // The round table and the pseudo-label histogram of round 1.
+    assert.ok(await page.locator('#rounds tr[data-round="1"]').count() === 1);
+    assert.equal(await page.locator('#histogram-r1 rect').count(), classes);
+    await page.screenshot({ path: `${screenshots}/job-finished.png`, fullPage: true });
+
+    assert.deepEqual(errors, [], 'no script errors');
+  } finally {
+    await browser.close();
+  }
+});

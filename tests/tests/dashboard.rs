@@ -1,0 +1,152 @@
+//! The dashboard's HTTP side (coordinator `dashboard`): the page and its assets, the JSON
+//! API, and the job's server-sent events following a running job to its end, on a real
+//! coordinator with a scripted worker; with tokens, the API refuses callers the job API
+//! would refuse. (`scripts/test-dashboard.sh` drives the page itself in Chromium.)
+
+use std::io::{BufRead, BufReader};
+use std::sync::Arc;
+use std::time::Duration;
+
+use feral_common::task::TaskKind;
+use feral_coordinator::auth::Tokens;
+use feral_coordinator::Access;
+use feral_tests::scripted::ScriptedRunner;
+use feral_tests::*;
+use serde_json::Value;
+
+/// GETs `path` with an optional bearer token: (status, content type, body).
+async fn get(coordinator: &RunningCoordinator, path: &str, token: Option<&str>) -> anyhow::Result<(u16, String, String)> {
+    let url = format!("http://{}{path}", coordinator.http.expect("an observed coordinator"));
+    let token = token.map(|t| format!("Bearer {t}"));
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(u16, String, String)> {
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        let mut request = agent.get(&url);
+        if let Some(token) = &token {
+            request = request.header("authorization", token);
+        }
+        let mut response = request.call()?;
+        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        Ok((response.status().as_u16(), content_type, response.body_mut().read_to_string()?))
+    })
+    .await?
+}
+
+async fn get_json(coordinator: &RunningCoordinator, path: &str) -> anyhow::Result<Value> {
+    let (status, content_type, body) = get(coordinator, path, None).await?;
+    anyhow::ensure!(status == 200 && content_type == "application/json", "{path}: {status} {content_type} {body}");
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// Reads the job's event stream until it ends by itself: the data of every `job` event.
+async fn follow(coordinator: &RunningCoordinator, job: &str) -> anyhow::Result<Vec<Value>> {
+    let url = format!("http://{}/api/jobs/{job}/events", coordinator.http.expect("an observed coordinator"));
+    let reading = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Value>> {
+        let response = ureq::get(&url).header("accept", "text/event-stream").call()?;
+        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        anyhow::ensure!(content_type.starts_with("text/event-stream"), "content type {content_type}");
+        let (mut events, mut name) = (Vec::new(), String::new());
+        for line in BufReader::new(response.into_body().into_reader()).lines() {
+            let line = line?;
+            if let Some(event) = line.strip_prefix("event:") {
+                name = event.trim().to_owned();
+            } else if let Some(data) = line.strip_prefix("data:") {
+                anyhow::ensure!(name == "job", "unexpected event {name:?}: {data}");
+                events.push(serde_json::from_str(data.trim())?);
+            }
+        }
+        Ok(events)
+    });
+    tokio::time::timeout(Duration::from_secs(120), reading).await.map_err(|_| anyhow::anyhow!("the event stream did not end within 120 s"))??
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_follows_a_job_live_to_its_end() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let coordinator = RunningCoordinator::observed(dir.path()).await?;
+
+    let (status, content_type, page) = get(&coordinator, "/", None).await?;
+    assert_eq!((status, content_type.as_str()), (200, "text/html; charset=utf-8"));
+    assert!(page.contains("/dashboard.js") && page.contains("/dashboard.css"), "the page loads its script and style");
+    for (asset, kind) in [("/dashboard.js", "text/javascript"), ("/dashboard.css", "text/css")] {
+        let (status, content_type, body) = get(&coordinator, asset, None).await?;
+        assert!(status == 200 && content_type.starts_with(kind) && !body.is_empty(), "{asset}: {status} {content_type}");
+    }
+    assert_eq!(get_json(&coordinator, "/api/jobs").await?, Value::Array(Vec::new()));
+
+    // Three epochs a training task, each task a second long: the stream sees it run.
+    let runner = ScriptedRunner { epochs: 3, slow: vec![TaskKind::Train], delay: Duration::from_secs(1), ..ScriptedRunner::fast(1) };
+    let worker = RunningWorker::start(&coordinator.url(), "w1", Arc::new(runner));
+    let mut jobs = coordinator.jobs().await?;
+    let spec = format!("{}\n[semi_supervised]\nrounds = 1\npatience = 0\n", job_spec(dir.path(), 3));
+    let job = submit(&mut jobs, spec).await?;
+
+    let events = follow(&coordinator, &job.id).await?;
+    let states: Vec<&str> = events.iter().map(|e| e["state"].as_str().unwrap_or_default()).collect();
+    assert!(states.len() >= 3, "an event at once and one per change: {states:?}");
+    assert_eq!(states.last(), Some(&"succeeded"), "the stream ends after the final state: {states:?}");
+    assert!(states.contains(&"training"), "{states:?}");
+    let rounds: Vec<u64> = events.iter().map(|e| e["round"].as_u64().unwrap_or_default()).collect();
+    assert!(rounds.windows(2).all(|w| w[0] <= w[1]) && rounds.last() == Some(&1), "rounds advance to 1: {rounds:?}");
+    let epochs: Vec<usize> = events.iter().map(|e| e["epochs"].as_array().map_or(0, Vec::len)).collect();
+    assert!(epochs.windows(2).all(|w| w[0] <= w[1]), "epochs only accumulate: {epochs:?}");
+    assert_eq!(epochs.last(), Some(&6), "three epochs in each of two rounds: {epochs:?}");
+
+    let last = events.last().expect("events");
+    assert_eq!(last["id"], job.id.as_str());
+    assert_eq!(last["rounds_planned"], 1);
+    assert_eq!(last["rounds"].as_array().map(Vec::len), Some(2), "the teacher and one student");
+    assert_eq!(last["best_round"], 1, "the scripted student scores higher");
+    let classes = last["class_names"].as_array().map_or(0, Vec::len);
+    assert!(classes > 0, "class names: {last}");
+    assert_eq!(last["latest"]["per_class_f1"].as_array().map(Vec::len), Some(classes));
+    // The scripted worker reports no confusion counts; real ones are drawn in the browser test.
+    assert!(last["latest"]["confusion"].is_array(), "{last}");
+    assert_eq!(last["rounds"][1]["selected_per_class"].as_array().map(Vec::len), Some(classes), "the student round's selection");
+
+    // The same job from the other endpoints.
+    let listed = get_json(&coordinator, "/api/jobs").await?;
+    assert_eq!(listed[0]["id"], job.id.as_str());
+    assert_eq!(listed[0]["state"], "succeeded");
+    assert_eq!(get_json(&coordinator, &format!("/api/jobs/{}", job.id)).await?["epochs"], last["epochs"]);
+    let workers = get_json(&coordinator, "/api/workers").await?;
+    assert_eq!(workers[0]["id"], "w1");
+    assert_eq!(workers[0]["state"], "live");
+    assert_eq!(workers[0]["slots"][0], "cpu");
+    assert!(workers[0]["heartbeat_age_s"].as_f64().is_some_and(|age| age < 60.0));
+
+    // Unknown and malformed ids are named in the error.
+    let (status, _, body) = get(&coordinator, "/api/jobs/job-000000000000", None).await?;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("job-000000000000"), "{body}");
+    let (status, _, body) = get(&coordinator, "/api/jobs/a%20b/events", None).await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("is not a job id"), "{body}");
+
+    worker.stop().await?;
+    coordinator.stop().await
+}
+
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tokens_the_dashboard_api_needs_a_submitter_token() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let access = Access { tokens: Some(Arc::new(Tokens::parse(TEST_TOKENS).map_err(anyhow::Error::msg)?)), ..Access::default() };
+    let coordinator = RunningCoordinator::observed_with(dir.path(), access).await?;
+    for path in ["/api/jobs", "/api/workers", "/api/jobs/job-000000000000/events"] {
+        let (status, _, body) = get(&coordinator, path, None).await?;
+        assert_eq!(status, 401, "{path} without a token: {body}");
+        assert!(body.contains("needs a bearer token"), "{body}");
+        let (status, _, body) = get(&coordinator, path, Some("not-a-known-token-at-all")).await?;
+        assert_eq!(status, 401, "{path} with an unknown token: {body}");
+        let (status, _, body) = get(&coordinator, path, Some("w1-0123456789abcdef")).await?;
+        assert_eq!(status, 403, "{path} with a worker's token: {body}");
+        assert!(body.contains("token `w1` has role worker"), "{body}");
+    }
+    let (status, _, body) = get(&coordinator, "/api/jobs", Some("alice-0123456789abcdef")).await?;
+    assert_eq!((status, body.as_str()), (200, "[]"));
+    // The page itself holds no data: it loads, then asks for the token.
+    assert_eq!(get(&coordinator, "/", None).await?.0, 200);
+    coordinator.stop().await
+}
