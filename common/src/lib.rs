@@ -12,6 +12,8 @@ pub mod ids;
 pub mod import;
 pub mod method;
 pub mod metrics;
+#[cfg(test)]
+mod mutate;
 pub mod plan;
 pub mod prepare;
 pub mod signals;

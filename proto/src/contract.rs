@@ -423,4 +423,73 @@ mod tests {
         .expect_err("no metrics");
         assert_eq!(error, ContractError::Required("epoch.validation"));
     }
+
+    /// Whatever a peer sends: arbitrary messages convert, or are refused naming a field;
+    /// arbitrary bytes never panic the decoder or the conversions.
+    mod arbitrary {
+        use prost::Message;
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Ids as peers send them: well formed, empty, of another job, or any text.
+        fn id() -> impl Strategy<Value = String> {
+            prop_oneof!["job-1", "job-2", "job-1/r[0-9]/train/a[0-9]", "job-2/r0/infer/a1", Just(String::new()), "\\PC{0,12}"]
+        }
+
+        fn device() -> impl Strategy<Value = String> {
+            prop_oneof!["cpu", "cuda:[0-9]{1,3}".prop_filter("canonical", |d| !d.starts_with("cuda:0") || d == "cuda:0"), "cuda:-1", "cuda:99999999999", Just(String::new()), "\\PC{0,8}"]
+        }
+
+        prop_compose! {
+            fn assignment_message()(
+                (job_id, task_id, same_job) in (id(), id(), any::<bool>()),
+                kind in prop_oneof![0..6i32, any::<i32>()],
+                (round, attempt, rank, world_size) in (any::<u32>(), 0u32..3, 0u32..5, 0u32..5),
+                device in device(),
+                (spec_toml, artifact_dir, init_model, selection_file) in ("\\PC{0,6}", "\\PC{0,6}", "\\PC{0,6}", "\\PC{0,6}"),
+                (class_weights, class_prior) in (prop::collection::vec(any::<f64>(), 0..4), prop::collection::vec(any::<f64>(), 0..4)),
+                shards in prop::collection::vec("\\PC{0,6}", 0..3),
+            ) -> pb::TaskAssignment {
+                // Half the tasks belong to their job, so that conversions also succeed.
+                let task_id = if same_job { format!("{job_id}/r{round}/train/a{attempt}") } else { task_id };
+                pb::TaskAssignment { job_id, task_id, kind, round, attempt, device, spec_toml, artifact_dir, init_model, class_weights, class_prior, shards, selection_file, rank, world_size }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+            #[test]
+            fn an_assignment_converts_back_to_itself_or_names_its_field(message in assignment_message()) {
+                match Assignment::try_from(message.clone()) {
+                    Ok(assignment) => {
+                        prop_assert!(assignment.rank < assignment.world_size);
+                        prop_assert_eq!(assignment.task.job(), assignment.job.clone());
+                        // Nothing is lost or changed on the way in (floats bit for bit).
+                        let back = pb::TaskAssignment::from(&assignment);
+                        prop_assert_eq!(back.encode_to_vec(), message.encode_to_vec());
+                    }
+                    Err(error) => prop_assert!(error.to_string().starts_with("field `"), "{}", error),
+                }
+            }
+
+            #[test]
+            fn arbitrary_bytes_decode_and_convert_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                if let Ok(message) = pb::TaskAssignment::decode(bytes.as_slice()) {
+                    let _ = Assignment::try_from(message);
+                }
+                if let Ok(message) = pb::EpochMetrics::decode(bytes.as_slice()) {
+                    if let Err(error) = EpochReport::try_from(message) {
+                        prop_assert!(error.to_string().starts_with("field `"), "{}", error);
+                    }
+                }
+                if let Ok(pb::FinishTaskRequest { outcome: Some(outcome), .. }) = pb::FinishTaskRequest::decode(bytes.as_slice()) {
+                    if let Err(error) = TaskOutcome::try_from(outcome) {
+                        prop_assert!(error.to_string().starts_with("field `"), "{}", error);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -86,9 +86,13 @@ impl Manifest {
     pub fn load(dir: &Path) -> Result<Self, DatasetError> {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path).map_err(|source| DatasetError::Io { path: path.clone(), source })?;
-        let manifest: Manifest = serde_json::from_str(&text)
-            .map_err(|e| DatasetError::Manifest { path: path.clone(), problem: e.to_string() })?;
-        manifest.validate().map_err(|problem| DatasetError::Manifest { path, problem })?;
+        Self::parse(&text).map_err(|problem| DatasetError::Manifest { path, problem })
+    }
+
+    /// A manifest from its JSON text, checked as [`load`](Self::load) checks it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let manifest: Manifest = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        manifest.validate()?;
         Ok(manifest)
     }
 

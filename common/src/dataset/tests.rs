@@ -208,3 +208,59 @@ fn labels_outside_the_class_list_are_refused_with_the_shard_named() {
     let err = dataset.read_split(Split::Unlabeled).expect_err("hidden label 2 of two classes");
     assert!(err.to_string().contains("`hidden_labels`[0] is 2"), "{err}");
 }
+
+/// A damaged manifest or shard, as a disk or a copy leaves one: never a panic; an error
+/// that names the damaged file, or (damage a check cannot see) every split read whole.
+mod damaged {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::mutate::damaged;
+
+    /// A small dataset's bytes: its manifest and its first train shard (name and bytes).
+    fn valid() -> (Vec<u8>, String, Vec<u8>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manifest = write_small(dir.path());
+        let shard = manifest.splits[&Split::Train].shards[0].file.clone();
+        let read = |name: &str| std::fs::read(dir.path().join(name)).expect("read");
+        (read(MANIFEST_FILE), shard.clone(), read(&shard))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_damaged_manifest_is_refused_by_name(bytes in damaged(valid().0)) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            write_small(dir.path());
+            std::fs::write(dir.path().join(MANIFEST_FILE), &bytes).expect("write");
+            match Dataset::open(dir.path()) {
+                Err(error) => prop_assert!(error.to_string().contains(MANIFEST_FILE), "{error}"),
+                Ok(dataset) => {
+                    // What the manifest still says must hold, or reading names the shard.
+                    for (split, info) in &dataset.manifest().splits {
+                        match dataset.read_split(*split) {
+                            Ok(data) => prop_assert_eq!(data.len() as u64, info.samples),
+                            Err(error) => prop_assert!(error.to_string().contains(&*dir.path().to_string_lossy()), "{error}"),
+                        }
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn a_damaged_shard_is_refused_by_name(bytes in damaged(valid().2)) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let manifest = write_small(dir.path());
+            let info = &manifest.splits[&Split::Train].shards[0];
+            std::fs::write(dir.path().join(&info.file), &bytes).expect("write");
+            // Unverified, the parser itself meets the damage; verified, the checksum does.
+            for verify in [false, true] {
+                match read_shard(dir.path(), info, manifest.image, manifest.classes.len(), verify) {
+                    Ok(data) => prop_assert_eq!(data.len() as u64, info.samples),
+                    Err(error) => prop_assert!(error.to_string().contains(&info.file), "{error}"),
+                }
+            }
+        }
+    }
+}

@@ -161,6 +161,25 @@ fn consume_chunks(
     Ok(())
 }
 
+/// Parses a FER2013 CSV held in memory with the importer's own parsers, writing nothing:
+/// the number of rows [`import_fer2013`] would import, or the first bad line's number and
+/// problem, as its error (without `skip_bad`) would name them. The entry point of the
+/// property tests and of the `fer2013_csv` fuzz target.
+pub fn check_fer2013_text(text: &[u8]) -> Result<u64, (u64, String)> {
+    let mut lines = text.split(|b| *b == b'\n');
+    let columns = Columns::from_header(lines.next().unwrap_or_default()).map_err(|problem| (1, problem))?;
+    let mut pixels = vec![0u8; PIXELS];
+    let mut rows = 0;
+    for (index, line) in lines.enumerate() {
+        match parse_row(line, &columns, &mut pixels) {
+            Ok(Some(_)) => rows += 1,
+            Ok(None) => {}
+            Err(problem) => return Err((index as u64 + 2, problem)),
+        }
+    }
+    Ok(rows)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Usage {
     Training,

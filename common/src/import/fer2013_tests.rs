@@ -263,3 +263,56 @@ fn real_fer2013_import_time() {
     }
     eprintln!("rows {} in {elapsed:.2?}; source sha256 {}", report.rows_read, report.manifest.source_sha256);
 }
+
+/// Damaged FER2013 text, as a user's file may be: never a panic; a row count no larger than
+/// the file held, or the bad line's number (within the file) with a reason.
+mod damaged {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::mutate::damaged;
+
+    const ROWS: u64 = 8;
+
+    fn valid() -> Vec<u8> {
+        fer_csv(&fer_rows(&[("Training", [1, 1, 1, 1, 1, 1, 1]), ("PublicTest", [0, 0, 0, 1, 0, 0, 0])])).into_bytes()
+    }
+
+    #[test]
+    fn the_valid_text_reads_whole() {
+        assert_eq!(check_fer2013_text(&valid()), Ok(ROWS));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn damaged_text_is_read_or_refused_by_line(text in damaged(valid())) {
+            match check_fer2013_text(&text) {
+                Ok(rows) => prop_assert!(rows <= ROWS, "{rows} rows from a file of {ROWS}"),
+                Err((line, problem)) => {
+                    let lines = text.split(|b| *b == b'\n').count() as u64;
+                    prop_assert!((1..=lines).contains(&line), "line {line} of {lines}");
+                    prop_assert!(!problem.is_empty());
+                }
+            }
+        }
+    }
+
+    proptest! {
+        // Each case writes a file and imports it: fewer cases.
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_importer_names_the_file_of_damaged_text(text in damaged(valid())) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let csv = dir.path().join("fer2013.csv");
+            std::fs::write(&csv, &text).expect("write");
+            let options = SplitOptions { labeled_fraction: 1.0, ..SplitOptions::default() };
+            match import_fer2013(&csv, &dir.path().join("out"), &options, &|_| {}) {
+                Ok(report) => prop_assert!(report.rows_read <= ROWS),
+                Err(error) => prop_assert!(error.to_string().contains("fer2013.csv") || matches!(error, ImportError::Options { .. }), "{error}"),
+            }
+        }
+    }
+}

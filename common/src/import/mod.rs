@@ -13,7 +13,7 @@ mod inspect;
 mod split;
 mod staging;
 
-pub use fer2013::import_fer2013;
+pub use fer2013::{check_fer2013_text, import_fer2013};
 pub use frames::import_frames;
 pub use images::import_images;
 pub use inspect::{inspect, Inspection, ShardCheck, ShardStatus, SplitSummary};
