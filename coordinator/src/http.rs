@@ -13,10 +13,12 @@ use axum::routing::get;
 use axum::Router;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio_rustls::rustls::ServerConfig;
 
 use crate::auth::Tokens;
 use crate::dashboard::{self, Dashboard};
 use crate::leader::Role;
+use crate::tls::TlsListener;
 use crate::metrics::Metrics;
 
 /// OpenMetrics, which Prometheus asks for and reads; the body is also valid text format.
@@ -29,9 +31,10 @@ struct Http {
     registry: Arc<Registry>,
 }
 
-/// Serves HTTP on `listener` until `shutdown` resolves.
+/// Serves HTTP on `listener` (HTTPS with `tls`) until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
     role: Role,
     tokens: Option<Arc<Tokens>>,
     metrics: Arc<Metrics>,
@@ -42,7 +45,10 @@ pub async fn serve(
         .route("/metrics", get(scrape))
         .with_state(Http { role: role.clone(), metrics, registry })
         .merge(dashboard::routes(Dashboard { role, tokens }));
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    match tls {
+        Some(config) => axum::serve(TlsListener::new(listener, config)?, app).with_graceful_shutdown(shutdown).await,
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+    }
 }
 
 async fn scrape(State(http): State<Http>) -> Response {

@@ -14,6 +14,7 @@ pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::path::Path;
@@ -24,7 +25,6 @@ use feral_common::time::now_ms;
 use feral_proto::v1::job_service_server::JobServiceServer;
 use feral_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::auth::{Api, Gate, Tokens};
@@ -34,6 +34,7 @@ use crate::error::CoordinatorError;
 use crate::leader::{Election, Role};
 use crate::metrics::{MeteredStore, Metrics, RpcTimerLayer};
 use crate::store::{EmbeddedStore, EtcdStore, MemoryStore, Store};
+use crate::tls::TlsMaterial;
 
 /// Opens the configured store.
 pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, CoordinatorError> {
@@ -48,20 +49,15 @@ pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, Coordina
 #[derive(Clone, Debug, Default)]
 pub struct Access {
     pub tokens: Option<Arc<Tokens>>,
-    /// TLS (and mutual TLS when it names a client CA) on both APIs.
-    pub tls: Option<ServerTlsConfig>,
+    /// TLS (and mutual TLS when it names a client CA) on both APIs and on HTTP.
+    pub tls: Option<TlsMaterial>,
 }
 
 impl Access {
     /// TLS settings from PEM files: this coordinator's certificate and key, and the CA whose
     /// client certificates it then requires.
-    pub fn tls_from_files(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerTlsConfig, ServeError> {
-        let read = |path: &Path, what: &str| feral_proto::credentials::read_pem(path, what).map_err(ServeError::Tls);
-        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert, "the TLS certificate")?, read(key, "the TLS key")?));
-        if let Some(ca) = client_ca {
-            tls = tls.client_ca_root(Certificate::from_pem(read(ca, "the client CA")?));
-        }
-        Ok(tls)
+    pub fn tls_from_files(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<TlsMaterial, ServeError> {
+        TlsMaterial::from_files(cert, key, client_ca)
     }
 }
 
@@ -142,10 +138,11 @@ async fn serve_as(
     };
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
-    let web = serve_http(listeners.http, role.clone(), access.tokens.clone(), metrics.clone(), registry, stopping.clone());
+    let http_tls = access.tls.as_ref().map(TlsMaterial::http).transpose()?;
+    let web = serve_http(listeners.http, http_tls, role.clone(), access.tokens.clone(), metrics.clone(), registry, stopping.clone());
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &access.tls {
-        builder = builder.tls_config(tls.clone()).map_err(|e| ServeError::Tls(e.to_string()))?;
+        builder = builder.tls_config(tls.grpc()).map_err(|e| ServeError::Tls(e.to_string()))?;
     }
     let server = builder
         .layer(RpcTimerLayer(metrics))
@@ -166,6 +163,7 @@ async fn serve_as(
 /// never returns.
 async fn serve_http(
     listener: Option<TcpListener>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     role: Role,
     tokens: Option<Arc<Tokens>>,
     metrics: Arc<Metrics>,
@@ -178,7 +176,7 @@ async fn serve_http(
         let stopped = async move {
             let _ = stopping.wait_for(|stop| *stop).await;
         };
-        if let Err(error) = http::serve(listener, role, tokens, metrics, Arc::new(registry), stopped).await {
+        if let Err(error) = http::serve(listener, tls, role, tokens, metrics, Arc::new(registry), stopped).await {
             warn!(%address, %error, "the HTTP endpoint stopped");
         }
     }

@@ -54,7 +54,10 @@ async fn run() -> anyhow::Result<()> {
         );
     }
     if let Some(http) = config.http_listen.filter(|a| !a.ip().is_loopback()) {
-        tracing::warn!(%http, "HTTP (/metrics) is served beyond loopback in plain text and without tokens: anyone who reaches it can read job ids and the cluster's counts");
+        if tls.is_none() {
+            tracing::warn!(%http, "NO TLS on HTTP: /metrics and the dashboard are served beyond loopback in plain text; give the coordinator --tls-cert and --tls-key");
+        }
+        tracing::warn!(%http, "/metrics needs no token: anyone who reaches it can read job ids and the cluster's counts (the dashboard's API does check tokens)");
     }
     let access = Access { tokens, tls };
     let listener = tokio::net::TcpListener::bind(config.listen)

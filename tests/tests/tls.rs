@@ -1,7 +1,8 @@
 //! TLS and mutual TLS on a real coordinator (certificates made here with rcgen, none
 //! committed): a client that trusts the coordinator's CA is served; one that trusts another
 //! CA, or speaks plain text, is refused; with a client CA, only callers with a certificate
-//! that CA signed get through, and a worker with one runs a job to success.
+//! that CA signed get through, and a worker with one runs a job to success. The HTTP
+//! listener (`/metrics`, the dashboard) follows the same rules.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -101,5 +102,61 @@ async fn with_a_client_ca_only_certified_callers_get_through_and_a_certified_wor
     let done = wait_for_state(&jobs, &job.id, &[pb::JobState::Succeeded, pb::JobState::Failed], Duration::from_secs(60)).await?;
     assert_eq!(done.state, pb::JobState::Succeeded as i32, "{}", done.state_reason);
     worker.stop().await?;
+    coordinator.stop().await
+}
+
+/// GETs `path` from the HTTPS listener at `address` trusting `ca`, with an optional client
+/// certificate: the status, or why no answer came.
+fn https_get(address: SocketAddr, path: &str, ca: &Path, identity: Option<&(PathBuf, PathBuf)>) -> Result<u16, String> {
+    use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+    let pem = |path: &Path| std::fs::read(path).map_err(|e| e.to_string());
+    let ca = Certificate::from_pem(&pem(ca)?).map_err(|e| e.to_string())?;
+    let mut tls = TlsConfig::builder().root_certs(RootCerts::new_with_certs(&[ca]));
+    if let Some((cert, key)) = identity {
+        let cert = Certificate::from_pem(&pem(cert)?).map_err(|e| e.to_string())?;
+        let key = PrivateKey::from_pem(&pem(key)?).map_err(|e| e.to_string())?;
+        tls = tls.client_cert(Some(ClientCert::new_with_certs(&[cert], key)));
+    }
+    let agent = ureq::Agent::config_builder().tls_config(tls.build()).http_status_as_error(false).timeout_global(Some(Duration::from_secs(10))).build().new_agent();
+    let response = agent.get(format!("https://127.0.0.1:{}{path}", address.port())).call().map_err(|e| e.to_string())?;
+    Ok(response.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_the_dashboard_are_served_over_tls_only() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let (ca, other) = (Ca::new(dir.path(), "feral")?, Ca::new(dir.path(), "other")?);
+    let (cert, key) = ca.sign("coordinator", &["localhost", "127.0.0.1"])?;
+    let (member, stranger) = (ca.sign("prometheus", &["prometheus"])?, other.sign("stranger", &["stranger"])?);
+
+    let access = Access { tls: Some(Access::tls_from_files(&cert, &key, None)?), ..Access::default() };
+    let coordinator = RunningCoordinator::observed_with(dir.path(), access).await?;
+    let http = coordinator.http.expect("an observed coordinator");
+    let (ca_file, other_file) = (ca.ca_file(), other.ca_file());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        for path in ["/metrics", "/", "/api/jobs"] {
+            assert_eq!(https_get(http, path, &ca_file, None), Ok(200), "{path} over TLS");
+        }
+        assert!(https_get(http, "/metrics", &other_file, None).is_err(), "a client trusting another CA is refused");
+        let plain = ureq::get(format!("http://{http}/metrics")).config().timeout_global(Some(Duration::from_secs(10))).build().call();
+        assert!(plain.is_err(), "plain HTTP is not served: {:?}", plain.map(|r| r.status()));
+        Ok(())
+    })
+    .await??;
+    coordinator.stop().await?;
+
+    // Mutual: only a client certificate the client CA signed gets an answer.
+    let access = Access { tls: Some(Access::tls_from_files(&cert, &key, Some(&ca.ca_file()))?), ..Access::default() };
+    let coordinator = RunningCoordinator::observed_with(dir.path(), access).await?;
+    let http = coordinator.http.expect("an observed coordinator");
+    let ca_file = ca.ca_file();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        assert!(https_get(http, "/metrics", &ca_file, None).is_err(), "no client certificate");
+        assert!(https_get(http, "/metrics", &ca_file, Some(&stranger)).is_err(), "another CA's client certificate");
+        assert_eq!(https_get(http, "/metrics", &ca_file, Some(&member)), Ok(200), "a certified client");
+        Ok(())
+    })
+    .await??;
     coordinator.stop().await
 }
