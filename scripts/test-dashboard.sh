@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/bootstrap.sh
 cargo build --release -p feral-cli -p feral-coordinator -p feral-worker
+# Node.js from the venv when bootstrap put it there (no Node.js 20 or newer on the system).
+[ -x .venv/bin/node ] && export PATH="$PWD/.venv/bin:$PATH"
 out=$(realpath -m target/dashboard)
 rm -rf "$out" && mkdir -p "$out"
 target/release/feral demo --dir "$out/run" --workers 1 --samples 1500 --epochs 4 --rounds 1 >"$out/demo.log" 2>&1 &
