@@ -2,9 +2,9 @@
 # Runs the whole test suite: bootstraps (apt packages, torch venv, cargo config) if needed,
 # then `cargo test` over the workspace in the one profile the project uses (release), then
 # the chaos run (scripts/chaos.sh: real processes on loopback, about three minutes), the
-# Kubernetes manifests' offline check (scripts/check-deploy.sh) and the dashboard in
-# Chromium (scripts/test-dashboard.sh, about two minutes), unless arguments for cargo test
-# are given.
+# Kubernetes manifests' offline check (scripts/check-deploy.sh), the dashboard in Chromium
+# (scripts/test-dashboard.sh, about two minutes) and the sbatch script under a real one-host
+# Slurm (scripts/test-slurm.sh, about a minute), unless arguments for cargo test are given.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/bootstrap.sh
@@ -13,4 +13,5 @@ if [ $# -eq 0 ]; then
   bash scripts/chaos.sh
   bash scripts/check-deploy.sh
   bash scripts/test-dashboard.sh
+  bash scripts/test-slurm.sh
 fi
