@@ -51,6 +51,9 @@ pub struct DemoArgs {
     /// Port for the coordinator's dashboard and `/metrics` on 127.0.0.1; 0 picks a free one.
     #[arg(long, default_value_t = 0)]
     pub http_port: u16,
+    /// Devices of each worker (`cpu`, `cuda:0`, `cuda:0,cuda:1`, or `auto`).
+    #[arg(long, default_value = "cpu")]
+    pub devices: String,
 }
 
 impl DemoArgs {
@@ -125,7 +128,7 @@ async fn run_demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> anyho
     println!("starting {} (logs: {}/worker-N.log)", count(args.workers, "worker"), logs.display());
     let worker_ids: Vec<String> = (1..=args.workers).map(|i| format!("demo-worker-{i}")).collect();
     for (index, id) in worker_ids.iter().enumerate() {
-        let worker_args = ["--coordinator".to_owned(), url.clone(), "--id".to_owned(), id.clone(), "--devices".to_owned(), "cpu".to_owned()];
+        let worker_args = ["--coordinator".to_owned(), url.clone(), "--id".to_owned(), id.clone(), "--devices".to_owned(), args.devices.clone()];
         let log = logs.join(format!("worker-{}.log", index + 1));
         children.spawn(id, &worker_bin, &worker_args, &env, &log)?;
     }

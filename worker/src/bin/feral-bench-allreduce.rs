@@ -7,6 +7,9 @@
 //! Protocol between the parent and its ranks (one line each, on stdin/stdout): a rank
 //! prints `listening <address>`, reads `peers <address>,...`, then prints one
 //! `result <bytes> <iterations> <seconds per all-reduce>` per size.
+//!
+//! `--nccl cuda:N` instead runs one rank of Feral's NCCL collective on that GPU (a check
+//! that NCCL loads and reduces through Feral on a machine with one GPU; `scripts/gpu-check.sh`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use feral_worker::collective::{Collective, TcpRing};
+use feral_worker::collective::{Collective, Nccl, TcpRing};
 use tch::{Device, Kind, Tensor};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -47,6 +50,9 @@ struct Args {
     /// Internal: run as this rank.
     #[arg(long, hide = true)]
     rank: Option<usize>,
+    /// One rank of Feral's NCCL collective on this GPU (`cuda:N`) instead of the TCP ring.
+    #[arg(long)]
+    nccl: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,10 +60,41 @@ fn main() -> anyhow::Result<()> {
     if args.ranks == 0 {
         bail!("--ranks must be at least 1");
     }
+    if let Some(device) = &args.nccl {
+        return run_nccl(&args, device);
+    }
     match args.rank {
         Some(rank) => run_rank(&args, rank),
         None => run_parent(&args),
     }
+}
+
+/// One NCCL rank on `device`: every size reduced (and checked), then timed.
+fn run_nccl(args: &Args, device: &str) -> anyhow::Result<()> {
+    let index: usize = device.strip_prefix("cuda:").and_then(|i| i.parse().ok()).with_context(|| format!("--nccl takes cuda:N, got {device:?}"))?;
+    feral_worker::collective::nccl::check_available()?;
+    let unique_id = Nccl::unique_id()?;
+    let mut nccl = Nccl::new(0, 1, index, &unique_id)?;
+    let device = Device::Cuda(index);
+    println!("feral nccl, 1 rank on cuda:{index}, f32");
+    println!("{:>10} {:>6} {:>14}", "size MiB", "iters", "ms/all-reduce");
+    for &size_mb in &args.sizes_mb {
+        let bytes = size_in_bytes(size_mb);
+        let mut tensor = Tensor::full([(bytes / 4) as i64], 3.0, (Kind::Float, device));
+        nccl.all_reduce_sum(&mut tensor)?;
+        if tensor.ne(3.0).any().int64_value(&[]) != 0 {
+            bail!("the all-reduce of {bytes} bytes on one rank changed the tensor");
+        }
+        let iterations = iterations(args, bytes);
+        let started = Instant::now();
+        for _ in 0..iterations {
+            nccl.all_reduce_sum(&mut tensor)?;
+        }
+        tensor.sum(Kind::Float).double_value(&[]); // waits for the GPU
+        let seconds = started.elapsed().as_secs_f64() / iterations as f64;
+        println!("{size_mb:>10} {iterations:>6} {:>14.3}", seconds * 1e3);
+    }
+    Ok(())
 }
 
 fn iterations(args: &Args, bytes: usize) -> usize {

@@ -7,8 +7,9 @@
 //! `scripts/bench_train_torch.py` and `scripts/bench_loader_torch.py` measure the same in
 //! PyTorch; `scripts/bench-train.sh` and `scripts/bench-loader.sh` print both side by side.
 //! The images come from `--data` (a safetensors file with `images` u8 N×H×W×C and `labels`
-//! i64, which `--write-data` writes from the synthetic generator), so both sides train on
-//! the same bytes.
+//! i64, which `--write-data` writes from the synthetic generator at `--size` and
+//! `--channels`), so both sides train on the same bytes. `--arch resnet18 --device cuda:0`
+//! times ResNet-18 on a GPU (`scripts/gpu-check.sh`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,10 +18,10 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context};
 use clap::{Parser, ValueEnum};
 use feral_common::dataset::{ImageShape, ShardData};
-use feral_common::spec::{ModelSpec, Precision, Sampling, TrainSpec};
+use feral_common::spec::{Arch, ModelSpec, Precision, Sampling, TrainSpec};
 use feral_common::synthetic::{generate, SyntheticConfig};
 use feral_worker::train::precision::Autocast;
-use feral_worker::train::{build_model, to_tensors, Augmentation, Cursor, Loader, LoaderConfig};
+use feral_worker::train::{build_model, to_tensors, use_channels_last, Augmentation, Cursor, Loader, LoaderConfig};
 use tch::nn::{self, ModuleT, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -79,6 +80,35 @@ struct Args {
     /// Print one CSV row (with a header) instead of a sentence.
     #[arg(long)]
     csv: bool,
+    /// Where `--mode step` trains: `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// The model of `--mode step`: the default compact CNN, or ResNet-18.
+    #[arg(long, value_enum, default_value = "compact-cnn")]
+    arch: ArchArg,
+    /// Side of the images `--write-data` (or the default data) generates.
+    #[arg(long, default_value_t = 48)]
+    size: u32,
+    /// Channels of those images: 1 (gray) or 3 (the gray face in every channel).
+    #[arg(long, default_value_t = 1)]
+    channels: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ArchArg {
+    CompactCnn,
+    Resnet18,
+}
+
+/// `cpu` or `cuda:N` as a libtorch device.
+fn device(text: &str) -> anyhow::Result<Device> {
+    match text.parse::<feral_common::task::Device>().map_err(anyhow::Error::msg)? {
+        feral_common::task::Device::Cpu => Ok(Device::Cpu),
+        feral_common::task::Device::Cuda(index) => {
+            ensure!(tch::Cuda::is_available(), "--device {text}: libtorch sees no CUDA device");
+            Ok(Device::Cuda(index as usize))
+        }
+    }
 }
 
 const CLASSES: i64 = 7;
@@ -86,13 +116,15 @@ const CLASSES: i64 = 7;
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!(args.batch > 0 && args.steps > 0 && args.repeats > 0, "--batch, --steps and --repeats must be at least 1");
+    ensure!(args.channels == 1 || args.channels == 3, "--channels must be 1 or 3, got {}", args.channels);
+    ensure!((16..=256).contains(&args.size), "--size must be within 16..=256, got {}", args.size);
     if let Some(path) = &args.write_data {
-        return write_data(path, args.samples);
+        return write_data(path, args.samples, args.size, args.channels);
     }
     tch::set_num_threads(args.threads);
     let data = Arc::new(match &args.data {
         Some(path) => read_data(path)?,
-        None => synthetic(args.samples),
+        None => synthetic(args.samples, args.size, args.channels),
     });
     let rates = match args.mode {
         Mode::Step => time_steps(&args, &data)?,
@@ -125,20 +157,21 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn synthetic(samples: usize) -> ShardData {
-    let config = SyntheticConfig { samples, image_size: 48, ..SyntheticConfig::default() };
-    let mut data = ShardData::empty(ImageShape { height: 48, width: 48, channels: 1 });
+fn synthetic(samples: usize, size: u32, channels: u32) -> ShardData {
+    let config = SyntheticConfig { samples, image_size: size, ..SyntheticConfig::default() };
+    let mut data = ShardData::empty(ImageShape { height: size, width: size, channels });
     for (id, sample) in generate(&config, 0..samples).into_iter().enumerate() {
-        data.images.extend_from_slice(&sample.pixels);
+        let pixels: Vec<u8> = sample.pixels.iter().flat_map(|&p| std::iter::repeat_n(p, channels as usize)).collect();
+        data.images.extend_from_slice(&pixels);
         data.labels.push(sample.label);
         data.sample_ids.push(id as i64);
     }
     data
 }
 
-fn write_data(path: &PathBuf, samples: usize) -> anyhow::Result<()> {
-    let data = synthetic(samples);
-    let images = Tensor::from_slice(&data.images.to_vec()).view([samples as i64, 48, 48, 1]);
+fn write_data(path: &PathBuf, samples: usize, size: u32, channels: u32) -> anyhow::Result<()> {
+    let data = synthetic(samples, size, channels);
+    let images = Tensor::from_slice(&data.images.to_vec()).view([samples as i64, i64::from(size), i64::from(size), i64::from(channels)]);
     let labels = Tensor::from_slice(&data.labels);
     Tensor::write_safetensors(&[("images", images), ("labels", labels)], path).with_context(|| format!("cannot write {}", path.display()))
 }
@@ -163,29 +196,35 @@ enum PrecisionArg {
     Bf16,
 }
 
-/// The default compact CNN with AdamW as a task builds them.
+/// The default compact CNN (or ResNet-18) with AdamW as a task builds them.
 struct Trainer {
     net: Box<dyn ModuleT>,
     optimizer: nn::Optimizer,
     precision: Precision,
+    device: Device,
     _vs: nn::VarStore,
 }
 
 impl Trainer {
-    fn new(shape: ImageShape, precision: PrecisionArg) -> anyhow::Result<Self> {
+    fn new(shape: ImageShape, precision: PrecisionArg, arch: ArchArg, device: Device) -> anyhow::Result<Self> {
         tch::manual_seed(7);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(device);
         let image = [i64::from(shape.channels), i64::from(shape.height), i64::from(shape.width)];
-        let net = build_model(&vs.root(), &ModelSpec::default(), image, CLASSES);
+        let arch = if arch == ArchArg::Resnet18 { Arch::Resnet18 } else { Arch::CompactCnn };
+        let net = build_model(&vs.root(), &ModelSpec { arch, ..ModelSpec::default() }, image, CLASSES);
+        if device.is_cuda() {
+            // As a task does on a GPU.
+            use_channels_last(&vs);
+        }
         let train = TrainSpec::default();
         let optimizer = nn::AdamW { wd: train.weight_decay, ..Default::default() }.build(&vs, train.learning_rate)?;
         let precision = if precision == PrecisionArg::Bf16 { Precision::Bf16 } else { Precision::Fp32 };
-        Ok(Self { net, optimizer, precision, _vs: vs })
+        Ok(Self { net, optimizer, precision, device, _vs: vs })
     }
 
     /// The step of `train::train`: forward, cross-entropy, backward, AdamW.
     fn step(&mut self, images: &Tensor, labels: &Tensor) -> f64 {
-        let autocast = Autocast::enter(self.precision, Device::Cpu);
+        let autocast = Autocast::enter(self.precision, self.device);
         let logits = self.net.forward_t(images, true).to_kind(Kind::Float);
         let loss = logits.cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Mean, -100, 0.0);
         drop(autocast);
@@ -210,12 +249,13 @@ fn repeat(args: &Args, mut run: impl FnMut(usize) -> anyhow::Result<()>) -> anyh
 
 /// Ready batches `k·batch ..` of the data in order (wrapping), as the PyTorch side uses.
 fn time_steps(args: &Args, data: &ShardData) -> anyhow::Result<Vec<f64>> {
+    let device = device(&args.device)?;
     let batches: Vec<(Tensor, Tensor)> = (0..16)
         .map(|k| {
             let indices: Vec<usize> = (0..args.batch).map(|i| (k * args.batch + i) % data.len()).collect();
-            let (images, labels) = to_tensors(data, &indices, &data.labels, Device::Cpu, None);
+            let (images, labels) = to_tensors(data, &indices, &data.labels, device, None);
             if args.layout == Layout::Nchw {
-                let mut nchw = Tensor::zeros(images.size(), (Kind::Float, Device::Cpu));
+                let mut nchw = Tensor::zeros(images.size(), (Kind::Float, device));
                 nchw.copy_(&images);
                 (nchw, labels)
             } else {
@@ -223,7 +263,7 @@ fn time_steps(args: &Args, data: &ShardData) -> anyhow::Result<Vec<f64>> {
             }
         })
         .collect();
-    let mut trainer = Trainer::new(data.shape, args.precision)?;
+    let mut trainer = Trainer::new(data.shape, args.precision, args.arch, device)?;
     let mut next = 0;
     repeat(args, |count| {
         for _ in 0..count {
@@ -272,8 +312,9 @@ fn time_loader(args: &Args, data: &Arc<ShardData>) -> anyhow::Result<Vec<f64>> {
 }
 
 fn time_pipeline(args: &Args, data: &Arc<ShardData>) -> anyhow::Result<Vec<f64>> {
+    ensure!(args.device == "cpu", "--mode pipeline runs on the CPU only");
     let mut loader = loader(args, data)?;
-    let mut trainer = Trainer::new(data.shape, args.precision)?;
+    let mut trainer = Trainer::new(data.shape, args.precision, args.arch, Device::Cpu)?;
     repeat(args, |count| {
         for _ in 0..count {
             let batch = loader.next_batch()?;

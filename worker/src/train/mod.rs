@@ -41,7 +41,7 @@ use tch::{Device, Kind, Tensor};
 
 pub use batches::{to_tensors, Sampler};
 pub use loader::{Augmentation, Batch, Cursor, Loader, LoaderConfig, LoaderError, PseudoBatch, PseudoSource};
-pub use model::{build_model, Network};
+pub use model::{build_model, use_channels_last, Network};
 
 use consistency::{MaskAudit, OnlineCheckpoint, OnlineLabeller, OnlineParams, ThresholdSeed};
 use strong::StrongAugmentation;
