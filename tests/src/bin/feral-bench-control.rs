@@ -2,16 +2,22 @@
 //! against one `feral-coordinator` process holding queued jobs (10,000 by default), on each
 //! store (memory, redb, a real one-member etcd); prints submit and heartbeat latency
 //! percentiles, and the coordinator process's CPU (in cores, over the heartbeat window) and
-//! resident memory, read from `/proc`.
+//! resident memory, read from `/proc`. `--variants` adds rows for what TLS and metrics
+//! cost: `tls` (both sides speak TLS, certificates made here with rcgen), `metrics` (the
+//! coordinator serves `/metrics` and a scraper reads it every second, as Prometheus would),
+//! and `tls+metrics`; each is measured beside `plain` in the same run.
 //!
 //! ```sh
 //! cargo build --release -p feral-coordinator -p feral-tests --bin feral-bench-control
 //! target/release/feral-bench-control [--seconds 30] [--workers 1000] [--queued 10000] [--stores memory,redb,etcd]
+//! target/release/feral-bench-control --stores memory --variants plain,tls,metrics,tls+metrics
 //! ```
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -30,10 +36,40 @@ struct Options {
     workers: usize,
     queued: usize,
     stores: Vec<String>,
+    variants: Vec<Variant>,
+}
+
+/// How the coordinator is reached and watched.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Variant {
+    tls: bool,
+    metrics: bool,
+}
+
+impl Variant {
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(match text {
+            "plain" => Self { tls: false, metrics: false },
+            "tls" => Self { tls: true, metrics: false },
+            "metrics" => Self { tls: false, metrics: true },
+            "tls+metrics" => Self { tls: true, metrics: true },
+            _ => bail!("--variants takes plain, tls, metrics and tls+metrics, got {text:?}"),
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        match (self.tls, self.metrics) {
+            (false, false) => "plain",
+            (true, false) => "tls",
+            (false, true) => "metrics",
+            (true, true) => "tls+metrics",
+        }
+    }
 }
 
 fn options() -> anyhow::Result<Options> {
-    let mut options = Options { seconds: 30, workers: 1000, queued: 10_000, stores: vec!["memory".into(), "redb".into(), "etcd".into()] };
+    let stores = vec!["memory".into(), "redb".into(), "etcd".into()];
+    let mut options = Options { seconds: 30, workers: 1000, queued: 10_000, stores, variants: vec![Variant::parse("plain")?] };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().with_context(|| format!("{flag} needs a value"))?;
@@ -43,7 +79,8 @@ fn options() -> anyhow::Result<Options> {
             "--workers" => options.workers = usize::try_from(number()?)?,
             "--queued" => options.queued = usize::try_from(number()?)?,
             "--stores" => options.stores = value.split(',').map(str::to_owned).collect(),
-            _ => bail!("unknown flag {flag:?} (flags: --seconds, --workers, --queued, --stores)"),
+            "--variants" => options.variants = value.split(',').map(Variant::parse).collect::<anyhow::Result<_>>()?,
+            _ => bail!("unknown flag {flag:?} (flags: --seconds, --workers, --queued, --stores, --variants)"),
         }
     }
     if let Some(store) = options.stores.iter().find(|s| !["memory", "redb", "etcd"].contains(&s.as_str())) {
@@ -61,22 +98,27 @@ async fn main() -> anyhow::Result<()> {
         "{} workers at 1 Hz over {} connections, {} queued jobs, {} s of heartbeats per store",
         options.workers, CONNECTIONS, options.queued, options.seconds
     );
-    println!("| store | submit p50 | submit p99 | heartbeat p50 | heartbeat p99 | heartbeats | coordinator CPU | RSS (peak) |");
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| store | variant | submit p50 | submit p99 | heartbeat p50 | heartbeat p99 | heartbeats | coordinator CPU | RSS (peak) |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for store in &options.stores {
-        let dir = tempfile::tempdir()?;
-        // Kept alive (and stopped at the end of the row) by holding it.
-        let etcd = if store == "etcd" { Some(EtcdProcess::start().await) } else { None };
-        let store_arg = match (store.as_str(), &etcd) {
-            ("etcd", Some(etcd)) => format!("etcd://{}/feral-bench", etcd.endpoint.trim_start_matches("http://")),
-            ("redb", _) => dir.path().join("coordinator.redb").display().to_string(),
-            _ => "memory".to_owned(),
-        };
-        let mut coordinator = Coordinator::start(&coordinator_bin, &store_arg, dir.path()).await?;
-        let row = measure(&options, &coordinator).await;
-        coordinator.stop();
-        let row = row.with_context(|| format!("store {store} (coordinator log: {})", coordinator.log_tail()))?;
-        println!("| {store} | {row} |");
+        for variant in &options.variants {
+            let dir = tempfile::tempdir()?;
+            // Kept alive (and stopped at the end of the row) by holding it.
+            let etcd = if store == "etcd" { Some(EtcdProcess::start().await) } else { None };
+            let store_arg = match (store.as_str(), &etcd) {
+                ("etcd", Some(etcd)) => format!("etcd://{}/feral-bench", etcd.endpoint.trim_start_matches("http://")),
+                ("redb", _) => dir.path().join("coordinator.redb").display().to_string(),
+                _ => "memory".to_owned(),
+            };
+            let mut coordinator = Coordinator::start(&coordinator_bin, &store_arg, dir.path(), *variant).await?;
+            let scraping = coordinator.scrape_every_second();
+            let row = measure(&options, &coordinator).await;
+            let scrapes = scraping.map(Scraper::stop).transpose();
+            coordinator.stop();
+            let row = row.with_context(|| format!("store {store}, {} (coordinator log: {})", variant.name(), coordinator.log_tail()))?;
+            let scrapes = scrapes?.map_or(String::new(), |n| format!(" ({n} scrapes)"));
+            println!("| {store} | {}{scrapes} | {row} |", variant.name());
+        }
     }
     Ok(())
 }
@@ -85,7 +127,7 @@ async fn measure(options: &Options, coordinator: &Coordinator) -> anyhow::Result
     let channels: Vec<Channel> = {
         let mut channels = Vec::with_capacity(CONNECTIONS);
         for _ in 0..CONNECTIONS {
-            channels.push(Channel::from_shared(coordinator.url.clone())?.connect().await?);
+            channels.push(coordinator.endpoint()?.connect().await?);
         }
         channels
     };
@@ -146,13 +188,62 @@ struct Coordinator {
     url: String,
     dir: std::path::PathBuf,
     ticks_per_second: f64,
+    /// The CA of its certificate, with TLS.
+    ca: Option<PathBuf>,
+    /// Its `/metrics` URL, when it serves one.
+    metrics: Option<String>,
+}
+
+/// A certificate for 127.0.0.1 and the CA that signed it, as PEM files in `dir`:
+/// (CA, certificate, key).
+fn certificates(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?.signed_by(&key, &issuer)?;
+    let files = (dir.join("ca.pem"), dir.join("coordinator.pem"), dir.join("coordinator.key"));
+    std::fs::write(&files.0, issuer.pem())?;
+    std::fs::write(&files.1, cert.pem())?;
+    std::fs::write(&files.2, key.serialize_pem())?;
+    Ok(files)
+}
+
+/// Reads `/metrics` once a second on its own thread until stopped.
+struct Scraper {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<anyhow::Result<u64>>,
+}
+
+impl Scraper {
+    /// How many scrapes were answered; an error if one was not.
+    fn stop(self) -> anyhow::Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().map_err(|_| anyhow::anyhow!("the scraper panicked"))?
+    }
 }
 
 impl Coordinator {
-    async fn start(bin: &Path, store: &str, dir: &Path) -> anyhow::Result<Self> {
+    async fn start(bin: &Path, store: &str, dir: &Path, variant: Variant) -> anyhow::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = std::fs::File::create(dir.join("coordinator.log"))?;
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        let (scheme, mut ca, mut metrics) = ("http", None, None);
+        let scheme = if variant.tls {
+            let (ca_file, cert, key) = certificates(dir)?;
+            command.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+            ca = Some(ca_file);
+            "https"
+        } else {
+            scheme
+        };
+        if variant.metrics {
+            let http = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            command.args(["--http-listen", &http.to_string()]);
+            metrics = Some(format!("{scheme}://{http}/metrics"));
+        }
+        let child = command
             .args(["--listen", &format!("127.0.0.1:{port}"), "--store", store])
             .arg("--artifact-root")
             .arg(dir.join("artifacts"))
@@ -165,21 +256,52 @@ impl Coordinator {
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let ticks = Command::new("getconf").arg("CLK_TCK").output().context("getconf CLK_TCK")?;
         let ticks_per_second: f64 = String::from_utf8_lossy(&ticks.stdout).trim().parse().context("CLK_TCK")?;
-        let mut coordinator = Self { child, url: format!("http://127.0.0.1:{port}"), dir: dir.to_owned(), ticks_per_second };
+        let mut coordinator = Self { child, url: format!("{scheme}://127.0.0.1:{port}"), dir: dir.to_owned(), ticks_per_second, ca, metrics };
         // Serving once it answers (on etcd, once it has been elected).
         let started = Instant::now();
         loop {
             if let Some(status) = coordinator.child.try_wait()? {
                 bail!("the coordinator exited with {status}: {}", coordinator.log_tail());
             }
-            if let Ok(mut jobs) = JobServiceClient::connect(coordinator.url.clone()).await {
-                if jobs.list_jobs(pb::ListJobsRequest::default()).await.is_ok() {
+            if let Ok(channel) = coordinator.endpoint()?.connect().await {
+                if JobServiceClient::new(channel).list_jobs(pb::ListJobsRequest::default()).await.is_ok() {
                     return Ok(coordinator);
                 }
             }
             anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "the coordinator did not serve within a minute: {}", coordinator.log_tail());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Where a client connects, trusting the coordinator's CA with TLS.
+    fn endpoint(&self) -> anyhow::Result<tonic::transport::Endpoint> {
+        let tls = feral_proto::credentials::client_tls(self.ca.as_deref(), None, None).map_err(anyhow::Error::msg)?;
+        feral_proto::credentials::endpoint(&self.url, tls.as_ref(), Duration::from_secs(10)).map_err(anyhow::Error::msg)
+    }
+
+    /// With metrics, a scraper reading `/metrics` once a second.
+    fn scrape_every_second(&self) -> Option<Scraper> {
+        let url = self.metrics.clone()?;
+        let ca = self.ca.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || -> anyhow::Result<u64> {
+            let mut config = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10)));
+            if let Some(ca) = ca {
+                let ca = ureq::tls::Certificate::from_pem(&std::fs::read(ca)?)?;
+                config = config.tls_config(ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&[ca])).build());
+            }
+            let agent = config.build().new_agent();
+            let mut scrapes = 0;
+            while !stopping.load(Ordering::Relaxed) {
+                let body = agent.get(&url).call()?.body_mut().read_to_string()?;
+                anyhow::ensure!(body.contains("feral_jobs"), "/metrics without feral_jobs");
+                scrapes += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Ok(scrapes)
+        });
+        Some(Scraper { stop, thread })
     }
 
     /// User plus system CPU time the process has used, in seconds.
