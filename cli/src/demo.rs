@@ -368,7 +368,7 @@ mod tests {
 
     #[test]
     fn demo_flags_are_checked() {
-        let args = DemoArgs { dir: "d".into(), workers: 2, samples: 6000, epochs: 6, labeled_fraction: 0.1, rounds: 3, port: 0 };
+        let args = DemoArgs { dir: "d".into(), workers: 2, samples: 6000, epochs: 6, labeled_fraction: 0.1, rounds: 3, port: 0, http_port: 0, devices: "cpu".into() };
         assert!(args.validate().is_ok());
         let bad = |args: DemoArgs| args.validate().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(bad(DemoArgs { workers: 0, ..args.clone() }).contains("--workers"));
