@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::dataset::{ImageShape, Split};
+use crate::spec::MAX_CLASSES;
 
 use super::images::{check_image_options, folder_name, list_image_files, listing_digest, stage_images, sub_folders, PendingImage};
 use super::split::{plan_videos, VideoRole};
@@ -146,6 +147,10 @@ fn read_label_file(path: &Path) -> Result<Option<LabelFile>, ImportError> {
             .map_err(|_| ImportError::Labels { path: path.to_path_buf(), line: number, problem: format!("label {line:?} is not a number") })?;
         if label < -1 {
             return Err(ImportError::Labels { path: path.to_path_buf(), line: number, problem: format!("label {label} is below -1") });
+        }
+        if label >= MAX_CLASSES as i64 {
+            let problem = format!("label {label} is above {}, the largest class index (at most {MAX_CLASSES} classes)", MAX_CLASSES - 1);
+            return Err(ImportError::Labels { path: path.to_path_buf(), line: number, problem });
         }
         file.labels.push((number, label));
     }

@@ -163,3 +163,42 @@ fn frame_numbers_come_from_file_names() {
     assert_eq!(frame_number(Path::new("v/3_crop_0041.png")), Some(41));
     assert_eq!(frame_number(Path::new("v/cover.png")), None);
 }
+
+/// A frame label file as a user may write or damage it: never a panic; labels within
+/// −1..1000, or an error naming the file and line.
+mod damaged_label_file {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::mutate::damaged;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_damaged_label_file_is_read_or_refused_by_name(bytes in damaged(b"Neutral,Anger,Happy\n0\n1\n-1\n2\n".to_vec())) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("clip.txt");
+            std::fs::write(&path, &bytes).expect("write");
+            match read_label_file(&path) {
+                Ok(Some(file)) => {
+                    prop_assert!(file.labels.iter().all(|(_, l)| (-1..MAX_CLASSES as i64).contains(l)));
+                    if let Err(error) = classes_of(&[Some(file)], dir.path()) {
+                        prop_assert!(error.to_string().contains(&*dir.path().to_string_lossy()), "{error}");
+                    }
+                }
+                Ok(None) => prop_assert!(false, "the file exists"),
+                Err(error) => prop_assert!(error.to_string().contains("clip.txt"), "{error}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_huge_label_is_refused_by_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("clip.txt");
+        std::fs::write(&path, "0\n1\n4000000000\n").expect("write");
+        let error = read_label_file(&path).err().expect("refused").to_string();
+        assert!(error.contains("clip.txt") && error.contains("line 3") && error.contains("at most 1000 classes"), "{error}");
+    }
+}

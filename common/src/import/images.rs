@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::dataset::ImageShape;
+use crate::spec::MAX_CLASSES;
 
 use super::split::assign_labelled;
 use super::staging::{StagedSample, Staging, Target};
@@ -247,7 +248,7 @@ fn list_class_folders(root: &Path) -> Result<Listing, ImportError> {
     Ok(Listing { classes, items, digest, ignored })
 }
 
-fn list_from_label_file(root: &Path, labels: &Path) -> Result<Listing, ImportError> {
+pub(super) fn list_from_label_file(root: &Path, labels: &Path) -> Result<Listing, ImportError> {
     let bytes = std::fs::read(labels).map_err(ImportError::io("read", labels))?;
     let text = String::from_utf8_lossy(&bytes);
     let mut entries: Vec<(u64, &str, &str)> = Vec::new();
@@ -270,6 +271,10 @@ fn list_from_label_file(root: &Path, labels: &Path) -> Result<Listing, ImportErr
             let value = label.parse::<i64>().unwrap_or(-1);
             if value < 0 {
                 return Err(ImportError::Labels { path: labels.to_path_buf(), line: *line, problem: format!("label {value} is negative") });
+            }
+            if value >= MAX_CLASSES as i64 {
+                let problem = format!("label {value} is above {}, the largest class index (at most {MAX_CLASSES} classes)", MAX_CLASSES - 1);
+                return Err(ImportError::Labels { path: labels.to_path_buf(), line: *line, problem });
             }
             max = max.max(value);
         }

@@ -165,3 +165,41 @@ fn an_unreadable_image_is_named() {
     let err = import_images(&root, None, &dir.path().join("out"), 8, 2, &SplitOptions::default(), &|_| {}).expect_err("channels");
     assert!(err.to_string().contains("channels"), "{err}");
 }
+
+/// A label list as a user may write or damage it: never a panic (nor a class list the size
+/// of a huge label); a listing of at most one image per line, or an error naming the file.
+mod damaged_label_list {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::mutate::damaged;
+
+    const VALID: &str = "# path label\ntrain/a.png 0\ntrain/b.png 1\nval/c.png,2\ntrain/d.png 1\n";
+
+    #[test]
+    fn a_huge_numeric_label_is_refused_by_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let labels = dir.path().join("labels.txt");
+        std::fs::write(&labels, "a.png 0\nb.png 99999999999999\n").expect("write");
+        let error = list_from_label_file(dir.path(), &labels).err().expect("refused").to_string();
+        assert!(error.contains("labels.txt") && error.contains("line 2") && error.contains("at most 1000 classes"), "{error}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_damaged_label_list_is_listed_or_refused_by_name(bytes in damaged(VALID.as_bytes().to_vec())) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let labels = dir.path().join("labels.txt");
+            std::fs::write(&labels, &bytes).expect("write");
+            match list_from_label_file(dir.path(), &labels) {
+                Ok(listing) => {
+                    prop_assert!(listing.items.len() <= bytes.split(|b| *b == b'\n').count());
+                    prop_assert!((2..=MAX_CLASSES.max(listing.items.len())).contains(&listing.classes.len()));
+                }
+                Err(error) => prop_assert!(error.to_string().contains("labels.txt"), "{error}"),
+            }
+        }
+    }
+}
