@@ -13,12 +13,11 @@ use axum::routing::get;
 use axum::Router;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio_rustls::rustls::ServerConfig;
+use feral_proto::https::ServerConfig;
 
 use crate::auth::Tokens;
 use crate::dashboard::{self, Dashboard};
 use crate::leader::Role;
-use crate::tls::TlsListener;
 use crate::metrics::Metrics;
 
 /// OpenMetrics, which Prometheus asks for and reads; the body is also valid text format.
@@ -45,10 +44,7 @@ pub async fn serve(
         .route("/metrics", get(scrape))
         .with_state(Http { role: role.clone(), metrics, registry })
         .merge(dashboard::routes(Dashboard { role, tokens }));
-    match tls {
-        Some(config) => axum::serve(TlsListener::new(listener, config)?, app).with_graceful_shutdown(shutdown).await,
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
-    }
+    feral_proto::https::serve(listener, tls, app, shutdown).await
 }
 
 async fn scrape(State(http): State<Http>) -> Response {

@@ -163,7 +163,7 @@ async fn serve_as(
 /// never returns.
 async fn serve_http(
     listener: Option<TcpListener>,
-    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    tls: Option<Arc<feral_proto::https::ServerConfig>>,
     role: Role,
     tokens: Option<Arc<Tokens>>,
     metrics: Arc<Metrics>,

@@ -12,6 +12,7 @@ pub mod v1 {
 
 mod contract;
 pub mod credentials;
+pub mod https;
 pub mod leader;
 
 pub use contract::{task_kind, task_ref, ContractError};

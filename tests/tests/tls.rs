@@ -160,3 +160,32 @@ async fn metrics_and_the_dashboard_are_served_over_tls_only() -> anyhow::Result<
     .await??;
     coordinator.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_metrics_are_served_over_tls_when_it_has_a_certificate() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let (ca, other) = (Ca::new(dir.path(), "feral")?, Ca::new(dir.path(), "other")?);
+    let (cert, key) = ca.sign("node", &["localhost", "127.0.0.1"])?;
+    let config = feral_proto::https::server_config(&std::fs::read(&cert)?, &std::fs::read(&key)?, None).map_err(anyhow::Error::msg)?;
+    let metrics = feral_worker::metrics::WorkerMetrics::default();
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(feral_worker::metrics::serve(listener, Some(config), Arc::new(registry), async {
+        let _ = stopped.await;
+    }));
+    let (ca_file, other_file) = (ca.ca_file(), other.ca_file());
+    tokio::task::spawn_blocking(move || {
+        assert_eq!(https_get(address, "/metrics", &ca_file, None), Ok(200), "a client trusting the CA");
+        assert!(https_get(address, "/metrics", &other_file, None).is_err(), "a client trusting another CA");
+        let plain = ureq::get(format!("http://{address}/metrics")).config().timeout_global(Some(Duration::from_secs(10))).build().call();
+        assert!(plain.is_err(), "plain HTTP is not served");
+    })
+    .await?;
+    let _ = stop.send(());
+    serving.await??;
+    Ok(())
+}

@@ -9,6 +9,8 @@
 //! advertise_host = "10.0.0.2"
 //! token_file = "/etc/feral/worker-token"  # for a coordinator with tokens
 //! metrics_listen = "0.0.0.0:7072"          # HTTP: /metrics (Prometheus); off when absent
+//! metrics_tls_cert = "/etc/feral/node.pem"  # HTTPS for it (with metrics_tls_key)
+//! metrics_tls_key = "/etc/feral/node.key"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -34,6 +36,8 @@ pub struct WorkerFile {
     pub advertise_host: Option<String>,
     pub token_file: Option<PathBuf>,
     pub metrics_listen: Option<String>,
+    pub metrics_tls_cert: Option<PathBuf>,
+    pub metrics_tls_key: Option<PathBuf>,
 }
 
 impl WorkerFile {

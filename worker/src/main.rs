@@ -40,6 +40,12 @@ struct Args {
     /// Address to serve this worker's Prometheus metrics on (`/metrics`); without it, none.
     #[arg(long, env = "FERAL_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Certificate (PEM) to serve the metrics over HTTPS with (with --metrics-tls-key).
+    #[arg(long, env = "FERAL_METRICS_TLS_CERT")]
+    metrics_tls_cert: Option<PathBuf>,
+    /// The key (PEM) of --metrics-tls-cert.
+    #[arg(long, env = "FERAL_METRICS_TLS_KEY")]
+    metrics_tls_key: Option<PathBuf>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -85,12 +91,26 @@ async fn run() -> anyhow::Result<()> {
     let metrics = Arc::new(WorkerMetrics::default());
     if let Some(address) = args.metrics_listen.or(file.metrics_listen) {
         let address: std::net::SocketAddr = address.parse().map_err(|e| anyhow::anyhow!("metrics_listen: is not an address ({e}): {address:?}"))?;
+        let tls = match (args.metrics_tls_cert.or(file.metrics_tls_cert), args.metrics_tls_key.or(file.metrics_tls_key)) {
+            (Some(cert), Some(key)) => {
+                let read = |path: &std::path::Path, what: &str| credentials::read_pem(path, what).map_err(anyhow::Error::msg);
+                let config = feral_proto::https::server_config(&read(&cert, "the metrics TLS certificate")?, &read(&key, "the metrics TLS key")?, None);
+                Some(config.map_err(|e| anyhow::anyhow!("metrics TLS: {e}"))?)
+            }
+            (None, None) => {
+                if !address.ip().is_loopback() {
+                    tracing::warn!(%address, "NO TLS on the metrics endpoint: served beyond loopback in plain text; give --metrics-tls-cert and --metrics-tls-key");
+                }
+                None
+            }
+            _ => anyhow::bail!("--metrics-tls-cert and --metrics-tls-key go together: give both or neither"),
+        };
         let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| anyhow::anyhow!("cannot listen for metrics on {address}: {e}"))?;
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
         tracing::info!(%address, "serving metrics (/metrics)");
         tokio::spawn(async move {
-            if let Err(error) = feral_worker::metrics::serve(listener, Arc::new(registry), std::future::pending()).await {
+            if let Err(error) = feral_worker::metrics::serve(listener, tls, Arc::new(registry), std::future::pending()).await {
                 tracing::warn!(%address, %error, "the metrics endpoint stopped");
             }
         });

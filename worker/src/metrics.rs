@@ -1,5 +1,5 @@
 //! A worker's Prometheus metrics (crate `prometheus-client`), served at `/metrics` on
-//! `--metrics-listen`: what its training steps do. Nothing is global: [`WorkerMetrics::register`]
+//! `--metrics-listen` (HTTPS with `--metrics-tls-cert` and `--metrics-tls-key`): what its training steps do. Nothing is global: [`WorkerMetrics::register`]
 //! puts them in the registry its caller passes in, and training records into the
 //! [`WorkerMetrics`] its [`crate::runner::TchRunner`] holds.
 
@@ -17,6 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
+use feral_proto::https::ServerConfig;
 use tokio::net::TcpListener;
 
 /// What a worker's training steps do, all ranks of every task on this worker together.
@@ -76,10 +77,10 @@ impl WorkerMetrics {
 /// OpenMetrics, which Prometheus asks for and reads.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves `registry` at `/metrics` on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+/// Serves `registry` at `/metrics` on `listener` (HTTPS with `tls`) until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, tls: Option<Arc<ServerConfig>>, registry: Arc<Registry>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     let app = Router::new().route("/metrics", get(scrape)).with_state(registry);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    feral_proto::https::serve(listener, tls, app, shutdown).await
 }
 
 async fn scrape(State(registry): State<Arc<Registry>>) -> Response {

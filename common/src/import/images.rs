@@ -248,7 +248,7 @@ fn list_class_folders(root: &Path) -> Result<Listing, ImportError> {
     Ok(Listing { classes, items, digest, ignored })
 }
 
-pub(super) fn list_from_label_file(root: &Path, labels: &Path) -> Result<Listing, ImportError> {
+fn list_from_label_file(root: &Path, labels: &Path) -> Result<Listing, ImportError> {
     let bytes = std::fs::read(labels).map_err(ImportError::io("read", labels))?;
     let text = String::from_utf8_lossy(&bytes);
     let mut entries: Vec<(u64, &str, &str)> = Vec::new();
