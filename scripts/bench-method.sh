@@ -7,6 +7,7 @@
 #       strong augmentation, at 1x and 2x the semi-supervised budget
 #   b-offline:   the offline rounds alone (selected pseudo-labels on weak views)
 #   c-full:      the full method (online debiased consistency on strong views, feedback)
+#   c-online-teacher: (c) with online consistency in the teacher round too
 #   d-no-debias: (c) without debiasing;  e-no-feedback: (c) without feedback
 #   f-ceiling:   supervised on 100% of the training labels, 1x budget (f-ceiling-2x: 2x)
 # Each variant runs for every seed in SEEDS (default "7"). Writes a results table to stdout
@@ -62,6 +63,7 @@ for seed in $seeds; do
       a-strong-2x)   kind=supervised; spec "$name" "$seed" "$out/data" 0 $((2 * budget)) "" "$strong" ;;
       b-offline)     kind=ablation;   spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'online = false\n' ;;
       c-full)        kind=method;     spec "$name" "$seed" "$out/data" "$rounds" "$epochs" ;;
+      c-online-teacher) kind=method;  spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'online_teacher = true\n' ;;
       d-no-debias)   kind=ablation;   spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'debias = false\n' ;;
       e-no-feedback) kind=ablation;   spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'feedback = false\n' ;;
       f-ceiling)     kind=ceiling;    spec "$name" "$seed" "$out/data-all-labels" 0 "$budget" ;;

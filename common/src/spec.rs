@@ -102,6 +102,10 @@ pub struct SemiSupervisedSpec {
     /// exp(−(t − p)²/(2·(σ/2)²)) for confidence p, σ² the running variance of the
     /// confidence. `false`: labels below their threshold are dropped (FixMatch).
     pub soft_mask: bool,
+    /// The teacher (round 0) also learns online consistency on the pool, as FixMatch does
+    /// from its first step, when the job plans rounds. `false`: the teacher learns from the
+    /// labelled images alone. A job with `rounds = 0` is supervised either way.
+    pub online_teacher: bool,
     /// K: frames in the temporal encoder's centred window (odd). On video datasets (frames
     /// with video ids) a small transformer over the backbone features of K neighbouring
     /// frames predicts the centre frame, for evaluation and to smooth pseudo-labels over
@@ -109,6 +113,13 @@ pub struct SemiSupervisedSpec {
     pub temporal_window: i64,
     /// Epochs of temporal-encoder training per round, on the round's frozen backbone.
     pub temporal_epochs: i64,
+}
+
+impl SemiSupervisedSpec {
+    /// Whether round `round`'s training learns online consistency on the pool.
+    pub fn online_in_round(&self, round: u32) -> bool {
+        self.online && self.rounds > 0 && (round > 0 || self.online_teacher)
+    }
 }
 
 impl Default for SemiSupervisedSpec {
@@ -131,6 +142,7 @@ impl Default for SemiSupervisedSpec {
             prior_momentum: 0.999,
             online_min_threshold: 0.8,
             soft_mask: true,
+            online_teacher: false,
             temporal_window: 5,
             temporal_epochs: 8,
         }
@@ -689,6 +701,19 @@ mod tests {
         let spec = JobSpec::from_toml("version = 1\ndataset = \"/d\"\n").expect("valid spec");
         assert_eq!(spec, JobSpec::for_dataset("/d"));
         assert_eq!(JobSpec::from_toml(&spec.to_toml()), Ok(spec));
+    }
+
+    #[test]
+    fn online_consistency_runs_in_student_rounds_and_in_the_teacher_only_when_asked() {
+        let semi = |text: &str| JobSpec::from_toml(&format!("version = 1\ndataset = \"/d\"\n[semi_supervised]\n{text}")).expect("valid spec").semi_supervised;
+        let students_only = semi("rounds = 2\n");
+        assert_eq!([0, 1, 2].map(|r| students_only.online_in_round(r)), [false, true, true]);
+        let from_the_start = semi("rounds = 2\nonline_teacher = true\n");
+        assert_eq!([0, 1, 2].map(|r| from_the_start.online_in_round(r)), [true, true, true]);
+        // A supervised job stays supervised, and offline rounds stay offline.
+        assert!(!semi("rounds = 0\nonline_teacher = true\n").online_in_round(0));
+        assert!(!semi("rounds = 2\nonline = false\nonline_teacher = true\n").online_in_round(0));
+        assert!(!semi("rounds = 2\nonline = false\n").online_in_round(1));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::model;
 /// the student with gradients. Also returns the images per step.
 pub fn step_bytes(spec: &JobSpec, image: [i64; 3], round: u32) -> (u64, u64) {
     let batch = spec.train.batch_size.max(1) as u64;
-    let unlabelled = if round > 0 { (spec.semi_supervised.mu * batch as f64).round() as u64 } else { 0 };
+    let unlabelled = if spec.semi_supervised.online_in_round(round) || round > 0 { (spec.semi_supervised.mu * batch as f64).round() as u64 } else { 0 };
     let images = batch + unlabelled;
     let bytes = model::activation_floats(&spec.model, image).saturating_mul(images).saturating_mul(4);
     (bytes, images)

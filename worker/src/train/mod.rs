@@ -203,9 +203,9 @@ impl<'t> RoundTraining<'t> {
             return Err(unusable("its val split is empty"));
         }
         let semi = &spec.semi_supervised;
-        let online = semi.online && context.round > 0;
+        let online = semi.online_in_round(context.round);
         let (pseudo, pool) = match &task.inputs.selection_file {
-            Some(_) if online => (None, Some(Arc::new(dataset.read_split(Split::Unlabeled)?))),
+            _ if online => (None, Some(Arc::new(dataset.read_split(Split::Unlabeled)?))),
             Some(path) => (Some(load_pseudo_set(&dataset, path)?), None),
             None => (None, None),
         };
@@ -281,9 +281,10 @@ impl<'t> RoundTraining<'t> {
         let total_steps = (round_steps * (semi.rounds.max(0) as usize + 1)).max(1);
         let step_offset = round_steps * context.round as usize;
         let mut labeller = (pool_batch > 0).then(|| {
-            let debiased = task.inputs.class_prior.len() == classes;
+            // A student's prior comes from its round's pass over the pool; the teacher's
+            // starts uniform and follows the EMA model's predictions.
             let params = OnlineParams {
-                tau: if debiased { semi.tau } else { 0.0 },
+                tau: if semi.debias { semi.tau } else { 0.0 },
                 momentum: semi.prior_momentum,
                 min_threshold: semi.online_min_threshold,
                 soft: semi.soft_mask,
