@@ -95,13 +95,17 @@ pub struct OnlineCheckpoint {
 
 impl OnlineLabeller {
     /// Starts from the round's exact pool prior (uniform when absent) and the selection's
-    /// seed (FreeMatch's start, 1/C everywhere, when absent).
+    /// seed. Without a seed (a teacher learning online from its first step) t̄ and p̃ start
+    /// at FreeMatch's 1/C and σ² at 0: the soft mask is then hard until the running
+    /// variance has been learnt. (SoftMatch's σ² = 1 would give every label of a model that
+    /// has learnt nothing yet most of a full weight, and such a teacher collapses onto the
+    /// classes its first confident guesses named.)
     pub fn new(params: OnlineParams, classes: usize, prior: &[f64], seed: Option<ThresholdSeed>) -> Self {
         let uniform = vec![1.0 / classes as f64; classes];
         let prior = if prior.len() == classes { prior.to_vec() } else { uniform.clone() };
         let (confidence, confidence_variance, class_confidence) = match seed {
             Some(seed) if seed.mean_probabilities.len() == classes => (seed.mean_confidence, seed.confidence_variance, seed.mean_probabilities),
-            _ => (1.0 / classes as f64, 1.0, uniform),
+            _ => (1.0 / classes as f64, 0.0, uniform),
         };
         Self { params, prior, confidence, confidence_variance, class_confidence }
     }
@@ -233,6 +237,18 @@ mod tests {
 
     fn seed() -> Option<ThresholdSeed> {
         Some(ThresholdSeed { mean_confidence: 0.8, confidence_variance: 0.01, mean_probabilities: vec![0.4, 0.3, 0.3] })
+    }
+
+    #[test]
+    fn without_a_seed_the_soft_mask_starts_hard() {
+        let params = OnlineParams { soft: true, ..PARAMS };
+        let mut labeller = OnlineLabeller::new(params, 3, &[], None);
+        // A uniform prior and t̄ = 1/3 put every threshold at the floor t_min.
+        assert!(near(&labeller.thresholds(), &[PARAMS.min_threshold; 3]), "{:?}", labeller.thresholds());
+        // One confident row (p = 0.94) and two unsure ones (p ≈ 0.5 and 0.33).
+        let logits = Tensor::from_slice(&[4.0f32, 0.5, 0.0, 1.0, 0.8, 0.0, 0.0, 0.0, 0.0]).view([3, 3]);
+        let targets = labeller.label(&logits, &mut Single).expect("label");
+        assert_eq!(Vec::<f32>::try_from(&targets.mask).expect("mask"), vec![1.0, 0.0, 0.0]);
     }
 
     #[test]
