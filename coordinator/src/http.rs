@@ -6,9 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::registry::Registry;
@@ -19,9 +17,6 @@ use crate::auth::Tokens;
 use crate::dashboard::{self, Dashboard};
 use crate::leader::Role;
 use crate::metrics::Metrics;
-
-/// OpenMetrics, which Prometheus asks for and reads; the body is also valid text format.
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone)]
 struct Http {
@@ -52,9 +47,5 @@ async fn scrape(State(http): State<Http>) -> Response {
     if let Ok(control) = http.role.control() {
         http.metrics.show(&control.census().await);
     }
-    let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &http.registry) {
-        Ok(()) => ([(CONTENT_TYPE, OPENMETRICS)], text).into_response(),
-        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {error}\n")).into_response(),
-    }
+    feral_proto::https::metrics_response(&http.registry)
 }

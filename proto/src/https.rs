@@ -19,6 +19,19 @@ pub use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+/// OpenMetrics, which Prometheus asks for and reads; the body is also valid text format.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A `/metrics` response: `registry` encoded as OpenMetrics text.
+pub fn metrics_response(registry: &prometheus_client::registry::Registry) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, registry) {
+        Ok(()) => ([(axum::http::header::CONTENT_TYPE, OPENMETRICS)], text).into_response(),
+        Err(error) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {error}\n")).into_response(),
+    }
+}
+
 /// How long a client gets to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -8,9 +8,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::metrics::counter::Counter;
@@ -74,9 +72,6 @@ impl WorkerMetrics {
     }
 }
 
-/// OpenMetrics, which Prometheus asks for and reads.
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
 /// Serves `registry` at `/metrics` on `listener` (HTTPS with `tls`) until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, tls: Option<Arc<ServerConfig>>, registry: Arc<Registry>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     let app = Router::new().route("/metrics", get(scrape)).with_state(registry);
@@ -84,9 +79,5 @@ pub async fn serve(listener: TcpListener, tls: Option<Arc<ServerConfig>>, regist
 }
 
 async fn scrape(State(registry): State<Arc<Registry>>) -> Response {
-    let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &registry) {
-        Ok(()) => ([(CONTENT_TYPE, OPENMETRICS)], text).into_response(),
-        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the metrics: {error}\n")).into_response(),
-    }
+    feral_proto::https::metrics_response(&registry)
 }
