@@ -16,8 +16,8 @@ use tch::Device;
 use super::model;
 
 /// Bytes a step of `spec` needs at least, per rank, for `[C, H, W]` images in `round`:
-/// the labelled batch and, in student rounds, the μ·B unlabelled images that go through
-/// the student with gradients. Also returns the images per step.
+/// the labelled batch and, in student rounds (and a teacher's with `online_teacher`), the
+/// μ·B unlabelled images that go through the student with gradients. Also returns the images per step.
 pub fn step_bytes(spec: &JobSpec, image: [i64; 3], round: u32) -> (u64, u64) {
     let batch = spec.train.batch_size.max(1) as u64;
     let unlabelled = if spec.semi_supervised.online_in_round(round) || round > 0 { (spec.semi_supervised.mu * batch as f64).round() as u64 } else { 0 };
