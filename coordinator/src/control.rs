@@ -177,11 +177,6 @@ impl ControlPlane {
         model.cluster.job(id).cloned().ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))
     }
 
-    /// Jobs, newest first.
-    pub async fn jobs(&self) -> Vec<JobRecord> {
-        self.jobs_page(None, usize::MAX).await.0
-    }
-
     /// Up to `size` jobs, newest first, starting after the job `after` names (its creation
     /// time and id); with the key of the last one when more follow.
     pub async fn jobs_page(&self, after: Option<(u64, JobId)>, size: usize) -> (Vec<JobRecord>, Option<(u64, JobId)>) {
@@ -214,6 +209,10 @@ impl ControlPlane {
     pub async fn watch(&self, id: &JobId) -> Result<watch::Receiver<JobRecord>, CoordinatorError> {
         let mut model = self.model.lock().await;
         let job = model.cluster.job(id).cloned().ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))?;
+        if job.state.is_final() {
+            // Nothing will change: no sender is kept (senders are dropped when a job ends).
+            return Ok(watch::channel(job).1);
+        }
         let sender = model.watchers.entry(id.clone()).or_insert_with(|| watch::channel(job).0);
         Ok(sender.subscribe())
     }
@@ -496,6 +495,23 @@ mod tests {
         let (live, state) = live_training(&control, &job).await;
         assert!(!state.is_final(), "two attempts allowed, one used: {state:?}");
         assert_eq!(live, [(2, Some(w1)), (2, Some(w3))], "attempt 2 runs on w1 and w3, not on the lost w2 ({w2})");
+    }
+
+    #[tokio::test]
+    async fn watching_a_finished_job_shows_its_end_and_keeps_nothing() {
+        let (control, job, _) = gang_on_w1_and_w2(3).await;
+        let live = control.watch(&job).await.expect("watch");
+        control.cancel(&job, 7).await.expect("cancel");
+        assert!(live.borrow().state.is_final(), "the watcher saw the end");
+        assert!(live.has_changed().is_err(), "and its channel closed with it");
+        assert!(control.model.lock().await.watchers.is_empty(), "the job's sender went with its end");
+        // Every later watch (a dashboard page opened on the finished job, say) sees the end
+        // at once, and no sender is kept for it.
+        for _ in 0..3 {
+            let ended = control.watch(&job).await.expect("watch");
+            assert!(ended.borrow().state.is_final());
+        }
+        assert!(control.model.lock().await.watchers.is_empty(), "a watch of a finished job kept a sender");
     }
 
     #[tokio::test]

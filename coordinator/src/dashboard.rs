@@ -77,7 +77,8 @@ impl From<tonic::Status> for ApiError {
             tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
             tonic::Code::NotFound => StatusCode::NOT_FOUND,
             tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
-            _ => StatusCode::SERVICE_UNAVAILABLE,
+            tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, status.message().to_owned())
     }
@@ -114,8 +115,9 @@ fn job_id(text: &str) -> Result<JobId, ApiError> {
 
 async fn list_jobs(State(dashboard): State<Dashboard>, headers: HeaderMap) -> Result<Response, ApiError> {
     let control = dashboard.control(&headers)?;
-    let mut jobs: Vec<JobLine> = control.jobs().await.iter().map(JobLine::of).collect();
-    jobs.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then_with(|| b.id.cmp(&a.id)));
+    // The newest jobs, at most a page of the job API's size.
+    let (jobs, _) = control.jobs_page(None, crate::grpc::MAX_PAGE_SIZE as usize).await;
+    let jobs: Vec<JobLine> = jobs.iter().map(JobLine::of).collect();
     Ok(json(StatusCode::OK, &jobs))
 }
 

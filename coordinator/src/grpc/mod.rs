@@ -5,7 +5,7 @@ mod convert;
 mod jobs;
 mod workers;
 
-pub use jobs::JobApi;
+pub use jobs::{JobApi, MAX_PAGE_SIZE};
 pub use workers::WorkerApi;
 
 use crate::error::CoordinatorError;
