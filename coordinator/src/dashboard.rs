@@ -25,7 +25,7 @@ use axum::Router;
 use feral_common::ids::JobId;
 use feral_common::metrics::MetricsSummary;
 use feral_common::time::now_ms;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde::Serialize;
 
 use crate::auth::{self, Api, Tokens};
@@ -42,6 +42,9 @@ const DASHBOARD_CSS: &str = include_str!("../web/dashboard.css");
 pub struct Dashboard {
     pub role: Role,
     pub tokens: Option<Arc<Tokens>>,
+    /// Becomes true when the server shuts down: open event streams end then (as the gRPC
+    /// WatchJob's do), so that a draining server does not wait on them.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The dashboard's routes, to merge into the HTTP router.
@@ -130,6 +133,10 @@ async fn get_job(State(dashboard): State<Dashboard>, headers: HeaderMap, Path(id
 async fn job_events(State(dashboard): State<Dashboard>, headers: HeaderMap, Path(id): Path<String>) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let control = dashboard.control(&headers)?;
     let receiver = control.watch(&job_id(&id)?).await?;
+    let mut stopping = dashboard.stopping.clone();
+    let stopped = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
     // The current state at once, then every change; the stream ends after a final state.
     let events = futures::stream::unfold((receiver, true, false), |(mut receiver, first, done)| async move {
         if done || (!first && receiver.changed().await.is_err()) {
@@ -141,7 +148,8 @@ async fn job_events(State(dashboard): State<Dashboard>, headers: HeaderMap, Path
             Err(error) => Event::default().event("error").data(error.to_string()),
         };
         Some((Ok(event), (receiver, false, job.state.is_final())))
-    });
+    })
+    .take_until(stopped);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

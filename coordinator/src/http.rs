@@ -13,7 +13,6 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use feral_proto::https::ServerConfig;
 
-use crate::auth::Tokens;
 use crate::dashboard::{self, Dashboard};
 use crate::leader::Role;
 use crate::metrics::Metrics;
@@ -30,15 +29,15 @@ pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
     role: Role,
-    tokens: Option<Arc<Tokens>>,
+    dashboard: Dashboard,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(scrape))
-        .with_state(Http { role: role.clone(), metrics, registry })
-        .merge(dashboard::routes(Dashboard { role, tokens }));
+        .with_state(Http { role, metrics, registry })
+        .merge(dashboard::routes(dashboard));
     feral_proto::https::serve(listener, tls, app, shutdown).await
 }
 

@@ -173,10 +173,11 @@ async fn serve_http(
     if let Some(listener) = listener {
         let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         info!(%address, "HTTP serving (/metrics, the dashboard at /)");
+        let dashboard = dashboard::Dashboard { role: role.clone(), tokens, stopping: stopping.clone() };
         let stopped = async move {
             let _ = stopping.wait_for(|stop| *stop).await;
         };
-        if let Err(error) = http::serve(listener, tls, role, tokens, metrics, Arc::new(registry), stopped).await {
+        if let Err(error) = http::serve(listener, tls, role, dashboard, metrics, Arc::new(registry), stopped).await {
             warn!(%address, %error, "the HTTP endpoint stopped");
         }
     }

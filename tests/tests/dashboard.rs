@@ -39,12 +39,17 @@ async fn get_json(coordinator: &RunningCoordinator, path: &str) -> anyhow::Resul
 
 /// Reads the job's event stream until it ends by itself: the data of every `job` event.
 async fn follow(coordinator: &RunningCoordinator, job: &str) -> anyhow::Result<Vec<Value>> {
-    let url = format!("http://{}/api/jobs/{job}/events", coordinator.http.expect("an observed coordinator"));
+    follow_at(coordinator.http.expect("an observed coordinator"), job.to_owned(), None).await
+}
+
+/// [`follow`] at the HTTP address `http`, telling `opened` when the first event has come.
+async fn follow_at(http: std::net::SocketAddr, job: String, opened: Option<tokio::sync::oneshot::Sender<()>>) -> anyhow::Result<Vec<Value>> {
+    let url = format!("http://{http}/api/jobs/{job}/events");
     let reading = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Value>> {
         let response = ureq::get(&url).header("accept", "text/event-stream").call()?;
         let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         anyhow::ensure!(content_type.starts_with("text/event-stream"), "content type {content_type}");
-        let (mut events, mut name) = (Vec::new(), String::new());
+        let (mut events, mut name, mut opened) = (Vec::new(), String::new(), opened);
         for line in BufReader::new(response.into_body().into_reader()).lines() {
             let line = line?;
             if let Some(event) = line.strip_prefix("event:") {
@@ -52,6 +57,9 @@ async fn follow(coordinator: &RunningCoordinator, job: &str) -> anyhow::Result<V
             } else if let Some(data) = line.strip_prefix("data:") {
                 anyhow::ensure!(name == "job", "unexpected event {name:?}: {data}");
                 events.push(serde_json::from_str(data.trim())?);
+                if let Some(opened) = opened.take() {
+                    let _ = opened.send(());
+                }
             }
         }
         Ok(events)
@@ -149,4 +157,23 @@ async fn with_tokens_the_dashboard_api_needs_a_submitter_token() -> anyhow::Resu
     // The page itself holds no data: it loads, then asks for the token.
     assert_eq!(get(&coordinator, "/", None).await?.0, 200);
     coordinator.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_event_stream_ends_when_the_coordinator_shuts_down() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let coordinator = RunningCoordinator::observed(dir.path()).await?;
+    // No worker: the job stays queued, and its stream would stay open.
+    let mut jobs = coordinator.jobs().await?;
+    let job = submit(&mut jobs, job_spec(dir.path(), 3)).await?;
+    let (opened, open) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn(follow_at(coordinator.http.expect("an observed coordinator"), job.id.clone(), Some(opened)));
+    tokio::time::timeout(Duration::from_secs(60), open).await.map_err(|_| anyhow::anyhow!("no first event within 60 s"))??;
+    coordinator.stop().await?;
+    // The stream ends with the server (before, it stayed open after the coordinator stopped).
+    let events = reader.await??;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["state"], "queued");
+    Ok(())
 }
