@@ -16,6 +16,7 @@
 # Usage: scripts/bench-method.sh [FER2013_CSV(.gz)]
 #   VARIANTS="a-weak-1x c-full" SEEDS="7 8" ROUNDS=2 EPOCHS=12 STEPS=45 WIDTH=32 OUT=dir
 #   THREADS=2 (libtorch threads per job: 1 lets two copies of this script share two cores)
+#   BIN=dir: run the binaries in dir (a frozen copy, so builds can go on while it runs)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 csv=$(realpath "${1:-../shared/data/fer2013/fer2013_train_publictest.csv.gz}")
@@ -28,8 +29,12 @@ seeds=${SEEDS:-7}
 bash scripts/bootstrap.sh
 # The commit the binaries are built from (the tree may move on while the variants run).
 commit=$(git describe --always --dirty --abbrev=7)
-cargo build --release -p feral-cli -p feral-coordinator -p feral-worker
-bin=target/release
+if [ -n "${BIN:-}" ]; then
+  bin=$(realpath "$BIN")
+else
+  cargo build --release -p feral-cli -p feral-coordinator -p feral-worker
+  bin=target/release
+fi
 mkdir -p "$out/logs" "$(dirname "$json")"
 prepare() {  # dir labeled-fraction
   [ -f "$1/manifest.json" ] || "$bin/feral" prepare fer2013 --csv "$csv" --out "$1" --labeled-fraction "$2" --seed 7 --test-fraction 0.5 >/dev/null

@@ -382,6 +382,27 @@ pub struct ResourceSpec {
     /// Ranks of each training gang (data parallel, one device slot each).
     #[serde(default = "default_workers")]
     pub workers: i64,
+    /// An elastic gang's full size (the same as `workers`; set one of the two). The global
+    /// batch is always `train.batch_size × max_workers`, whatever the ranks live.
+    #[serde(default)]
+    pub max_workers: Option<i64>,
+    /// The fewest ranks a gang may train with: one that loses a rank restarts from its
+    /// checkpoint with the ranks left while at least this many are live, and grows back
+    /// at an epoch boundary. Unset: the full size (a fixed gang).
+    #[serde(default)]
+    pub min_workers: Option<i64>,
+}
+
+impl ResourceSpec {
+    /// The ranks of a whole gang: `max_workers`, or `workers`.
+    pub fn full_gang(&self) -> u32 {
+        u32::try_from(self.max_workers.unwrap_or(self.workers)).unwrap_or(1).max(1)
+    }
+
+    /// The fewest ranks a gang may train with (`min_workers`, or the whole gang).
+    pub fn min_gang(&self) -> u32 {
+        self.min_workers.and_then(|m| u32::try_from(m).ok()).map_or(self.full_gang(), |m| m.clamp(1, self.full_gang()))
+    }
 }
 
 fn default_name() -> String {
@@ -451,7 +472,7 @@ impl Default for TrainSpec {
 
 impl Default for ResourceSpec {
     fn default() -> Self {
-        Self { max_attempts: default_max_attempts(), workers: default_workers() }
+        Self { max_attempts: default_max_attempts(), workers: default_workers(), max_workers: None, min_workers: None }
     }
 }
 
@@ -529,7 +550,21 @@ impl JobSpec {
         bounded("train.strong.cutout", train.strong.cutout, 0.0, 1.0)?;
         validate_loss(&train.loss, train.label_smoothing, train.epochs)?;
         in_range("resources.max_attempts", self.resources.max_attempts, 1, MAX_ATTEMPTS)?;
-        in_range("resources.workers", self.resources.workers, 1, MAX_GANG)?;
+        let resources = &self.resources;
+        in_range("resources.workers", resources.workers, 1, MAX_GANG)?;
+        if let Some(max) = resources.max_workers {
+            in_range("resources.max_workers", max, 1, MAX_GANG)?;
+            if resources.workers != default_workers() && resources.workers != max {
+                return Err(invalid(
+                    "resources.max_workers",
+                    format!("disagrees with resources.workers ({max} != {}): set one of the two", resources.workers),
+                ));
+            }
+        }
+        if let Some(min) = resources.min_workers {
+            let full = resources.max_workers.unwrap_or(resources.workers);
+            in_range("resources.min_workers", min, 1, full)?;
+        }
         let semi = &self.semi_supervised;
         in_range("semi_supervised.rounds", semi.rounds, 0, MAX_ROUNDS)?;
         in_range("semi_supervised.patience", semi.patience, 0, MAX_ROUNDS)?;
@@ -746,6 +781,23 @@ mod tests {
         assert!(err(&format!("{base}[train.strong]\nopz = 1\n")).contains("opz"));
         assert!(err(&format!("{base}[semi_supervised]\nprior_momentum = 1.0\n")).contains("prior_momentum"));
         assert!(err(&format!("{base}[semi_supervised]\nonline_min_threshold = 1.2\n")).contains("online_min_threshold"));
+    }
+
+    #[test]
+    fn an_elastic_gang_is_bounded_by_min_and_max_workers() {
+        let base = "version = 1\ndataset = \"/d\"\n[resources]\n";
+        let spec = |extra: &str| JobSpec::from_toml(&format!("{base}{extra}"));
+        let gang = |extra: &str| spec(extra).map(|s| (s.resources.min_gang(), s.resources.full_gang())).expect("valid");
+        assert_eq!(gang(""), (1, 1));
+        assert_eq!(gang("workers = 4\n"), (4, 4), "a fixed gang by default");
+        assert_eq!(gang("workers = 4\nmin_workers = 2\n"), (2, 4));
+        assert_eq!(gang("max_workers = 4\nmin_workers = 1\n"), (1, 4));
+        assert_eq!(gang("workers = 4\nmax_workers = 4\n"), (4, 4));
+        let err = |extra: &str| spec(extra).expect_err("invalid").to_string();
+        assert!(err("workers = 2\nmax_workers = 4\n").contains("disagrees with resources.workers"));
+        assert!(err("workers = 2\nmin_workers = 3\n").contains("resources.min_workers` must be in 1..=2"));
+        assert!(err("max_workers = 4\nmin_workers = 0\n").contains("resources.min_workers"));
+        assert!(err("max_workers = 257\n").contains("resources.max_workers"));
     }
 
     #[test]

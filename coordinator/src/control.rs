@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::error::CoordinatorError;
 use crate::metrics::{Census, Metrics, RunningJob};
-use crate::model::{replan, schedule, waiting_reason, Cluster, GangPeers, JobEvent, JobRecord, LiveWorker, Orders, Slot, WorkerRecord, WorkerState};
+use crate::model::{free_slot_count, replan, schedule, waiting_reason, Cluster, GangPeers, JobEvent, JobRecord, LiveWorker, Orders, Slot, WorkerRecord, WorkerState};
 use crate::store::{Store, Write};
 
 /// Timing and placement settings of a coordinator.
@@ -291,15 +291,32 @@ impl ControlPlane {
 
     // ----- task reports -------------------------------------------------------------
 
-    /// Records an epoch; answers whether the task should stop.
+    /// Records an epoch; answers whether the task should stop: when it is no longer
+    /// assigned, or when its elastic gang runs short and a slot is free to grow it back
+    /// (the checkpoint of this epoch is written: the whole gang starts again from it).
     pub async fn report_progress(&self, worker: &WorkerId, task: &TaskRef, epoch: EpochReport, epochs_total: u32, now_ms: u64) -> Result<bool, CoordinatorError> {
         let mut model = self.model.lock().await;
         if model.cluster.task(task).is_none() || !model.cluster.is_assigned_to(&task.task, worker) {
             return Ok(true);
         }
+        let last_epoch = epoch.epoch >= epochs_total;
         let event = JobEvent::TaskProgress { task: task.task.clone(), worker: worker.clone(), epoch, epochs_total };
         self.apply_job_event(&mut model, &task.job, &event, now_ms).await?;
-        Ok(false)
+        let short = model.cluster.job(&task.job).zip(model.cluster.task(task)).is_some_and(|(job, record)| job.is_short_gang(record));
+        if !short || last_epoch {
+            return Ok(false);
+        }
+        let free = {
+            let jobs: Vec<&JobRecord> = model.cluster.jobs().values().collect();
+            free_slot_count(&jobs, &model.cluster.schedulable_workers())
+        };
+        if free == 0 {
+            return Ok(false);
+        }
+        info!(job_id = %task.job, task_id = %task.task, free_slots = free, "an elastic gang grows back from its checkpoint");
+        self.apply_job_event(&mut model, &task.job, &JobEvent::GangGrows { task: task.task.clone() }, now_ms).await?;
+        self.run_scheduler(&mut model, now_ms).await?;
+        Ok(true)
     }
 
     pub async fn finish_task(&self, worker: &WorkerId, task: &TaskRef, outcome: TaskOutcome, now_ms: u64) -> Result<(), CoordinatorError> {
@@ -372,6 +389,12 @@ impl ControlPlane {
             schedule(&jobs, &model.cluster.schedulable_workers())
         };
         for assignment in assignments {
+            let short = model.cluster.job(&assignment.job).and_then(|j| j.task(&assignment.task)).is_some_and(|t| assignment.world_size < t.world_size);
+            if short {
+                info!(job_id = %assignment.job, task_id = %assignment.task, ranks = assignment.world_size, "an elastic gang is placed short");
+                let event = JobEvent::GangShrunk { task: assignment.task.clone(), world_size: assignment.world_size };
+                self.apply_job_event(model, &assignment.job, &event, now_ms).await?;
+            }
             info!(job_id = %assignment.job, task_id = %assignment.task, worker_id = %assignment.worker, "task assigned");
             let event = JobEvent::TaskAssigned { task: assignment.task, worker: assignment.worker, device: assignment.device };
             self.apply_job_event(model, &assignment.job, &event, now_ms).await?;

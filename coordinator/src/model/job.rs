@@ -7,6 +7,13 @@
 //! exactly from the shards' partial sums, selects debiased pseudo-labels, and trains a
 //! student. The final model is the best round by validation macro-F1. A task lost with its
 //! worker is queued again as a new attempt until `resources.max_attempts` is spent.
+//!
+//! An elastic gang (`resources.min_workers` below its full size) is placed with as many
+//! ranks as there are free slots, down to `min_workers` ([`JobEvent::GangShrunk`]): after a
+//! lost rank it goes on from its checkpoint with the ranks that remain. When slots are free
+//! again at an epoch boundary, the short gang stops and starts again whole from the
+//! checkpoint just written ([`JobEvent::GangGrows`]); that restart is a new attempt that
+//! costs nothing of `max_attempts`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -62,6 +69,10 @@ pub struct TaskRecord {
     #[serde(default = "one")]
     pub world_size: u32,
     pub state: TaskState,
+    /// How many of the attempts up to this one were an elastic gang growing back rather
+    /// than a failure: they do not count against `resources.max_attempts`.
+    #[serde(default)]
+    pub regrowths: u32,
 }
 
 fn one() -> u32 {
@@ -72,7 +83,7 @@ impl TaskRecord {
     fn new(job: &JobId, kind: TaskKind, round: Round, shard: Option<String>, attempt: u32) -> Self {
         let part = shard.as_deref().map(|s| format!("/{}", s.trim_end_matches(".safetensors"))).unwrap_or_default();
         let id = TaskId::new(format!("{job}/r{round}/{}{part}/a{attempt}", kind.name()));
-        Self { id, kind, round, shard, attempt, rank: 0, world_size: 1, state: TaskState::Pending }
+        Self { id, kind, round, shard, attempt, rank: 0, world_size: 1, state: TaskState::Pending, regrowths: 0 }
     }
 
     /// The `world_size` rank tasks of one data-parallel gang.
@@ -115,6 +126,11 @@ impl TaskRecord {
             TaskState::Assigned { worker, .. } => Some(worker),
             _ => None,
         }
+    }
+
+    /// Attempts of this task that failed or were lost before this one.
+    fn failures_before(&self) -> u32 {
+        self.attempt.saturating_sub(1).saturating_sub(self.regrowths)
     }
 }
 
@@ -183,6 +199,12 @@ pub enum JobEvent {
     WorkerLost { worker: WorkerId },
     CancelRequested { reason: String },
     ShardsPlanned { plan: BTreeMap<String, String> },
+    /// The pending gang of `task` is placed with `world_size` ranks, fewer than it has
+    /// (an elastic gang, never below `resources.min_workers`): its higher ranks go.
+    GangShrunk { task: TaskId, world_size: u32 },
+    /// The short elastic gang of `task`, whose rank 0 has just written an epoch's
+    /// checkpoint, stops so that it can start again whole from that checkpoint.
+    GangGrows { task: TaskId },
 }
 
 impl JobRecord {
@@ -288,6 +310,8 @@ impl JobRecord {
                 next.shard_plan = plan.clone();
                 changed
             }
+            JobEvent::GangShrunk { task, world_size } => next.shrink_gang(task, *world_size),
+            JobEvent::GangGrows { task } => next.grow_gang(task),
         };
         changed.then(|| {
             next.updated_at_ms = now_ms;
@@ -438,9 +462,41 @@ impl JobRecord {
         self.tasks.extend(TaskRecord::gang(&self.id, TaskKind::Train, round, 1, world_size));
     }
 
-    /// Ranks of each training gang.
+    /// Ranks of a whole training gang.
     fn gang_size(&self) -> u32 {
-        u32::try_from(self.spec.resources.workers).unwrap_or(1).max(1)
+        self.spec.resources.full_gang()
+    }
+
+    /// Whether `task` is a rank of a training gang running short of its full size, which
+    /// could grow back at its next epoch boundary.
+    pub fn is_short_gang(&self, task: &TaskRecord) -> bool {
+        task.kind == TaskKind::Train && task.world_size < self.gang_size() && task.worker().is_some()
+    }
+
+    fn shrink_gang(&mut self, id: &TaskId, world_size: u32) -> bool {
+        let Some(task) = self.task(id).filter(|t| t.state == TaskState::Pending && t.kind == TaskKind::Train) else { return false };
+        let key_task = task.clone();
+        if world_size >= task.world_size || world_size < self.spec.resources.min_gang() {
+            return false;
+        }
+        // Ranks beyond the new size never ran: they go, and the rest learn the new size.
+        let in_gang = |t: &TaskRecord| t.gang_key() == key_task.gang_key();
+        self.tasks.retain(|t| !(in_gang(t) && t.rank >= world_size));
+        for member in self.tasks.iter_mut().filter(|t| in_gang(t)) {
+            member.world_size = world_size;
+        }
+        true
+    }
+
+    fn grow_gang(&mut self, id: &TaskId) -> bool {
+        let Some(task) = self.task(id).filter(|t| self.is_short_gang(t)).cloned() else { return false };
+        self.abandon_gang(&task);
+        let mut gang = TaskRecord::gang(&self.id, TaskKind::Train, task.round, task.attempt + 1, self.gang_size());
+        for member in &mut gang {
+            member.regrowths = task.regrowths + 1;
+        }
+        self.tasks.extend(gang);
+        true
     }
 
     fn start_pseudo_labeling(&mut self, round: Round) {
@@ -524,13 +580,19 @@ impl JobRecord {
             return;
         }
         let max_attempts = u32::try_from(self.spec.resources.max_attempts).unwrap_or(1);
-        if task.attempt >= max_attempts {
+        let tried = task.failures_before() + 1;
+        if tried >= max_attempts {
             self.end_live_tasks();
             let what = format!("{} task of round {}", task.kind.name(), task.round);
-            self.state = JobState::Failed { reason: format!("{what}: {reason}; gave up after {} attempts", task.attempt) };
+            self.state = JobState::Failed { reason: format!("{what}: {reason}; gave up after {tried} attempts") };
         } else if task.kind == TaskKind::Train {
+            // Always the whole gang: placing it decides how many ranks it gets.
             let world_size = self.gang_size();
-            self.tasks.extend(TaskRecord::gang(&self.id, task.kind, task.round, task.attempt + 1, world_size));
+            let mut gang = TaskRecord::gang(&self.id, task.kind, task.round, task.attempt + 1, world_size);
+            for member in &mut gang {
+                member.regrowths = task.regrowths;
+            }
+            self.tasks.extend(gang);
         } else {
             self.tasks.push(TaskRecord::new(&self.id, task.kind, task.round, task.shard.clone(), task.attempt + 1));
         }

@@ -9,5 +9,5 @@ mod worker;
 
 pub use cluster::{Cluster, GangPeers, LiveWorker, Orders};
 pub use job::{JobEvent, JobRecord, JobResult, JobState, RoundRecord, TaskRecord, TaskState};
-pub use scheduler::{replan, schedule, waiting_reason, Placement};
+pub use scheduler::{free_slot_count, replan, schedule, waiting_reason, Placement};
 pub use worker::{Slot, WorkerRecord, WorkerState};

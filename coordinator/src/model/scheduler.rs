@@ -4,6 +4,8 @@
 use feral_common::ids::{JobId, TaskId, WorkerId};
 use feral_common::plan::{plan, PlanProblem, ShardLoad};
 
+use feral_common::task::TaskKind;
+
 use super::{JobRecord, TaskRecord, TaskState, WorkerRecord, WorkerState};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,35 +15,23 @@ pub struct Placement {
     pub task: TaskId,
     pub worker: WorkerId,
     pub device: String,
+    /// The ranks its gang is placed with (1: no gang): below the task's own `world_size`
+    /// when an elastic gang is placed short.
+    pub world_size: u32,
 }
 
 /// Assigns pending tasks, oldest job first, each to the free slot of the live worker that
 /// runs the fewest tasks (ties go to the lower worker id). A slot runs one task at a time.
-/// The ranks of a gang are placed all at once or not at all. Inference tasks first go to
+/// The ranks of a gang are placed all at once or not at all; an elastic gang (see
+/// `resources.min_workers`) with as many ranks as there are free slots, when that is at
+/// least its minimum. Inference tasks first go to
 /// the worker the job's shard plan gives their shard ([`replan`] keeps it current); only a
 /// slot left free after that takes another worker's shard, so no worker idles while shards
 /// wait.
 pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Placement> {
-    // The devices each worker is busy on: one pass over the tasks of the jobs still running.
-    let position: std::collections::HashMap<&WorkerId, usize> = workers.iter().enumerate().map(|(i, w)| (&w.id, i)).collect();
-    let mut busy: Vec<Vec<String>> = vec![Vec::new(); workers.len()];
     let mut ordered: Vec<&&JobRecord> = jobs.iter().filter(|j| !j.state.is_final()).collect();
-    for task in ordered.iter().flat_map(|j| &j.tasks) {
-        if let TaskState::Assigned { worker, device } = &task.state {
-            if let Some(&i) = position.get(worker) {
-                busy[i].push(device.clone());
-            }
-        }
-    }
-    let free_slots = |busy: &[Vec<String>]| -> usize {
-        workers
-            .iter()
-            .zip(busy)
-            .filter(|(w, _)| w.state == WorkerState::Live)
-            .map(|(w, b)| w.slots.iter().filter(|s| !b.contains(&s.device)).count())
-            .sum()
-    };
-    let mut free = free_slots(&busy);
+    let mut busy = busy_devices(jobs, workers);
+    let mut free = free_slots(workers, &busy);
     ordered.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
 
     let mut assignments = Vec::new();
@@ -58,7 +48,8 @@ pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Placement
                 let Some(index) = workers.iter().position(|w| w.id.as_str() == worker) else { return true };
                 let Some(slot) = workers[index].slots.iter().find(|s| !busy[index].contains(&s.device)) else { return true };
                 busy[index].push(slot.device.clone());
-                assignments.push(Placement { job: job.id.clone(), task: task.id.clone(), worker: workers[index].id.clone(), device: slot.device.clone() });
+                let (worker, device) = (workers[index].id.clone(), slot.device.clone());
+                assignments.push(Placement { job: job.id.clone(), task: task.id.clone(), worker, device, world_size: 1 });
                 false
             });
         }
@@ -74,27 +65,71 @@ pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Placement
             for member in &gang {
                 let Some((index, device)) = free_slot(workers, &trial) else { break };
                 trial[index].push(device.clone());
-                placed.push(Placement { job: job.id.clone(), task: member.id.clone(), worker: workers[index].id.clone(), device });
+                placed.push(Placement { job: job.id.clone(), task: member.id.clone(), worker: workers[index].id.clone(), device, world_size: 0 });
             }
-            if placed.len() == gang.len() {
+            // Ranks come in rank order, so the ranks placed are 0..placed.
+            let least = if task.kind == TaskKind::Train { elastic_minimum(job).unwrap_or(gang.len()) } else { gang.len() };
+            if placed.len() == gang.len() || (placed.len() >= least && !placed.is_empty()) {
+                let world_size = u32::try_from(placed.len()).unwrap_or(u32::MAX);
                 busy = trial;
-                assignments.extend(placed);
+                assignments.extend(placed.into_iter().map(|p| Placement { world_size, ..p }));
             }
         }
-        free = free_slots(&busy);
+        free = free_slots(workers, &busy);
     }
     assignments
 }
 
+/// The fewest ranks an elastic job's training gang may be placed with; `None` for a
+/// fixed gang.
+fn elastic_minimum(job: &JobRecord) -> Option<usize> {
+    let resources = &job.spec.resources;
+    (resources.min_gang() < resources.full_gang()).then_some(resources.min_gang() as usize)
+}
+
+/// Free device slots of the live workers, when `jobs` hold the slots they hold now.
+pub fn free_slot_count(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> usize {
+    free_slots(workers, &busy_devices(jobs, workers))
+}
+
+/// The devices each worker (by its place in `workers`) is busy on: one pass over the
+/// tasks of the jobs still running.
+fn busy_devices(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Vec<String>> {
+    let position: std::collections::HashMap<&WorkerId, usize> = workers.iter().enumerate().map(|(i, w)| (&w.id, i)).collect();
+    let mut busy: Vec<Vec<String>> = vec![Vec::new(); workers.len()];
+    for task in jobs.iter().filter(|j| !j.state.is_final()).flat_map(|j| &j.tasks) {
+        if let TaskState::Assigned { worker, device } = &task.state {
+            if let Some(&i) = position.get(worker) {
+                busy[i].push(device.clone());
+            }
+        }
+    }
+    busy
+}
+
+fn free_slots(workers: &[&WorkerRecord], busy: &[Vec<String>]) -> usize {
+    workers
+        .iter()
+        .zip(busy)
+        .filter(|(w, _)| w.state == WorkerState::Live)
+        .map(|(w, b)| w.slots.iter().filter(|s| !b.contains(&s.device)).count())
+        .sum()
+}
+
 /// Why `job` waits, when it waits for more than is free now: a training gang larger than
-/// all the device slots of the live workers together can never be placed until workers
-/// join. `None` when its pending tasks could run on the cluster as it is.
+/// all the device slots of the live workers together (an elastic one: its minimum) can
+/// never be placed until workers join. `None` when its pending tasks could run on the
+/// cluster as it is.
 pub fn waiting_reason(job: &JobRecord, workers: &[&WorkerRecord]) -> Option<String> {
     let gang = job.tasks.iter().filter(|t| t.state == TaskState::Pending).map(|t| t.world_size).max()?;
+    let (need, field) = match elastic_minimum(job) {
+        Some(least) => (least as u32, "min_workers"),
+        None => (gang, "workers"),
+    };
     let live: Vec<&&WorkerRecord> = workers.iter().filter(|w| w.state == WorkerState::Live).collect();
     let slots: usize = live.iter().map(|w| w.slots.len()).sum();
-    (gang as usize > slots).then(|| {
-        format!("waiting for {gang} device slots for its training gang (resources.workers = {gang}); {} live workers have {slots}", live.len())
+    (need as usize > slots).then(|| {
+        format!("waiting for {need} device slots for its training gang (resources.{field} = {need}); {} live workers have {slots}", live.len())
     })
 }
 
@@ -179,6 +214,32 @@ mod tests {
         slots.sort();
         slots.dedup();
         assert_eq!(slots.len(), 3, "each rank has its own slot");
+    }
+
+    #[test]
+    fn an_elastic_gang_takes_the_free_slots_down_to_its_minimum() {
+        let mut elastic = job("e", 1);
+        elastic.spec.resources.workers = 4;
+        elastic.spec.resources.min_workers = Some(2);
+        elastic.tasks = TaskRecord::gang_for_test(&elastic.id, 4);
+        let (w1, w2, w3) = (worker("w1", 1, WorkerState::Live), worker("w2", 2, WorkerState::Live), worker("w3", 1, WorkerState::Lost));
+        // One free slot: below the minimum, nothing is placed, and the job says why.
+        let placed = schedule(&[&elastic], &[&w1, &w3]);
+        assert!(placed.is_empty(), "{placed:?}");
+        let reason = waiting_reason(&elastic, &[&w1, &w3]).expect("waits");
+        assert!(reason.contains("waiting for 2 device slots") && reason.contains("resources.min_workers = 2"), "{reason}");
+        // Three free slots: ranks 0, 1 and 2 are placed as a gang of three.
+        let placed = schedule(&[&elastic], &[&w1, &w2, &w3]);
+        let ranks: Vec<(u32, u32)> = placed.iter().map(|p| (elastic.task(&p.task).expect("task").rank, p.world_size)).collect();
+        assert_eq!(ranks, vec![(0, 3), (1, 3), (2, 3)]);
+        assert_eq!(waiting_reason(&elastic, &[&w1, &w2]), None);
+        // A fixed gang of four waits for four.
+        elastic.spec.resources.min_workers = None;
+        assert!(schedule(&[&elastic], &[&w1, &w2, &w3]).is_empty());
+        // Free slots are counted over what every job holds.
+        assert_eq!(free_slot_count(&[&elastic], &[&w1, &w2, &w3]), 3);
+        elastic.tasks[0].state = TaskState::Assigned { worker: WorkerId::new("w2"), device: "cuda:1".into() };
+        assert_eq!(free_slot_count(&[&elastic], &[&w1, &w2, &w3]), 2);
     }
 
     #[test]

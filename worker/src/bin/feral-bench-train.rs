@@ -283,6 +283,7 @@ fn loader(args: &Args, data: &Arc<ShardData>) -> anyhow::Result<Loader> {
         round: 0,
         rank: 0,
         world: 1,
+        full_world: 1,
         batch: args.batch,
         pseudo_batch: 0,
         steps_per_epoch,

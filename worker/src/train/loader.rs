@@ -5,10 +5,11 @@
 //! before it: a loader started at any cursor yields what a loader started earlier yields
 //! from there on (a resumed epoch trains on the same batches), and any number of loader
 //! threads (zero: each batch made on the caller's thread when asked) give the same
-//! sequence. Each rank draws the same global batch of
-//! `batch × world` indices and keeps its slice `[rank·batch, (rank+1)·batch)`; a sample's
-//! augmentation is seeded by the step and its place in the global batch, so ranks
-//! together see exactly what one rank sees on the whole global batch.
+//! sequence. Each rank draws the same global batch of `batch × full_world` indices (the
+//! gang's full size, even while an elastic gang runs short) and keeps its [`share`] of
+//! it; a sample's augmentation is seeded by the step and its place in the global batch, so
+//! ranks together see exactly what one rank sees on the whole global batch, whatever
+//! their number.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -52,7 +53,11 @@ pub struct LoaderConfig {
     pub seed: u64,
     pub round: u32,
     pub rank: usize,
+    /// The ranks training now.
     pub world: usize,
+    /// The ranks of the whole gang (at least `world`): global batches are this many times
+    /// the per-rank sizes below.
+    pub full_world: usize,
     /// Labelled samples per rank and step.
     pub batch: usize,
     /// Pseudo-labelled samples per rank and step (0: none).
@@ -83,6 +88,20 @@ pub struct LoaderConfig {
 impl LoaderConfig {
     pub const DEFAULT_THREADS: usize = 1;
     pub const DEFAULT_DEPTH: usize = 4;
+
+    /// This rank's share of a global batch of `global` samples.
+    fn share_of(&self, global: usize) -> std::ops::Range<usize> {
+        share(global, self.rank, self.world)
+    }
+}
+
+/// Rank `rank`'s contiguous share of `global` samples split over `world` ranks: the first
+/// `global mod world` ranks take one more than the others. With `world` dividing `global`
+/// every rank takes `global / world`, the slice `[rank·n, (rank+1)·n)`.
+pub fn share(global: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    let (each, extra) = (global / world.max(1), global % world.max(1));
+    let start = rank * each + rank.min(extra);
+    start..start + each + usize::from(rank < extra)
 }
 
 /// The selected pseudo-labelled samples and their confidences.
@@ -165,21 +184,24 @@ impl Plan {
         let strong = config.strong.as_ref();
         let view = |weak, strong, seed, offset| Some(View { weak, strong, seed, offset });
 
-        let (batch, rank) = (config.batch, config.rank);
-        let global = self.sampler.draw(batch * config.world, mix(step_seed, 2));
-        let indices = global.get(rank * batch..(rank + 1) * batch).ok_or(LoaderError::NothingToDraw)?.to_vec();
+        let global = self.sampler.draw(config.batch * config.full_world, mix(step_seed, 2));
+        let mine = config.share_of(global.len());
+        let offset = mine.start;
+        let indices = global.get(mine).ok_or(LoaderError::NothingToDraw)?.to_vec();
         let labelled_strong = strong.filter(|_| config.strong_labelled);
-        let floats = normalised_images(&self.labelled, &indices, augmentation.and_then(|a| view(a, labelled_strong, step_seed, rank * batch)));
+        let floats = normalised_images(&self.labelled, &indices, augmentation.and_then(|a| view(a, labelled_strong, step_seed, offset)));
         let (images, labels) = tensors(&self.labelled, &floats, &indices)?;
 
         let pseudo_batch = config.pseudo_batch;
         let pseudo = match &self.pseudo {
             Some((source, sampler)) if pseudo_batch > 0 => {
-                let global = sampler.draw(pseudo_batch * config.world, mix(step_seed, 3));
-                match global.get(rank * pseudo_batch..(rank + 1) * pseudo_batch) {
+                let global = sampler.draw(pseudo_batch * config.full_world, mix(step_seed, 3));
+                let mine = config.share_of(global.len());
+                let offset = mine.start;
+                match global.get(mine) {
                     Some(chosen) => {
                         let chosen = chosen.to_vec();
-                        let aug = augmentation.and_then(|a| view(a, None, mix(step_seed, 1), rank * pseudo_batch));
+                        let aug = augmentation.and_then(|a| view(a, None, mix(step_seed, 1), offset));
                         let floats = normalised_images(&source.data, &chosen, aug);
                         let (images, labels) = tensors(&source.data, &floats, &chosen)?;
                         let confidences: Vec<f32> = chosen.iter().map(|&i| source.confidences.get(i).copied().unwrap_or(0.0)).collect();
@@ -203,12 +225,13 @@ impl Plan {
     /// view of its own, then the strong ops), as FixMatch draws its two views.
     fn pool_batch(&self, pool: &ShardData, step_seed: u64) -> Result<PoolBatch, LoaderError> {
         let config = &self.config;
-        let (size, rank) = (config.pool_batch, config.rank);
         let mut rng = SmallRng::seed_from_u64(mix(step_seed, 4));
-        let global: Vec<usize> = (0..size * config.world).map(|_| rng.random_range(0..pool.len())).collect();
-        let indices = global[rank * size..(rank + 1) * size].to_vec();
+        let global: Vec<usize> = (0..config.pool_batch * config.full_world).map(|_| rng.random_range(0..pool.len())).collect();
+        let mine = config.share_of(global.len());
+        let (offset, size) = (mine.start, mine.len());
+        let indices = global[mine].to_vec();
         let weak_settings = config.augmentation.unwrap_or(Augmentation { flip: false, pad: 0, max_rotation_degrees: 0.0, brightness: 0.0, contrast: 0.0 });
-        let (seed, offset) = (mix(step_seed, 5), rank * size);
+        let seed = mix(step_seed, 5);
         let weak = normalised_images(pool, &indices, Some(View { weak: &weak_settings, strong: None, seed, offset }));
         let strong = normalised_images(pool, &indices, Some(View { weak: &weak_settings, strong: config.strong.as_ref(), seed: mix(step_seed, 6), offset }));
         let hidden_labels = indices.iter().map(|&i| pool.hidden_labels.as_ref().and_then(|h| h.get(i)).copied().unwrap_or(-1)).collect();
@@ -262,6 +285,9 @@ impl Loader {
         }
         if config.rank >= config.world {
             return invalid("rank", "must be below the world size");
+        }
+        if config.full_world < config.world {
+            return invalid("full_world", "must be at least the world size");
         }
         if config.threads > 16 {
             return invalid("threads", "must be at most 16");
@@ -369,6 +395,7 @@ mod tests {
             round: 1,
             rank,
             world,
+            full_world: world,
             batch,
             pseudo_batch: batch,
             steps_per_epoch: 5,
@@ -447,24 +474,51 @@ mod tests {
 
     #[test]
     fn ranks_split_the_batch_of_one_rank() {
-        let mut alone = start(config(1, 0, 8, 1), Cursor::new(1, 0));
-        let mut ranks = [start(config(2, 0, 4, 2), Cursor::new(1, 0)), start(config(2, 1, 4, 1), Cursor::new(1, 0))];
+        let alone = start(config(1, 0, 8, 1), Cursor::new(1, 0));
+        let ranks = vec![start(config(2, 0, 4, 2), Cursor::new(1, 0)), start(config(2, 1, 4, 1), Cursor::new(1, 0))];
+        assert_split_the_batch_of_one_rank(alone, ranks);
+    }
+
+    #[test]
+    fn a_short_gang_splits_the_global_batch_of_the_whole_gang_unevenly() {
+        // A gang of three ranks (5 samples each) running on two: 8 and 7 samples of 15.
+        let short = |rank, threads| start(LoaderConfig { full_world: 3, ..config(2, rank, 5, threads) }, Cursor::new(2, 3));
+        let (first, second) = (short(0, 1), short(1, 0));
+        let alone = start(config(1, 0, 15, 1), Cursor::new(2, 3));
+        assert_eq!((share(15, 0, 2), share(15, 1, 2)), (0..8, 8..15));
+        assert_split_the_batch_of_one_rank(alone, vec![first, second]);
+    }
+
+    #[test]
+    fn shares_cover_the_global_batch_once() {
+        for (global, world) in [(64, 1), (64, 2), (64, 3), (7, 4), (3, 5), (192, 7)] {
+            let shares: Vec<std::ops::Range<usize>> = (0..world).map(|rank| share(global, rank, world)).collect();
+            assert_eq!(shares.first().map(|s| s.start), Some(0));
+            assert_eq!(shares.last().map(|s| s.end), Some(global));
+            assert!(shares.windows(2).all(|w| w[0].end == w[1].start), "{shares:?}");
+            let sizes: Vec<usize> = shares.iter().map(|s| s.len()).collect();
+            assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1, "{sizes:?}");
+        }
+    }
+
+    /// The ranks' batches, side by side, are the batches of `alone`.
+    fn assert_split_the_batch_of_one_rank(mut alone: Loader, mut ranks: Vec<Loader>) {
         for _ in 0..6 {
             let whole = alone.next_batch().expect("batch");
             let parts: Vec<Batch> = ranks.iter_mut().map(|r| r.next_batch().expect("batch")).collect();
             let indices: Vec<usize> = parts.iter().flat_map(|p| p.indices.clone()).collect();
             assert_eq!(indices, whole.indices);
-            assert!(Tensor::cat(&[&parts[0].images, &parts[1].images], 0).equal(&whole.images));
-            assert!(Tensor::cat(&[&parts[0].labels, &parts[1].labels], 0).equal(&whole.labels));
-            let pseudo: Vec<&PseudoBatch> = parts.iter().map(|p| p.pseudo.as_ref().expect("pseudo")).collect();
+            let joined = |part: fn(&Batch) -> &Tensor| Tensor::cat(&parts.iter().map(part).collect::<Vec<_>>(), 0);
+            assert!(joined(|b| &b.images).equal(&whole.images));
+            assert!(joined(|b| &b.labels).equal(&whole.labels));
             let whole_pseudo = whole.pseudo.as_ref().expect("pseudo");
-            assert!(Tensor::cat(&[&pseudo[0].images, &pseudo[1].images], 0).equal(&whole_pseudo.images));
-            assert!(Tensor::cat(&[&pseudo[0].confidences, &pseudo[1].confidences], 0).equal(&whole_pseudo.confidences));
-            let pool: Vec<&PoolBatch> = parts.iter().map(|p| p.pool.as_ref().expect("pool")).collect();
+            assert!(joined(|b| &b.pseudo.as_ref().expect("pseudo").images).equal(&whole_pseudo.images));
+            assert!(joined(|b| &b.pseudo.as_ref().expect("pseudo").confidences).equal(&whole_pseudo.confidences));
             let whole_pool = whole.pool.as_ref().expect("pool");
-            assert_eq!([pool[0].indices.clone(), pool[1].indices.clone()].concat(), whole_pool.indices);
-            assert!(Tensor::cat(&[&pool[0].weak, &pool[1].weak], 0).equal(&whole_pool.weak));
-            assert!(Tensor::cat(&[&pool[0].strong, &pool[1].strong], 0).equal(&whole_pool.strong));
+            let pool_indices: Vec<usize> = parts.iter().flat_map(|p| p.pool.as_ref().expect("pool").indices.clone()).collect();
+            assert_eq!(pool_indices, whole_pool.indices);
+            assert!(joined(|b| &b.pool.as_ref().expect("pool").weak).equal(&whole_pool.weak));
+            assert!(joined(|b| &b.pool.as_ref().expect("pool").strong).equal(&whole_pool.strong));
         }
     }
 

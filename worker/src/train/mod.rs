@@ -147,6 +147,8 @@ pub fn train(
 struct RoundTraining<'t> {
     task: &'t TrainTask,
     rank: usize,
+    /// The ranks of the whole gang (more than train now while an elastic gang runs short).
+    full_world: usize,
     dataset: Dataset,
     manifest: Manifest,
     train_data: Arc<ShardData>,
@@ -215,7 +217,12 @@ impl<'t> RoundTraining<'t> {
             tch::set_num_threads(spec.train.threads as i32);
         }
         let image = [manifest.image.channels as i64, manifest.image.height as i64, manifest.image.width as i64];
-        memory::check_step_fits(spec, image, context.round, context.device).map_err(TaskError::TooLarge)?;
+        // An elastic gang running short still steps through global batches of the whole
+        // gang, so each rank takes a larger share.
+        let full_world = (spec.resources.full_gang() as usize).max(world);
+        let mut per_rank = spec.clone();
+        per_rank.train.batch_size = (spec.train.batch_size as usize * full_world).div_ceil(world) as i64;
+        memory::check_step_fits(&per_rank, image, context.round, context.device).map_err(TaskError::TooLarge)?;
         let (mut vs, net, mut ema_vs, ema_net) = {
             // libtorch's generator is global: seeding and initialising under one lock makes the
             // initial weights depend on the seed alone, even with several tasks in a process.
@@ -275,7 +282,7 @@ impl<'t> RoundTraining<'t> {
         let labelled = train_data.labels.iter().filter(|&&l| l >= 0).count();
         let loss_fn = losses::Loss::new(&spec.train.effective_loss(), &losses::class_counts(&train_data.labels, classes))
             .map_err(|e| unusable(&e.to_string()))?;
-        let steps = spec.train.steps_per_epoch.map_or(labelled.div_ceil(batch * world), |s| s as usize);
+        let steps = spec.train.steps_per_epoch.map_or(labelled.div_ceil(batch * full_world), |s| s as usize);
         // One schedule over every round the job plans (see the module's documentation).
         let round_steps = steps * epochs as usize;
         let total_steps = (round_steps * (semi.rounds.max(0) as usize + 1)).max(1);
@@ -311,6 +318,7 @@ impl<'t> RoundTraining<'t> {
             round: context.round,
             rank,
             world,
+            full_world,
             batch,
             pseudo_batch,
             steps_per_epoch: steps,
@@ -330,6 +338,7 @@ impl<'t> RoundTraining<'t> {
         let loader = Loader::start(loader_config, train_data.clone(), pseudo_source, pool, Cursor::new(first_epoch, 0))?;
         Ok(Self {
             rank,
+            full_world,
             dataset,
             manifest,
             train_data,
@@ -366,10 +375,16 @@ impl<'t> RoundTraining<'t> {
     /// Trains epoch `epoch`, validates, and on rank 0 writes the checkpoint and returns the
     /// epoch's report.
     fn epoch(&mut self, epoch: u32, collective: &mut dyn Collective, stop: &AtomicBool, metrics: &WorkerMetrics) -> Result<Option<EpochReport>, TaskError> {
-        let Self { task, rank, val_data, classes, vs, net, ema_vs, ema_net, optimizer, trainable, checkpoint, checkpoint_ema, checkpoint_info, checkpoint_optimizer, checkpoint_online, steps, total_steps, step_offset, loss_fn, labeller, mask_audit, margin, validation, loader, .. } = self;
+        let Self { task, rank, full_world, val_data, classes, vs, net, ema_vs, ema_net, optimizer, trainable, checkpoint, checkpoint_ema, checkpoint_info, checkpoint_optimizer, checkpoint_online, steps, total_steps, step_offset, loss_fn, labeller, mask_audit, margin, validation, loader, .. } = self;
         let (context, steps, total_steps, step_offset, classes, rank) = (&task.context, *steps, *total_steps, *step_offset, *classes, *rank);
         let spec = &context.spec;
         let semi = &spec.semi_supervised;
+        // Each loss is a mean over this rank's share of its global batch. Weighted by that
+        // share (1 when the shares are equal), the gradient the gang averages is the mean
+        // gradient over the whole global batch, however it was split.
+        let batch = spec.train.batch_size as usize;
+        let unlabelled_batch = (semi.mu * batch as f64).round() as usize;
+        let share_weight = ShareWeight { rank, world: collective.world_size(), full_world: *full_world, batch, unlabelled_batch };
         let started = Instant::now();
         // Dropout draws from libtorch's generator: seeding it per epoch makes a resumed
         // epoch draw what the uninterrupted run drew.
@@ -400,13 +415,13 @@ impl<'t> RoundTraining<'t> {
                     let labelled_count = images.size()[0];
                     let logits = all_logits.narrow(0, 0, labelled_count);
                     let strong_logits = all_logits.narrow(0, labelled_count, all_logits.size()[0] - labelled_count);
-                    let unlabelled_loss = consistency::consistency_loss(&strong_logits, &pseudo_targets);
-                    let loss = loss_fn.compute(&logits, &targets, epoch) + unlabelled_loss * semi.lambda_u;
+                    let unlabelled_loss = share_weight.unlabelled(consistency::consistency_loss(&strong_logits, &pseudo_targets));
+                    let loss = share_weight.labelled(loss_fn.compute(&logits, &targets, epoch)) + unlabelled_loss * semi.lambda_u;
                     (logits, loss)
                 }
                 _ => {
                     let logits = net.forward_t(&images, true).to_kind(Kind::Float);
-                    let loss = loss_fn.compute(&logits, &targets, epoch);
+                    let loss = share_weight.labelled(loss_fn.compute(&logits, &targets, epoch));
                     (logits, loss)
                 }
             };
@@ -418,7 +433,7 @@ impl<'t> RoundTraining<'t> {
                     logits = logits + margin;
                 }
                 let per_sample = logits.cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::None, -100, 0.0);
-                loss = loss + (per_sample * confidences).mean(Kind::Float) * spec.semi_supervised.lambda_u;
+                loss = loss + share_weight.unlabelled((per_sample * confidences).mean(Kind::Float)) * spec.semi_supervised.lambda_u;
             }
             drop(autocast);
             optimizer.zero_grad();
@@ -569,6 +584,36 @@ impl<'t> RoundTraining<'t> {
         Ok(TrainedModel { validation, frame_validation, test, online: labeller.is_some().then_some(mask_audit), model_path: model_path.display().to_string(), class_names: manifest.classes })
     }
 }
+/// The weight of a rank's mean loss over its share of a global batch, share × world /
+/// global, so that the gang's average of its ranks' gradients is the global mean's.
+struct ShareWeight {
+    rank: usize,
+    world: usize,
+    full_world: usize,
+    /// Labelled and unlabelled samples per rank of the whole gang.
+    batch: usize,
+    unlabelled_batch: usize,
+}
+
+impl ShareWeight {
+    fn labelled(&self, loss: Tensor) -> Tensor {
+        self.weigh(loss, self.batch)
+    }
+
+    fn unlabelled(&self, loss: Tensor) -> Tensor {
+        self.weigh(loss, self.unlabelled_batch)
+    }
+
+    fn weigh(&self, loss: Tensor, per_rank: usize) -> Tensor {
+        if self.world == self.full_world || per_rank == 0 {
+            return loss; // equal shares: nothing to weigh (and no extra operation)
+        }
+        let global = per_rank * self.full_world;
+        let taken = loader::share(global, self.rank, self.world).len();
+        loss * ((taken * self.world) as f64 / global as f64)
+    }
+}
+
 /// Every variable of `vs`, in name order (the same on every rank).
 fn by_name(vs: &nn::VarStore) -> Vec<Tensor> {
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();

@@ -266,6 +266,51 @@ fn a_gang_trains_when_every_rank_is_done_and_restarts_whole_when_one_is_lost() {
     assert_eq!(done.state, JobState::Succeeded);
 }
 
+#[test]
+fn an_elastic_gang_shrinks_to_the_ranks_left_and_grows_back_without_spending_attempts() {
+    let mut job = job(0, 2);
+    job.spec.resources.workers = 3;
+    job.spec.resources.min_workers = Some(1);
+    let prepare = live(&job, TaskKind::Prepare)[0].clone();
+    let ready = run(job, &prepare, "w1", dataset(0));
+    let assign = |job: JobRecord, ranks: &[(TaskId, &str)]| {
+        ranks.iter().fold(job, |job, (task, worker)| job.on_event(&JobEvent::TaskAssigned { task: task.clone(), worker: w(worker), device: "cpu".into() }, 1).expect("assign"))
+    };
+    let gang = |job: &JobRecord| -> Vec<(u32, u32, u32)> { job.live_tasks().map(|t| (t.attempt, t.rank, t.world_size)).collect() };
+    assert_eq!(gang(&ready), vec![(1, 0, 3), (1, 1, 3), (1, 2, 3)]);
+
+    // Placed with two free slots: rank 2 goes, the two left train as a gang of two.
+    let rank = |job: &JobRecord, r: u32| job.live_tasks().find(|t| t.rank == r).map(|t| t.id.clone()).expect("rank");
+    let short = ready.on_event(&JobEvent::GangShrunk { task: rank(&ready, 0), world_size: 2 }, 1).expect("shrink");
+    assert_eq!(gang(&short), vec![(1, 0, 2), (1, 1, 2)]);
+    assert_eq!(short.on_event(&JobEvent::GangShrunk { task: rank(&short, 0), world_size: 0 }, 1), None, "never below min_workers");
+    let running = assign(short.clone(), &[(rank(&short, 0), "w1"), (rank(&short, 1), "w2")]);
+    assert!(running.is_short_gang(running.task(&rank(&running, 0)).expect("rank 0")));
+
+    // w2 is lost: the next attempt is queued whole (placing it decides its size) ...
+    let lost = running.on_event(&JobEvent::WorkerLost { worker: w("w2") }, 2).expect("loss");
+    assert_eq!(gang(&lost), vec![(2, 0, 3), (2, 1, 3), (2, 2, 3)]);
+    let alone = lost.on_event(&JobEvent::GangShrunk { task: rank(&lost, 0), world_size: 1 }, 3).expect("shrink");
+    let alone = assign(alone.clone(), &[(rank(&alone, 0), "w1")]);
+    assert_eq!(gang(&alone), vec![(2, 0, 1)]);
+
+    // ... and grows back whole at an epoch boundary: a new attempt that spends nothing.
+    let grown = alone.on_event(&JobEvent::GangGrows { task: rank(&alone, 0) }, 4).expect("grow");
+    assert_eq!(gang(&grown), vec![(3, 0, 3), (3, 1, 3), (3, 2, 3)]);
+    assert!(grown.live_tasks().all(|t| t.state == TaskState::Pending && t.regrowths == 1));
+    let whole = assign(grown.clone(), &[(rank(&grown, 0), "w1"), (rank(&grown, 1), "w2"), (rank(&grown, 2), "w3")]);
+    assert!(!whole.is_short_gang(whole.task(&rank(&whole, 0)).expect("rank 0")), "a whole gang does not grow");
+    assert_eq!(whole.on_event(&JobEvent::GangGrows { task: rank(&whole, 0) }, 5), None);
+
+    // One loss was spent of max_attempts = 2: the next loss fails the job, the regrowth
+    // did not count.
+    let failed = whole.on_event(&JobEvent::WorkerLost { worker: w("w3") }, 6).expect("loss");
+    match &failed.state {
+        JobState::Failed { reason } => assert!(reason.contains("gave up after 2 attempts"), "{reason}"),
+        other => panic!("the second loss fails the job: {other:?}"),
+    }
+}
+
 mod stored_records {
     use super::*;
     use feral_common::task::MaskAudit;
