@@ -174,6 +174,10 @@ pub fn job_details(job: &pb::Job, now_ms: u64) -> String {
     if !job.worker_ids.is_empty() {
         out.push_str(&format!("workers: {}\n", job.worker_ids.join(", ")));
     }
+    if job.gang_size > 1 && job.gang_ranks > 0 {
+        let short = if job.gang_ranks < job.gang_size { " (elastic: short of ranks until a slot is free)" } else { "" };
+        out.push_str(&format!("training gang: {} of {} ranks{short}\n", job.gang_ranks, job.gang_size));
+    }
     if !job.epochs.is_empty() {
         out.push('\n');
         out.push_str(&epochs_table(&job.epochs));
@@ -316,6 +320,15 @@ mod tests {
         assert!(epoch_line(&epoch(2, 1, 0.5), None).starts_with("round 2 epoch 1: "));
         let fast = pb::EpochMetrics { images_per_second: 1234.4, ..epoch(0, 3, 0.5123) };
         assert!(epoch_line(&fast, Some(6)).ends_with("(12.3s, 1234 images/s)"));
+    }
+
+    #[test]
+    fn a_short_elastic_gang_says_so() {
+        let gang = |ranks, size| job_details(&pb::Job { gang_ranks: ranks, gang_size: size, ..job(pb::JobState::Training) }, 5_000);
+        assert!(gang(1, 2).contains("training gang: 1 of 2 ranks (elastic: short of ranks until a slot is free)\n"), "{}", gang(1, 2));
+        assert!(gang(2, 2).contains("training gang: 2 of 2 ranks\n"), "{}", gang(2, 2));
+        assert!(!gang(1, 1).contains("training gang"), "one rank is no gang");
+        assert!(!gang(0, 2).contains("training gang"), "nothing training");
     }
 
     #[test]

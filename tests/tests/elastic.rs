@@ -156,6 +156,8 @@ async fn a_gang_that_loses_a_worker_goes_on_short_and_grows_back_to_the_same_mod
         Ok(gangs.iter().any(|(_, ranks, state)| *ranks == 1 && matches!(state, TaskState::Assigned { .. })).then_some(()))
     })
     .await?;
+    let short = get_job(&mut coordinator.jobs().await?, id).await?;
+    assert_eq!((short.gang_ranks, short.gang_size), (1, 2), "GetJob shows the gang short");
 
     // w2 comes back; at the next epoch boundary (epoch 3) the gang grows back to two.
     let w2 = RunningWorker::start(&coordinator.url(), "w2", gated());

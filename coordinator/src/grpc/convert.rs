@@ -71,6 +71,8 @@ pub fn job_to_proto(job: &JobRecord) -> pb::Job {
         rounds_planned: job.rounds_planned(),
         best_macro_f1: job.epochs.iter().map(|e| e.validation.macro_f1).reduce(f64::max),
         last_macro_f1: job.epochs.last().map(|e| e.validation.macro_f1),
+        gang_ranks: job.gang_ranks(),
+        gang_size: job.spec.resources.full_gang(),
     }
 }
 

@@ -467,6 +467,11 @@ impl JobRecord {
         self.spec.resources.full_gang()
     }
 
+    /// Ranks of the training gang placed now (0: none).
+    pub fn gang_ranks(&self) -> u32 {
+        self.tasks.iter().filter(|t| t.kind == TaskKind::Train && t.worker().is_some()).map(|t| t.world_size).max().unwrap_or(0)
+    }
+
     /// Whether `task` is a rank of a training gang running short of its full size, which
     /// could grow back at its next epoch boundary.
     pub fn is_short_gang(&self, task: &TaskRecord) -> bool {
