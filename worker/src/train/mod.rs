@@ -121,9 +121,10 @@ struct PseudoSet {
 static SEEDED_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs the task as one rank of `collective` (world size 1: alone). Every rank draws the
-/// same global batch of `batch_size × world_size` samples and trains on its own slice;
-/// gradients are averaged across ranks, so the ranks' models stay identical and equal
-/// what one rank would train on the whole global batch. Rank 0 reports epochs
+/// same global batch of `batch_size × ` the gang's full size (`resources.max_workers`, even
+/// while an elastic gang runs short) and trains on its share, its losses weighted by that
+/// share; gradients are averaged across ranks, so the ranks' models stay identical and
+/// equal what one rank would train on the whole global batch. Rank 0 reports epochs
 /// (`on_epoch`, with the round's epoch count) and writes checkpoints and the model.
 /// `stop` is checked every step.
 pub fn train(

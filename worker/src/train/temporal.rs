@@ -255,7 +255,11 @@ pub fn train(
     let (rank, world) = (collective.rank(), collective.world_size());
     let sampler = Sampler::new(train_labels, classes, Sampling::ClassUniform, None, 0);
     let labelled = train_labels.iter().filter(|&&l| l >= 0).count();
-    let global = BATCH * world;
+    // Global batches of the whole gang, even while an elastic gang runs short.
+    let full_world = (spec.resources.full_gang() as usize).max(world);
+    let global = BATCH * full_world;
+    let share = super::loader::share(global, rank, world);
+    let share_weight = (share.len() * world) as f64 / global as f64;
     let steps = labelled.div_ceil(global).max(1);
     let epochs = spec.semi_supervised.temporal_epochs as usize;
     for epoch in 0..epochs {
@@ -269,7 +273,7 @@ pub fn train(
             // The same global batch on every rank, each training on its slice.
             let seed = mix(mix(spec.train.seed, u64::from(round) << 32 | 0x7e), global_step as u64);
             let drawn = sampler.draw(global, seed);
-            let mine = &drawn[rank * BATCH..(rank + 1) * BATCH];
+            let mine = &drawn[share.clone()];
             let mut rng = SmallRng::seed_from_u64(mix(seed, rank as u64));
             // Every token in a view of its own, so that no two steps see one window alike.
             let views = train.views();
@@ -289,7 +293,10 @@ pub fn train(
             windows = windows * Tensor::from_slice(&keep).view([mine.len() as i64, train.window as i64, 1]).to_device(device);
             let targets: Vec<i64> = mine.iter().map(|&i| train_labels[i]).collect();
             let targets = Tensor::from_slice(&targets).to_device(device);
-            let loss = encoder.forward_t(&windows, true).cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::Mean, -100, 0.1);
+            let mut loss = encoder.forward_t(&windows, true).cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::Mean, -100, 0.1);
+            if full_world != world {
+                loss = loss * share_weight; // the share's part of the global mean (see `ShareWeight`)
+            }
             optimizer.zero_grad();
             loss.backward();
             collective::average_gradients(collective, &trainable, collective::DEFAULT_BUCKET_BYTES)?;
