@@ -72,7 +72,7 @@ for target in worker coordinator; do
 done
 for image in coordinator worker; do
   ctr=$(b from --pull=never "feral-$image")
-  say "feral-$image: $(b inspect --type image --format '{{.Size}}' "feral-$image" 2>/dev/null || echo '?') bytes; feral-$image --help:"
+  say "feral-$image --help, from the image:"
   b run --isolation chroot "$ctr" -- "feral-$image" --help | head -n 8
   b run --isolation chroot "$ctr" -- feral --version
   b rm "$ctr" >/dev/null
