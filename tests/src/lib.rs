@@ -258,3 +258,26 @@ pub async fn submit(client: &mut JobServiceClient<Channel>, spec_toml: String) -
     let job = client.submit_job(pb::SubmitJobRequest { spec_toml }).await?.into_inner().job;
     job.context("submit answered without a job")
 }
+
+/// The trained weights of a finished job's model, by name.
+pub fn model_weights(job: &pb::Job) -> anyhow::Result<Vec<(String, tch::Tensor)>> {
+    let path = &job.result.as_ref().context("the job has no result")?.model_path;
+    let mut named = tch::Tensor::read_safetensors(path)?;
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(named)
+}
+
+/// Asserts that two finished jobs' models agree, every tensor within `tolerance` of its
+/// scale (printing each tensor's largest difference).
+pub fn assert_same_model(a: &pb::Job, b: &pb::Job, tolerance: f64) -> anyhow::Result<()> {
+    let (a, b) = (model_weights(a)?, model_weights(b)?);
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (other, y)) in a.iter().zip(&b) {
+        assert_eq!(name, other);
+        let difference = (x - y).abs().max().double_value(&[]);
+        let scale = y.abs().max().double_value(&[]).max(1e-3);
+        eprintln!("{name}: largest difference {difference:.3e} (scale {scale:.3e})");
+        assert!(difference / scale < tolerance, "{name}: the models differ by {difference} (scale {scale})");
+    }
+    Ok(())
+}

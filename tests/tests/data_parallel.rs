@@ -11,7 +11,6 @@ use feral_coordinator::store::MemoryStore;
 use feral_proto::v1 as pb;
 use feral_tests::*;
 use feral_worker::runner::TchRunner;
-use tch::Tensor;
 
 /// A linear model (no batch statistics, no dropout), no augmentation: the arithmetic of
 /// one rank on a batch of 64 and of two ranks on 32 each is the same up to float rounding.
@@ -28,13 +27,6 @@ async fn train(coordinator: &RunningCoordinator, spec: String) -> anyhow::Result
     let done = wait_for_state(&jobs, &job.id, &[pb::JobState::Succeeded, pb::JobState::Failed], Duration::from_secs(300)).await?;
     anyhow::ensure!(done.state == pb::JobState::Succeeded as i32, "job failed: {}", done.state_reason);
     Ok(done)
-}
-
-fn weights(job: &pb::Job) -> anyhow::Result<Vec<(String, Tensor)>> {
-    let path = &job.result.as_ref().ok_or_else(|| anyhow::anyhow!("no result"))?.model_path;
-    let mut named = Tensor::read_safetensors(path)?;
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(named)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,15 +47,7 @@ async fn two_ranks_train_what_one_rank_trains_on_the_same_global_batch() -> anyh
     let alone = train(&coordinator, spec(&dataset, 1, 64)).await?;
     assert_eq!(gang.epochs.len(), 2, "rank 0 reports each epoch once");
 
-    let (two, one) = (weights(&gang)?, weights(&alone)?);
-    assert_eq!(two.len(), one.len());
-    for ((name, a), (other, b)) in two.iter().zip(&one) {
-        assert_eq!(name, other);
-        let difference = (a - b).abs().max().double_value(&[]);
-        let scale = b.abs().max().double_value(&[]).max(1e-3);
-        eprintln!("{name}: largest difference {difference:.3e} (scale {scale:.3e})");
-        assert!(difference / scale < 1e-5, "{name}: two ranks differ from one by {difference} (scale {scale})");
-    }
+    assert_same_model(&gang, &alone, 1e-5)?;
     let (two, one) = (gang.result.and_then(|r| r.validation), alone.result.and_then(|r| r.validation));
     let (two, one) = (two.unwrap_or_default(), one.unwrap_or_default());
     assert_eq!(two.samples, one.samples, "the ranks' shares of the validation split add up to all of it");

@@ -17,7 +17,6 @@ use feral_tests::*;
 use feral_worker::collective::Collective;
 use feral_worker::runner::{TaskRunner, TchRunner};
 use feral_worker::task::TaskError;
-use tch::Tensor;
 
 /// A linear model (no batch statistics, no dropout), no augmentation: how a global batch
 /// is split over ranks changes the arithmetic only by float rounding.
@@ -40,27 +39,6 @@ async fn finish(coordinator: &RunningCoordinator, id: &str) -> anyhow::Result<pb
 async fn train(coordinator: &RunningCoordinator, spec: String) -> anyhow::Result<pb::Job> {
     let job = submit(&mut coordinator.jobs().await?, spec).await?;
     finish(coordinator, &job.id).await
-}
-
-fn weights(job: &pb::Job) -> anyhow::Result<Vec<(String, Tensor)>> {
-    let path = &job.result.as_ref().ok_or_else(|| anyhow::anyhow!("no result"))?.model_path;
-    let mut named = Tensor::read_safetensors(path)?;
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(named)
-}
-
-/// The two jobs' models agree to `tolerance` of each tensor's scale.
-fn assert_same_model(a: &pb::Job, b: &pb::Job, tolerance: f64) -> anyhow::Result<()> {
-    let (a, b) = (weights(a)?, weights(b)?);
-    assert_eq!(a.len(), b.len());
-    for ((name, x), (other, y)) in a.iter().zip(&b) {
-        assert_eq!(name, other);
-        let difference = (x - y).abs().max().double_value(&[]);
-        let scale = y.abs().max().double_value(&[]).max(1e-3);
-        eprintln!("{name}: largest difference {difference:.3e} (scale {scale:.3e})");
-        assert!(difference / scale < tolerance, "{name}: the runs differ by {difference} (scale {scale})");
-    }
-    Ok(())
 }
 
 /// The job's training gangs as the coordinator stored them: (attempt, ranks, state) of

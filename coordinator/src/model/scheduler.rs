@@ -67,9 +67,9 @@ pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Placement
                 trial[index].push(device.clone());
                 placed.push(Placement { job: job.id.clone(), task: member.id.clone(), worker: workers[index].id.clone(), device, world_size: 0 });
             }
-            // Ranks come in rank order, so the ranks placed are 0..placed.
+            // Ranks come in rank order, so the ranks placed are 0..placed. At least 1.
             let least = if task.kind == TaskKind::Train { elastic_minimum(job).unwrap_or(gang.len()) } else { gang.len() };
-            if placed.len() == gang.len() || (placed.len() >= least && !placed.is_empty()) {
+            if placed.len() >= least {
                 let world_size = u32::try_from(placed.len()).unwrap_or(u32::MAX);
                 busy = trial;
                 assignments.extend(placed.into_iter().map(|p| Placement { world_size, ..p }));

@@ -259,7 +259,7 @@ pub fn train(
     let full_world = (spec.resources.full_gang() as usize).max(world);
     let global = BATCH * full_world;
     let share = super::loader::share(global, rank, world);
-    let share_weight = (share.len() * world) as f64 / global as f64;
+    let share_weight = super::ShareWeight { rank, world, full_world, batch: BATCH, unlabelled_batch: 0 };
     let steps = labelled.div_ceil(global).max(1);
     let epochs = spec.semi_supervised.temporal_epochs as usize;
     for epoch in 0..epochs {
@@ -293,10 +293,7 @@ pub fn train(
             windows = windows * Tensor::from_slice(&keep).view([mine.len() as i64, train.window as i64, 1]).to_device(device);
             let targets: Vec<i64> = mine.iter().map(|&i| train_labels[i]).collect();
             let targets = Tensor::from_slice(&targets).to_device(device);
-            let mut loss = encoder.forward_t(&windows, true).cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::Mean, -100, 0.1);
-            if full_world != world {
-                loss = loss * share_weight; // the share's part of the global mean (see `ShareWeight`)
-            }
+            let loss = share_weight.labelled(encoder.forward_t(&windows, true).cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::Mean, -100, 0.1));
             optimizer.zero_grad();
             loss.backward();
             collective::average_gradients(collective, &trainable, collective::DEFAULT_BUCKET_BYTES)?;
