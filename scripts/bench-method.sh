@@ -8,6 +8,7 @@
 #   b-offline:   the offline rounds alone (selected pseudo-labels on weak views)
 #   c-full:      the full method (online debiased consistency on strong views, feedback)
 #   c-online-teacher: (c) with online consistency in the teacher round too
+#   c-mu4:       (c) with mu = 4 pool images per labelled image (FixMatch uses 7)
 #   d-no-debias: (c) without debiasing;  e-no-feedback: (c) without feedback
 #   f-ceiling:   supervised on 100% of the training labels, 1x budget (f-ceiling-2x: 2x)
 # Each variant runs for every seed in SEEDS (default "7"). Writes a results table to stdout
@@ -69,6 +70,7 @@ for seed in $seeds; do
       b-offline)     kind=ablation;   spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'online = false\n' ;;
       c-full)        kind=method;     spec "$name" "$seed" "$out/data" "$rounds" "$epochs" ;;
       c-online-teacher) kind=method;  spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'online_teacher = true\n' ;;
+      c-mu4)         kind=method;     spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'mu = 4\n' ;;
       d-no-debias)   kind=ablation;   spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'debias = false\n' ;;
       e-no-feedback) kind=ablation;   spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'feedback = false\n' ;;
       f-ceiling)     kind=ceiling;    spec "$name" "$seed" "$out/data-all-labels" 0 "$budget" ;;
