@@ -9,6 +9,7 @@
 #   c-full:      the full method (online debiased consistency on strong views, feedback)
 #   c-online-teacher: (c) with online consistency in the teacher round too
 #   c-mu4:       (c) with mu = 4 pool images per labelled image (FixMatch uses 7)
+#   c-strong-labelled: (c) with the strong view on labelled batches too
 #   d-no-debias: (c) without debiasing;  e-no-feedback: (c) without feedback
 #   f-ceiling:   supervised on 100% of the training labels, 1x budget (f-ceiling-2x: 2x)
 # Each variant runs for every seed in SEEDS (default "7"). Writes a results table to stdout
@@ -18,6 +19,7 @@
 #   VARIANTS="a-weak-1x c-full" SEEDS="7 8" ROUNDS=2 EPOCHS=12 STEPS=45 WIDTH=32 OUT=dir
 #   THREADS=2 (libtorch threads per job: 1 lets two copies of this script share two cores)
 #   BIN=dir: run the binaries in dir (a frozen copy, so builds can go on while it runs)
+#   COMMIT=rev: the commit those binaries were built from (default: this tree's)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 csv=$(realpath "${1:-../shared/data/fer2013/fer2013_train_publictest.csv.gz}")
@@ -29,7 +31,7 @@ seeds=${SEEDS:-7}
 
 bash scripts/bootstrap.sh
 # The commit the binaries are built from (the tree may move on while the variants run).
-commit=$(git describe --always --dirty --abbrev=7)
+commit=${COMMIT:-$(git describe --always --dirty --abbrev=7)}
 if [ -n "${BIN:-}" ]; then
   bin=$(realpath "$BIN")
 else
@@ -71,6 +73,7 @@ for seed in $seeds; do
       c-full)        kind=method;     spec "$name" "$seed" "$out/data" "$rounds" "$epochs" ;;
       c-online-teacher) kind=method;  spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'online_teacher = true\n' ;;
       c-mu4)         kind=method;     spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'mu = 4\n' ;;
+      c-strong-labelled) kind=method; spec "$name" "$seed" "$out/data" "$rounds" "$epochs" "" "$strong" ;;
       d-no-debias)   kind=ablation;   spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'debias = false\n' ;;
       e-no-feedback) kind=ablation;   spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'feedback = false\n' ;;
       f-ceiling)     kind=ceiling;    spec "$name" "$seed" "$out/data-all-labels" 0 "$budget" ;;
