@@ -10,6 +10,7 @@
 #   c-online-teacher: (c) with online consistency in the teacher round too
 #   c-mu4:       (c) with mu = 4 pool images per labelled image (FixMatch uses 7)
 #   c-strong-labelled: (c) with the strong view on labelled batches too
+#   c-lambda-u2: (c) with the pool's loss weighed twice (lambda_u = 2)
 #   d-no-debias: (c) without debiasing;  e-no-feedback: (c) without feedback
 #   f-ceiling:   supervised on 100% of the training labels, 1x budget (f-ceiling-2x: 2x)
 # Each variant runs for every seed in SEEDS (default "7"). Writes a results table to stdout
@@ -74,6 +75,7 @@ for seed in $seeds; do
       c-online-teacher) kind=method;  spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'online_teacher = true\n' ;;
       c-mu4)         kind=method;     spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'mu = 4\n' ;;
       c-strong-labelled) kind=method; spec "$name" "$seed" "$out/data" "$rounds" "$epochs" "" "$strong" ;;
+      c-lambda-u2)   kind=method;     spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'lambda_u = 2\n' ;;
       d-no-debias)   kind=ablation;   spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'debias = false\n' ;;
       e-no-feedback) kind=ablation;   spec "$name" "$seed" "$out/data" "$rounds" "$epochs" $'feedback = false\n' ;;
       f-ceiling)     kind=ceiling;    spec "$name" "$seed" "$out/data-all-labels" 0 "$budget" ;;
