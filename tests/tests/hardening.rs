@@ -150,8 +150,8 @@ async fn a_gang_larger_than_the_cluster_says_what_it_waits_for() -> anyhow::Resu
     let worker = RunningWorker::start(&coordinator.url(), "w1", Arc::new(ScriptedRunner::fast(0)));
     let mut jobs = coordinator.jobs().await?;
     let job = submit(&mut jobs, format!("{}\n[resources]\nworkers = 5\n", job_spec(dir.path(), 2))).await?;
-    // Until w1 registers, the one-slot preparing task waits too ("waiting for 1 device
-    // slots ... 0 live workers have 0"): wait for the gang's own reason.
+    // Until w1 registers, the preparing task waits too ("waiting for 1 device slots for
+    // its prepare task; 0 live workers have 0"): wait for the gang's own reason.
     let reason = wait_until("the job to say why its gang waits", Duration::from_secs(60), || {
         let mut jobs = jobs.clone();
         let id = job.id.clone();

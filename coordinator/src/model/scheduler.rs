@@ -118,19 +118,26 @@ fn free_slots(workers: &[&WorkerRecord], busy: &[Vec<String>]) -> usize {
 
 /// Why `job` waits, when it waits for more than is free now: a training gang larger than
 /// all the device slots of the live workers together (an elastic one: its minimum) can
-/// never be placed until workers join. `None` when its pending tasks could run on the
-/// cluster as it is.
+/// never be placed until workers join, nor can any other task while no live worker has a
+/// slot. `None` when its pending tasks could run on the cluster as it is.
 pub fn waiting_reason(job: &JobRecord, workers: &[&WorkerRecord]) -> Option<String> {
-    let gang = job.tasks.iter().filter(|t| t.state == TaskState::Pending).map(|t| t.world_size).max()?;
-    let (need, field) = match elastic_minimum(job) {
-        Some(least) => (least as u32, "min_workers"),
-        None => (gang, "workers"),
-    };
+    let pending: Vec<&TaskRecord> = job.tasks.iter().filter(|t| t.state == TaskState::Pending).collect();
     let live: Vec<&&WorkerRecord> = workers.iter().filter(|w| w.state == WorkerState::Live).collect();
     let slots: usize = live.iter().map(|w| w.slots.len()).sum();
-    (need as usize > slots).then(|| {
-        format!("waiting for {need} device slots for its training gang (resources.{field} = {need}); {} live workers have {slots}", live.len())
-    })
+    let waits_for = |need: u32, what: String| {
+        (need as usize > slots).then(|| format!("waiting for {need} device slots for {what}; {} live workers have {slots}", live.len()))
+    };
+    match pending.iter().filter(|t| t.kind == TaskKind::Train).map(|t| t.world_size).max() {
+        Some(gang) => {
+            let (need, field) = match elastic_minimum(job) {
+                Some(least) => (least as u32, "min_workers"),
+                None => (gang, "workers"),
+            };
+            waits_for(need, format!("its training gang (resources.{field} = {need})"))
+        }
+        // Preparing, predicting and selecting are one-slot tasks.
+        None => pending.first().and_then(|task| waits_for(1, format!("its {} task", task.kind.name()))),
+    }
 }
 
 /// The job's next shard plan, when it has inference tasks waiting and the plan it holds is
@@ -315,6 +322,17 @@ mod tests {
         assert!(reason.contains("waiting for 5 device slots") && reason.contains("1 live workers have 1"), "{reason}");
         let big = worker("w3", 4, WorkerState::Live);
         assert_eq!(waiting_reason(&gang, &[&one, &big]), None, "5 slots live: it only waits its turn");
+    }
+
+    #[test]
+    fn a_one_slot_task_without_a_live_worker_says_so_without_naming_the_gang() {
+        let mut labelling = job("j1", 1);
+        labelling.tasks = vec![TaskRecord::infer_for_test(&labelling.id, "unlabeled-00000.safetensors")];
+        let lost = worker("w1", 8, WorkerState::Lost);
+        let reason = waiting_reason(&labelling, &[&lost]).expect("no live slot");
+        assert_eq!(reason, "waiting for 1 device slots for its infer task; 0 live workers have 0");
+        let one = worker("w2", 1, WorkerState::Live);
+        assert_eq!(waiting_reason(&labelling, &[&one]), None);
     }
 
     #[test]
