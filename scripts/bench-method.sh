@@ -21,8 +21,9 @@
 #   THREADS=2 (libtorch threads per job: 1 lets two copies of this script share two cores)
 #   BIN=dir: run the binaries in dir (a frozen copy, so builds can go on while it runs)
 #   COMMIT=rev: the commit those binaries were built from (default: this tree's)
-#   TRAIN=lines, MODEL=lines: extra [train] or [model] keys for every variant,
-#     e.g. TRAIN=$'weight_decay = 0.05\n' MODEL=$'dropout = 0.5\n'
+#   TRAIN=lines, MODEL=lines, SEMI=lines: extra [train], [model] or [semi_supervised] keys
+#     for every variant, e.g. TRAIN=$'weight_decay = 0.05\n' MODEL=$'dropout = 0.5\n'
+#     SEMI=$'online_min_threshold = 0.6\n'
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 csv=$(realpath "${1:-../shared/data/fer2013/fer2013_train_publictest.csv.gz}")
@@ -58,8 +59,8 @@ trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 for _ in $(seq 100); do "$bin/feral" --coordinator "$url" workers 2>/dev/null | grep -q bench-worker && break; sleep 0.2; done
 
 spec() {  # name seed dataset rounds epochs [extra lines]
-  printf 'version = 1\nname = "%s"\ndataset = "%s"\n\n[model]\nwidth = %s\n%s\n[train]\nepochs = %s\nbatch_size = 64\nsteps_per_epoch = %s\nthreads = %s\nprecision = "bf16"\nseed = %s\n%s%s\n[semi_supervised]\nrounds = %s\npatience = 0\n%s' \
-    "$1" "$3" "$width" "${MODEL:-}" "$5" "$steps" "$threads" "$2" "${TRAIN:-}" "${7:-}" "$4" "${6:-}"
+  printf 'version = 1\nname = "%s"\ndataset = "%s"\n\n[model]\nwidth = %s\n%s\n[train]\nepochs = %s\nbatch_size = 64\nsteps_per_epoch = %s\nthreads = %s\nprecision = "bf16"\nseed = %s\n%s%s\n[semi_supervised]\nrounds = %s\npatience = 0\n%s%s' \
+    "$1" "$3" "$width" "${MODEL:-}" "$5" "$steps" "$threads" "$2" "${TRAIN:-}" "${7:-}" "$4" "${6:-}" "${SEMI:-}"
 }
 budget=$((epochs * (rounds + 1)))
 strong=$'[train.strong]\nlabelled = true\n'
