@@ -253,6 +253,25 @@ pub fn margin_adjusted_logits(logits: &[f64], prior: &[f64], tau: f64) -> Vec<f6
         .collect()
 }
 
+/// The class frequencies π of `counts` with one extra sample per class (so no class is
+/// impossible): (n_c + 1) / (N + C).
+pub fn smoothed_frequencies(counts: &[u64]) -> Vec<f64> {
+    let total = counts.iter().sum::<u64>() as f64 + counts.len() as f64;
+    counts.iter().map(|&n| (n as f64 + 1.0) / total).collect()
+}
+
+/// The prior that debiases toward `target` instead of toward uniform: p̂_c / π_c, so that
+/// z − τ·ln(p̂_c/π_c) moves the labels' distribution from p̂ to π (distribution
+/// alignment) and z + τ·ln(p̂_c/π_c) is the margin that goes with it. Its scale does not
+/// matter: a constant shift of every logit changes no softmax. A `target` of another
+/// length leaves `prior` as it is.
+pub fn prior_toward(prior: &[f64], target: &[f64]) -> Vec<f64> {
+    if target.len() != prior.len() {
+        return prior.to_vec();
+    }
+    prior.iter().zip(target).map(|(p, t)| p.max(PRIOR_FLOOR) / t.max(PRIOR_FLOOR)).collect()
+}
+
 /// Precision of pseudo-labels against hidden true labels where known: returns
 /// (correct, counted), counting a candidate only when `hidden_labels[index] >= 0`.
 pub fn pseudo_label_precision(selected: &[Candidate], hidden_labels: &[i64]) -> (u64, u64) {
@@ -348,6 +367,24 @@ mod tests {
 
     fn candidate(index: usize, class: usize, confidence: f64) -> Candidate {
         Candidate { index, class, confidence }
+    }
+
+    #[test]
+    fn debiasing_toward_a_target_aligns_labels_with_it() {
+        // Counts (7, 1) smoothed: (8/10, 2/10).
+        assert_near(&smoothed_frequencies(&[7, 1]), &[0.8, 0.2], 1e-12);
+        assert_near(&smoothed_frequencies(&[0, 0]), &[0.5, 0.5], 1e-12);
+        // p̂ = (0.5, 0.5), π = (0.8, 0.2): p̂/π = (0.625, 2.5).
+        let prior = prior_toward(&[0.5, 0.5], &[0.8, 0.2]);
+        assert_near(&prior, &[0.625, 2.5], 1e-12);
+        // Logits (0, 0.5): toward uniform class 1 wins; toward π, with τ = 1, class 0 does
+        // (0 − ln 0.625 = 0.470 against 0.5 − ln 2.5 = −0.416).
+        assert_eq!(debiased_label(&[0.0, 0.5], &[0.5, 0.5], 1.0).0, 1);
+        let (class, confidence) = debiased_label(&[0.0, 0.5], &prior, 1.0);
+        assert_eq!(class, 0);
+        assert!((confidence - 1.0 / (1.0 + (-0.886_294f64).exp())).abs() < 1e-5, "{confidence}");
+        // A target of the wrong length changes nothing.
+        assert_eq!(prior_toward(&[0.5, 0.5], &[1.0]), [0.5, 0.5]);
     }
 
     #[test]

@@ -83,6 +83,11 @@ pub struct SemiSupervisedSpec {
     pub init_from_teacher: bool,
     /// Debias pseudo-labels and the student's loss with the pool's class prior.
     pub debias: bool,
+    /// The class distribution debiasing moves the pseudo-labels toward: `uniform`
+    /// (DebiasPL: z − τ·log p̂) or `labelled`, the labelled split's class frequencies π
+    /// (distribution alignment, as ReMixMatch's: z − τ·log(p̂/π), and the margin
+    /// τ·log(q̂/π)), for pools whose classes are as imbalanced as the labelled ones.
+    pub debias_toward: DebiasTarget,
     /// Feed per-class validation F1 back into the class sampling weights.
     pub feedback: bool,
     /// Online debiased consistency in every student round (FixMatch + DebiasPL): each step
@@ -102,6 +107,10 @@ pub struct SemiSupervisedSpec {
     /// exp(−(t − p)²/(2·(σ/2)²)) for confidence p, σ² the running variance of the
     /// confidence. `false`: labels below their threshold are dropped (FixMatch).
     pub soft_mask: bool,
+    /// The EMA model labels the weak view and its mirror image and averages the two
+    /// (their log-probabilities), as MixMatch's label guessing averages its views: one
+    /// more forward pass without gradients per step. `false`: the weak view alone.
+    pub online_flip_labels: bool,
     /// The teacher (round 0) also learns online consistency on the pool, as FixMatch does
     /// from its first step, when the job plans rounds. `false`: the teacher learns from the
     /// labelled images alone. A job with `rounds = 0` is supervised either way.
@@ -113,6 +122,17 @@ pub struct SemiSupervisedSpec {
     pub temporal_window: i64,
     /// Epochs of temporal-encoder training per round, on the round's frozen backbone.
     pub temporal_epochs: i64,
+}
+
+/// `[semi_supervised] debias_toward`: see [`SemiSupervisedSpec::debias_toward`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DebiasTarget {
+    /// Every class equally likely (DebiasPL).
+    #[default]
+    Uniform,
+    /// The labelled split's class frequencies.
+    Labelled,
 }
 
 impl SemiSupervisedSpec {
@@ -137,11 +157,13 @@ impl Default for SemiSupervisedSpec {
             lambda_u: 1.0,
             init_from_teacher: true,
             debias: true,
+            debias_toward: DebiasTarget::Uniform,
             feedback: true,
             online: true,
             prior_momentum: 0.999,
             online_min_threshold: 0.8,
             soft_mask: true,
+            online_flip_labels: false,
             online_teacher: false,
             temporal_window: 5,
             temporal_epochs: 8,
@@ -749,6 +771,16 @@ mod tests {
         assert!(!semi("rounds = 0\nonline_teacher = true\n").online_in_round(0));
         assert!(!semi("rounds = 2\nonline = false\nonline_teacher = true\n").online_in_round(0));
         assert!(!semi("rounds = 2\nonline = false\n").online_in_round(1));
+    }
+
+    #[test]
+    fn debiasing_goes_toward_uniform_unless_told_the_labelled_frequencies() {
+        let semi = |text: &str| JobSpec::from_toml(&format!("version = 1\ndataset = \"/d\"\n[semi_supervised]\n{text}")).map(|s| s.semi_supervised);
+        assert_eq!(semi("").expect("valid").debias_toward, DebiasTarget::Uniform);
+        let labelled = semi("debias_toward = \"labelled\"\nonline_flip_labels = true\n").expect("valid");
+        assert_eq!((labelled.debias_toward, labelled.online_flip_labels), (DebiasTarget::Labelled, true));
+        let err = semi("debias_toward = \"balanced\"\n").expect_err("unknown target").to_string();
+        assert!(err.contains("balanced") && err.contains("labelled"), "{err}");
     }
 
     #[test]

@@ -7,14 +7,23 @@
 
 use std::path::Path;
 
+use feral_common::dataset::Dataset;
 use feral_common::method::{self, Candidate, SelectionParams, SelectionSummary};
+use feral_common::spec::DebiasTarget;
 use tch::Tensor;
 
-use crate::selection::named;
+use crate::selection::{self, named};
 use crate::task::{create_dir, write_atomically, TaskContext, TaskError};
 
 pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64]) -> Result<SelectionSummary, TaskError> {
     let semi = &context.spec.semi_supervised;
+    // Debiasing toward the labelled class frequencies π instead of uniform: p̂/π for p̂.
+    // (The dataset is opened only then: a uniform target needs nothing from it.)
+    let target = match semi.debias_toward {
+        DebiasTarget::Uniform => None,
+        DebiasTarget::Labelled => selection::debias_target(semi, Dataset::open(&context.spec.dataset)?.manifest()),
+    };
+    let prior = target.map_or_else(|| prior.to_vec(), |target| method::prior_toward(prior, &target));
     let (mut candidates, mut hidden, mut sample_ids) = (Vec::new(), Vec::new(), Vec::new());
     let mut classes = 0;
     // Over the whole pool: Σ and Σ² of the max debiased probability and Σ of the debiased
@@ -33,7 +42,7 @@ pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64])
         classes = columns;
         let values = Vec::<f32>::try_from(&logits.reshape([-1]))?;
         let uniform = vec![1.0; columns];
-        let (prior, tau) = if prior.len() == columns { (prior, semi.tau) } else { (uniform.as_slice(), 0.0) };
+        let (prior, tau) = if prior.len() == columns { (prior.as_slice(), semi.tau) } else { (uniform.as_slice(), 0.0) };
         probability_sums.resize(columns, 0.0);
         for (row, id) in values.chunks(columns).zip(&ids).take(rows) {
             let row: Vec<f64> = row.iter().map(|v| f64::from(*v)).collect();

@@ -56,6 +56,9 @@ pub struct OnlineLabeller {
     confidence_variance: f64,
     /// p̃_c: the running mean of the debiased probability of class c.
     class_confidence: Vec<f64>,
+    /// π: the class distribution the labels are debiased toward; `None`: uniform (the
+    /// margin τ·log q̂ then, exactly as DebiasPL's).
+    target: Option<Vec<f64>>,
 }
 
 /// One step's labels for the pool samples, on the model's device.
@@ -107,7 +110,17 @@ impl OnlineLabeller {
             Some(seed) if seed.mean_probabilities.len() == classes => (seed.mean_confidence, seed.confidence_variance, seed.mean_probabilities),
             _ => (1.0 / classes as f64, 0.0, uniform),
         };
-        Self { params, prior, confidence, confidence_variance, class_confidence }
+        Self { params, prior, confidence, confidence_variance, class_confidence, target: None }
+    }
+
+    /// Debiases toward the class distribution `target` (`[semi_supervised] debias_toward =
+    /// "labelled"`): labels from z − τ·log(q̂/π), margin τ·log(q̂/π). One of another class
+    /// count is ignored.
+    pub fn toward(mut self, target: Vec<f64>) -> Self {
+        if target.len() == self.prior.len() {
+            self.target = Some(target);
+        }
+        self
     }
 
     pub fn prior(&self) -> &[f64] {
@@ -136,10 +149,15 @@ impl OnlineLabeller {
         method::thresholds_from_shares(&self.class_confidence, self.confidence, self.params.min_threshold)
     }
 
-    /// τ·log q̂ as a `[C]` f32 tensor: subtracted from the weak logits to debias the labels,
-    /// added to the strong logits as the adaptive margin.
+    /// τ·log(q̂/π) as a `[C]` f32 tensor (τ·log q̂ for the uniform π):
+    /// subtracted from the weak logits to debias the labels, added to the strong logits as
+    /// the adaptive margin.
     fn margin(&self, device: Device) -> Tensor {
-        let values: Vec<f32> = self.prior.iter().map(|p| (self.params.tau * p.max(PRIOR_FLOOR).ln()) as f32).collect();
+        let prior = match &self.target {
+            Some(target) => method::prior_toward(&self.prior, target),
+            None => self.prior.clone(),
+        };
+        let values: Vec<f32> = prior.iter().map(|p| (self.params.tau * p.max(PRIOR_FLOOR).ln()) as f32).collect();
         Tensor::from_slice(&values).to_device(device)
     }
 
@@ -396,5 +414,27 @@ mod tests {
         let (a, b) = (alone.state(), states[0].state());
         assert!(near(&a.prior, &b.prior) && near(&a.class_confidence, &b.class_confidence) && (a.confidence - b.confidence).abs() < 1e-5);
         assert!(alone.prior() != [0.6, 0.3, 0.1], "the prior moved");
+    }
+
+    #[test]
+    fn a_labeller_debiased_toward_the_labelled_frequencies_keeps_their_imbalance() {
+        // q̂ = (0.5, 0.5) and π = (0.8, 0.2), τ = 1: toward uniform the logits (0, 0.5)
+        // label class 1; toward π they become (0 − ln(0.5/0.8), 0.5 − ln(0.5/0.2)) =
+        // (0.470, −0.416): class 0, with confidence σ(0.886) = 0.708, and the margin for the
+        // strong logits is ln(q̂/π) = (−0.470, 0.916).
+        let logits = Tensor::from_slice(&[0.0f32, 0.5]).view([1, 2]);
+        let params = OnlineParams { tau: 1.0, momentum: 1.0, min_threshold: 0.5, soft: false };
+        let uniform = OnlineLabeller::new(params, 2, &[0.5, 0.5], None).label(&logits, &mut Single).expect("label");
+        assert_eq!(Vec::<i64>::try_from(&uniform.labels).expect("labels"), [1]);
+        let mut labeller = OnlineLabeller::new(params, 2, &[0.5, 0.5], None).toward(vec![0.8, 0.2]);
+        let targets = labeller.label(&logits, &mut Single).expect("label");
+        assert_eq!(Vec::<i64>::try_from(&targets.labels).expect("labels"), [0]);
+        let margin: Vec<f64> = Vec::<f32>::try_from(&targets.margin).expect("margin").into_iter().map(f64::from).collect();
+        assert!(near(&margin, &[(0.5f64 / 0.8).ln(), (0.5f64 / 0.2).ln()]), "{margin:?}");
+        assert!(Vec::<bool>::try_from(&targets.passed).expect("passed")[0], "0.708 passes 0.5");
+        // A target of another class count is ignored.
+        let mut ignored = OnlineLabeller::new(params, 2, &[0.5, 0.5], None).toward(vec![1.0]);
+        let targets = ignored.label(&logits, &mut Single).expect("label");
+        assert_eq!(Vec::<i64>::try_from(&targets.labels).expect("labels"), [1]);
     }
 }

@@ -51,7 +51,7 @@ use feral_common::task::{EpochReport, TaskInputs, TrainedModel};
 
 use crate::collective::{self, Collective, CollectiveError};
 use crate::metrics::WorkerMetrics;
-use crate::selection::read_selection;
+use crate::selection::{debias_target, read_selection};
 use crate::task::{create_dir, write_atomically, write_json, TaskContext, TaskError};
 
 /// What a training task needs to know: where it runs, and the round's inputs (the model
@@ -298,7 +298,11 @@ impl<'t> RoundTraining<'t> {
                 soft: semi.soft_mask,
             };
             let seed = task.inputs.selection_file.as_deref().and_then(read_threshold_seed);
-            OnlineLabeller::new(params, classes, &task.inputs.class_prior, seed)
+            let labeller = OnlineLabeller::new(params, classes, &task.inputs.class_prior, seed);
+            match debias_target(semi, &manifest) {
+                Some(target) => labeller.toward(target),
+                None => labeller,
+            }
         });
         let checkpoint_online = round_dir.join("checkpoint-online.json");
         let mut mask_audit = MaskAudit::default();
@@ -408,7 +412,18 @@ impl<'t> RoundTraining<'t> {
                 (Some(pool), Some(labeller)) => {
                     // The EMA model labels the weak views; labelled and strong images then
                     // go through the student in one forward pass.
-                    let weak_logits = tch::no_grad(|| ema_net.forward_t(&pool.weak.to_device(context.device), false));
+                    let weak = pool.weak.to_device(context.device);
+                    let weak_logits = tch::no_grad(|| {
+                        if semi.online_flip_labels {
+                            // The view and its mirror image in one pass; the mean of their
+                            // log-probabilities labels both.
+                            let both = ema_net.forward_t(&Tensor::cat(&[weak.shallow_clone(), weak.flip([3])], 0), false);
+                            let halves = both.log_softmax(-1, Kind::Float).chunk(2, 0);
+                            (&halves[0] + &halves[1]) / 2.0
+                        } else {
+                            ema_net.forward_t(&weak, false)
+                        }
+                    });
                     let pseudo_targets = labeller.label(&weak_logits, collective)?;
                     consistency::audit(mask_audit, &pseudo_targets, &pool.hidden_labels)?;
                     let both = Tensor::cat(&[images.shallow_clone(), pool.strong.to_device(context.device)], 0);
