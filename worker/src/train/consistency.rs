@@ -18,6 +18,7 @@
 
 pub use feral_common::method::MaskAudit;
 use feral_common::method::{self, PRIOR_FLOOR};
+use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
 use crate::collective::{Collective, CollectiveError};
@@ -206,6 +207,21 @@ impl OnlineLabeller {
         self.confidence_variance = m * self.confidence_variance + (1.0 - m) * batch_variance;
         Ok(PseudoTargets { labels, mask, passed, margin })
     }
+}
+
+/// What the EMA model `net` says about the weak views `[N, C, H, W]`, without gradients:
+/// its logits, or with `mirrored` (`online_flip_labels`) the mean of its log-probabilities
+/// for each view and its mirror image (one pass over both), so an image and its mirror
+/// image get the same label.
+pub fn weak_view_logits(net: &dyn ModuleT, weak: &Tensor, mirrored: bool) -> Tensor {
+    tch::no_grad(|| {
+        if !mirrored {
+            return net.forward_t(weak, false);
+        }
+        let both = net.forward_t(&Tensor::cat(&[weak.shallow_clone(), weak.flip([3])], 0), false);
+        let halves = both.log_softmax(-1, Kind::Float).chunk(2, 0);
+        (&halves[0] + &halves[1]) / 2.0
+    })
 }
 
 fn torch(error: tch::TchError) -> CollectiveError {
@@ -436,5 +452,24 @@ mod tests {
         let mut ignored = OnlineLabeller::new(params, 2, &[0.5, 0.5], None).toward(vec![1.0]);
         let targets = ignored.label(&logits, &mut Single).expect("label");
         assert_eq!(Vec::<i64>::try_from(&targets.labels).expect("labels"), [1]);
+    }
+
+    #[test]
+    fn mirrored_labelling_gives_an_image_and_its_mirror_the_same_label() {
+        // A linear model over the pixels: not symmetric, so alone it tells the two apart.
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        tch::manual_seed(3);
+        let linear = tch::nn::linear(vs.root(), 6, 3, Default::default());
+        let net = tch::nn::func_t(move |x, _train| x.flatten(1, -1).apply(&linear));
+        let images = Tensor::randn([4, 1, 2, 3], (Kind::Float, Device::Cpu));
+        let mirrors = images.flip([3]);
+        let plain = (weak_view_logits(&net, &images, false), weak_view_logits(&net, &mirrors, false));
+        assert!(!plain.0.log_softmax(-1, Kind::Float).allclose(&plain.1.log_softmax(-1, Kind::Float), 1e-4, 1e-4, false), "the model tells mirror images apart");
+        let (a, b) = (weak_view_logits(&net, &images, true), weak_view_logits(&net, &mirrors, true));
+        assert!(a.allclose(&b, 1e-5, 1e-5, false), "{a} != {b}");
+        // Each row is the mean of the two views' log-probabilities.
+        let expected = (plain.0.log_softmax(-1, Kind::Float) + plain.1.log_softmax(-1, Kind::Float)) / 2.0;
+        assert!(a.allclose(&expected, 1e-5, 1e-5, false));
+        assert!(!a.requires_grad(), "labels carry no gradient");
     }
 }

@@ -412,18 +412,7 @@ impl<'t> RoundTraining<'t> {
                 (Some(pool), Some(labeller)) => {
                     // The EMA model labels the weak views; labelled and strong images then
                     // go through the student in one forward pass.
-                    let weak = pool.weak.to_device(context.device);
-                    let weak_logits = tch::no_grad(|| {
-                        if semi.online_flip_labels {
-                            // The view and its mirror image in one pass; the mean of their
-                            // log-probabilities labels both.
-                            let both = ema_net.forward_t(&Tensor::cat(&[weak.shallow_clone(), weak.flip([3])], 0), false);
-                            let halves = both.log_softmax(-1, Kind::Float).chunk(2, 0);
-                            (&halves[0] + &halves[1]) / 2.0
-                        } else {
-                            ema_net.forward_t(&weak, false)
-                        }
-                    });
+                    let weak_logits = consistency::weak_view_logits(ema_net.as_ref(), &pool.weak.to_device(context.device), semi.online_flip_labels);
                     let pseudo_targets = labeller.label(&weak_logits, collective)?;
                     consistency::audit(mask_audit, &pseudo_targets, &pool.hidden_labels)?;
                     let both = Tensor::cat(&[images.shallow_clone(), pool.strong.to_device(context.device)], 0);
