@@ -6,7 +6,6 @@ use std::path::Path;
 
 use feral_common::dataset::{Manifest, Split};
 use feral_common::method;
-use feral_common::spec::{DebiasTarget, SemiSupervisedSpec};
 use tch::Tensor;
 
 use crate::task::TaskError;
@@ -42,11 +41,8 @@ pub fn read_selection(path: &Path) -> Result<PseudoLabels, TaskError> {
     Ok(labels)
 }
 
-/// The class distribution `[semi_supervised] debias_toward` names, when it is not uniform:
-/// the labelled (`train`) split's class frequencies, one extra sample per class.
-pub fn debias_target(semi: &SemiSupervisedSpec, manifest: &Manifest) -> Option<Vec<f64>> {
-    match semi.debias_toward {
-        DebiasTarget::Uniform => None,
-        DebiasTarget::Labelled => manifest.splits.get(&Split::Train).map(|split| method::smoothed_frequencies(&split.class_counts)),
-    }
+/// The labelled (`train`) split's class frequencies, one extra sample per class: what
+/// `[semi_supervised] debias_toward = "labelled"` debiases toward.
+pub fn labelled_frequencies(manifest: &Manifest) -> Option<Vec<f64>> {
+    manifest.splits.get(&Split::Train).map(|split| method::smoothed_frequencies(&split.class_counts))
 }

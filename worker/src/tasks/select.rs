@@ -21,7 +21,7 @@ pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64])
     // (The dataset is opened only then: a uniform target needs nothing from it.)
     let target = match semi.debias_toward {
         DebiasTarget::Uniform => None,
-        DebiasTarget::Labelled => selection::debias_target(semi, Dataset::open(&context.spec.dataset)?.manifest()),
+        DebiasTarget::Labelled => selection::labelled_frequencies(Dataset::open(&context.spec.dataset)?.manifest()),
     };
     let prior = target.map_or_else(|| prior.to_vec(), |target| method::prior_toward(prior, &target));
     let (mut candidates, mut hidden, mut sample_ids) = (Vec::new(), Vec::new(), Vec::new());

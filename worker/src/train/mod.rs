@@ -47,11 +47,12 @@ use consistency::{MaskAudit, OnlineCheckpoint, OnlineLabeller, OnlineParams, Thr
 use strong::StrongAugmentation;
 
 use feral_common::ids::Round;
+use feral_common::spec::DebiasTarget;
 use feral_common::task::{EpochReport, TaskInputs, TrainedModel};
 
 use crate::collective::{self, Collective, CollectiveError};
 use crate::metrics::WorkerMetrics;
-use crate::selection::{debias_target, read_selection};
+use crate::selection::{labelled_frequencies, read_selection};
 use crate::task::{create_dir, write_atomically, write_json, TaskContext, TaskError};
 
 /// What a training task needs to know: where it runs, and the round's inputs (the model
@@ -299,9 +300,9 @@ impl<'t> RoundTraining<'t> {
             };
             let seed = task.inputs.selection_file.as_deref().and_then(read_threshold_seed);
             let labeller = OnlineLabeller::new(params, classes, &task.inputs.class_prior, seed);
-            match debias_target(semi, &manifest) {
-                Some(target) => labeller.toward(target),
-                None => labeller,
+            match (semi.debias_toward, labelled_frequencies(&manifest)) {
+                (DebiasTarget::Labelled, Some(target)) => labeller.toward(target),
+                _ => labeller,
             }
         });
         let checkpoint_online = round_dir.join("checkpoint-online.json");
