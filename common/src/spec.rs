@@ -111,6 +111,11 @@ pub struct SemiSupervisedSpec {
     /// (their log-probabilities), as MixMatch's label guessing averages its views: one
     /// more forward pass without gradients per step. `false`: the weak view alone.
     pub online_flip_labels: bool,
+    /// T of soft (sharpened) online targets: the student's strong view learns the whole
+    /// debiased distribution softmax((z_w − τ·log q̂)/T) of the weak view, as UDA's and
+    /// MixMatch's sharpened targets, instead of its argmax; the mask is unchanged. 0: hard
+    /// labels (FixMatch). At most 1 (1: the debiased distribution itself, unsharpened).
+    pub target_temperature: f64,
     /// The teacher (round 0) also learns online consistency on the pool, as FixMatch does
     /// from its first step, when the job plans rounds. `false`: the teacher learns from the
     /// labelled images alone. A job with `rounds = 0` is supervised either way.
@@ -164,6 +169,7 @@ impl Default for SemiSupervisedSpec {
             online_min_threshold: 0.8,
             soft_mask: true,
             online_flip_labels: false,
+            target_temperature: 0.0,
             online_teacher: false,
             temporal_window: 5,
             temporal_epochs: 8,
@@ -605,6 +611,7 @@ impl JobSpec {
         bounded("semi_supervised.lambda_u", semi.lambda_u, 0.0, 100.0)?;
         fraction("semi_supervised.prior_momentum", semi.prior_momentum)?;
         fraction("semi_supervised.online_min_threshold", semi.online_min_threshold)?;
+        bounded("semi_supervised.target_temperature", semi.target_temperature, 0.0, 1.0)?;
         in_range("semi_supervised.temporal_window", semi.temporal_window, 1, MAX_TEMPORAL_WINDOW)?;
         if semi.temporal_window % 2 == 0 {
             return Err(invalid("semi_supervised.temporal_window", format!("must be odd (a window centred on its frame), got {}", semi.temporal_window)));
@@ -813,6 +820,8 @@ mod tests {
         assert!(err(&format!("{base}[train.strong]\nopz = 1\n")).contains("opz"));
         assert!(err(&format!("{base}[semi_supervised]\nprior_momentum = 1.0\n")).contains("prior_momentum"));
         assert!(err(&format!("{base}[semi_supervised]\nonline_min_threshold = 1.2\n")).contains("online_min_threshold"));
+        assert!(err(&format!("{base}[semi_supervised]\ntarget_temperature = 1.5\n")).contains("target_temperature"));
+        assert!(err(&format!("{base}[semi_supervised]\ntarget_temperature = -0.1\n")).contains("target_temperature"));
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! thresholds (Wang et al., ICLR 2023). Each step the EMA model labels a weak view of μ·B
 //! pool images without gradients; the labels are debiased with the online prior,
 //! ŷ = argmax softmax(z_w − τ·log q̂), kept where their confidence reaches ŷ's threshold,
-//! and learnt on the strong view as CE(z_s + τ·log q̂, ŷ).
+//! and learnt on the strong view as CE(z_s + τ·log q̂, ŷ). With a target temperature T
+//! the strong view learns the whole debiased distribution sharpened by T instead
+//! (UDA's and MixMatch's soft targets), −Σ_c softmax((z_w − τ·log q̂)/T)_c ·
+//! log softmax(z_s + τ·log q̂)_c, under the same mask.
 //!
 //! The thresholds follow the model's own confidence: t_c = max(t_min, t̄ · p̃_c / max_k p̃_k)
 //! with t̄ the running mean of the debiased confidence and p̃ the running mean of the
@@ -34,6 +37,8 @@ pub struct OnlineParams {
     pub min_threshold: f64,
     /// Weigh labels below their threshold by SoftMatch's Gaussian instead of dropping them.
     pub soft: bool,
+    /// T of soft targets; 0: hard labels.
+    pub temperature: f64,
 }
 
 /// Where the running averages start: the pool's mean debiased confidence t̄ and mean
@@ -74,6 +79,8 @@ pub struct PseudoTargets {
     pub passed: Tensor,
     /// τ·log q̂ with the q̂ the labels were made with, `[C]`: the margin of their loss.
     pub margin: Tensor,
+    /// With a target temperature T, the soft targets softmax((z_w − τ·log q̂)/T), `[N, C]`.
+    pub soft: Option<Tensor>,
 }
 
 /// The labeller's state, as a checkpoint keeps it.
@@ -169,7 +176,9 @@ impl OnlineLabeller {
         let device = weak_logits.device();
         let weak_logits = weak_logits.detach().to_kind(Kind::Float);
         let margin = self.margin(device);
-        let debiased = (&weak_logits - &margin).softmax(-1, Kind::Float);
+        let debiased_logits = &weak_logits - &margin;
+        let debiased = debiased_logits.softmax(-1, Kind::Float);
+        let soft = (self.params.temperature > 0.0).then(|| (&debiased_logits / self.params.temperature).softmax(-1, Kind::Float));
         let (confidence, labels) = debiased.max_dim(-1, false);
         let thresholds: Vec<f32> = self.thresholds().iter().map(|&t| t as f32).collect();
         let threshold_of_label = Tensor::from_slice(&thresholds).to_device(device).index_select(0, &labels);
@@ -205,7 +214,7 @@ impl OnlineLabeller {
         let batch_variance = (sums[2 * classes + 1] / total - batch_mean * batch_mean).max(0.0);
         self.confidence = m * self.confidence + (1.0 - m) * batch_mean;
         self.confidence_variance = m * self.confidence_variance + (1.0 - m) * batch_variance;
-        Ok(PseudoTargets { labels, mask, passed, margin })
+        Ok(PseudoTargets { labels, mask, passed, margin, soft })
     }
 }
 
@@ -229,9 +238,14 @@ fn torch(error: tch::TchError) -> CollectiveError {
 }
 
 /// The masked adaptive-margin loss mean_i mask_i · CE(z_s,i + τ·log q̂, ŷ_i), over every
-/// sample of the batch (masked-out samples count as zero, as in FixMatch).
+/// sample of the batch (masked-out samples count as zero, as in FixMatch); with soft
+/// targets q_i, the cross-entropy −Σ_c q_ic · log softmax(z_s,i + τ·log q̂)_c instead.
 pub fn consistency_loss(strong_logits: &Tensor, targets: &PseudoTargets) -> Tensor {
-    let per_sample = (strong_logits + &targets.margin).cross_entropy_loss::<Tensor>(&targets.labels, None, tch::Reduction::None, -100, 0.0);
+    let with_margin = strong_logits + &targets.margin;
+    let per_sample = match &targets.soft {
+        Some(soft) => -(soft * with_margin.log_softmax(-1, Kind::Float)).sum_dim_intlist(-1, false, Kind::Float),
+        None => with_margin.cross_entropy_loss::<Tensor>(&targets.labels, None, tch::Reduction::None, -100, 0.0),
+    };
     (per_sample * &targets.mask).mean(Kind::Float)
 }
 
@@ -257,7 +271,7 @@ mod tests {
     use super::*;
     use crate::collective::Single;
 
-    const PARAMS: OnlineParams = OnlineParams { tau: 1.0, momentum: 0.5, min_threshold: 0.5, soft: false };
+    const PARAMS: OnlineParams = OnlineParams { tau: 1.0, momentum: 0.5, min_threshold: 0.5, soft: false, temperature: 0.0 };
 
     fn near(a: &[f64], b: &[f64]) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
@@ -380,7 +394,7 @@ mod tests {
         let margin = Tensor::from_slice(&[0.8f32.ln(), 0.2f32.ln()]);
         let targets = |margin: Tensor| {
             let mask = Tensor::from_slice(&[1.0f32, 0.0]);
-            PseudoTargets { labels: Tensor::from_slice(&[1i64, 0]), passed: mask.gt(0.5), mask, margin }
+            PseudoTargets { labels: Tensor::from_slice(&[1i64, 0]), passed: mask.gt(0.5), mask, margin, soft: None }
         };
         let loss = consistency_loss(&logits, &targets(margin)).double_value(&[]);
         assert!((loss - (-(0.2f64.ln())) / 2.0).abs() < 1e-5, "loss {loss}");
@@ -439,7 +453,7 @@ mod tests {
         // (0.470, −0.416): class 0, with confidence σ(0.886) = 0.708, and the margin for the
         // strong logits is ln(q̂/π) = (−0.470, 0.916).
         let logits = Tensor::from_slice(&[0.0f32, 0.5]).view([1, 2]);
-        let params = OnlineParams { tau: 1.0, momentum: 1.0, min_threshold: 0.5, soft: false };
+        let params = OnlineParams { momentum: 1.0, ..PARAMS };
         let uniform = OnlineLabeller::new(params, 2, &[0.5, 0.5], None).label(&logits, &mut Single).expect("label");
         assert_eq!(Vec::<i64>::try_from(&uniform.labels).expect("labels"), [1]);
         let mut labeller = OnlineLabeller::new(params, 2, &[0.5, 0.5], None).toward(vec![0.8, 0.2]);
@@ -471,5 +485,33 @@ mod tests {
         let expected = (plain.0.log_softmax(-1, Kind::Float) + plain.1.log_softmax(-1, Kind::Float)) / 2.0;
         assert!(a.allclose(&expected, 1e-5, 1e-5, false));
         assert!(!a.requires_grad(), "labels carry no gradient");
+    }
+
+    #[test]
+    fn soft_targets_are_the_sharpened_debiased_distribution_and_their_loss_matches_by_hand() {
+        // Prior (0.5, 0.5), τ = 1: the debiased logits are z + ln 2, so softmax(z/T)
+        // itself. z_w = (ln 3, 0) → p = (0.75, 0.25); T = 0.5 squares it: (9, 1)/10.
+        let params = OnlineParams { temperature: 0.5, ..PARAMS };
+        let weak = Tensor::from_slice(&[3f32.ln(), 0.0]).view([1, 2]);
+        let targets = OnlineLabeller::new(params, 2, &[0.5, 0.5], None).label(&weak, &mut Single).expect("label");
+        let soft: Vec<f32> = Vec::<f32>::try_from(&targets.soft.as_ref().expect("soft targets").view([-1])).expect("soft");
+        assert!((soft[0] - 0.9).abs() < 1e-5 && (soft[1] - 0.1).abs() < 1e-5, "{soft:?}");
+        assert_eq!(Vec::<i64>::try_from(&targets.labels).expect("labels"), [0], "the label stays the argmax");
+        // z_s = (0, 0) plus the margin ln(0.5) on both: log softmax = (ln 0.5, ln 0.5), so the
+        // loss is −(0.9 + 0.1)·ln 0.5 = ln 2 (0.75 passes the 0.5 threshold: mask 1).
+        let strong = Tensor::from_slice(&[0.0f32, 0.0]).view([1, 2]);
+        let loss = consistency_loss(&strong, &targets).double_value(&[]);
+        assert!((loss - 2f64.ln()).abs() < 1e-5, "loss {loss}");
+        // z_s = (ln 9, 0): log softmax = (ln 0.9, ln 0.1): the loss is the targets' entropy,
+        // lower than the hard label's CE would leave for the 10% it puts on class 1.
+        let strong = Tensor::from_slice(&[9f32.ln(), 0.0]).view([1, 2]);
+        let loss = consistency_loss(&strong, &targets).double_value(&[]);
+        let entropy = -(0.9 * 0.9f64.ln() + 0.1 * 0.1f64.ln());
+        assert!((loss - entropy).abs() < 1e-5, "loss {loss}, entropy {entropy}");
+        // Without a temperature the targets are hard.
+        let hard = OnlineLabeller::new(PARAMS, 2, &[0.5, 0.5], None).label(&weak, &mut Single).expect("label");
+        assert!(hard.soft.is_none());
+        let loss = consistency_loss(&strong, &hard).double_value(&[]);
+        assert!((loss + 0.9f64.ln()).abs() < 1e-5, "hard loss {loss}");
     }
 }

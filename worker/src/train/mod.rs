@@ -297,6 +297,7 @@ impl<'t> RoundTraining<'t> {
                 momentum: semi.prior_momentum,
                 min_threshold: semi.online_min_threshold,
                 soft: semi.soft_mask,
+                temperature: semi.target_temperature,
             };
             let seed = task.inputs.selection_file.as_deref().and_then(read_threshold_seed);
             let labeller = OnlineLabeller::new(params, classes, &task.inputs.class_prior, seed);
