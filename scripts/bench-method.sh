@@ -102,8 +102,10 @@ path, commit, rows = sys.argv[1], sys.argv[2], sys.argv[3:]
 variants = []
 for row in rows:
     name, kind, seed, seconds, artifacts = row.split(" ", 4)
-    cards = sorted(pathlib.Path(artifacts).glob("r*/model.json"), key=lambda p: int(p.parent.name[1:]))
-    cards = [json.loads(p.read_text()) for p in cards]
+    # Each round's model is in the directory of the attempt that finished it (the newest).
+    rounds = sorted((d for d in pathlib.Path(artifacts).glob("r*") if d.name[1:].isdigit()), key=lambda d: int(d.name[1:]))
+    cards = [max(r.glob("a*/model.json"), key=lambda p: p.stat().st_mtime, default=None) for r in rounds]
+    cards = [json.loads(p.read_text()) for p in cards if p is not None]
     if not cards:
         print(f"{name}: no round produced a model", file=sys.stderr)
         continue

@@ -46,8 +46,8 @@ def main():
     labels, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
     confident = confidence >= args.confidence
     names = [str(c) for c in range(logits.shape[1])]
-    model = os.path.join(args.job, f"r{args.round}", "model.json")
-    if os.path.exists(model):
+    # The round's model card, in the directory of the attempt that trained it.
+    for model in sorted(glob.glob(os.path.join(args.job, f"r{args.round}", "a*", "model.json"))):
         names = json.load(open(model)).get("classes", names)
 
     print(f"round {args.round}: {len(truth)} pool images, accuracy {np.mean(labels == truth):.3f}; "

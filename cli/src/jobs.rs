@@ -1,5 +1,5 @@
-//! The commands that talk to a running coordinator: `submit`, `status`, `watch`, `cancel`
-//! and `workers`.
+//! The commands that talk to a running coordinator: `submit`, `status`, `watch`, `cancel`,
+//! `resume` and `workers`.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -73,6 +73,17 @@ pub async fn cancel(url: &Target, job_id: &str) -> anyhow::Result<ExitCode> {
     let job = client.cancel_job(pb::CancelJobRequest { job_id: job_id.to_owned() }).await.map_err(rpc_error)?;
     let job = job.into_inner();
     println!("job {}: {}", job.id, render::job_state_name(job.state()));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `feral resume JOB`.
+pub async fn resume(url: &Target, job_id: &str) -> anyhow::Result<ExitCode> {
+    let mut client = connect(url).await?;
+    let job = client.resume_job(pb::ResumeJobRequest { job_id: job_id.to_owned() }).await.map_err(rpc_error)?;
+    let job = job.into_inner();
+    let from = job.epochs.iter().filter(|e| e.round == job.round).map(|e| e.epoch).max();
+    let checkpoint = from.map_or(String::new(), |epoch| format!(" from round {} epoch {epoch}", job.round));
+    println!("job {}: {}{checkpoint}", job.id, render::job_state_name(job.state()));
     Ok(ExitCode::SUCCESS)
 }
 

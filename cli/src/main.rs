@@ -71,6 +71,12 @@ enum Command {
         /// The job to cancel.
         job: String,
     },
+    /// Continue a failed or cancelled job from its last checkpoint, with a fresh budget of
+    /// attempts (after the cause, e.g. a full disk, is fixed).
+    Resume {
+        /// The job to resume.
+        job: String,
+    },
     /// List the workers registered with the coordinator.
     Workers,
     /// Prepare a dataset directory from a source.
@@ -128,6 +134,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { job } => jobs::status(url, job.as_deref()).await,
         Command::Watch { job } => jobs::watch(url, &job).await,
         Command::Cancel { job } => jobs::cancel(url, &job).await,
+        Command::Resume { job } => jobs::resume(url, &job).await,
         Command::Workers => jobs::workers(url).await,
         Command::Prepare { source } => prepare::prepare(source).await,
         Command::Demo(args) => demo::run(args).await,

@@ -178,6 +178,15 @@ pub fn job_details(job: &pb::Job, now_ms: u64) -> String {
         let short = if job.gang_ranks < job.gang_size { " (elastic: short of ranks until a slot is free)" } else { "" };
         out.push_str(&format!("training gang: {} of {} ranks{short}\n", job.gang_ranks, job.gang_size));
     }
+    if !job.last_failure.is_empty() && !is_final(state) {
+        let retry = if job.retry_at_ms > now_ms { format!(" (next attempt in {})", format_age(job.retry_at_ms - now_ms)) } else { String::new() };
+        out.push_str(&format!("retrying{retry}; last failure: {}\n", job.last_failure));
+    } else if !job.last_failure.is_empty() && state != pb::JobState::Succeeded {
+        out.push_str(&format!("last failure: {}\n", job.last_failure));
+    }
+    if matches!(state, pb::JobState::Failed | pb::JobState::Cancelled) {
+        out.push_str(&format!("resume it from its last checkpoint: feral resume {}\n", job.id));
+    }
     if !job.epochs.is_empty() {
         out.push('\n');
         out.push_str(&epochs_table(&job.epochs));

@@ -419,12 +419,29 @@ pub struct ResourceSpec {
     /// at an epoch boundary. Unset: the full size (a fixed gang).
     #[serde(default)]
     pub min_workers: Option<i64>,
+    /// Seconds before the second attempt of a failed task; each later attempt waits twice
+    /// as long as the one before, up to `retry_backoff_max_s`, times a jitter in [0.5, 1).
+    #[serde(default = "default_retry_backoff_s")]
+    pub retry_backoff_s: f64,
+    /// The longest wait before an attempt.
+    #[serde(default = "default_retry_backoff_max_s")]
+    pub retry_backoff_max_s: f64,
 }
 
 impl ResourceSpec {
     /// The ranks of a whole gang: `max_workers`, or `workers`.
     pub fn full_gang(&self) -> u32 {
         u32::try_from(self.max_workers.unwrap_or(self.workers)).unwrap_or(1).max(1)
+    }
+
+    /// How long to wait before attempt `attempt + 1` of a task whose attempt `attempt`
+    /// failed (`failures` failures so far): `retry_backoff_s · 2^(failures − 1)`, capped at
+    /// `retry_backoff_max_s`, times `jitter` (in [0, 1), mapped onto [0.5, 1)).
+    pub fn retry_delay(&self, failures: u32, jitter: f64) -> std::time::Duration {
+        let doubled = self.retry_backoff_s * 2f64.powi(failures.saturating_sub(1).min(62) as i32);
+        let capped = doubled.min(self.retry_backoff_max_s).max(0.0);
+        let seconds = capped * (0.5 + 0.5 * jitter.clamp(0.0, 1.0));
+        std::time::Duration::try_from_secs_f64(seconds).unwrap_or_default()
     }
 
     /// The fewest ranks a gang may train with (`min_workers`, or the whole gang).
@@ -469,6 +486,12 @@ fn default_max_attempts() -> i64 {
 fn default_workers() -> i64 {
     1
 }
+fn default_retry_backoff_s() -> f64 {
+    2.0
+}
+fn default_retry_backoff_max_s() -> f64 {
+    60.0
+}
 
 impl Default for ModelSpec {
     fn default() -> Self {
@@ -500,7 +523,14 @@ impl Default for TrainSpec {
 
 impl Default for ResourceSpec {
     fn default() -> Self {
-        Self { max_attempts: default_max_attempts(), workers: default_workers(), max_workers: None, min_workers: None }
+        Self {
+            max_attempts: default_max_attempts(),
+            workers: default_workers(),
+            max_workers: None,
+            min_workers: None,
+            retry_backoff_s: default_retry_backoff_s(),
+            retry_backoff_max_s: default_retry_backoff_max_s(),
+        }
     }
 }
 
@@ -578,6 +608,8 @@ impl JobSpec {
         bounded("train.strong.cutout", train.strong.cutout, 0.0, 1.0)?;
         validate_loss(&train.loss, train.label_smoothing, train.epochs)?;
         in_range("resources.max_attempts", self.resources.max_attempts, 1, MAX_ATTEMPTS)?;
+        bounded("resources.retry_backoff_s", self.resources.retry_backoff_s, 0.0, MAX_RETRY_BACKOFF_S)?;
+        bounded("resources.retry_backoff_max_s", self.resources.retry_backoff_max_s, 0.0, MAX_RETRY_BACKOFF_S)?;
         let resources = &self.resources;
         in_range("resources.workers", resources.workers, 1, MAX_GANG)?;
         if let Some(max) = resources.max_workers {
@@ -694,6 +726,8 @@ pub const MAX_THREADS: i64 = 256;
 pub const MAX_STRONG_OPS: i64 = 16;
 /// `resources.max_attempts`.
 pub const MAX_ATTEMPTS: i64 = 100;
+/// `resources.retry_backoff_s` and `retry_backoff_max_s`: an hour.
+pub const MAX_RETRY_BACKOFF_S: f64 = 3600.0;
 /// `resources.workers`: ranks of one gang.
 pub const MAX_GANG: i64 = 256;
 /// `semi_supervised.rounds` and `semi_supervised.patience`.

@@ -86,6 +86,18 @@ pub struct TaskInputs {
     pub shards: Vec<String>,
     /// Train in rounds ≥ 1: the round's selected pseudo-labels.
     pub selection_file: Option<PathBuf>,
+    /// Train: the round's checkpoints the coordinator recorded (an epoch reported by the
+    /// attempt that wrote it), newest first. A new attempt resumes from the first whole one
+    /// and from no other (docs/design.md §3, Checkpoints).
+    pub resume_from: Vec<CheckpointRef>,
+}
+
+/// One recorded epoch-end checkpoint of a round: the epoch, and the attempt that wrote it
+/// (under `<artifacts>/r<round>/a<attempt>/checkpoint-e<epoch>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CheckpointRef {
+    pub attempt: u32,
+    pub epoch: u32,
 }
 
 /// A task as the coordinator hands it to the worker that runs it.

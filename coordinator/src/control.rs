@@ -139,6 +139,7 @@ impl ControlPlane {
                     epoch: last.map_or(0, |e| e.epoch),
                     macro_f1: last.map(|e| e.validation.macro_f1),
                     images_per_second: last.map(|e| e.images_per_second),
+                    last_failure: job.last_failure.clone(),
                 });
             }
         }
@@ -202,6 +203,20 @@ impl ControlPlane {
         let event = JobEvent::CancelRequested { reason: "cancelled by user".to_owned() };
         self.apply_job_event(&mut model, id, &event, now_ms).await?;
         info!(job_id = %id, "job cancel requested");
+        model.cluster.job(id).cloned().ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))
+    }
+
+    /// Continues a failed or cancelled job from where it stopped, with a fresh budget of
+    /// attempts ([`JobRecord::resumed`]).
+    pub async fn resume(&self, id: &JobId, now_ms: u64) -> Result<JobRecord, CoordinatorError> {
+        let mut model = self.model.lock().await;
+        let job = model.cluster.job(id).ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))?;
+        let next = job.resumed(now_ms).map_err(CoordinatorError::NotResumable)?;
+        self.store.apply(vec![encode(&job_key(id), &next)?]).await?;
+        info!(job_id = %id, state = ?next.state, "job resumed");
+        self.metrics.job_changed(Some(job), &next, now_ms);
+        model.cluster.put_job(next);
+        self.run_scheduler(&mut model, now_ms).await?;
         model.cluster.job(id).cloned().ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))
     }
 
@@ -386,7 +401,7 @@ impl ControlPlane {
         }
         let assignments = {
             let jobs: Vec<&JobRecord> = model.cluster.jobs().values().collect();
-            schedule(&jobs, &model.cluster.schedulable_workers())
+            schedule(&jobs, &model.cluster.schedulable_workers(), now_ms)
         };
         for assignment in assignments {
             let short = model.cluster.job(&assignment.job).and_then(|j| j.task(&assignment.task)).is_some_and(|t| assignment.world_size < t.world_size);
@@ -477,9 +492,12 @@ mod tests {
         control.fail_task(&w1, &g1.task_ref(), "gradient exchange failed".into(), true, 10).await.expect("fail");
         // Until they heartbeat again, neither rank of the failed gang gets a task.
         assert!(heartbeat(&control, &w3, 11).await.is_empty(), "w3 alone cannot hold a gang of two");
-        // w1 heartbeats: it is alive, and the retried gang goes to w1 and w3, not to w2.
-        let on_w1 = heartbeat(&control, &w1, 12).await;
-        let on_w3 = heartbeat(&control, &w3, 12).await;
+        // w1 heartbeats after the retry's back-off (at most retry_backoff_s = 2 s): it is
+        // alive, and the retried gang goes to w1 and w3, not to w2.
+        assert!(heartbeat(&control, &w1, 12).await.is_empty(), "the retry waits out its back-off");
+        control.expire_leases(2_012).await.expect("the periodic pass places what is due");
+        let on_w1 = heartbeat(&control, &w1, 2_012).await;
+        let on_w3 = heartbeat(&control, &w3, 2_012).await;
         assert_eq!((on_w1.len(), on_w3.len()), (1, 1), "the retry runs on the two workers that proved alive");
         assert!(on_w1[0].attempt > g1.attempt, "a new attempt");
         let record = control.job(&job).await.expect("job");
@@ -513,8 +531,10 @@ mod tests {
         // The survivor's rank, blocked on its dead peer, reports the broken ring late: its
         // attempt is already over, and the report changes nothing.
         control.fail_task(&w1, &g1.task_ref(), "gradient exchange failed: peer timed out".into(), true, 61_500).await.expect("fail");
-        heartbeat(&control, &w1, 62_000).await;
-        heartbeat(&control, &w3, 62_000).await;
+        // After the retry's back-off (at most 2 s), the periodic pass places it.
+        control.expire_leases(63_000).await.expect("expire");
+        heartbeat(&control, &w1, 63_000).await;
+        heartbeat(&control, &w3, 63_000).await;
         let (live, state) = live_training(&control, &job).await;
         assert!(!state.is_final(), "two attempts allowed, one used: {state:?}");
         assert_eq!(live, [(2, Some(w1)), (2, Some(w3))], "attempt 2 runs on w1 and w3, not on the lost w2 ({w2})");
@@ -603,14 +623,15 @@ mod tests {
         control.register(w2.clone(), "h".into(), cpu(), 5).await.expect("register");
         heartbeat(&control, &w2, 60_000).await;
         control.expire_leases(61_000).await.expect("expire");
-        let second = heartbeat(&control, &w2, 61_500).await;
+        control.expire_leases(63_000).await.expect("the periodic pass places the retry after its back-off");
+        let second = heartbeat(&control, &w2, 63_000).await;
         assert_eq!(second.iter().map(|a| (a.kind, a.attempt)).collect::<Vec<_>>(), [(TaskKind::Train, 2)]);
 
         // w1 wakes: it is told to stop what it runs, and its finished attempt 1 counts for nothing.
-        let reply = control.heartbeat(&w1, vec![first.task.clone()], 62_000).await.expect("heartbeat");
+        let reply = control.heartbeat(&w1, vec![first.task.clone()], 63_500).await.expect("heartbeat");
         assert_eq!(reply.cancel, std::slice::from_ref(&first.task), "the reassigned task is stopped");
         let model = teacher_model();
-        control.finish_task(&w1, &first.task_ref(), TaskOutcome::Trained(model), 62_100).await.expect("a late report is accepted and ignored");
+        control.finish_task(&w1, &first.task_ref(), TaskOutcome::Trained(model), 63_600).await.expect("a late report is accepted and ignored");
         let record = control.job(&job).await.expect("job");
         assert!(!record.state.is_final(), "the job waits for attempt 2: {:?}", record.state);
         assert!(record.rounds.iter().all(|r| r.model.is_none()), "no model from the stale attempt");

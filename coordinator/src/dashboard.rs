@@ -260,6 +260,10 @@ struct JobView {
     #[serde(flatten)]
     line: JobLine,
     reason: Option<String>,
+    /// Why the last failed attempt failed, while the job is not final (it retries).
+    last_failure: Option<String>,
+    /// When the next attempt may start, while one waits out its back-off.
+    retry_at_ms: Option<u64>,
     updated_at_ms: u64,
     class_names: Vec<String>,
     epochs: Vec<EpochPoint>,
@@ -317,6 +321,8 @@ impl JobView {
         Self {
             line: JobLine::of(job),
             reason: state_of(&job.state).1,
+            last_failure: job.last_failure.clone().filter(|_| !job.state.is_final()),
+            retry_at_ms: job.retry_at_ms(),
             updated_at_ms: job.updated_at_ms,
             class_names: job.result.as_ref().map(|r| r.class_names.clone()).unwrap_or(class_names),
             epochs,

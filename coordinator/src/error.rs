@@ -20,6 +20,8 @@ pub enum CoordinatorError {
     WorkerNotFound(WorkerId),
     #[error("task {task} is not assigned to worker {worker}")]
     NotAssigned { task: TaskId, worker: WorkerId },
+    #[error("{0}")]
+    NotResumable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("stored record `{key}` cannot be read: {problem}")]

@@ -53,6 +53,12 @@ pub struct JobLabel {
     pub job: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabel {
+    pub job: String,
+    pub reason: String,
+}
+
 type Seconds = Family<KindLabel, Histogram, fn() -> Histogram>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
@@ -61,11 +67,12 @@ pub const JOB_STATES: [&str; 8] = ["queued", "preparing", "training", "pseudo_la
 
 /// The gRPC methods Feral serves; a call to any other path counts as `unknown` (so a client
 /// cannot grow the label set).
-const RPC_METHODS: [&str; 12] = [
+const RPC_METHODS: [&str; 13] = [
     "SubmitJob",
     "GetJob",
     "ListJobs",
     "CancelJob",
+    "ResumeJob",
     "WatchJob",
     "ListWorkers",
     "Register",
@@ -77,16 +84,7 @@ const RPC_METHODS: [&str; 12] = [
 ];
 
 pub fn state_name(state: &JobState) -> &'static str {
-    match state {
-        JobState::Queued => "queued",
-        JobState::Preparing => "preparing",
-        JobState::Training => "training",
-        JobState::PseudoLabeling => "pseudo_labeling",
-        JobState::Selecting => "selecting",
-        JobState::Succeeded => "succeeded",
-        JobState::Failed { .. } => "failed",
-        JobState::Cancelled { .. } => "cancelled",
-    }
+    state.name()
 }
 
 /// What the state gauges show, counted by the control plane under its lock.
@@ -110,6 +108,8 @@ pub struct RunningJob {
     /// Of the last epoch reported (none before the first).
     pub macro_f1: Option<f64>,
     pub images_per_second: Option<f64>,
+    /// Why its last failed attempt failed, while it waits to retry or retries.
+    pub last_failure: Option<String>,
 }
 
 fn seconds_buckets() -> Histogram {
@@ -137,6 +137,7 @@ pub struct Metrics {
     job_epoch: Family<JobLabel, Gauge>,
     job_macro_f1: Family<JobLabel, FloatGauge>,
     job_images_per_second: Family<JobLabel, FloatGauge>,
+    job_last_failure: Family<FailureLabel, Gauge>,
     /// When each assigned task started, and when each job entered its phase (ms); only
     /// what this process saw happen (a restarted coordinator times what follows).
     clocks: Mutex<Clocks>,
@@ -165,6 +166,7 @@ impl Default for Metrics {
             job_epoch: Family::default(),
             job_macro_f1: Family::default(),
             job_images_per_second: Family::default(),
+            job_last_failure: Family::default(),
             clocks: Mutex::default(),
         }
     }
@@ -194,6 +196,7 @@ impl Metrics {
         feral.register("job_epoch", "Last reported epoch of each job that is not final", self.job_epoch.clone());
         feral.register("job_validation_macro_f1", "Validation macro-F1 of each running job's last epoch", self.job_macro_f1.clone());
         feral.register("job_images_per_second", "Training images per second of each running job's last epoch (all ranks)", self.job_images_per_second.clone());
+        feral.register("job_last_failure", "1 for each running job one of whose attempts failed, labelled with the last failure's reason", self.job_last_failure.clone());
     }
 
     /// Counts what changed from `old` (absent for a new job) to `new`: tasks assigned,
@@ -253,6 +256,7 @@ impl Metrics {
         for family in [&self.job_round, &self.job_epoch] {
             family.clear();
         }
+        self.job_last_failure.clear();
         for family in [&self.job_macro_f1, &self.job_images_per_second] {
             family.clear();
         }
@@ -265,6 +269,9 @@ impl Metrics {
             }
             if let Some(rate) = job.images_per_second {
                 self.job_images_per_second.get_or_create(&label).set(rate);
+            }
+            if let Some(reason) = &job.last_failure {
+                self.job_last_failure.get_or_create(&FailureLabel { job: job.id.to_string(), reason: reason.clone() }).set(1);
             }
         }
     }

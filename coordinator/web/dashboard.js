@@ -217,6 +217,7 @@ function renderJob(job) {
     el('h1', {}, `${job.name} `, el('span', { class: 'muted' }, job.id)),
     progress,
     job.reason ? el('p', { class: 'error' }, job.reason) : '',
+    job.last_failure ? el('p', { class: 'error' }, `Retrying${job.retry_at_ms && job.retry_at_ms > Date.now() ? ` in ${Math.ceil((job.retry_at_ms - Date.now()) / 1000)} s` : ''}; last failure: ${job.last_failure}`) : '',
     summary,
     curves,
     el('div', { class: 'grid' },

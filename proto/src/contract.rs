@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use feral_common::ids::{JobId, Round, TaskId};
 use feral_common::task::{
-    Assignment, DatasetSummary, EpochReport, InferPartial, ShardRef, TaskInputs, TaskKind,
+    Assignment, CheckpointRef, DatasetSummary, EpochReport, InferPartial, ShardRef, TaskInputs, TaskKind,
     TaskOutcome, TaskRef, TrainedModel,
 };
 
@@ -105,6 +105,7 @@ impl From<&Assignment> for pb::TaskAssignment {
             selection_file: text(&a.inputs.selection_file),
             rank: a.rank,
             world_size: a.world_size,
+            resume_from: a.inputs.resume_from.iter().map(|c| pb::CheckpointRef { attempt: c.attempt, epoch: c.epoch }).collect(),
         }
     }
 }
@@ -147,6 +148,7 @@ impl TryFrom<pb::TaskAssignment> for Assignment {
                 class_prior: a.class_prior,
                 shards: a.shards,
                 selection_file: path(a.selection_file),
+                resume_from: a.resume_from.into_iter().map(|c| CheckpointRef { attempt: c.attempt, epoch: c.epoch }).collect(),
             },
         })
     }
@@ -304,6 +306,7 @@ mod tests {
                 class_prior: vec![0.25, 0.75],
                 shards: vec![],
                 selection_file: Some("/a/job-1/r1/selection.safetensors".into()),
+                resume_from: vec![CheckpointRef { attempt: 1, epoch: 4 }, CheckpointRef { attempt: 1, epoch: 3 }],
             },
         }
     }
@@ -450,10 +453,12 @@ mod tests {
                 (spec_toml, artifact_dir, init_model, selection_file) in ("\\PC{0,6}", "\\PC{0,6}", "\\PC{0,6}", "\\PC{0,6}"),
                 (class_weights, class_prior) in (prop::collection::vec(any::<f64>(), 0..4), prop::collection::vec(any::<f64>(), 0..4)),
                 shards in prop::collection::vec("\\PC{0,6}", 0..3),
+                resume in prop::collection::vec((any::<u32>(), any::<u32>()), 0..3),
             ) -> pb::TaskAssignment {
                 // Half the tasks belong to their job, so that conversions also succeed.
                 let task_id = if same_job { format!("{job_id}/r{round}/train/a{attempt}") } else { task_id };
-                pb::TaskAssignment { job_id, task_id, kind, round, attempt, device, spec_toml, artifact_dir, init_model, class_weights, class_prior, shards, selection_file, rank, world_size }
+                let resume_from = resume.into_iter().map(|(attempt, epoch)| pb::CheckpointRef { attempt, epoch }).collect();
+                pb::TaskAssignment { job_id, task_id, kind, round, attempt, device, spec_toml, artifact_dir, init_model, class_weights, class_prior, shards, selection_file, rank, world_size, resume_from }
             }
         }
 

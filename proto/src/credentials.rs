@@ -45,13 +45,20 @@ pub fn client_tls(ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) ->
 pub fn endpoint(url: &str, tls: Option<&ClientTlsConfig>, connect_timeout: Duration) -> Result<Endpoint, String> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| format!("coordinator address {url:?} is not a valid URL (expected e.g. http://127.0.0.1:7070): {e}"))?
-        .connect_timeout(connect_timeout);
+        .connect_timeout(connect_timeout)
+        .timeout(REQUEST_TIMEOUT);
     match (url.starts_with("https://"), tls) {
         (true, Some(tls)) => endpoint.tls_config(tls.clone()).map_err(|e| format!("TLS settings for {url}: {e}")),
         (true, None) => Err(format!("{url} is an https:// address: give --tls-ca (FERAL_TLS_CA), the CA that signed the coordinator's certificate")),
         (false, _) => Ok(endpoint),
     }
 }
+
+/// How long a client waits for a coordinator's answer (the response's headers: a stream
+/// such as `WatchJob` then flows as long as it lasts). A paused or cut-off coordinator
+/// cannot hold a client longer: the call fails with `Cancelled` ("Timeout expired") and a
+/// client of several coordinators tries the next (docs/design.md §3, High availability).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The environment variable that holds a token itself.
 pub const TOKEN_ENV: &str = "FERAL_TOKEN";

@@ -73,11 +73,13 @@ impl Coordinators {
     }
 
     /// After a failed call: moves to the leader the answer names, or to the next address
-    /// when the call reached no coordinator (or a standby that knows no leader). Returns
+    /// when the call reached no coordinator, timed out (a paused leader: see
+    /// [`REQUEST_TIMEOUT`](crate::credentials::REQUEST_TIMEOUT)), or reached a standby that
+    /// knows no leader. Returns
     /// whether it moved to a named leader: a caller may call again at once then, and
     /// should back off otherwise.
     pub fn failed(&self, status: &Status) -> bool {
-        if self.channels.len() < 2 || !matches!(status.code(), Code::Unavailable | Code::Unknown | Code::DeadlineExceeded) {
+        if self.channels.len() < 2 || !matches!(status.code(), Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled) {
             return false;
         }
         let named = leader_of(status).and_then(|leader| self.addresses.iter().position(|a| a.trim_end_matches('/') == leader.trim_end_matches('/')));
@@ -115,6 +117,32 @@ mod tests {
         let one = Coordinators::parse("http://a:1").expect("one");
         assert!(!one.failed(&standby("http://b:2")));
         assert_eq!(one.current(), "http://a:1");
+    }
+
+    /// A coordinator that accepts connections and never answers (SIGSTOPped: the kernel
+    /// still completes the handshake) holds a call for REQUEST_TIMEOUT at most, and the
+    /// client then moves to the next coordinator.
+    #[tokio::test]
+    async fn a_call_to_a_paused_coordinator_times_out_and_the_client_moves_on() {
+        let paused = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = paused.local_addr().expect("address");
+        // Accept and hold every connection, reading nothing, for the whole test.
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in paused.incoming() {
+                held.push(stream);
+            }
+        });
+        let coordinators = Coordinators::parse(&format!("http://{address},http://127.0.0.1:1")).expect("two");
+        let mut client = crate::v1::worker_service_client::WorkerServiceClient::new(coordinators.channel());
+        let request = crate::v1::HeartbeatRequest { worker_id: "w1".into(), running_task_ids: vec![] };
+        let started = std::time::Instant::now();
+        let call = tokio::time::timeout(Duration::from_secs(60), client.heartbeat(request)).await;
+        let status = call.expect("the call ends by itself, not by this test's limit").expect_err("no answer");
+        assert!(started.elapsed() >= crate::credentials::REQUEST_TIMEOUT, "it waited its deadline");
+        assert_eq!(status.code(), Code::Cancelled, "{status:?}");
+        assert!(!coordinators.failed(&status), "no leader named");
+        assert_eq!(coordinators.current(), "http://127.0.0.1:1", "the next address");
     }
 
     #[tokio::test]

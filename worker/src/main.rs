@@ -73,6 +73,9 @@ async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
+    // Fail points (checkpoint writes) from FAILPOINTS, for fault-injection runs
+    // (scripts/chaos.sh); none without it.
+    let _fail_points = fail::FailScenario::setup();
     let args = Args::parse();
     let file = match &args.config {
         Some(path) => WorkerFile::load(path)?,

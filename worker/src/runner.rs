@@ -48,7 +48,7 @@ impl TaskRunner for TchRunner {
         stop: &AtomicBool,
     ) -> Result<TaskOutcome, TaskError> {
         let spec = JobSpec::from_toml(&task.spec_toml)?;
-        let context = TaskContext { spec, round: task.round.0, artifact_dir: task.artifact_dir.clone(), device: torch_device(task.device) };
+        let context = TaskContext { spec, round: task.round.0, attempt: task.attempt, artifact_dir: task.artifact_dir.clone(), device: torch_device(task.device) };
         let inputs = &task.inputs;
         Ok(match task.kind {
             TaskKind::Prepare => TaskOutcome::Prepared(tasks::prepare(&context)?),

@@ -18,6 +18,9 @@ use crate::train::LoaderError;
 pub struct TaskContext {
     pub spec: JobSpec,
     pub round: u32,
+    /// Which attempt of its task this is (1 for the first): a training task writes under
+    /// its own `a<attempt>` directory of the round.
+    pub attempt: u32,
     pub artifact_dir: PathBuf,
     pub device: tch::Device,
 }
@@ -100,7 +103,8 @@ pub fn create_dir(dir: &Path) -> Result<(), TaskError> {
 
 /// Writes `value` as pretty JSON to `path`, atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TaskError> {
-    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| TaskError::Write { path: path.to_path_buf(), source: std::io::Error::new(std::io::ErrorKind::InvalidData, e) })?;
     write_atomically(path, |partial| std::fs::write(partial, text).map_err(|source| TaskError::Write { path: partial.to_path_buf(), source }))
 }
 

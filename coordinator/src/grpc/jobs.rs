@@ -99,6 +99,13 @@ impl pb::job_service_server::JobService for JobApi {
         Ok(Response::new(job_to_proto(&job)))
     }
 
+    async fn resume_job(&self, request: Request<pb::ResumeJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let control = self.role.control()?;
+        let id = job_id(&request.get_ref().job_id)?;
+        let job = control.resume(&id, now_ms()).await.map_err(to_status)?;
+        Ok(Response::new(job_to_proto(&job)))
+    }
+
     type WatchJobStream = JobEventStream;
 
     async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {

@@ -17,7 +17,7 @@ pub fn to_status(error: CoordinatorError) -> tonic::Status {
     match error {
         CoordinatorError::InvalidArgument(_) | CoordinatorError::InvalidSpec(_) | CoordinatorError::InvalidMessage(_) => Status::invalid_argument(message),
         CoordinatorError::JobNotFound(_) | CoordinatorError::WorkerNotFound(_) => Status::not_found(message),
-        CoordinatorError::NotAssigned { .. } => Status::failed_precondition(message),
+        CoordinatorError::NotAssigned { .. } | CoordinatorError::NotResumable(_) => Status::failed_precondition(message),
         CoordinatorError::Store(_) => Status::unavailable(message),
         CoordinatorError::CorruptRecord { .. } => Status::internal(message),
     }

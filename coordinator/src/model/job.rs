@@ -24,7 +24,7 @@ use feral_common::metrics::MetricsSummary;
 use feral_common::spec::JobSpec;
 use serde::{Deserialize, Serialize};
 
-use feral_common::task::{DatasetSummary, EpochReport, InferPartial, SelectionSummary, TaskInputs, TaskKind, TaskOutcome, TrainedModel};
+use feral_common::task::{CheckpointRef, DatasetSummary, EpochReport, InferPartial, SelectionSummary, TaskInputs, TaskKind, TaskOutcome, TrainedModel};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum JobState {
@@ -40,6 +40,20 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// The state's one name, as `/metrics` labels and messages spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Preparing => "preparing",
+            JobState::Training => "training",
+            JobState::PseudoLabeling => "pseudo_labeling",
+            JobState::Selecting => "selecting",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed { .. } => "failed",
+            JobState::Cancelled { .. } => "cancelled",
+        }
+    }
+
     pub fn is_final(&self) -> bool {
         matches!(self, JobState::Succeeded | JobState::Failed { .. } | JobState::Cancelled { .. })
     }
@@ -73,6 +87,13 @@ pub struct TaskRecord {
     /// than a failure: they do not count against `resources.max_attempts`.
     #[serde(default)]
     pub regrowths: u32,
+    /// Attempts before a `ResumeJob` that do not count against `resources.max_attempts`
+    /// (a resumed job gets a fresh budget).
+    #[serde(default)]
+    pub forgiven: u32,
+    /// A retry waits out its back-off: not placed before this time (ms since the epoch).
+    #[serde(default)]
+    pub not_before_ms: u64,
 }
 
 fn one() -> u32 {
@@ -83,7 +104,7 @@ impl TaskRecord {
     fn new(job: &JobId, kind: TaskKind, round: Round, shard: Option<String>, attempt: u32) -> Self {
         let part = shard.as_deref().map(|s| format!("/{}", s.trim_end_matches(".safetensors"))).unwrap_or_default();
         let id = TaskId::new(format!("{job}/r{round}/{}{part}/a{attempt}", kind.name()));
-        Self { id, kind, round, shard, attempt, rank: 0, world_size: 1, state: TaskState::Pending, regrowths: 0 }
+        Self { id, kind, round, shard, attempt, rank: 0, world_size: 1, state: TaskState::Pending, regrowths: 0, forgiven: 0, not_before_ms: 0 }
     }
 
     /// The `world_size` rank tasks of one data-parallel gang.
@@ -130,7 +151,21 @@ impl TaskRecord {
 
     /// Attempts of this task that failed or were lost before this one.
     fn failures_before(&self) -> u32 {
-        self.attempt.saturating_sub(1).saturating_sub(self.regrowths)
+        self.attempt.saturating_sub(1).saturating_sub(self.regrowths).saturating_sub(self.forgiven)
+    }
+
+    /// Whether the scheduler may place it at `now_ms`: pending, its back-off over.
+    pub fn is_placeable(&self, now_ms: u64) -> bool {
+        self.state == TaskState::Pending && self.not_before_ms <= now_ms
+    }
+
+    /// A number in [0, 1) that is the same for the same task id: the jitter of its
+    /// back-off, so that the pure model stays a function of its inputs.
+    fn jitter(&self) -> f64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.id.as_str().hash(&mut hasher);
+        (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -146,6 +181,11 @@ pub struct RoundRecord {
     pub class_prior: Vec<f64>,
     pub selection: Option<SelectionSummary>,
     pub model: Option<TrainedModel>,
+    /// The epoch-end checkpoints of this round's training that the coordinator recorded
+    /// (each reported by the attempt that wrote it), oldest first, each epoch once: what a
+    /// new attempt may resume from (docs/design.md §3, Checkpoints).
+    #[serde(default)]
+    pub checkpoints: Vec<CheckpointRef>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -186,6 +226,9 @@ pub struct JobRecord {
     /// moves only that worker's share (and survives a coordinator restart or fail-over).
     #[serde(default)]
     pub shard_plan: BTreeMap<String, String>,
+    /// Why the last failed attempt of one of its tasks failed (shown while it retries).
+    #[serde(default)]
+    pub last_failure: Option<String>,
 }
 
 /// What can happen to a job. Events about a task that is no longer live (a late report
@@ -228,6 +271,7 @@ impl JobRecord {
             rounds: Vec::new(),
             result: None,
             shard_plan: BTreeMap::new(),
+            last_failure: None,
         }
     }
 
@@ -272,6 +316,7 @@ impl JobRecord {
                 class_prior: prior,
                 shards: Vec::new(),
                 selection_file: current.selection.map(|s| PathBuf::from(s.selection_file)),
+                resume_from: current.checkpoints.iter().rev().copied().collect(),
             },
             TaskKind::Infer => TaskInputs { init_model: previous_model, shards: task.shard.iter().cloned().collect(), ..TaskInputs::default() },
             TaskKind::Select => TaskInputs {
@@ -280,6 +325,14 @@ impl JobRecord {
                 ..TaskInputs::default()
             },
         }
+    }
+
+    /// When the job's next attempt may start, while a retry waits out its back-off.
+    pub fn retry_at_ms(&self) -> Option<u64> {
+        if self.state.is_final() {
+            return None;
+        }
+        self.tasks.iter().filter(|t| t.state == TaskState::Pending && t.not_before_ms > 0).map(|t| t.not_before_ms).max()
     }
 
     /// Pseudo-labelling rounds planned after the teacher.
@@ -298,8 +351,8 @@ impl JobRecord {
             JobEvent::TaskAssigned { task, worker, device } => next.assign(task, worker, device),
             JobEvent::TaskProgress { task, worker, epoch, epochs_total } => next.progress(task, worker, epoch, *epochs_total),
             JobEvent::TaskFinished { task, worker, outcome } => next.finish(task, worker, outcome),
-            JobEvent::TaskFailed { task, worker, reason, retryable } => next.fail_task(task, worker, reason, *retryable),
-            JobEvent::WorkerLost { worker } => next.lose_worker(worker),
+            JobEvent::TaskFailed { task, worker, reason, retryable } => next.fail_task(task, worker, reason, *retryable, now_ms),
+            JobEvent::WorkerLost { worker } => next.lose_worker(worker, now_ms),
             JobEvent::CancelRequested { reason } => {
                 next.end_live_tasks();
                 next.state = JobState::Cancelled { reason: reason.clone() };
@@ -354,11 +407,19 @@ impl JobRecord {
 
     fn progress(&mut self, id: &TaskId, worker: &WorkerId, epoch: &EpochReport, epochs_total: u32) -> bool {
         let Some(task) = self.running_on(id, worker) else { return false };
-        let round = task.round;
-        // A resumed attempt reports epochs again from its checkpoint: keep the latest.
+        let (round, attempt) = (task.round, task.attempt);
+        // A resumed attempt reports epochs again from its checkpoint: keep the latest, so
+        // the table holds each epoch of the model that is kept, once.
         self.epochs.retain(|e| !(e.round == round && e.epoch >= epoch.epoch));
         self.epochs.push(EpochReport { round, ..epoch.clone() });
         self.epochs_total = epochs_total;
+        // The epoch's checkpoint is written before it is reported: from now on it is what
+        // a new attempt of this round resumes from (and later ones of a replaced attempt
+        // never are, since its reports change nothing).
+        if let Some(record) = self.round_mut(round) {
+            record.checkpoints.retain(|c| c.epoch < epoch.epoch);
+            record.checkpoints.push(CheckpointRef { attempt, epoch: epoch.epoch });
+        }
         true
     }
 
@@ -541,13 +602,14 @@ impl JobRecord {
         self.rounds.iter_mut().find(|r| r.round == round.0)
     }
 
-    fn fail_task(&mut self, id: &TaskId, worker: &WorkerId, reason: &str, retryable: bool) -> bool {
+    fn fail_task(&mut self, id: &TaskId, worker: &WorkerId, reason: &str, retryable: bool, now_ms: u64) -> bool {
         let Some(task) = self.running_on(id, worker) else { return false };
         task.state = TaskState::Failed { reason: reason.to_owned() };
         let failed = task.clone();
+        self.last_failure = Some(format!("{} task of round {}, attempt {}: {reason}", failed.kind.name(), failed.round, failed.attempt));
         if retryable {
             self.abandon_gang(&failed);
-            self.retry(&failed, reason);
+            self.retry(&failed, reason, now_ms);
         } else {
             self.end_live_tasks();
             self.state = JobState::Failed { reason: reason.to_owned() };
@@ -555,7 +617,7 @@ impl JobRecord {
         true
     }
 
-    fn lose_worker(&mut self, worker: &WorkerId) -> bool {
+    fn lose_worker(&mut self, worker: &WorkerId, now_ms: u64) -> bool {
         let lost: Vec<TaskRecord> = self.tasks.iter().filter(|t| t.worker() == Some(worker)).cloned().collect();
         let mut retried: Vec<(TaskKind, Round, Option<String>, u32)> = Vec::new();
         for task in &lost {
@@ -566,7 +628,9 @@ impl JobRecord {
             }
             // A gang cannot go on without one of its ranks: the whole gang starts again.
             self.abandon_gang(task);
-            self.retry(task, &format!("worker {worker} was lost"));
+            let reason = format!("worker {worker} was lost");
+            self.last_failure = Some(format!("{} task of round {}, attempt {}: {reason}", task.kind.name(), task.round, task.attempt));
+            self.retry(task, &reason, now_ms);
             retried.push(key);
         }
         !lost.is_empty()
@@ -579,8 +643,9 @@ impl JobRecord {
         }
     }
 
-    /// Queues the next attempt of a task, or fails the job when attempts are spent.
-    fn retry(&mut self, task: &TaskRecord, reason: &str) {
+    /// Queues the next attempt of a task after its back-off, or fails the job when
+    /// attempts are spent.
+    fn retry(&mut self, task: &TaskRecord, reason: &str, now_ms: u64) {
         if self.state.is_final() {
             return;
         }
@@ -590,17 +655,75 @@ impl JobRecord {
             self.end_live_tasks();
             let what = format!("{} task of round {}", task.kind.name(), task.round);
             self.state = JobState::Failed { reason: format!("{what}: {reason}; gave up after {tried} attempts") };
-        } else if task.kind == TaskKind::Train {
-            // Always the whole gang: placing it decides how many ranks it gets.
-            let world_size = self.gang_size();
-            let mut gang = TaskRecord::gang(&self.id, task.kind, task.round, task.attempt + 1, world_size);
-            for member in &mut gang {
-                member.regrowths = task.regrowths;
-            }
-            self.tasks.extend(gang);
-        } else {
-            self.tasks.push(TaskRecord::new(&self.id, task.kind, task.round, task.shard.clone(), task.attempt + 1));
+            return;
         }
+        let delay = self.spec.resources.retry_delay(tried, task.jitter());
+        let not_before_ms = now_ms.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+        self.queue_attempt(task, task.attempt + 1, task.forgiven, not_before_ms);
+    }
+
+    /// Queues attempt `attempt` of `task` (the whole gang of a training task: placing it
+    /// decides how many ranks it gets), not placed before `not_before_ms`.
+    fn queue_attempt(&mut self, task: &TaskRecord, attempt: u32, forgiven: u32, not_before_ms: u64) {
+        let mut next = if task.kind == TaskKind::Train {
+            TaskRecord::gang(&self.id, task.kind, task.round, attempt, self.gang_size())
+        } else {
+            vec![TaskRecord::new(&self.id, task.kind, task.round, task.shard.clone(), attempt)]
+        };
+        for member in &mut next {
+            member.regrowths = task.regrowths;
+            member.forgiven = forgiven;
+            member.not_before_ms = not_before_ms;
+        }
+        self.tasks.extend(next);
+    }
+
+    /// The job, failed or cancelled, going on from where it stopped: the tasks of the phase
+    /// it stopped in are queued again as new attempts with a fresh budget (a training
+    /// task resumes from the round's last recorded checkpoint). An error says why it
+    /// cannot be resumed.
+    pub fn resumed(&self, now_ms: u64) -> Result<JobRecord, String> {
+        if !matches!(self.state, JobState::Failed { .. } | JobState::Cancelled { .. }) {
+            return Err(format!("job {} is {}: only a failed or cancelled job can be resumed", self.id, self.state.name()));
+        }
+        // The phase it stopped in: its newest task that did not finish, and that task's
+        // siblings of the same kind and round (a gang, or a round's inference shards).
+        let Some(stopped) = self.tasks.iter().rev().find(|t| t.state != TaskState::Finished).cloned() else {
+            let reason = match &self.state {
+                JobState::Failed { reason } | JobState::Cancelled { reason } => reason.clone(),
+                _ => String::new(),
+            };
+            return Err(format!("job {} stopped between its tasks ({reason}): there is no task to resume; submit it again", self.id));
+        };
+        let mut next = self.clone();
+        next.state = match stopped.kind {
+            TaskKind::Prepare => JobState::Queued,
+            TaskKind::Train => JobState::Training,
+            TaskKind::Infer => JobState::PseudoLabeling,
+            TaskKind::Select => JobState::Selecting,
+        };
+        next.round = stopped.round;
+        let newest_attempt = |shard: Option<&str>| {
+            self.tasks.iter().filter(|t| t.kind == stopped.kind && t.round == stopped.round && t.shard.as_deref() == shard).map(|t| t.attempt).max().unwrap_or(0)
+        };
+        if stopped.kind == TaskKind::Infer {
+            // Every shard of the round not yet predicted.
+            let done = next.round_record(stopped.round).map(|r| r.partials.clone()).unwrap_or_default();
+            let mut shards: Vec<String> = self.tasks.iter().filter(|t| t.kind == TaskKind::Infer && t.round == stopped.round).filter_map(|t| t.shard.clone()).collect();
+            shards.sort();
+            shards.dedup();
+            for shard in shards.into_iter().filter(|s| !done.contains_key(s)) {
+                let template = TaskRecord::new(&self.id, TaskKind::Infer, stopped.round, Some(shard.clone()), 1);
+                let attempt = newest_attempt(Some(&shard)) + 1;
+                next.queue_attempt(&template, attempt, attempt - 1, now_ms);
+            }
+        } else {
+            let attempt = newest_attempt(stopped.shard.as_deref()) + 1;
+            let template = TaskRecord { regrowths: 0, ..stopped };
+            next.queue_attempt(&template, attempt, attempt - 1, now_ms);
+        }
+        next.updated_at_ms = now_ms;
+        Ok(next)
     }
 
     fn end_live_tasks(&mut self) {

@@ -28,7 +28,7 @@ pub struct Placement {
 /// the worker the job's shard plan gives their shard ([`replan`] keeps it current); only a
 /// slot left free after that takes another worker's shard, so no worker idles while shards
 /// wait.
-pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Placement> {
+pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord], now_ms: u64) -> Vec<Placement> {
     let mut ordered: Vec<&&JobRecord> = jobs.iter().filter(|j| !j.state.is_final()).collect();
     let mut busy = busy_devices(jobs, workers);
     let mut free = free_slots(workers, &busy);
@@ -41,7 +41,8 @@ pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Placement
         if free == 0 {
             break;
         }
-        let mut pending: Vec<&TaskRecord> = job.tasks.iter().filter(|t| t.state == TaskState::Pending).collect();
+        // A retry waiting out its back-off is not placed yet.
+        let mut pending: Vec<&TaskRecord> = job.tasks.iter().filter(|t| t.is_placeable(now_ms)).collect();
         if pending.iter().any(|t| t.shard.is_some()) {
             pending.retain(|task| {
                 let Some(worker) = task.shard.as_ref().and_then(|s| job.shard_plan.get(s)) else { return true };
@@ -194,7 +195,7 @@ mod tests {
     fn oldest_job_first_and_load_spread_over_workers() {
         let (old, new, newest) = (job("b", 1), job("a", 2), job("c", 3));
         let (w1, w2) = (worker("w1", 2, WorkerState::Live), worker("w2", 1, WorkerState::Live));
-        let assignments = schedule(&[&new, &newest, &old], &[&w1, &w2]);
+        let assignments = schedule(&[&new, &newest, &old], &[&w1, &w2], 0);
         let pairs: Vec<(&str, &str, &str)> =
             assignments.iter().map(|a| (a.job.as_str(), a.worker.as_str(), a.device.as_str())).collect();
         assert_eq!(pairs, vec![("b", "w1", "cuda:0"), ("a", "w2", "cuda:0"), ("c", "w1", "cuda:1")]);
@@ -210,12 +211,12 @@ mod tests {
         let small = job("s", 2);
         // Two free slots: the gang of three waits, the later single task runs.
         let (w1, w2) = (worker("w1", 1, WorkerState::Live), worker("w2", 1, WorkerState::Live));
-        let assignments = schedule(&[&gang_job, &small], &[&w1, &w2]);
+        let assignments = schedule(&[&gang_job, &small], &[&w1, &w2], 0);
         assert_eq!(assignments.len(), 1);
         assert_eq!(assignments[0].job.as_str(), "s");
         // Three free slots on two workers: all three ranks are placed.
         let w3 = worker("w3", 2, WorkerState::Live);
-        let assignments = schedule(&[&gang_job], &[&w1, &w3]);
+        let assignments = schedule(&[&gang_job], &[&w1, &w3], 0);
         assert_eq!(assignments.len(), 3);
         let mut slots: Vec<(String, String)> = assignments.iter().map(|a| (a.worker.to_string(), a.device.clone())).collect();
         slots.sort();
@@ -231,18 +232,18 @@ mod tests {
         elastic.tasks = TaskRecord::gang_for_test(&elastic.id, 4);
         let (w1, w2, w3) = (worker("w1", 1, WorkerState::Live), worker("w2", 2, WorkerState::Live), worker("w3", 1, WorkerState::Lost));
         // One free slot: below the minimum, nothing is placed, and the job says why.
-        let placed = schedule(&[&elastic], &[&w1, &w3]);
+        let placed = schedule(&[&elastic], &[&w1, &w3], 0);
         assert!(placed.is_empty(), "{placed:?}");
         let reason = waiting_reason(&elastic, &[&w1, &w3]).expect("waits");
         assert!(reason.contains("waiting for 2 device slots") && reason.contains("resources.min_workers = 2"), "{reason}");
         // Three free slots: ranks 0, 1 and 2 are placed as a gang of three.
-        let placed = schedule(&[&elastic], &[&w1, &w2, &w3]);
+        let placed = schedule(&[&elastic], &[&w1, &w2, &w3], 0);
         let ranks: Vec<(u32, u32)> = placed.iter().map(|p| (elastic.task(&p.task).expect("task").rank, p.world_size)).collect();
         assert_eq!(ranks, vec![(0, 3), (1, 3), (2, 3)]);
         assert_eq!(waiting_reason(&elastic, &[&w1, &w2]), None);
         // A fixed gang of four waits for four.
         elastic.spec.resources.min_workers = None;
-        assert!(schedule(&[&elastic], &[&w1, &w2, &w3]).is_empty());
+        assert!(schedule(&[&elastic], &[&w1, &w2, &w3], 0).is_empty());
         // Free slots are counted over what every job holds.
         assert_eq!(free_slot_count(&[&elastic], &[&w1, &w2, &w3]), 3);
         elastic.tasks[0].state = TaskState::Assigned { worker: WorkerId::new("w2"), device: "cuda:1".into() };
@@ -259,7 +260,7 @@ mod tests {
         let (w1, w2) = (worker("w1", 1, WorkerState::Live), worker("w2", 1, WorkerState::Live));
         let planned = replan(&labelling, &[&w1, &w2]).expect("a first plan");
         labelling.shard_plan = planned.clone();
-        let first = schedule(&[&labelling], &[&w1, &w2]);
+        let first = schedule(&[&labelling], &[&w1, &w2], 0);
         assert_eq!(first.len(), 2, "one task per free slot");
         for a in &first {
             let shard = labelling.task(&a.task).and_then(|t| t.shard.clone()).expect("an inference task");
@@ -272,7 +273,7 @@ mod tests {
         for task in labelling.tasks.iter_mut().filter(|t| !w1_shards.contains(t.shard.as_ref().expect("shard"))) {
             task.state = TaskState::Finished;
         }
-        let stolen = schedule(&[&labelling], &[&w1, &w2]);
+        let stolen = schedule(&[&labelling], &[&w1, &w2], 0);
         assert_eq!(stolen.len(), 2, "w2 helps with w1's shards");
         assert!(stolen.iter().any(|a| a.worker.as_str() == "w2"));
     }
@@ -342,7 +343,7 @@ mod tests {
         running.tasks[0].state = TaskState::Assigned { worker: WorkerId::new("w1"), device: "cuda:0".into() };
         let waiting = job("b", 2);
         let (w1, w2) = (worker("w1", 1, WorkerState::Live), worker("w2", 4, WorkerState::Lost));
-        assert!(schedule(&[&running, &waiting], &[&w1, &w2]).is_empty());
+        assert!(schedule(&[&running, &waiting], &[&w1, &w2], 0).is_empty());
         assert!(running.task(&task).is_some());
     }
 }

@@ -16,6 +16,7 @@
 //! at the end, and only reported.
 
 mod batches;
+pub mod checkpoint;
 pub mod consistency;
 mod ema;
 mod export;
@@ -48,7 +49,7 @@ use strong::StrongAugmentation;
 
 use feral_common::ids::Round;
 use feral_common::spec::DebiasTarget;
-use feral_common::task::{EpochReport, TaskInputs, TrainedModel};
+use feral_common::task::{CheckpointRef, EpochReport, TaskInputs, TrainedModel};
 
 use crate::collective::{self, Collective, CollectiveError};
 use crate::metrics::WorkerMetrics;
@@ -61,13 +62,6 @@ use crate::task::{create_dir, write_atomically, write_json, TaskContext, TaskErr
 pub struct TrainTask {
     pub context: TaskContext,
     pub inputs: TaskInputs,
-}
-
-/// Written beside each epoch-end checkpoint.
-#[derive(Debug, Serialize, Deserialize)]
-struct CheckpointInfo {
-    round: u32,
-    epoch: u32,
 }
 
 /// Written beside the final model: what a user needs to load it elsewhere.
@@ -158,17 +152,14 @@ struct RoundTraining<'t> {
     classes: usize,
     image: [i64; 3],
     round_dir: PathBuf,
+    /// `<round_dir>/a<attempt>`: this attempt's checkpoints and model.
+    attempt_dir: PathBuf,
     vs: nn::VarStore,
     net: Box<dyn Network>,
     ema_vs: nn::VarStore,
     ema_net: Box<dyn Network>,
     optimizer: optim::Optimizer,
     trainable: Vec<Tensor>,
-    checkpoint: PathBuf,
-    checkpoint_ema: PathBuf,
-    checkpoint_info: PathBuf,
-    checkpoint_optimizer: PathBuf,
-    checkpoint_online: PathBuf,
     /// The first epoch this attempt trains (after a resumed checkpoint's), and the last.
     first_epoch: u32,
     epochs: u32,
@@ -215,6 +206,11 @@ impl<'t> RoundTraining<'t> {
         };
         let round_dir = context.round_dir();
         create_dir(&round_dir)?;
+        let attempt_dir = checkpoint::attempt_dir(&round_dir, context.attempt);
+        if rank == 0 {
+            // What an interrupted write of an earlier attempt left (rank 0 alone writes).
+            checkpoint::remove_partials(&round_dir);
+        }
         if spec.train.threads > 0 {
             tch::set_num_threads(spec.train.threads as i32);
         }
@@ -251,12 +247,17 @@ impl<'t> RoundTraining<'t> {
         }
         let mut optimizer = optim::Optimizer::new(&spec.train, vs.trainable_variables());
 
-        let checkpoint = round_dir.join("checkpoint.safetensors");
-        let checkpoint_ema = round_dir.join("checkpoint-ema.safetensors");
-        let checkpoint_info = round_dir.join("checkpoint.json");
-        let checkpoint_optimizer = round_dir.join("checkpoint-optimizer.safetensors");
-        let files = [checkpoint.as_path(), checkpoint_ema.as_path(), checkpoint_optimizer.as_path()];
-        let first_epoch = resume(&mut vs, &mut ema_vs, &mut optimizer, files, &checkpoint_info, context.round)? + 1;
+        // Only a checkpoint the coordinator recorded, and only a whole one (see `checkpoint`).
+        let resumed = checkpoint::find_whole(&round_dir, context.round, &task.inputs.resume_from);
+        if let Some((at, dir)) = &resumed {
+            vs.load(dir.join(checkpoint::WEIGHTS))?;
+            ema_vs.load(dir.join(checkpoint::EMA))?;
+            optimizer.load(&dir.join(checkpoint::OPTIMIZER))?;
+            tracing::info!(round = context.round, epoch = at.epoch, from_attempt = at.attempt, "resuming from checkpoint");
+        } else if !task.inputs.resume_from.is_empty() {
+            tracing::warn!(round = context.round, "no recorded checkpoint of the round is whole: it starts again from its beginning");
+        }
+        let first_epoch = resumed.as_ref().map_or(0, |(at, _)| at.epoch) + 1;
         if first_epoch == 1 {
             match &task.inputs.init_model {
                 Some(teacher) => {
@@ -306,13 +307,13 @@ impl<'t> RoundTraining<'t> {
                 _ => labeller,
             }
         });
-        let checkpoint_online = round_dir.join("checkpoint-online.json");
         let mut mask_audit = MaskAudit::default();
-        if let (Some(labeller), true) = (labeller.as_mut(), first_epoch > 1) {
-            if let Some(saved) = std::fs::read_to_string(&checkpoint_online).ok().and_then(|t| serde_json::from_str::<OnlineCheckpoint>(&t).ok()) {
-                labeller.restore(saved.labeller);
-                mask_audit = saved.audit;
-            }
+        if let (Some(labeller), Some((_, dir))) = (labeller.as_mut(), &resumed) {
+            let path = dir.join(checkpoint::ONLINE);
+            let text = std::fs::read_to_string(&path).map_err(|e| TaskError::Corrupt { path: path.clone(), problem: e.to_string() })?;
+            let saved = serde_json::from_str::<OnlineCheckpoint>(&text).map_err(|e| TaskError::Corrupt { path: path.clone(), problem: e.to_string() })?;
+            labeller.restore(saved.labeller);
+            mask_audit = saved.audit;
         }
         let margin = (task.inputs.class_prior.len() == classes && pseudo_batch > 0).then(|| {
             let log_prior: Vec<f32> = task.inputs.class_prior.iter().map(|p| (spec.semi_supervised.tau * p.max(1e-12).ln()) as f32).collect();
@@ -353,17 +354,13 @@ impl<'t> RoundTraining<'t> {
             classes,
             image,
             round_dir,
+            attempt_dir,
             vs,
             net,
             ema_vs,
             ema_net,
             optimizer,
             trainable,
-            checkpoint,
-            checkpoint_ema,
-            checkpoint_info,
-            checkpoint_optimizer,
-            checkpoint_online,
             first_epoch,
             epochs,
             steps,
@@ -382,7 +379,7 @@ impl<'t> RoundTraining<'t> {
     /// Trains epoch `epoch`, validates, and on rank 0 writes the checkpoint and returns the
     /// epoch's report.
     fn epoch(&mut self, epoch: u32, collective: &mut dyn Collective, stop: &AtomicBool, metrics: &WorkerMetrics) -> Result<Option<EpochReport>, TaskError> {
-        let Self { task, rank, full_world, val_data, classes, vs, net, ema_vs, ema_net, optimizer, trainable, checkpoint, checkpoint_ema, checkpoint_info, checkpoint_optimizer, checkpoint_online, steps, total_steps, step_offset, loss_fn, labeller, mask_audit, margin, validation, loader, .. } = self;
+        let Self { task, rank, full_world, val_data, classes, round_dir, vs, net, ema_vs, ema_net, optimizer, trainable, steps, total_steps, step_offset, loss_fn, labeller, mask_audit, margin, validation, loader, .. } = self;
         let (context, steps, total_steps, step_offset, classes, rank) = (&task.context, *steps, *total_steps, *step_offset, *classes, *rank);
         let spec = &context.spec;
         let semi = &spec.semi_supervised;
@@ -483,13 +480,19 @@ impl<'t> RoundTraining<'t> {
         if rank > 0 {
             return Ok(None);
         }
-        write_atomically(checkpoint, |p| vs.save(p))?;
-        write_atomically(checkpoint_ema, |p| ema_vs.save(p))?;
-        write_atomically(checkpoint_optimizer, |p| optimizer.save(p))?;
+        // The whole checkpoint before the report: once the coordinator records the epoch,
+        // a new attempt may resume from it.
+        let (vs, ema_vs, optimizer) = (&*vs, &*ema_vs, &*optimizer);
+        let mut parts: Vec<checkpoint::PartWriter<'_>> = vec![
+            (checkpoint::WEIGHTS, Box::new(move |p: &Path| Ok(vs.save(p)?))),
+            (checkpoint::EMA, Box::new(move |p: &Path| Ok(ema_vs.save(p)?))),
+            (checkpoint::OPTIMIZER, Box::new(move |p: &Path| Ok(optimizer.save(p)?))),
+        ];
         if let Some(labeller) = labeller {
-            write_json(checkpoint_online, &OnlineCheckpoint { labeller: labeller.state(), audit: *mask_audit })?;
+            let state = OnlineCheckpoint { labeller: labeller.state(), audit: *mask_audit };
+            parts.push((checkpoint::ONLINE, Box::new(move |p: &Path| write_json(p, &state))));
         }
-        write_json(checkpoint_info, &CheckpointInfo { round: context.round, epoch })?;
+        checkpoint::write(round_dir, context.round, CheckpointRef { attempt: context.attempt, epoch }, parts)?;
         let report = EpochReport {
             round: Round(context.round),
             epoch,
@@ -505,7 +508,7 @@ impl<'t> RoundTraining<'t> {
     /// Evaluates the test split, trains the temporal encoder on video datasets, and on
     /// rank 0 saves the model, its TorchScript export and its card.
     fn finish(self, collective: &mut dyn Collective, stop: &AtomicBool) -> Result<TrainedModel, TaskError> {
-        let Self { task, rank, dataset, manifest, train_data, val_data, classes, image, round_dir, mut ema_vs, ema_net, first_epoch, epochs, labeller, mask_audit, mut validation, loader, .. } = self;
+        let Self { task, rank, dataset, manifest, train_data, val_data, classes, image, attempt_dir, vs, mut ema_vs, ema_net, optimizer, first_epoch, epochs, labeller, mask_audit, mut validation, loader, .. } = self;
         let context = &task.context;
         let spec = &context.spec;
         if first_epoch > epochs {
@@ -555,15 +558,21 @@ impl<'t> RoundTraining<'t> {
             temporal_vs = Some(vs);
         }
 
-        let model_path = round_dir.join("model.safetensors");
+        // The model goes beside this attempt's checkpoints: only the attempt whose finish the
+        // coordinator accepts is the round's model.
+        let model_path = attempt_dir.join("model.safetensors");
         if rank > 0 {
             return Ok(TrainedModel { validation, frame_validation, test, online: labeller.is_some().then_some(mask_audit), model_path: model_path.display().to_string(), class_names: manifest.classes });
         }
+        create_dir(&attempt_dir)?;
         if let Some(vs) = &temporal_vs {
-            write_atomically(&round_dir.join(temporal::FILE), |p| vs.save(p))?;
+            write_atomically(&attempt_dir.join(temporal::FILE), |p| vs.save(p))?;
         }
         write_atomically(&model_path, |p| ema_vs.save(p))?;
-        write_atomically(&round_dir.join("model.pt"), |p| export::export_torchscript(&mut ema_vs, ema_net.as_ref(), image, context.device, p))?;
+        // The last raw weights and optimiser state, which the next round's student continues.
+        write_atomically(&attempt_dir.join("checkpoint.safetensors"), |p| vs.save(p))?;
+        write_atomically(&attempt_dir.join("checkpoint-optimizer.safetensors"), |p| optimizer.save(p))?;
+        write_atomically(&attempt_dir.join("model.pt"), |p| export::export_torchscript(&mut ema_vs, ema_net.as_ref(), image, context.device, p))?;
         let card = ModelCard {
             arch: format!("{:?}", spec.model.arch),
             cbam: spec.model.cbam,
@@ -587,7 +596,7 @@ impl<'t> RoundTraining<'t> {
                 thresholds: labeller.thresholds(),
             }),
         };
-        write_json(&round_dir.join("model.json"), &card)?;
+        write_json(&attempt_dir.join("model.json"), &card)?;
         Ok(TrainedModel { validation, frame_validation, test, online: labeller.is_some().then_some(mask_audit), model_path: model_path.display().to_string(), class_names: manifest.classes })
     }
 }
@@ -693,38 +702,6 @@ fn learning_rate(base: f64, step: usize, total: usize) -> f64 {
         let progress = (step - warmup) as f64 / (total - warmup).max(1) as f64;
         base * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
     }
-}
-
-/// Loads this round's checkpoint if there is one; returns the last finished epoch.
-fn resume(
-    vs: &mut nn::VarStore,
-    ema_vs: &mut nn::VarStore,
-    optimizer: &mut optim::Optimizer,
-    files: [&Path; 3],
-    info: &Path,
-    round: u32,
-) -> Result<u32, TaskError> {
-    let Ok(text) = std::fs::read_to_string(info) else { return Ok(0) };
-    let Ok(saved) = serde_json::from_str::<CheckpointInfo>(&text) else { return Ok(0) };
-    if saved.round != round || !files.iter().all(|w| w.exists()) {
-        return Ok(0);
-    }
-    // A checkpoint damaged since it was written (every file is renamed into place whole)
-    // is set aside, and the round starts again from its beginning.
-    if let Some((damaged, problem)) = files.iter().find_map(|f| Tensor::read_safetensors(f).err().map(|e| (f, e))) {
-        tracing::warn!(round, file = %damaged.display(), %problem, "the checkpoint does not load: set aside, the round starts again");
-        for file in files.iter().copied().chain([info]) {
-            let mut aside = file.as_os_str().to_owned();
-            aside.push(".corrupt");
-            let _ = std::fs::rename(file, aside);
-        }
-        return Ok(0);
-    }
-    vs.load(files[0])?;
-    ema_vs.load(files[1])?;
-    optimizer.load(files[2])?;
-    tracing::info!(round, epoch = saved.epoch, "resuming from checkpoint");
-    Ok(saved.epoch)
 }
 
 /// [`evaluate`] with rank 0's EMA weights and batch-norm statistics on every rank: each

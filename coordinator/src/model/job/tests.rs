@@ -311,6 +311,116 @@ fn an_elastic_gang_shrinks_to_the_ranks_left_and_grows_back_without_spending_att
     }
 }
 
+fn epoch_report(n: u32) -> EpochReport {
+    EpochReport { round: Round(0), epoch: n, train_loss: 1.0, train_accuracy: 0.5, validation: MetricsSummary::default(), seconds: 1.0, images_per_second: 0.0 }
+}
+
+fn assign_to(job: &JobRecord, task: &TaskId, worker: &str, now_ms: u64) -> JobRecord {
+    job.on_event(&JobEvent::TaskAssigned { task: task.clone(), worker: w(worker), device: "cpu".into() }, now_ms).expect("assign")
+}
+
+fn report(job: &JobRecord, task: &TaskId, worker: &str, epochs: &[u32]) -> JobRecord {
+    let mut job = job.clone();
+    for &n in epochs {
+        let event = JobEvent::TaskProgress { task: task.clone(), worker: w(worker), epoch: epoch_report(n), epochs_total: 5 };
+        job = job.on_event(&event, 3).expect("progress");
+    }
+    job
+}
+
+#[test]
+fn a_retry_resumes_only_from_the_checkpoints_its_round_recorded_newest_first() {
+    let ready = prepared(0, 0);
+    let first = live(&ready, TaskKind::Train)[0].clone();
+    let training = report(&assign_to(&ready, &first, "w1", 1), &first, "w1", &[1, 2]);
+    let retried = training.on_event(&JobEvent::WorkerLost { worker: w("w1") }, 4).expect("loss");
+    let second = retried.task(&live(&retried, TaskKind::Train)[0]).expect("attempt 2").clone();
+    let inputs = retried.task_inputs(&second);
+    assert_eq!(inputs.resume_from, [CheckpointRef { attempt: 1, epoch: 2 }, CheckpointRef { attempt: 1, epoch: 1 }]);
+
+    // Attempt 2 resumes from epoch 2 and reports 3; attempt 1, paused and replaced, wakes and
+    // reports epochs 3 and 4 of its own: they change nothing, and are never resumed from.
+    let after = report(&assign_to(&retried, &second.id, "w2", 5), &second.id, "w2", &[3]);
+    for n in [3, 4] {
+        let stale = JobEvent::TaskProgress { task: first.clone(), worker: w("w1"), epoch: epoch_report(n), epochs_total: 5 };
+        assert_eq!(after.on_event(&stale, 6), None, "a replaced attempt's epoch {n} is not recorded");
+    }
+    let third = after.on_event(&JobEvent::WorkerLost { worker: w("w2") }, 7).expect("loss");
+    let task = third.task(&live(&third, TaskKind::Train)[0]).expect("attempt 3").clone();
+    let resume: Vec<(u32, u32)> = third.task_inputs(&task).resume_from.iter().map(|c| (c.attempt, c.epoch)).collect();
+    assert_eq!(resume, [(2, 3), (1, 2), (1, 1)]);
+    let epochs: Vec<u32> = third.epochs.iter().map(|e| e.epoch).collect();
+    assert_eq!(epochs, [1, 2, 3], "every epoch of the kept model, once");
+}
+
+#[test]
+fn retries_back_off_exponentially_up_to_the_cap_and_say_why() {
+    let mut ready = prepared(0, 0);
+    ready.spec.resources.max_attempts = 10;
+    ready.spec.resources.retry_backoff_s = 2.0;
+    ready.spec.resources.retry_backoff_max_s = 5.0;
+    let mut job = ready;
+    let mut waits = Vec::new();
+    let mut now = 1_000;
+    for _ in 0..4 {
+        let task = live(&job, TaskKind::Train)[0].clone();
+        let pending = job.task(&task).expect("task");
+        assert!(!pending.is_placeable(pending.not_before_ms.saturating_sub(1)) || pending.not_before_ms == 0, "not placed during its back-off");
+        now = now.max(pending.not_before_ms);
+        job = assign_to(&job, &task, "w1", now);
+        let failed = JobEvent::TaskFailed { task, worker: w("w1"), reason: "cannot write /a/j/r0/a1: no space left on device".into(), retryable: true };
+        job = job.on_event(&failed, now).expect("failure");
+        let retry = job.task(&live(&job, TaskKind::Train)[0]).expect("retry").clone();
+        assert!(retry.is_placeable(retry.not_before_ms) && !retry.is_placeable(retry.not_before_ms - 1));
+        assert_eq!(job.retry_at_ms(), Some(retry.not_before_ms));
+        waits.push(retry.not_before_ms - now);
+    }
+    // 2 s, 4 s, then the 5 s cap, each times a jitter in [0.5, 1).
+    for (wait, full) in waits.iter().zip([2_000u64, 4_000, 5_000, 5_000]) {
+        assert!((full / 2..full).contains(wait), "waited {wait} ms of at most {full}: {waits:?}");
+    }
+    let reason = job.last_failure.as_deref().expect("the last failure is kept");
+    assert!(reason.contains("no space left on device") && reason.contains("attempt 4"), "{reason}");
+}
+
+#[test]
+fn a_failed_job_resumes_from_its_last_checkpoint_with_a_fresh_budget() {
+    let ready = prepared(0, 0);
+    let first = live(&ready, TaskKind::Train)[0].clone();
+    let training = report(&assign_to(&ready, &first, "w1", 1), &first, "w1", &[1, 2]);
+    assert!(training.resumed(4).expect_err("a running job").contains("only a failed or cancelled job"));
+    let mut failing = training.on_event(&JobEvent::WorkerLost { worker: w("w1") }, 4).expect("loss");
+    failing.spec.resources.max_attempts = 2;
+    let second = live(&failing, TaskKind::Train)[0].clone();
+    let assigned = assign_to(&failing, &second, "w2", 5);
+    let event = JobEvent::TaskFailed { task: second, worker: w("w2"), reason: "cannot write: no space left on device".into(), retryable: true };
+    let failed = assigned.on_event(&event, 6).expect("failure");
+    assert!(matches!(&failed.state, JobState::Failed { reason } if reason.contains("gave up after 2 attempts")), "{:?}", failed.state);
+
+    let resumed = failed.resumed(7).expect("a failed job resumes");
+    assert_eq!(resumed.state, JobState::Training);
+    let third = resumed.task(&live(&resumed, TaskKind::Train)[0]).expect("attempt 3").clone();
+    assert_eq!((third.attempt, third.not_before_ms), (3, 7), "a new attempt, at once");
+    assert_eq!(resumed.task_inputs(&third).resume_from.first(), Some(&CheckpointRef { attempt: 1, epoch: 2 }));
+    // A fresh budget: it may fail once more before the job fails again.
+    let assigned = assign_to(&resumed, &third.id, "w2", 8);
+    let again = assigned.on_event(&JobEvent::WorkerLost { worker: w("w2") }, 9).expect("loss");
+    assert_eq!(again.state, JobState::Training, "attempts before the resume do not count");
+
+    let cancelled = ready.on_event(&JobEvent::CancelRequested { reason: "by user".into() }, 2).expect("cancel");
+    let resumed = cancelled.resumed(3).expect("a cancelled job resumes");
+    assert_eq!((resumed.state.clone(), live(&resumed, TaskKind::Train).len()), (JobState::Training, 1));
+}
+
+#[test]
+fn a_job_failed_between_its_tasks_cannot_be_resumed() {
+    let job = job(1, 3);
+    let prepare = live(&job, TaskKind::Prepare)[0].clone();
+    let failed = run(job, &prepare, "w1", dataset(0));
+    assert!(matches!(failed.state, JobState::Failed { .. }));
+    assert!(failed.resumed(3).expect_err("nothing to resume").contains("submit it again"));
+}
+
 mod stored_records {
     use super::*;
     use feral_common::task::MaskAudit;
