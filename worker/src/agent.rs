@@ -89,7 +89,8 @@ async fn converse(config: &AgentConfig, coordinators: Coordinators, runner: Arc<
         loop {
             ticks.tick().await;
             let running_ids: Vec<String> = lock(&running).keys().cloned().collect();
-            let request = pb::HeartbeatRequest { worker_id: config.worker_id.clone(), running_task_ids: running_ids };
+            let mut request = tonic::Request::new(pb::HeartbeatRequest { worker_id: config.worker_id.clone(), running_task_ids: running_ids });
+            request.set_timeout(heartbeat_deadline(interval));
             match client(&coordinators).heartbeat(request).await {
                 Ok(reply) => {
                     if failing {
@@ -128,6 +129,14 @@ async fn converse(config: &AgentConfig, coordinators: Coordinators, runner: Arc<
             }
         }
     }
+}
+
+/// How long a heartbeat waits for its answer: two intervals, at least a second, at most
+/// the deadline of every call. A paused leader then holds a worker for about two
+/// heartbeats before it tries the next coordinator, well inside its lease (which the
+/// coordinator sets to many intervals).
+fn heartbeat_deadline(interval: Duration) -> Duration {
+    (interval * 2).clamp(Duration::from_secs(1), feral_proto::credentials::REQUEST_TIMEOUT)
 }
 
 /// Registers, retrying with backoff until the coordinator answers; returns the heartbeat

@@ -2,7 +2,8 @@
 //! `feral-coordinator` processes, three `feral-worker` processes) trains a two-round job with
 //! a two-rank gang twice: once undisturbed, once while, on a schedule, a training rank is
 //! SIGKILLed, another is SIGSTOPped for longer than its lease, the leading coordinator is
-//! SIGKILLed, and etcd is killed and started again. Runs are deterministic given the spec,
+//! SIGSTOPped for several leader leases (then continued: fenced, it exits and is started
+//! again), the new leader is SIGKILLed, and etcd is killed and started again. Runs are deterministic given the spec,
 //! so the disturbed run must end with the undisturbed run's metrics, number for number.
 //! Prints the time from each fault to its detection and recovery, as the coordinator's
 //! API shows them (polled every 50 ms); exits 1 when the job fails or a metric differs.
@@ -71,6 +72,11 @@ impl Process {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Whether the process has exited (by itself: it was not killed from here).
+    fn exited(&mut self) -> Option<()> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()).map(|_| ())
     }
 
     /// Sends `signal` (`STOP`, `CONT`) to the process.
@@ -302,7 +308,37 @@ async fn run(dir: &Path, spec: &str, chaos: bool, figures: &mut Figures) -> anyh
         })
         .await?;
         figures.mark("SIGSTOP of a worker", "continued worker live, its replaced attempt stopped (after SIGCONT)", continued);
-        // 3. The leader is killed once round 2 has begun; it is started again as a standby.
+        // 3. The leader is paused for four leader leases while round 1 trains: the standby
+        //    takes over, the workers' calls to the paused one time out and move to it, and
+        //    training goes on. Continued, the old leader finds its writes fenced and exits;
+        //    it is started again as a standby.
+        let before = wait("round 1 training", Duration::from_secs(300), || async {
+            Ok(cluster.job(&job).await.filter(|j| j.round == 1 && j.epochs.iter().any(|e| e.round == 1)).map(|j| j.epochs.len()))
+        })
+        .await?;
+        let (leader, _) = cluster.leader().await.context("no leader")?;
+        cluster.coordinators[leader].0.signal("STOP")?;
+        let paused_at = Instant::now();
+        println!("SIGSTOP of the leader: coordinator-{} (round 1 training, {before} epochs recorded)", leader + 1);
+        let (new_leader, _) = wait("a new leader", Duration::from_secs(60), || async { Ok(cluster.leader().await.filter(|(i, _)| *i != leader)) }).await?;
+        figures.mark("SIGSTOP of the leader", &format!("coordinator-{} serves as leader", new_leader + 1), paused_at);
+        wait("an epoch recorded by the new leader", Duration::from_secs(120), || async {
+            Ok(cluster.job(&job).await.filter(|j| j.epochs.len() > before || j.round > 1 || j.state == pb::JobState::Succeeded as i32))
+        })
+        .await?;
+        figures.mark("SIGSTOP of the leader", "next epoch recorded (workers moved to the new leader)", paused_at);
+        let pause = Duration::from_secs(4 * LEADER_LEASE_S);
+        tokio::time::sleep(pause.saturating_sub(paused_at.elapsed())).await;
+        cluster.coordinators[leader].0.signal("CONT")?;
+        let continued = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while cluster.coordinators[leader].0.exited().is_none() {
+            anyhow::ensure!(Instant::now() < deadline, "the continued old leader did not exit within 60 s (its writes must be fenced)");
+            tokio::time::sleep(POLL).await;
+        }
+        figures.mark("SIGSTOP of the leader", "continued old leader fenced and exited (after SIGCONT)", continued);
+        cluster.coordinators[leader].0.restart()?;
+        // 4. The leader is killed once round 2 has begun; it is started again as a standby.
         wait("round 2", Duration::from_secs(300), || async { Ok(cluster.job(&job).await.filter(|j| j.round >= 2)) }).await?;
         let (leader, _) = cluster.leader().await.context("no leader")?;
         let killed = Instant::now();
@@ -311,7 +347,7 @@ async fn run(dir: &Path, spec: &str, chaos: bool, figures: &mut Figures) -> anyh
         let (new_leader, _) = wait("a new leader", Duration::from_secs(60), || async { Ok(cluster.leader().await) }).await?;
         figures.mark("SIGKILL of the leader", &format!("coordinator-{} serves as leader", new_leader + 1), killed);
         cluster.coordinators[leader].0.restart()?;
-        // 4. etcd is killed and started again during round 2's training.
+        // 5. etcd is killed and started again during round 2's training.
         let before = wait("round 2 training", Duration::from_secs(300), || async {
             Ok(cluster.job(&job).await.filter(|j| j.epochs.iter().any(|e| e.round == 2)).map(|j| j.epochs.len()))
         })
@@ -335,7 +371,7 @@ async fn run(dir: &Path, spec: &str, chaos: bool, figures: &mut Figures) -> anyh
 }
 
 /// What must come out the same: every round's validation metrics and pseudo-label audit,
-/// and the result.
+/// the result, and the epoch table (each epoch of the kept model, once, in order).
 fn outcome(job: &pb::Job) -> Vec<String> {
     let metrics = |m: Option<&pb::Metrics>| m.map(|m| format!("macro-F1 {:.6}, accuracy {:.6}", m.macro_f1, m.accuracy)).unwrap_or_default();
     let mut lines: Vec<String> = job
@@ -344,6 +380,8 @@ fn outcome(job: &pb::Job) -> Vec<String> {
         .map(|r| format!("round {}: {}; pseudo-labels selected {:?}", r.round, metrics(r.validation.as_ref()), r.selection.as_ref().map(|s| s.selected)))
         .collect();
     lines.push(format!("result: {}", metrics(job.result.as_ref().and_then(|r| r.validation.as_ref()))));
+    let epochs: Vec<String> = job.epochs.iter().map(|e| format!("r{}e{}", e.round, e.epoch)).collect();
+    lines.push(format!("epochs: {}", epochs.join(" ")));
     lines
 }
 
