@@ -238,6 +238,20 @@ pub async fn wait_for_state(client: &JobServiceClient<Channel>, id: &str, states
     .await
 }
 
+/// What interrupted writes left under `dir` (`.partial-*` files and directories, at any depth).
+pub fn partial_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with(".partial") {
+            found.push(path);
+        } else if path.is_dir() {
+            found.extend(partial_files(&path));
+        }
+    }
+    found
+}
+
 /// A small synthetic dataset in `dir`: 32×32 faces, mild imbalance and label noise.
 pub fn synthetic_dataset(dir: &Path, samples: usize) -> anyhow::Result<PathBuf> {
     let config = SyntheticConfig { samples, image_size: 32, imbalance_ratio: 4.0, label_noise: 0.05, seed: 11 };

@@ -50,19 +50,6 @@ fn pages(dir: &Path) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-fn leftovers(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if entry.file_name().to_string_lossy().starts_with(".partial") {
-            found.push(path);
-        } else if path.is_dir() {
-            found.extend(leftovers(&path));
-        }
-    }
-    found
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_failed_by_a_full_disk_resumes_after_space_is_freed_and_ends_with_the_undisturbed_model() -> anyhow::Result<()> {
     init_tracing();
@@ -89,7 +76,7 @@ async fn a_job_failed_by_a_full_disk_resumes_after_space_is_freed_and_ends_with_
     assert!(failed.last_failure.contains("No space left on device"), "the last failure says why: {}", failed.last_failure);
     let epochs: Vec<u32> = failed.epochs.iter().map(|e| e.epoch).collect();
     assert_eq!(epochs, [1], "epoch 1's checkpoint fitted, epoch 2's did not");
-    assert!(leftovers(&disk.0).is_empty(), "no partial file holds the space: {:?}", leftovers(&disk.0));
+    assert!(feral_tests::partial_files(&disk.0).is_empty(), "no partial file holds the space: {:?}", feral_tests::partial_files(&disk.0));
 
     // Space is freed; the job goes on from epoch 1's checkpoint.
     disk.resize(256 << 20)?;

@@ -82,19 +82,6 @@ fn assert_same_training(straight: &[EpochReport], straight_model: &(PathBuf, Tra
     Ok(())
 }
 
-fn leftovers(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if entry.file_name().to_string_lossy().starts_with(".partial") {
-            found.push(path);
-        } else if path.is_dir() {
-            found.extend(leftovers(&path));
-        }
-    }
-    found
-}
-
 #[test]
 fn a_resumed_task_continues_the_same_loss_curve() -> anyhow::Result<()> {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -140,7 +127,7 @@ fn a_damaged_recorded_checkpoint_is_passed_over_for_the_one_before() -> anyhow::
     let epochs: Vec<u32> = reports.iter().map(|r| r.epoch).collect();
     assert_eq!(epochs, vec![2, 3, 4], "it resumes from epoch 1's checkpoint, the whole one before");
     assert_same_training(&all, &model, &reports, &resumed_model)?;
-    assert!(leftovers(dir.path()).is_empty(), "no temporary file is left: {:?}", leftovers(dir.path()));
+    assert!(feral_tests::partial_files(dir.path()).is_empty(), "no temporary file is left: {:?}", feral_tests::partial_files(dir.path()));
     Ok(())
 }
 
@@ -166,7 +153,7 @@ fn a_checkpoint_write_interrupted_at_any_stage_then_resumed_ends_with_the_same_m
         fail::remove(&point);
         assert!(matches!(failed, Err(TaskError::Write { .. })), "{stage}: {:?}", failed.map(|m| m.0));
         assert_eq!(first.iter().map(|r| r.epoch).collect::<Vec<_>>(), vec![1], "{stage}: epoch 2 is not reported");
-        assert!(leftovers(&artifacts).is_empty(), "{stage}: the failed write leaves nothing: {:?}", leftovers(&artifacts));
+        assert!(feral_tests::partial_files(&artifacts).is_empty(), "{stage}: the failed write leaves nothing: {:?}", feral_tests::partial_files(&artifacts));
 
         let (rest, resumed_model) = run(&torn, &mut record, None);
         let resumed_model = resumed_model.map_err(|e| anyhow::anyhow!("{stage}: the next attempt must succeed: {e}"))?;

@@ -131,6 +131,9 @@ async fn converse(config: &AgentConfig, coordinators: Coordinators, runner: Arc<
     }
 }
 
+/// How long a registration waits for its answer (one store write on the coordinator).
+const REGISTER_DEADLINE: Duration = Duration::from_secs(2);
+
 /// How long a heartbeat waits for its answer: two intervals, at least a second, at most
 /// the deadline of every call. A paused leader then holds a worker for about two
 /// heartbeats before it tries the next coordinator, well inside its lease (which the
@@ -144,11 +147,14 @@ fn heartbeat_deadline(interval: Duration) -> Duration {
 async fn register(config: &AgentConfig, coordinators: &Coordinators) -> Result<Duration, AgentError> {
     let mut backoff = Backoff::default();
     loop {
-        let request = pb::RegisterRequest {
+        let mut request = tonic::Request::new(pb::RegisterRequest {
             worker_id: config.worker_id.clone(),
             hostname: config.hostname.clone(),
             slots: config.slots.clone(),
-        };
+        });
+        // A standby names the leader it knows, which may be the paused one this worker has
+        // just left: a short deadline keeps that round trip short.
+        request.set_timeout(REGISTER_DEADLINE);
         match client(coordinators).register(request).await {
             Ok(reply) => {
                 let interval = reply.into_inner().heartbeat_interval_ms.max(10);
