@@ -38,6 +38,9 @@ pub async fn status(url: &Target, job_id: Option<&str>) -> anyhow::Result<ExitCo
     match job_id {
         Some(job_id) => {
             let job = client.get_job(pb::GetJobRequest { job_id: job_id.to_owned() }).await.map_err(rpc_error)?;
+            if let Some(age) = feral_proto::leader::view_age(job.metadata()) {
+                eprintln!("note: no coordinator leads now; this is a standby's view of the store from {:.1} s ago", age.as_secs_f64());
+            }
             print!("{}", render::job_details(job.get_ref(), now_ms()));
         }
         None => {

@@ -73,6 +73,16 @@ impl ControlPlane {
     /// Loads every job and worker from the store. Known workers get a fresh lease from
     /// `now_ms`: they keep running their tasks while the coordinator was away.
     pub async fn load(settings: Settings, store: Arc<dyn Store>, now_ms: u64) -> Result<Self, CoordinatorError> {
+        Self::read(settings, store, now_ms, true).await
+    }
+
+    /// What the store holds, read as [`load`](Self::load) reads it but repairing nothing:
+    /// a standby's view, answered from while no leader is elected and never written through.
+    pub async fn view(settings: Settings, store: Arc<dyn Store>, now_ms: u64) -> Result<Self, CoordinatorError> {
+        Self::read(settings, store, now_ms, false).await
+    }
+
+    async fn read(settings: Settings, store: Arc<dyn Store>, now_ms: u64, repair: bool) -> Result<Self, CoordinatorError> {
         let mut model = Model::default();
         // What cannot be processed is failed or set aside here, so that no record can put
         // the coordinator into a crash loop.
@@ -108,8 +118,13 @@ impl ControlPlane {
                 }
             }
         }
-        if !repairs.is_empty() {
+        if repair && !repairs.is_empty() {
             store.apply(repairs).await?;
+        }
+        if !repair {
+            // A view writes nothing to the store it was read from, whatever is called on it.
+            let detached: Arc<dyn Store> = Arc::new(crate::store::MemoryStore::default());
+            return Ok(Self { settings, store: detached, model: Mutex::new(model), metrics: Arc::default() });
         }
         info!(jobs = model.cluster.jobs().len(), workers = model.cluster.workers.len(), "loaded state from the store");
         Ok(Self { settings, store, model: Mutex::new(model), metrics: Arc::default() })

@@ -5,12 +5,16 @@
 //! long it was paused, can never write again. A standby answers every call with
 //! `Unavailable` and the leader's address in the `feral-leader` metadata
 //! ([`feral_proto::leader`]), so workers and
-//! the CLI move to the leader instead of losing the call.
+//! the CLI move to the leader instead of losing the call. While no leader is elected (etcd
+//! paused or out of reach, a leader lost and none chosen yet), a standby answers reads
+//! (`GetJob`, `ListJobs`, `WatchJob`, `ListWorkers`) from its last view of the store, each
+//! answer marked with that view's age in [`VIEW_AGE_METADATA`].
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use etcd_client::{ConnectOptions, LeaseKeepAliveStream, LeaseKeeper};
+pub use feral_proto::leader::VIEW_AGE_METADATA;
 use feral_proto::leader::LEADER_METADATA;
 use tokio::sync::watch;
 use tokio::time::{sleep, timeout, Instant};
@@ -21,9 +25,17 @@ use crate::control::ControlPlane;
 use crate::store::members::{member_unavailable, Members};
 use crate::store::{Fence, StoreError};
 
-/// What this coordinator is now, as its gRPC services see it.
+/// What this coordinator is now, as its gRPC services see it, and (a standby) its last
+/// view of the store.
 #[derive(Clone)]
-pub struct Role(Arc<RwLock<State>>);
+pub struct Role(Arc<RwLock<State>>, Arc<RwLock<Option<View>>>);
+
+/// A standby's read-only copy of the store's jobs and workers, and when it was read.
+#[derive(Clone)]
+struct View {
+    control: Arc<ControlPlane>,
+    read_at: Instant,
+}
 
 enum State {
     /// Not leading; the leader's address when one is known.
@@ -34,11 +46,30 @@ enum State {
 impl Role {
     /// A coordinator that leads from the start (the only one on its store).
     pub fn leader(control: Arc<ControlPlane>) -> Self {
-        Self(Arc::new(RwLock::new(State::Leader(control))))
+        Self(Arc::new(RwLock::new(State::Leader(control))), Arc::default())
     }
 
     pub fn standby() -> Self {
-        Self(Arc::new(RwLock::new(State::Standby(None))))
+        Self(Arc::new(RwLock::new(State::Standby(None))), Arc::default())
+    }
+
+    /// A standby's new view of the store (read-only: nothing may write through it).
+    pub fn set_view(&self, control: Arc<ControlPlane>) {
+        *self.1.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(View { control, read_at: Instant::now() });
+    }
+
+    /// What a read answers from: the leader's state (no age), or, on a standby while no
+    /// leader is elected, its last view of the store and that view's age. Otherwise the
+    /// status [`control`](Self::control) gives.
+    pub fn reader(&self) -> Result<(Arc<ControlPlane>, Option<Duration>), Status> {
+        match &*self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+            State::Leader(control) => Ok((Arc::clone(control), None)),
+            State::Standby(Some(leader)) => Err(standby_status(Some(leader))),
+            State::Standby(None) => match &*self.1.read().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+                Some(view) => Ok((Arc::clone(&view.control), Some(view.read_at.elapsed()))),
+                None => Err(standby_status(None)),
+            },
+        }
     }
 
     fn set(&self, state: State) {
@@ -116,6 +147,9 @@ impl Election {
                 }
                 Err(problem) => {
                     warn!(%problem, "leader election failed; trying again");
+                    // etcd did not answer: no leader can be confirmed, so none is named
+                    // (reads are answered from the last view meanwhile).
+                    role.set(State::Standby(None));
                     sleep(self.ttl / 3).await;
                 }
             }

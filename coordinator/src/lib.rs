@@ -117,8 +117,27 @@ pub async fn serve_elected(
             served
         }
         failed = lead => failed,
+        never = keep_a_view(&role, &settings, Arc::new(store.clone())) => match never {},
     }
 }
+
+/// While standing by, reads the store every [`VIEW_EVERY`] into the role's last view, which
+/// answers reads while no leader is elected; a read that fails (etcd paused or out of
+/// reach) keeps the view it had, which ages. Never returns.
+async fn keep_a_view(role: &Role, settings: &Settings, store: Arc<dyn Store>) -> std::convert::Infallible {
+    loop {
+        if !role.is_leader() {
+            let read = tokio::time::timeout(VIEW_EVERY, ControlPlane::view(settings.clone(), store.clone(), now_ms())).await;
+            if let Ok(Ok(view)) = read {
+                role.set_view(Arc::new(view));
+            }
+        }
+        tokio::time::sleep(VIEW_EVERY).await;
+    }
+}
+
+/// How often a standby reads its view of the store.
+const VIEW_EVERY: Duration = Duration::from_secs(2);
 
 async fn serve_as(
     settings: &Settings,

@@ -16,6 +16,15 @@ use crate::credentials::{endpoint, AuthedChannel, BearerToken};
 /// The gRPC metadata key a standby names the leader's address in.
 pub const LEADER_METADATA: &str = "feral-leader";
 
+/// The gRPC metadata key of an answer that a standby read from its last view of the store
+/// while no leader is elected: the view's age in milliseconds.
+pub const VIEW_AGE_METADATA: &str = "feral-view-age-ms";
+
+/// How old the standby's view an answer was read from is; `None` for a leader's answer.
+pub fn view_age(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    metadata.get(VIEW_AGE_METADATA)?.to_str().ok()?.parse().ok().map(Duration::from_millis)
+}
+
 /// The leader a standby's answer names, if any.
 pub fn leader_of(status: &Status) -> Option<String> {
     status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()).map(str::to_owned)

@@ -165,3 +165,92 @@ async fn a_killed_etcd_member_goes_unnoticed() -> anyhow::Result<()> {
     // Still the leader: a deposed coordinator's serve returns an error.
     coordinator.stop().await
 }
+
+/// etcd paused (a VM stall): the leader cannot renew its lease and steps down, no leader
+/// can be elected, and a standby still answers reads (status, list, watch) from its last
+/// view of the store, each answer marked with the view's age; it takes no write. Once etcd
+/// is continued, a leader is elected and answers unmarked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_etcd_is_paused_a_standby_answers_reads_from_its_last_view_marked_as_such() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let etcd = EtcdProcess::start().await;
+    let lease = Duration::from_secs(2);
+    let settings = test_settings(dir.path());
+    let first = RunningCoordinator::elected(settings.clone(), &etcd.endpoints, "/feral/", lease).await?;
+    let mut jobs = first.jobs().await?;
+    wait_until("the first coordinator to lead", Duration::from_secs(30), || {
+        let mut jobs = jobs.clone();
+        async move { Ok(jobs.list_jobs(pb::ListJobsRequest::default()).await.is_ok().then_some(())) }
+    })
+    .await?;
+    // No worker: the job stays queued.
+    let job = submit(&mut jobs, job_spec(dir.path(), 1)).await?;
+    let second = RunningCoordinator::elected(settings, &etcd.endpoints, "/feral/", lease).await?;
+    let standby = second.jobs().await?;
+    // While a leader is elected, the standby sends callers to it.
+    wait_until("the standby to name the leader", Duration::from_secs(30), || {
+        let (mut standby, leader, id) = (standby.clone(), first.url(), job.id.clone());
+        async move {
+            let status = standby.get_job(pb::GetJobRequest { job_id: id }).await.expect_err("a standby under a leader serves nothing");
+            Ok((leader_of(&status) == Some(leader)).then_some(()))
+        }
+    })
+    .await?;
+    // Its view is read every 2 s; give it one with the job before etcd stops answering.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    etcd.signal_member(0, "STOP");
+    let read = wait_until("a standby's answer from its last view", Duration::from_secs(60), || {
+        let (mut standby, id) = (standby.clone(), job.id.clone());
+        async move {
+            let Ok(reply) = standby.get_job(pb::GetJobRequest { job_id: id }).await else { return Ok(None) };
+            Ok(feral_proto::leader::view_age(reply.metadata()).map(|age| (age, reply.into_inner())))
+        }
+    })
+    .await;
+    let (age, seen) = match read {
+        Ok(read) => read,
+        Err(error) => {
+            etcd.signal_member(0, "CONT");
+            return Err(error);
+        }
+    };
+    assert_eq!((seen.id.as_str(), seen.state()), (job.id.as_str(), pb::JobState::Queued), "the job as the view holds it");
+    assert!(age > Duration::ZERO, "{age:?}");
+    let mut standby_jobs = standby.clone();
+    let listed = standby_jobs.list_jobs(pb::ListJobsRequest::default()).await?;
+    assert!(feral_proto::leader::view_age(listed.metadata()).is_some(), "a listing from the view is marked");
+    assert_eq!(listed.into_inner().jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>(), [job.id.clone()]);
+    let watched = standby_jobs.watch_job(pb::WatchJobRequest { job_id: job.id.clone() }).await?;
+    assert!(feral_proto::leader::view_age(watched.metadata()).is_some(), "a watch from the view is marked");
+    let mut events = watched.into_inner();
+    let first_event = events.message().await?.and_then(|e| e.job).map(|j| j.id);
+    assert_eq!(first_event, Some(job.id.clone()), "the view's job first");
+    let end = events.message().await.expect_err("then the stream ends: watch again");
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
+    let refused = standby_jobs.submit_job(pb::SubmitJobRequest { spec_toml: job_spec(dir.path(), 1) }).await.expect_err("no write");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+
+    // etcd continues: a leader is elected (either coordinator) and answers unmarked.
+    etcd.signal_member(0, "CONT");
+    let candidates = [second.jobs().await?, first.jobs().await?];
+    wait_until("a leader answering unmarked", Duration::from_secs(60), || {
+        let mut clients = candidates.clone();
+        let id = job.id.clone();
+        async move {
+            for client in &mut clients {
+                if let Ok(reply) = client.get_job(pb::GetJobRequest { job_id: id.clone() }).await {
+                    if feral_proto::leader::view_age(reply.metadata()).is_none() {
+                        return Ok(Some(()));
+                    }
+                }
+            }
+            Ok(None)
+        }
+    })
+    .await?;
+    first.kill().await;
+    second.kill().await;
+    Ok(())
+}

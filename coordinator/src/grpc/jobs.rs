@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{job_summary_to_proto, job_to_proto, worker_to_proto};
 use super::{required, to_status};
-use crate::leader::Role;
+use crate::leader::{Role, VIEW_AGE_METADATA};
 
 pub struct JobApi {
     role: Role,
@@ -66,15 +66,15 @@ impl pb::job_service_server::JobService for JobApi {
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
-        let control = self.role.control()?;
+        let (control, age) = self.role.reader()?;
         let id = job_id(&request.get_ref().job_id)?;
         let job = control.job(&id).await.map_err(to_status)?;
         let waiting = control.waiting_reasons(std::slice::from_ref(&job)).await;
-        Ok(Response::new(with_waiting_reason(job_to_proto(&job), waiting.into_iter().next().flatten())))
+        Ok(marked(Response::new(with_waiting_reason(job_to_proto(&job), waiting.into_iter().next().flatten())), age))
     }
 
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let control = self.role.control()?;
+        let (control, age) = self.role.reader()?;
         let request = request.into_inner();
         let size = page_size(request.page_size)?;
         let after = match request.page_token.as_str() {
@@ -89,7 +89,7 @@ impl pb::job_service_server::JobService for JobApi {
             .map(|(job, reason)| with_waiting_reason(job_summary_to_proto(job), reason))
             .collect();
         let next_page_token = next.map(|(at, id)| format!("{at}:{id}")).unwrap_or_default();
-        Ok(Response::new(pb::ListJobsResponse { jobs, next_page_token }))
+        Ok(marked(Response::new(pb::ListJobsResponse { jobs, next_page_token }), age))
     }
 
     async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
@@ -109,8 +109,20 @@ impl pb::job_service_server::JobService for JobApi {
     type WatchJobStream = JobEventStream;
 
     async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
-        let control = self.role.control()?;
+        let (control, age) = self.role.reader()?;
         let id = job_id(&request.get_ref().job_id)?;
+        if let Some(age) = age {
+            // A standby's view changes only when it is read again: the job as the view holds
+            // it, then the stream ends and the client watches again (a leader, once elected).
+            let job = control.job(&id).await.map_err(to_status)?;
+            let stream = async_stream(move |emit| async move {
+                let _ = emit.send(Ok(pb::JobEvent { job: Some(job_to_proto(&job)) })).await;
+                if !job.state.is_final() {
+                    let _ = emit.send(Err(Status::unavailable("no leader is elected; that was a standby's last view of the job; watch again"))).await;
+                }
+            });
+            return Ok(marked(Response::new(stream), Some(age)));
+        }
         let mut receiver = control.watch(&id).await.map_err(to_status)?;
         let mut stopping = self.stopping.clone();
         let stream = async_stream(move |emit| async move {
@@ -138,7 +150,7 @@ impl pb::job_service_server::JobService for JobApi {
     }
 
     async fn list_workers(&self, request: Request<pb::ListWorkersRequest>) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        let control = self.role.control()?;
+        let (control, age) = self.role.reader()?;
         let request = request.into_inner();
         let size = page_size(request.page_size)?;
         let after = (!request.page_token.is_empty()).then(|| WorkerId::new(request.page_token.as_str()));
@@ -147,8 +159,18 @@ impl pb::job_service_server::JobService for JobApi {
         let more = workers.len() > size;
         workers.truncate(size);
         let next_page_token = if more { workers.last().map(|w| w.record.id.to_string()).unwrap_or_default() } else { String::new() };
-        Ok(Response::new(pb::ListWorkersResponse { workers: workers.iter().map(worker_to_proto).collect(), next_page_token }))
+        Ok(marked(Response::new(pb::ListWorkersResponse { workers: workers.iter().map(worker_to_proto).collect(), next_page_token }), age))
     }
+}
+
+/// An answer read from a standby's last view (`age`: how old it is) says so in its metadata.
+fn marked<T>(mut response: Response<T>, age: Option<std::time::Duration>) -> Response<T> {
+    if let Some(age) = age {
+        if let Ok(value) = age.as_millis().to_string().parse() {
+            response.metadata_mut().insert(VIEW_AGE_METADATA, value);
+        }
+    }
+    response
 }
 
 /// A stream fed by a task that sends into a small channel; ends when the task returns.

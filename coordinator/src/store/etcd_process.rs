@@ -129,6 +129,14 @@ impl EtcdProcess {
         }
     }
 
+    /// Sends `signal` (`STOP`: paused, as a VM stall or a long GC pause would; `CONT`) to
+    /// member `index`.
+    pub fn signal_member(&self, index: usize, signal: &str) {
+        let pid = self.members[index].as_ref().map(Child::id).expect("a live member");
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
     /// A store on this cluster (every member) under `prefix`.
     pub async fn store(&self, prefix: &str) -> EtcdStore {
         EtcdStore::connect(&self.endpoints, prefix).await.expect("connect to etcd")
