@@ -81,6 +81,24 @@ impl Coordinators {
         self.token.channel(self.channels[self.index()].clone())
     }
 
+    /// The channel to the coordinator believed to lead, with its place in the list: give
+    /// that place to [`failed_at`](Self::failed_at) if the call fails.
+    pub fn channel_at(&self) -> (usize, AuthedChannel) {
+        let index = self.index();
+        (index, self.token.channel(self.channels[index].clone()))
+    }
+
+    /// [`failed`](Self::failed) for a call made to the coordinator at `index`. A call that
+    /// fails late (it timed out on a paused coordinator the client has since left) moves
+    /// nothing: without this, a slow report would send the client back to the paused one.
+    /// Returns true, as for a named leader, when the client has already moved on.
+    pub fn failed_at(&self, index: usize, status: &Status) -> bool {
+        if index != self.index() {
+            return true;
+        }
+        self.failed(status)
+    }
+
     /// After a failed call: moves to the leader the answer names, or to the next address
     /// when the call reached no coordinator, timed out (a paused leader: see
     /// [`REQUEST_TIMEOUT`](crate::credentials::REQUEST_TIMEOUT)), or reached a standby that
@@ -152,6 +170,19 @@ mod tests {
         assert_eq!(status.code(), Code::Cancelled, "{status:?}");
         assert!(!coordinators.failed(&status), "no leader named");
         assert_eq!(coordinators.current(), "http://127.0.0.1:1", "the next address");
+    }
+
+    #[tokio::test]
+    async fn a_late_failure_of_a_call_to_a_coordinator_already_left_moves_nothing() {
+        let coordinators = Coordinators::parse("http://a:1,http://b:2").expect("two");
+        let (slow, _) = coordinators.channel_at();
+        // Another call finds a: timed out, and the client moves to b.
+        let (fast, _) = coordinators.channel_at();
+        assert!(!coordinators.failed_at(fast, &Status::cancelled("Timeout expired")));
+        assert_eq!(coordinators.current(), "http://b:2");
+        // The slow call to a times out later: the client stays with b.
+        assert!(coordinators.failed_at(slow, &Status::cancelled("Timeout expired")), "already moved on");
+        assert_eq!(coordinators.current(), "http://b:2");
     }
 
     #[tokio::test]

@@ -91,7 +91,8 @@ async fn converse(config: &AgentConfig, coordinators: Coordinators, runner: Arc<
             let running_ids: Vec<String> = lock(&running).keys().cloned().collect();
             let mut request = tonic::Request::new(pb::HeartbeatRequest { worker_id: config.worker_id.clone(), running_task_ids: running_ids });
             request.set_timeout(heartbeat_deadline(interval));
-            match client(&coordinators).heartbeat(request).await {
+            let (at, mut client) = client(&coordinators);
+            match client.heartbeat(request).await {
                 Ok(reply) => {
                     if failing {
                         info!("coordinator reachable again");
@@ -115,7 +116,7 @@ async fn converse(config: &AgentConfig, coordinators: Coordinators, runner: Arc<
                     break;
                 }
                 Err(status) => {
-                    if coordinators.failed(&status) {
+                    if coordinators.failed_at(at, &status) {
                         // A standby named the leader: register with it (it knows this
                         // worker from the store, or learns it now).
                         info!(coordinator = %coordinators.current(), "following the leader");
@@ -155,7 +156,8 @@ async fn register(config: &AgentConfig, coordinators: &Coordinators) -> Result<D
         // A standby names the leader it knows, which may be the paused one this worker has
         // just left: a short deadline keeps that round trip short.
         request.set_timeout(REGISTER_DEADLINE);
-        match client(coordinators).register(request).await {
+        let (at, mut client) = client(coordinators);
+        match client.register(request).await {
             Ok(reply) => {
                 let interval = reply.into_inner().heartbeat_interval_ms.max(10);
                 info!(worker_id = %config.worker_id, coordinator = %coordinators.current(), "registered");
@@ -166,7 +168,7 @@ async fn register(config: &AgentConfig, coordinators: &Coordinators) -> Result<D
             }
             Err(status) => {
                 warn!(error = %status.message(), coordinator = %coordinators.current(), "cannot register with the coordinator; retrying");
-                if !coordinators.failed(&status) {
+                if !coordinators.failed_at(at, &status) {
                     backoff.wait().await;
                 }
             }
@@ -174,8 +176,10 @@ async fn register(config: &AgentConfig, coordinators: &Coordinators) -> Result<D
     }
 }
 
-fn client(coordinators: &Coordinators) -> WorkerServiceClient<AuthedChannel> {
-    WorkerServiceClient::new(coordinators.channel())
+/// A client of the coordinator believed to lead, with its place for `failed_at`.
+fn client(coordinators: &Coordinators) -> (usize, WorkerServiceClient<AuthedChannel>) {
+    let (at, channel) = coordinators.channel_at();
+    (at, WorkerServiceClient::new(channel))
 }
 
 fn start_task(config: &AgentConfig, coordinators: &Coordinators, runner: &Arc<dyn TaskRunner>, running: &Running, assignment: pb::TaskAssignment) {
@@ -323,7 +327,8 @@ where
 {
     let mut backoff = Backoff::default();
     loop {
-        match call(client(coordinators)).await {
+        let (at, client) = client(coordinators);
+        match call(client).await {
             Ok(value) => return Some(value),
             Err(status)
                 if matches!(status.code(), Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::PermissionDenied | Code::Unauthenticated) =>
@@ -335,7 +340,7 @@ where
                 if backoff.attempts == 0 {
                     warn!(error = %status.message(), "{what} failed; retrying until the coordinator is back");
                 }
-                if !coordinators.failed(&status) {
+                if !coordinators.failed_at(at, &status) {
                     backoff.wait().await;
                 }
             }

@@ -101,7 +101,8 @@ pub async fn rendezvous(
         if control.flag().load(Ordering::Relaxed) {
             return Err(TaskError::Stopped);
         }
-        match WorkerServiceClient::new(coordinators.channel()).join_gang(request.clone()).await {
+        let (at, channel) = coordinators.channel_at();
+        match WorkerServiceClient::new(channel).join_gang(request.clone()).await {
             Ok(reply) if reply.get_ref().ready => {
                 let reply = reply.into_inner();
                 let peers = reply
@@ -118,7 +119,7 @@ pub async fn rendezvous(
                 return Err(TaskError::Stopped);
             }
             Err(status) => {
-                coordinators.failed(&status);
+                coordinators.failed_at(at, &status);
                 tracing::warn!(task_id = %task.task, error = %status.message(), "gang rendezvous failed; retrying");
             }
         }

@@ -3,7 +3,8 @@
 //! a two-rank gang twice: once undisturbed, once while, on a schedule, a training rank is
 //! SIGKILLed, another is SIGSTOPped for longer than its lease, the leading coordinator is
 //! SIGSTOPped for several leader leases (then continued: fenced, it exits and is started
-//! again), the new leader is SIGKILLed, and etcd is killed and started again. Runs are deterministic given the spec,
+//! again), the artifact disk (a tmpfs) fills up until an attempt fails on it and is then
+//! freed, the new leader is SIGKILLed, and etcd is killed and started again. Runs are deterministic given the spec,
 //! so the disturbed run must end with the undisturbed run's metrics, number for number.
 //! Prints the time from each fault to its detection and recovery, as the coordinator's
 //! API shows them (polled every 50 ms); exits 1 when the job fails or a metric differs.
@@ -285,8 +286,46 @@ async fn lose_a_rank(cluster: &mut Cluster, figures: &mut Figures, job: &str, ro
     Ok((victim, attempt))
 }
 
+/// A tmpfs mounted at a directory (the disturbed run's artifact root), unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let status = Command::new("mount").args(["-t", "tmpfs", "-o", "size=512m", "tmpfs"]).arg(dir).status()?;
+        anyhow::ensure!(status.success(), "mount -t tmpfs {} failed ({status}): the chaos run needs root for its full-disk fault", dir.display());
+        Ok(Self(dir.to_path_buf()))
+    }
+
+    /// Fills the disk with one file until a write finds no space; returns the file.
+    fn fill(&self) -> anyhow::Result<PathBuf> {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path)?;
+        let block = vec![0u8; 1 << 20];
+        loop {
+            match file.write_all(&block) {
+                Ok(()) => {}
+                Err(error) if error.raw_os_error() == Some(28) => break,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        // What is left of the last block, a page at a time.
+        while file.write_all(&block[..4096]).is_ok() {}
+        Ok(path)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("--lazy").arg(&self.0).status();
+    }
+}
+
 /// Runs the job on a fresh cluster, with the faults when `chaos`; its final job record.
 async fn run(dir: &Path, spec: &str, chaos: bool, figures: &mut Figures) -> anyhow::Result<pb::Job> {
+    // Both runs keep their artifacts on the same kind of disk; the disturbed one fills it.
+    let disk = Some(Tmpfs::mount(&dir.join("artifacts"))?);
     let mut cluster = Cluster::start(dir).await?;
     let (_, mut client) = wait("a leader", Duration::from_secs(60), || async { Ok(cluster.leader().await) }).await?;
     let job = client.submit_job(pb::SubmitJobRequest { spec_toml: spec.to_owned() }).await?.into_inner().job.context("no job")?.id;
@@ -338,7 +377,27 @@ async fn run(dir: &Path, spec: &str, chaos: bool, figures: &mut Figures) -> anyh
         }
         figures.mark("SIGSTOP of the leader", "continued old leader fenced and exited (after SIGCONT)", continued);
         cluster.coordinators[leader].0.restart()?;
-        // 4. The leader is killed once round 2 has begun; it is started again as a standby.
+        // 4. The artifact disk fills up: the next write fails, the job retries with back-off
+        //    and says why; once space is freed, it goes on from its last checkpoint.
+        let disk = disk.as_ref().context("the disturbed run has its artifacts on a tmpfs")?;
+        let before = cluster.job(&job).await.map_or(0, |j| j.epochs.len());
+        let filled = Instant::now();
+        let filler = disk.fill()?;
+        println!("artifact disk full ({before} epochs recorded)");
+        let reason = wait("an attempt failed on the full disk", Duration::from_secs(120), || async {
+            Ok(cluster.job(&job).await.filter(|j| j.last_failure.contains("No space left")).map(|j| j.last_failure))
+        })
+        .await?;
+        figures.mark("full artifact disk", "an attempt failed, its reason shown", filled);
+        println!("  last failure: {reason}");
+        std::fs::remove_file(&filler)?;
+        let freed = Instant::now();
+        wait("progress after space is freed", Duration::from_secs(180), || async {
+            Ok(cluster.job(&job).await.filter(|j| j.epochs.len() > before || j.state == pb::JobState::Succeeded as i32).map(|_| ()))
+        })
+        .await?;
+        figures.mark("full artifact disk", "next epoch recorded (after the space was freed)", freed);
+        // 5. The leader is killed once round 2 has begun; it is started again as a standby.
         wait("round 2", Duration::from_secs(300), || async { Ok(cluster.job(&job).await.filter(|j| j.round >= 2)) }).await?;
         let (leader, _) = cluster.leader().await.context("no leader")?;
         let killed = Instant::now();
@@ -347,7 +406,7 @@ async fn run(dir: &Path, spec: &str, chaos: bool, figures: &mut Figures) -> anyh
         let (new_leader, _) = wait("a new leader", Duration::from_secs(60), || async { Ok(cluster.leader().await) }).await?;
         figures.mark("SIGKILL of the leader", &format!("coordinator-{} serves as leader", new_leader + 1), killed);
         cluster.coordinators[leader].0.restart()?;
-        // 5. etcd is killed and started again during round 2's training.
+        // 6. etcd is killed and started again during round 2's training.
         let before = wait("round 2 training", Duration::from_secs(300), || async {
             Ok(cluster.job(&job).await.filter(|j| j.epochs.iter().any(|e| e.round == 2)).map(|j| j.epochs.len()))
         })
