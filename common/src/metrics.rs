@@ -115,6 +115,34 @@ pub struct MetricsSummary {
     pub samples: u64,
 }
 
+impl MetricsSummary {
+    /// Whether these could be a real evaluation's metrics over `classes` classes (when
+    /// known): every rate finite and in [0, 1], one F1 per class and a square confusion
+    /// matrix whose counts add up to the samples (either may be left empty). The error
+    /// names the first field that is not.
+    pub fn check(&self, classes: Option<usize>) -> Result<(), String> {
+        let rate = |name: &str, value: f64| if value.is_finite() && (0.0..=1.0).contains(&value) { Ok(()) } else { Err(format!("{name} {value} is not in [0, 1]")) };
+        rate("accuracy", self.accuracy)?;
+        rate("macro_f1", self.macro_f1)?;
+        for (class, f1) in self.per_class_f1.iter().enumerate() {
+            rate(&format!("per_class_f1[{class}]"), *f1)?;
+        }
+        if let Some(classes) = classes {
+            if !self.per_class_f1.is_empty() && self.per_class_f1.len() != classes {
+                return Err(format!("per_class_f1 has {} values for {classes} classes", self.per_class_f1.len()));
+            }
+            if !self.confusion.is_empty() && self.confusion.len() != classes * classes {
+                return Err(format!("confusion has {} counts for {classes} classes", self.confusion.len()));
+            }
+        }
+        let counted = self.confusion.iter().try_fold(0u64, |sum, c| sum.checked_add(*c));
+        if !self.confusion.is_empty() && counted != Some(self.samples) {
+            return Err(format!("confusion counts add up to {counted:?}, not to samples {}", self.samples));
+        }
+        Ok(())
+    }
+}
+
 fn ratio(numerator: u64, denominator: u64) -> f64 {
     if denominator == 0 {
         0.0

@@ -329,6 +329,7 @@ impl ControlPlane {
         if model.cluster.task(task).is_none() || !model.cluster.is_assigned_to(&task.task, worker) {
             return Ok(true);
         }
+        self.refuse_unlike_the_job(&mut model, worker, task, |job| job.check_progress(&epoch, epochs_total), now_ms).await?;
         let last_epoch = epoch.epoch >= epochs_total;
         let event = JobEvent::TaskProgress { task: task.task.clone(), worker: worker.clone(), epoch, epochs_total };
         self.apply_job_event(&mut model, &task.job, &event, now_ms).await?;
@@ -362,6 +363,9 @@ impl ControlPlane {
                 outcome.kind().name()
             )));
         }
+        if model.cluster.is_assigned_to(&task.task, worker) {
+            self.refuse_unlike_the_job(&mut model, worker, task, |job| job.check_outcome(&outcome), now_ms).await?;
+        }
         let event = JobEvent::TaskFinished { task: task.task.clone(), worker: worker.clone(), outcome };
         self.apply_job_event(&mut model, &task.job, &event, now_ms).await?;
         self.run_scheduler(&mut model, now_ms).await
@@ -386,6 +390,25 @@ impl ControlPlane {
     }
 
     // ----- internals ----------------------------------------------------------------
+
+    /// A report that `check` finds unlike anything the job can produce (a non-finite loss,
+    /// a rate outside [0, 1], a file outside the job's directory) is refused, and its task
+    /// fails with the reason (not retried: a diverged run diverges again).
+    async fn refuse_unlike_the_job(
+        &self,
+        model: &mut Model,
+        worker: &WorkerId,
+        task: &TaskRef,
+        check: impl FnOnce(&JobRecord) -> Result<(), String>,
+        now_ms: u64,
+    ) -> Result<(), CoordinatorError> {
+        let Some(problem) = model.cluster.job(&task.job).and_then(|job| check(job).err()) else { return Ok(()) };
+        let reason = format!("worker {worker} reported {problem}");
+        warn!(job_id = %task.job, task_id = %task, %reason, "report refused");
+        let event = JobEvent::TaskFailed { task: task.task.clone(), worker: worker.clone(), reason: reason.clone(), retryable: false };
+        self.apply_job_event(model, &task.job, &event, now_ms).await?;
+        Err(CoordinatorError::InvalidArgument(reason))
+    }
 
     /// Runs the pure transition, persists its result, then installs it and tells watchers.
     async fn apply_job_event(&self, model: &mut Model, id: &JobId, event: &JobEvent, now_ms: u64) -> Result<(), CoordinatorError> {
@@ -651,6 +674,58 @@ mod tests {
         assert!(!record.state.is_final(), "the job waits for attempt 2: {:?}", record.state);
         assert!(record.rounds.iter().all(|r| r.model.is_none()), "no model from the stale attempt");
         assert_eq!(record.workers(), [w2], "attempt 2 runs on w2 alone");
+    }
+
+    /// A worker (a bug, an old version, a forged client) reports numbers no training
+    /// produces: the report is refused with the field named, the task fails with that
+    /// reason, and nothing of it reaches the store, which a restarted coordinator reads back.
+    #[tokio::test]
+    async fn reports_unlike_the_job_are_refused_and_fail_their_task() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let control = ControlPlane::load(settings(), store.clone(), 0).await.expect("load");
+        let w1 = WorkerId::new("w1");
+        control.register(w1.clone(), "h".into(), vec![Slot { device: "cpu".into(), name: "cpu".into() }], 0).await.expect("register");
+        let submit = |name: &str| format!("version = 1\nname = \"{name}\"\ndataset = \"/d\"\n[train]\nepochs = 3\n");
+        let summary = DatasetSummary { class_names: vec!["a".into(), "b".into()], train_samples: 4, val_samples: 4, unlabeled_shards: vec![] };
+        let epoch = |loss: f64, accuracy: f64, number: u32| EpochReport {
+            round: Round(0),
+            epoch: number,
+            train_loss: loss,
+            train_accuracy: accuracy,
+            validation: feral_common::metrics::MetricsSummary { accuracy: 0.5, macro_f1: 0.5, per_class_f1: vec![0.5, 0.5], confusion: vec![1, 1, 1, 1], samples: 4 },
+            seconds: 1.0,
+            images_per_second: 10.0,
+        };
+        let cases: [(&str, Box<dyn Fn(&Assignment) -> (Option<EpochReport>, Option<TaskOutcome>)>, &str); 5] = [
+            ("nan", Box::new(move |_| (Some(epoch(f64::NAN, 0.5, 1)), None)), "non-finite training loss"),
+            ("accuracy", Box::new(move |_| (Some(epoch(0.5, 2.5, 1)), None)), "train_accuracy 2.5"),
+            ("epoch", Box::new(move |_| (Some(epoch(0.5, 0.5, 4_294_967_295)), None)), "epoch 4294967295 outside 1..=3"),
+            ("path", Box::new(|_| (None, Some(TaskOutcome::Trained(TrainedModel { model_path: "/tmp/unused/../../etc/shadow".into(), ..teacher_model() })))), "outside the job's directory"),
+            ("f1", Box::new(|a: &Assignment| {
+                let validation = feral_common::metrics::MetricsSummary { macro_f1: -3.0, per_class_f1: vec![0.5, 0.5], ..Default::default() };
+                (None, Some(TaskOutcome::Trained(TrainedModel { validation, model_path: a.artifact_dir.join("r0/a1/model.safetensors").display().to_string(), ..teacher_model() })))
+            }), "macro_f1 -3"),
+        ];
+        let mut now = 10;
+        for (name, report, expected) in cases {
+            let job = control.submit(&submit(name), now).await.expect("submit").id;
+            let prepare = heartbeat(&control, &w1, now + 1).await.remove(0);
+            control.finish_task(&w1, &prepare.task_ref(), TaskOutcome::Prepared(summary.clone()), now + 2).await.expect("prepared");
+            let train = heartbeat(&control, &w1, now + 3).await.remove(0);
+            let refused = match report(&train) {
+                (Some(epoch), _) => control.report_progress(&w1, &train.task_ref(), epoch, 3, now + 4).await.map(|_| ()),
+                (_, Some(outcome)) => control.finish_task(&w1, &train.task_ref(), outcome, now + 4).await,
+                _ => unreachable!(),
+            };
+            let error = refused.expect_err(name).to_string();
+            assert!(error.contains(expected), "{name}: {error}");
+            let record = control.job(&job).await.expect("job");
+            assert!(matches!(&record.state, JobState::Failed { reason } if reason.contains(expected)), "{name}: {:?}", record.state);
+            assert!(record.epochs.is_empty() && record.rounds.iter().all(|r| r.model.is_none()), "{name}: nothing of the report is kept");
+            now += 10;
+        }
+        let reloaded = ControlPlane::load(settings(), store, now).await.expect("reload");
+        assert_eq!(reloaded.jobs_page(None, 100).await.0.len(), 5, "every record reads back");
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub enum TaskError {
     Thread(std::io::Error),
     #[error("the task panicked: {0}")]
     Panicked(String),
+    #[error("training diverged: the loss became {loss} in round {round}, epoch {epoch} (lower train.learning_rate, or check train.loss)")]
+    Diverged { round: u32, epoch: u32, loss: f64 },
     /// Asked to stop (cancel, reassignment, shutdown): nothing to report.
     #[error("stopped before the end")]
     Stopped,
@@ -91,6 +93,7 @@ impl TaskError {
             | TaskError::Loader(_)
             | TaskError::TooLarge(_)
             | TaskError::Panicked(_)
+            | TaskError::Diverged { .. }
             | TaskError::Stopped => false,
         }
     }
@@ -110,10 +113,15 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), TaskError>
 
 /// Writes `path` by `write` under a temporary name beside it (`.partial-<name>`, which
 /// keeps the extension that libtorch chooses its format by), then renames it into place:
-/// a crash leaves the previous file or the new one whole, never a torn one.
+/// a crash leaves the previous file or the new one whole, never a torn one, and a write that
+/// fails removes what it wrote.
 pub fn write_atomically<E: Into<TaskError>>(path: &Path, write: impl FnOnce(&Path) -> Result<(), E>) -> Result<(), TaskError> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let partial = path.with_file_name(format!(".partial-{name}"));
-    write(&partial).map_err(Into::into)?;
-    std::fs::rename(&partial, path).map_err(|source| TaskError::Write { path: path.to_path_buf(), source })
+    let written = write(&partial).map_err(Into::into).and_then(|()| std::fs::rename(&partial, path).map_err(|source| TaskError::Write { path: path.to_path_buf(), source }));
+    if written.is_err() {
+        // A failed write (a full disk) leaves nothing that holds the space.
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
 }

@@ -733,5 +733,7 @@ impl JobRecord {
     }
 }
 
+mod reports;
+
 #[cfg(test)]
 mod tests;

@@ -456,6 +456,12 @@ impl<'t> RoundTraining<'t> {
             images_trained += step_images;
             metrics.step(step_started.elapsed().as_secs_f64(), step_images as u64, loader.ready());
         }
+        let train_loss = loss_sum / steps.max(1) as f64;
+        if !train_loss.is_finite() {
+            // Weights that went through a non-finite loss are not worth a checkpoint, and the
+            // same spec diverges again: the task fails, not retried, with the reason.
+            return Err(TaskError::Diverged { round: context.round, epoch, loss: train_loss });
+        }
         let images_per_second = (images_trained * collective.world_size() as i64) as f64 / started.elapsed().as_secs_f64().max(1e-9);
         metrics.epoch(images_per_second / collective.world_size() as f64);
         *validation = evaluate_model(ema_vs, ema_net.as_ref(), val_data, classes, context.device, collective)?;
@@ -496,7 +502,7 @@ impl<'t> RoundTraining<'t> {
         let report = EpochReport {
             round: Round(context.round),
             epoch,
-            train_loss: loss_sum / steps.max(1) as f64,
+            train_loss,
             train_accuracy: correct as f64 / seen.max(1) as f64,
             validation: validation.clone(),
             seconds: started.elapsed().as_secs_f64(),
