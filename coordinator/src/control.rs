@@ -772,7 +772,7 @@ mod tests {
         let summary = DatasetSummary { class_names: vec!["a".into(), "b".into()], train_samples: 4, val_samples: 4, unlabeled_shards: shards };
         control.finish_task(&preparer, &prepare.task_ref(), TaskOutcome::Prepared(summary), 3).await.expect("prepared");
         let (trainer, teacher) = next_task(4).await;
-        let model = teacher_model();
+        let model = TrainedModel { model_path: teacher.artifact_dir.join("r0/a1/model.safetensors").display().to_string(), ..teacher_model() };
         control.finish_task(&trainer, &teacher.task_ref(), TaskOutcome::Trained(model), 5).await.expect("trained");
         let plan = control.job(&job).await.expect("job").shard_plan;
         assert_eq!(plan.len(), 6, "every pool shard is planned: {plan:?}");
