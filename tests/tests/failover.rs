@@ -27,11 +27,7 @@ async fn a_standby_takes_over_from_a_killed_leader_and_the_job_completes() -> an
 
     let first = RunningCoordinator::elected(settings.clone(), &etcd.endpoints, "/feral/", lease).await?;
     let mut jobs = first.jobs().await?;
-    wait_until("the first coordinator to lead", Duration::from_secs(30), || {
-        let mut jobs = jobs.clone();
-        async move { Ok(jobs.list_jobs(pb::ListJobsRequest::default()).await.is_ok().then_some(())) }
-    })
-    .await?;
+    wait_to_lead(&jobs).await?;
     let second = RunningCoordinator::elected(settings, &etcd.endpoints, "/feral/", lease).await?;
     let mut standby = second.jobs().await?;
     wait_until("the standby to name the leader", Duration::from_secs(30), || {
@@ -79,6 +75,15 @@ async fn a_standby_takes_over_from_a_killed_leader_and_the_job_completes() -> an
         worker.stop().await?;
     }
     second.stop().await
+}
+
+/// Waits until the coordinator behind `jobs` leads (answers a listing).
+async fn wait_to_lead(jobs: &pb::job_service_client::JobServiceClient<tonic::transport::Channel>) -> anyhow::Result<()> {
+    wait_until("the first coordinator to lead", Duration::from_secs(30), || {
+        let mut jobs = jobs.clone();
+        async move { Ok(jobs.list_jobs(pb::ListJobsRequest::default()).await.is_ok().then_some(())) }
+    })
+    .await
 }
 
 /// Prepares the generated dataset both tests train on; returns the job spec (one
@@ -179,11 +184,7 @@ async fn while_etcd_is_paused_a_standby_answers_reads_from_its_last_view_marked_
     let settings = test_settings(dir.path());
     let first = RunningCoordinator::elected(settings.clone(), &etcd.endpoints, "/feral/", lease).await?;
     let mut jobs = first.jobs().await?;
-    wait_until("the first coordinator to lead", Duration::from_secs(30), || {
-        let mut jobs = jobs.clone();
-        async move { Ok(jobs.list_jobs(pb::ListJobsRequest::default()).await.is_ok().then_some(())) }
-    })
-    .await?;
+    wait_to_lead(&jobs).await?;
     // No worker: the job stays queued.
     let job = submit(&mut jobs, job_spec(dir.path(), 1)).await?;
     let second = RunningCoordinator::elected(settings, &etcd.endpoints, "/feral/", lease).await?;

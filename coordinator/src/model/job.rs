@@ -154,6 +154,11 @@ impl TaskRecord {
         self.attempt.saturating_sub(1).saturating_sub(self.regrowths).saturating_sub(self.forgiven)
     }
 
+    /// `reason` as the job's last failure names it: which task and attempt failed.
+    fn failure(&self, reason: &str) -> String {
+        format!("{} task of round {}, attempt {}: {reason}", self.kind.name(), self.round, self.attempt)
+    }
+
     /// Whether the scheduler may place it at `now_ms`: pending, its back-off over.
     pub fn is_placeable(&self, now_ms: u64) -> bool {
         self.state == TaskState::Pending && self.not_before_ms <= now_ms
@@ -606,7 +611,7 @@ impl JobRecord {
         let Some(task) = self.running_on(id, worker) else { return false };
         task.state = TaskState::Failed { reason: reason.to_owned() };
         let failed = task.clone();
-        self.last_failure = Some(format!("{} task of round {}, attempt {}: {reason}", failed.kind.name(), failed.round, failed.attempt));
+        self.last_failure = Some(failed.failure(reason));
         if retryable {
             self.abandon_gang(&failed);
             self.retry(&failed, reason, now_ms);
@@ -629,7 +634,7 @@ impl JobRecord {
             // A gang cannot go on without one of its ranks: the whole gang starts again.
             self.abandon_gang(task);
             let reason = format!("worker {worker} was lost");
-            self.last_failure = Some(format!("{} task of round {}, attempt {}: {reason}", task.kind.name(), task.round, task.attempt));
+            self.last_failure = Some(task.failure(&reason));
             self.retry(task, &reason, now_ms);
             retried.push(key);
         }

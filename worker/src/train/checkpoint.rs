@@ -79,7 +79,7 @@ pub fn write(round_dir: &Path, round: u32, checkpoint: CheckpointRef, parts: Vec
         remove_dir(&whole)?;
         std::fs::rename(&partial, &whole).map_err(|source| write_error(&whole, source))?;
         stage("rename")?;
-        sync_dir(&attempt_dir)
+        sync(&attempt_dir)
     });
     if let Err(error) = written {
         let _ = std::fs::remove_dir_all(&partial);
@@ -98,7 +98,7 @@ fn write_parts(partial: &Path, round: u32, checkpoint: CheckpointRef, parts: Vec
     for (file, write) in parts {
         let path = partial.join(file);
         write(&path)?;
-        sync_file(&path)?;
+        sync(&path)?;
         let (bytes, sha256) = digest(&path).map_err(|source| write_error(&path, source))?;
         manifest.parts.push(Part { file: file.to_owned(), bytes, sha256 });
         stage(file)?;
@@ -107,9 +107,9 @@ fn write_parts(partial: &Path, round: u32, checkpoint: CheckpointRef, parts: Vec
     // parts) is never loaded.
     let path = partial.join(MANIFEST);
     write_json(&path, &manifest)?;
-    sync_file(&path)?;
+    sync(&path)?;
     stage(MANIFEST)?;
-    sync_dir(partial)
+    sync(partial)
 }
 
 /// A fault injected after a stage of the write (the `fail` crate's fail points
@@ -207,12 +207,9 @@ fn digest(path: &Path) -> std::io::Result<(u64, String)> {
     Ok((bytes, hex))
 }
 
-fn sync_file(path: &Path) -> Result<(), TaskError> {
+/// Flushes a file, or a directory's entries, to the disk.
+fn sync(path: &Path) -> Result<(), TaskError> {
     std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|source| write_error(path, source))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), TaskError> {
-    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|source| write_error(dir, source))
 }
 
 fn remove_dir(dir: &Path) -> Result<(), TaskError> {

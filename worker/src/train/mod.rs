@@ -152,8 +152,6 @@ struct RoundTraining<'t> {
     classes: usize,
     image: [i64; 3],
     round_dir: PathBuf,
-    /// `<round_dir>/a<attempt>`: this attempt's checkpoints and model.
-    attempt_dir: PathBuf,
     vs: nn::VarStore,
     net: Box<dyn Network>,
     ema_vs: nn::VarStore,
@@ -206,7 +204,6 @@ impl<'t> RoundTraining<'t> {
         };
         let round_dir = context.round_dir();
         create_dir(&round_dir)?;
-        let attempt_dir = checkpoint::attempt_dir(&round_dir, context.attempt);
         if rank == 0 {
             // What an interrupted write of an earlier attempt left (rank 0 alone writes).
             checkpoint::remove_partials(&round_dir);
@@ -354,7 +351,6 @@ impl<'t> RoundTraining<'t> {
             classes,
             image,
             round_dir,
-            attempt_dir,
             vs,
             net,
             ema_vs,
@@ -514,7 +510,7 @@ impl<'t> RoundTraining<'t> {
     /// Evaluates the test split, trains the temporal encoder on video datasets, and on
     /// rank 0 saves the model, its TorchScript export and its card.
     fn finish(self, collective: &mut dyn Collective, stop: &AtomicBool) -> Result<TrainedModel, TaskError> {
-        let Self { task, rank, dataset, manifest, train_data, val_data, classes, image, attempt_dir, vs, mut ema_vs, ema_net, optimizer, first_epoch, epochs, labeller, mask_audit, mut validation, loader, .. } = self;
+        let Self { task, rank, dataset, manifest, train_data, val_data, classes, image, round_dir, vs, mut ema_vs, ema_net, optimizer, first_epoch, epochs, labeller, mask_audit, mut validation, loader, .. } = self;
         let context = &task.context;
         let spec = &context.spec;
         if first_epoch > epochs {
@@ -566,6 +562,7 @@ impl<'t> RoundTraining<'t> {
 
         // The model goes beside this attempt's checkpoints: only the attempt whose finish the
         // coordinator accepts is the round's model.
+        let attempt_dir = checkpoint::attempt_dir(&round_dir, context.attempt);
         let model_path = attempt_dir.join("model.safetensors");
         if rank > 0 {
             return Ok(TrainedModel { validation, frame_validation, test, online: labeller.is_some().then_some(mask_audit), model_path: model_path.display().to_string(), class_names: manifest.classes });
