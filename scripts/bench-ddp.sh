@@ -37,7 +37,7 @@ feral_start=$(date +%s.%N)
 "$bin/feral-coordinator" --listen 127.0.0.1:$port --store memory --artifact-root "$dir/artifacts" >"$dir/logs/coordinator.log" 2>&1 &
 pids=($!)
 for i in 1 2; do
-  RUST_LOG=info NO_COLOR=1 "$bin/feral-worker" --coordinator "$url" --id race-worker-$i --devices cpu --advertise-host 127.0.0.1 >"$dir/logs/worker-$i.log" 2>&1 &
+  RUST_LOG=info NO_COLOR=1 "$bin/feral-worker" --coordinator "$url" --id race-worker-$i --devices cpu --advertise-host 127.0.0.1 --allowed-roots "$out" >"$dir/logs/worker-$i.log" 2>&1 &
   pids+=($!)
 done
 for _ in $(seq 300); do [ "$("$bin/feral" --coordinator "$url" workers 2>/dev/null | grep -c race-worker)" = 2 ] && break; sleep 0.1; done

@@ -53,7 +53,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 url=http://127.0.0.1:$port
 "$bin/feral-coordinator" --listen 127.0.0.1:$port --store memory --artifact-root "$out/artifacts" >"$out/logs/coordinator.log" 2>&1 &
 pids=($!)
-"$bin/feral-worker" --coordinator "$url" --id bench-worker --devices cpu >"$out/logs/worker.log" 2>&1 &
+"$bin/feral-worker" --coordinator "$url" --id bench-worker --devices cpu --allowed-roots "$out" >"$out/logs/worker.log" 2>&1 &
 pids+=($!)
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 for _ in $(seq 100); do "$bin/feral" --coordinator "$url" workers 2>/dev/null | grep -q bench-worker && break; sleep 0.2; done

@@ -11,6 +11,7 @@ use feral_common::dataset::Manifest;
 use feral_common::method::MaskAudit;
 use feral_common::prepare::SyntheticSplits;
 use feral_common::synthetic::SyntheticConfig;
+use feral_common::text::printable;
 use feral_proto::v1 as pb;
 
 use crate::children::Children;
@@ -128,7 +129,17 @@ async fn run_demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> anyho
     println!("starting {} (logs: {}/worker-N.log)", count(args.workers, "worker"), logs.display());
     let worker_ids: Vec<String> = (1..=args.workers).map(|i| format!("demo-worker-{i}")).collect();
     for (index, id) in worker_ids.iter().enumerate() {
-        let worker_args = ["--coordinator".to_owned(), url.clone(), "--id".to_owned(), id.clone(), "--devices".to_owned(), args.devices.clone()];
+        let worker_args = [
+            "--coordinator".to_owned(),
+            url.clone(),
+            "--id".to_owned(),
+            id.clone(),
+            "--devices".to_owned(),
+            args.devices.clone(),
+            // The demo's dataset and artifacts are all under its directory.
+            "--allowed-roots".to_owned(),
+            dir.display().to_string(),
+        ];
         let log = logs.join(format!("worker-{}.log", index + 1));
         children.spawn(id, &worker_bin, &worker_args, &env, &log)?;
     }
@@ -140,8 +151,8 @@ async fn run_demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> anyho
     let spec = job_toml(&data, args.epochs, args.rounds)?;
     tokio::fs::write(&spec_path, &spec).await.with_context(|| format!("cannot write {}", spec_path.display()))?;
     let job = submit_spec(&target, spec).await?;
-    println!("submitted job {} ({})", job.id, spec_path.display());
-    println!("dashboard: http://127.0.0.1:{http_port}/#/jobs/{}", job.id);
+    println!("submitted job {} ({})", printable(&job.id), spec_path.display());
+    println!("dashboard: http://127.0.0.1:{http_port}/#/jobs/{}", printable(&job.id));
 
     let job = tokio::select! {
         job = watch_job(&target, &job.id) => job?,
@@ -155,7 +166,7 @@ async fn run_demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> anyho
             "demo finished: validation accuracy {:.1}%, macro-F1 {:.3}; model at {}",
             metrics.accuracy * 100.0,
             metrics.macro_f1,
-            result.model_path
+            printable(&result.model_path)
         );
         if let Some(online) = online_summary(&job.rounds) {
             println!("{online}");
@@ -282,7 +293,7 @@ async fn cancel_leftover_jobs(url: &Target) -> anyhow::Result<()> {
     let mut client = connect(url).await?;
     let jobs = all_jobs(&mut client).await?;
     for job in jobs.iter().filter(|job| !render::is_final(job.state())) {
-        println!("cancelling job {} left over from an earlier run", job.id);
+        println!("cancelling job {} left over from an earlier run", printable(&job.id));
         client.cancel_job(pb::CancelJobRequest { job_id: job.id.clone() }).await.map_err(rpc_error)?;
     }
     Ok(())

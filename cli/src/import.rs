@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use feral_common::import::{self, ImportReport, SplitOptions};
+use feral_common::prepare::write_dataset_dir;
+use feral_common::text::{printable, printable_path};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::manifest::describe_manifest;
@@ -14,7 +16,9 @@ use crate::manifest::describe_manifest;
 /// How the imported samples are split; shared by every importer.
 #[derive(Clone, Debug, clap::Args)]
 pub struct SplitArgs {
-    /// Directory to write the dataset into (created if missing).
+    /// Directory to write the dataset into: missing, empty, or holding only a Feral dataset,
+    /// which is then replaced whole (the new one is written beside it and swapped in, and no
+    /// old shard is left). Any other non-empty directory is refused and left untouched.
     #[arg(long)]
     pub out: PathBuf,
     /// Fraction in [0, 1] of each class's training samples that keeps its label (stratified);
@@ -141,19 +145,22 @@ fn summarise(report: &ImportReport, out: &Path) {
     if !report.skipped.is_empty() {
         println!("{} bad samples skipped:", report.skipped.len());
         for reason in report.skipped.iter().take(20) {
-            println!("  {reason}");
+            println!("  {}", printable(reason));
         }
         if report.skipped.len() > 20 {
             println!("  ... and {} more", report.skipped.len() - 20);
         }
     }
-    println!("dataset written to {}", out.display());
+    println!("dataset written to {}", printable_path(out));
 }
 
 pub async fn fer2013(args: Fer2013Args) -> anyhow::Result<ExitCode> {
     let options = args.split.options()?;
     let (csv, out) = (args.csv.clone(), args.split.out.clone());
-    let report = with_progress("importing FER2013", move |progress| import::import_fer2013(&csv, &out, &options, progress)).await?;
+    let report = with_progress("importing FER2013", move |progress| {
+        write_dataset_dir(&out, |dir| import::import_fer2013(&csv, dir, &options, progress))
+    })
+    .await?;
     summarise(&report, &args.split.out);
     Ok(ExitCode::SUCCESS)
 }
@@ -166,7 +173,7 @@ pub async fn images(args: ImagesArgs) -> anyhow::Result<ExitCode> {
     }
     let (root, labels, out, size, channels) = (args.root.clone(), args.labels.clone(), args.split.out.clone(), args.size, args.channels);
     let report = with_progress("importing images", move |progress| {
-        import::import_images(&root, labels.as_deref(), &out, size, channels, &options, progress)
+        write_dataset_dir(&out, |dir| import::import_images(&root, labels.as_deref(), dir, size, channels, &options, progress))
     })
     .await?;
     summarise(&report, &args.split.out);
@@ -177,7 +184,10 @@ pub async fn frames(args: FramesArgs) -> anyhow::Result<ExitCode> {
     let options = args.split.options()?;
     check_size(args.size)?;
     let (root, labels, out, size) = (args.root.clone(), args.labels.clone(), args.split.out.clone(), args.size);
-    let report = with_progress("importing frames", move |progress| import::import_frames(&root, &labels, &out, size, &options, progress)).await?;
+    let report = with_progress("importing frames", move |progress| {
+        write_dataset_dir(&out, |dir| import::import_frames(&root, &labels, dir, size, &options, progress))
+    })
+    .await?;
     summarise(&report, &args.split.out);
     Ok(ExitCode::SUCCESS)
 }
@@ -190,7 +200,7 @@ pub async fn inspect(dir: PathBuf) -> anyhow::Result<ExitCode> {
     if inspection.all_ok() {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("error: some shards of {} are missing or corrupt", shown.display());
+        eprintln!("error: some shards of {} are missing or corrupt", printable_path(&shown));
         Ok(ExitCode::FAILURE)
     }
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use feral_common::text::printable;
 use feral_common::time::now_ms;
 use feral_proto::v1 as pb;
 
@@ -18,7 +19,7 @@ pub async fn submit(url: &Target, spec_path: &Path, then_watch: bool) -> anyhow:
         .await
         .with_context(|| format!("cannot read job spec {}", spec_path.display()))?;
     let job = submit_spec(url, spec_toml).await?;
-    println!("submitted job {}", job.id);
+    println!("submitted job {}", printable(&job.id));
     if !then_watch {
         return Ok(ExitCode::SUCCESS);
     }
@@ -64,7 +65,7 @@ pub fn report_final(job: &pb::Job) -> ExitCode {
         pb::JobState::Succeeded => ExitCode::SUCCESS,
         state => {
             let reason = if job.state_reason.is_empty() { "no reason given" } else { job.state_reason.as_str() };
-            eprintln!("error: job {} {}: {reason}", job.id, render::job_state_name(state));
+            eprintln!("error: job {} {}: {}", printable(&job.id), render::job_state_name(state), printable(reason));
             ExitCode::FAILURE
         }
     }
@@ -75,7 +76,7 @@ pub async fn cancel(url: &Target, job_id: &str) -> anyhow::Result<ExitCode> {
     let mut client = connect(url).await?;
     let job = client.cancel_job(pb::CancelJobRequest { job_id: job_id.to_owned() }).await.map_err(rpc_error)?;
     let job = job.into_inner();
-    println!("job {}: {}", job.id, render::job_state_name(job.state()));
+    println!("job {}: {}", printable(&job.id), render::job_state_name(job.state()));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -86,7 +87,7 @@ pub async fn resume(url: &Target, job_id: &str) -> anyhow::Result<ExitCode> {
     let job = job.into_inner();
     let from = job.epochs.iter().filter(|e| e.round == job.round).map(|e| e.epoch).max();
     let checkpoint = from.map_or(String::new(), |epoch| format!(" from round {} epoch {epoch}", job.round));
-    println!("job {}: {}{checkpoint}", job.id, render::job_state_name(job.state()));
+    println!("job {}: {}{checkpoint}", printable(&job.id), render::job_state_name(job.state()));
     Ok(ExitCode::SUCCESS)
 }
 

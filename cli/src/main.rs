@@ -104,6 +104,7 @@ enum DatasetCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let (urls, client_certificate) = (cli.coordinator.clone(), cli.tls_cert.is_some());
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -112,13 +113,28 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(dispatch(cli));
+    let outcome = runtime.block_on(async {
+        let outcome = dispatch(cli).await;
+        // A failed call to a plain address: ask the port whether it speaks TLS.
+        let transport = |m: &str| ["coordinator unavailable", "cannot reach", "h2 protocol error"].iter().any(|t| m.contains(t));
+        let plain_to_tls = match &outcome {
+            Err(error) if transport(&feral_common::errors::error_chain(error.as_ref())) => feral_proto::credentials::plain_to_tls_hint(&urls).await,
+            _ => None,
+        };
+        (outcome, plain_to_tls)
+    });
+    let (outcome, plain_to_tls) = outcome;
     // Do not wait for a dataset generator that an interrupt left running.
     runtime.shutdown_timeout(Duration::from_millis(200));
     match outcome {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {}", feral_common::errors::error_chain(error.as_ref()));
+            // Errors carry the coordinator's messages and names from others: printed escaped.
+            let message = feral_common::errors::error_chain(error.as_ref());
+            eprintln!("error: {}", feral_common::text::printable(&message));
+            if let Some(hint) = plain_to_tls.or_else(|| feral_proto::credentials::transport_hint(&urls, client_certificate, &message)) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -1,6 +1,7 @@
 //! What a prepared dataset holds, as `feral prepare` and the demo print it.
 
 use feral_common::dataset::Manifest;
+use feral_common::text::printable;
 
 use crate::table::{Align, Table};
 
@@ -18,7 +19,7 @@ pub fn describe_manifest(manifest: &Manifest) -> String {
     let total: u64 = manifest.splits.values().map(|info| info.samples).sum();
     format!(
         "dataset {}: {total} images of {}x{}x{}, {} classes\n{}",
-        manifest.name,
+        printable(&manifest.name),
         image.height,
         image.width,
         image.channels,

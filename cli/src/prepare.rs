@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use feral_common::dataset::Manifest;
-use feral_common::prepare::{prepare_synthetic, prepare_synthetic_video, SyntheticSplits};
+use feral_common::prepare::{prepare_synthetic, prepare_synthetic_video, write_dataset_dir, SyntheticSplits};
 use feral_common::synthetic::SyntheticConfig;
+use feral_common::text::printable_path;
 
 use crate::manifest::describe_manifest;
 
@@ -25,7 +26,9 @@ pub enum PrepareSource {
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct SyntheticArgs {
-    /// Directory to write the dataset into (created if missing).
+    /// Directory to write the dataset into: missing, empty, or holding only a Feral dataset,
+    /// which is then replaced whole (the new one is written beside it and swapped in, and no
+    /// old shard is left). Any other non-empty directory is refused and left untouched.
     #[arg(long)]
     pub out: PathBuf,
     /// Number of images to generate (at least 10).
@@ -119,7 +122,7 @@ pub async fn prepare(source: PrepareSource) -> anyhow::Result<ExitCode> {
         PrepareSource::Synthetic(args) => {
             let (config, splits) = args.validate()?;
             let what = if args.frames_per_video > 0 { format!("video frames in clips of {}", args.frames_per_video) } else { "images".to_owned() };
-            println!("generating {} synthetic {what} of {}x{} into {}", config.samples, config.image_size, config.image_size, args.out.display());
+            println!("generating {} synthetic {what} of {}x{} into {}", config.samples, config.image_size, config.image_size, printable_path(&args.out));
             let manifest = generate_synthetic(&args.out, config, splits, args.frames_per_video).await?;
             print!("{}", describe_manifest(&manifest));
             Ok(ExitCode::SUCCESS)
@@ -131,16 +134,19 @@ pub async fn prepare(source: PrepareSource) -> anyhow::Result<ExitCode> {
 }
 
 /// Writes a synthetic dataset into `out` off the async runtime: still images, or clips of
-/// `frames_per_video` frames when that is not 0.
+/// `frames_per_video` frames when that is not 0. A dataset already in `out` is replaced
+/// whole ([`write_dataset_dir`]).
 pub async fn generate_synthetic(out: &Path, config: SyntheticConfig, splits: SyntheticSplits, frames_per_video: usize) -> anyhow::Result<Manifest> {
-    let dir = out.to_path_buf();
-    let manifest = tokio::task::spawn_blocking(move || match frames_per_video {
-        0 => prepare_synthetic(&dir, &config, &splits),
-        frames => prepare_synthetic_video(&dir, &config, &splits, frames),
+    let out_dir = out.to_path_buf();
+    let manifest = tokio::task::spawn_blocking(move || {
+        write_dataset_dir(&out_dir, |dir| match frames_per_video {
+            0 => prepare_synthetic(dir, &config, &splits).map_err(anyhow::Error::from),
+            frames => prepare_synthetic_video(dir, &config, &splits, frames).map_err(anyhow::Error::from),
+        })
     })
-        .await
-        .context("dataset generation stopped unexpectedly")?
-        .with_context(|| format!("cannot write the synthetic dataset into {}", out.display()))?;
+    .await
+    .context("dataset generation stopped unexpectedly")?
+    .with_context(|| format!("cannot write the synthetic dataset into {}", out.display()))?;
     Ok(manifest)
 }
 
@@ -200,6 +206,48 @@ mod tests {
         assert!(rejection(&["--shard-size", "0"]).contains("--shard-size"));
         assert!(rejection(&["--frames-per-video", "1"]).contains("--frames-per-video"));
         assert!(rejection(&["--samples", "100", "--frames-per-video", "101"]).contains("--frames-per-video"));
+    }
+
+    fn files(dir: &Path) -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(dir).expect("list").map(|e| e.expect("entry").file_name().to_string_lossy().into_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn preparing_over_a_dataset_replaces_it_whole_and_other_directories_are_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let out = root.path().join("data");
+        let out_arg = out.display().to_string();
+        let synthetic = ["prepare", "synthetic", "--out", &out_arg, "--samples", "300", "--image-size", "16", "--shard-size", "10"];
+        assert_eq!(prepare(Harness::parse_from(synthetic).source).await.expect("synthetic"), ExitCode::SUCCESS);
+        let old = files(&out);
+        assert!(old.len() > 25, "{old:?}");
+
+        let csv = root.path().join("fer.csv");
+        let pixels = vec!["7"; 2304].join(" ");
+        let mut text = String::from("emotion,pixels,Usage\n");
+        for i in 0..28 {
+            text.push_str(&format!("{},{pixels},{}\n", i % 7, if i < 21 { "Training" } else { "PublicTest" }));
+        }
+        std::fs::write(&csv, text).expect("write");
+        let csv_arg = csv.display().to_string();
+        let fer2013 = ["prepare", "fer2013", "--csv", &csv_arg, "--out", &out_arg, "--shard-size", "16"];
+        assert_eq!(prepare(Harness::parse_from(fer2013).source).await.expect("fer2013"), ExitCode::SUCCESS);
+        let manifest = Manifest::load(&out).expect("the new dataset loads");
+        assert_eq!(manifest.name, "fer2013");
+        let shards = manifest.splits.values().flat_map(|s| &s.shards).map(|s| s.file.clone());
+        let expected: std::collections::BTreeSet<String> = shards.chain(["manifest.json".to_owned()]).collect();
+        assert_eq!(files(&out), expected, "only the new dataset's files are left");
+        assert_eq!(feral_common::dataset::Dataset::open(&out).and_then(|d| d.verify()).expect("verify"), 28);
+        assert_eq!(files(root.path()), ["data".to_owned(), "fer.csv".to_owned()].into(), "no temporary directory is left");
+
+        let notes = root.path().join("notes");
+        std::fs::create_dir(&notes).expect("mkdir");
+        std::fs::write(notes.join("thesis.tex"), "years of work").expect("write");
+        let notes_arg = notes.display().to_string();
+        let refused = prepare(Harness::parse_from(["prepare", "synthetic", "--out", &notes_arg, "--samples", "100"]).source).await;
+        let message = format!("{:#}", refused.expect_err("not a dataset"));
+        assert!(message.contains("notes is not empty and holds no Feral dataset manifest; choose an empty directory"), "{message}");
+        assert_eq!(files(&notes), ["thesis.tex".to_owned()].into());
     }
 
     #[tokio::test]

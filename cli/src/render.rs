@@ -1,6 +1,9 @@
 //! Text for people: job and worker tables, job details, the line printed per finished
 //! epoch, and the progress bar's message. Pure functions of proto values and `now_ms`.
+//! Names, ids, reasons and paths come from other users and workers: they are printed
+//! through [`printable`] (tables do that themselves).
 
+use feral_common::text::printable;
 use feral_proto::v1 as pb;
 
 use crate::table::{f1, percent, Align, Table};
@@ -63,6 +66,7 @@ pub fn jobs_table(jobs: &[pb::Job], now_ms: u64) -> String {
     let mut table = Table::new(&[
         ("ID", Align::Left),
         ("NAME", Align::Left),
+        ("OWNER", Align::Left),
         ("STATE", Align::Left),
         ("ROUND", Align::Right),
         ("EPOCHS", Align::Right),
@@ -78,6 +82,7 @@ pub fn jobs_table(jobs: &[pb::Job], now_ms: u64) -> String {
         table.push(vec![
             job.id.clone(),
             job.name.clone(),
+            if job.owner.is_empty() { "-".to_owned() } else { job.owner.clone() },
             job_state_name(job.state()).to_owned(),
             job.round.to_string(),
             format!("{}/{}", job.epochs_done, job.epochs_total),
@@ -150,17 +155,21 @@ pub fn final_metrics(result: &pb::JobResult, rounds_planned: u32) -> String {
     if let Some(test) = &result.test {
         out.push_str(&format!("final test: accuracy {}, macro-F1 {} ({} samples)\n", percent(test.accuracy), f1(test.macro_f1), test.samples));
     }
-    out.push_str(&format!("model: {}\n", result.model_path));
+    out.push_str(&format!("model: {}\n", printable(&result.model_path)));
     out
 }
 
 /// `feral status JOB`, and the summary at the end of `feral watch`.
 pub fn job_details(job: &pb::Job, now_ms: u64) -> String {
     let state = job.state();
-    let mut out = format!("job {} ({})\n", job.id, job.name);
+    let id = printable(&job.id);
+    let mut out = format!("job {id} ({})\n", printable(&job.name));
+    if !job.owner.is_empty() {
+        out.push_str(&format!("owner: {}\n", printable(&job.owner)));
+    }
     out.push_str(&format!("state: {}", job_state_name(state)));
     if !job.state_reason.is_empty() {
-        out.push_str(&format!(" ({})", job.state_reason));
+        out.push_str(&format!(" ({})", printable(&job.state_reason)));
     }
     out.push('\n');
     let planned = if job.rounds_planned > 0 { format!(" of {}", job.rounds_planned) } else { String::new() };
@@ -172,7 +181,7 @@ pub fn job_details(job: &pb::Job, now_ms: u64) -> String {
         format_age(now_ms.saturating_sub(job.created_at_ms))
     ));
     if !job.worker_ids.is_empty() {
-        out.push_str(&format!("workers: {}\n", job.worker_ids.join(", ")));
+        out.push_str(&format!("workers: {}\n", printable(&job.worker_ids.join(", "))));
     }
     if job.gang_size > 1 && job.gang_ranks > 0 {
         let short = if job.gang_ranks < job.gang_size { " (elastic: short of ranks until a slot is free)" } else { "" };
@@ -180,12 +189,12 @@ pub fn job_details(job: &pb::Job, now_ms: u64) -> String {
     }
     if !job.last_failure.is_empty() && !is_final(state) {
         let retry = if job.retry_at_ms > now_ms { format!(" (next attempt in {})", format_age(job.retry_at_ms - now_ms)) } else { String::new() };
-        out.push_str(&format!("retrying{retry}; last failure: {}\n", job.last_failure));
+        out.push_str(&format!("retrying{retry}; last failure: {}\n", printable(&job.last_failure)));
     } else if !job.last_failure.is_empty() && state != pb::JobState::Succeeded {
-        out.push_str(&format!("last failure: {}\n", job.last_failure));
+        out.push_str(&format!("last failure: {}\n", printable(&job.last_failure)));
     }
     if matches!(state, pb::JobState::Failed | pb::JobState::Cancelled) {
-        out.push_str(&format!("resume it from its last checkpoint: feral resume {}\n", job.id));
+        out.push_str(&format!("resume it from its last checkpoint: feral resume {id}\n"));
     }
     if !job.epochs.is_empty() {
         out.push('\n');
@@ -288,6 +297,7 @@ mod tests {
             best_macro_f1: Some(0.4),
             last_macro_f1: Some(0.35),
             worker_ids: vec!["w-1".into()],
+            owner: "alice".into(),
             ..pb::Job::default()
         }
     }
@@ -308,7 +318,7 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("ID"), "{text}");
         let cells: Vec<&str> = lines[1].split_whitespace().collect();
-        assert_eq!(cells, ["job-abc", "demo", "training", "0", "2/6", "0.400", "0.350", "1m"]);
+        assert_eq!(cells, ["job-abc", "demo", "alice", "training", "0", "2/6", "0.400", "0.350", "1m"]);
         assert_eq!(jobs_table(&[], 0), "no jobs\n");
     }
 
@@ -319,7 +329,7 @@ mod tests {
         (queued.best_macro_f1, queued.last_macro_f1) = (None, None);
         let text = jobs_table(&[queued], 1_000);
         let cells: Vec<&str> = text.lines().nth(1).unwrap_or_default().split_whitespace().collect();
-        assert_eq!(&cells[2..], ["queued", "0", "2/6", "-", "-", "0s"]);
+        assert_eq!(&cells[3..], ["queued", "0", "2/6", "-", "-", "0s"]);
     }
 
     #[test]
@@ -403,6 +413,32 @@ mod tests {
         let text = job_details(&done, 5_000);
         assert!(text.contains("final validation: accuracy 70.0%, macro-F1 0.550 (100 samples)\n"), "{text}");
         assert!(text.contains("final test: accuracy 64.0%, macro-F1 0.512 (90 samples)\nmodel: /art/model.safetensors\n"), "{text}");
+    }
+
+    #[test]
+    fn names_ids_and_reasons_from_others_cannot_drive_the_terminal() {
+        let hostile = "\u{1b}]0;title\u{7}\u{1b}[2J\u{202e}lin";
+        let mut failed = job(pb::JobState::Failed);
+        (failed.id, failed.name, failed.state_reason, failed.last_failure) = (hostile.into(), hostile.into(), hostile.into(), hostile.into());
+        failed.worker_ids = vec![hostile.into()];
+        failed.result = Some(pb::JobResult {
+            validation: Some(pb::Metrics { per_class_f1: vec![0.9, 0.2], ..pb::Metrics::default() }),
+            class_names: vec![hostile.into(), "惊讶 é".into()],
+            model_path: hostile.into(),
+            ..pb::JobResult::default()
+        });
+        let escaped = "\\u{1b}]0;title\\u{7}\\u{1b}[2J\\u{202e}lin";
+        let mut done = failed.clone();
+        done.state = pb::JobState::Succeeded as i32;
+        let worker = pb::Worker { id: hostile.into(), hostname: hostile.into(), slots: vec![pb::Slot { device: hostile.into(), name: "x".into() }], ..pb::Worker::default() };
+        for text in [job_details(&failed, 5_000), job_details(&done, 5_000), jobs_table(&[failed.clone()], 5_000), workers_table(&[worker], 5_000)] {
+            assert!(!text.contains(['\u{1b}', '\u{7}', '\u{202e}']), "{text:?}");
+            assert!(text.contains(escaped), "{text}");
+        }
+        let details = job_details(&done, 5_000);
+        assert!(details.contains(&format!("job {escaped} ({escaped})\n")), "{details}");
+        assert!(details.contains(&format!("model: {escaped}\n")), "{details}");
+        assert!(details.lines().any(|l| l.split_whitespace().eq(["惊讶", "é", "0.200"])), "ordinary Unicode is kept: {details}");
     }
 
     #[test]

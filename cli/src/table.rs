@@ -1,6 +1,8 @@
 //! Plain-text tables with aligned columns, for `feral status` and `feral workers`, and
 //! the number formats their cells use.
 
+use feral_common::text::printable;
+
 /// How a column's cells line up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Align {
@@ -8,7 +10,8 @@ pub enum Align {
     Right,
 }
 
-/// A table built row by row and rendered with two spaces between columns.
+/// A table built row by row and rendered with two spaces between columns. Headers and cells
+/// (class names, job names, hostnames) are kept [`printable`].
 #[derive(Debug)]
 pub struct Table {
     headers: Vec<(String, Align)>,
@@ -17,13 +20,13 @@ pub struct Table {
 
 impl Table {
     pub fn new(headers: &[(&str, Align)]) -> Self {
-        let headers = headers.iter().map(|(name, align)| ((*name).to_owned(), *align)).collect();
+        let headers = headers.iter().map(|(name, align)| (printable(name).into_owned(), *align)).collect();
         Self { headers, rows: Vec::new() }
     }
 
     /// Adds a row; missing cells render empty, extra cells are ignored.
     pub fn push(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(cells.into_iter().map(|cell| printable(&cell).into_owned()).collect());
     }
 
     pub fn is_empty(&self) -> bool {
@@ -114,6 +117,15 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines, ["NAME     COUNT  NOTE", "alpha        7", "b      1234567  long note"]);
         assert!(!table.is_empty());
+    }
+
+    #[test]
+    fn control_and_bidi_characters_in_headers_and_cells_are_escaped() {
+        let mut table = Table::new(&[("\u{1b}[2J", Align::Left), ("惊讶", Align::Right)]);
+        table.push(vec!["\u{202e}evil".into(), "é".into()]);
+        let text = table.render();
+        assert!(!text.contains('\u{1b}') && !text.contains('\u{202e}'), "{text:?}");
+        assert_eq!(text, "\\u{1b}[2J     惊讶\n\\u{202e}evil   é\n", "widths count the escapes");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
+use feral_common::text::printable;
 use feral_proto::v1 as pb;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_stream::StreamExt;
@@ -51,7 +52,7 @@ async fn follow(url: &Target, job_id: &str, display: &mut WatchDisplay) -> anyho
             backoff = FIRST_BACKOFF;
         }
         let since = *broken_since.get_or_insert_with(|| {
-            display.line(&format!("lost the coordinator ({problem}); reconnecting"));
+            display.line(&format!("lost the coordinator ({}); reconnecting", printable(&problem)));
             display.reconnecting = true;
             Instant::now()
         });
@@ -154,12 +155,12 @@ impl WatchDisplay {
         }
         let phase = (job.state(), job.round);
         if self.last_phase != Some(phase) {
-            let mut text = format!("job {}: {}", job.id, render::job_state_name(phase.0));
+            let mut text = format!("job {}: {}", printable(&job.id), render::job_state_name(phase.0));
             if phase.1 > 0 {
                 text.push_str(&format!(" (round {})", phase.1));
             }
             if !job.state_reason.is_empty() {
-                text.push_str(&format!(": {}", job.state_reason));
+                text.push_str(&format!(": {}", printable(&job.state_reason)));
             }
             lines.push(text);
             self.last_phase = Some(phase);
@@ -215,6 +216,14 @@ mod tests {
         let mut failed = job(pb::JobState::Failed, 3);
         failed.state_reason = "out of memory".into();
         assert_eq!(display.new_lines(&failed), ["job job-1: failed: out of memory"]);
+    }
+
+    #[test]
+    fn ids_and_reasons_are_printed_escaped() {
+        let mut display = WatchDisplay::new(false);
+        let mut failed = job(pb::JobState::Failed, 0);
+        (failed.id, failed.state_reason) = ("job-\u{1b}[2J".into(), "\u{202e}yromem fo tuo".into());
+        assert_eq!(display.new_lines(&failed), ["job job-\\u{1b}[2J: failed: \\u{202e}yromem fo tuo"]);
     }
 
     #[test]

@@ -28,7 +28,7 @@ impl Coordinator {
         let url = format!("http://{}", listener.local_addr()?);
         let store = etcd.store("/feral/").await;
         let election = Election::connect(&etcd.endpoints, "/feral/", &url, Duration::from_secs(2)).await?;
-        let settings = Settings { artifact_root: root.join("artifacts"), heartbeat_interval_ms: 100, lease_ttl_ms: 1500 };
+        let settings = Settings { artifact_root: root.join("artifacts"), heartbeat_interval_ms: 100, lease_ttl_ms: 1500, deadlines: Default::default() };
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = tokio::spawn(feral_coordinator::serve_elected(settings, Default::default(), listener, store, election, async {
             let _ = stopped.await;

@@ -28,7 +28,7 @@ async fn the_cli_sends_its_token_and_says_why_a_call_was_refused() -> anyhow::Re
     let dir = tempfile::tempdir()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let settings = Settings { artifact_root: dir.path().join("artifacts"), heartbeat_interval_ms: 100, lease_ttl_ms: 1500 };
+    let settings = Settings { artifact_root: dir.path().join("artifacts"), heartbeat_interval_ms: 100, lease_ttl_ms: 1500, deadlines: Default::default() };
     let access = Access { tokens: Some(Arc::new(Tokens::parse(TOKENS).map_err(anyhow::Error::msg)?)), ..Access::default() };
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
     let served = tokio::spawn(feral_coordinator::serve(settings, access, listener, Arc::new(MemoryStore::default()), async {

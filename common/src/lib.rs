@@ -8,6 +8,7 @@
 
 pub mod dataset;
 pub mod errors;
+pub mod files;
 pub mod ids;
 pub mod import;
 pub mod method;
@@ -21,4 +22,5 @@ pub mod spec;
 pub mod synthetic;
 pub mod task;
 pub mod temporal;
+pub mod text;
 pub mod time;

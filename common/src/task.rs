@@ -115,6 +115,8 @@ pub struct Assignment {
     pub spec_toml: String,
     /// Where the task writes its files; a path the worker can see.
     pub artifact_dir: PathBuf,
+    /// Who submitted the job (its token's name; empty for a job stored before owners).
+    pub owner: String,
     pub device: Device,
     pub inputs: TaskInputs,
 }

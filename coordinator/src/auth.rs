@@ -2,11 +2,12 @@
 //! (`authorization: Bearer SECRET`); the coordinator knows its tokens from a file, each with
 //! a name and a role:
 //!
-//! - a *submitter* may call the job API (submit, watch, cancel, list);
+//! - a *submitter* may call the job API (submit, watch, cancel, list), and sees and
+//!   changes only the jobs it submitted: another's job answers as one that does not exist;
 //! - a *worker* may call the worker API only, and only as the worker its name is: a worker
 //!   token named `gpu-node-1` registers, heartbeats and reports tasks as `gpu-node-1` and
 //!   no other, so nobody can take over a live worker's id or finish its tasks;
-//! - an *admin* may do both, as any worker.
+//! - an *admin* may do both, as any worker, on every job.
 //!
 //! ```toml
 //! version = 1
@@ -24,7 +25,13 @@
 //!
 //! Secrets are compared as SHA-256 digests in constant time, against every known token
 //! (no early exit), so neither a secret nor which token matched leaks through timing.
-//! Without a tokens file every caller is an anonymous admin, as before tokens existed.
+//!
+//! With mutual TLS and no tokens file, the client certificate names the caller instead:
+//! its name is the certificate's first DNS name (subject alternative name), else its
+//! common name, and its role its organisational unit (`OU=submitter`, `worker` or `admin`);
+//! a certificate without one is refused. A worker certificate for `w-a` then registers and
+//! reports as `w-a` only, and cannot submit, exactly as a worker token.
+//! Without tokens or client certificates every caller is an anonymous admin.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +41,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
+
+use crate::control::Scope;
 
 /// The shortest secret a tokens file may hold.
 pub const MIN_SECRET_CHARS: usize = 16;
@@ -69,13 +78,21 @@ impl Caller {
         Self { name: "anonymous".into(), role: Role::Admin }
     }
 
+    /// Whose jobs this caller may see and change: an admin's every job, a submitter's its own.
+    pub fn scope(&self) -> Scope<'_> {
+        match self.role {
+            Role::Admin => Scope::Every,
+            Role::Submitter | Role::Worker => Scope::OwnedBy(&self.name),
+        }
+    }
+
     /// Whether this caller may speak for worker `id`: an admin for any, a worker for its own.
     pub fn may_act_as(&self, id: &WorkerId) -> Result<(), Status> {
         match self.role {
             Role::Admin => Ok(()),
             Role::Worker if self.name == id.as_str() => Ok(()),
             _ => Err(Status::permission_denied(format!(
-                "token `{}` (role {}) may not act as worker `{id}`: a worker token acts only as the worker it is named after",
+                "`{}` (role {}) may not act as worker `{id}`: a worker token or certificate acts only as the worker it is named after",
                 self.name, self.role
             ))),
         }
@@ -195,20 +212,49 @@ impl Gate {
     }
 
     fn check(&self, request: &Request<()>) -> Result<Caller, Status> {
+        if self.tokens.is_none() {
+            // Present only when the listener asks for client certificates (mutual TLS).
+            if let Some(leaf) = request.peer_certs().as_deref().and_then(|certs| certs.first().cloned()) {
+                return permit(self.api, certificate_caller(&leaf)?);
+            }
+        }
         let header = request.metadata().get("authorization").map(|value| value.to_str().unwrap_or(""));
         authorize(self.tokens.as_deref(), self.api, header)
     }
 }
 
-/// The caller whose `authorization` header value is `header`, if it may use `api`: anyone
-/// without tokens; with tokens, a missing or unknown token is `Unauthenticated` and a role
-/// that `api` does not serve `PermissionDenied`. The gRPC [`Gate`] and the HTTP dashboard
-/// both ask this.
-pub fn authorize(tokens: Option<&Tokens>, api: Api, header: Option<&str>) -> Result<Caller, Status> {
-    let Some(tokens) = tokens else { return Ok(Caller::anonymous()) };
-    let header = header.ok_or_else(|| Status::unauthenticated("this coordinator needs a bearer token (header `authorization: Bearer TOKEN`); the call sent none"))?;
-    let secret = header.strip_prefix("Bearer ").ok_or_else(|| Status::unauthenticated("the `authorization` header must read `Bearer TOKEN`"))?;
-    let caller = tokens.find(secret.trim()).ok_or_else(|| Status::unauthenticated("the bearer token is not one this coordinator knows"))?;
+/// The caller a client certificate (DER) names: see the module's documentation.
+pub fn certificate_caller(der: &[u8]) -> Result<Caller, Status> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| Status::unauthenticated(format!("the client certificate cannot be read: {e}")))?;
+    let dns_name = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .and_then(|san| san.value.general_names.iter().find_map(|n| if let GeneralName::DNSName(name) = n { Some(name.to_string()) } else { None }));
+    let common_name = || cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
+    let name = dns_name.or_else(common_name).ok_or_else(|| Status::unauthenticated("the client certificate names nobody: it has no DNS name and no common name"))?;
+    let unit = cert.subject().iter_organizational_unit().next().and_then(|ou| ou.as_str().ok()).map(str::to_owned);
+    let role = match unit.as_deref() {
+        Some("submitter") => Role::Submitter,
+        Some("worker") => Role::Worker,
+        Some("admin") => Role::Admin,
+        other => {
+            let had = other.map_or("none".to_owned(), |ou| format!("{ou:?}"));
+            return Err(Status::permission_denied(format!(
+                "client certificate `{}` has no role: its subject needs OU=submitter, OU=worker or OU=admin (it has {had})",
+                name.escape_debug()
+            )));
+        }
+    };
+    if role == Role::Worker {
+        WorkerId::parse(&name).map_err(|p| Status::permission_denied(format!("client certificate `{}` is a worker's, whose name is its worker id, and it {p}", name.escape_debug())))?;
+    }
+    Ok(Caller { name, role })
+}
+
+/// `caller`, if its role may use `api`.
+fn permit(api: Api, caller: Caller) -> Result<Caller, Status> {
     let allowed = match (api, caller.role) {
         (_, Role::Admin) | (Api::Jobs, Role::Submitter) | (Api::Workers, Role::Worker) => true,
         _ => false,
@@ -218,9 +264,26 @@ pub fn authorize(tokens: Option<&Tokens>, api: Api, header: Option<&str>) -> Res
             Api::Jobs => "the job API (feral.v1.JobService)",
             Api::Workers => "the worker API (feral.v1.WorkerService)",
         };
-        return Err(Status::permission_denied(format!("token `{}` has role {}, which may not call {api}", caller.name, caller.role)));
+        return Err(Status::permission_denied(format!("`{}` has role {}, which may not call {api}", caller.name, caller.role)));
     }
-    Ok(caller.clone())
+    Ok(caller)
+}
+
+/// The caller whose `authorization` header value is `header`, if it may use `api`: anyone
+/// without tokens; with tokens, a missing or unknown token is `Unauthenticated` and a role
+/// that `api` does not serve `PermissionDenied`. The gRPC [`Gate`] and the HTTP dashboard
+/// both ask this.
+pub fn authorize(tokens: Option<&Tokens>, api: Api, header: Option<&str>) -> Result<Caller, Status> {
+    permit(api, identify(tokens, header)?)
+}
+
+/// The caller whose `authorization` header value is `header`, whatever its role: anyone
+/// without tokens; with tokens, a missing or unknown token is `Unauthenticated`.
+pub fn identify(tokens: Option<&Tokens>, header: Option<&str>) -> Result<Caller, Status> {
+    let Some(tokens) = tokens else { return Ok(Caller::anonymous()) };
+    let header = header.ok_or_else(|| Status::unauthenticated("this coordinator needs a bearer token (header `authorization: Bearer TOKEN`); the call sent none"))?;
+    let secret = header.strip_prefix("Bearer ").ok_or_else(|| Status::unauthenticated("the `authorization` header must read `Bearer TOKEN`"))?;
+    tokens.find(secret.trim()).cloned().ok_or_else(|| Status::unauthenticated("the bearer token is not one this coordinator knows"))
 }
 
 impl tonic::service::Interceptor for Gate {

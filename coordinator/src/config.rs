@@ -16,6 +16,14 @@
 //! tls_cert = "/etc/feral/coordinator.pem" # TLS on both APIs (clients use https://)
 //! tls_key = "/etc/feral/coordinator.key"
 //! tls_client_ca = "/etc/feral/ca.pem"     # mutual TLS: only clients with a certificate it signed
+//! metrics_public = false                   # true: /metrics needs no token even with tokens
+//!
+//! [task_deadlines]   # seconds a task may show no life before it fails as stuck (these are the defaults)
+//! ack_s = 60         # from its assignment until its worker's heartbeat lists it
+//! prepare_s = 3600   # a prepare, infer or select task, from its start to its end
+//! infer_s = 3600
+//! select_s = 3600
+//! epoch_s = 21600    # a training task, from its start or its last epoch to the next epoch
 //! ```
 
 use std::net::SocketAddr;
@@ -24,6 +32,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::control::Settings;
+use crate::model::TaskDeadlines;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -86,6 +95,8 @@ pub struct CoordinatorConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,
+    /// `/metrics` answers without a token even when there are tokens.
+    pub metrics_public: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +115,8 @@ struct ConfigFile {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
+    task_deadlines: Option<TaskDeadlines>,
+    metrics_public: Option<bool>,
 }
 
 /// Values given on the command line or in the environment; they win over the file.
@@ -149,6 +162,10 @@ pub struct Overrides {
     /// Mutual TLS: the CA (PEM) whose client certificates are required of every caller.
     #[arg(long, env = "FERAL_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Serve `/metrics` without a token even when the coordinator has tokens (a scraper
+    /// on a trusted network); otherwise a scrape needs a known token, of any role.
+    #[arg(long, env = "FERAL_METRICS_PUBLIC")]
+    pub metrics_public: bool,
 }
 
 impl CoordinatorConfig {
@@ -193,8 +210,10 @@ impl CoordinatorConfig {
         let advertise =
             overrides.advertise.clone().or_else(|| file.and_then(|f| f.advertise.clone())).unwrap_or_else(|| default_advertise(scheme, listen));
         let leader_lease_s = overrides.leader_lease_s.or_else(|| file.and_then(|f| f.leader_lease_s)).unwrap_or(5);
-        let settings = Settings { artifact_root, heartbeat_interval_ms, lease_ttl_ms };
-        let config = Self { listen, http_listen, store, settings, advertise, leader_lease_s, tokens, tls_cert, tls_key, tls_client_ca };
+        let deadlines = file.and_then(|f| f.task_deadlines).unwrap_or_default();
+        let settings = Settings { artifact_root, heartbeat_interval_ms, lease_ttl_ms, deadlines };
+        let metrics_public = overrides.metrics_public || file.and_then(|f| f.metrics_public).unwrap_or(false);
+        let config = Self { listen, http_listen, store, settings, advertise, leader_lease_s, tokens, tls_cert, tls_key, tls_client_ca, metrics_public };
         config.validate()?;
         Ok(config)
     }
@@ -209,6 +228,10 @@ impl CoordinatorConfig {
                 field: "lease_ttl_ms",
                 problem: format!("must be longer than heartbeat_interval_ms ({} <= {})", s.lease_ttl_ms, s.heartbeat_interval_ms),
             });
+        }
+        if let Some((key, value)) = s.deadlines.invalid() {
+            let problem = format!("must be in 1..={} seconds, got {value}", TaskDeadlines::MAX_S);
+            return Err(ConfigError::Invalid { field: key, problem: format!("(in [task_deadlines]) {problem}") });
         }
         if !(1..=300).contains(&self.leader_lease_s) {
             return Err(ConfigError::Invalid { field: "leader_lease_s", problem: format!("must be in 1..=300 seconds, got {}", self.leader_lease_s) });
@@ -231,13 +254,14 @@ impl CoordinatorConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             http_listen: None,
             store: StoreConfig::Memory,
-            settings: Settings { artifact_root, heartbeat_interval_ms: 100, lease_ttl_ms: 1500 },
+            settings: Settings { artifact_root, heartbeat_interval_ms: 100, lease_ttl_ms: 1500, deadlines: TaskDeadlines::default() },
             advertise: "http://127.0.0.1:0".into(),
             leader_lease_s: 2,
             tokens: None,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            metrics_public: false,
         }
     }
 }

@@ -17,7 +17,9 @@ use tracing::{info, warn};
 
 use crate::error::CoordinatorError;
 use crate::metrics::{Census, Metrics, RunningJob};
-use crate::model::{free_slot_count, replan, schedule, waiting_reason, Cluster, GangPeers, JobEvent, JobRecord, LiveWorker, Orders, Slot, WorkerRecord, WorkerState};
+use crate::model::{
+    free_slot_count, replan, schedule, waiting_reason, Cluster, GangPeers, JobEvent, JobRecord, LiveWorker, Orders, Slot, TaskClocks, TaskDeadlines, WorkerRecord, WorkerState,
+};
 use crate::store::{Store, Write};
 
 /// Timing and placement settings of a coordinator.
@@ -28,6 +30,27 @@ pub struct Settings {
     pub heartbeat_interval_ms: u64,
     /// A worker without a heartbeat for this long is lost.
     pub lease_ttl_ms: u64,
+    /// How long a task may show no life before it is failed as stuck.
+    pub deadlines: TaskDeadlines,
+}
+
+/// Whose jobs a caller may see and change (docs/design.md §3, Security): every job (an
+/// admin, or anyone when the coordinator has no tokens), or those one token submitted. A
+/// job out of scope is answered as one that does not exist, so that nobody learns which
+/// ids another user's jobs have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope<'a> {
+    Every,
+    OwnedBy(&'a str),
+}
+
+impl Scope<'_> {
+    pub fn includes(self, job: &JobRecord) -> bool {
+        match self {
+            Scope::Every => true,
+            Scope::OwnedBy(name) => job.owner.as_deref() == Some(name),
+        }
+    }
 }
 
 /// A worker with what only memory knows of it.
@@ -42,6 +65,7 @@ pub struct WorkerView {
 struct Model {
     cluster: Cluster,
     watchers: HashMap<JobId, watch::Sender<JobRecord>>,
+    clocks: TaskClocks,
 }
 
 pub struct ControlPlane {
@@ -59,10 +83,17 @@ fn worker_key(id: &WorkerId) -> String {
     format!("workers/{id}")
 }
 
-fn encode<T: Serialize>(key: &str, value: &T) -> Result<Write, CoordinatorError> {
-    let bytes = serde_json::to_vec(value)
-        .map_err(|e| CoordinatorError::CorruptRecord { key: key.to_owned(), problem: e.to_string() })?;
-    Ok(Write::put(key, bytes))
+/// `value` as the bytes stored under `key`, read back before they are written: a value
+/// that would not read back as itself (a NaN, which JSON writes as `null`) is refused here,
+/// so the store never holds a record that a restart could not load.
+fn encode<T: Serialize + DeserializeOwned + PartialEq>(key: &str, value: &T) -> Result<Write, CoordinatorError> {
+    let refused = |problem: String| CoordinatorError::CorruptRecord { key: key.to_owned(), problem };
+    let bytes = serde_json::to_vec(value).map_err(|e| refused(e.to_string()))?;
+    match serde_json::from_slice::<T>(&bytes) {
+        Ok(read) if read == *value => Ok(Write::put(key, bytes)),
+        Ok(_) => Err(refused("it would not read back as written (a value JSON cannot hold, such as NaN)".into())),
+        Err(e) => Err(refused(format!("it would not read back: {e}"))),
+    }
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CoordinatorError> {
@@ -101,8 +132,12 @@ impl ControlPlane {
                     model.cluster.put_job(job);
                 }
                 Err(error) => {
-                    warn!(%key, %error, "a job record that cannot be read is set aside under quarantine/");
-                    repairs.extend([Write::put(format!("quarantine/{key}"), bytes), Write::Delete { key }]);
+                    // Kept, and shown: the raw bytes under quarantine/, and in its place a
+                    // failed job that says so, so that `feral status` still lists it.
+                    warn!(%key, %error, "a job record that cannot be read is kept under quarantine/ and shown as failed");
+                    let unreadable = JobRecord::unreadable(&key, &bytes, &error.to_string(), now_ms);
+                    repairs.extend([Write::put(format!("quarantine/{key}"), bytes), encode(&key, &unreadable)?]);
+                    model.cluster.put_job(unreadable);
                 }
             }
         }
@@ -172,13 +207,15 @@ impl ControlPlane {
 
     // ----- jobs ---------------------------------------------------------------------
 
-    pub async fn submit(&self, spec_toml: &str, now_ms: u64) -> Result<JobRecord, CoordinatorError> {
+    /// Queues the job `spec_toml` describes, owned by `owner`.
+    pub async fn submit(&self, spec_toml: &str, owner: &str, now_ms: u64) -> Result<JobRecord, CoordinatorError> {
         let spec = JobSpec::from_toml(spec_toml)?;
         let id = JobId::generate();
         // Always a directory of the job's own, named by its id: two specs that name one
         // `artifacts` directory write beside each other, never over each other.
         let artifact_dir = spec.artifacts.as_deref().unwrap_or(&self.settings.artifact_root).join(id.as_str());
-        let job = JobRecord::submitted(id.clone(), spec, spec_toml.to_owned(), artifact_dir, now_ms);
+        let mut job = JobRecord::submitted(id.clone(), spec, spec_toml.to_owned(), artifact_dir, now_ms);
+        job.owner = Some(owner.to_owned());
         let mut model = self.model.lock().await;
         self.store.apply(vec![encode(&job_key(&id), &job)?]).await?;
         self.metrics.job_changed(None, &job, now_ms);
@@ -188,16 +225,16 @@ impl ControlPlane {
         model.cluster.job(&id).cloned().ok_or(CoordinatorError::JobNotFound(id))
     }
 
-    pub async fn job(&self, id: &JobId) -> Result<JobRecord, CoordinatorError> {
+    pub async fn job(&self, scope: Scope<'_>, id: &JobId) -> Result<JobRecord, CoordinatorError> {
         let model = self.model.lock().await;
-        model.cluster.job(id).cloned().ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))
+        model.cluster.job(id).filter(|job| scope.includes(job)).cloned().ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))
     }
 
-    /// Up to `size` jobs, newest first, starting after the job `after` names (its creation
-    /// time and id); with the key of the last one when more follow.
-    pub async fn jobs_page(&self, after: Option<(u64, JobId)>, size: usize) -> (Vec<JobRecord>, Option<(u64, JobId)>) {
+    /// Up to `size` jobs of `scope`, newest first, starting after the job `after` names (its
+    /// creation time and id); with the key of the last one when more follow.
+    pub async fn jobs_page(&self, scope: Scope<'_>, after: Option<(u64, JobId)>, size: usize) -> (Vec<JobRecord>, Option<(u64, JobId)>) {
         let model = self.model.lock().await;
-        let mut keys: Vec<(u64, &JobId)> = model.cluster.jobs().values().map(|j| (j.created_at_ms, &j.id)).collect();
+        let mut keys: Vec<(u64, &JobId)> = model.cluster.jobs().values().filter(|j| scope.includes(j)).map(|j| (j.created_at_ms, &j.id)).collect();
         keys.sort_by(|a, b| b.cmp(a));
         let start = after.map_or(0, |(at, id)| keys.partition_point(|&(t, i)| (t, i) >= (at, &id)));
         let page: Vec<JobRecord> = keys[start..].iter().take(size).filter_map(|(_, id)| model.cluster.job(id).cloned()).collect();
@@ -213,8 +250,11 @@ impl ControlPlane {
         jobs.iter().map(|job| waiting_reason(job, &workers)).collect()
     }
 
-    pub async fn cancel(&self, id: &JobId, now_ms: u64) -> Result<JobRecord, CoordinatorError> {
+    pub async fn cancel(&self, scope: Scope<'_>, id: &JobId, now_ms: u64) -> Result<JobRecord, CoordinatorError> {
         let mut model = self.model.lock().await;
+        if !model.cluster.job(id).is_some_and(|job| scope.includes(job)) {
+            return Err(CoordinatorError::JobNotFound(id.clone()));
+        }
         let event = JobEvent::CancelRequested { reason: "cancelled by user".to_owned() };
         self.apply_job_event(&mut model, id, &event, now_ms).await?;
         info!(job_id = %id, "job cancel requested");
@@ -223,9 +263,9 @@ impl ControlPlane {
 
     /// Continues a failed or cancelled job from where it stopped, with a fresh budget of
     /// attempts ([`JobRecord::resumed`]).
-    pub async fn resume(&self, id: &JobId, now_ms: u64) -> Result<JobRecord, CoordinatorError> {
+    pub async fn resume(&self, scope: Scope<'_>, id: &JobId, now_ms: u64) -> Result<JobRecord, CoordinatorError> {
         let mut model = self.model.lock().await;
-        let job = model.cluster.job(id).ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))?;
+        let job = model.cluster.job(id).filter(|job| scope.includes(job)).ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))?;
         let next = job.resumed(now_ms).map_err(CoordinatorError::NotResumable)?;
         self.store.apply(vec![encode(&job_key(id), &next)?]).await?;
         info!(job_id = %id, state = ?next.state, "job resumed");
@@ -236,9 +276,9 @@ impl ControlPlane {
     }
 
     /// The job now, and every later version of it until it is final.
-    pub async fn watch(&self, id: &JobId) -> Result<watch::Receiver<JobRecord>, CoordinatorError> {
+    pub async fn watch(&self, scope: Scope<'_>, id: &JobId) -> Result<watch::Receiver<JobRecord>, CoordinatorError> {
         let mut model = self.model.lock().await;
-        let job = model.cluster.job(id).cloned().ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))?;
+        let job = model.cluster.job(id).filter(|job| scope.includes(job)).cloned().ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))?;
         if job.state.is_final() {
             // Nothing will change: no sender is kept (senders are dropped when a job ends).
             return Ok(watch::channel(job).1);
@@ -319,6 +359,25 @@ impl ControlPlane {
         self.run_scheduler(&mut model, now_ms).await
     }
 
+    /// Fails, as stuck, each task past its deadline (`model::deadlines`): one its worker
+    /// has not started, or one that has shown no progress for longer than its kind allows.
+    /// Like any failure it is retried within the job's attempts, on the next free slot.
+    pub async fn expire_stuck_tasks(&self, now_ms: u64) -> Result<(), CoordinatorError> {
+        let mut model = self.model.lock().await;
+        let Model { cluster, clocks, .. } = &mut *model;
+        let stuck = clocks.check(cluster, &self.settings.deadlines, now_ms);
+        if stuck.is_empty() {
+            return Ok(());
+        }
+        for s in stuck {
+            warn!(worker_id = %s.worker, task_id = %s.task, reason = %s.reason, "task stuck");
+            model.cluster.distrust_gang_of(&s.worker, &s.task, now_ms);
+            let event = JobEvent::TaskFailed { task: s.task.task.clone(), worker: s.worker.clone(), reason: s.reason, retryable: true };
+            self.apply_job_event(&mut model, &s.task.job, &event, now_ms).await?;
+        }
+        self.run_scheduler(&mut model, now_ms).await
+    }
+
     // ----- task reports -------------------------------------------------------------
 
     /// Records an epoch; answers whether the task should stop: when it is no longer
@@ -331,6 +390,10 @@ impl ControlPlane {
         }
         self.refuse_unlike_the_job(&mut model, worker, task, |job| job.check_progress(&epoch, epochs_total), now_ms).await?;
         let last_epoch = epoch.epoch >= epochs_total;
+        if let Some(round) = model.cluster.task(task).map(|t| t.round) {
+            let Model { cluster, clocks, .. } = &mut *model;
+            clocks.progressed(cluster, &task.job, round, now_ms);
+        }
         let event = JobEvent::TaskProgress { task: task.task.clone(), worker: worker.clone(), epoch, epochs_total };
         self.apply_job_event(&mut model, &task.job, &event, now_ms).await?;
         let short = model.cluster.job(&task.job).zip(model.cluster.task(task)).is_some_and(|(job, record)| job.is_short_gang(record));
@@ -352,8 +415,11 @@ impl ControlPlane {
 
     pub async fn finish_task(&self, worker: &WorkerId, task: &TaskRef, outcome: TaskOutcome, now_ms: u64) -> Result<(), CoordinatorError> {
         let mut model = self.model.lock().await;
-        // A report for a task no job knows (from before a store was wiped, or from an
-        // attempt that has been replaced) is stale and changes nothing.
+        if model.cluster.job(&task.job).is_none() {
+            return Err(CoordinatorError::JobNotFound(task.job.clone()));
+        }
+        // A report for a task its job no longer runs (from an attempt that has been
+        // replaced) is stale and changes nothing.
         let Some(kind) = model.cluster.task(task).map(|t| t.kind) else { return Ok(()) };
         refuse_if_another_workers(&model, worker, task)?;
         if kind != outcome.kind() {
@@ -373,6 +439,9 @@ impl ControlPlane {
 
     pub async fn fail_task(&self, worker: &WorkerId, task: &TaskRef, reason: String, retryable: bool, now_ms: u64) -> Result<(), CoordinatorError> {
         let mut model = self.model.lock().await;
+        if model.cluster.job(&task.job).is_none() {
+            return Err(CoordinatorError::JobNotFound(task.job.clone()));
+        }
         refuse_if_another_workers(&model, worker, task)?;
         warn!(worker_id = %worker, task_id = %task, %reason, retryable, "task failed");
         if model.cluster.task(task).is_none() {
@@ -474,7 +543,7 @@ mod tests {
     use feral_common::task::{Assignment, DatasetSummary, TaskKind, TrainedModel};
 
     fn settings() -> Settings {
-        Settings { artifact_root: "/tmp/unused".into(), heartbeat_interval_ms: 1000, lease_ttl_ms: 60_000 }
+        Settings { artifact_root: "/tmp/unused".into(), heartbeat_interval_ms: 1000, lease_ttl_ms: 60_000, deadlines: TaskDeadlines::default() }
     }
 
     /// A round-0 model as a worker reports it.
@@ -503,7 +572,7 @@ mod tests {
             control.register(id.clone(), "h".into(), cpu(), 0).await.expect("register");
         }
         let spec = format!("version = 1\ndataset = \"/d\"\n[resources]\nworkers = 2\nmax_attempts = {max_attempts}\n");
-        let job = control.submit(&spec, 1).await.expect("submit");
+        let job = control.submit(&spec, "alice", 1).await.expect("submit");
         let (p1, p2) = (heartbeat(&control, &w1, 2).await, heartbeat(&control, &w2, 2).await);
         let (preparer, prepare) = if p1.is_empty() { (&w2, &p2[0]) } else { (&w1, &p1[0]) };
         let summary = DatasetSummary { class_names: vec!["a".into(), "b".into()], train_samples: 4, val_samples: 4, unlabeled_shards: vec![] };
@@ -516,7 +585,7 @@ mod tests {
 
     /// The train tasks of `job` that are still live (queued or placed), and its state.
     async fn live_training(control: &ControlPlane, job: &JobId) -> (Vec<(u32, Option<WorkerId>)>, JobState) {
-        let record = control.job(job).await.expect("job");
+        let record = control.job(Scope::Every, job).await.expect("job");
         let mut live: Vec<_> = record.tasks.iter().filter(|t| t.kind == TaskKind::Train && t.is_live()).map(|t| (t.attempt, t.worker().cloned())).collect();
         live.sort();
         (live, record.state)
@@ -538,7 +607,7 @@ mod tests {
         let on_w3 = heartbeat(&control, &w3, 2_012).await;
         assert_eq!((on_w1.len(), on_w3.len()), (1, 1), "the retry runs on the two workers that proved alive");
         assert!(on_w1[0].attempt > g1.attempt, "a new attempt");
-        let record = control.job(&job).await.expect("job");
+        let record = control.job(Scope::Every, &job).await.expect("job");
         assert!(!record.workers().contains(&w2), "nothing is placed on the silent w2: {:?}", record.workers());
     }
 
@@ -581,15 +650,15 @@ mod tests {
     #[tokio::test]
     async fn watching_a_finished_job_shows_its_end_and_keeps_nothing() {
         let (control, job, _) = gang_on_w1_and_w2(3).await;
-        let live = control.watch(&job).await.expect("watch");
-        control.cancel(&job, 7).await.expect("cancel");
+        let live = control.watch(Scope::Every, &job).await.expect("watch");
+        control.cancel(Scope::Every, &job, 7).await.expect("cancel");
         assert!(live.borrow().state.is_final(), "the watcher saw the end");
         assert!(live.has_changed().is_err(), "and its channel closed with it");
         assert!(control.model.lock().await.watchers.is_empty(), "the job's sender went with its end");
         // Every later watch (a dashboard page opened on the finished job, say) sees the end
         // at once, and no sender is kept for it.
         for _ in 0..3 {
-            let ended = control.watch(&job).await.expect("watch");
+            let ended = control.watch(Scope::Every, &job).await.expect("watch");
             assert!(ended.borrow().state.is_final());
         }
         assert!(control.model.lock().await.watchers.is_empty(), "a watch of a finished job kept a sender");
@@ -605,7 +674,7 @@ mod tests {
         assert!(reply.assignments.is_empty(), "{:?}", reply.assignments);
         assert_eq!(reply.cancel, [stray]);
         // Once the job is cancelled, its rank is stopped too.
-        control.cancel(&job, 7).await.expect("cancel");
+        control.cancel(Scope::Every, &job, 7).await.expect("cancel");
         let reply = control.heartbeat(&w1, vec![g1.task.clone()], 8).await.expect("heartbeat");
         assert_eq!(reply.cancel, std::slice::from_ref(&g1.task));
     }
@@ -615,18 +684,18 @@ mod tests {
         let (control, job, [g1, g2]) = gang_on_w1_and_w2(3).await;
         let (w1, w2) = (WorkerId::new("w1"), WorkerId::new("w2"));
         control.fail_task(&w1, &g1.task_ref(), "gradient exchange failed".into(), true, 10).await.expect("fail");
-        let before = control.job(&job).await.expect("job");
+        let before = control.job(Scope::Every, &job).await.expect("job");
         // w2's rank of the abandoned attempt 1 reports an epoch and then a failure: stale.
         let epoch = EpochReport { round: Round(0), epoch: 1, train_loss: 1.0, train_accuracy: 0.5, validation: Default::default(), seconds: 1.0, images_per_second: 0.0 };
         let stop = control.report_progress(&w2, &g2.task_ref(), epoch, 2, 11).await.expect("progress");
         assert!(stop, "the rank of a replaced attempt is told to stop");
         control.fail_task(&w2, &g2.task_ref(), "peer lost".into(), true, 12).await.expect("fail");
-        let after = control.job(&job).await.expect("job");
+        let after = control.job(Scope::Every, &job).await.expect("job");
         assert_eq!((after.epochs.len(), after.tasks.len()), (before.epochs.len(), before.tasks.len()), "nothing changed");
         // A report whose attempt is not its task's names no live task either.
         let wrong = TaskRef { attempt: 2, ..g1.task_ref() };
         control.fail_task(&w1, &wrong, "x".into(), false, 13).await.expect("a stale report is accepted and ignored");
-        assert!(!control.job(&job).await.expect("job").state.is_final());
+        assert!(!control.job(Scope::Every, &job).await.expect("job").state.is_final());
     }
 
     #[tokio::test]
@@ -650,7 +719,7 @@ mod tests {
         let cpu = || vec![Slot { device: "cpu".into(), name: "cpu".into() }];
         let (w1, w2) = (WorkerId::new("w1"), WorkerId::new("w2"));
         control.register(w1.clone(), "h".into(), cpu(), 0).await.expect("register");
-        let job = control.submit("version = 1\ndataset = \"/d\"\n[semi_supervised]\nrounds = 0\n", 1).await.expect("submit").id;
+        let job = control.submit("version = 1\ndataset = \"/d\"\n[semi_supervised]\nrounds = 0\n", "alice", 1).await.expect("submit").id;
         let prepare = heartbeat(&control, &w1, 2).await.remove(0);
         let summary = DatasetSummary { class_names: vec!["a".into(), "b".into()], train_samples: 4, val_samples: 4, unlabeled_shards: vec![] };
         control.finish_task(&w1, &prepare.task_ref(), TaskOutcome::Prepared(summary), 3).await.expect("finish");
@@ -670,7 +739,7 @@ mod tests {
         assert_eq!(reply.cancel, std::slice::from_ref(&first.task), "the reassigned task is stopped");
         let model = teacher_model();
         control.finish_task(&w1, &first.task_ref(), TaskOutcome::Trained(model), 63_600).await.expect("a late report is accepted and ignored");
-        let record = control.job(&job).await.expect("job");
+        let record = control.job(Scope::Every, &job).await.expect("job");
         assert!(!record.state.is_final(), "the job waits for attempt 2: {:?}", record.state);
         assert!(record.rounds.iter().all(|r| r.model.is_none()), "no model from the stale attempt");
         assert_eq!(record.workers(), [w2], "attempt 2 runs on w2 alone");
@@ -708,7 +777,7 @@ mod tests {
         ];
         let mut now = 10;
         for (name, report, expected) in cases {
-            let job = control.submit(&submit(name), now).await.expect("submit").id;
+            let job = control.submit(&submit(name), "alice", now).await.expect("submit").id;
             let prepare = heartbeat(&control, &w1, now + 1).await.remove(0);
             control.finish_task(&w1, &prepare.task_ref(), TaskOutcome::Prepared(summary.clone()), now + 2).await.expect("prepared");
             let train = heartbeat(&control, &w1, now + 3).await.remove(0);
@@ -719,13 +788,13 @@ mod tests {
             };
             let error = refused.expect_err(name).to_string();
             assert!(error.contains(expected), "{name}: {error}");
-            let record = control.job(&job).await.expect("job");
+            let record = control.job(Scope::Every, &job).await.expect("job");
             assert!(matches!(&record.state, JobState::Failed { reason } if reason.contains(expected)), "{name}: {:?}", record.state);
             assert!(record.epochs.is_empty() && record.rounds.iter().all(|r| r.model.is_none()), "{name}: nothing of the report is kept");
             now += 10;
         }
         let reloaded = ControlPlane::load(settings(), store, now).await.expect("reload");
-        assert_eq!(reloaded.jobs_page(None, 100).await.0.len(), 5, "every record reads back");
+        assert_eq!(reloaded.jobs_page(Scope::Every, None, 100).await.0.len(), 5, "every record reads back");
     }
 
     #[test]
@@ -756,7 +825,7 @@ mod tests {
         for id in [&w1, &w2] {
             control.register(id.clone(), "h".into(), cpu(), 0).await.expect("register");
         }
-        let job = control.submit("version = 1\ndataset = \"/d\"\n[semi_supervised]\nrounds = 1\n", 1).await.expect("submit").id;
+        let job = control.submit("version = 1\ndataset = \"/d\"\n[semi_supervised]\nrounds = 1\n", "alice", 1).await.expect("submit").id;
         // The one task of each phase goes to whichever worker asks first: (worker, task).
         let next_task = |now_ms: u64| {
             let control = &control;
@@ -774,7 +843,7 @@ mod tests {
         let (trainer, teacher) = next_task(4).await;
         let model = TrainedModel { model_path: teacher.artifact_dir.join("r0/a1/model.safetensors").display().to_string(), ..teacher_model() };
         control.finish_task(&trainer, &teacher.task_ref(), TaskOutcome::Trained(model), 5).await.expect("trained");
-        let plan = control.job(&job).await.expect("job").shard_plan;
+        let plan = control.job(Scope::Every, &job).await.expect("job").shard_plan;
         assert_eq!(plan.len(), 6, "every pool shard is planned: {plan:?}");
         assert_eq!(plan.values().filter(|w| **w == w1.to_string()).count(), 3, "{plan:?}");
 
@@ -782,12 +851,65 @@ mod tests {
         // and a worker joining moves only the shards it takes.
         drop(control);
         let control = ControlPlane::load(settings(), store, 10).await.expect("reload");
-        assert_eq!(control.job(&job).await.expect("job").shard_plan, plan);
+        assert_eq!(control.job(Scope::Every, &job).await.expect("job").shard_plan, plan);
         control.register(w3.clone(), "h".into(), cpu(), 11).await.expect("register");
         heartbeat(&control, &w3, 12).await;
-        let replanned = control.job(&job).await.expect("job").shard_plan;
+        let replanned = control.job(Scope::Every, &job).await.expect("job").shard_plan;
         let moved: Vec<&String> = plan.keys().filter(|s| plan[*s] != replanned[*s]).collect();
         assert_eq!(moved.len(), 2, "w3 takes its third: {replanned:?}");
         assert!(moved.iter().all(|s| replanned[*s] == w3.to_string()), "{replanned:?}");
+    }
+}
+
+#[cfg(test)]
+mod records {
+    //! The store never holds a value it cannot read back: for every record type, arbitrary
+    //! values either round-trip exactly or are refused before they are written.
+    use super::*;
+    use crate::model::{Slot, TaskState};
+    use feral_common::ids::Round;
+    use feral_common::metrics::MetricsSummary;
+    use feral_common::task::EpochReport;
+    use proptest::prelude::*;
+
+    fn round_trips<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: &T) -> Result<bool, TestCaseError> {
+        match encode("jobs/job-1", value) {
+            Ok(Write::Put { value: bytes, .. }) => {
+                let read: T = decode("jobs/job-1", &bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(&read, value);
+                Ok(true)
+            }
+            Ok(Write::Delete { .. }) => Err(TestCaseError::fail("encode answered a delete")),
+            Err(_) => Ok(false),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_job_record_reads_back_exactly_or_is_refused(
+            (loss, f1, seconds) in (any::<f64>(), any::<f64>(), any::<f64>()),
+            per_class in prop::collection::vec(any::<f64>(), 0..4),
+            (epoch, samples, created) in (any::<u32>(), any::<u64>(), any::<u64>()),
+            (text, owner) in ("\\PC*|.*", proptest::option::of(".*")),
+        ) {
+            let spec = JobSpec::from_toml("version = 1\ndataset = \"/d\"\n").expect("spec");
+            let mut job = JobRecord::submitted(JobId::new("job-1"), spec, text.clone(), PathBuf::from(&text), created);
+            let validation = MetricsSummary { accuracy: f1, macro_f1: f1, per_class_f1: per_class.clone(), confusion: vec![samples], samples };
+            job.epochs.push(EpochReport { round: Round(epoch), epoch, train_loss: loss, train_accuracy: f1, validation, seconds, images_per_second: seconds });
+            job.tasks[0].state = TaskState::Failed { reason: text.clone() };
+            job.last_failure = Some(text.clone());
+            job.owner = owner;
+            let finite = [loss, f1, seconds].iter().chain(&per_class).all(|v| v.is_finite());
+            // Refused only for what JSON cannot hold; everything else reads back as written.
+            prop_assert_eq!(round_trips(&job)?, finite);
+        }
+
+        #[test]
+        fn a_worker_record_reads_back_exactly(id in ".*", hostname in ".*", device in ".*", at in any::<u64>()) {
+            let record = WorkerRecord { id: WorkerId::new(id), hostname, slots: vec![Slot { device: device.clone(), name: device }], state: WorkerState::Lost, registered_at_ms: at };
+            prop_assert!(round_trips(&record)?);
+        }
     }
 }

@@ -282,7 +282,7 @@ mod tests {
     use feral_proto::leader::leader_of;
 
     fn settings() -> Settings {
-        Settings { artifact_root: std::env::temp_dir(), heartbeat_interval_ms: 100, lease_ttl_ms: 1500 }
+        Settings { artifact_root: std::env::temp_dir(), heartbeat_interval_ms: 100, lease_ttl_ms: 1500, deadlines: Default::default() }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use feral_common::time::now_ms;
+use feral_proto::limits::{self, Limited};
 use feral_proto::v1::job_service_server::JobServiceServer;
 use feral_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
@@ -51,6 +52,8 @@ pub struct Access {
     pub tokens: Option<Arc<Tokens>>,
     /// TLS (and mutual TLS when it names a client CA) on both APIs and on HTTP.
     pub tls: Option<TlsMaterial>,
+    /// `/metrics` answers without a token even when the coordinator has tokens.
+    pub metrics_public: bool,
 }
 
 impl Access {
@@ -149,7 +152,11 @@ async fn serve_as(
 ) -> Result<(), ServeError> {
     let address = listeners.grpc.local_addr().map_err(|e| ServeError::Transport(e.to_string()))?;
     info!(%address, "coordinator serving");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
+    let grpc = Limited::new(listeners.grpc, "grpc", limits::GRPC_CONNECTIONS, metrics.connections_refused("grpc"));
+    let incoming = futures::stream::unfold(grpc, |grpc| async move {
+        let (connection, _) = grpc.accept().await;
+        Some((Ok::<_, std::io::Error>(connection), grpc))
+    });
     let (stop_watches, stopping) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
@@ -158,7 +165,7 @@ async fn serve_as(
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
     let http_tls = access.tls.as_ref().map(TlsMaterial::http).transpose()?;
-    let web = serve_http(listeners.http, http_tls, role.clone(), access.tokens.clone(), metrics.clone(), registry, stopping.clone());
+    let web = serve_http(listeners.http, http_tls, role.clone(), access, metrics.clone(), registry, stopping.clone());
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &access.tls {
         builder = builder.tls_config(tls.grpc()).map_err(|e| ServeError::Tls(e.to_string()))?;
@@ -184,7 +191,7 @@ async fn serve_http(
     listener: Option<TcpListener>,
     tls: Option<Arc<feral_proto::https::ServerConfig>>,
     role: Role,
-    tokens: Option<Arc<Tokens>>,
+    access: &Access,
     metrics: Arc<Metrics>,
     registry: prometheus_client::registry::Registry,
     mut stopping: tokio::sync::watch::Receiver<bool>,
@@ -192,11 +199,14 @@ async fn serve_http(
     if let Some(listener) = listener {
         let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         info!(%address, "HTTP serving (/metrics, the dashboard at /)");
-        let dashboard = dashboard::Dashboard { role: role.clone(), tokens, stopping: stopping.clone() };
+        let dashboard = dashboard::Dashboard { role: role.clone(), tokens: access.tokens.clone(), stopping: stopping.clone() };
+        // `/metrics` asks for a token as the APIs do, unless told it is public.
+        let metrics_tokens = if access.metrics_public { None } else { access.tokens.clone() };
+        let listener = Limited::new(listener, "http", limits::HTTP_CONNECTIONS, metrics.connections_refused("http"));
         let stopped = async move {
             let _ = stopping.wait_for(|stop| *stop).await;
         };
-        if let Err(error) = http::serve(listener, tls, role, dashboard, metrics, Arc::new(registry), stopped).await {
+        if let Err(error) = http::serve(listener, tls, role, dashboard, metrics_tokens, metrics, Arc::new(registry), stopped).await {
             warn!(%address, %error, "the HTTP endpoint stopped");
         }
     }
@@ -210,6 +220,9 @@ async fn expire_leases(role: Role, heartbeat_interval_ms: u64) -> std::convert::
         let Ok(control) = role.control() else { continue };
         if let Err(error) = control.expire_leases(now_ms()).await {
             warn!(%error, "checking worker leases failed; will retry");
+        }
+        if let Err(error) = control.expire_stuck_tasks(now_ms()).await {
+            warn!(%error, "checking task deadlines failed; will retry");
         }
     }
 }

@@ -35,6 +35,12 @@ async fn run() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let config = CoordinatorConfig::load(args.config.as_deref(), &args.overrides)?;
+    // Each listener has its own limit of open connections; the process's own limit on
+    // descriptors must not be what runs out first (docs/design.md §2, Connections).
+    match feral_proto::limits::raise_fd_limit() {
+        Ok(limit) => tracing::info!(limit, "open files allowed"),
+        Err(error) => tracing::warn!(%error, "cannot raise the limit on open files"),
+    }
     let tokens = config.tokens.as_deref().map(Tokens::load).transpose()?.map(Arc::new);
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(Access::tls_from_files(cert, key, config.tls_client_ca.as_deref())?),
@@ -59,7 +65,7 @@ async fn run() -> anyhow::Result<()> {
         }
         tracing::warn!(%http, "/metrics needs no token: anyone who reaches it can read job ids and the cluster's counts (the dashboard's API does check tokens)");
     }
-    let access = Access { tokens, tls };
+    let access = Access { tokens, tls, metrics_public: config.metrics_public };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

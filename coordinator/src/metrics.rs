@@ -49,6 +49,11 @@ pub struct MethodLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabel {
     pub job: String,
 }
@@ -138,6 +143,7 @@ pub struct Metrics {
     job_macro_f1: Family<JobLabel, FloatGauge>,
     job_images_per_second: Family<JobLabel, FloatGauge>,
     job_last_failure: Family<FailureLabel, Gauge>,
+    connections_refused: Family<ListenerLabel, Counter>,
     /// When each assigned task started, and when each job entered its phase (ms); only
     /// what this process saw happen (a restarted coordinator times what follows).
     clocks: Mutex<Clocks>,
@@ -167,6 +173,7 @@ impl Default for Metrics {
             job_macro_f1: Family::default(),
             job_images_per_second: Family::default(),
             job_last_failure: Family::default(),
+            connections_refused: Family::default(),
             clocks: Mutex::default(),
         }
     }
@@ -197,6 +204,12 @@ impl Metrics {
         feral.register("job_validation_macro_f1", "Validation macro-F1 of each running job's last epoch", self.job_macro_f1.clone());
         feral.register("job_images_per_second", "Training images per second of each running job's last epoch (all ranks)", self.job_images_per_second.clone());
         feral.register("job_last_failure", "1 for each running job one of whose attempts failed, labelled with the last failure's reason", self.job_last_failure.clone());
+        feral.register("connections_refused", "Connections a listener closed at once because it held its limit of open connections, by listener (grpc, http)", self.connections_refused.clone());
+    }
+
+    /// The counter of connections `listener` refused.
+    pub fn connections_refused(&self, listener: &'static str) -> Counter {
+        self.connections_refused.get_or_create(&ListenerLabel { listener }).clone()
     }
 
     /// Counts what changed from `old` (absent for a new job) to `new`: tasks assigned,

@@ -57,10 +57,17 @@ async function readEvents(path, onEvent, signal) {
 
 // ---- DOM and SVG helpers ------------------------------------------------------------
 
+// Styles go through the CSSOM: the page's Content-Security-Policy refuses inline style
+// attributes.
+function setAttribute(node, key, value) {
+  if (key === 'style') node.style.cssText = value;
+  else node.setAttribute(key, value);
+}
+
 function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attributes)) {
-    if (value !== undefined && value !== null) node.setAttribute(key, value);
+    if (value !== undefined && value !== null) setAttribute(node, key, value);
   }
   node.append(...children.flat().filter((c) => c !== null && c !== undefined));
   return node;
@@ -68,7 +75,7 @@ function el(tag, attributes = {}, ...children) {
 
 function svg(tag, attributes = {}, ...children) {
   const node = document.createElementNS('http://www.w3.org/2000/svg', tag);
-  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
+  for (const [key, value] of Object.entries(attributes)) setAttribute(node, key, value);
   node.append(...children.flat().filter((c) => c !== null && c !== undefined));
   return node;
 }

@@ -97,6 +97,7 @@ impl From<&Assignment> for pb::TaskAssignment {
             attempt: a.attempt,
             spec_toml: a.spec_toml.clone(),
             artifact_dir: a.artifact_dir.display().to_string(),
+            owner: a.owner.clone(),
             device: a.device.to_string(),
             init_model: text(&a.inputs.init_model),
             class_weights: a.inputs.class_weights.clone(),
@@ -141,6 +142,7 @@ impl TryFrom<pb::TaskAssignment> for Assignment {
             world_size: a.world_size,
             spec_toml: required(&a.spec_toml, "spec_toml")?.to_owned(),
             artifact_dir: PathBuf::from(required(&a.artifact_dir, "artifact_dir")?),
+            owner: a.owner,
             device,
             inputs: TaskInputs {
                 init_model: path(a.init_model),
@@ -299,6 +301,7 @@ mod tests {
             world_size: 2,
             spec_toml: "version = 1\n".into(),
             artifact_dir: "/a/job-1".into(),
+            owner: "alice".into(),
             device: Device::Cuda(3),
             inputs: TaskInputs {
                 init_model: Some("/a/job-1/r0/model.safetensors".into()),
@@ -458,7 +461,7 @@ mod tests {
                 // Half the tasks belong to their job, so that conversions also succeed.
                 let task_id = if same_job { format!("{job_id}/r{round}/train/a{attempt}") } else { task_id };
                 let resume_from = resume.into_iter().map(|(attempt, epoch)| pb::CheckpointRef { attempt, epoch }).collect();
-                pb::TaskAssignment { job_id, task_id, kind, round, attempt, device, spec_toml, artifact_dir, init_model, class_weights, class_prior, shards, selection_file, rank, world_size, resume_from }
+                pb::TaskAssignment { job_id, task_id, kind, round, attempt, device, spec_toml, artifact_dir, init_model, class_weights, class_prior, shards, selection_file, rank, world_size, resume_from, owner: "alice".into() }
             }
         }
 

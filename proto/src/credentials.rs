@@ -141,3 +141,51 @@ mod tests {
         assert!(none.call(Request::new(())).expect("call").metadata().get("authorization").is_none());
     }
 }
+
+/// What to do about a transport error that is really a TLS mix-up, from the addresses a
+/// client was given (`urls`, comma-separated), whether it has a client certificate, and the
+/// error's text: TLS to a plain port (rustls: a corrupt message), or no client certificate
+/// for a coordinator with mutual TLS (a bare transport error once the handshake is
+/// refused). Plain text to a TLS port fails in several ways (an HTTP/2 protocol error, a
+/// cancelled call): [`plain_to_tls_hint`] asks the port itself.
+pub fn transport_hint(urls: &str, client_certificate: bool, message: &str) -> Option<&'static str> {
+    let https = urls.split(',').any(|u| u.trim().starts_with("https://"));
+    if https && (message.contains("InvalidContentType") || message.contains("corrupt message")) {
+        return Some("the coordinator may not speak TLS: use an http:// address");
+    }
+    if https && !client_certificate && message.trim_end().ends_with("transport error") {
+        return Some("the coordinator may require a client certificate (mutual TLS): give --tls-cert and --tls-key");
+    }
+    None
+}
+
+/// For a call to `urls` over plain text that failed: whether the first address's port
+/// answers an HTTP/2 preface with a TLS alert record (it speaks TLS), and then what to do.
+pub async fn plain_to_tls_hint(urls: &str) -> Option<&'static str> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let first = urls.split(',').next()?.trim();
+    let address = first.strip_prefix("http://")?.trim_end_matches('/');
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.ok()?;
+        let mut head = [0u8; 2];
+        stream.read_exact(&mut head).await.ok()?;
+        // A TLS record of type alert (21), protocol version 3.x.
+        (head == [0x15, 0x03]).then_some("the coordinator speaks TLS: use an https:// address (with --tls-ca)")
+    };
+    tokio::time::timeout(Duration::from_secs(2), probe).await.ok().flatten()
+}
+
+#[cfg(test)]
+mod hints {
+    use super::transport_hint;
+
+    #[test]
+    fn tls_mix_ups_get_a_hint_and_other_errors_none() {
+        let plain = "cannot reach the coordinator at https://h:1: transport error: received corrupt message of type InvalidContentType";
+        assert!(transport_hint("https://h:1", false, plain).is_some_and(|h| h.contains("http://")));
+        assert!(transport_hint("https://h:1", false, "coordinator unavailable: transport error").is_some_and(|h| h.contains("--tls-cert")));
+        assert_eq!(transport_hint("https://h:1", true, "coordinator unavailable: transport error"), None);
+        assert_eq!(transport_hint("http://h:1", false, "no job with id `job-x`"), None);
+    }
+}

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -18,6 +17,8 @@ use tokio_rustls::rustls::{self, RootCertStore};
 pub use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+
+use crate::limits::{Admitted, Limited};
 
 /// OpenMetrics, which Prometheus asks for and reads; the body is also valid text format.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -63,7 +64,7 @@ pub fn server_config(cert: &[u8], key: &[u8], client_ca: Option<&[u8]>) -> Resul
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves: HTTPS with `tls`, else plain HTTP.
-pub async fn serve(listener: TcpListener, tls: Option<Arc<ServerConfig>>, app: axum::Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(listener: Limited, tls: Option<Arc<ServerConfig>>, app: axum::Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     match tls {
         Some(config) => axum::serve(TlsListener::new(listener, config)?, app).with_graceful_shutdown(shutdown).await,
         None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
@@ -74,26 +75,19 @@ pub async fn serve(listener: TcpListener, tls: Option<Arc<ServerConfig>>, app: a
 /// slow or broken client holds up no one), and failed ones are dropped.
 pub struct TlsListener {
     address: SocketAddr,
-    accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    accepted: mpsc::Receiver<(TlsStream<Admitted>, SocketAddr)>,
     accepting: JoinHandle<()>,
 }
 
 impl TlsListener {
-    pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> std::io::Result<Self> {
+    pub fn new(listener: Limited, config: Arc<ServerConfig>) -> std::io::Result<Self> {
         let address = listener.local_addr()?;
         let (sender, accepted) = mpsc::channel(64);
         let acceptor = TlsAcceptor::from(config);
         let accepting = tokio::spawn(async move {
             loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(connection) => connection,
-                    Err(error) => {
-                        // Out of file descriptors and the like: pause instead of spinning.
-                        tracing::debug!(%error, "HTTP accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
+                // Within the listener's limit of open connections (a handshake holds a place).
+                let (stream, peer) = listener.accept().await;
                 let (acceptor, sender) = (acceptor.clone(), sender.clone());
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -117,7 +111,7 @@ impl Drop for TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsStream<Admitted>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

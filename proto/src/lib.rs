@@ -14,6 +14,7 @@ mod contract;
 pub mod credentials;
 pub mod https;
 pub mod leader;
+pub mod limits;
 
 pub use contract::{task_kind, task_ref, ContractError};
 

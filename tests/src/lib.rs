@@ -21,6 +21,7 @@ use feral_proto::v1 as pb;
 use feral_proto::v1::job_service_client::JobServiceClient;
 use feral_proto::v1::worker_service_client::WorkerServiceClient;
 use feral_worker::agent::{self, AgentConfig};
+use feral_worker::confine::Roots;
 use feral_worker::runner::{TaskRunner, TchRunner};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -34,13 +35,22 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// A tokens file for the access tests: submitter `alice`, workers `w1` and `w2`.
+/// A tokens file for the access tests: submitters `alice` and `bob`, admin `root`, workers
+/// `w1` and `w2`.
 pub const TEST_TOKENS: &str = r#"
 version = 1
 [[token]]
 name = "alice"
 role = "submitter"
 secret = "alice-0123456789abcdef"
+[[token]]
+name = "bob"
+role = "submitter"
+secret = "bob-0123456789abcdef"
+[[token]]
+name = "root"
+role = "admin"
+secret = "root-0123456789abcdef"
 [[token]]
 name = "w1"
 role = "worker"
@@ -53,7 +63,7 @@ secret = "w2-0123456789abcdef"
 
 /// Settings with short leases, artifacts under `root`.
 pub fn test_settings(root: &Path) -> Settings {
-    Settings { artifact_root: root.join("artifacts"), heartbeat_interval_ms: 100, lease_ttl_ms: 1500 }
+    Settings { artifact_root: root.join("artifacts"), heartbeat_interval_ms: 100, lease_ttl_ms: 1500, deadlines: Default::default() }
 }
 
 /// A coordinator served in this process; stopped (and its store released) by [`stop`](Self::stop).
@@ -181,6 +191,8 @@ impl RunningWorker {
             slots: vec![pb::Slot { device: "cpu".into(), name: "cpu".into() }],
             token,
             tls,
+            // Every test keeps its files in a temporary directory.
+            roots: Roots::new([std::env::temp_dir()]).expect("the temporary directory"),
         };
         let (shutdown, stopped) = oneshot::channel();
         let running = tokio::spawn(agent::run(config, runner, async {

@@ -176,3 +176,41 @@ async fn workers_with_their_tokens_run_a_job_to_success() -> anyhow::Result<()> 
     worker.stop().await?;
     coordinator.stop().await
 }
+
+/// Jobs belong to the token that submitted them: bob neither sees nor changes alice's job
+/// (it answers as a job that does not exist), an admin sees and changes every job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitter_sees_and_changes_only_its_own_jobs() -> anyhow::Result<()> {
+    let (_dir, dataset, coordinator) = sandbox().await?;
+    let mut alice = jobs_as(&coordinator, token("alice-0123456789abcdef")).await?;
+    let mut bob = jobs_as(&coordinator, token("bob-0123456789abcdef")).await?;
+    let mut root = jobs_as(&coordinator, token("root-0123456789abcdef")).await?;
+    let submit = |spec_toml: String| pb::SubmitJobRequest { spec_toml };
+    let hers = alice.submit_job(submit(job_spec(&dataset, 1))).await?.into_inner().job.expect("job");
+    assert_eq!(hers.owner, "alice");
+    let his = bob.submit_job(submit(job_spec(&dataset, 1))).await?.into_inner().job.expect("job");
+
+    let by_id = |id: &str| pb::GetJobRequest { job_id: id.into() };
+    let refused = bob.get_job(by_id(&hers.id)).await.expect_err("bob reads alice's job");
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    assert_eq!(refused.message(), format!("no job with id `{}`", hers.id), "as for an id nobody has");
+    assert_eq!(code(bob.cancel_job(pb::CancelJobRequest { job_id: hers.id.clone() }).await), Code::NotFound);
+    assert_eq!(code(bob.resume_job(pb::ResumeJobRequest { job_id: hers.id.clone() }).await), Code::NotFound);
+    assert_eq!(code(bob.watch_job(pb::WatchJobRequest { job_id: hers.id.clone() }).await), Code::NotFound);
+    let listed = |jobs: pb::ListJobsResponse| jobs.jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    assert_eq!(listed(bob.list_jobs(pb::ListJobsRequest::default()).await?.into_inner()), vec![his.id.clone()]);
+    assert_eq!(listed(alice.list_jobs(pb::ListJobsRequest::default()).await?.into_inner()), vec![hers.id.clone()]);
+    let mut everything = listed(root.list_jobs(pb::ListJobsRequest::default()).await?.into_inner());
+    everything.sort();
+    let mut both = vec![hers.id.clone(), his.id.clone()];
+    both.sort();
+    assert_eq!(everything, both, "an admin sees every job");
+
+    // Nothing bob tried changed alice's job; she and an admin may cancel it.
+    assert_eq!(alice.get_job(by_id(&hers.id)).await?.into_inner().state, pb::JobState::Queued as i32, "no worker: still queued");
+    let cancelled = alice.cancel_job(pb::CancelJobRequest { job_id: hers.id.clone() }).await?.into_inner();
+    assert_eq!(cancelled.state, pb::JobState::Cancelled as i32);
+    let cancelled = root.cancel_job(pb::CancelJobRequest { job_id: his.id.clone() }).await?.into_inner();
+    assert_eq!(cancelled.state, pb::JobState::Cancelled as i32);
+    coordinator.stop().await
+}

@@ -150,12 +150,17 @@ async fn with_tokens_the_dashboard_api_needs_a_submitter_token() -> anyhow::Resu
         assert_eq!(status, 401, "{path} with an unknown token: {body}");
         let (status, _, body) = get(&coordinator, path, Some("w1-0123456789abcdef")).await?;
         assert_eq!(status, 403, "{path} with a worker's token: {body}");
-        assert!(body.contains("token `w1` has role worker"), "{body}");
+        assert!(body.contains("`w1` has role worker"), "{body}");
     }
     let (status, _, body) = get(&coordinator, "/api/jobs", Some("alice-0123456789abcdef")).await?;
     assert_eq!((status, body.as_str()), (200, "[]"));
     // The page itself holds no data: it loads, then asks for the token.
     assert_eq!(get(&coordinator, "/", None).await?.0, 200);
+    // `/metrics` names jobs: it asks for a known token too (of any role: a scraper's).
+    let (status, _, body) = get(&coordinator, "/metrics", None).await?;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(get(&coordinator, "/metrics", Some("not-a-known-token-at-all")).await?.0, 401);
+    assert_eq!(get(&coordinator, "/metrics", Some("w1-0123456789abcdef")).await?.0, 200);
     coordinator.stop().await
 }
 
@@ -176,4 +181,27 @@ async fn a_job_event_stream_ends_when_the_coordinator_shuts_down() -> anyhow::Re
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["state"], "queued");
     Ok(())
+}
+
+/// Every answer of the dashboard forbids inline code and framing by another site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_sends_a_content_security_policy_and_refuses_framing() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let coordinator = RunningCoordinator::observed(dir.path()).await?;
+    let http = coordinator.http.expect("an observed coordinator");
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        for path in ["/", "/dashboard.js", "/api/jobs", "/api/jobs/job-000000000000"] {
+            let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+            let response = agent.get(format!("http://{http}{path}")).call()?;
+            let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+            let policy = header("content-security-policy");
+            assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'") && !policy.contains("unsafe-inline"), "{path}: {policy:?}");
+            assert_eq!(header("x-frame-options"), "DENY", "{path}");
+            assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        }
+        Ok(())
+    })
+    .await??;
+    coordinator.stop().await
 }

@@ -127,6 +127,13 @@ async fn records_the_coordinator_cannot_process_fail_their_job_not_the_service()
     let failed = get_job(&mut jobs, &queued.id).await?;
     assert_eq!(failed.state, pb::JobState::Failed as i32);
     assert!(failed.state_reason.contains("resources.workers"), "the reason names the field: {}", failed.state_reason);
+    // The record that is not JSON is not dropped from what users see: it is a failed job
+    // that says what happened to it.
+    let unreadable = get_job(&mut jobs, "job-garbage").await?;
+    assert_eq!(unreadable.state, pb::JobState::Failed as i32);
+    assert!(unreadable.state_reason.contains("its stored record cannot be read") && unreadable.state_reason.contains("quarantine/jobs/job-garbage"), "{}", unreadable.state_reason);
+    let listed = jobs.list_jobs(pb::ListJobsRequest::default()).await?.into_inner().jobs;
+    assert!(listed.iter().any(|j| j.id == "job-garbage"), "listed: {listed:?}");
     // The service goes on: the next job runs to the end.
     let worker = RunningWorker::start(&second.url(), "w1", Arc::new(ScriptedRunner::fast(0)));
     let next = submit(&mut jobs, job_spec(dir.path(), 2)).await?;
@@ -135,9 +142,10 @@ async fn records_the_coordinator_cannot_process_fail_their_job_not_the_service()
     worker.stop().await?;
     second.stop().await?;
 
-    // The unreadable record is kept aside for a person, out of the way of the next start.
+    // The unreadable bytes are kept aside for a person; what stands in their place reads.
     let store = EmbeddedStore::open(&store_path)?;
-    assert!(store.get("jobs/job-garbage").await?.is_none());
+    let standing: serde_json::Value = serde_json::from_slice(&store.get("jobs/job-garbage").await?.expect("kept in place"))?;
+    assert_eq!(standing["id"], "job-garbage");
     assert_eq!(store.get("quarantine/jobs/job-garbage").await?.as_deref(), Some(&b"{ not json"[..]));
     Ok(())
 }

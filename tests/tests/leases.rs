@@ -78,3 +78,56 @@ async fn the_task_of_a_lost_worker_moves_to_another_worker() -> anyhow::Result<(
     rescuer.stop().await?;
     coordinator.stop().await
 }
+
+/// A worker that heartbeats but never starts its assignment (or starts it and never ends
+/// it) no longer holds its job for as long as it heartbeats: the task fails as stuck at its
+/// deadline, is retried, and the job ends with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_its_worker_never_starts_or_never_ends_fails_as_stuck() -> anyhow::Result<()> {
+    use feral_coordinator::model::TaskDeadlines;
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let spec = |dataset: &str| format!("version = 1\ndataset = {dataset:?}\n[resources]\nmax_attempts = 2\nretry_backoff_s = 0.1\nretry_backoff_max_s = 0.2\n");
+
+    // Each case's other deadline generous, so that a slow machine cannot hit it first.
+    let cases = [
+        (false, TaskDeadlines { ack_s: 1, prepare_s: 600, ..TaskDeadlines::default() }, "did not start its prepare task within 1 s"),
+        (true, TaskDeadlines { ack_s: 60, prepare_s: 2, ..TaskDeadlines::default() }, "reported no end of its prepare task for 2 s"),
+    ];
+    for (acknowledges, deadlines, expected) in cases {
+        let settings = feral_coordinator::control::Settings { deadlines, ..test_settings(dir.path()) };
+        // A coordinator of its own, so that the fake is the only worker.
+        let coordinator = RunningCoordinator::start(settings.clone(), Arc::new(MemoryStore::default()), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let mut jobs = coordinator.jobs().await?;
+        let id = format!("fake-{acknowledges}");
+        let mut workers = coordinator.workers().await?;
+        let slot = pb::Slot { device: "cpu".into(), name: String::new() };
+        workers.register(pb::RegisterRequest { worker_id: id.clone(), hostname: "h".into(), slots: vec![slot] }).await?;
+        let job = submit(&mut jobs, spec(&format!("/nowhere/{id}"))).await?;
+        let started = Instant::now();
+        // Heartbeats as a live worker does; lists what it was assigned only if it acknowledges.
+        let heartbeats = {
+            let (mut workers, id) = (workers.clone(), id.clone());
+            tokio::spawn(async move {
+                let mut held: Vec<String> = Vec::new();
+                loop {
+                    let running_task_ids = if acknowledges { held.clone() } else { Vec::new() };
+                    if let Ok(reply) = workers.heartbeat(pb::HeartbeatRequest { worker_id: id.clone(), running_task_ids }).await {
+                        held.extend(reply.into_inner().assignments.into_iter().map(|a| a.task_id));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        let failed = wait_for_state(&jobs, &job.id, &[pb::JobState::Failed], Duration::from_secs(60)).await?;
+        heartbeats.abort();
+        assert!(failed.state_reason.contains(expected) && failed.state_reason.contains("failed as stuck"), "{}", failed.state_reason);
+        assert!(failed.state_reason.contains(&format!("worker {id}")), "{}", failed.state_reason);
+        eprintln!("stuck twice, failed after {:?}", started.elapsed());
+        // The worker itself stays live: it heartbeats; only its task was stuck.
+        let listed = jobs.list_workers(pb::ListWorkersRequest::default()).await?.into_inner().workers;
+        assert!(listed.iter().any(|w| w.id == id && w.state == pb::WorkerState::Live as i32));
+        coordinator.stop().await?;
+    }
+    Ok(())
+}

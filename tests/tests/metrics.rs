@@ -133,3 +133,33 @@ async fn a_worker_counts_its_training_steps() -> anyhow::Result<()> {
     worker.stop().await?;
     coordinator.stop().await
 }
+
+/// 5,000 idle connections to the HTTP port (no token needed to open one) take no more than
+/// that listener's own limit of descriptors: gRPC still answers while they are held, the
+/// connections beyond the limit are closed at once and counted in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_idle_http_connections_starve_neither_grpc_nor_the_process() -> anyhow::Result<()> {
+    init_tracing();
+    feral_proto::limits::raise_fd_limit()?;
+    let dir = tempfile::tempdir()?;
+    let coordinator = RunningCoordinator::observed(dir.path()).await?;
+    let http = coordinator.http.expect("an observed coordinator");
+    let mut held = Vec::with_capacity(5000);
+    for _ in 0..5000 {
+        held.push(tokio::net::TcpStream::connect(http).await?);
+    }
+    let mut jobs = coordinator.jobs().await?;
+    let listed = tokio::time::timeout(Duration::from_secs(30), jobs.list_workers(pb::ListWorkersRequest::default())).await;
+    assert!(matches!(listed, Ok(Ok(_))), "gRPC answers while the HTTP port is flooded: {listed:?}");
+    drop(held);
+
+    let beyond = (5000 - feral_proto::limits::HTTP_CONNECTIONS) as f64;
+    let refused = wait_until("the refusals to show in /metrics", Duration::from_secs(60), || async {
+        // The listener frees its places as it sees the flood's connections close.
+        let Ok(scraped) = scrape(&coordinator).await else { return Ok(None) };
+        Ok(value(&scraped, "feral_connections_refused_total", &[("listener", "http")]))
+    })
+    .await?;
+    assert!(refused >= beyond, "{refused} refusals counted, at least {beyond} expected");
+    coordinator.stop().await
+}

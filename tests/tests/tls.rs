@@ -1,7 +1,8 @@
 //! TLS and mutual TLS on a real coordinator (certificates made here with rcgen, none
 //! committed): a client that trusts the coordinator's CA is served; one that trusts another
 //! CA, or speaks plain text, is refused; with a client CA, only callers with a certificate
-//! that CA signed get through, and a worker with one runs a job to success. The HTTP
+//! that CA signed get through, as the name and role (OU) the certificate gives, and a
+//! worker with one runs a job to success. The HTTP
 //! listener (`/metrics`, the dashboard) follows the same rules.
 
 use std::net::SocketAddr;
@@ -41,9 +42,18 @@ impl Ca {
 
     /// A certificate for `names` (DNS names or IP addresses): its (certificate, key) files.
     fn sign(&self, file: &str, names: &[&str]) -> anyhow::Result<(PathBuf, PathBuf)> {
+        self.sign_as(file, names, None)
+    }
+
+    /// [`sign`](Self::sign), with `role` as the subject's organisational unit (what a
+    /// coordinator with mutual TLS and no tokens reads as the caller's role).
+    fn sign_as(&self, file: &str, names: &[&str], role: Option<&str>) -> anyhow::Result<(PathBuf, PathBuf)> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
         params.distinguished_name.push(DnType::CommonName, names[0]);
+        if let Some(role) = role {
+            params.distinguished_name.push(DnType::OrganizationalUnitName, role);
+        }
         let cert = params.signed_by(&key, &self.issuer)?;
         let (cert_file, key_file) = (self.dir.join(format!("{file}.pem")), self.dir.join(format!("{file}.key")));
         std::fs::write(&cert_file, cert.pem())?;
@@ -88,17 +98,38 @@ async fn with_a_client_ca_only_certified_callers_get_through_and_a_certified_wor
     let (ca, other) = (Ca::new(dir.path(), "feral")?, Ca::new(dir.path(), "other")?);
     let coordinator = coordinator(dir.path(), &ca, Some(&ca.ca_file())).await?;
     let https = format!("https://{}", coordinator.address);
-    let (worker_identity, stranger) = (ca.sign("w1", &["w1"])?, other.sign("stranger", &["stranger"])?);
+    let (worker_identity, stranger) = (ca.sign_as("w1", &["w1"], Some("worker"))?, other.sign_as("stranger", &["stranger"], Some("submitter"))?);
+    let submitter = ca.sign_as("carol", &["carol"], Some("submitter"))?;
     assert!(!served(&https, Some(&ca.ca_file()), None).await?, "no client certificate: refused");
     assert!(!served(&https, Some(&ca.ca_file()), Some(&stranger)).await?, "a certificate of another CA: refused");
-    assert!(served(&https, Some(&ca.ca_file()), Some(&worker_identity)).await?, "a certificate the CA signed: served");
+    assert!(served(&https, Some(&ca.ca_file()), Some(&submitter)).await?, "a submitter's certificate the CA signed: served");
+
+    // The certificate names the caller and its role: a worker's may not call the job API,
+    // nor speak for another worker; one without a role is refused with what it lacks.
+    let connect = |identity: &(PathBuf, PathBuf)| {
+        let tls = client_tls(Some(&ca.ca_file()), Some(&identity.0), Some(&identity.1)).map_err(anyhow::Error::msg);
+        let https = https.clone();
+        async move { anyhow::Ok(endpoint(&https, tls?.as_ref(), Duration::from_secs(5)).map_err(anyhow::Error::msg)?.connect().await?) }
+    };
+    let refused = JobServiceClient::new(connect(&worker_identity).await?).list_jobs(pb::ListJobsRequest::default()).await.expect_err("a worker certificate on the job API");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("`w1` has role worker"), "{}", refused.message());
+    let mut as_w1 = feral_proto::v1::worker_service_client::WorkerServiceClient::new(connect(&worker_identity).await?);
+    let slot = pb::Slot { device: "cpu".into(), name: "cpu".into() };
+    let register = |id: &str| pb::RegisterRequest { worker_id: id.into(), hostname: "h".into(), slots: vec![slot.clone()] };
+    let refused = as_w1.register(register("w2")).await.expect_err("w1's certificate registering as w2");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("may not act as worker `w2`"), "{}", refused.message());
+    let roleless = ca.sign("nobody", &["nobody"])?;
+    let refused = JobServiceClient::new(connect(&roleless).await?).list_jobs(pb::ListJobsRequest::default()).await.expect_err("no role");
+    assert!(refused.message().contains("needs OU=submitter, OU=worker or OU=admin"), "{}", refused.message());
 
     let tls = client_tls(Some(&ca.ca_file()), Some(&worker_identity.0), Some(&worker_identity.1)).map_err(anyhow::Error::msg)?;
-    let worker = RunningWorker::start_with(&https, "w1", Arc::new(ScriptedRunner::fast(0)), BearerToken::none(), tls.clone());
+    let worker = RunningWorker::start_with(&https, "w1", Arc::new(ScriptedRunner::fast(0)), BearerToken::none(), tls);
     let dataset = synthetic_dataset(&dir.path().join("data"), 200)?;
-    let channel = endpoint(&https, tls.as_ref(), Duration::from_secs(5)).map_err(anyhow::Error::msg)?.connect().await?;
-    let mut jobs = JobServiceClient::new(channel);
+    let mut jobs = JobServiceClient::new(connect(&submitter).await?);
     let job = submit(&mut jobs, job_spec(&dataset, 2)).await?;
+    assert_eq!(job.owner, "carol", "the job belongs to the certificate's name");
     let done = wait_for_state(&jobs, &job.id, &[pb::JobState::Succeeded, pb::JobState::Failed], Duration::from_secs(60)).await?;
     assert_eq!(done.state, pb::JobState::Succeeded as i32, "{}", done.state_reason);
     worker.stop().await?;
@@ -174,7 +205,7 @@ async fn a_workers_metrics_are_served_over_tls_when_it_has_a_certificate() -> an
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(feral_worker::metrics::serve(listener, Some(config), Arc::new(registry), async {
+    let serving = tokio::spawn(feral_worker::metrics::serve(listener, Default::default(), Some(config), Arc::new(registry), async {
         let _ = stopped.await;
     }));
     let (ca_file, other_file) = (ca.ca_file(), other.ca_file());
@@ -188,4 +219,31 @@ async fn a_workers_metrics_are_served_over_tls_when_it_has_a_certificate() -> an
     let _ = stop.send(());
     serving.await??;
     Ok(())
+}
+
+/// The CLI says what a TLS mix-up is: plain text to a TLS port, TLS to a plain port, no
+/// client certificate for a coordinator with mutual TLS (the bare errors were "h2 protocol
+/// error" and "transport error").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_mix_ups_are_named_with_what_to_do() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let ca = Ca::new(dir.path(), "feral")?;
+    let mutual = coordinator(dir.path(), &ca, Some(&ca.ca_file())).await?;
+    let plain = RunningCoordinator::in_memory(dir.path()).await?;
+    let feral = std::env::current_exe()?.parent().and_then(|deps| deps.parent()).map(|release| release.join("feral")).expect("the target directory");
+    anyhow::ensure!(feral.exists(), "{} is missing: cargo build --release -p feral-cli", feral.display());
+    let ca_file = ca.ca_file().display().to_string();
+    let cases = [
+        (format!("http://{}", mutual.address), vec![], "use an https:// address"),
+        (format!("https://{}", plain.address), vec!["--tls-ca", &ca_file], "may not speak TLS: use an http:// address"),
+        (format!("https://{}", mutual.address), vec!["--tls-ca", &ca_file], "give --tls-cert and --tls-key"),
+    ];
+    for (url, extra, expected) in cases {
+        let output = tokio::process::Command::new(&feral).arg("--coordinator").arg(&url).args(&extra).arg("status").output().await?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(expected), "{url}: {stderr}");
+    }
+    mutual.stop().await?;
+    plain.stop().await
 }

@@ -19,6 +19,7 @@ use tonic::transport::ClientTlsConfig;
 use tonic::Code;
 use tracing::{info, warn};
 
+use crate::confine::Roots;
 use crate::gang::{self, TaskControl};
 use crate::runner::TaskRunner;
 use crate::task::TaskError;
@@ -37,6 +38,8 @@ pub struct AgentConfig {
     pub token: BearerToken,
     /// TLS for `https://` coordinator addresses.
     pub tls: Option<ClientTlsConfig>,
+    /// Where tasks may read and write (`crate::confine`).
+    pub roots: Roots,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,7 +170,8 @@ async fn register(config: &AgentConfig, coordinators: &Coordinators) -> Result<D
                 return Err(AgentError::Refused { coordinator: coordinators.current().to_owned(), message: status.message().to_owned() });
             }
             Err(status) => {
-                warn!(error = %status.message(), coordinator = %coordinators.current(), "cannot register with the coordinator; retrying");
+                let hint = feral_proto::credentials::transport_hint(&config.coordinator, true, status.message()).unwrap_or("");
+                warn!(error = %status.message(), coordinator = %coordinators.current(), hint, "cannot register with the coordinator; retrying");
                 if !coordinators.failed_at(at, &status) {
                     backoff.wait().await;
                 }
@@ -196,6 +200,14 @@ fn start_task(config: &AgentConfig, coordinators: &Coordinators, runner: &Arc<dy
             return;
         }
     };
+    if let Err(refused) = config.roots.admit(&task) {
+        // The same paths are refused on every worker with these roots: not retried (a
+        // directory that could not be made, on a full disk, may be the next time).
+        warn!(task_id = %task_id, reason = %refused, "refusing a task's paths");
+        let request = pb::FailTaskRequest { worker_id: config.worker_id.clone(), task_id, job_id, attempt, reason: refused.to_string(), retryable: refused.retryable };
+        tokio::spawn(report_failure(coordinators.clone(), request));
+        return;
+    }
     info!(task_id = %task.task, device = %task.device, attempt = task.attempt, "starting task");
     let control = Arc::new(TaskControl::default());
     lock(running).insert(task.task.to_string(), Arc::clone(&control));

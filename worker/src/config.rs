@@ -11,6 +11,7 @@
 //! metrics_listen = "0.0.0.0:7072"          # HTTP: /metrics (Prometheus); off when absent
 //! metrics_tls_cert = "/etc/feral/node.pem"  # HTTPS for it (with metrics_tls_key)
 //! metrics_tls_key = "/etc/feral/node.key"
+//! allowed_roots = ["/data", "/artifacts"]  # where tasks may read and write [default: the working directory]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ pub struct WorkerFile {
     pub metrics_listen: Option<String>,
     pub metrics_tls_cert: Option<PathBuf>,
     pub metrics_tls_key: Option<PathBuf>,
+    pub allowed_roots: Option<Vec<PathBuf>>,
 }
 
 impl WorkerFile {

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod collective;
 pub mod config;
+pub mod confine;
 pub mod gang;
 pub mod metrics;
 pub mod runner;

@@ -7,6 +7,7 @@ use clap::Parser;
 use feral_proto::credentials::{self, BearerToken};
 use feral_worker::agent::{self, AgentConfig};
 use feral_worker::config::WorkerFile;
+use feral_worker::confine::Roots;
 use feral_worker::metrics::WorkerMetrics;
 use feral_worker::runner::TchRunner;
 
@@ -46,6 +47,11 @@ struct Args {
     /// The key (PEM) of --metrics-tls-cert.
     #[arg(long, env = "FERAL_METRICS_TLS_KEY")]
     metrics_tls_key: Option<PathBuf>,
+    /// The directories tasks may read datasets and models from and write artifacts under,
+    /// separated by commas: a job whose dataset, `[model] init` or artifact directory
+    /// resolves elsewhere is refused [default: the working directory].
+    #[arg(long, env = "FERAL_ALLOWED_ROOTS", value_delimiter = ',')]
+    allowed_roots: Option<Vec<PathBuf>>,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -76,6 +82,9 @@ async fn run() -> anyhow::Result<()> {
     // Fail points (checkpoint writes) from FAILPOINTS, for fault-injection runs
     // (scripts/chaos.sh); none without it.
     let _fail_points = fail::FailScenario::setup();
+    if let Err(error) = feral_proto::limits::raise_fd_limit() {
+        tracing::warn!(%error, "cannot raise the limit on open files");
+    }
     let args = Args::parse();
     let file = match &args.config {
         Some(path) => WorkerFile::load(path)?,
@@ -90,7 +99,12 @@ async fn run() -> anyhow::Result<()> {
     let token_file = args.token_file.or(file.token_file);
     let token = BearerToken::from_sources(token_file.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
     let tls = credentials::client_tls(args.tls.tls_ca.as_deref(), args.tls.tls_cert.as_deref(), args.tls.tls_key.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
-    let config = AgentConfig { coordinator, worker_id, hostname, advertise_host, slots, token, tls };
+    let roots = match args.allowed_roots.or(file.allowed_roots) {
+        Some(paths) => Roots::new(paths),
+        None => Roots::working_directory(),
+    };
+    let roots = roots.map_err(|e| anyhow::anyhow!("allowed_roots: {e}"))?;
+    let config = AgentConfig { coordinator, worker_id, hostname, advertise_host, slots, token, tls, roots };
     let metrics = Arc::new(WorkerMetrics::default());
     if let Some(address) = args.metrics_listen.or(file.metrics_listen) {
         let address: std::net::SocketAddr = address.parse().map_err(|e| anyhow::anyhow!("metrics_listen: is not an address ({e}): {address:?}"))?;
@@ -112,8 +126,9 @@ async fn run() -> anyhow::Result<()> {
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
         tracing::info!(%address, "serving metrics (/metrics)");
+        let refused = metrics.connections_refused.clone();
         tokio::spawn(async move {
-            if let Err(error) = feral_worker::metrics::serve(listener, tls, Arc::new(registry), std::future::pending()).await {
+            if let Err(error) = feral_worker::metrics::serve(listener, refused, tls, Arc::new(registry), std::future::pending()).await {
                 tracing::warn!(%address, %error, "the metrics endpoint stopped");
             }
         });

@@ -27,6 +27,8 @@ pub struct WorkerMetrics {
     all_reduce_seconds: Histogram,
     all_reduce_bytes: Counter,
     loader_ready: Gauge,
+    /// Connections the metrics listener closed at once, holding its limit.
+    pub connections_refused: Counter,
 }
 
 impl Default for WorkerMetrics {
@@ -39,6 +41,7 @@ impl Default for WorkerMetrics {
             all_reduce_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 19)),
             all_reduce_bytes: Counter::default(),
             loader_ready: Gauge::default(),
+            connections_refused: Counter::default(),
         }
     }
 }
@@ -53,6 +56,7 @@ impl WorkerMetrics {
         worker.register_with_unit("all_reduce_duration", "Gradient all-reduce of one step (gangs only)", Unit::Seconds, self.all_reduce_seconds.clone());
         worker.register_with_unit("all_reduce", "Gradient bytes this worker's ranks all-reduced", Unit::Bytes, self.all_reduce_bytes.clone());
         worker.register("loader_ready_batches", "Batches the loader threads have ready ahead of the step (of the rank that stepped last)", self.loader_ready.clone());
+        worker.register("connections_refused", "Connections the metrics listener closed at once because it held its limit of open connections", self.connections_refused.clone());
     }
 
     /// One training step: its time, its images, and the batches left ready behind it.
@@ -72,9 +76,17 @@ impl WorkerMetrics {
     }
 }
 
-/// Serves `registry` at `/metrics` on `listener` (HTTPS with `tls`) until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, tls: Option<Arc<ServerConfig>>, registry: Arc<Registry>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+/// Serves `registry` at `/metrics` on `listener` (HTTPS with `tls`) until `shutdown`
+/// resolves, counting in `refused` the connections beyond the listener's limit.
+pub async fn serve(
+    listener: TcpListener,
+    refused: Counter,
+    tls: Option<Arc<ServerConfig>>,
+    registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = Router::new().route("/metrics", get(scrape)).with_state(registry);
+    let listener = feral_proto::limits::Limited::new(listener, "metrics", feral_proto::limits::HTTP_CONNECTIONS, refused);
     feral_proto::https::serve(listener, tls, app, shutdown).await
 }
 

@@ -29,7 +29,7 @@ pub fn named(tensors: &[(String, Tensor)], name: &str, path: &Path) -> Result<Te
 
 /// The selected pseudo-labels of the file at `path`.
 pub fn read_selection(path: &Path) -> Result<PseudoLabels, TaskError> {
-    let tensors = Tensor::read_safetensors(path)?;
+    let tensors = crate::task::read_tensors(path, feral_common::files::MAX_TENSORS_BYTES, "selection")?;
     let labels = PseudoLabels {
         sample_ids: Vec::<i64>::try_from(&named(&tensors, "sample_ids", path)?)?,
         labels: Vec::<i64>::try_from(&named(&tensors, "labels", path)?)?,

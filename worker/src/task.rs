@@ -1,10 +1,12 @@
 //! What every task of the worker shares, below both the short tasks (`crate::tasks`) and
 //! training (`crate::train`): the context a task runs in, its error type with the one rule
-//! for which failures are worth another attempt, and atomic file writes.
+//! for which failures are worth another attempt, bounded tensor reads and atomic file
+//! writes.
 
 use std::path::{Path, PathBuf};
 
 use feral_common::dataset::DatasetError;
+use feral_common::files::{self, FileError};
 use feral_common::spec::{JobSpec, SpecError};
 use feral_common::task::Device;
 use serde::Serialize;
@@ -59,6 +61,8 @@ pub enum TaskError {
     Collective(#[from] CollectiveError),
     #[error("cannot join the gang: {0}")]
     Gang(#[from] GangError),
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("batch loader failed: {0}")]
@@ -89,6 +93,7 @@ impl TaskError {
             | TaskError::Dataset(_)
             | TaskError::UnusableDataset { .. }
             | TaskError::Corrupt { .. }
+            | TaskError::File(_)
             | TaskError::MissingInput(_)
             | TaskError::Loader(_)
             | TaskError::TooLarge(_)
@@ -124,4 +129,50 @@ pub fn write_atomically<E: Into<TaskError>>(path: &Path, write: impl FnOnce(&Pat
         let _ = std::fs::remove_file(&partial);
     }
     written
+}
+
+/// The named tensors of the `.safetensors` file at `path`, a regular file of at most
+/// `limit` bytes (`what` names it in errors): unlike `Tensor::read_safetensors`, a device,
+/// a pipe or an oversized file named by a spec is refused before anything is read.
+pub fn read_tensors(path: &Path, limit: u64, what: &'static str) -> Result<Vec<(String, tch::Tensor)>, TaskError> {
+    let bytes = files::read_regular(path, limit, what)?;
+    let corrupt = |problem: String| TaskError::Corrupt { path: path.to_path_buf(), problem };
+    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(format!("not a safetensors file: {e}")))?;
+    let mut tensors = Vec::with_capacity(file.len());
+    for (name, view) in file.tensors() {
+        use safetensors::Dtype;
+        let kind = match view.dtype() {
+            Dtype::BOOL => tch::Kind::Bool,
+            Dtype::U8 => tch::Kind::Uint8,
+            Dtype::I8 => tch::Kind::Int8,
+            Dtype::I16 => tch::Kind::Int16,
+            Dtype::I32 => tch::Kind::Int,
+            Dtype::I64 => tch::Kind::Int64,
+            Dtype::F16 => tch::Kind::Half,
+            Dtype::BF16 => tch::Kind::BFloat16,
+            Dtype::F32 => tch::Kind::Float,
+            Dtype::F64 => tch::Kind::Double,
+            other => return Err(corrupt(format!("tensor `{name}` has dtype {other:?}, which Feral does not read"))),
+        };
+        let size = view.shape().iter().map(|&d| i64::try_from(d).map_err(|_| corrupt(format!("tensor `{name}` has a dimension of {d}")))).collect::<Result<Vec<_>, _>>()?;
+        tensors.push((name, tch::Tensor::f_from_data_size(view.data(), &size, kind)?));
+    }
+    Ok(tensors)
+}
+
+/// Loads every variable of `vs` from the `.safetensors` file at `path` (as
+/// `VarStore::load`, read through [`read_tensors`]): a tensor missing or of another shape
+/// is an error naming it.
+pub fn load_var_store(vs: &tch::nn::VarStore, path: &Path, what: &'static str) -> Result<(), TaskError> {
+    let mut tensors: std::collections::HashMap<String, tch::Tensor> = read_tensors(path, files::MAX_TENSORS_BYTES, what)?.into_iter().collect();
+    let corrupt = |problem: String| TaskError::Corrupt { path: path.to_path_buf(), problem };
+    let _no_grad = tch::no_grad_guard();
+    for (name, mut variable) in vs.variables() {
+        let saved = tensors.remove(&name).ok_or_else(|| corrupt(format!("the {what} has no tensor `{name}`")))?;
+        if saved.size() != variable.size() {
+            return Err(corrupt(format!("the {what}'s `{name}` is {:?}, the model's {:?}", saved.size(), variable.size())));
+        }
+        variable.f_copy_(&saved.f_to_device(variable.device())?)?;
+    }
+    Ok(())
 }

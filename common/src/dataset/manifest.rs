@@ -85,7 +85,7 @@ pub struct Manifest {
 impl Manifest {
     pub fn load(dir: &Path) -> Result<Self, DatasetError> {
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| DatasetError::Io { path: path.clone(), source })?;
+        let text = crate::files::read_text(&path, crate::files::MAX_JSON_BYTES, "dataset manifest")?;
         Self::parse(&text).map_err(|problem| DatasetError::Manifest { path, problem })
     }
 

@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 pub enum DatasetError {
     #[error("cannot read dataset file {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     #[error("dataset manifest {path} is invalid: {problem}")]
     Manifest { path: PathBuf, problem: String },
     #[error("dataset shard {path} is corrupt: {problem}")]

@@ -75,7 +75,9 @@ fn merge_optional(mine: Option<Vec<i64>>, had: usize, theirs: Option<Vec<i64>>, 
 pub fn read_shard(dir: &Path, info: &ShardInfo, shape: ImageShape, classes: usize, verify: bool) -> Result<ShardData, DatasetError> {
     let path = dir.join(&info.file);
     let io = |source| DatasetError::Io { path: path.clone(), source };
-    let bytes = Arc::new(File::open(&path).and_then(|file| map_shard(&file)).map_err(io)?);
+    // A regular file only: a device or a pipe named as a shard is refused, not mapped.
+    let (file, _) = crate::files::open_regular(&path, u64::MAX, "dataset shard")?;
+    let bytes = Arc::new(map_shard(&file).map_err(io)?);
     if verify && hex_sha256(&bytes) != info.sha256 {
         return Err(DatasetError::Checksum { path });
     }

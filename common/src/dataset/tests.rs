@@ -1,4 +1,5 @@
 use super::*;
+use crate::files::FileError;
 
 fn shape() -> ImageShape {
     ImageShape { height: 4, width: 3, channels: 1 }
@@ -92,7 +93,13 @@ fn corrupt_files_are_reported_by_name() {
     assert!(err.to_string().contains("manifest.json"), "{err}");
 
     let err = Dataset::open(dir.path().join("nowhere")).expect_err("missing");
-    assert!(matches!(err, DatasetError::Io { .. }), "{err}");
+    assert!(matches!(err, DatasetError::File(FileError::Open { .. })), "{err}");
+    assert!(err.to_string().contains("nowhere/manifest.json"), "{err}");
+    // A dataset whose manifest is a directory (or a device, a pipe) is refused by what it is.
+    std::fs::remove_file(dir.path().join(MANIFEST_FILE)).expect("remove");
+    std::fs::create_dir(dir.path().join(MANIFEST_FILE)).expect("mkdir");
+    let err = Dataset::open(dir.path()).expect_err("a directory");
+    assert!(err.to_string().contains("manifest.json is a directory, not a regular file"), "{err}");
 }
 
 #[test]

@@ -17,7 +17,7 @@ use crate::synthetic::CLASS_NAMES;
 
 use super::split::assign_labelled;
 use super::staging::{StagedSample, Staging, Target};
-use super::{hex, ImportError, ImportReport, SplitOptions};
+use super::{hex, require_train_and_val, ImportError, ImportReport, SplitOptions};
 
 const SIDE: u32 = 48;
 const PIXELS: usize = (SIDE * SIDE) as usize;
@@ -59,11 +59,16 @@ pub fn import_fer2013(csv: &Path, out: &Path, options: &SplitOptions, progress: 
     if staging.samples().is_empty() {
         return Err(ImportError::Empty { path: csv.to_path_buf() });
     }
+    if staging.samples().iter().all(|s| s.given_val || s.given_test) {
+        let problem = "has no `Training` rows; the train split and the unlabelled pool come from them".to_owned();
+        return Err(ImportError::Layout { path: csv.to_path_buf(), problem });
+    }
 
     let labels: Vec<i64> = staging.samples().iter().map(|s| s.label).collect();
     let given_val: Vec<bool> = staging.samples().iter().map(|s| s.given_val).collect();
     let given_test: Vec<bool> = staging.samples().iter().map(|s| s.given_test).collect();
     let splits: Vec<_> = assign_labelled(&labels, &given_val, &given_test, options).into_iter().map(Some).collect();
+    require_train_and_val(csv, &splits, options)?;
     let target = Target {
         out,
         name: "fer2013".to_owned(),

@@ -233,15 +233,50 @@ fn with_skip_bad_broken_rows_are_skipped_and_listed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut text = with_bad_line("3,1 2 3,Training");
     text.push_str("9,1 2,Training\n\n");
+    text.push_str(&fer_line(&FerRow { emotion: 3, usage: "PublicTest", pixels: fer_pixels(99) }));
     let csv = dir.path().join("some-bad.csv");
     std::fs::write(&csv, text).expect("write");
     let options = SplitOptions { skip_bad: true, val_fraction: 0.0, ..SplitOptions::default() };
     let report = import_fer2013(&csv, &dir.path().join("out"), &options, &|_| {}).expect("import");
     assert_eq!(report.skipped, vec!["line 5: pixels has 3 values, expected 2304".to_owned(), "line 10: emotion 9 is outside 0..7".to_owned()]);
-    assert_eq!(report.rows_read, 9, "bad rows are read and counted; the blank last line is not a row");
+    assert_eq!(report.rows_read, 10, "bad rows are read and counted; the blank line is not a row");
     assert_eq!(report.manifest.splits[&Split::Train].samples, 7);
     let ids = &read_splits(&dir.path().join("out"))[&Split::Train].sample_ids;
     assert_eq!(ids, &vec![0, 1, 2, 4, 5, 6, 7], "sample ids stay the rows' positions");
+}
+
+#[test]
+fn a_file_without_training_rows_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("tests-only.csv");
+    std::fs::write(&csv, fer_csv(&fer_rows(&[("PublicTest", PUBLIC), ("PrivateTest", [1; 7])]))).expect("write");
+    let out = dir.path().join("out");
+    let err = import_fer2013(&csv, &out, &SplitOptions::default(), &|_| {}).expect_err("no Training rows");
+    let message = err.to_string();
+    assert!(message.contains("tests-only.csv: has no `Training` rows; the train split and the unlabelled pool come from them"), "{message}");
+    assert!(!out.join(crate::dataset::MANIFEST_FILE).exists(), "no dataset is written");
+}
+
+#[test]
+fn a_split_left_empty_is_refused_naming_the_split() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Two Training rows per class and no PublicTest rows: a val fraction of 0.1 holds none out.
+    let csv = dir.path().join("train-only.csv");
+    std::fs::write(&csv, fer_csv(&fer_rows(&[("Training", [2; 7])]))).expect("write");
+    let err = import_fer2013(&csv, &dir.path().join("out"), &SplitOptions::default(), &|_| {}).expect_err("no val");
+    let message = err.to_string();
+    assert!(message.contains("train-only.csv: the val split would be empty") && message.contains("val fraction of 0.1"), "{message}");
+    let options = SplitOptions { val_fraction: 0.5, ..SplitOptions::default() };
+    assert!(import_fer2013(&csv, &dir.path().join("out"), &options, &|_| {}).is_ok(), "half of each class is held out");
+
+    // A labeled fraction of 0 leaves every Training row in the unlabelled pool.
+    let csv = dir.path().join("fer2013.csv");
+    std::fs::write(&csv, fer_csv(&sample_rows())).expect("write");
+    let options = SplitOptions { labeled_fraction: 0.0, ..SplitOptions::default() };
+    let err = import_fer2013(&csv, &dir.path().join("pool-only"), &options, &|_| {}).expect_err("no train");
+    let message = err.to_string();
+    assert!(message.contains("fer2013.csv: the train split would be empty") && message.contains("labeled fraction of 0"), "{message}");
+    assert!(!dir.path().join("pool-only").join(crate::dataset::MANIFEST_FILE).exists(), "no dataset is written");
 }
 
 /// Times the import of a real FER2013 file named by `FERAL_FER2013_CSV` (not shipped):

@@ -13,7 +13,7 @@ use crate::spec::MAX_CLASSES;
 use super::images::{check_image_options, folder_name, list_image_files, listing_digest, stage_images, sub_folders, PendingImage};
 use super::split::{plan_videos, VideoRole};
 use super::staging::{StagedSample, Staging, Target};
-use super::{hex, ImportError, ImportReport, SplitOptions};
+use super::{hex, require_train_and_val, ImportError, ImportReport, SplitOptions};
 
 /// Imports frame folders into a dataset directory at `out`: grayscale frames resized to
 /// `size`×`size`.
@@ -106,6 +106,7 @@ pub fn import_frames(root: &Path, labels_dir: &Path, out: &Path, size: u32, opti
             }
         })
         .collect();
+    require_train_and_val(root, &splits, options)?;
     let target = Target { out, name: folder_name(root, "frames"), classes, shape, source: "frames", source_sha256: digest };
     let manifest = staging.write_dataset(target, &splits, options)?;
     Ok(ImportReport { manifest, skipped, rows_read: items.len() as u64, ignored })

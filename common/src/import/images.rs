@@ -14,7 +14,7 @@ use crate::spec::MAX_CLASSES;
 
 use super::split::assign_labelled;
 use super::staging::{StagedSample, Staging, Target};
-use super::{hex, ImportError, ImportReport, SplitOptions};
+use super::{hex, require_train_and_val, ImportError, ImportReport, SplitOptions};
 
 /// Images decoded in parallel at a time.
 const CHUNK_IMAGES: usize = 256;
@@ -68,6 +68,7 @@ pub fn import_images(
     let given_val: Vec<bool> = staging.samples().iter().map(|s| s.given_val).collect();
     let given_test = vec![false; given_val.len()];
     let splits: Vec<_> = assign_labelled(&labels, &given_val, &given_test, options).into_iter().map(Some).collect();
+    require_train_and_val(root, &splits, options)?;
     let target = Target { out, name: folder_name(root, "images"), classes: listing.classes, shape, source: "images", source_sha256: listing.digest };
     let manifest = staging.write_dataset(target, &splits, options)?;
     Ok(ImportReport { manifest, skipped, rows_read: listing.items.len() as u64, ignored: listing.ignored })

@@ -150,7 +150,8 @@ fn an_unreadable_image_is_named() {
     assert!(matches!(&err, ImportError::Image { path, .. } if path == &broken), "{err}");
     assert!(err.to_string().contains("broken.jpg"), "{err}");
 
-    let options = SplitOptions { skip_bad: true, ..SplitOptions::default() };
+    // A third of each class's three images is held out, so val is not empty.
+    let options = SplitOptions { skip_bad: true, val_fraction: 0.34, ..SplitOptions::default() };
     let report = import_images(&root, None, &dir.path().join("out"), 8, 1, &options, &|_| {}).expect("import");
     assert_eq!(report.skipped.len(), 1);
     assert!(report.skipped[0].contains("broken.jpg"), "{:?}", report.skipped);

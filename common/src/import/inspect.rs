@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::dataset::{read_shard, DatasetError, Manifest, Split};
+use crate::text::{printable, printable_path};
 
 use super::ImportError;
 
@@ -78,7 +79,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection, ImportError> {
                     }
                     ShardCheck::Ok
                 }
-                Err(DatasetError::Io { .. }) if bytes.is_none() => ShardCheck::Missing,
+                Err(DatasetError::Io { .. } | DatasetError::File(_)) if bytes.is_none() => ShardCheck::Missing,
                 Err(DatasetError::Checksum { .. }) => ShardCheck::ChecksumMismatch,
                 Err(other) => ShardCheck::Corrupt(other.to_string()),
             };
@@ -103,18 +104,29 @@ fn imbalance(manifest: &Manifest) -> Option<f64> {
     Some(*max as f64 / *min as f64)
 }
 
+/// The inspection as `feral dataset inspect` prints it; the manifest's names and the
+/// dataset's path are [`printable`], since a dataset may come from anyone.
 impl fmt::Display for Inspection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = &self.manifest;
-        writeln!(f, "dataset {} ({}) at {}", m.name, m.source, self.dir.display())?;
-        writeln!(f, "images {}x{}x{}, {} classes, source sha256 {}", m.image.height, m.image.width, m.image.channels, m.classes.len(), m.source_sha256)?;
-        let width = m.classes.iter().map(|c| c.len()).max().unwrap_or(5).max(9);
+        writeln!(f, "dataset {} ({}) at {}", printable(&m.name), printable(&m.source), printable_path(&self.dir))?;
+        writeln!(
+            f,
+            "images {}x{}x{}, {} classes, source sha256 {}",
+            m.image.height,
+            m.image.width,
+            m.image.channels,
+            m.classes.len(),
+            printable(&m.source_sha256)
+        )?;
+        let classes: Vec<_> = m.classes.iter().map(|c| printable(c)).collect();
+        let width = classes.iter().map(|c| c.chars().count()).max().unwrap_or(5).max(9);
         write!(f, "{:<width$}", "class")?;
         for summary in &self.splits {
             write!(f, " {:>10}", summary.split.to_string())?;
         }
         writeln!(f)?;
-        for (class, name) in m.classes.iter().enumerate() {
+        for (class, name) in classes.iter().enumerate() {
             write!(f, "{name:<width$}")?;
             for summary in &self.splits {
                 write!(f, " {:>10}", summary.class_counts.get(class).copied().unwrap_or(0))?;
@@ -140,9 +152,9 @@ impl fmt::Display for Inspection {
                     ShardCheck::Ok => "ok".to_owned(),
                     ShardCheck::Missing => "MISSING".to_owned(),
                     ShardCheck::ChecksumMismatch => "CHECKSUM MISMATCH".to_owned(),
-                    ShardCheck::Corrupt(problem) => format!("CORRUPT: {problem}"),
+                    ShardCheck::Corrupt(problem) => format!("CORRUPT: {}", printable(problem)),
                 };
-                writeln!(f, "  {:<28} {:>8} samples {:>10}  {check}", shard.file, shard.samples, size)?;
+                writeln!(f, "  {:<28} {:>8} samples {:>10}  {check}", printable(&shard.file), shard.samples, size)?;
             }
         }
         Ok(())

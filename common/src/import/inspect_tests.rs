@@ -76,3 +76,25 @@ fn inspect_shows_the_test_split_beside_the_others() {
     assert_eq!(angry, ["angry", "6", "2", "3"], "{printed}");
     assert!(printed.contains("test-00000.safetensors"), "{printed}");
 }
+
+#[test]
+fn names_from_the_manifest_are_printed_escaped() {
+    use crate::dataset::{DatasetWriter, ImageShape, Sample};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let classes = vec!["\u{1b}]0;title\u{7}".to_owned(), "\u{1b}[2J".to_owned(), "gpj.\u{202e}exe".to_owned(), "惊讶 é".to_owned()];
+    let shape = ImageShape { height: 2, width: 2, channels: 1 };
+    let mut writer = DatasetWriter::create(dir.path(), "evil\u{1b}[31m", classes, shape, 4).expect("writer");
+    for label in 0..4 {
+        writer.push(Split::Train, Sample { pixels: &[0; 4], label, sample_id: label, hidden_label: None, video_id: None, frame_index: None }).expect("push");
+    }
+    writer.finish("test", "\u{1b}[0m").expect("finish");
+
+    let printed = inspect(dir.path()).expect("inspect").to_string();
+    assert!(!printed.contains(['\u{1b}', '\u{7}', '\u{202e}']), "{printed:?}");
+    assert!(printed.starts_with("dataset evil\\u{1b}[31m (test) at "), "{printed}");
+    assert!(printed.contains("source sha256 \\u{1b}[0m\n"), "{printed}");
+    let rows: Vec<Vec<&str>> = printed.lines().skip(3).take(4).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows, [vec!["\\u{1b}]0;title\\u{7}", "1"], vec!["\\u{1b}[2J", "1"], vec!["gpj.\\u{202e}exe", "1"], vec!["惊讶", "é", "1"]], "{printed}");
+    let widths: Vec<usize> = printed.lines().skip(2).take(6).map(|l| l.chars().count()).collect();
+    assert!(widths.windows(2).all(|w| w[0] == w[1]), "the count column lines up: {printed}");
+}

@@ -19,9 +19,9 @@ pub use images::import_images;
 pub use inspect::{inspect, Inspection, ShardCheck, ShardStatus, SplitSummary};
 pub use split::{assign_labelled, pick_groups, plan_videos, split_off_test, stratified_pick, VideoRole};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use crate::dataset::{DatasetError, Manifest};
+use crate::dataset::{DatasetError, Manifest, Split};
 
 /// How an importer divides its samples into the train, val, test and unlabeled splits.
 #[derive(Clone, Debug, PartialEq)]
@@ -106,12 +106,32 @@ pub enum ImportError {
     Options { problem: String },
     #[error(transparent)]
     Dataset(#[from] DatasetError),
+    #[error(transparent)]
+    OutDir(#[from] crate::prepare::OutDirError),
 }
 
 impl ImportError {
     fn io<'a>(action: &'static str, path: &'a std::path::Path) -> impl FnOnce(std::io::Error) -> ImportError + 'a {
         move |source| ImportError::Io { action, path: path.to_path_buf(), source }
     }
+}
+
+/// Fails, naming `source`, when the planned `splits` leave train or val without a sample:
+/// every job needs both, and would otherwise find out only later, on a worker.
+fn require_train_and_val(source: &Path, splits: &[Option<Split>], options: &SplitOptions) -> Result<(), ImportError> {
+    let empty = |split: Split, cause: String| ImportError::Layout { path: source.to_path_buf(), problem: format!("the {split} split would be empty: {cause}") };
+    if !splits.contains(&Some(Split::Val)) {
+        let cause = format!(
+            "the source names no validation samples (FER2013 `PublicTest` rows, a val/ folder) and a val fraction of {} holds out none of the others; raise it",
+            options.val_fraction
+        );
+        return Err(empty(Split::Val, cause));
+    }
+    if !splits.contains(&Some(Split::Train)) {
+        let cause = format!("a labeled fraction of {} keeps no training sample's label; raise it", options.labeled_fraction);
+        return Err(empty(Split::Train, cause));
+    }
+    Ok(())
 }
 
 /// Lowercase hex of a sha256 digest.

@@ -75,6 +75,7 @@ pub fn job_to_proto(job: &JobRecord) -> pb::Job {
         gang_size: job.spec.resources.full_gang(),
         last_failure: job.last_failure.clone().unwrap_or_default(),
         retry_at_ms: job.retry_at_ms().unwrap_or(0),
+        owner: job.owner.clone().unwrap_or_default(),
     }
 }
 

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{job_summary_to_proto, job_to_proto, worker_to_proto};
 use super::{required, to_status};
+use crate::auth::caller;
 use crate::leader::{Role, VIEW_AGE_METADATA};
 
 pub struct JobApi {
@@ -60,28 +61,31 @@ type JobEventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + 
 impl pb::job_service_server::JobService for JobApi {
     async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let control = self.role.control()?;
+        let caller = caller(&request);
         let spec = required(&request.get_ref().spec_toml, "spec_toml").map_err(to_status)?;
-        let job = control.submit(spec, now_ms()).await.map_err(to_status)?;
+        let job = control.submit(spec, &caller.name, now_ms()).await.map_err(to_status)?;
         Ok(Response::new(pb::SubmitJobResponse { job: Some(job_to_proto(&job)) }))
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let (control, age) = self.role.reader()?;
+        let caller = caller(&request);
         let id = job_id(&request.get_ref().job_id)?;
-        let job = control.job(&id).await.map_err(to_status)?;
+        let job = control.job(caller.scope(), &id).await.map_err(to_status)?;
         let waiting = control.waiting_reasons(std::slice::from_ref(&job)).await;
         Ok(marked(Response::new(with_waiting_reason(job_to_proto(&job), waiting.into_iter().next().flatten())), age))
     }
 
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         let (control, age) = self.role.reader()?;
+        let caller = caller(&request);
         let request = request.into_inner();
         let size = page_size(request.page_size)?;
         let after = match request.page_token.as_str() {
             "" => None,
             token => Some(token.split_once(':').and_then(|(at, id)| Some((at.parse::<u64>().ok()?, JobId::new(id)))).ok_or_else(|| bad_token(token))?),
         };
-        let (jobs, next) = control.jobs_page(after, size).await;
+        let (jobs, next) = control.jobs_page(caller.scope(), after, size).await;
         let waiting = control.waiting_reasons(&jobs).await;
         let jobs = jobs
             .iter()
@@ -95,14 +99,14 @@ impl pb::job_service_server::JobService for JobApi {
     async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
         let control = self.role.control()?;
         let id = job_id(&request.get_ref().job_id)?;
-        let job = control.cancel(&id, now_ms()).await.map_err(to_status)?;
+        let job = control.cancel(caller(&request).scope(), &id, now_ms()).await.map_err(to_status)?;
         Ok(Response::new(job_to_proto(&job)))
     }
 
     async fn resume_job(&self, request: Request<pb::ResumeJobRequest>) -> Result<Response<pb::Job>, Status> {
         let control = self.role.control()?;
         let id = job_id(&request.get_ref().job_id)?;
-        let job = control.resume(&id, now_ms()).await.map_err(to_status)?;
+        let job = control.resume(caller(&request).scope(), &id, now_ms()).await.map_err(to_status)?;
         Ok(Response::new(job_to_proto(&job)))
     }
 
@@ -110,11 +114,12 @@ impl pb::job_service_server::JobService for JobApi {
 
     async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
         let (control, age) = self.role.reader()?;
+        let caller = caller(&request);
         let id = job_id(&request.get_ref().job_id)?;
         if let Some(age) = age {
             // A standby's view changes only when it is read again: the job as the view holds
             // it, then the stream ends and the client watches again (a leader, once elected).
-            let job = control.job(&id).await.map_err(to_status)?;
+            let job = control.job(caller.scope(), &id).await.map_err(to_status)?;
             let stream = async_stream(move |emit| async move {
                 let _ = emit.send(Ok(pb::JobEvent { job: Some(job_to_proto(&job)) })).await;
                 if !job.state.is_final() {
@@ -123,7 +128,7 @@ impl pb::job_service_server::JobService for JobApi {
             });
             return Ok(marked(Response::new(stream), Some(age)));
         }
-        let mut receiver = control.watch(&id).await.map_err(to_status)?;
+        let mut receiver = control.watch(caller.scope(), &id).await.map_err(to_status)?;
         let mut stopping = self.stopping.clone();
         let stream = async_stream(move |emit| async move {
             loop {

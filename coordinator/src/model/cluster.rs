@@ -104,6 +104,16 @@ impl Cluster {
         self.assigned.get(worker).is_some_and(|tasks| tasks.iter().any(|(_, t)| t == task))
     }
 
+    /// Every assigned task, with its worker and job.
+    pub fn assigned_tasks(&self) -> impl Iterator<Item = (&WorkerId, &JobRecord, &TaskRecord)> {
+        self.assigned.iter().flat_map(move |(worker, tasks)| {
+            tasks.iter().filter_map(move |(job, task)| {
+                let job = self.jobs.get(job)?;
+                Some((worker, job, job.task(task)?))
+            })
+        })
+    }
+
     /// The jobs with a task on `worker`.
     pub fn jobs_on(&self, worker: &WorkerId) -> BTreeSet<JobId> {
         self.assigned.get(worker).into_iter().flatten().map(|(job, _)| job.clone()).collect()
@@ -131,6 +141,7 @@ impl Cluster {
                 world_size: task.world_size,
                 spec_toml: job.spec_toml.clone(),
                 artifact_dir: job.artifact_dir.clone(),
+                owner: job.owner.clone().unwrap_or_default(),
                 device,
                 inputs: job.task_inputs(task),
             });

@@ -234,6 +234,10 @@ pub struct JobRecord {
     /// Why the last failed attempt of one of its tasks failed (shown while it retries).
     #[serde(default)]
     pub last_failure: Option<String>,
+    /// Who submitted it (the name of the caller's token): a submitter sees and changes only
+    /// its own jobs. None for a job stored before owners were recorded (admins only).
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// What can happen to a job. Events about a task that is no longer live (a late report
@@ -277,7 +281,27 @@ impl JobRecord {
             result: None,
             shard_plan: BTreeMap::new(),
             last_failure: None,
+            owner: None,
         }
+    }
+
+    /// What stands for the record stored under `key` (`jobs/<id>`) that does not decode:
+    /// a failed job of that id, with what could be read of its owner, creation time and
+    /// spec, whose reason says what happened and where the bytes are kept.
+    pub fn unreadable(key: &str, bytes: &[u8], problem: &str, now_ms: u64) -> Self {
+        let id = JobId::new(key.strip_prefix("jobs/").unwrap_or(key));
+        let partial: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+        let text = |field: &str| partial.get(field).and_then(serde_json::Value::as_str).map(str::to_owned);
+        let spec_toml = text("spec_toml").unwrap_or_default();
+        let spec = JobSpec::from_toml(&spec_toml).unwrap_or_else(|_| JobSpec::for_dataset(""));
+        let created = partial.get("created_at_ms").and_then(serde_json::Value::as_u64).unwrap_or(now_ms);
+        let artifact_dir = text("artifact_dir").map(PathBuf::from).unwrap_or_default();
+        let mut job = Self::submitted(id, spec, spec_toml, artifact_dir, created);
+        job.tasks.clear();
+        job.owner = text("owner");
+        job.updated_at_ms = now_ms;
+        job.state = JobState::Failed { reason: format!("its stored record cannot be read ({problem}); the bytes are kept under quarantine/{key}") };
+        job
     }
 
     pub fn task(&self, id: &TaskId) -> Option<&TaskRecord> {

@@ -35,10 +35,10 @@ pub fn infer(context: &TaskContext, model_path: &Path, shard: &str, stop: &Atomi
     let data = read_shard(dataset.dir(), info, manifest.image, manifest.classes.len(), true)?;
     let classes = manifest.classes.len();
 
-    let mut vs = nn::VarStore::new(context.device);
+    let vs = nn::VarStore::new(context.device);
     let image = [manifest.image.channels as i64, manifest.image.height as i64, manifest.image.width as i64];
     let net = build_model(&vs.root(), &context.spec.model, image, classes as i64);
-    vs.load(model_path)?;
+    crate::task::load_var_store(&vs, model_path, "round's model")?;
     let _no_grad = tch::no_grad_guard();
     let encoder_path = model_path.with_file_name(temporal::FILE);
     // A round trains an encoder when its train split has videos; a pool with videos beside

@@ -31,7 +31,7 @@ pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64])
     let (mut confidence_sum, mut confidence_squares, mut probability_sums) = (0.0, 0.0, Vec::new());
     for file in prediction_files {
         let path = Path::new(file);
-        let tensors = Tensor::read_safetensors(path)?;
+        let tensors = crate::task::read_tensors(path, feral_common::files::MAX_TENSORS_BYTES, "prediction file")?;
         let logits = named(&tensors, "logits", path)?;
         let ids = Vec::<i64>::try_from(&named(&tensors, "sample_ids", path)?)?;
         let size = logits.size();

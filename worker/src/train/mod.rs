@@ -54,7 +54,8 @@ use feral_common::task::{CheckpointRef, EpochReport, TaskInputs, TrainedModel};
 use crate::collective::{self, Collective, CollectiveError};
 use crate::metrics::WorkerMetrics;
 use crate::selection::{labelled_frequencies, read_selection};
-use crate::task::{create_dir, write_atomically, write_json, TaskContext, TaskError};
+use crate::task::{create_dir, load_var_store, read_tensors, write_atomically, write_json, TaskContext, TaskError};
+use feral_common::files::MAX_TENSORS_BYTES;
 
 /// What a training task needs to know: where it runs, and the round's inputs (the model
 /// to start from, the class weights and prior, the selected pseudo-labels).
@@ -236,7 +237,7 @@ impl<'t> RoundTraining<'t> {
         match (&task.inputs.init_model, &spec.model.init) {
             // A student continues its teacher's raw weights (its EMA and optimiser state are
             // loaded below); a teacher starts from the user's weights, if any.
-            (Some(teacher), _) => vs.load(teacher_file(teacher, "checkpoint.safetensors"))?,
+            (Some(teacher), _) => load_var_store(&vs, &teacher_file(teacher, "checkpoint.safetensors"), "teacher's checkpoint")?,
             (None, Some(weights)) => {
                 model::load_initial_weights(&mut vs, weights)?;
             }
@@ -247,8 +248,8 @@ impl<'t> RoundTraining<'t> {
         // Only a checkpoint the coordinator recorded, and only a whole one (see `checkpoint`).
         let resumed = checkpoint::find_whole(&round_dir, context.round, &task.inputs.resume_from);
         if let Some((at, dir)) = &resumed {
-            vs.load(dir.join(checkpoint::WEIGHTS))?;
-            ema_vs.load(dir.join(checkpoint::EMA))?;
+            load_var_store(&vs, &dir.join(checkpoint::WEIGHTS), "checkpoint's weights")?;
+            load_var_store(&ema_vs, &dir.join(checkpoint::EMA), "checkpoint's EMA weights")?;
             optimizer.load(&dir.join(checkpoint::OPTIMIZER))?;
             tracing::info!(round = context.round, epoch = at.epoch, from_attempt = at.attempt, "resuming from checkpoint");
         } else if !task.inputs.resume_from.is_empty() {
@@ -307,7 +308,7 @@ impl<'t> RoundTraining<'t> {
         let mut mask_audit = MaskAudit::default();
         if let (Some(labeller), Some((_, dir))) = (labeller.as_mut(), &resumed) {
             let path = dir.join(checkpoint::ONLINE);
-            let text = std::fs::read_to_string(&path).map_err(|e| TaskError::Corrupt { path: path.clone(), problem: e.to_string() })?;
+            let text = feral_common::files::read_text(&path, feral_common::files::MAX_JSON_BYTES, "checkpoint's online state")?;
             let saved = serde_json::from_str::<OnlineCheckpoint>(&text).map_err(|e| TaskError::Corrupt { path: path.clone(), problem: e.to_string() })?;
             labeller.restore(saved.labeller);
             mask_audit = saved.audit;
@@ -668,7 +669,7 @@ fn strong_view(spec: &feral_common::spec::StrongViewSpec) -> StrongAugmentation 
 /// which start the online thresholds; none when the file has them not (an older selection)
 /// or cannot be read.
 fn read_threshold_seed(selection_file: &Path) -> Option<ThresholdSeed> {
-    let tensors = Tensor::read_safetensors(selection_file).ok()?;
+    let tensors = read_tensors(selection_file, MAX_TENSORS_BYTES, "selection").ok()?;
     let values = |name: &str| tensors.iter().find(|(n, _)| n == name).and_then(|(_, t)| Vec::<f64>::try_from(t).ok());
     Some(ThresholdSeed {
         mean_confidence: *values("mean_confidence")?.first()?,

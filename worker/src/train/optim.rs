@@ -96,7 +96,7 @@ impl Optimizer {
     /// Restores what [`save`](Self::save) wrote for the same model.
     pub fn load(&mut self, path: &Path) -> Result<(), TaskError> {
         let corrupt = |problem: String| TaskError::Corrupt { path: path.to_path_buf(), problem };
-        let named = Tensor::read_safetensors(path).map_err(|e| corrupt(e.to_string()))?;
+        let named = crate::task::read_tensors(path, feral_common::files::MAX_TENSORS_BYTES, "optimizer state")?;
         let find = |name: &str| named.iter().find(|(n, _)| n == name).map(|(_, t)| t);
         let step = find("step").ok_or_else(|| corrupt("it has no `step`".into()))?;
         self.step = step.int64_value(&[0]);

@@ -321,9 +321,9 @@ pub fn evaluate(encoder: &TemporalEncoder, data: &Windows, labels: &[i64], class
 
 /// Loads a round's encoder from `path` for features of width `features`.
 pub fn load(path: &std::path::Path, features: i64, window: i64, classes: i64, device: Device) -> Result<(nn::VarStore, TemporalEncoder), TaskError> {
-    let mut vs = nn::VarStore::new(device);
+    let vs = nn::VarStore::new(device);
     let encoder = TemporalEncoder::new(&vs.root(), features, window, classes);
-    vs.load(path).map_err(|e| TaskError::Corrupt { path: path.to_path_buf(), problem: format!("not this job's temporal encoder ({e})") })?;
+    crate::task::load_var_store(&vs, path, "temporal encoder")?;
     Ok((vs, encoder))
 }
 

@@ -6,7 +6,6 @@
 use std::path::Path;
 
 use tch::nn;
-use tch::Tensor;
 
 use crate::task::TaskError;
 
@@ -16,7 +15,7 @@ use crate::task::TaskError;
 pub fn load_initial_weights(vs: &mut nn::VarStore, path: &Path) -> Result<usize, TaskError> {
     let corrupt = |problem: String| TaskError::Corrupt { path: path.to_path_buf(), problem };
     let file = path.display();
-    let tensors = Tensor::read_safetensors(path).map_err(|e| corrupt(format!("cannot read initial weights {file}: {e}")))?;
+    let tensors = crate::task::read_tensors(path, feral_common::files::MAX_TENSORS_BYTES, "model to start from (`[model] init`)")?;
     let variables = vs.variables();
     let _no_grad = tch::no_grad_guard();
     let (mut matched, mut wrong_shape) = (0, Vec::new());
@@ -53,7 +52,7 @@ mod tests {
     use crate::train::model::build_model;
     use feral_common::spec::{Arch, ModelSpec};
     use tch::nn::ModuleT;
-    use tch::{Device, Kind};
+    use tch::{Device, Kind, Tensor};
 
     fn resnet(seed: i64, image: [i64; 3], classes: i64) -> (nn::VarStore, Box<dyn ModuleT>) {
         tch::manual_seed(seed);

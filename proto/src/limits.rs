@@ -1,0 +1,165 @@
+//! Listeners that cannot starve each other (docs/design.md §2, Connections): each admits at
+//! most a set number of open connections, and one more beyond that is closed at once,
+//! logged and counted, instead of taking a file descriptor the process's other listeners
+//! need. The process also raises its own descriptor limit at start ([`raise_fd_limit`]),
+//! so that the limits, not the kernel's default of 1,024, decide.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Connections one gRPC listener holds open at most (workers, CLIs, dashboards' clients).
+pub const GRPC_CONNECTIONS: usize = 4096;
+/// Connections one HTTP listener (`/metrics`, the dashboard) holds open at most.
+pub const HTTP_CONNECTIONS: usize = 512;
+
+/// Raises this process's soft limit on open files to its hard limit, and answers the
+/// limit in force.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let (_, hard) = rlimit::Resource::NOFILE.get()?;
+    rlimit::increase_nofile_limit(hard)
+}
+
+/// A TCP listener that admits at most `limit` open connections.
+pub struct Limited {
+    listener: TcpListener,
+    name: &'static str,
+    permits: Arc<Semaphore>,
+    limit: usize,
+    refused: Counter,
+}
+
+impl Limited {
+    /// `name` says which listener it is in logs; `refused` counts the connections it closed.
+    pub fn new(listener: TcpListener, name: &'static str, limit: usize, refused: Counter) -> Self {
+        Self { listener, name, permits: Arc::new(Semaphore::new(limit)), limit, refused }
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The next connection within the limit; one beyond it is closed as it arrives.
+    pub async fn accept(&self) -> (Admitted, SocketAddr) {
+        loop {
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(listener = self.name, %error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            match Arc::clone(&self.permits).try_acquire_owned() {
+                Ok(permit) => return (Admitted { stream, _permit: permit }, peer),
+                Err(_) => {
+                    let refused = self.refused.inc() + 1;
+                    // The first, then one in a thousand: a flood must not flood the log too.
+                    if refused % 1000 == 1 {
+                        tracing::warn!(listener = self.name, limit = self.limit, %peer, refused, "connection refused: the listener holds its limit of open connections");
+                    }
+                    drop(stream);
+                }
+            }
+        }
+    }
+}
+
+impl axum::serve::Listener for Limited {
+    type Io = Admitted;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        Limited::accept(self).await
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+/// An admitted connection; closing it frees its place under the limit.
+pub struct Admitted {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Admitted {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Admitted {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for Admitted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed_and_counted_and_a_freed_place_is_reused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let refused = Counter::default();
+        let limited = Limited::new(listener, "test", 2, refused.clone());
+        let mut clients = Vec::new();
+        let mut admitted = Vec::new();
+        for _ in 0..2 {
+            clients.push(TcpStream::connect(address).await.expect("connect"));
+            admitted.push(limited.accept().await.0);
+        }
+        // A third: accepted by the kernel, closed by the listener (the client reads EOF).
+        let mut third = TcpStream::connect(address).await.expect("connect");
+        let accepting = tokio::spawn(async move {
+            let next = limited.accept().await;
+            (limited, next)
+        });
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(30), third.read(&mut byte)).await.expect("closed within 30 s");
+        assert!(matches!(read, Ok(0) | Err(_)), "the third connection is closed: {read:?}");
+        assert_eq!(refused.get(), 1);
+        // One admitted connection closes: the next is admitted.
+        drop(admitted.pop());
+        let _fourth = TcpStream::connect(address).await.expect("connect");
+        let (_limited, next) = tokio::time::timeout(Duration::from_secs(30), accepting).await.expect("admitted within 30 s").expect("task");
+        drop(next);
+        assert_eq!(refused.get(), 1);
+    }
+}
