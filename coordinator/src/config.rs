@@ -17,6 +17,7 @@
 //! tls_key = "/etc/feral/coordinator.key"
 //! tls_client_ca = "/etc/feral/ca.pem"     # mutual TLS: only clients with a certificate it signed
 //! metrics_public = false                   # true: /metrics needs no token even with tokens
+//! http_hosts = ["feral.example.org"]       # the names the HTTP listener answers to (Host)
 //!
 //! [task_deadlines]   # seconds a task may show no life before it fails as stuck (these are the defaults)
 //! ack_s = 60         # from its assignment until its worker's heartbeat lists it
@@ -97,6 +98,8 @@ pub struct CoordinatorConfig {
     pub tls_client_ca: Option<PathBuf>,
     /// `/metrics` answers without a token even when there are tokens.
     pub metrics_public: bool,
+    /// The names the HTTP listener answers to (its `Host` header); empty: see `http::Hosts`.
+    pub http_hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +120,7 @@ struct ConfigFile {
     tls_client_ca: Option<PathBuf>,
     task_deadlines: Option<TaskDeadlines>,
     metrics_public: Option<bool>,
+    http_hosts: Option<Vec<String>>,
 }
 
 /// Values given on the command line or in the environment; they win over the file.
@@ -166,6 +170,11 @@ pub struct Overrides {
     /// on a trusted network); otherwise a scrape needs a known token, of any role.
     #[arg(long, env = "FERAL_METRICS_PUBLIC")]
     pub metrics_public: bool,
+    /// The host names the HTTP listener answers to (its `Host` header), separated by
+    /// commas: the names users reach the dashboard by. Without them, a loopback listener
+    /// answers to loopback names only, one beyond loopback to any.
+    #[arg(long, env = "FERAL_HTTP_HOSTS", value_delimiter = ',')]
+    pub http_hosts: Option<Vec<String>>,
 }
 
 impl CoordinatorConfig {
@@ -213,7 +222,8 @@ impl CoordinatorConfig {
         let deadlines = file.and_then(|f| f.task_deadlines).unwrap_or_default();
         let settings = Settings { artifact_root, heartbeat_interval_ms, lease_ttl_ms, deadlines };
         let metrics_public = overrides.metrics_public || file.and_then(|f| f.metrics_public).unwrap_or(false);
-        let config = Self { listen, http_listen, store, settings, advertise, leader_lease_s, tokens, tls_cert, tls_key, tls_client_ca, metrics_public };
+        let http_hosts = overrides.http_hosts.clone().or_else(|| file.and_then(|f| f.http_hosts.clone())).unwrap_or_default();
+        let config = Self { listen, http_listen, store, settings, advertise, leader_lease_s, tokens, tls_cert, tls_key, tls_client_ca, metrics_public, http_hosts };
         config.validate()?;
         Ok(config)
     }
@@ -262,6 +272,7 @@ impl CoordinatorConfig {
             tls_key: None,
             tls_client_ca: None,
             metrics_public: false,
+            http_hosts: Vec::new(),
         }
     }
 }

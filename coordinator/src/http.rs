@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, HOST};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -19,6 +19,47 @@ use crate::auth::{self, Tokens};
 use crate::dashboard::{self, Dashboard};
 use crate::leader::Role;
 use crate::metrics::Metrics;
+
+/// The host names the listener answers to, as the `Host` header gives them (port aside).
+/// A page on a loopback listener answers only to loopback names, so that a web page the
+/// user visits cannot reach it under a name of its own (DNS rebinding).
+#[derive(Clone, Debug)]
+pub struct Hosts(Option<Vec<String>>);
+
+impl Hosts {
+    /// `configured` (if any); else loopback names on a loopback listener; else any host.
+    pub fn new(configured: &[String], loopback: bool) -> Self {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        match (configured.is_empty(), loopback) {
+            (false, true) => Self(Some(configured.iter().map(|h| h.to_ascii_lowercase()).chain(names(&["localhost", "127.0.0.1", "[::1]"])).collect())),
+            (false, false) => Self(Some(configured.iter().map(|h| h.to_ascii_lowercase()).collect())),
+            (true, true) => Self(Some(names(&["localhost", "127.0.0.1", "[::1]"]))),
+            (true, false) => Self(None),
+        }
+    }
+
+    /// Whether any host is answered.
+    pub fn is_open(&self) -> bool {
+        self.0.is_none()
+    }
+
+    fn allows(&self, host: &str) -> bool {
+        let Some(names) = &self.0 else { return true };
+        // `name:port`, or `[v6]:port`: the name is what precedes the last colon after any `]`.
+        let name = match host.rfind(':') {
+            Some(colon) if !host[colon..].contains(']') => &host[..colon],
+            _ => host,
+        };
+        names.iter().any(|allowed| allowed.eq_ignore_ascii_case(name))
+    }
+}
+
+/// What the HTTP listener checks before it answers.
+pub struct Guards {
+    /// A scrape of `/metrics` needs one of these tokens; none: it is public.
+    pub metrics_tokens: Option<Arc<Tokens>>,
+    pub hosts: Hosts,
+}
 
 #[derive(Clone)]
 struct Http {
@@ -35,16 +76,27 @@ pub async fn serve(
     tls: Option<Arc<ServerConfig>>,
     role: Role,
     dashboard: Dashboard,
-    tokens: Option<Arc<Tokens>>,
+    guards: Guards,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(scrape))
-        .with_state(Http { role, tokens, metrics, registry })
-        .merge(dashboard::routes(dashboard));
+        .with_state(Http { role, tokens: guards.metrics_tokens, metrics, registry })
+        .merge(dashboard::routes(dashboard))
+        .layer(axum::middleware::from_fn_with_state(Arc::new(guards.hosts), host_checked));
     feral_proto::https::serve(listener, tls, app, shutdown).await
+}
+
+/// Answers only requests whose `Host` the listener answers to (421 otherwise).
+async fn host_checked(State(hosts): State<Arc<Hosts>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = request.headers().get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if !hosts.allows(host) {
+        let shown: String = host.chars().take(64).flat_map(char::escape_debug).collect();
+        return (StatusCode::MISDIRECTED_REQUEST, format!("this listener does not answer to host \"{shown}\" (http_hosts)")).into_response();
+    }
+    next.run(request).await
 }
 
 async fn scrape(State(http): State<Http>, headers: HeaderMap) -> Response {
@@ -57,4 +109,23 @@ async fn scrape(State(http): State<Http>, headers: HeaderMap) -> Response {
         http.metrics.show(&control.census().await);
     }
     feral_proto::https::metrics_response(&http.registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Hosts;
+
+    #[test]
+    fn a_loopback_listener_answers_to_loopback_names_and_configured_hosts_only() {
+        let loopback = Hosts::new(&[], true);
+        for host in ["localhost:7071", "127.0.0.1:7071", "[::1]:7071", "LOCALHOST"] {
+            assert!(loopback.allows(host), "{host}");
+        }
+        for host in ["evil.example:7071", "", "127.0.0.1.evil.example"] {
+            assert!(!loopback.allows(host), "{host}");
+        }
+        let configured = Hosts::new(&["feral.example.org".into()], false);
+        assert!(configured.allows("feral.example.org:443") && !configured.allows("localhost:7071") && !configured.allows("other.example"));
+        assert!(Hosts::new(&[], false).is_open() && Hosts::new(&[], false).allows("anything"));
+    }
 }

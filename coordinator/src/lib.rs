@@ -54,6 +54,9 @@ pub struct Access {
     pub tls: Option<TlsMaterial>,
     /// `/metrics` answers without a token even when the coordinator has tokens.
     pub metrics_public: bool,
+    /// The host names the HTTP listener answers to (the `Host` header); empty: loopback
+    /// names on a loopback listener, any beyond it.
+    pub http_hosts: Vec<String>,
 }
 
 impl Access {
@@ -202,11 +205,16 @@ async fn serve_http(
         let dashboard = dashboard::Dashboard { role: role.clone(), tokens: access.tokens.clone(), stopping: stopping.clone() };
         // `/metrics` asks for a token as the APIs do, unless told it is public.
         let metrics_tokens = if access.metrics_public { None } else { access.tokens.clone() };
+        let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+        let hosts = http::Hosts::new(&access.http_hosts, loopback);
+        if hosts.is_open() {
+            warn!(%address, "the HTTP listener is beyond loopback and no http_hosts are set: the Host header is not checked (set http_hosts to the names users reach the dashboard by)");
+        }
         let listener = Limited::new(listener, "http", limits::HTTP_CONNECTIONS, metrics.connections_refused("http"));
         let stopped = async move {
             let _ = stopping.wait_for(|stop| *stop).await;
         };
-        if let Err(error) = http::serve(listener, tls, role, dashboard, metrics_tokens, metrics, Arc::new(registry), stopped).await {
+        if let Err(error) = http::serve(listener, tls, role, dashboard, http::Guards { metrics_tokens, hosts }, metrics, Arc::new(registry), stopped).await {
             warn!(%address, %error, "the HTTP endpoint stopped");
         }
     }

@@ -65,7 +65,7 @@ async fn run() -> anyhow::Result<()> {
         }
         tracing::warn!(%http, "/metrics needs no token: anyone who reaches it can read job ids and the cluster's counts (the dashboard's API does check tokens)");
     }
-    let access = Access { tokens, tls, metrics_public: config.metrics_public };
+    let access = Access { tokens, tls, metrics_public: config.metrics_public, http_hosts: config.http_hosts.clone() };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

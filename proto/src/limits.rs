@@ -1,9 +1,12 @@
 //! Listeners that cannot starve each other (docs/design.md §2, Connections): each admits at
 //! most a set number of open connections, and one more beyond that is closed at once,
 //! logged and counted, instead of taking a file descriptor the process's other listeners
-//! need. The process also raises its own descriptor limit at start ([`raise_fd_limit`]),
-//! so that the limits, not the kernel's default of 1,024, decide.
+//! need. A connection that sends nothing within [`FIRST_BYTE`] of opening is closed, so
+//! that idle connections cannot hold the places for ever. The process also raises its own
+//! descriptor limit at start ([`raise_fd_limit`]), so that the limits, not the kernel's
+//! default of 1,024, decide.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +23,10 @@ pub const GRPC_CONNECTIONS: usize = 4096;
 /// Connections one HTTP listener (`/metrics`, the dashboard) holds open at most.
 pub const HTTP_CONNECTIONS: usize = 512;
 
+/// How long a new connection may stay silent: every client of Feral's listeners (gRPC,
+/// HTTP, TLS) speaks first.
+pub const FIRST_BYTE: Duration = Duration::from_secs(10);
+
 /// Raises this process's soft limit on open files to its hard limit, and answers the
 /// limit in force.
 pub fn raise_fd_limit() -> std::io::Result<u64> {
@@ -34,12 +41,18 @@ pub struct Limited {
     permits: Arc<Semaphore>,
     limit: usize,
     refused: Counter,
+    first_byte: Duration,
 }
 
 impl Limited {
     /// `name` says which listener it is in logs; `refused` counts the connections it closed.
     pub fn new(listener: TcpListener, name: &'static str, limit: usize, refused: Counter) -> Self {
-        Self { listener, name, permits: Arc::new(Semaphore::new(limit)), limit, refused }
+        Self { listener, name, permits: Arc::new(Semaphore::new(limit)), limit, refused, first_byte: FIRST_BYTE }
+    }
+
+    /// How long a new connection may stay silent (by default [`FIRST_BYTE`]).
+    pub fn with_first_byte(self, first_byte: Duration) -> Self {
+        Self { first_byte, ..self }
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -59,7 +72,7 @@ impl Limited {
                 }
             };
             match Arc::clone(&self.permits).try_acquire_owned() {
-                Ok(permit) => return (Admitted { stream, _permit: permit }, peer),
+                Ok(permit) => return (Admitted { stream, _permit: permit, silent_until: Some(Box::pin(tokio::time::sleep(self.first_byte))) }, peer),
                 Err(_) => {
                     let refused = self.refused.inc() + 1;
                     // The first, then one in a thousand: a flood must not flood the log too.
@@ -90,11 +103,24 @@ impl axum::serve::Listener for Limited {
 pub struct Admitted {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    /// Until its first byte arrives: when it must have.
+    silent_until: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl AsyncRead for Admitted {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        if let Some(deadline) = self.silent_until.as_mut() {
+            // Polled here, the deadline also wakes a read that waits past it.
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the connection sent nothing in time")));
+            }
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.silent_until = None;
+        }
+        read
     }
 }
 
@@ -161,5 +187,28 @@ mod tests {
         let (_limited, next) = tokio::time::timeout(Duration::from_secs(30), accepting).await.expect("admitted within 30 s").expect("task");
         drop(next);
         assert_eq!(refused.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_silent_past_its_first_byte_deadline_is_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let deadline = Duration::from_secs(2);
+        let limited = Limited::new(listener, "test", 2, Counter::default()).with_first_byte(deadline);
+        let _silent = TcpStream::connect(address).await.expect("connect");
+        let (mut admitted, _) = limited.accept().await;
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(60), admitted.read(&mut byte)).await.expect("ended within 60 s");
+        assert_eq!(read.expect_err("timed out").kind(), std::io::ErrorKind::TimedOut);
+
+        // One that spoke before it was admitted is read as usual, past the deadline too.
+        let mut speaker = TcpStream::connect(address).await.expect("connect");
+        tokio::io::AsyncWriteExt::write_all(&mut speaker, b"GET").await.expect("write");
+        let (mut admitted, _) = limited.accept().await;
+        let mut three = [0u8; 3];
+        admitted.read_exact(&mut three).await.expect("read");
+        tokio::time::sleep(deadline * 2).await;
+        tokio::io::AsyncWriteExt::write_all(&mut speaker, b"!").await.expect("write");
+        assert_eq!(admitted.read(&mut byte).await.expect("read"), 1);
     }
 }

@@ -183,7 +183,8 @@ async fn a_job_event_stream_ends_when_the_coordinator_shuts_down() -> anyhow::Re
     Ok(())
 }
 
-/// Every answer of the dashboard forbids inline code and framing by another site.
+/// Every answer of the dashboard forbids inline code and framing by another site, and a
+/// loopback listener answers to loopback names only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_sends_a_content_security_policy_and_refuses_framing() -> anyhow::Result<()> {
     init_tracing();
@@ -199,6 +200,17 @@ async fn the_dashboard_sends_a_content_security_policy_and_refuses_framing() -> 
             assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'") && !policy.contains("unsafe-inline"), "{path}: {policy:?}");
             assert_eq!(header("x-frame-options"), "DENY", "{path}");
             assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        }
+        // A loopback listener answers to loopback names only: a page served under another
+        // name that resolves here (DNS rebinding) gets nothing.
+        use std::io::{Read, Write};
+        for (host, status) in [("evil.example", "421"), ("localhost", "200")] {
+            let mut stream = std::net::TcpStream::connect(http)?;
+            stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+            write!(stream, "GET /api/jobs HTTP/1.1\r\nHost: {host}:{}\r\nConnection: close\r\n\r\n", http.port())?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{host}: {answer}");
         }
         Ok(())
     })

@@ -143,7 +143,8 @@ impl Cluster {
         let mut workers = Vec::new();
         for i in 1..=3 {
             // Gang peers reach each other on loopback (the host name may not resolve).
-            let root = dir.display().to_string();
+            // The dataset lies beside the run's directory, under the chaos directory.
+            let root = dir.parent().unwrap_or(dir).display().to_string();
             let args = ["--coordinator", &both, "--id", &format!("chaos-worker-{i}"), "--devices", "cpu", "--advertise-host", "127.0.0.1", "--allowed-roots", &root];
             workers.push(Process::start(&format!("worker-{i}"), &sibling("feral-worker")?, args.iter().map(|a| a.to_string()).collect(), &logs)?);
         }
