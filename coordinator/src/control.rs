@@ -305,11 +305,22 @@ impl ControlPlane {
 
     /// Renews a worker's lease. Answers with the tasks it should start and those it
     /// should stop: anything it runs that is no longer assigned to it.
-    pub async fn heartbeat(&self, id: &WorkerId, running: Vec<TaskId>, now_ms: u64) -> Result<Orders, CoordinatorError> {
+    /// `withheld`: the devices it offers no task on (a task there would not stop).
+    pub async fn heartbeat(&self, id: &WorkerId, running: Vec<TaskId>, withheld: Vec<String>, now_ms: u64) -> Result<Orders, CoordinatorError> {
         let mut model = self.model.lock().await;
         let worker = model.cluster.workers.get_mut(id).ok_or_else(|| CoordinatorError::WorkerNotFound(id.clone()))?;
+        if let Some(unknown) = withheld.iter().find(|d| !worker.record.slots.iter().any(|s| &s.device == *d)) {
+            return Err(CoordinatorError::InvalidArgument(format!("field `withheld_devices` names {unknown:?}, not a slot of worker {id}")));
+        }
         worker.last_heartbeat_ms = now_ms;
         worker.running = running.clone();
+        let slots_changed = worker.withheld != withheld;
+        if slots_changed {
+            if !withheld.is_empty() {
+                info!(worker_id = %id, devices = ?withheld, "a worker withholds slots until the tasks it was told to stop have stopped");
+            }
+            worker.withheld = withheld;
+        }
         let proven = worker.unproven_since_ms.take_if(|since| now_ms > *since).is_some();
         if worker.record.state == WorkerState::Lost {
             let mut revived = worker.record.clone();
@@ -320,7 +331,7 @@ impl ControlPlane {
                 worker.record = revived;
             }
             self.run_scheduler(&mut model, now_ms).await?;
-        } else if proven {
+        } else if proven || slots_changed {
             self.run_scheduler(&mut model, now_ms).await?;
         }
         Ok(model.cluster.orders(id, &running))
@@ -402,7 +413,8 @@ impl ControlPlane {
         }
         let free = {
             let jobs: Vec<&JobRecord> = model.cluster.jobs().values().collect();
-            free_slot_count(&jobs, &model.cluster.schedulable_workers())
+            let workers = model.cluster.schedulable_workers();
+            free_slot_count(&jobs, &workers.iter().collect::<Vec<_>>())
         };
         if free == 0 {
             return Ok(false);
@@ -501,6 +513,7 @@ impl ControlPlane {
     async fn run_scheduler(&self, model: &mut Model, now_ms: u64) -> Result<(), CoordinatorError> {
         let plans: Vec<(JobId, _)> = {
             let workers = model.cluster.schedulable_workers();
+            let workers: Vec<&WorkerRecord> = workers.iter().collect();
             model.cluster.jobs().values().filter(|j| !j.state.is_final()).filter_map(|j| Some((j.id.clone(), replan(j, &workers)?))).collect()
         };
         for (job, plan) in plans {
@@ -508,7 +521,8 @@ impl ControlPlane {
         }
         let assignments = {
             let jobs: Vec<&JobRecord> = model.cluster.jobs().values().collect();
-            schedule(&jobs, &model.cluster.schedulable_workers(), now_ms)
+            let workers = model.cluster.schedulable_workers();
+            schedule(&jobs, &workers.iter().collect::<Vec<_>>(), now_ms)
         };
         for assignment in assignments {
             let short = model.cluster.job(&assignment.job).and_then(|j| j.task(&assignment.task)).is_some_and(|t| assignment.world_size < t.world_size);
@@ -559,7 +573,23 @@ mod tests {
     }
 
     async fn heartbeat(control: &ControlPlane, id: &WorkerId, now_ms: u64) -> Vec<Assignment> {
-        control.heartbeat(id, Vec::new(), now_ms).await.expect("heartbeat").assignments
+        control.heartbeat(id, Vec::new(), Vec::new(), now_ms).await.expect("heartbeat").assignments
+    }
+
+    #[tokio::test]
+    async fn a_slot_its_worker_withholds_is_given_no_task_until_it_is_offered_again() {
+        let control = ControlPlane::load(settings(), Arc::new(MemoryStore::default()), 0).await.expect("load");
+        let w1 = WorkerId::new("w1");
+        control.register(w1.clone(), "h".into(), vec![Slot { device: "cpu".into(), name: "cpu".into() }], 0).await.expect("register");
+        let withholding = |now| control.heartbeat(&w1, Vec::new(), vec!["cpu".into()], now);
+        assert!(withholding(1).await.expect("heartbeat").assignments.is_empty());
+        let job = control.submit("version = 1\ndataset = \"/d\"\n", "alice", 2).await.expect("submit").id;
+        assert!(withholding(3).await.expect("heartbeat").assignments.is_empty(), "its only slot is withheld: nothing placed");
+        let offered = heartbeat(&control, &w1, 4).await;
+        assert_eq!(offered.len(), 1, "offered again, the slot takes the job's first task");
+        assert_eq!(offered[0].job, job);
+        let refused = control.heartbeat(&w1, Vec::new(), vec!["cuda:7".into()], 5).await.expect_err("not its slot");
+        assert!(refused.to_string().contains("cuda:7"), "{refused}");
     }
 
     /// A coordinator whose job (at most `max_attempts` attempts) has its gang of two ranks
@@ -670,12 +700,12 @@ mod tests {
         let w1 = WorkerId::new("w1");
         // Running its rank, w1 is told nothing new; an unknown task it runs is stopped.
         let stray = TaskId::new("job-gone/r0/train/a1");
-        let reply = control.heartbeat(&w1, vec![g1.task.clone(), stray.clone()], 6).await.expect("heartbeat");
+        let reply = control.heartbeat(&w1, vec![g1.task.clone(), stray.clone()], Vec::new(), 6).await.expect("heartbeat");
         assert!(reply.assignments.is_empty(), "{:?}", reply.assignments);
         assert_eq!(reply.cancel, [stray]);
         // Once the job is cancelled, its rank is stopped too.
         control.cancel(Scope::Every, &job, 7).await.expect("cancel");
-        let reply = control.heartbeat(&w1, vec![g1.task.clone()], 8).await.expect("heartbeat");
+        let reply = control.heartbeat(&w1, vec![g1.task.clone()], Vec::new(), 8).await.expect("heartbeat");
         assert_eq!(reply.cancel, std::slice::from_ref(&g1.task));
     }
 
@@ -735,7 +765,7 @@ mod tests {
         assert_eq!(second.iter().map(|a| (a.kind, a.attempt)).collect::<Vec<_>>(), [(TaskKind::Train, 2)]);
 
         // w1 wakes: it is told to stop what it runs, and its finished attempt 1 counts for nothing.
-        let reply = control.heartbeat(&w1, vec![first.task.clone()], 63_500).await.expect("heartbeat");
+        let reply = control.heartbeat(&w1, vec![first.task.clone()], Vec::new(), 63_500).await.expect("heartbeat");
         assert_eq!(reply.cancel, std::slice::from_ref(&first.task), "the reassigned task is stopped");
         let model = teacher_model();
         control.finish_task(&w1, &first.task_ref(), TaskOutcome::Trained(model), 63_600).await.expect("a late report is accepted and ignored");

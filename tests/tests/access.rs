@@ -114,17 +114,17 @@ async fn a_worker_cannot_take_over_another_worker_or_its_tasks() -> anyhow::Resu
     let task = wait_until("w1's first assignment", Duration::from_secs(30), || {
         let mut w1 = w1.clone();
         async move {
-            let reply = w1.heartbeat(pb::HeartbeatRequest { worker_id: "w1".into(), running_task_ids: Vec::new() }).await?.into_inner();
+            let reply = w1.heartbeat(pb::HeartbeatRequest { worker_id: "w1".into(), running_task_ids: Vec::new(), ..Default::default() }).await?.into_inner();
             Ok(reply.assignments.into_iter().next())
         }
     })
     .await?;
-    w1.heartbeat(pb::HeartbeatRequest { worker_id: "w1".into(), running_task_ids: vec![task.task_id.clone()] }).await?;
+    w1.heartbeat(pb::HeartbeatRequest { worker_id: "w1".into(), running_task_ids: vec![task.task_id.clone()], ..Default::default() }).await?;
 
     // w2, with its own token, tries to pass for w1 and to end w1's task.
     w2.register(register("w2", "node-2")).await?;
     assert_eq!(code(w2.register(register("w1", "evil")).await), Code::PermissionDenied);
-    assert_eq!(code(w2.heartbeat(pb::HeartbeatRequest { worker_id: "w1".into(), running_task_ids: Vec::new() }).await), Code::PermissionDenied);
+    assert_eq!(code(w2.heartbeat(pb::HeartbeatRequest { worker_id: "w1".into(), running_task_ids: Vec::new(), ..Default::default() }).await), Code::PermissionDenied);
     let forged = pb::FinishTaskRequest { worker_id: "w1".into(), task_id: task.task_id.clone(), job_id: job.id.clone(), attempt: task.attempt, outcome: None };
     assert_eq!(code(w2.finish_task(forged).await), Code::PermissionDenied);
     let fail = |worker_id: &str| pb::FailTaskRequest {

@@ -74,9 +74,9 @@ async fn requests_missing_required_fields_or_naming_unknown_ids_are_refused() ->
     expect_status(workers.register(many).await, Code::InvalidArgument, "`slots` must list at most 64 slots");
     let hostname = pb::RegisterRequest { worker_id: "w".into(), hostname: "h\u{7}".into(), slots: vec![cpu()] };
     expect_status(workers.register(hostname).await, Code::InvalidArgument, "`hostname`");
-    let heartbeat = pb::HeartbeatRequest { worker_id: String::new(), running_task_ids: vec![] };
+    let heartbeat = pb::HeartbeatRequest { worker_id: String::new(), running_task_ids: vec![], ..Default::default() };
     expect_status(workers.heartbeat(heartbeat).await, Code::InvalidArgument, "worker_id");
-    let heartbeat = pb::HeartbeatRequest { worker_id: "stranger".into(), running_task_ids: vec![] };
+    let heartbeat = pb::HeartbeatRequest { worker_id: "stranger".into(), running_task_ids: vec![], ..Default::default() };
     expect_status(workers.heartbeat(heartbeat).await, Code::NotFound, "stranger");
     // Every report names its job, task and attempt; the task must be one of the job's.
     let (job_id, task_id) = (|| String::from("job-1"), || String::from("job-1/r0/train/a1"));

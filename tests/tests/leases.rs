@@ -46,7 +46,7 @@ async fn a_silent_worker_is_lost_within_its_lease() -> anyhow::Result<()> {
     assert!(elapsed + Duration::from_millis(5) >= ttl, "lost after {elapsed:?}, before its lease of {ttl:?} ran out");
 
     // A heartbeat brings it back.
-    workers.heartbeat(pb::HeartbeatRequest { worker_id: "silent".into(), running_task_ids: vec![] }).await?;
+    workers.heartbeat(pb::HeartbeatRequest { worker_id: "silent".into(), running_task_ids: vec![], ..Default::default() }).await?;
     let mut jobs = jobs.clone();
     let all = jobs.list_workers(pb::ListWorkersRequest::default()).await?.into_inner().workers;
     assert_eq!(all[0].state, pb::WorkerState::Live as i32);
@@ -112,7 +112,7 @@ async fn a_task_its_worker_never_starts_or_never_ends_fails_as_stuck() -> anyhow
                 let mut held: Vec<String> = Vec::new();
                 loop {
                     let running_task_ids = if acknowledges { held.clone() } else { Vec::new() };
-                    if let Ok(reply) = workers.heartbeat(pb::HeartbeatRequest { worker_id: id.clone(), running_task_ids }).await {
+                    if let Ok(reply) = workers.heartbeat(pb::HeartbeatRequest { worker_id: id.clone(), running_task_ids, ..Default::default() }).await {
                         held.extend(reply.into_inner().assignments.into_iter().map(|a| a.task_id));
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;

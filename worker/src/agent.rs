@@ -79,9 +79,23 @@ fn lock(running: &Running) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Task
     running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The devices of running tasks that were told to stop: withheld until those tasks end (a
+/// task told to stop holds its slot until it has stopped, so no two tasks share a slot).
+fn stopping_devices(running: &HashMap<String, Arc<TaskControl>>) -> Vec<String> {
+    let mut devices: Vec<String> = Vec::new();
+    for control in running.values().filter(|c| c.stuck(Duration::ZERO)) {
+        if !devices.contains(&control.device) {
+            devices.push(control.device.clone());
+        }
+    }
+    devices
+}
+
 /// Registers and heartbeats until the coordinator refuses this worker's credential.
 async fn converse(config: &AgentConfig, coordinators: Coordinators, runner: Arc<dyn TaskRunner>, running: Running) -> AgentError {
     let mut started: HashSet<String> = HashSet::new();
+    // Tasks already logged as stuck.
+    let mut reported_stuck: HashSet<String> = HashSet::new();
     loop {
         let interval = match register(config, &coordinators).await {
             Ok(interval) => interval,
@@ -91,8 +105,18 @@ async fn converse(config: &AgentConfig, coordinators: Coordinators, runner: Arc<
         let mut failing = false;
         loop {
             ticks.tick().await;
-            let running_ids: Vec<String> = lock(&running).keys().cloned().collect();
-            let mut request = tonic::Request::new(pb::HeartbeatRequest { worker_id: config.worker_id.clone(), running_task_ids: running_ids });
+            let (running_ids, withheld_devices) = {
+                let running = lock(&running);
+                let running = &*running;
+                for (id, control) in running.iter().filter(|(_, c)| c.stuck(STOP_BOUND)) {
+                    if reported_stuck.insert(id.clone()) {
+                        warn!(task_id = %id, device = %control.device, bound_s = STOP_BOUND.as_secs(), "a task did not stop within its bound after it was told to: its slot stays withheld until it ends");
+                    }
+                }
+                reported_stuck.retain(|id| running.contains_key(id));
+                (running.keys().cloned().collect::<Vec<String>>(), stopping_devices(running))
+            };
+            let mut request = tonic::Request::new(pb::HeartbeatRequest { worker_id: config.worker_id.clone(), running_task_ids: running_ids, withheld_devices });
             request.set_timeout(heartbeat_deadline(interval));
             let (at, mut client) = client(&coordinators);
             match client.heartbeat(request).await {
@@ -108,7 +132,13 @@ async fn converse(config: &AgentConfig, coordinators: Coordinators, runner: Arc<
                             control.stop();
                         }
                     }
+                    // A slot whose task is still stopping takes no new task yet: the
+                    // assignment comes again with the next heartbeat.
+                    let stopping = stopping_devices(&lock(&running));
                     for assignment in reply.assignments {
+                        if stopping.contains(&assignment.device) {
+                            continue;
+                        }
                         if started.insert(assignment.task_id.clone()) {
                             start_task(config, &coordinators, &runner, &running, assignment);
                         }
@@ -134,6 +164,13 @@ async fn converse(config: &AgentConfig, coordinators: Coordinators, runner: Arc<
         }
     }
 }
+
+/// How long a task may go on after it was told to stop (cancelled, reassigned, its gang
+/// regrowing) before the worker logs it as stuck. Its slot is withheld from the
+/// coordinator from the moment it is told to stop until it ends; tasks check their stop
+/// flag every step and read only regular files, so only a hung read (a broken network
+/// filesystem) lasts this long.
+pub const STOP_BOUND: Duration = Duration::from_secs(30);
 
 /// How long a registration waits for its answer (one store write on the coordinator).
 const REGISTER_DEADLINE: Duration = Duration::from_secs(2);
@@ -209,7 +246,7 @@ fn start_task(config: &AgentConfig, coordinators: &Coordinators, runner: &Arc<dy
         return;
     }
     info!(task_id = %task.task, device = %task.device, attempt = task.attempt, "starting task");
-    let control = Arc::new(TaskControl::default());
+    let control = Arc::new(TaskControl::on_device(task.device.to_string()));
     lock(running).insert(task.task.to_string(), Arc::clone(&control));
     let (sender, receiver) = mpsc::unbounded_channel();
     let reporter = Reporter { coordinators: coordinators.clone(), worker_id: config.worker_id.clone(), task: task.task_ref() };

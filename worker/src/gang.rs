@@ -26,10 +26,24 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct TaskControl {
     stop: AtomicBool,
     abort: Mutex<Option<AbortHandle>>,
+    /// The slot the task runs on (`cpu`, `cuda:N`).
+    pub device: String,
+    /// When it was first told to stop.
+    stopped_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl TaskControl {
+    pub fn on_device(device: String) -> Self {
+        Self { device, ..Self::default() }
+    }
+
+    /// Whether it was told to stop at least `bound` ago (and, being asked, still runs).
+    pub fn stuck(&self, bound: std::time::Duration) -> bool {
+        self.stopped_at.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|at| at.elapsed() >= bound)
+    }
+
     pub fn stop(&self) {
+        self.stopped_at.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(std::time::Instant::now);
         self.stop.store(true, Ordering::Relaxed);
         if let Some(handle) = self.abort.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             handle.abort();

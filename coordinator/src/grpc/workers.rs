@@ -88,7 +88,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let control = self.role.control()?;
         let id = worker(&request, &request.get_ref().worker_id)?;
         let request = request.into_inner();
-        let reply = control.heartbeat(&id, task_ids(request.running_task_ids), now_ms()).await.map_err(to_status)?;
+        let reply = control.heartbeat(&id, task_ids(request.running_task_ids), request.withheld_devices, now_ms()).await.map_err(to_status)?;
         Ok(Response::new(pb::HeartbeatResponse {
             assignments: reply.assignments.iter().map(pb::TaskAssignment::from).collect(),
             cancel_task_ids: reply.cancel.iter().map(ToString::to_string).collect(),

@@ -22,11 +22,14 @@ pub struct LiveWorker {
     /// that moment it gets no task, so a retried gang is not placed on a rank that died
     /// and is still "live" within its lease.
     pub unproven_since_ms: Option<u64>,
+    /// Devices it said, in its last heartbeat, it offers no task on (a task there did not
+    /// stop when told to).
+    pub withheld: Vec<String>,
 }
 
 impl LiveWorker {
     pub fn new(record: WorkerRecord, now_ms: u64) -> Self {
-        Self { record, last_heartbeat_ms: now_ms, running: Vec::new(), unproven_since_ms: None }
+        Self { record, last_heartbeat_ms: now_ms, running: Vec::new(), unproven_since_ms: None, withheld: Vec::new() }
     }
 }
 
@@ -197,8 +200,17 @@ impl Cluster {
         self.assigned.get(worker).map_or(0, BTreeSet::len)
     }
 
-    /// The workers the scheduler may give tasks: all but those a failed gang left unproven.
-    pub fn schedulable_workers(&self) -> Vec<&WorkerRecord> {
-        self.workers.values().filter(|w| w.unproven_since_ms.is_none()).map(|w| &w.record).collect()
+    /// The workers the scheduler may give tasks, with the slots it may use: all but those
+    /// a failed gang left unproven, less the slots each withholds.
+    pub fn schedulable_workers(&self) -> Vec<WorkerRecord> {
+        self.workers
+            .values()
+            .filter(|w| w.unproven_since_ms.is_none())
+            .map(|w| {
+                let mut record = w.record.clone();
+                record.slots.retain(|slot| !w.withheld.contains(&slot.device));
+                record
+            })
+            .collect()
     }
 }

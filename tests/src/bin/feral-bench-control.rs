@@ -160,7 +160,7 @@ async fn measure(options: &Options, coordinator: &Coordinator) -> anyhow::Result
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             while Instant::now() < deadline {
                 tick.tick().await;
-                let request = pb::HeartbeatRequest { worker_id: format!("sim-{i:04}"), running_task_ids: running.clone() };
+                let request = pb::HeartbeatRequest { worker_id: format!("sim-{i:04}"), running_task_ids: running.clone(), ..Default::default() };
                 let started = Instant::now();
                 let reply = client.heartbeat(request).await?.into_inner();
                 latencies.push(started.elapsed());
