@@ -115,15 +115,14 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         let outcome = dispatch(cli).await;
-        // A failed call to a plain address: ask the port whether it speaks TLS.
-        let transport = |m: &str| ["coordinator unavailable", "cannot reach", "h2 protocol error"].iter().any(|t| m.contains(t));
-        let plain_to_tls = match &outcome {
-            Err(error) if transport(&feral_common::errors::error_chain(error.as_ref())) => feral_proto::credentials::plain_to_tls_hint(&urls).await,
-            _ => None,
+        // A transport failure may be a TLS mix-up: ask the port what it speaks.
+        let hint = match &outcome {
+            Err(error) => feral_proto::credentials::tls_hint(&urls, client_certificate, &feral_common::errors::error_chain(error.as_ref())).await,
+            Ok(_) => None,
         };
-        (outcome, plain_to_tls)
+        (outcome, hint)
     });
-    let (outcome, plain_to_tls) = outcome;
+    let (outcome, hint) = outcome;
     // Do not wait for a dataset generator that an interrupt left running.
     runtime.shutdown_timeout(Duration::from_millis(200));
     match outcome {
@@ -132,7 +131,7 @@ fn main() -> ExitCode {
             // Errors carry the coordinator's messages and names from others: printed escaped.
             let message = feral_common::errors::error_chain(error.as_ref());
             eprintln!("error: {}", feral_common::text::printable(&message));
-            if let Some(hint) = plain_to_tls.or_else(|| feral_proto::credentials::transport_hint(&urls, client_certificate, &message)) {
+            if let Some(hint) = hint {
                 eprintln!("hint: {hint}");
             }
             ExitCode::FAILURE

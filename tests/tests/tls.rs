@@ -236,7 +236,7 @@ async fn tls_mix_ups_are_named_with_what_to_do() -> anyhow::Result<()> {
     let ca_file = ca.ca_file().display().to_string();
     let cases = [
         (format!("http://{}", mutual.address), vec![], "use an https:// address"),
-        (format!("https://{}", plain.address), vec!["--tls-ca", &ca_file], "may not speak TLS: use an http:// address"),
+        (format!("https://{}", plain.address), vec!["--tls-ca", &ca_file], "does not speak TLS: use an http:// address"),
         (format!("https://{}", mutual.address), vec!["--tls-ca", &ca_file], "give --tls-cert and --tls-key"),
     ];
     for (url, extra, expected) in cases {

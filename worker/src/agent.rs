@@ -207,7 +207,7 @@ async fn register(config: &AgentConfig, coordinators: &Coordinators) -> Result<D
                 return Err(AgentError::Refused { coordinator: coordinators.current().to_owned(), message: status.message().to_owned() });
             }
             Err(status) => {
-                let hint = feral_proto::credentials::transport_hint(&config.coordinator, true, status.message()).unwrap_or("");
+                let hint = feral_proto::credentials::tls_hint(&config.coordinator, true, &format!("transport error: {}", status.message())).await.unwrap_or("");
                 warn!(error = %status.message(), coordinator = %coordinators.current(), hint, "cannot register with the coordinator; retrying");
                 if !coordinators.failed_at(at, &status) {
                     backoff.wait().await;
