@@ -255,10 +255,7 @@ pub fn certificate_caller(der: &[u8]) -> Result<Caller, Status> {
 
 /// `caller`, if its role may use `api`.
 fn permit(api: Api, caller: Caller) -> Result<Caller, Status> {
-    let allowed = match (api, caller.role) {
-        (_, Role::Admin) | (Api::Jobs, Role::Submitter) | (Api::Workers, Role::Worker) => true,
-        _ => false,
-    };
+    let allowed = matches!((api, caller.role), (_, Role::Admin) | (Api::Jobs, Role::Submitter) | (Api::Workers, Role::Worker));
     if !allowed {
         let api = match api {
             Api::Jobs => "the job API (feral.v1.JobService)",

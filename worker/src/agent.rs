@@ -83,7 +83,7 @@ fn lock(running: &Running) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Task
 /// task told to stop holds its slot until it has stopped, so no two tasks share a slot).
 fn stopping_devices(running: &HashMap<String, Arc<TaskControl>>) -> Vec<String> {
     let mut devices: Vec<String> = Vec::new();
-    for control in running.values().filter(|c| c.stuck(Duration::ZERO)) {
+    for control in running.values().filter(|c| c.stopping()) {
         if !devices.contains(&control.device) {
             devices.push(control.device.clone());
         }

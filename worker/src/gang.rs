@@ -37,6 +37,11 @@ impl TaskControl {
         Self { device, ..Self::default() }
     }
 
+    /// Whether it was told to stop (and, being asked, still runs): its slot is not free.
+    pub fn stopping(&self) -> bool {
+        self.stopped_at.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
     /// Whether it was told to stop at least `bound` ago (and, being asked, still runs).
     pub fn stuck(&self, bound: std::time::Duration) -> bool {
         self.stopped_at.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|at| at.elapsed() >= bound)
