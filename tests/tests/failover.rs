@@ -81,7 +81,12 @@ async fn a_standby_takes_over_from_a_killed_leader_and_the_job_completes() -> an
 async fn wait_to_lead(jobs: &pb::job_service_client::JobServiceClient<tonic::transport::Channel>) -> anyhow::Result<()> {
     wait_until("the first coordinator to lead", Duration::from_secs(30), || {
         let mut jobs = jobs.clone();
-        async move { Ok(jobs.list_jobs(pb::ListJobsRequest::default()).await.is_ok().then_some(())) }
+        // A standby answers reads too, from its last view, marked with the view's age:
+        // only an unmarked answer comes from a leader.
+        async move {
+            let led = jobs.list_jobs(pb::ListJobsRequest::default()).await.is_ok_and(|reply| feral_proto::leader::view_age(reply.metadata()).is_none());
+            Ok(led.then_some(()))
+        }
     })
     .await
 }
@@ -118,11 +123,7 @@ async fn a_killed_etcd_member_goes_unnoticed() -> anyhow::Result<()> {
     let settings = feral_coordinator::control::Settings { lease_ttl_ms: 10_000, ..test_settings(dir.path()) };
     let coordinator = RunningCoordinator::elected(settings, &etcd.endpoints, "/feral/", Duration::from_secs(10)).await?;
     let jobs = coordinator.jobs().await?;
-    wait_until("the coordinator to lead", Duration::from_secs(30), || {
-        let mut jobs = jobs.clone();
-        async move { Ok(jobs.list_jobs(pb::ListJobsRequest::default()).await.is_ok().then_some(())) }
-    })
-    .await?;
+    wait_to_lead(&jobs).await?;
     let workers = coordinator.tch_workers(2);
     let job = submit(&mut jobs.clone(), spec).await?;
 
