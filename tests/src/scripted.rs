@@ -9,7 +9,7 @@ use feral_common::metrics::MetricsSummary;
 use feral_common::task::{Assignment, DatasetSummary, EpochReport, InferPartial, SelectionSummary, ShardRef, TaskKind, TaskOutcome, TrainedModel};
 use feral_worker::collective::Collective;
 use feral_worker::runner::TaskRunner;
-use feral_worker::task::TaskError;
+use feral_worker::error::TaskError;
 
 /// Answers every task; `slow` kinds take `delay` per step (and honour `stop`).
 pub struct ScriptedRunner {

@@ -64,7 +64,7 @@ async fn a_task_that_will_not_stop_keeps_its_slot_from_the_next_job() -> anyhow:
     use feral_common::task::{Assignment, EpochReport, TaskOutcome};
     use feral_worker::collective::Collective;
     use feral_worker::runner::TaskRunner;
-    use feral_worker::task::TaskError;
+    use feral_worker::error::TaskError;
 
     /// The first task hangs, whatever its stop flag says, until `release`; every task
     /// counts how many run at once.

@@ -16,7 +16,7 @@ use feral_proto::v1 as pb;
 use feral_tests::*;
 use feral_worker::collective::Collective;
 use feral_worker::runner::{TaskRunner, TchRunner};
-use feral_worker::task::TaskError;
+use feral_worker::error::TaskError;
 
 /// A linear model (no batch statistics, no dropout), no augmentation: how a global batch
 /// is split over ranks changes the arithmetic only by float rounding.

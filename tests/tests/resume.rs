@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use feral_common::spec::JobSpec;
 use feral_common::task::{CheckpointRef, EpochReport, TaskInputs, TrainedModel};
 use feral_worker::collective::Single;
-use feral_worker::task::{TaskContext, TaskError};
+use feral_worker::artifacts::ArtifactError;
+use feral_worker::error::TaskError;
+use feral_worker::task::TaskContext;
 use feral_worker::train::{train, TrainTask};
 use tch::{Device, Tensor};
 
@@ -151,7 +153,7 @@ fn a_checkpoint_write_interrupted_at_any_stage_then_resumed_ends_with_the_same_m
         fail::cfg(&point, "1*off->return").map_err(anyhow::Error::msg)?;
         let (first, failed) = run(&torn, &mut record, None);
         fail::remove(&point);
-        assert!(matches!(failed, Err(TaskError::Write { .. })), "{stage}: {:?}", failed.map(|m| m.0));
+        assert!(matches!(failed, Err(TaskError::Artifact(ArtifactError::Write { .. }))), "{stage}: {:?}", failed.map(|m| m.0));
         assert_eq!(first.iter().map(|r| r.epoch).collect::<Vec<_>>(), vec![1], "{stage}: epoch 2 is not reported");
         assert!(feral_tests::partial_files(&artifacts).is_empty(), "{stage}: the failed write leaves nothing: {:?}", feral_tests::partial_files(&artifacts));
 

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use crate::confine::Roots;
 use crate::gang::{self, TaskControl};
 use crate::runner::TaskRunner;
-use crate::task::TaskError;
+use crate::error::TaskError;
 
 /// Who this worker is and where its coordinator listens.
 #[derive(Clone, Debug)]
@@ -259,7 +259,7 @@ fn start_task(config: &AgentConfig, coordinators: &Coordinators, runner: &Arc<dy
             match gang::rendezvous(&coordinators, &worker_id, &advertise_host, &task, &control).await {
                 Ok(setup) => Some(setup),
                 Err(failure) => {
-                    let _ = sender.send(TaskMessage::Ended(Err(failure)));
+                    let _ = sender.send(TaskMessage::Ended(Err(failure.into())));
                     return;
                 }
             }
@@ -276,7 +276,7 @@ fn start_task(config: &AgentConfig, coordinators: &Coordinators, runner: &Arc<dy
             // with its message and frees the slot; the worker serves on. The same input
             // would panic again, so the attempt is not retried.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                gang::connect(&task, setup, &control).and_then(|mut collective| runner.run(&task, collective.as_mut(), &mut on_epoch, control.flag()))
+                gang::connect(&task, setup, &control).map_err(TaskError::from).and_then(|mut collective| runner.run(&task, collective.as_mut(), &mut on_epoch, control.flag()))
             }))
             .unwrap_or_else(|panic| Err(TaskError::Panicked(panic_message(panic.as_ref()).to_owned())));
             let _ = thread_sender.send(TaskMessage::Ended(outcome));

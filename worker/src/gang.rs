@@ -14,7 +14,6 @@ use feral_proto::v1::worker_service_client::WorkerServiceClient;
 use tonic::Code;
 
 use crate::collective::{AbortHandle, Collective, CollectiveError, Nccl, Single, TcpRing};
-use crate::task::TaskError;
 
 /// How long ranks may take to connect to each other, and the longest a rank waits on a
 /// silent peer inside a collective before it gives up.
@@ -86,13 +85,16 @@ pub enum GangError {
     Nccl(CollectiveError),
     #[error("cannot connect the ring: {0}")]
     Ring(CollectiveError),
+    /// Told to stop, or replaced by a newer attempt, before the gang was complete.
+    #[error("stopped before the gang was complete")]
+    Stopped,
 }
 
 impl GangError {
     /// A port, a name or a peer may be there on the next attempt; NCCL that cannot start
     /// on this machine will not be.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, GangError::Nccl(_))
+        !matches!(self, GangError::Nccl(_) | GangError::Stopped)
     }
 }
 
@@ -104,7 +106,7 @@ pub async fn rendezvous(
     advertise_host: &str,
     task: &Assignment,
     control: &TaskControl,
-) -> Result<GangSetup, TaskError> {
+) -> Result<GangSetup, GangError> {
     let listener = TcpListener::bind(("0.0.0.0", 0)).map_err(GangError::Listen)?;
     let port = listener.local_addr().map_err(GangError::Listen)?.port();
     let nccl_unique_id = if task.device.is_cuda() && task.rank == 0 { Nccl::unique_id().map_err(GangError::Nccl)? } else { Vec::new() };
@@ -118,7 +120,7 @@ pub async fn rendezvous(
     };
     loop {
         if control.flag().load(Ordering::Relaxed) {
-            return Err(TaskError::Stopped);
+            return Err(GangError::Stopped);
         }
         let (at, channel) = coordinators.channel_at();
         match WorkerServiceClient::new(channel).join_gang(request.clone()).await {
@@ -135,7 +137,7 @@ pub async fn rendezvous(
             Err(status) if matches!(status.code(), Code::InvalidArgument | Code::FailedPrecondition) => {
                 // The task is no longer ours: a newer attempt replaced it.
                 tracing::info!(task_id = %task.task, reason = %status.message(), "leaving the gang");
-                return Err(TaskError::Stopped);
+                return Err(GangError::Stopped);
             }
             Err(status) => {
                 coordinators.failed_at(at, &status);
@@ -152,7 +154,7 @@ fn resolve(address: &str) -> Result<SocketAddr, GangError> {
 }
 
 /// Connects the task's collective: NCCL on CUDA, a TCP ring on CPU, nothing when alone.
-pub fn connect(task: &Assignment, setup: Option<GangSetup>, control: &TaskControl) -> Result<Box<dyn Collective>, TaskError> {
+pub fn connect(task: &Assignment, setup: Option<GangSetup>, control: &TaskControl) -> Result<Box<dyn Collective>, GangError> {
     let Some(setup) = setup else { return Ok(Box::new(Single)) };
     let (rank, world) = (task.rank as usize, task.world_size as usize);
     let collective: Box<dyn Collective> = match task.device {

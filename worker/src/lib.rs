@@ -8,9 +8,11 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod artifacts;
 pub mod collective;
 pub mod config;
 pub mod confine;
+pub mod error;
 pub mod gang;
 pub mod metrics;
 pub mod runner;

@@ -9,7 +9,8 @@ use feral_common::task::{Assignment, EpochReport, TaskKind, TaskOutcome};
 
 use crate::collective::Collective;
 use crate::metrics::WorkerMetrics;
-use crate::task::{torch_device, TaskContext, TaskError};
+use crate::error::TaskError;
+use crate::task::{torch_device, TaskContext};
 use crate::tasks;
 use crate::train::{self, TrainTask};
 

@@ -6,9 +6,8 @@ use std::path::Path;
 
 use feral_common::dataset::{Manifest, Split};
 use feral_common::method;
-use tch::Tensor;
 
-use crate::task::TaskError;
+use crate::artifacts::{named, read_tensors, ArtifactError};
 
 /// Selected pseudo-labels, as the student reads them.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -18,25 +17,16 @@ pub struct PseudoLabels {
     pub confidences: Vec<f32>,
 }
 
-/// The named tensor `name` of a safetensors file read with tch.
-pub fn named(tensors: &[(String, Tensor)], name: &str, path: &Path) -> Result<Tensor, TaskError> {
-    tensors
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, t)| t.shallow_clone())
-        .ok_or_else(|| TaskError::Corrupt { path: path.to_path_buf(), problem: format!("it has no `{name}` tensor") })
-}
-
 /// The selected pseudo-labels of the file at `path`.
-pub fn read_selection(path: &Path) -> Result<PseudoLabels, TaskError> {
-    let tensors = crate::task::read_tensors(path, feral_common::files::MAX_TENSORS_BYTES, "selection")?;
+pub fn read_selection(path: &Path) -> Result<PseudoLabels, ArtifactError> {
+    let tensors = read_tensors(path, feral_common::files::MAX_TENSORS_BYTES, "selection")?;
     let labels = PseudoLabels {
         sample_ids: Vec::<i64>::try_from(&named(&tensors, "sample_ids", path)?)?,
         labels: Vec::<i64>::try_from(&named(&tensors, "labels", path)?)?,
         confidences: Vec::<f32>::try_from(&named(&tensors, "confidences", path)?)?,
     };
     if labels.labels.len() != labels.sample_ids.len() || labels.confidences.len() != labels.sample_ids.len() {
-        return Err(TaskError::Corrupt { path: path.to_path_buf(), problem: "its tensors have different lengths".into() });
+        return Err(ArtifactError::corrupt(path, "its tensors have different lengths"));
     }
     Ok(labels)
 }

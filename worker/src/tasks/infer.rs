@@ -15,7 +15,9 @@ use tch::{Device, Kind, Tensor};
 use feral_common::task::InferPartial;
 
 use crate::collective::Single;
-use crate::task::{create_dir, write_atomically, TaskContext, TaskError};
+use crate::artifacts::{create_dir, load_var_store, write_atomically};
+use crate::error::TaskError;
+use crate::task::TaskContext;
 use crate::train::{build_model, temporal, to_tensors};
 
 /// The predictions file of `shard` in `round_dir`.
@@ -38,7 +40,7 @@ pub fn infer(context: &TaskContext, model_path: &Path, shard: &str, stop: &Atomi
     let vs = nn::VarStore::new(context.device);
     let image = [manifest.image.channels as i64, manifest.image.height as i64, manifest.image.width as i64];
     let net = build_model(&vs.root(), &context.spec.model, image, classes as i64);
-    crate::task::load_var_store(&vs, model_path, "round's model")?;
+    load_var_store(&vs, model_path, "round's model")?;
     let _no_grad = tch::no_grad_guard();
     let encoder_path = model_path.with_file_name(temporal::FILE);
     // A round trains an encoder when its train split has videos; a pool with videos beside

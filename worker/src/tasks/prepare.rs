@@ -4,7 +4,8 @@
 use feral_common::dataset::{Dataset, Split};
 use feral_common::task::{DatasetSummary, ShardRef};
 
-use crate::task::{TaskContext, TaskError};
+use crate::error::TaskError;
+use crate::task::TaskContext;
 
 pub fn prepare(context: &TaskContext) -> Result<DatasetSummary, TaskError> {
     let dataset = Dataset::open(&context.spec.dataset)?;

@@ -12,8 +12,10 @@ use feral_common::method::{self, Candidate, SelectionParams, SelectionSummary};
 use feral_common::spec::DebiasTarget;
 use tch::Tensor;
 
-use crate::selection::{self, named};
-use crate::task::{create_dir, write_atomically, TaskContext, TaskError};
+use crate::artifacts::{create_dir, named, read_tensors, write_atomically, ArtifactError};
+use crate::selection;
+use crate::error::TaskError;
+use crate::task::TaskContext;
 
 pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64]) -> Result<SelectionSummary, TaskError> {
     let semi = &context.spec.semi_supervised;
@@ -31,13 +33,13 @@ pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64])
     let (mut confidence_sum, mut confidence_squares, mut probability_sums) = (0.0, 0.0, Vec::new());
     for file in prediction_files {
         let path = Path::new(file);
-        let tensors = crate::task::read_tensors(path, feral_common::files::MAX_TENSORS_BYTES, "prediction file")?;
+        let tensors = read_tensors(path, feral_common::files::MAX_TENSORS_BYTES, "prediction file")?;
         let logits = named(&tensors, "logits", path)?;
         let ids = Vec::<i64>::try_from(&named(&tensors, "sample_ids", path)?)?;
         let size = logits.size();
         let (rows, columns) = match size.as_slice() {
             [rows, columns] if *rows as usize == ids.len() => (*rows as usize, *columns as usize),
-            _ => return Err(TaskError::Corrupt { path: path.to_path_buf(), problem: format!("`logits` has shape {size:?}") }),
+            _ => return Err(ArtifactError::corrupt(path, format!("`logits` has shape {size:?}")).into()),
         };
         classes = columns;
         let values = Vec::<f32>::try_from(&logits.reshape([-1]))?;

@@ -22,7 +22,7 @@ use feral_common::task::CheckpointRef;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::task::{write_json, TaskError};
+use crate::artifacts::{write_json, ArtifactError};
 
 /// The raw weights of the model being trained.
 pub const WEIGHTS: &str = "weights.safetensors";
@@ -63,12 +63,12 @@ pub fn checkpoint_dir(round_dir: &Path, checkpoint: CheckpointRef) -> PathBuf {
 }
 
 /// One part of a checkpoint: its file name in the checkpoint directory, and how to write it.
-pub type PartWriter<'a> = (&'static str, Box<dyn FnOnce(&Path) -> Result<(), TaskError> + 'a>);
+pub type PartWriter<'a> = (&'static str, Box<dyn FnOnce(&Path) -> Result<(), ArtifactError> + 'a>);
 
 /// Writes the checkpoint of `round`'s epoch `checkpoint.epoch` by attempt
 /// `checkpoint.attempt`, part by part, and makes it current with one rename. On failure
 /// nothing of it is left behind, and the checkpoints written before are untouched.
-pub fn write(round_dir: &Path, round: u32, checkpoint: CheckpointRef, parts: Vec<PartWriter<'_>>) -> Result<PathBuf, TaskError> {
+pub fn write(round_dir: &Path, round: u32, checkpoint: CheckpointRef, parts: Vec<PartWriter<'_>>) -> Result<PathBuf, ArtifactError> {
     let attempt_dir = attempt_dir(round_dir, checkpoint.attempt);
     std::fs::create_dir_all(&attempt_dir).map_err(|source| write_error(&attempt_dir, source))?;
     let whole = checkpoint_dir(round_dir, checkpoint);
@@ -92,7 +92,7 @@ pub fn write(round_dir: &Path, round: u32, checkpoint: CheckpointRef, parts: Vec
     Ok(whole)
 }
 
-fn write_parts(partial: &Path, round: u32, checkpoint: CheckpointRef, parts: Vec<PartWriter<'_>>) -> Result<(), TaskError> {
+fn write_parts(partial: &Path, round: u32, checkpoint: CheckpointRef, parts: Vec<PartWriter<'_>>) -> Result<(), ArtifactError> {
     std::fs::create_dir_all(partial).map_err(|source| write_error(partial, source))?;
     let mut manifest = Manifest { round, attempt: checkpoint.attempt, epoch: checkpoint.epoch, parts: Vec::new() };
     for (file, write) in parts {
@@ -116,7 +116,7 @@ fn write_parts(partial: &Path, round: u32, checkpoint: CheckpointRef, parts: Vec
 /// `checkpoint::<part file>`, `checkpoint::manifest.json` and `checkpoint::rename`; set by
 /// tests, or by `FAILPOINTS` in a worker's environment): the write fails there as a full
 /// disk would.
-fn stage(name: &str) -> Result<(), TaskError> {
+fn stage(name: &str) -> Result<(), ArtifactError> {
     fail::fail_point!(&format!("checkpoint::{name}"), |_| Err(write_error(
         Path::new(name),
         std::io::Error::new(std::io::ErrorKind::StorageFull, format!("fault injected after writing {name}"))
@@ -208,19 +208,19 @@ fn digest(path: &Path) -> std::io::Result<(u64, String)> {
 }
 
 /// Flushes a file, or a directory's entries, to the disk.
-fn sync(path: &Path) -> Result<(), TaskError> {
+fn sync(path: &Path) -> Result<(), ArtifactError> {
     std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|source| write_error(path, source))
 }
 
-fn remove_dir(dir: &Path) -> Result<(), TaskError> {
+fn remove_dir(dir: &Path) -> Result<(), ArtifactError> {
     match std::fs::remove_dir_all(dir) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(write_error(dir, error)),
         _ => Ok(()),
     }
 }
 
-fn write_error(path: &Path, source: std::io::Error) -> TaskError {
-    TaskError::Write { path: path.to_path_buf(), source }
+fn write_error(path: &Path, source: std::io::Error) -> ArtifactError {
+    ArtifactError::Write { path: path.to_path_buf(), source }
 }
 
 #[cfg(test)]
@@ -263,7 +263,7 @@ mod tests {
                 Err(write_error(path, std::io::Error::new(std::io::ErrorKind::StorageFull, "disk full")))
             });
             let failed = write(dir.path(), 0, at(1, 2), second);
-            assert!(matches!(failed, Err(TaskError::Write { .. })), "part {failing}: {failed:?}");
+            assert!(matches!(failed, Err(ArtifactError::Write { .. })), "part {failing}: {failed:?}");
             let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("a1")).expect("a1").flatten().map(|e| e.file_name()).collect();
             assert!(leftovers.iter().all(|name| !name.to_string_lossy().starts_with(".partial")), "part {failing}: {leftovers:?}");
             // The coordinator recorded epoch 1 only (epoch 2 was never reported).

@@ -20,12 +20,12 @@ use feral_common::dataset::ShardData;
 use feral_common::spec::Sampling;
 use tch::{Kind, Tensor};
 
-pub use super::batches::Augmentation;
 use super::batches::{channels_last_images, normalised_images, Sampler, View};
+pub use super::weak::Augmentation;
 use super::strong::StrongAugmentation;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use super::mix;
+use super::seeds::mix;
 
 /// Which batch: 1-based epoch and 0-based step within it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

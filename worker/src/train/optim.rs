@@ -8,7 +8,7 @@ use std::path::Path;
 use feral_common::spec::{Optimizer as Kind_, TrainSpec};
 use tch::{Kind, Tensor};
 
-use crate::task::TaskError;
+use crate::artifacts::{read_tensors, ArtifactError};
 
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
@@ -94,9 +94,9 @@ impl Optimizer {
     }
 
     /// Restores what [`save`](Self::save) wrote for the same model.
-    pub fn load(&mut self, path: &Path) -> Result<(), TaskError> {
-        let corrupt = |problem: String| TaskError::Corrupt { path: path.to_path_buf(), problem };
-        let named = crate::task::read_tensors(path, feral_common::files::MAX_TENSORS_BYTES, "optimizer state")?;
+    pub fn load(&mut self, path: &Path) -> Result<(), ArtifactError> {
+        let corrupt = |problem: String| ArtifactError::corrupt(path, problem);
+        let named = read_tensors(path, feral_common::files::MAX_TENSORS_BYTES, "optimizer state")?;
         let find = |name: &str| named.iter().find(|(n, _)| n == name).map(|(_, t)| t);
         let step = find("step").ok_or_else(|| corrupt("it has no `step`".into()))?;
         self.step = step.int64_value(&[0]);

@@ -1,7 +1,7 @@
 //! The STRONG view of FixMatch-style consistency training (Sohn et al. 2020, "FixMatch"):
 //! RandAugment (Cubuk et al. 2020) on raw H×W×C bytes (C = 1 gray or 3 RGB, channels
 //! interleaved), followed by Cutout. The caller has already applied the weak view
-//! ([`super::batches::augment`]); this adds `ops` operations drawn uniformly with
+//! ([`super::weak::augment`]); this adds `ops` operations drawn uniformly with
 //! replacement from [`Op::ALL`], each at a strength drawn uniformly in `[0, magnitude]` (the
 //! FixMatch variant of RandAugment; magnitudes are torchvision's 31 bins, 0..=30) and, for
 //! the signed operations, with a random sign. Every operation application draws exactly
@@ -13,7 +13,7 @@ use feral_common::dataset::ImageShape;
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-use super::batches::{jitter, pad_crop, rotate, warp_bilinear};
+use super::pixels::{jitter, pad_crop, rotate, warp_bilinear};
 
 /// The largest magnitude (torchvision's 31 bins run 0..=30); larger settings count as this.
 pub const MAX_MAGNITUDE: u32 = 30;
@@ -111,7 +111,7 @@ impl Op {
 }
 
 /// Applies the strong ops to `image` (already weakly augmented by the caller), drawing from
-/// `rng`; the result (the same length) is appended to `out`, like [`super::batches::augment`].
+/// `rng`; the result (the same length) is appended to `out`, like [`super::weak::augment`].
 pub fn strong_augment(image: &[u8], shape: ImageShape, settings: &StrongAugmentation, rng: &mut SmallRng, out: &mut Vec<u8>) {
     let magnitude = settings.magnitude.min(MAX_MAGNITUDE);
     let mut current = image.to_vec();

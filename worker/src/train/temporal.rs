@@ -20,10 +20,17 @@ use rand::{Rng, SeedableRng};
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
-use super::batches::{channels_last_images, normalised_images, to_tensors, Augmentation, Sampler, View};
+use super::batches::{channels_last_images, normalised_images, to_tensors, Sampler, View};
+use super::weak::Augmentation;
 use super::strong::StrongAugmentation;
-use super::model::Network;
-use super::{by_name, collective_confusion, learning_rate, mix, optim, TaskError, SEEDED_INIT};
+use super::evaluation::collective_confusion;
+use super::model::{by_name, Network};
+use super::optim;
+use super::schedule::learning_rate;
+use super::seeds::{mix, SEEDED_INIT};
+use super::share::ShareWeight;
+use crate::artifacts::load_var_store;
+use crate::error::TaskError;
 use crate::collective::{self, Collective};
 
 /// Width of the encoder's tokens.
@@ -259,7 +266,7 @@ pub fn train(
     let full_world = (spec.resources.full_gang() as usize).max(world);
     let global = BATCH * full_world;
     let share = super::loader::share(global, rank, world);
-    let share_weight = super::ShareWeight { rank, world, full_world, batch: BATCH, unlabelled_batch: 0 };
+    let share_weight = ShareWeight { rank, world, full_world, batch: BATCH, unlabelled_batch: 0 };
     let steps = labelled.div_ceil(global).max(1);
     let epochs = spec.semi_supervised.temporal_epochs as usize;
     for epoch in 0..epochs {
@@ -323,7 +330,7 @@ pub fn evaluate(encoder: &TemporalEncoder, data: &Windows, labels: &[i64], class
 pub fn load(path: &std::path::Path, features: i64, window: i64, classes: i64, device: Device) -> Result<(nn::VarStore, TemporalEncoder), TaskError> {
     let vs = nn::VarStore::new(device);
     let encoder = TemporalEncoder::new(&vs.root(), features, window, classes);
-    crate::task::load_var_store(&vs, path, "temporal encoder")?;
+    load_var_store(&vs, path, "temporal encoder")?;
     Ok((vs, encoder))
 }
 

@@ -167,6 +167,13 @@ impl Network for CompactCnn {
     }
 }
 
+/// Every variable of `vs`, in name order (the same on every rank).
+pub fn by_name(vs: &nn::VarStore) -> Vec<Tensor> {
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named.into_iter().map(|(_, t)| t).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

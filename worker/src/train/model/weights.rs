@@ -7,15 +7,15 @@ use std::path::Path;
 
 use tch::nn;
 
-use crate::task::TaskError;
+use crate::artifacts::{read_tensors, ArtifactError};
 
 /// Copies into `vs` every tensor of the `.safetensors` file at `path` whose name and shape
 /// match a variable, and returns how many did. A file that cannot be read, or that matches
 /// no variable at all, is an error naming the file.
-pub fn load_initial_weights(vs: &mut nn::VarStore, path: &Path) -> Result<usize, TaskError> {
-    let corrupt = |problem: String| TaskError::Corrupt { path: path.to_path_buf(), problem };
+pub fn load_initial_weights(vs: &mut nn::VarStore, path: &Path) -> Result<usize, ArtifactError> {
+    let corrupt = |problem: String| ArtifactError::corrupt(path, problem);
     let file = path.display();
-    let tensors = crate::task::read_tensors(path, feral_common::files::MAX_TENSORS_BYTES, "model to start from (`[model] init`)")?;
+    let tensors = read_tensors(path, feral_common::files::MAX_TENSORS_BYTES, "model to start from (`[model] init`)")?;
     let variables = vs.variables();
     let _no_grad = tch::no_grad_guard();
     let (mut matched, mut wrong_shape) = (0, Vec::new());
