@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use feral_common::errors::error_chain;
+use feral_proto::credentials::{self, AuthedChannel, BearerToken};
 use feral_proto::leader::leader_of;
 use feral_proto::v1 as pb;
 use feral_proto::v1::job_service_client::JobServiceClient;
-use feral_proto::credentials::{self, AuthedChannel, BearerToken};
 use tonic::transport::ClientTlsConfig;
 
 /// The job API's client, every call carrying the CLI's token.
@@ -71,10 +71,7 @@ pub async fn connect(target: &Target) -> anyhow::Result<Client> {
 
 async fn connect_one(url: &str, target: &Target) -> anyhow::Result<Client> {
     let endpoint = credentials::endpoint(url, target.tls.as_ref(), Duration::from_secs(5)).map_err(|e| anyhow::anyhow!("--coordinator: {e}"))?;
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|error| anyhow::anyhow!("cannot reach the coordinator at {url}: {}", error_chain(&error)))?;
+    let channel = endpoint.connect().await.map_err(|error| anyhow::anyhow!("cannot reach the coordinator at {url}: {}", error_chain(&error)))?;
     Ok(JobServiceClient::new(target.token.channel(channel)))
 }
 

@@ -19,8 +19,8 @@ use crate::client::{connect, rpc_error, Target};
 use crate::jobs::{all_jobs, all_workers, report_final, submit_spec};
 use crate::manifest::describe_manifest;
 use crate::prepare::generate_synthetic;
-use crate::{render, table};
 use crate::watch::watch_job;
+use crate::{render, table};
 
 /// How long the workers get to register.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -245,10 +245,7 @@ fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let dir = exe.parent().context("the feral binary has no parent directory")?;
     let path = dir.join(name);
     if !path.is_file() {
-        anyhow::bail!(
-            "{name} not found next to feral in {}; build the workspace first: cargo build --release",
-            dir.display()
-        );
+        anyhow::bail!("{name} not found next to feral in {}; build the workspace first: cargo build --release", dir.display());
     }
     Ok(path)
 }
@@ -379,7 +376,8 @@ mod tests {
 
     #[test]
     fn demo_flags_are_checked() {
-        let args = DemoArgs { dir: "d".into(), workers: 2, samples: 6000, epochs: 6, labeled_fraction: 0.1, rounds: 3, port: 0, http_port: 0, devices: "cpu".into() };
+        let args =
+            DemoArgs { dir: "d".into(), workers: 2, samples: 6000, epochs: 6, labeled_fraction: 0.1, rounds: 3, port: 0, http_port: 0, devices: "cpu".into() };
         assert!(args.validate().is_ok());
         let bad = |args: DemoArgs| args.validate().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(bad(DemoArgs { workers: 0, ..args.clone() }).contains("--workers"));

@@ -129,9 +129,7 @@ where
     bar.set_message(what.to_owned());
     let started = Instant::now();
     let counter = bar.clone();
-    let report = tokio::task::spawn_blocking(move || work(&move |done| counter.set_position(done)))
-        .await
-        .context("the import stopped unexpectedly")??;
+    let report = tokio::task::spawn_blocking(move || work(&move |done| counter.set_position(done))).await.context("the import stopped unexpectedly")??;
     bar.finish_and_clear();
     println!("read {} rows in {:.1}s", report.rows_read, started.elapsed().as_secs_f64());
     Ok(report)
@@ -157,10 +155,8 @@ fn summarise(report: &ImportReport, out: &Path) {
 pub async fn fer2013(args: Fer2013Args) -> anyhow::Result<ExitCode> {
     let options = args.split.options()?;
     let (csv, out) = (args.csv.clone(), args.split.out.clone());
-    let report = with_progress("importing FER2013", move |progress| {
-        write_dataset_dir(&out, |dir| import::import_fer2013(&csv, dir, &options, progress))
-    })
-    .await?;
+    let report =
+        with_progress("importing FER2013", move |progress| write_dataset_dir(&out, |dir| import::import_fer2013(&csv, dir, &options, progress))).await?;
     summarise(&report, &args.split.out);
     Ok(ExitCode::SUCCESS)
 }
@@ -184,10 +180,9 @@ pub async fn frames(args: FramesArgs) -> anyhow::Result<ExitCode> {
     let options = args.split.options()?;
     check_size(args.size)?;
     let (root, labels, out, size) = (args.root.clone(), args.labels.clone(), args.split.out.clone(), args.size);
-    let report = with_progress("importing frames", move |progress| {
-        write_dataset_dir(&out, |dir| import::import_frames(&root, &labels, dir, size, &options, progress))
-    })
-    .await?;
+    let report =
+        with_progress("importing frames", move |progress| write_dataset_dir(&out, |dir| import::import_frames(&root, &labels, dir, size, &options, progress)))
+            .await?;
     summarise(&report, &args.split.out);
     Ok(ExitCode::SUCCESS)
 }

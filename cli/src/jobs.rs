@@ -15,9 +15,7 @@ use crate::watch::watch_job;
 
 /// `feral submit JOB.toml [--watch]`.
 pub async fn submit(url: &Target, spec_path: &Path, then_watch: bool) -> anyhow::Result<ExitCode> {
-    let spec_toml = tokio::fs::read_to_string(spec_path)
-        .await
-        .with_context(|| format!("cannot read job spec {}", spec_path.display()))?;
+    let spec_toml = tokio::fs::read_to_string(spec_path).await.with_context(|| format!("cannot read job spec {}", spec_path.display()))?;
     let job = submit_spec(url, spec_toml).await?;
     println!("submitted job {}", printable(&job.id));
     if !then_watch {

@@ -178,9 +178,7 @@ mod tests {
         let (config, splits) = parse(&[]).validate().expect("defaults are valid");
         assert_eq!(config, SyntheticConfig { samples: 6000, ..SyntheticConfig::default() });
         assert_eq!(splits, SyntheticSplits::default());
-        let (config, splits) = parse(&["--samples", "10", "--image-size", "16", "--labeled-fraction", "0.25", "--seed", "9"])
-            .validate()
-            .expect("valid");
+        let (config, splits) = parse(&["--samples", "10", "--image-size", "16", "--labeled-fraction", "0.25", "--seed", "9"]).validate().expect("valid");
         assert_eq!((config.samples, config.image_size, config.seed), (10, 16, 9));
         assert_eq!(splits.labeled_fraction, 0.25);
         assert_eq!(splits.test_fraction, 0.0, "no test split unless asked");

@@ -49,7 +49,6 @@ pub fn format_age(milliseconds: u64) -> String {
     }
 }
 
-
 fn validation(epoch: &pb::EpochMetrics) -> pb::Metrics {
     epoch.validation.clone().unwrap_or_default()
 }
@@ -138,12 +137,8 @@ pub fn epochs_table(epochs: &[pb::EpochMetrics]) -> String {
 pub fn final_metrics(result: &pb::JobResult, rounds_planned: u32) -> String {
     let metrics = result.validation.clone().unwrap_or_default();
     let source = if rounds_planned > 0 { format!(" (model of round {})", result.best_round) } else { String::new() };
-    let mut out = format!(
-        "final validation{source}: accuracy {}, macro-F1 {} ({} samples)\n",
-        percent(metrics.accuracy),
-        f1(metrics.macro_f1),
-        metrics.samples
-    );
+    let mut out =
+        format!("final validation{source}: accuracy {}, macro-F1 {} ({} samples)\n", percent(metrics.accuracy), f1(metrics.macro_f1), metrics.samples);
     let mut table = Table::new(&[("CLASS", Align::Left), ("F1", Align::Right)]);
     for (index, score) in metrics.per_class_f1.iter().enumerate() {
         let name = result.class_names.get(index).cloned().unwrap_or_else(|| format!("class {index}"));
@@ -391,7 +386,12 @@ mod tests {
         let online = pb::OnlineMask { seen: 60_000, masked_in: 41_230, with_hidden_label: 41_230, correct: 37_107 };
         running.rounds = vec![
             pb::RoundSummary { round: 0, validation: Some(pb::Metrics { macro_f1: 0.5, ..pb::Metrics::default() }), ..pb::RoundSummary::default() },
-            pb::RoundSummary { round: 1, validation: Some(pb::Metrics { macro_f1: 0.6, ..pb::Metrics::default() }), online: Some(online), ..pb::RoundSummary::default() },
+            pb::RoundSummary {
+                round: 1,
+                validation: Some(pb::Metrics { macro_f1: 0.6, ..pb::Metrics::default() }),
+                online: Some(online),
+                ..pb::RoundSummary::default()
+            },
         ];
         let text = job_details(&running, 5_000);
         let header = text.lines().find(|l| l.trim_start().starts_with("ROUND  VAL ACC")).unwrap_or_default();
@@ -430,7 +430,12 @@ mod tests {
         let escaped = "\\u{1b}]0;title\\u{7}\\u{1b}[2J\\u{202e}lin";
         let mut done = failed.clone();
         done.state = pb::JobState::Succeeded as i32;
-        let worker = pb::Worker { id: hostile.into(), hostname: hostile.into(), slots: vec![pb::Slot { device: hostile.into(), name: "x".into() }], ..pb::Worker::default() };
+        let worker = pb::Worker {
+            id: hostile.into(),
+            hostname: hostile.into(),
+            slots: vec![pb::Slot { device: hostile.into(), name: "x".into() }],
+            ..pb::Worker::default()
+        };
         for text in [job_details(&failed, 5_000), job_details(&done, 5_000), jobs_table(&[failed.clone()], 5_000), workers_table(&[worker], 5_000)] {
             assert!(!text.contains(['\u{1b}', '\u{7}', '\u{202e}']), "{text:?}");
             assert!(text.contains(escaped), "{text}");

@@ -25,12 +25,7 @@ pub fn rounds_tables(job: &pb::Job, classes: &[String]) -> String {
     if with_test {
         columns.push(("TEST MACRO-F1", Align::Right));
     }
-    columns.extend([
-        ("SHARDS", Align::Right),
-        ("SELECTED", Align::Right),
-        ("POOL", Align::Right),
-        ("PL PRECISION", Align::Right),
-    ]);
+    columns.extend([("SHARDS", Align::Right), ("SELECTED", Align::Right), ("POOL", Align::Right), ("PL PRECISION", Align::Right)]);
     if with_online {
         columns.extend([("ONLINE PL", Align::Right), ("ONLINE RATE", Align::Right), ("ONLINE PRECISION", Align::Right)]);
     }
@@ -109,11 +104,19 @@ mod tests {
     #[test]
     fn rounds_show_scores_selection_histogram_and_precision() {
         let classes = vec!["happy".to_owned(), "sad".to_owned()];
-        let selection = pb::SelectOutcome { selected_per_class: vec![30, 10], selected: 40, pool: 100, correct: 30, with_hidden_label: 40, ..Default::default() };
+        let selection =
+            pb::SelectOutcome { selected_per_class: vec![30, 10], selected: 40, pool: 100, correct: 30, with_hidden_label: 40, ..Default::default() };
         let job = pb::Job {
             rounds: vec![
                 pb::RoundSummary { round: 0, validation: Some(metrics(0.5)), ..Default::default() },
-                pb::RoundSummary { round: 1, validation: Some(metrics(0.6)), shards_predicted: 3, shards_total: 3, selection: Some(selection), ..Default::default() },
+                pb::RoundSummary {
+                    round: 1,
+                    validation: Some(metrics(0.6)),
+                    shards_predicted: 3,
+                    shards_total: 3,
+                    selection: Some(selection),
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         };
@@ -168,8 +171,24 @@ mod tests {
         let job = pb::Job {
             rounds: vec![
                 pb::RoundSummary { round: 0, validation: Some(metrics(0.5)), ..Default::default() },
-                pb::RoundSummary { round: 1, validation: Some(metrics(0.6)), shards_predicted: 3, shards_total: 3, selection: Some(selection.clone()), online: Some(online), ..Default::default() },
-                pb::RoundSummary { round: 2, validation: Some(metrics(0.7)), shards_predicted: 3, shards_total: 3, selection: Some(selection), online: Some(blind), ..Default::default() },
+                pb::RoundSummary {
+                    round: 1,
+                    validation: Some(metrics(0.6)),
+                    shards_predicted: 3,
+                    shards_total: 3,
+                    selection: Some(selection.clone()),
+                    online: Some(online),
+                    ..Default::default()
+                },
+                pb::RoundSummary {
+                    round: 2,
+                    validation: Some(metrics(0.7)),
+                    shards_predicted: 3,
+                    shards_total: 3,
+                    selection: Some(selection),
+                    online: Some(blind),
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         };
@@ -180,7 +199,8 @@ mod tests {
         assert_eq!(lines[1], ["0", "50.0%", "0.500", "-", "-", "-", "-", "-", "-", "-"], "the teacher learns no online labels: {text}");
         assert_eq!(lines[2], ["1", "50.0%", "0.600", "3/3", "40", "100", "-", "41,230", "41.2%", "90.0%"], "{text}");
         assert_eq!(lines[3][7..], ["500", "25.0%", "-"], "precision is unknown without hidden labels: {text}");
-        let offline = pb::Job { rounds: vec![pb::RoundSummary { round: 1, selection: Some(pb::SelectOutcome::default()), ..Default::default() }], ..Default::default() };
+        let offline =
+            pb::Job { rounds: vec![pb::RoundSummary { round: 1, selection: Some(pb::SelectOutcome::default()), ..Default::default() }], ..Default::default() };
         assert!(!rounds_tables(&offline, &[]).contains("ONLINE"), "no online columns when no round trained online");
     }
 

@@ -57,10 +57,7 @@ async fn follow(url: &Target, job_id: &str, display: &mut WatchDisplay) -> anyho
             Instant::now()
         });
         if since.elapsed() >= RECONNECT_WINDOW {
-            anyhow::bail!(
-                "lost the coordinator at {url} while watching job {job_id} and could not reconnect for {} s: {problem}",
-                RECONNECT_WINDOW.as_secs()
-            );
+            anyhow::bail!("lost the coordinator at {url} while watching job {job_id} and could not reconnect for {} s: {problem}", RECONNECT_WINDOW.as_secs());
         }
         debug!(%problem, backoff_ms = backoff.as_millis() as u64, "watch stream broke; reconnecting");
         tokio::time::sleep(backoff).await;
@@ -70,13 +67,7 @@ async fn follow(url: &Target, job_id: &str, display: &mut WatchDisplay) -> anyho
 
 /// One `WatchJob` stream from connection to its end. The first connection failing is fatal
 /// (a wrong address should not make the user wait); later ones are retried.
-async fn follow_once(
-    url: &Target,
-    job_id: &str,
-    display: &mut WatchDisplay,
-    received: &mut bool,
-    ever_connected: bool,
-) -> Result<pb::Job, Break> {
+async fn follow_once(url: &Target, job_id: &str, display: &mut WatchDisplay, received: &mut bool, ever_connected: bool) -> Result<pb::Job, Break> {
     let mut client = match connect(url).await {
         Ok(client) => client,
         Err(error) if ever_connected => return Err(Break::Retry(format!("{error:#}"))),

@@ -81,12 +81,7 @@ async fn leading(coordinator: &Coordinator) -> anyhow::Result<()> {
 
 /// Runs `feral ARGS --coordinator COORDINATORS`: whether it succeeded, stdout and stderr.
 async fn feral(coordinators: &str, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_feral"))
-        .args(args)
-        .args(["--coordinator", coordinators])
-        .output()
-        .await
-        .expect("run feral");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_feral")).args(args).args(["--coordinator", coordinators]).output().await.expect("run feral");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

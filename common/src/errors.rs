@@ -48,7 +48,8 @@ mod tests {
 
     #[test]
     fn repeated_sources_are_left_out() {
-        let error = Layer("transport error", Some(Box::new(Layer("tcp connect", Some(Box::new(Layer("tcp connect", Some(Box::new(Layer("refused", None))))))))));
+        let error =
+            Layer("transport error", Some(Box::new(Layer("tcp connect", Some(Box::new(Layer("tcp connect", Some(Box::new(Layer("refused", None))))))))));
         assert_eq!(error_chain(&error), "transport error: tcp connect: refused");
         let error = Layer("cannot read f.toml: no such file", Some(Box::new(Layer("no such file", None))));
         assert_eq!(error_chain(&error), "cannot read f.toml: no such file");

@@ -45,10 +45,7 @@ impl Default for SelectionParams {
 /// where each worker sends Σ_i p_i,c over its samples and its sample count.
 pub fn class_prior(partial_sums: &[Vec<f64>], counts: &[u64]) -> Result<Vec<f64>, MethodError> {
     if partial_sums.len() != counts.len() {
-        return Err(MethodError::WorkerCountMismatch {
-            sums: partial_sums.len(),
-            counts: counts.len(),
-        });
+        return Err(MethodError::WorkerCountMismatch { sums: partial_sums.len(), counts: counts.len() });
     }
     let total: u64 = counts.iter().fold(0u64, |sum, &count| sum.saturating_add(count));
     if total == 0 {
@@ -58,11 +55,7 @@ pub fn class_prior(partial_sums: &[Vec<f64>], counts: &[u64]) -> Result<Vec<f64>
     let mut prior = vec![0.0; classes];
     for (worker, sums) in partial_sums.iter().enumerate() {
         if sums.len() != classes {
-            return Err(MethodError::ClassCountMismatch {
-                worker,
-                expected: classes,
-                found: sums.len(),
-            });
+            return Err(MethodError::ClassCountMismatch { worker, expected: classes, found: sums.len() });
         }
         prior.iter_mut().zip(sums).for_each(|(acc, sum)| *acc += sum);
     }
@@ -246,11 +239,7 @@ pub fn feedback_weights(per_class_f1: &[f64], lambda: f64, gamma: f64, epsilon: 
 /// z_c + τ·ln max(p̂_c, 1e-12) for one row (frequent classes get a larger logit, so the loss
 /// demands a wider margin for rare pseudo-labels).
 pub fn margin_adjusted_logits(logits: &[f64], prior: &[f64], tau: f64) -> Vec<f64> {
-    logits
-        .iter()
-        .enumerate()
-        .map(|(class, &z)| z + tau * log_prior(prior, class, logits.len()))
-        .collect()
+    logits.iter().enumerate().map(|(class, &z)| z + tau * log_prior(prior, class, logits.len())).collect()
 }
 
 /// The class frequencies π of `counts` with one extra sample per class (so no class is
@@ -275,13 +264,9 @@ pub fn prior_toward(prior: &[f64], target: &[f64]) -> Vec<f64> {
 /// Precision of pseudo-labels against hidden true labels where known: returns
 /// (correct, counted), counting a candidate only when `hidden_labels[index] >= 0`.
 pub fn pseudo_label_precision(selected: &[Candidate], hidden_labels: &[i64]) -> (u64, u64) {
-    selected.iter().fold((0, 0), |(correct, counted), candidate| {
-        match hidden_labels.get(candidate.index) {
-            Some(&truth) if truth >= 0 => {
-                (correct + u64::from(truth as u64 == candidate.class as u64), counted + 1)
-            }
-            _ => (correct, counted),
-        }
+    selected.iter().fold((0, 0), |(correct, counted), candidate| match hidden_labels.get(candidate.index) {
+        Some(&truth) if truth >= 0 => (correct + u64::from(truth as u64 == candidate.class as u64), counted + 1),
+        _ => (correct, counted),
     })
 }
 
@@ -392,8 +377,7 @@ mod tests {
         let rows = vec![vec![0.7, 0.2, 0.1], vec![0.1, 0.8, 0.1], vec![0.4, 0.4, 0.2]];
         // Worker A holds rows 0 and 1: sums [0.8, 1.0, 0.2], count 2. Worker B row 2, count 1.
         // Total [1.2, 1.4, 0.4] / 3 = [0.4, 0.466667, 0.133333].
-        let prior =
-            class_prior(&[vec![0.8, 1.0, 0.2], vec![0.4, 0.4, 0.2]], &[2, 1]).expect("prior");
+        let prior = class_prior(&[vec![0.8, 1.0, 0.2], vec![0.4, 0.4, 0.2]], &[2, 1]).expect("prior");
         assert_near(&prior, &[0.4, 1.4 / 3.0, 0.4 / 3.0], 1e-12);
         let all_at_once: Vec<f64> = partial_sums(&rows, 3).iter().map(|sum| sum / 3.0).collect();
         assert_near(&prior, &all_at_once, 1e-12);
@@ -401,14 +385,8 @@ mod tests {
 
     #[test]
     fn prior_rejects_mismatched_or_empty_inputs() {
-        assert_eq!(
-            class_prior(&[vec![1.0]], &[1, 2]),
-            Err(MethodError::WorkerCountMismatch { sums: 1, counts: 2 })
-        );
-        assert_eq!(
-            class_prior(&[vec![1.0, 0.0], vec![1.0]], &[1, 1]),
-            Err(MethodError::ClassCountMismatch { worker: 1, expected: 2, found: 1 })
-        );
+        assert_eq!(class_prior(&[vec![1.0]], &[1, 2]), Err(MethodError::WorkerCountMismatch { sums: 1, counts: 2 }));
+        assert_eq!(class_prior(&[vec![1.0, 0.0], vec![1.0]], &[1, 1]), Err(MethodError::ClassCountMismatch { worker: 1, expected: 2, found: 1 }));
         assert_eq!(class_prior(&[vec![0.0, 0.0]], &[0]), Err(MethodError::NoSamples));
         assert_eq!(class_prior(&[], &[]), Err(MethodError::NoSamples));
     }
@@ -473,8 +451,7 @@ mod tests {
     fn cap_stops_one_class_from_flooding() {
         // Class 0: 20 candidates (index i, confidence 0.96 + 0.0015·i); class 1: three at 0.97;
         // class 2: two at 0.6 (below t); class 3: one at 0.4 (below t_min).
-        let mut candidates: Vec<Candidate> =
-            (0..20).map(|i| candidate(i, 0, 0.96 + 0.0015 * i as f64)).collect();
+        let mut candidates: Vec<Candidate> = (0..20).map(|i| candidate(i, 0, 0.96 + 0.0015 * i as f64)).collect();
         candidates.extend([candidate(20, 1, 0.97), candidate(21, 1, 0.97), candidate(22, 1, 0.97)]);
         candidates.extend([candidate(23, 2, 0.6), candidate(24, 2, 0.6), candidate(25, 3, 0.4)]);
         let selection = select(&candidates, 4, &SelectionParams::default());
@@ -556,9 +533,7 @@ mod tests {
 
     /// Softmax rows (2 to 7 classes, 1 to 9 rows) and where to split them between two workers.
     fn split_softmax_rows() -> impl Strategy<Value = (Vec<Vec<f64>>, usize)> {
-        let logits = (2usize..8).prop_flat_map(|c| {
-            prop::collection::vec(prop::collection::vec(-20.0..20.0f64, c), 1..10)
-        });
+        let logits = (2usize..8).prop_flat_map(|c| prop::collection::vec(prop::collection::vec(-20.0..20.0f64, c), 1..10));
         logits.prop_flat_map(|rows| {
             let len = rows.len();
             (Just(rows.iter().map(|row| softmax(row)).collect::<Vec<_>>()), 0..=len)

@@ -121,7 +121,8 @@ impl MetricsSummary {
     /// matrix whose counts add up to the samples (either may be left empty). The error
     /// names the first field that is not.
     pub fn check(&self, classes: Option<usize>) -> Result<(), String> {
-        let rate = |name: &str, value: f64| if value.is_finite() && (0.0..=1.0).contains(&value) { Ok(()) } else { Err(format!("{name} {value} is not in [0, 1]")) };
+        let rate =
+            |name: &str, value: f64| if value.is_finite() && (0.0..=1.0).contains(&value) { Ok(()) } else { Err(format!("{name} {value} is not in [0, 1]")) };
         rate("accuracy", self.accuracy)?;
         rate("macro_f1", self.macro_f1)?;
         for (class, f1) in self.per_class_f1.iter().enumerate() {
@@ -191,7 +192,11 @@ mod tests {
         let pairs = [(0, 1), (1, 1), (2, 0), (2, 2), (0, 0)];
         let (mut a, mut b, mut all) = (ConfusionMatrix::new(3), ConfusionMatrix::new(3), ConfusionMatrix::new(3));
         for (i, (t, p)) in pairs.iter().enumerate() {
-            if i % 2 == 0 { a.record(*t, *p) } else { b.record(*t, *p) }
+            if i % 2 == 0 {
+                a.record(*t, *p)
+            } else {
+                b.record(*t, *p)
+            }
             all.record(*t, *p);
         }
         a.merge(&b);

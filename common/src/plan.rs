@@ -56,8 +56,7 @@ pub fn plan(problem: &PlanProblem, previous: &Assignment) -> Assignment {
     let ranks: BTreeSet<&str> = problem.ranks.iter().map(String::as_str).collect();
     let units = units_of(problem);
     let mut loads: BTreeMap<&str, u128> = ranks.iter().map(|rank| (*rank, 0)).collect();
-    let kept: Vec<Option<&str>> =
-        units.iter().map(|unit| kept_rank(unit, previous, &ranks)).collect();
+    let kept: Vec<Option<&str>> = units.iter().map(|unit| kept_rank(unit, previous, &ranks)).collect();
     for (unit, rank) in units.iter().zip(&kept) {
         if let Some(load) = rank.and_then(|rank| loads.get_mut(rank)) {
             *load += unit.samples;
@@ -90,8 +89,7 @@ pub fn plan(problem: &PlanProblem, previous: &Assignment) -> Assignment {
 /// Max rank load / mean rank load (1.0 = perfect), counting only shards assigned to
 /// present ranks. 1.0 when there are no ranks or no samples.
 pub fn imbalance(problem: &PlanProblem, assignment: &Assignment) -> f64 {
-    let mut loads: BTreeMap<&str, u128> =
-        problem.ranks.iter().map(|rank| (rank.as_str(), 0)).collect();
+    let mut loads: BTreeMap<&str, u128> = problem.ranks.iter().map(|rank| (rank.as_str(), 0)).collect();
     for shard in distinct_shards(problem) {
         let rank = assignment.get(&shard.shard);
         if let Some(load) = rank.and_then(|rank| loads.get_mut(rank.as_str())) {
@@ -130,11 +128,7 @@ fn units_of(problem: &PlanProblem) -> Vec<Unit<'_>> {
 }
 
 /// The present rank a unit stays on, if its shards that were placed before agree on one.
-fn kept_rank<'a>(
-    unit: &Unit<'_>,
-    previous: &Assignment,
-    ranks: &BTreeSet<&'a str>,
-) -> Option<&'a str> {
+fn kept_rank<'a>(unit: &Unit<'_>, previous: &Assignment, ranks: &BTreeSet<&'a str>) -> Option<&'a str> {
     let mut before = unit.shards.iter().filter_map(|shard| previous.get(*shard));
     let first = before.next()?;
     if before.any(|rank| rank != first) {
@@ -160,12 +154,7 @@ fn least_loaded<'a>(loads: &BTreeMap<&'a str, u128>) -> Option<(&'a str, u128)> 
 /// The allowance is the largest unit plus the floor of the mean for each rank that kept
 /// nothing. Each move strictly lowers the sum of squared loads, so the loop ends; when it
 /// ends, heavy <= target, or heavy <= light + unit <= mean + largest.
-fn rebalance<'a>(
-    units: &[Unit<'_>],
-    kept: &[Option<&'a str>],
-    placed: &mut [Option<&'a str>],
-    loads: &mut BTreeMap<&'a str, u128>,
-) {
+fn rebalance<'a>(units: &[Unit<'_>], kept: &[Option<&'a str>], placed: &mut [Option<&'a str>], loads: &mut BTreeMap<&'a str, u128>) {
     let ranks = loads.len().max(1) as u128;
     let total: u128 = loads.values().sum();
     let largest = units.iter().map(|unit| unit.samples).max().unwrap_or(0);
@@ -173,9 +162,7 @@ fn rebalance<'a>(
     let newcomers = loads.keys().filter(|rank| !kept.contains(&Some(**rank))).count() as u128;
     let allowance = largest + total / ranks * newcomers;
     let mut churn: u128 = 0;
-    while let (Some((heavy, heavy_load)), Some((light, light_load))) =
-        (most_loaded(loads), least_loaded(loads))
-    {
+    while let (Some((heavy, heavy_load)), Some((light, light_load))) = (most_loaded(loads), least_loaded(loads)) {
         if heavy_load <= target || heavy == light {
             return;
         }
@@ -227,8 +214,7 @@ mod tests {
     }
 
     fn loads(problem: &PlanProblem, assignment: &Assignment) -> BTreeMap<String, u64> {
-        let mut loads: BTreeMap<String, u64> =
-            problem.ranks.iter().map(|rank| (rank.clone(), 0)).collect();
+        let mut loads: BTreeMap<String, u64> = problem.ranks.iter().map(|rank| (rank.clone(), 0)).collect();
         for shard in &problem.shards {
             *loads.entry(assignment[&shard.shard].clone()).or_default() += shard.samples;
         }

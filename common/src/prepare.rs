@@ -183,9 +183,10 @@ fn not_part_of(dir: &Path, manifest: &Manifest) -> std::io::Result<Option<String
     let splits = [Split::Train, Split::Val, Split::Test, Split::Unlabeled].map(|s| s.to_string());
     let written = |name: &str| {
         let name = name.strip_suffix(".tmp").unwrap_or(name);
-        let numbered_shard = name.strip_suffix(".safetensors").and_then(|stem| stem.rsplit_once('-')).is_some_and(|(split, number)| {
-            splits.iter().any(|s| s == split) && !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())
-        });
+        let numbered_shard = name
+            .strip_suffix(".safetensors")
+            .and_then(|stem| stem.rsplit_once('-'))
+            .is_some_and(|(split, number)| splits.iter().any(|s| s == split) && !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()));
         name == MANIFEST_FILE || shards.contains(name) || numbered_shard || name.starts_with(".import-staging-")
     };
     for entry in std::fs::read_dir(dir)? {
@@ -302,7 +303,10 @@ mod tests {
         synthetic_into(&data, 100, 50).expect("dataset");
         std::fs::write(data.join("fer2013.csv"), "emotion,pixels,Usage").expect("write");
         let error = synthetic_into(&data, 100, 20).expect_err("a dataset and more").to_string();
-        assert!(error.ends_with("data holds a Feral dataset and also fer2013.csv, which is not part of it; move that away or choose another directory"), "{error}");
+        assert!(
+            error.ends_with("data holds a Feral dataset and also fer2013.csv, which is not part of it; move that away or choose another directory"),
+            "{error}"
+        );
         assert!(data.join("fer2013.csv").exists());
         std::fs::remove_file(data.join("fer2013.csv")).expect("remove");
         // A shard an earlier import left beside its dataset does not stop a replacement, and goes.

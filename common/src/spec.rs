@@ -615,10 +615,7 @@ impl JobSpec {
         if let Some(max) = resources.max_workers {
             in_range("resources.max_workers", max, 1, MAX_GANG)?;
             if resources.workers != default_workers() && resources.workers != max {
-                return Err(invalid(
-                    "resources.max_workers",
-                    format!("disagrees with resources.workers ({max} != {}): set one of the two", resources.workers),
-                ));
+                return Err(invalid("resources.max_workers", format!("disagrees with resources.workers ({max} != {}): set one of the two", resources.workers)));
             }
         }
         if let Some(min) = resources.min_workers {

@@ -11,9 +11,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 /// FER2013 class order.
-pub const CLASS_NAMES: [&str; 7] = [
-    "angry", "disgust", "fear", "happy", "sad", "surprise", "neutral",
-];
+pub const CLASS_NAMES: [&str; 7] = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"];
 
 const NUM_CLASSES: usize = CLASS_NAMES.len();
 
@@ -38,13 +36,7 @@ pub struct SyntheticConfig {
 
 impl Default for SyntheticConfig {
     fn default() -> Self {
-        Self {
-            samples: 5000,
-            image_size: 48,
-            imbalance_ratio: 10.0,
-            label_noise: 0.1,
-            seed: 7,
-        }
+        Self { samples: 5000, image_size: 48, imbalance_ratio: 10.0, label_noise: 0.1, seed: 7 }
     }
 }
 
@@ -78,9 +70,7 @@ pub fn class_proportions(imbalance_ratio: f64) -> [f64; 7] {
 pub fn generate(config: &SyntheticConfig, range: Range<usize>) -> Vec<SyntheticSample> {
     let proportions = class_proportions(config.imbalance_ratio);
     let end = range.end.min(config.samples);
-    (range.start..end)
-        .map(|index| generate_one(config, &proportions, index))
-        .collect()
+    (range.start..end).map(|index| generate_one(config, &proportions, index)).collect()
 }
 
 /// SplitMix64 finalizer: a bijective, well-mixing 64-bit hash.
@@ -125,13 +115,13 @@ struct Expression {
 /// mouth_open, mouth_asym], in `CLASS_NAMES` order. Neighbouring classes (fear/surprise,
 /// sad/neutral, angry/disgust) differ by only a few jitter deviations in a few features.
 const CLASS_MEANS: [[f32; 7]; NUM_CLASSES] = [
-    [0.55, 0.015, 0.045, 0.100, -0.025, 0.004, 0.000], // angry
-    [0.50, 0.010, 0.025, 0.110, -0.015, 0.016, 0.045], // disgust
+    [0.55, 0.015, 0.045, 0.100, -0.025, 0.004, 0.000],   // angry
+    [0.50, 0.010, 0.025, 0.110, -0.015, 0.016, 0.045],   // disgust
     [1.35, -0.030, -0.030, 0.130, -0.010, 0.035, 0.000], // fear
-    [0.50, -0.005, 0.000, 0.150, 0.055, 0.012, 0.000], // happy
+    [0.50, -0.005, 0.000, 0.150, 0.055, 0.012, 0.000],   // happy
     [0.80, -0.005, -0.040, 0.120, -0.045, 0.000, 0.000], // sad
-    [1.55, -0.050, 0.000, 0.080, 0.000, 0.070, 0.000], // surprise
-    [1.00, 0.000, 0.000, 0.120, 0.000, 0.000, 0.000],  // neutral
+    [1.55, -0.050, 0.000, 0.080, 0.000, 0.070, 0.000],   // surprise
+    [1.00, 0.000, 0.000, 0.120, 0.000, 0.000, 0.000],    // neutral
 ];
 
 /// Per-sample Gaussian jitter (standard deviation) of each expression parameter.
@@ -248,9 +238,7 @@ impl Scene {
             gaze: uniform(rng, -0.015, 0.015),
             asym_side: if rng.random_bool(0.5) { 1.0 } else { -1.0 },
             nose: rng.random_bool(0.6).then(|| uniform(rng, -0.02, 0.02)),
-            hairline: rng
-                .random_bool(0.5)
-                .then(|| (uniform(rng, -0.34, -0.27), uniform(rng, 0.05, 0.35))),
+            hairline: rng.random_bool(0.5).then(|| (uniform(rng, -0.34, -0.27), uniform(rng, 0.05, 0.35))),
             contrast: uniform(rng, 0.75, 1.25),
             brightness: uniform(rng, -0.1, 0.1),
             noise_amplitude: uniform(rng, 0.04, 0.14),
@@ -419,11 +407,7 @@ mod tests {
     use super::*;
 
     fn config(samples: usize, image_size: u32) -> SyntheticConfig {
-        SyntheticConfig {
-            samples,
-            image_size,
-            ..SyntheticConfig::default()
-        }
+        SyntheticConfig { samples, image_size, ..SyntheticConfig::default() }
     }
 
     #[test]
@@ -435,11 +419,7 @@ mod tests {
         pieces.extend(generate(&cfg, 29..40));
         assert_eq!(whole, pieces);
         assert_eq!(generate(&cfg, 25..26)[0], whole[25]);
-        assert_eq!(
-            generate(&cfg, 35..100).len(),
-            5,
-            "range is clipped to samples"
-        );
+        assert_eq!(generate(&cfg, 35..100).len(), 5, "range is clipped to samples");
         assert_ne!(whole[0].pixels, whole[1].pixels);
         cfg.seed = 8;
         let other = generate(&cfg, 0..40);
@@ -486,8 +466,7 @@ mod tests {
         let flipped = noisy.iter().filter(|s| s.label != s.true_label).count();
         let rate = flipped as f64 / 3000.0;
         assert!((rate - 0.2).abs() < 0.03, "noise rate {rate}");
-        let valid =
-            |s: &SyntheticSample| (0..7).contains(&s.label) && (0..7).contains(&s.true_label);
+        let valid = |s: &SyntheticSample| (0..7).contains(&s.label) && (0..7).contains(&s.true_label);
         assert!(noisy.iter().all(valid));
         cfg.label_noise = 0.0;
         let clean = generate(&cfg, 0..3000);
@@ -516,8 +495,7 @@ mod tests {
     fn mean_mouth_patch(samples: &[&SyntheticSample]) -> Vec<f64> {
         let mut mean = vec![0.0; 9 * 14];
         for s in samples {
-            let cells =
-                (19..28).flat_map(|r| (9..23).map(move |c| f64::from(s.pixels[r * 32 + c])));
+            let cells = (19..28).flat_map(|r| (9..23).map(move |c| f64::from(s.pixels[r * 32 + c])));
             let patch: Vec<f64> = cells.collect();
             let own_mean = patch.iter().sum::<f64>() / patch.len() as f64;
             for (acc, v) in mean.iter_mut().zip(patch) {
@@ -545,10 +523,7 @@ mod tests {
         cfg.imbalance_ratio = 1.0;
         let samples = generate(&cfg, 0..8000);
         let mean_of = |class: i64, parity: usize| {
-            let chosen = samples
-                .iter()
-                .enumerate()
-                .filter(|(i, s)| s.true_label == class && i % 2 == parity);
+            let chosen = samples.iter().enumerate().filter(|(i, s)| s.true_label == class && i % 2 == parity);
             mean_mouth_patch(&chosen.map(|(_, s)| s).collect::<Vec<_>>())
         };
         let size = |v: &[f64]| v.iter().map(|x| x.abs()).sum::<f64>() / v.len() as f64;
@@ -559,10 +534,7 @@ mod tests {
             let within = size(&difference(&mean_of(class, 0), &mean_of(class, 1)));
             let (r, between) = (correlation(&even, &odd), size(&even).min(size(&odd)));
             assert!(r > 0.7, "{name}/sad split-half correlation {r}");
-            assert!(
-                between > 2.0 * within,
-                "{name}/sad {between}, within {within}"
-            );
+            assert!(between > 2.0 * within, "{name}/sad {between}, within {within}");
         }
     }
 

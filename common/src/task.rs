@@ -57,10 +57,7 @@ impl FromStr for Device {
         if text == "cpu" {
             return Ok(Device::Cpu);
         }
-        text.strip_prefix("cuda:")
-            .and_then(|n| n.parse::<u32>().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| format!("must be `cpu` or `cuda:N`, got {text:?}"))
+        text.strip_prefix("cuda:").and_then(|n| n.parse::<u32>().ok()).map(Device::Cuda).ok_or_else(|| format!("must be `cpu` or `cuda:N`, got {text:?}"))
     }
 }
 
@@ -124,11 +121,7 @@ pub struct Assignment {
 impl Assignment {
     /// How the worker names this task in its reports.
     pub fn task_ref(&self) -> TaskRef {
-        TaskRef {
-            job: self.job.clone(),
-            task: self.task.clone(),
-            attempt: self.attempt,
-        }
+        TaskRef { job: self.job.clone(), task: self.task.clone(), attempt: self.attempt }
     }
 }
 

@@ -233,7 +233,8 @@ pub fn certificate_caller(der: &[u8]) -> Result<Caller, Status> {
         .flatten()
         .and_then(|san| san.value.general_names.iter().find_map(|n| if let GeneralName::DNSName(name) = n { Some(name.to_string()) } else { None }));
     let common_name = || cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
-    let name = dns_name.or_else(common_name).ok_or_else(|| Status::unauthenticated("the client certificate names nobody: it has no DNS name and no common name"))?;
+    let name =
+        dns_name.or_else(common_name).ok_or_else(|| Status::unauthenticated("the client certificate names nobody: it has no DNS name and no common name"))?;
     let unit = cert.subject().iter_organizational_unit().next().and_then(|ou| ou.as_str().ok()).map(str::to_owned);
     let role = match unit.as_deref() {
         Some("submitter") => Role::Submitter,
@@ -248,7 +249,9 @@ pub fn certificate_caller(der: &[u8]) -> Result<Caller, Status> {
         }
     };
     if role == Role::Worker {
-        WorkerId::parse(&name).map_err(|p| Status::permission_denied(format!("client certificate `{}` is a worker's, whose name is its worker id, and it {p}", name.escape_debug())))?;
+        WorkerId::parse(&name).map_err(|p| {
+            Status::permission_denied(format!("client certificate `{}` is a worker's, whose name is its worker id, and it {p}", name.escape_debug()))
+        })?;
     }
     Ok(Caller { name, role })
 }
@@ -278,7 +281,8 @@ pub fn authorize(tokens: Option<&Tokens>, api: Api, header: Option<&str>) -> Res
 /// without tokens; with tokens, a missing or unknown token is `Unauthenticated`.
 pub fn identify(tokens: Option<&Tokens>, header: Option<&str>) -> Result<Caller, Status> {
     let Some(tokens) = tokens else { return Ok(Caller::anonymous()) };
-    let header = header.ok_or_else(|| Status::unauthenticated("this coordinator needs a bearer token (header `authorization: Bearer TOKEN`); the call sent none"))?;
+    let header =
+        header.ok_or_else(|| Status::unauthenticated("this coordinator needs a bearer token (header `authorization: Bearer TOKEN`); the call sent none"))?;
     let secret = header.strip_prefix("Bearer ").ok_or_else(|| Status::unauthenticated("the `authorization` header must read `Bearer TOKEN`"))?;
     tokens.find(secret.trim()).cloned().ok_or_else(|| Status::unauthenticated("the bearer token is not one this coordinator knows"))
 }

@@ -183,8 +183,7 @@ impl CoordinatorConfig {
         let from_file = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-                let parsed: ConfigFile =
-                    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), problem: e.to_string() })?;
+                let parsed: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), problem: e.to_string() })?;
                 if parsed.version != 1 {
                     return Err(ConfigError::Parse { path: path.into(), problem: format!("version must be 1, got {}", parsed.version) });
                 }
@@ -194,36 +193,30 @@ impl CoordinatorConfig {
         };
         let file = from_file.as_ref();
         let listen = overrides.listen.clone().or_else(|| file.and_then(|f| f.listen.clone())).unwrap_or_else(|| "0.0.0.0:7070".into());
-        let listen = listen
-            .parse()
-            .map_err(|e| ConfigError::Invalid { field: "listen", problem: format!("is not an address ({e}): {listen:?}") })?;
+        let listen = listen.parse().map_err(|e| ConfigError::Invalid { field: "listen", problem: format!("is not an address ({e}): {listen:?}") })?;
         let http_listen = overrides.http_listen.clone().or_else(|| file.and_then(|f| f.http_listen.clone()));
         let http_listen = http_listen
             .map(|text| text.parse().map_err(|e| ConfigError::Invalid { field: "http_listen", problem: format!("is not an address ({e}): {text:?}") }))
             .transpose()?;
         let store = overrides.store.clone().or_else(|| file.and_then(|f| f.store.clone()));
         let store = StoreConfig::parse(store.as_deref().unwrap_or("feral-state/coordinator.redb"))?;
-        let artifact_root = overrides
-            .artifact_root
-            .clone()
-            .or_else(|| file.and_then(|f| f.artifact_root.clone()))
-            .unwrap_or_else(|| PathBuf::from("feral-artifacts"));
-        let heartbeat_interval_ms =
-            overrides.heartbeat_interval_ms.or_else(|| file.and_then(|f| f.heartbeat_interval_ms)).unwrap_or(1000);
+        let artifact_root =
+            overrides.artifact_root.clone().or_else(|| file.and_then(|f| f.artifact_root.clone())).unwrap_or_else(|| PathBuf::from("feral-artifacts"));
+        let heartbeat_interval_ms = overrides.heartbeat_interval_ms.or_else(|| file.and_then(|f| f.heartbeat_interval_ms)).unwrap_or(1000);
         let lease_ttl_ms = overrides.lease_ttl_ms.or_else(|| file.and_then(|f| f.lease_ttl_ms)).unwrap_or(10_000);
         let tokens = overrides.tokens.clone().or_else(|| file.and_then(|f| f.tokens.clone()));
         let tls_cert = overrides.tls_cert.clone().or_else(|| file.and_then(|f| f.tls_cert.clone()));
         let tls_key = overrides.tls_key.clone().or_else(|| file.and_then(|f| f.tls_key.clone()));
         let tls_client_ca = overrides.tls_client_ca.clone().or_else(|| file.and_then(|f| f.tls_client_ca.clone()));
         let scheme = if tls_cert.is_some() { "https" } else { "http" };
-        let advertise =
-            overrides.advertise.clone().or_else(|| file.and_then(|f| f.advertise.clone())).unwrap_or_else(|| default_advertise(scheme, listen));
+        let advertise = overrides.advertise.clone().or_else(|| file.and_then(|f| f.advertise.clone())).unwrap_or_else(|| default_advertise(scheme, listen));
         let leader_lease_s = overrides.leader_lease_s.or_else(|| file.and_then(|f| f.leader_lease_s)).unwrap_or(5);
         let deadlines = file.and_then(|f| f.task_deadlines).unwrap_or_default();
         let settings = Settings { artifact_root, heartbeat_interval_ms, lease_ttl_ms, deadlines };
         let metrics_public = overrides.metrics_public || file.and_then(|f| f.metrics_public).unwrap_or(false);
         let http_hosts = overrides.http_hosts.clone().or_else(|| file.and_then(|f| f.http_hosts.clone())).unwrap_or_default();
-        let config = Self { listen, http_listen, store, settings, advertise, leader_lease_s, tokens, tls_cert, tls_key, tls_client_ca, metrics_public, http_hosts };
+        let config =
+            Self { listen, http_listen, store, settings, advertise, leader_lease_s, tokens, tls_cert, tls_key, tls_client_ca, metrics_public, http_hosts };
         config.validate()?;
         Ok(config)
     }

@@ -18,7 +18,8 @@ use tracing::{info, warn};
 use crate::error::CoordinatorError;
 use crate::metrics::{Census, Metrics, RunningJob};
 use crate::model::{
-    free_slot_count, replan, schedule, waiting_reason, Cluster, GangPeers, JobEvent, JobRecord, LiveWorker, Orders, Slot, TaskClocks, TaskDeadlines, WorkerRecord, WorkerState,
+    free_slot_count, replan, schedule, waiting_reason, Cluster, GangPeers, JobEvent, JobRecord, LiveWorker, Orders, Slot, TaskClocks, TaskDeadlines,
+    WorkerRecord, WorkerState,
 };
 use crate::store::{Store, Write};
 
@@ -346,10 +347,7 @@ impl ControlPlane {
         use std::ops::Bound::{Excluded, Unbounded};
         let model = self.model.lock().await;
         let range = model.cluster.workers.range::<WorkerId, _>((after.map_or(Unbounded, Excluded), Unbounded));
-        range
-            .take(size)
-            .map(|(_, w)| WorkerView { record: w.record.clone(), last_heartbeat_ms: w.last_heartbeat_ms, running: w.running.clone() })
-            .collect()
+        range.take(size).map(|(_, w)| WorkerView { record: w.record.clone(), last_heartbeat_ms: w.last_heartbeat_ms, running: w.running.clone() }).collect()
     }
 
     /// Marks workers whose lease ran out as lost and requeues their tasks.
@@ -394,7 +392,14 @@ impl ControlPlane {
     /// Records an epoch; answers whether the task should stop: when it is no longer
     /// assigned, or when its elastic gang runs short and a slot is free to grow it back
     /// (the checkpoint of this epoch is written: the whole gang starts again from it).
-    pub async fn report_progress(&self, worker: &WorkerId, task: &TaskRef, epoch: EpochReport, epochs_total: u32, now_ms: u64) -> Result<bool, CoordinatorError> {
+    pub async fn report_progress(
+        &self,
+        worker: &WorkerId,
+        task: &TaskRef,
+        epoch: EpochReport,
+        epochs_total: u32,
+        now_ms: u64,
+    ) -> Result<bool, CoordinatorError> {
         let mut model = self.model.lock().await;
         if model.cluster.task(task).is_none() || !model.cluster.is_assigned_to(&task.task, worker) {
             return Ok(true);
@@ -716,7 +721,15 @@ mod tests {
         control.fail_task(&w1, &g1.task_ref(), "gradient exchange failed".into(), true, 10).await.expect("fail");
         let before = control.job(Scope::Every, &job).await.expect("job");
         // w2's rank of the abandoned attempt 1 reports an epoch and then a failure: stale.
-        let epoch = EpochReport { round: Round(0), epoch: 1, train_loss: 1.0, train_accuracy: 0.5, validation: Default::default(), seconds: 1.0, images_per_second: 0.0 };
+        let epoch = EpochReport {
+            round: Round(0),
+            epoch: 1,
+            train_loss: 1.0,
+            train_accuracy: 0.5,
+            validation: Default::default(),
+            seconds: 1.0,
+            images_per_second: 0.0,
+        };
         let stop = control.report_progress(&w2, &g2.task_ref(), epoch, 2, 11).await.expect("progress");
         assert!(stop, "the rank of a replaced attempt is told to stop");
         control.fail_task(&w2, &g2.task_ref(), "peer lost".into(), true, 12).await.expect("fail");
@@ -791,7 +804,13 @@ mod tests {
             epoch: number,
             train_loss: loss,
             train_accuracy: accuracy,
-            validation: feral_common::metrics::MetricsSummary { accuracy: 0.5, macro_f1: 0.5, per_class_f1: vec![0.5, 0.5], confusion: vec![1, 1, 1, 1], samples: 4 },
+            validation: feral_common::metrics::MetricsSummary {
+                accuracy: 0.5,
+                macro_f1: 0.5,
+                per_class_f1: vec![0.5, 0.5],
+                confusion: vec![1, 1, 1, 1],
+                samples: 4,
+            },
             seconds: 1.0,
             images_per_second: 10.0,
         };
@@ -799,11 +818,26 @@ mod tests {
             ("nan", Box::new(move |_| (Some(epoch(f64::NAN, 0.5, 1)), None)), "non-finite training loss"),
             ("accuracy", Box::new(move |_| (Some(epoch(0.5, 2.5, 1)), None)), "train_accuracy 2.5"),
             ("epoch", Box::new(move |_| (Some(epoch(0.5, 0.5, 4_294_967_295)), None)), "epoch 4294967295 outside 1..=3"),
-            ("path", Box::new(|_| (None, Some(TaskOutcome::Trained(TrainedModel { model_path: "/tmp/unused/../../etc/shadow".into(), ..teacher_model() })))), "outside the job's directory"),
-            ("f1", Box::new(|a: &Assignment| {
-                let validation = feral_common::metrics::MetricsSummary { macro_f1: -3.0, per_class_f1: vec![0.5, 0.5], ..Default::default() };
-                (None, Some(TaskOutcome::Trained(TrainedModel { validation, model_path: a.artifact_dir.join("r0/a1/model.safetensors").display().to_string(), ..teacher_model() })))
-            }), "macro_f1 -3"),
+            (
+                "path",
+                Box::new(|_| (None, Some(TaskOutcome::Trained(TrainedModel { model_path: "/tmp/unused/../../etc/shadow".into(), ..teacher_model() })))),
+                "outside the job's directory",
+            ),
+            (
+                "f1",
+                Box::new(|a: &Assignment| {
+                    let validation = feral_common::metrics::MetricsSummary { macro_f1: -3.0, per_class_f1: vec![0.5, 0.5], ..Default::default() };
+                    (
+                        None,
+                        Some(TaskOutcome::Trained(TrainedModel {
+                            validation,
+                            model_path: a.artifact_dir.join("r0/a1/model.safetensors").display().to_string(),
+                            ..teacher_model()
+                        })),
+                    )
+                }),
+                "macro_f1 -3",
+            ),
         ];
         let mut now = 10;
         for (name, report, expected) in cases {
@@ -863,7 +897,11 @@ mod tests {
             async move {
                 let on_w1 = heartbeat(control, &w1, now_ms).await;
                 let on_w2 = heartbeat(control, &w2, now_ms).await;
-                if on_w1.is_empty() { (w2, on_w2[0].clone()) } else { (w1, on_w1[0].clone()) }
+                if on_w1.is_empty() {
+                    (w2, on_w2[0].clone())
+                } else {
+                    (w1, on_w1[0].clone())
+                }
             }
         };
         let (preparer, prepare) = next_task(2).await;

@@ -147,7 +147,11 @@ async fn get_job(State(dashboard): State<Dashboard>, headers: HeaderMap, Path(id
     Ok(json(StatusCode::OK, &JobView::of(&job)))
 }
 
-async fn job_events(State(dashboard): State<Dashboard>, headers: HeaderMap, Path(id): Path<String>) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+async fn job_events(
+    State(dashboard): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let (control, caller) = dashboard.control(&headers)?;
     let receiver = control.watch(caller.scope(), &job_id(&id)?).await?;
     let mut stopping = dashboard.stopping.clone();

@@ -11,9 +11,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use prometheus_client::registry::Registry;
-use feral_proto::limits::Limited;
 use feral_proto::https::ServerConfig;
+use feral_proto::limits::Limited;
+use prometheus_client::registry::Registry;
 
 use crate::auth::{self, Tokens};
 use crate::dashboard::{self, Dashboard};

@@ -14,8 +14,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use etcd_client::{ConnectOptions, LeaseKeepAliveStream, LeaseKeeper};
-pub use feral_proto::leader::VIEW_AGE_METADATA;
 use feral_proto::leader::LEADER_METADATA;
+pub use feral_proto::leader::VIEW_AGE_METADATA;
 use tokio::sync::watch;
 use tokio::time::{sleep, timeout, Instant};
 use tonic::Status;

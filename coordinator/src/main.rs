@@ -30,9 +30,7 @@ fn main() -> std::process::ExitCode {
 
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
     let args = Args::parse();
     let config = CoordinatorConfig::load(args.config.as_deref(), &args.overrides)?;
     // Each listener has its own limit of open connections; the process's own limit on
@@ -66,9 +64,7 @@ async fn run() -> anyhow::Result<()> {
         tracing::warn!(%http, "/metrics needs no token: anyone who reaches it can read job ids and the cluster's counts (the dashboard's API does check tokens)");
     }
     let access = Access { tokens, tls, metrics_public: config.metrics_public, http_hosts: config.http_hosts.clone() };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let http = match config.http_listen {
         Some(address) => Some(tokio::net::TcpListener::bind(address).await.with_context(|| format!("cannot listen for HTTP on {address}"))?),
         None => None,

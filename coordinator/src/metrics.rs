@@ -203,8 +203,16 @@ impl Metrics {
         feral.register("job_epoch", "Last reported epoch of each job that is not final", self.job_epoch.clone());
         feral.register("job_validation_macro_f1", "Validation macro-F1 of each running job's last epoch", self.job_macro_f1.clone());
         feral.register("job_images_per_second", "Training images per second of each running job's last epoch (all ranks)", self.job_images_per_second.clone());
-        feral.register("job_last_failure", "1 for each running job one of whose attempts failed, labelled with the last failure's reason", self.job_last_failure.clone());
-        feral.register("connections_refused", "Connections a listener closed at once because it held its limit of open connections, by listener (grpc, http)", self.connections_refused.clone());
+        feral.register(
+            "job_last_failure",
+            "1 for each running job one of whose attempts failed, labelled with the last failure's reason",
+            self.job_last_failure.clone(),
+        );
+        feral.register(
+            "connections_refused",
+            "Connections a listener closed at once because it held its limit of open connections, by listener (grpc, http)",
+            self.connections_refused.clone(),
+        );
     }
 
     /// The counter of connections `listener` refused.

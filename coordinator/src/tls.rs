@@ -30,7 +30,11 @@ impl TlsMaterial {
     /// then requires; checks that rustls accepts them, so a bad file fails at start.
     pub fn from_files(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Self, ServeError> {
         let read = |path: &Path, what: &str| feral_proto::credentials::read_pem(path, what).map_err(ServeError::Tls);
-        let material = Self { cert: read(cert, "the TLS certificate")?, key: read(key, "the TLS key")?, client_ca: client_ca.map(|ca| read(ca, "the client CA")).transpose()? };
+        let material = Self {
+            cert: read(cert, "the TLS certificate")?,
+            key: read(key, "the TLS key")?,
+            client_ca: client_ca.map(|ca| read(ca, "the client CA")).transpose()?,
+        };
         material.http()?;
         Ok(material)
     }

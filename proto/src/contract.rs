@@ -5,8 +5,7 @@ use std::path::PathBuf;
 
 use feral_common::ids::{JobId, Round, TaskId};
 use feral_common::task::{
-    Assignment, CheckpointRef, DatasetSummary, EpochReport, InferPartial, ShardRef, TaskInputs, TaskKind,
-    TaskOutcome, TaskRef, TrainedModel,
+    Assignment, CheckpointRef, DatasetSummary, EpochReport, InferPartial, ShardRef, TaskInputs, TaskKind, TaskOutcome, TaskRef, TrainedModel,
 };
 
 use crate::v1 as pb;
@@ -18,10 +17,7 @@ pub enum ContractError {
     #[error("field `{0}` is required")]
     Required(&'static str),
     #[error("field `{field}` {problem}")]
-    Invalid {
-        field: &'static str,
-        problem: String,
-    },
+    Invalid { field: &'static str, problem: String },
 }
 
 fn required<'a>(text: &'a str, field: &'static str) -> Result<&'a str, ContractError> {
@@ -37,9 +33,7 @@ fn path(text: String) -> Option<PathBuf> {
 }
 
 fn text(path: &Option<PathBuf>) -> String {
-    path.as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default()
+    path.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
 }
 
 /// The task a report names: `job_id`, `task_id` and `attempt` of a request. The task must
@@ -48,10 +42,7 @@ pub fn task_ref(job_id: &str, task_id: &str, attempt: u32) -> Result<TaskRef, Co
     let job = JobId::new(required(job_id, "job_id")?);
     let task = TaskId::new(required(task_id, "task_id")?);
     if task.job() != job {
-        return Err(ContractError::Invalid {
-            field: "task_id",
-            problem: format!("names a task of another job than {job}: {task}"),
-        });
+        return Err(ContractError::Invalid { field: "task_id", problem: format!("names a task of another job than {job}: {task}") });
     }
     if attempt == 0 {
         return Err(ContractError::Required("attempt"));
@@ -79,10 +70,7 @@ pub fn task_kind(kind: i32) -> Result<TaskKind, ContractError> {
             Ok(pb::TaskKind::Infer) => Ok(TaskKind::Infer),
             Ok(pb::TaskKind::Select) => Ok(TaskKind::Select),
             Ok(pb::TaskKind::Unspecified) => Err(ContractError::Required("kind")),
-            Err(_) => Err(ContractError::Invalid {
-                field: "kind",
-                problem: format!("is not a task kind this worker knows: {kind}"),
-            }),
+            Err(_) => Err(ContractError::Invalid { field: "kind", problem: format!("is not a task kind this worker knows: {kind}") }),
         }
     }
 }
@@ -120,18 +108,9 @@ impl TryFrom<pb::TaskAssignment> for Assignment {
             return Err(ContractError::Required("world_size"));
         }
         if a.rank >= a.world_size {
-            return Err(ContractError::Invalid {
-                field: "rank",
-                problem: format!("must be below world_size {}, got {}", a.world_size, a.rank),
-            });
+            return Err(ContractError::Invalid { field: "rank", problem: format!("must be below world_size {}, got {}", a.world_size, a.rank) });
         }
-        let device =
-            required(&a.device, "device")?
-                .parse()
-                .map_err(|problem| ContractError::Invalid {
-                    field: "device",
-                    problem,
-                })?;
+        let device = required(&a.device, "device")?.parse().map_err(|problem| ContractError::Invalid { field: "device", problem })?;
         Ok(Assignment {
             task,
             job,
@@ -174,14 +153,9 @@ impl TryFrom<pb::EpochMetrics> for EpochReport {
     type Error = ContractError;
 
     fn try_from(e: pb::EpochMetrics) -> Result<Self, ContractError> {
-        let validation = e
-            .validation
-            .ok_or(ContractError::Required("epoch.validation"))?;
+        let validation = e.validation.ok_or(ContractError::Required("epoch.validation"))?;
         if e.epoch == 0 {
-            return Err(ContractError::Invalid {
-                field: "epoch.epoch",
-                problem: "must be at least 1".into(),
-            });
+            return Err(ContractError::Invalid { field: "epoch.epoch", problem: "must be at least 1".into() });
         }
         if !(e.images_per_second.is_finite() && e.images_per_second >= 0.0) {
             return Err(ContractError::Invalid {
@@ -216,14 +190,7 @@ impl From<&TaskOutcome> for Outcome {
                 class_names: p.class_names.clone(),
                 train_samples: p.train_samples,
                 val_samples: p.val_samples,
-                unlabeled_shards: p
-                    .unlabeled_shards
-                    .iter()
-                    .map(|s| pb::ShardRef {
-                        file: s.file.clone(),
-                        samples: s.samples,
-                    })
-                    .collect(),
+                unlabeled_shards: p.unlabeled_shards.iter().map(|s| pb::ShardRef { file: s.file.clone(), samples: s.samples }).collect(),
             }),
             TaskOutcome::Inferred(i) => Outcome::Infer(pb::InferOutcome {
                 probability_sums: i.probability_sums.clone(),
@@ -241,10 +208,7 @@ impl TryFrom<Outcome> for TaskOutcome {
     fn try_from(outcome: Outcome) -> Result<Self, ContractError> {
         Ok(match outcome {
             Outcome::Train(t) => TaskOutcome::Trained(TrainedModel {
-                validation: t
-                    .validation
-                    .ok_or(ContractError::Required("train.validation"))?
-                    .into(),
+                validation: t.validation.ok_or(ContractError::Required("train.validation"))?.into(),
                 model_path: required(&t.model_path, "train.model_path")?.to_owned(),
                 class_names: t.class_names,
                 frame_validation: t.frame_validation.map(Into::into),
@@ -255,14 +219,7 @@ impl TryFrom<Outcome> for TaskOutcome {
                 class_names: p.class_names,
                 train_samples: p.train_samples,
                 val_samples: p.val_samples,
-                unlabeled_shards: p
-                    .unlabeled_shards
-                    .into_iter()
-                    .map(|s| ShardRef {
-                        file: s.file,
-                        samples: s.samples,
-                    })
-                    .collect(),
+                unlabeled_shards: p.unlabeled_shards.into_iter().map(|s| ShardRef { file: s.file, samples: s.samples }).collect(),
             }),
             Outcome::Infer(i) => {
                 if i.probability_sums.is_empty() {
@@ -271,8 +228,7 @@ impl TryFrom<Outcome> for TaskOutcome {
                 TaskOutcome::Inferred(InferPartial {
                     probability_sums: i.probability_sums,
                     samples: i.samples,
-                    predictions_file: required(&i.predictions_file, "infer.predictions_file")?
-                        .to_owned(),
+                    predictions_file: required(&i.predictions_file, "infer.predictions_file")?.to_owned(),
                 })
             }
             Outcome::Select(s) => {
@@ -317,22 +273,9 @@ mod tests {
     #[test]
     fn an_assignment_crosses_the_wire_whole() {
         let sent = assignment();
-        assert_eq!(
-            Assignment::try_from(pb::TaskAssignment::from(&sent)),
-            Ok(sent.clone())
-        );
-        let lone = Assignment {
-            inputs: TaskInputs::default(),
-            rank: 0,
-            world_size: 1,
-            device: Device::Cpu,
-            ..sent
-        };
-        assert_eq!(
-            Assignment::try_from(pb::TaskAssignment::from(&lone)),
-            Ok(lone),
-            "empty paths stay absent"
-        );
+        assert_eq!(Assignment::try_from(pb::TaskAssignment::from(&sent)), Ok(sent.clone()));
+        let lone = Assignment { inputs: TaskInputs::default(), rank: 0, world_size: 1, device: Device::Cpu, ..sent };
+        assert_eq!(Assignment::try_from(pb::TaskAssignment::from(&lone)), Ok(lone), "empty paths stay absent");
     }
 
     #[test]
@@ -340,25 +283,13 @@ mod tests {
         let wire = pb::TaskAssignment::from(&assignment());
         let cases: [(&str, Box<dyn Fn(&mut pb::TaskAssignment)>); 8] = [
             ("field `job_id` is required", Box::new(|a| a.job_id.clear())),
-            (
-                "field `task_id` names a task of another job",
-                Box::new(|a| a.job_id = "job-2".into()),
-            ),
+            ("field `task_id` names a task of another job", Box::new(|a| a.job_id = "job-2".into())),
             ("field `attempt` is required", Box::new(|a| a.attempt = 0)),
             ("field `kind` is required", Box::new(|a| a.kind = 0)),
             ("field `kind` is not a task kind", Box::new(|a| a.kind = 99)),
-            (
-                "field `device` must be `cpu` or `cuda:N`",
-                Box::new(|a| a.device = "tpu".into()),
-            ),
-            (
-                "field `world_size` is required",
-                Box::new(|a| a.world_size = 0),
-            ),
-            (
-                "field `rank` must be below world_size 2, got 2",
-                Box::new(|a| a.rank = 2),
-            ),
+            ("field `device` must be `cpu` or `cuda:N`", Box::new(|a| a.device = "tpu".into())),
+            ("field `world_size` is required", Box::new(|a| a.world_size = 0)),
+            ("field `rank` must be below world_size 2, got 2", Box::new(|a| a.rank = 2)),
         ];
         for (expected, change) in cases {
             let mut bad = wire.clone();
@@ -370,13 +301,7 @@ mod tests {
 
     #[test]
     fn outcomes_and_epochs_cross_the_wire_whole() {
-        let metrics = MetricsSummary {
-            accuracy: 0.7,
-            macro_f1: 0.6,
-            per_class_f1: vec![0.5, 0.7],
-            confusion: vec![3, 1, 1, 3],
-            samples: 8,
-        };
+        let metrics = MetricsSummary { accuracy: 0.7, macro_f1: 0.6, per_class_f1: vec![0.5, 0.7], confusion: vec![3, 1, 1, 3], samples: 8 };
         let outcomes = [
             TaskOutcome::Trained(TrainedModel {
                 validation: metrics.clone(),
@@ -384,57 +309,31 @@ mod tests {
                 class_names: vec!["a".into(), "b".into()],
                 frame_validation: Some(metrics.clone()),
                 test: Some(metrics.clone()),
-                online: Some(MaskAudit {
-                    seen: 100,
-                    masked_in: 40,
-                    with_hidden_label: 30,
-                    correct: 27,
-                }),
+                online: Some(MaskAudit { seen: 100, masked_in: 40, with_hidden_label: 30, correct: 27 }),
             }),
             TaskOutcome::Prepared(DatasetSummary {
                 class_names: vec!["a".into()],
                 train_samples: 9,
                 val_samples: 3,
-                unlabeled_shards: vec![ShardRef {
-                    file: "unlabeled-00000.safetensors".into(),
-                    samples: 5,
-                }],
+                unlabeled_shards: vec![ShardRef { file: "unlabeled-00000.safetensors".into(), samples: 5 }],
             }),
-            TaskOutcome::Inferred(InferPartial {
-                probability_sums: vec![1.5, 3.5],
-                samples: 5,
-                predictions_file: "/a/r1/pred-u".into(),
-            }),
+            TaskOutcome::Inferred(InferPartial { probability_sums: vec![1.5, 3.5], samples: 5, predictions_file: "/a/r1/pred-u".into() }),
         ];
         for outcome in outcomes {
             assert_eq!(TaskOutcome::try_from(Outcome::from(&outcome)), Ok(outcome));
         }
-        let epoch = EpochReport {
-            round: Round(2),
-            epoch: 3,
-            train_loss: 0.5,
-            train_accuracy: 0.8,
-            validation: metrics,
-            seconds: 1.5,
-            images_per_second: 420.0,
-        };
-        assert_eq!(
-            EpochReport::try_from(pb::EpochMetrics::from(&epoch)),
-            Ok(epoch)
-        );
-        let error = EpochReport::try_from(pb::EpochMetrics {
-            validation: None,
-            ..Default::default()
-        })
-        .expect_err("no metrics");
+        let epoch =
+            EpochReport { round: Round(2), epoch: 3, train_loss: 0.5, train_accuracy: 0.8, validation: metrics, seconds: 1.5, images_per_second: 420.0 };
+        assert_eq!(EpochReport::try_from(pb::EpochMetrics::from(&epoch)), Ok(epoch));
+        let error = EpochReport::try_from(pb::EpochMetrics { validation: None, ..Default::default() }).expect_err("no metrics");
         assert_eq!(error, ContractError::Required("epoch.validation"));
     }
 
     /// Whatever a peer sends: arbitrary messages convert, or are refused naming a field;
     /// arbitrary bytes never panic the decoder or the conversions.
     mod arbitrary {
-        use prost::Message;
         use proptest::prelude::*;
+        use prost::Message;
 
         use super::*;
 
@@ -444,7 +343,14 @@ mod tests {
         }
 
         fn device() -> impl Strategy<Value = String> {
-            prop_oneof!["cpu", "cuda:[0-9]{1,3}".prop_filter("canonical", |d| !d.starts_with("cuda:0") || d == "cuda:0"), "cuda:-1", "cuda:99999999999", Just(String::new()), "\\PC{0,8}"]
+            prop_oneof![
+                "cpu",
+                "cuda:[0-9]{1,3}".prop_filter("canonical", |d| !d.starts_with("cuda:0") || d == "cuda:0"),
+                "cuda:-1",
+                "cuda:99999999999",
+                Just(String::new()),
+                "\\PC{0,8}"
+            ]
         }
 
         prop_compose! {

@@ -13,8 +13,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{self, RootCertStore};
 pub use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::{self, RootCertStore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -40,7 +40,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// client certificates that `client_ca` signed when given. The error says which file is wrong.
 pub fn server_config(cert: &[u8], key: &[u8], client_ca: Option<&[u8]>) -> Result<Arc<ServerConfig>, String> {
     let bad = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert).collect::<Result<_, _>>().map_err(|e| bad("the TLS certificate is not PEM", &e))?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert).collect::<Result<_, _>>().map_err(|e| bad("the TLS certificate is not PEM", &e))?;
     if certs.is_empty() {
         return Err("the TLS certificate file holds no certificate".into());
     }
@@ -64,7 +65,12 @@ pub fn server_config(cert: &[u8], key: &[u8], client_ca: Option<&[u8]>) -> Resul
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves: HTTPS with `tls`, else plain HTTP.
-pub async fn serve(listener: Limited, tls: Option<Arc<ServerConfig>>, app: axum::Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: Limited,
+    tls: Option<Arc<ServerConfig>>,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     match tls {
         Some(config) => axum::serve(TlsListener::new(listener, config)?, app).with_graceful_shutdown(shutdown).await,
         None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,

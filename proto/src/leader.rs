@@ -51,10 +51,8 @@ impl Coordinators {
         if addresses.is_empty() {
             return Err(format!("no coordinator address in {list:?}"));
         }
-        let channels = addresses
-            .iter()
-            .map(|address| endpoint(address, tls, Duration::from_secs(3)).map(|e| e.connect_lazy()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let channels =
+            addresses.iter().map(|address| endpoint(address, tls, Duration::from_secs(3)).map(|e| e.connect_lazy())).collect::<Result<Vec<_>, _>>()?;
         Ok(Self { addresses: addresses.into(), channels: channels.into(), current: Arc::default(), token: BearerToken::none() })
     }
 

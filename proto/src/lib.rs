@@ -26,13 +26,7 @@ mod convert {
 
     impl From<&MetricsSummary> for pb::Metrics {
         fn from(m: &MetricsSummary) -> Self {
-            pb::Metrics {
-                accuracy: m.accuracy,
-                macro_f1: m.macro_f1,
-                per_class_f1: m.per_class_f1.clone(),
-                confusion: m.confusion.clone(),
-                samples: m.samples,
-            }
+            pb::Metrics { accuracy: m.accuracy, macro_f1: m.macro_f1, per_class_f1: m.per_class_f1.clone(), confusion: m.confusion.clone(), samples: m.samples }
         }
     }
 

@@ -13,9 +13,9 @@ use anyhow::{bail, Context};
 use feral_common::prepare::{prepare_synthetic, SyntheticSplits};
 use feral_common::synthetic::SyntheticConfig;
 use feral_coordinator::control::Settings;
-use feral_coordinator::Access;
 use feral_coordinator::leader::Election;
 use feral_coordinator::store::{EtcdStore, MemoryStore, Store};
+use feral_coordinator::Access;
 use feral_proto::credentials::BearerToken;
 use feral_proto::v1 as pb;
 use feral_proto::v1::job_service_client::JobServiceClient;
@@ -182,7 +182,13 @@ impl RunningWorker {
     }
 
     /// [`start`](Self::start) with `token` and TLS settings (for an `https://` URL).
-    pub fn start_with(coordinator_url: &str, id: &str, runner: Arc<dyn TaskRunner>, token: BearerToken, tls: Option<tonic::transport::ClientTlsConfig>) -> Self {
+    pub fn start_with(
+        coordinator_url: &str,
+        id: &str,
+        runner: Arc<dyn TaskRunner>,
+        token: BearerToken,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Self {
         let config = AgentConfig {
             coordinator: coordinator_url.to_owned(),
             worker_id: id.to_owned(),

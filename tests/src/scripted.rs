@@ -8,8 +8,8 @@ use feral_common::ids::Round;
 use feral_common::metrics::MetricsSummary;
 use feral_common::task::{Assignment, DatasetSummary, EpochReport, InferPartial, SelectionSummary, ShardRef, TaskKind, TaskOutcome, TrainedModel};
 use feral_worker::collective::Collective;
-use feral_worker::runner::TaskRunner;
 use feral_worker::error::TaskError;
+use feral_worker::runner::TaskRunner;
 
 /// Answers every task; `slow` kinds take `delay` per step (and honour `stop`).
 pub struct ScriptedRunner {
@@ -61,13 +61,28 @@ impl TaskRunner for ScriptedRunner {
                 }
                 for epoch in 1..=self.epochs {
                     self.pause(TaskKind::Train, stop)?;
-                    let report = EpochReport { round: task.round, epoch, train_loss: 1.0 / f64::from(epoch), train_accuracy: 0.5, validation: metrics(0.5), seconds: 0.0, images_per_second: 0.0 };
+                    let report = EpochReport {
+                        round: task.round,
+                        epoch,
+                        train_loss: 1.0 / f64::from(epoch),
+                        train_accuracy: 0.5,
+                        validation: metrics(0.5),
+                        seconds: 0.0,
+                        images_per_second: 0.0,
+                    };
                     on_epoch(report, self.epochs);
                 }
                 let Round(round) = task.round;
                 let validation = metrics(self.macro_f1 + 0.1 * f64::from(round));
                 let model_path = task.artifact_dir.join(format!("r{round}/model.safetensors")).display().to_string();
-                TaskOutcome::Trained(TrainedModel { validation, frame_validation: None, test: None, online: None, model_path, class_names: vec!["a".into(), "b".into()] })
+                TaskOutcome::Trained(TrainedModel {
+                    validation,
+                    frame_validation: None,
+                    test: None,
+                    online: None,
+                    model_path,
+                    class_names: vec!["a".into(), "b".into()],
+                })
             }
             TaskKind::Infer => TaskOutcome::Inferred(InferPartial {
                 probability_sums: vec![7.0, 3.0],

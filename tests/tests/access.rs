@@ -124,7 +124,10 @@ async fn a_worker_cannot_take_over_another_worker_or_its_tasks() -> anyhow::Resu
     // w2, with its own token, tries to pass for w1 and to end w1's task.
     w2.register(register("w2", "node-2")).await?;
     assert_eq!(code(w2.register(register("w1", "evil")).await), Code::PermissionDenied);
-    assert_eq!(code(w2.heartbeat(pb::HeartbeatRequest { worker_id: "w1".into(), running_task_ids: Vec::new(), ..Default::default() }).await), Code::PermissionDenied);
+    assert_eq!(
+        code(w2.heartbeat(pb::HeartbeatRequest { worker_id: "w1".into(), running_task_ids: Vec::new(), ..Default::default() }).await),
+        Code::PermissionDenied
+    );
     let forged = pb::FinishTaskRequest { worker_id: "w1".into(), task_id: task.task_id.clone(), job_id: job.id.clone(), attempt: task.attempt, outcome: None };
     assert_eq!(code(w2.finish_task(forged).await), Code::PermissionDenied);
     let fail = |worker_id: &str| pb::FailTaskRequest {
@@ -138,9 +141,22 @@ async fn a_worker_cannot_take_over_another_worker_or_its_tasks() -> anyhow::Resu
     assert_eq!(code(w2.fail_task(fail("w1")).await), Code::PermissionDenied);
     // As itself, w2 is known but the task is not its own.
     assert_eq!(code(w2.fail_task(fail("w2")).await), Code::FailedPrecondition);
-    let progress = pb::ReportProgressRequest { worker_id: "w1".into(), task_id: task.task_id.clone(), job_id: job.id.clone(), attempt: task.attempt, ..Default::default() };
+    let progress = pb::ReportProgressRequest {
+        worker_id: "w1".into(),
+        task_id: task.task_id.clone(),
+        job_id: job.id.clone(),
+        attempt: task.attempt,
+        ..Default::default()
+    };
     assert_eq!(code(w2.report_progress(progress).await), Code::PermissionDenied);
-    let join = pb::JoinGangRequest { worker_id: "w1".into(), task_id: task.task_id.clone(), job_id: job.id.clone(), attempt: task.attempt, address: "10.6.6.6:1".into(), ..Default::default() };
+    let join = pb::JoinGangRequest {
+        worker_id: "w1".into(),
+        task_id: task.task_id.clone(),
+        job_id: job.id.clone(),
+        attempt: task.attempt,
+        address: "10.6.6.6:1".into(),
+        ..Default::default()
+    };
     assert_eq!(code(w2.join_gang(join).await), Code::PermissionDenied);
 
     // The job still waits on w1's task (its first: checking the dataset), and w1 is still

@@ -94,7 +94,12 @@ async fn requests_missing_required_fields_or_naming_unknown_ids_are_refused() ->
     expect_status(workers.fail_task(fail).await, Code::InvalidArgument, "reason");
     // Well formed, but of a job that does not exist: not an OK that would make the worker
     // believe it was recorded.
-    let prepared = pb::finish_task_request::Outcome::Prepare(pb::PrepareOutcome { class_names: vec!["a".into(), "b".into()], train_samples: 1, val_samples: 1, unlabeled_shards: vec![] });
+    let prepared = pb::finish_task_request::Outcome::Prepare(pb::PrepareOutcome {
+        class_names: vec!["a".into(), "b".into()],
+        train_samples: 1,
+        val_samples: 1,
+        unlabeled_shards: vec![],
+    });
     let (nope, nope_task) = (|| String::from("job-nope"), || String::from("job-nope/r0/prepare/a1"));
     expect_status(workers.finish_task(finish(nope(), nope_task(), 1, Some(prepared))).await, Code::NotFound, "no job with id `job-nope`");
     let fail = pb::FailTaskRequest { worker_id: "w".into(), job_id: nope(), task_id: nope_task(), attempt: 1, reason: "x".into(), retryable: false };
@@ -114,7 +119,11 @@ async fn jobs_on_missing_or_corrupt_datasets_fail_with_the_file_named() -> anyho
     let job = submit(&mut jobs, job_spec(&missing, 1)).await?;
     let failed = wait_for_state(&jobs, &job.id, &[pb::JobState::Failed, pb::JobState::Succeeded], Duration::from_secs(30)).await?;
     assert_eq!(failed.state, pb::JobState::Failed as i32);
-    assert!(failed.state_reason.contains("dataset") && failed.state_reason.contains("no-such-dataset is refused: it does not exist"), "{}", failed.state_reason);
+    assert!(
+        failed.state_reason.contains("dataset") && failed.state_reason.contains("no-such-dataset is refused: it does not exist"),
+        "{}",
+        failed.state_reason
+    );
     assert_eq!(failed.epochs.len(), 0);
 
     let corrupt = synthetic_dataset(&dir.path().join("corrupt"), 300)?;

@@ -14,12 +14,7 @@ async fn cancel_stops_the_training_thread() -> anyhow::Result<()> {
     init_tracing();
     let dir = tempfile::tempdir()?;
     let dataset = synthetic_dataset(&dir.path().join("data"), 1200)?;
-    let coordinator = RunningCoordinator::start(
-        test_settings(dir.path()),
-        Arc::new(MemoryStore::default()),
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
-    .await?;
+    let coordinator = RunningCoordinator::start(test_settings(dir.path()), Arc::new(MemoryStore::default()), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let worker = RunningWorker::start(&coordinator.url(), "w1", Arc::new(TchRunner::default()));
     let mut jobs = coordinator.jobs().await?;
     let job = submit(&mut jobs, job_spec(&dataset, 500)).await?;
@@ -60,11 +55,11 @@ async fn cancel_stops_the_training_thread() -> anyhow::Result<()> {
 /// ever share the slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_will_not_stop_keeps_its_slot_from_the_next_job() -> anyhow::Result<()> {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use feral_common::task::{Assignment, EpochReport, TaskOutcome};
     use feral_worker::collective::Collective;
-    use feral_worker::runner::TaskRunner;
     use feral_worker::error::TaskError;
+    use feral_worker::runner::TaskRunner;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     /// The first task hangs, whatever its stop flag says, until `release`; every task
     /// counts how many run at once.
@@ -76,7 +71,13 @@ async fn a_task_that_will_not_stop_keeps_its_slot_from_the_next_job() -> anyhow:
         then: feral_tests::scripted::ScriptedRunner,
     }
     impl TaskRunner for Hung {
-        fn run(&self, task: &Assignment, collective: &mut dyn Collective, on_epoch: &mut dyn FnMut(EpochReport, u32), stop: &AtomicBool) -> Result<TaskOutcome, TaskError> {
+        fn run(
+            &self,
+            task: &Assignment,
+            collective: &mut dyn Collective,
+            on_epoch: &mut dyn FnMut(EpochReport, u32),
+            stop: &AtomicBool,
+        ) -> Result<TaskOutcome, TaskError> {
             let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(now, Ordering::SeqCst);
             if self.first.swap(false, Ordering::SeqCst) {
@@ -95,7 +96,8 @@ async fn a_task_that_will_not_stop_keeps_its_slot_from_the_next_job() -> anyhow:
     let dir = tempfile::tempdir()?;
     let coordinator = RunningCoordinator::in_memory(dir.path()).await?;
     let (release, most) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
-    let runner = Hung { release: release.clone(), first: AtomicBool::new(true), running: AtomicUsize::new(0), most: most.clone(), then: ScriptedRunner::fast(0) };
+    let runner =
+        Hung { release: release.clone(), first: AtomicBool::new(true), running: AtomicUsize::new(0), most: most.clone(), then: ScriptedRunner::fast(0) };
     let worker = RunningWorker::start(&coordinator.url(), "w1", Arc::new(runner));
     let mut jobs = coordinator.jobs().await?;
     let hung = submit(&mut jobs, job_spec(dir.path(), 2)).await?;

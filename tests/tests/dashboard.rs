@@ -135,7 +135,6 @@ async fn the_dashboard_follows_a_job_live_to_its_end() -> anyhow::Result<()> {
     coordinator.stop().await
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tokens_the_dashboard_api_needs_a_submitter_token() -> anyhow::Result<()> {
     init_tracing();
@@ -197,7 +196,10 @@ async fn the_dashboard_sends_a_content_security_policy_and_refuses_framing() -> 
             let response = agent.get(format!("http://{http}{path}")).call()?;
             let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
             let policy = header("content-security-policy");
-            assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'") && !policy.contains("unsafe-inline"), "{path}: {policy:?}");
+            assert!(
+                policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'") && !policy.contains("unsafe-inline"),
+                "{path}: {policy:?}"
+            );
             assert_eq!(header("x-frame-options"), "DENY", "{path}");
             assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
         }

@@ -16,9 +16,8 @@ use feral_tests::*;
 /// a second coordinator over a new `open()` of the same store.
 async fn diverges_and_reads_back(dir: &std::path::Path, open: impl AsyncFn() -> anyhow::Result<Arc<dyn Store>>) -> anyhow::Result<()> {
     let dataset = synthetic_dataset(&dir.join("data"), 600)?;
-    let classes = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(dataset.join("manifest.json"))?)?["classes"]
-        .as_array()
-        .map_or(0, Vec::len);
+    let classes =
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(dataset.join("manifest.json"))?)?["classes"].as_array().map_or(0, Vec::len);
     let alpha = vec!["1e308"; classes].join(", ");
     let spec = format!("{}\n[train.loss]\nkind = \"focal\"\nfocal_alpha = [{alpha}]\n", job_spec(&dataset, 2));
     let settings = test_settings(dir);

@@ -15,8 +15,8 @@ use feral_coordinator::store::{MemoryStore, Store};
 use feral_proto::v1 as pb;
 use feral_tests::*;
 use feral_worker::collective::Collective;
-use feral_worker::runner::{TaskRunner, TchRunner};
 use feral_worker::error::TaskError;
+use feral_worker::runner::{TaskRunner, TchRunner};
 
 /// A linear model (no batch statistics, no dropout), no augmentation: how a global batch
 /// is split over ranks changes the arithmetic only by float rounding.
@@ -89,7 +89,13 @@ struct Gated {
 }
 
 impl TaskRunner for Gated {
-    fn run(&self, task: &Assignment, collective: &mut dyn Collective, on_epoch: &mut dyn FnMut(EpochReport, u32), stop: &AtomicBool) -> Result<TaskOutcome, TaskError> {
+    fn run(
+        &self,
+        task: &Assignment,
+        collective: &mut dyn Collective,
+        on_epoch: &mut dyn FnMut(EpochReport, u32),
+        stop: &AtomicBool,
+    ) -> Result<TaskOutcome, TaskError> {
         let mut held = |report: EpochReport, epochs: u32| {
             while report.epoch > self.open.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(10));

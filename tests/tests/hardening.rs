@@ -131,7 +131,11 @@ async fn records_the_coordinator_cannot_process_fail_their_job_not_the_service()
     // that says what happened to it.
     let unreadable = get_job(&mut jobs, "job-garbage").await?;
     assert_eq!(unreadable.state, pb::JobState::Failed as i32);
-    assert!(unreadable.state_reason.contains("its stored record cannot be read") && unreadable.state_reason.contains("quarantine/jobs/job-garbage"), "{}", unreadable.state_reason);
+    assert!(
+        unreadable.state_reason.contains("its stored record cannot be read") && unreadable.state_reason.contains("quarantine/jobs/job-garbage"),
+        "{}",
+        unreadable.state_reason
+    );
     let listed = jobs.list_jobs(pb::ListJobsRequest::default()).await?.into_inner().jobs;
     assert!(listed.iter().any(|j| j.id == "job-garbage"), "listed: {listed:?}");
     // The service goes on: the next job runs to the end.

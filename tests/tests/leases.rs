@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use feral_common::task::TaskKind;
 use feral_coordinator::store::MemoryStore;
 use feral_proto::v1 as pb;
-use feral_tests::*;
 use feral_tests::scripted::ScriptedRunner;
-use feral_common::task::TaskKind;
+use feral_tests::*;
 
 /// Trains slowly (100 ms an epoch) and reports `macro_f1` at the end.
 fn trainer(epochs: u32, macro_f1: f64) -> ScriptedRunner {
@@ -22,8 +22,7 @@ async fn a_silent_worker_is_lost_within_its_lease() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let settings = test_settings(dir.path());
     let ttl = Duration::from_millis(settings.lease_ttl_ms);
-    let coordinator =
-        RunningCoordinator::start(settings, Arc::new(MemoryStore::default()), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let coordinator = RunningCoordinator::start(settings, Arc::new(MemoryStore::default()), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let mut workers = coordinator.workers().await?;
     let slot = pb::Slot { device: "cpu".into(), name: String::new() };
     // The lease starts when the coordinator handles the request, somewhere inside this call:
@@ -57,12 +56,7 @@ async fn a_silent_worker_is_lost_within_its_lease() -> anyhow::Result<()> {
 async fn the_task_of_a_lost_worker_moves_to_another_worker() -> anyhow::Result<()> {
     init_tracing();
     let dir = tempfile::tempdir()?;
-    let coordinator = RunningCoordinator::start(
-        test_settings(dir.path()),
-        Arc::new(MemoryStore::default()),
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-    )
-    .await?;
+    let coordinator = RunningCoordinator::start(test_settings(dir.path()), Arc::new(MemoryStore::default()), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let doomed = RunningWorker::start(&coordinator.url(), "doomed", Arc::new(trainer(40, 0.1)));
     let mut jobs = coordinator.jobs().await?;
     let job = submit(&mut jobs, job_spec(dir.path(), 40)).await?;

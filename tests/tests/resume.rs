@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use feral_common::spec::JobSpec;
 use feral_common::task::{CheckpointRef, EpochReport, TaskInputs, TrainedModel};
-use feral_worker::collective::Single;
 use feral_worker::artifacts::ArtifactError;
+use feral_worker::collective::Single;
 use feral_worker::error::TaskError;
 use feral_worker::task::TaskContext;
 use feral_worker::train::{train, TrainTask};
@@ -67,7 +67,12 @@ fn sorted(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
 }
 
 /// The two runs trained the same model: the same loss curve, weights and metrics.
-fn assert_same_training(straight: &[EpochReport], straight_model: &(PathBuf, TrainedModel), resumed: &[EpochReport], resumed_model: &(PathBuf, TrainedModel)) -> anyhow::Result<()> {
+fn assert_same_training(
+    straight: &[EpochReport],
+    straight_model: &(PathBuf, TrainedModel),
+    resumed: &[EpochReport],
+    resumed_model: &(PathBuf, TrainedModel),
+) -> anyhow::Result<()> {
     for b in resumed {
         let a = straight.iter().find(|a| a.epoch == b.epoch).expect("every epoch");
         let gap = (a.train_loss - b.train_loss).abs();

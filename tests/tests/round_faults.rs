@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use feral_common::task::TaskKind;
 use feral_coordinator::store::{EmbeddedStore, MemoryStore};
 use feral_proto::v1 as pb;
 use feral_tests::scripted::ScriptedRunner;
 use feral_tests::*;
-use feral_common::task::TaskKind;
 
 const SHARDS: usize = 6;
 
@@ -41,10 +41,7 @@ async fn a_coordinator_restarted_while_pseudo_labelling_resumes_the_phase() -> a
     let settings = test_settings(dir.path());
     let first = RunningCoordinator::start(settings.clone(), Arc::new(EmbeddedStore::open(&store_path)?), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let address = first.address;
-    let workers = [
-        RunningWorker::start(&first.url(), "w1", Arc::new(slow_inference())),
-        RunningWorker::start(&first.url(), "w2", Arc::new(slow_inference())),
-    ];
+    let workers = [RunningWorker::start(&first.url(), "w1", Arc::new(slow_inference())), RunningWorker::start(&first.url(), "w2", Arc::new(slow_inference()))];
     let mut jobs = first.jobs().await?;
     let job = submit(&mut jobs, spec(dir.path())).await?;
     let partway = wait_until("some shards predicted", Duration::from_secs(30), || {

@@ -23,10 +23,7 @@ async fn two_rounds_select_pseudo_labels_better_than_chance() -> anyhow::Result<
     let coordinator = RunningCoordinator::in_memory(dir.path()).await?;
     let workers = coordinator.tch_workers(2);
     let mut jobs = coordinator.jobs().await?;
-    let spec = format!(
-        "{}steps_per_epoch = 40\n\n[semi_supervised]\nrounds = 2\npatience = 0\nthreshold = 0.9\n",
-        job_spec(&data, 5)
-    );
+    let spec = format!("{}steps_per_epoch = 40\n\n[semi_supervised]\nrounds = 2\npatience = 0\nthreshold = 0.9\n", job_spec(&data, 5));
     let job = submit(&mut jobs, spec).await?;
 
     // While pseudo-labelling, both workers predict shards.

@@ -75,8 +75,7 @@ fn spec(dataset: String) -> impl Strategy<Value = (String, Vec<&'static str>)> {
     let fields = proptest::sample::subsequence(FIELDS.to_vec(), 0..=6);
     fields
         .prop_flat_map(|chosen| {
-            let values: Vec<BoxedStrategy<String>> =
-                chosen.iter().map(|&(_, _, int)| if int { integer().boxed() } else { float().boxed() }).collect();
+            let values: Vec<BoxedStrategy<String>> = chosen.iter().map(|&(_, _, int)| if int { integer().boxed() } else { float().boxed() }).collect();
             (Just(chosen), values)
         })
         .prop_map(move |(chosen, values)| {

@@ -111,7 +111,10 @@ async fn with_a_client_ca_only_certified_callers_get_through_and_a_certified_wor
         let https = https.clone();
         async move { anyhow::Ok(endpoint(&https, tls?.as_ref(), Duration::from_secs(5)).map_err(anyhow::Error::msg)?.connect().await?) }
     };
-    let refused = JobServiceClient::new(connect(&worker_identity).await?).list_jobs(pb::ListJobsRequest::default()).await.expect_err("a worker certificate on the job API");
+    let refused = JobServiceClient::new(connect(&worker_identity).await?)
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .expect_err("a worker certificate on the job API");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("`w1` has role worker"), "{}", refused.message());
     let mut as_w1 = feral_proto::v1::worker_service_client::WorkerServiceClient::new(connect(&worker_identity).await?);
@@ -148,7 +151,8 @@ fn https_get(address: SocketAddr, path: &str, ca: &Path, identity: Option<&(Path
         let key = PrivateKey::from_pem(&pem(key)?).map_err(|e| e.to_string())?;
         tls = tls.client_cert(Some(ClientCert::new_with_certs(&[cert], key)));
     }
-    let agent = ureq::Agent::config_builder().tls_config(tls.build()).http_status_as_error(false).timeout_global(Some(Duration::from_secs(10))).build().new_agent();
+    let agent =
+        ureq::Agent::config_builder().tls_config(tls.build()).http_status_as_error(false).timeout_global(Some(Duration::from_secs(10))).build().new_agent();
     let response = agent.get(format!("https://127.0.0.1:{}{path}", address.port())).call().map_err(|e| e.to_string())?;
     Ok(response.status().as_u16())
 }

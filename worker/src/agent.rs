@@ -20,9 +20,9 @@ use tonic::Code;
 use tracing::{info, warn};
 
 use crate::confine::Roots;
+use crate::error::TaskError;
 use crate::gang::{self, TaskControl};
 use crate::runner::TaskRunner;
-use crate::error::TaskError;
 
 /// Who this worker is and where its coordinator listens.
 #[derive(Clone, Debug)]
@@ -116,7 +116,8 @@ async fn converse(config: &AgentConfig, coordinators: Coordinators, runner: Arc<
                 reported_stuck.retain(|id| running.contains_key(id));
                 (running.keys().cloned().collect::<Vec<String>>(), stopping_devices(running))
             };
-            let mut request = tonic::Request::new(pb::HeartbeatRequest { worker_id: config.worker_id.clone(), running_task_ids: running_ids, withheld_devices });
+            let mut request =
+                tonic::Request::new(pb::HeartbeatRequest { worker_id: config.worker_id.clone(), running_task_ids: running_ids, withheld_devices });
             request.set_timeout(heartbeat_deadline(interval));
             let (at, mut client) = client(&coordinators);
             match client.heartbeat(request).await {
@@ -188,11 +189,8 @@ fn heartbeat_deadline(interval: Duration) -> Duration {
 async fn register(config: &AgentConfig, coordinators: &Coordinators) -> Result<Duration, AgentError> {
     let mut backoff = Backoff::default();
     loop {
-        let mut request = tonic::Request::new(pb::RegisterRequest {
-            worker_id: config.worker_id.clone(),
-            hostname: config.hostname.clone(),
-            slots: config.slots.clone(),
-        });
+        let mut request =
+            tonic::Request::new(pb::RegisterRequest { worker_id: config.worker_id.clone(), hostname: config.hostname.clone(), slots: config.slots.clone() });
         // A standby names the leader it knows, which may be the paused one this worker has
         // just left: a short deadline keeps that round trip short.
         request.set_timeout(REGISTER_DEADLINE);
@@ -241,7 +239,8 @@ fn start_task(config: &AgentConfig, coordinators: &Coordinators, runner: &Arc<dy
         // The same paths are refused on every worker with these roots: not retried (a
         // directory that could not be made, on a full disk, may be the next time).
         warn!(task_id = %task_id, reason = %refused, "refusing a task's paths");
-        let request = pb::FailTaskRequest { worker_id: config.worker_id.clone(), task_id, job_id, attempt, reason: refused.to_string(), retryable: refused.retryable };
+        let request =
+            pb::FailTaskRequest { worker_id: config.worker_id.clone(), task_id, job_id, attempt, reason: refused.to_string(), retryable: refused.retryable };
         tokio::spawn(report_failure(coordinators.clone(), request));
         return;
     }
@@ -276,7 +275,9 @@ fn start_task(config: &AgentConfig, coordinators: &Coordinators, runner: &Arc<dy
             // with its message and frees the slot; the worker serves on. The same input
             // would panic again, so the attempt is not retried.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                gang::connect(&task, setup, &control).map_err(TaskError::from).and_then(|mut collective| runner.run(&task, collective.as_mut(), &mut on_epoch, control.flag()))
+                gang::connect(&task, setup, &control)
+                    .map_err(TaskError::from)
+                    .and_then(|mut collective| runner.run(&task, collective.as_mut(), &mut on_epoch, control.flag()))
             }))
             .unwrap_or_else(|panic| Err(TaskError::Panicked(panic_message(panic.as_ref()).to_owned())));
             let _ = thread_sender.send(TaskMessage::Ended(outcome));
@@ -380,7 +381,10 @@ where
         match call(client).await {
             Ok(value) => return Some(value),
             Err(status)
-                if matches!(status.code(), Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::PermissionDenied | Code::Unauthenticated) =>
+                if matches!(
+                    status.code(),
+                    Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::PermissionDenied | Code::Unauthenticated
+                ) =>
             {
                 warn!(error = %status.message(), "{what} refused by the coordinator");
                 return None;

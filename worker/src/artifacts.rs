@@ -55,7 +55,9 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ArtifactEr
 pub fn write_atomically<E: Into<ArtifactError>>(path: &Path, write: impl FnOnce(&Path) -> Result<(), E>) -> Result<(), ArtifactError> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let partial = path.with_file_name(format!(".partial-{name}"));
-    let written = write(&partial).map_err(Into::into).and_then(|()| std::fs::rename(&partial, path).map_err(|source| ArtifactError::Write { path: path.to_path_buf(), source }));
+    let written = write(&partial)
+        .map_err(Into::into)
+        .and_then(|()| std::fs::rename(&partial, path).map_err(|source| ArtifactError::Write { path: path.to_path_buf(), source }));
     if written.is_err() {
         // A failed write (a full disk) leaves nothing that holds the space.
         let _ = std::fs::remove_file(&partial);
@@ -86,7 +88,11 @@ pub fn read_tensors(path: &Path, limit: u64, what: &'static str) -> Result<Vec<(
             Dtype::F64 => tch::Kind::Double,
             other => return Err(corrupt(format!("tensor `{name}` has dtype {other:?}, which Feral does not read"))),
         };
-        let size = view.shape().iter().map(|&d| i64::try_from(d).map_err(|_| corrupt(format!("tensor `{name}` has a dimension of {d}")))).collect::<Result<Vec<_>, _>>()?;
+        let size = view
+            .shape()
+            .iter()
+            .map(|&d| i64::try_from(d).map_err(|_| corrupt(format!("tensor `{name}` has a dimension of {d}"))))
+            .collect::<Result<Vec<_>, _>>()?;
         tensors.push((name, tch::Tensor::f_from_data_size(view.data(), &size, kind)?));
     }
     Ok(tensors)
@@ -111,9 +117,5 @@ pub fn load_var_store(vs: &tch::nn::VarStore, path: &Path, what: &'static str) -
 
 /// The tensor `name` of a file's tensors (from [`read_tensors`] of `path`).
 pub fn named(tensors: &[(String, tch::Tensor)], name: &str, path: &Path) -> Result<tch::Tensor, ArtifactError> {
-    tensors
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, t)| t.shallow_clone())
-        .ok_or_else(|| ArtifactError::corrupt(path, format!("it has no `{name}` tensor")))
+    tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).ok_or_else(|| ArtifactError::corrupt(path, format!("it has no `{name}` tensor")))
 }

@@ -127,7 +127,9 @@ impl Roots {
             std::io::ErrorKind::NotFound => refuse("it does not exist".into()),
             _ => refuse(format!("it cannot be resolved: {e}")),
         })?;
-        let root = self.root_of(&resolved).ok_or_else(|| refuse(format!("it resolves to {}, outside the worker's allowed roots ({})", resolved.display(), self.listed())))?;
+        let root = self
+            .root_of(&resolved)
+            .ok_or_else(|| refuse(format!("it resolves to {}, outside the worker's allowed roots ({})", resolved.display(), self.listed())))?;
         if let Some(job_dir) = enclosing_job(&resolved, root) {
             let mark = read_mark(&job_dir);
             if owner.is_empty() || mark.as_ref().is_none_or(|m| m.owner != owner) {

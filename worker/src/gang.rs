@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use feral_common::task::{Assignment, Device};
-use feral_proto::v1 as pb;
 use feral_proto::leader::Coordinators;
+use feral_proto::v1 as pb;
 use feral_proto::v1::worker_service_client::WorkerServiceClient;
 use tonic::Code;
 
@@ -126,11 +126,7 @@ pub async fn rendezvous(
         match WorkerServiceClient::new(channel).join_gang(request.clone()).await {
             Ok(reply) if reply.get_ref().ready => {
                 let reply = reply.into_inner();
-                let peers = reply
-                    .peer_addresses
-                    .iter()
-                    .map(|a| resolve(a))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let peers = reply.peer_addresses.iter().map(|a| resolve(a)).collect::<Result<Vec<_>, _>>()?;
                 return Ok(GangSetup { listener, peers, nccl_unique_id: reply.nccl_unique_id });
             }
             Ok(_) => {}

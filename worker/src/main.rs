@@ -76,9 +76,7 @@ fn main() -> std::process::ExitCode {
 
 #[tokio::main]
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
     // Fail points (checkpoint writes) from FAILPOINTS, for fault-injection runs
     // (scripts/chaos.sh); none without it.
     let _fail_points = fail::FailScenario::setup();

@@ -11,11 +11,11 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
+use feral_proto::https::ServerConfig;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
-use feral_proto::https::ServerConfig;
 use tokio::net::TcpListener;
 
 /// What a worker's training steps do, all ranks of every task on this worker together.
@@ -51,12 +51,24 @@ impl WorkerMetrics {
     pub fn register(&self, registry: &mut Registry) {
         let worker = registry.sub_registry_with_prefix("feral_worker");
         worker.register("images", "Images this worker's ranks trained on (labelled, unlabelled and pseudo-labelled)", self.images.clone());
-        worker.register("images_per_second", "Training images per second of one rank's last epoch (the rank that reported last, when this worker runs several)", self.images_per_second.clone());
+        worker.register(
+            "images_per_second",
+            "Training images per second of one rank's last epoch (the rank that reported last, when this worker runs several)",
+            self.images_per_second.clone(),
+        );
         worker.register_with_unit("step_duration", "Training steps, from taking the batch to the optimiser step", Unit::Seconds, self.step_seconds.clone());
         worker.register_with_unit("all_reduce_duration", "Gradient all-reduce of one step (gangs only)", Unit::Seconds, self.all_reduce_seconds.clone());
         worker.register_with_unit("all_reduce", "Gradient bytes this worker's ranks all-reduced", Unit::Bytes, self.all_reduce_bytes.clone());
-        worker.register("loader_ready_batches", "Batches the loader threads have ready ahead of the step (of the rank that stepped last)", self.loader_ready.clone());
-        worker.register("connections_refused", "Connections the metrics listener closed at once because it held its limit of open connections", self.connections_refused.clone());
+        worker.register(
+            "loader_ready_batches",
+            "Batches the loader threads have ready ahead of the step (of the rank that stepped last)",
+            self.loader_ready.clone(),
+        );
+        worker.register(
+            "connections_refused",
+            "Connections the metrics listener closed at once because it held its limit of open connections",
+            self.connections_refused.clone(),
+        );
     }
 
     /// One training step: its time, its images, and the batches left ready behind it.

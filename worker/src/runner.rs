@@ -8,8 +8,8 @@ use feral_common::spec::JobSpec;
 use feral_common::task::{Assignment, EpochReport, TaskKind, TaskOutcome};
 
 use crate::collective::Collective;
-use crate::metrics::WorkerMetrics;
 use crate::error::TaskError;
+use crate::metrics::WorkerMetrics;
 use crate::task::{torch_device, TaskContext};
 use crate::tasks;
 use crate::train::{self, TrainTask};
@@ -49,7 +49,8 @@ impl TaskRunner for TchRunner {
         stop: &AtomicBool,
     ) -> Result<TaskOutcome, TaskError> {
         let spec = JobSpec::from_toml(&task.spec_toml)?;
-        let context = TaskContext { spec, round: task.round.0, attempt: task.attempt, artifact_dir: task.artifact_dir.clone(), device: torch_device(task.device) };
+        let context =
+            TaskContext { spec, round: task.round.0, attempt: task.attempt, artifact_dir: task.artifact_dir.clone(), device: torch_device(task.device) };
         let inputs = &task.inputs;
         Ok(match task.kind {
             TaskKind::Prepare => TaskOutcome::Prepared(tasks::prepare(&context)?),

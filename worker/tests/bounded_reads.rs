@@ -73,12 +73,8 @@ async fn a_pipe_or_a_device_as_init_fails_its_job_and_the_worker_serves_on() -> 
     let served = tokio::spawn(feral_coordinator::serve(settings, Default::default(), listener, Arc::new(MemoryStore::default()), async {
         let _ = stopped.await;
     }));
-    let worker = Worker(
-        Command::new(env!("CARGO_BIN_EXE_feral-worker"))
-            .args(["--coordinator", &url, "--id", "reader", "--devices", "cpu"])
-            .current_dir(root)
-            .spawn()?,
-    );
+    let worker =
+        Worker(Command::new(env!("CARGO_BIN_EXE_feral-worker")).args(["--coordinator", &url, "--id", "reader", "--devices", "cpu"]).current_dir(root).spawn()?);
     let mut jobs = loop {
         match JobServiceClient::connect(url.clone()).await {
             Ok(client) => break client,

@@ -56,10 +56,7 @@ impl Dataset {
     }
 
     pub fn split(&self, split: Split) -> Result<&SplitInfo, DatasetError> {
-        self.manifest
-            .splits
-            .get(&split)
-            .ok_or_else(|| DatasetError::MissingSplit { dir: self.dir.clone(), split })
+        self.manifest.splits.get(&split).ok_or_else(|| DatasetError::MissingSplit { dir: self.dir.clone(), split })
     }
 
     /// Reads every shard of `split` into one [`ShardData`], verifying checksums; the images

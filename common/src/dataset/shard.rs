@@ -31,7 +31,15 @@ pub struct ShardData {
 
 impl ShardData {
     pub fn empty(shape: ImageShape) -> Self {
-        Self { shape, images: Images::new(shape.pixels()), labels: Vec::new(), sample_ids: Vec::new(), hidden_labels: None, video_ids: None, frame_indices: None }
+        Self {
+            shape,
+            images: Images::new(shape.pixels()),
+            labels: Vec::new(),
+            sample_ids: Vec::new(),
+            hidden_labels: None,
+            video_ids: None,
+            frame_indices: None,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -91,9 +99,7 @@ pub fn read_shard(dir: &Path, info: &ShardInfo, shape: ImageShape, classes: usiz
         return Err(corrupt(format!("`images` is {:?} {:?}, expected U8 {want:?}", images.dtype(), images.shape())));
     }
     let labels = read_i64(&tensors, "labels", n).map_err(corrupt)?.ok_or_else(|| corrupt("has no `labels` tensor".into()))?;
-    let sample_ids = read_i64(&tensors, "sample_ids", n)
-        .map_err(corrupt)?
-        .ok_or_else(|| corrupt("has no `sample_ids` tensor".into()))?;
+    let sample_ids = read_i64(&tensors, "sample_ids", n).map_err(corrupt)?.ok_or_else(|| corrupt("has no `sample_ids` tensor".into()))?;
     let hidden_labels = read_i64(&tensors, "hidden_labels", n).map_err(corrupt)?;
     let video_ids = read_i64(&tensors, "video_ids", n).map_err(corrupt)?;
     let frame_indices = read_i64(&tensors, "frame_indices", n).map_err(corrupt)?;
@@ -131,11 +137,7 @@ fn read_i64(tensors: &SafeTensors<'_>, name: &str, n: usize) -> Result<Option<Ve
     if view.dtype() != Dtype::I64 || view.shape() != [n] {
         return Err(format!("`{name}` is {:?} {:?}, expected I64 [{n}]", view.dtype(), view.shape()));
     }
-    let values = view
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-        .collect();
+    let values = view.data().chunks_exact(8).map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).collect();
     Ok(Some(values))
 }
 

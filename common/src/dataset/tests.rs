@@ -13,7 +13,9 @@ fn write_small(dir: &Path) -> Manifest {
         writer.push(Split::Train, Sample { pixels: &pixels, label: i % 2, sample_id: i, hidden_label: None, video_id: None, frame_index: None }).expect("push");
     }
     let pixels = vec![9u8; 12];
-    writer.push(Split::Unlabeled, Sample { pixels: &pixels, label: -1, sample_id: 99, hidden_label: Some(1), video_id: None, frame_index: None }).expect("push");
+    writer
+        .push(Split::Unlabeled, Sample { pixels: &pixels, label: -1, sample_id: 99, hidden_label: Some(1), video_id: None, frame_index: None })
+        .expect("push");
     writer.finish("test", "none").expect("finish")
 }
 
@@ -44,7 +46,8 @@ fn written_dataset_reads_back_identically() {
 fn a_manifest_without_a_test_split_loads_as_before() {
     let dir = tempfile::tempdir().expect("tempdir");
     let shard = |file: &str, samples: u64| format!(r#"{{ "file": "{file}", "samples": {samples}, "sha256": "00" }}"#);
-    let split = |file: &str, samples: u64, counts: &str| format!(r#"{{ "samples": {samples}, "class_counts": {counts}, "shards": [{}] }}"#, shard(file, samples));
+    let split =
+        |file: &str, samples: u64, counts: &str| format!(r#"{{ "samples": {samples}, "class_counts": {counts}, "shards": [{}] }}"#, shard(file, samples));
     // The manifest as releases before the test split wrote it.
     let old = format!(
         r#"{{ "format_version": 1, "name": "old", "classes": ["a", "b"], "image": {{ "height": 4, "width": 3, "channels": 1 }},

@@ -116,8 +116,7 @@ impl DatasetWriter {
             tensors.push(("video_ids", view(&path, Dtype::I64, vec![n], &videos)?));
             tensors.push(("frame_indices", view(&path, Dtype::I64, vec![n], &frames)?));
         }
-        let bytes = safetensors::serialize(tensors, None)
-            .map_err(|e| DatasetError::Shard { path: path.clone(), problem: e.to_string() })?;
+        let bytes = safetensors::serialize(tensors, None).map_err(|e| DatasetError::Shard { path: path.clone(), problem: e.to_string() })?;
         write_then_rename(&path, &bytes)?;
         info.samples += n as u64;
         info.shards.push(ShardInfo { file, samples: n as u64, sha256: hex_sha256(&bytes) });

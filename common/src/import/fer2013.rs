@@ -229,10 +229,8 @@ fn parse_row(line: &[u8], columns: &Columns, pixels: &mut [u8]) -> Result<Option
     }
     let text = |field: &[u8]| String::from_utf8_lossy(field).into_owned();
     let emotion_field = fields[columns.emotion];
-    let emotion: i64 = std::str::from_utf8(emotion_field)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("emotion {:?} is not a number", text(emotion_field)))?;
+    let emotion: i64 =
+        std::str::from_utf8(emotion_field).ok().and_then(|s| s.parse().ok()).ok_or_else(|| format!("emotion {:?} is not a number", text(emotion_field)))?;
     if !(0..CLASS_NAMES.len() as i64).contains(&emotion) {
         return Err(format!("emotion {emotion} is outside 0..{}", CLASS_NAMES.len()));
     }

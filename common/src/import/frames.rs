@@ -35,7 +35,14 @@ use super::{hex, require_train_and_val, ImportError, ImportReport, SplitOptions}
 /// to unlabeled with its known label hidden. Shards carry `video_ids` and `frame_indices`.
 /// An unreadable frame fails the import naming its path, or with `skip_bad` is skipped and
 /// listed. `source_sha256` covers the frames' (relative path, size) list and the label files.
-pub fn import_frames(root: &Path, labels_dir: &Path, out: &Path, size: u32, options: &SplitOptions, progress: &dyn Fn(u64)) -> Result<ImportReport, ImportError> {
+pub fn import_frames(
+    root: &Path,
+    labels_dir: &Path,
+    out: &Path,
+    size: u32,
+    options: &SplitOptions,
+    progress: &dyn Fn(u64),
+) -> Result<ImportReport, ImportError> {
     options.validate()?;
     check_image_options(size, 1)?;
     let mut videos = sub_folders(root)?;
@@ -67,7 +74,14 @@ pub fn import_frames(root: &Path, labels_dir: &Path, out: &Path, size: u32, opti
         let labels = label_files[video_id].as_ref().map_or(&[][..], |file| file.labels.as_slice());
         for (path, number) in frames {
             let label = usize::try_from(number - first_number).ok().and_then(|line| labels.get(line)).map_or(-1, |(_, label)| *label);
-            let sample = StagedSample { sample_id: items.len() as i64, label, given_val: false, given_test: false, video_id: Some(video_id as i64), frame_index: Some(*number) };
+            let sample = StagedSample {
+                sample_id: items.len() as i64,
+                label,
+                given_val: false,
+                given_test: false,
+                video_id: Some(video_id as i64),
+                frame_index: Some(*number),
+            };
             items.push(PendingImage { path: path.clone(), sample });
         }
     }
@@ -143,9 +157,8 @@ fn read_label_file(path: &Path) -> Result<Option<LabelFile>, ImportError> {
             file.header = (names.len() >= 2).then_some(names);
             continue;
         }
-        let label: i64 = line
-            .parse()
-            .map_err(|_| ImportError::Labels { path: path.to_path_buf(), line: number, problem: format!("label {line:?} is not a number") })?;
+        let label: i64 =
+            line.parse().map_err(|_| ImportError::Labels { path: path.to_path_buf(), line: number, problem: format!("label {line:?} is not a number") })?;
         if label < -1 {
             return Err(ImportError::Labels { path: path.to_path_buf(), line: number, problem: format!("label {label} is below -1") });
         }

@@ -115,12 +115,8 @@ pub(super) fn stage_images(
 
 /// One image as `shape` bytes (height × width × channels, row-major).
 pub(super) fn decode_image(path: &Path, shape: ImageShape) -> Result<Vec<u8>, String> {
-    let image = image::ImageReader::open(path)
-        .map_err(|e| e.to_string())?
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?
-        .decode()
-        .map_err(|e| e.to_string())?;
+    let image =
+        image::ImageReader::open(path).map_err(|e| e.to_string())?.with_guessed_format().map_err(|e| e.to_string())?.decode().map_err(|e| e.to_string())?;
     let (width, height) = (shape.width, shape.height);
     Ok(if shape.channels == 1 {
         image::imageops::resize(&image.to_luma8(), width, height, FilterType::Triangle).into_raw()
@@ -233,7 +229,14 @@ fn list_class_folders(root: &Path) -> Result<Listing, ImportError> {
                 continue;
             }
             for path in list_image_files(&class_dir)? {
-                let sample = StagedSample { sample_id: items.len() as i64, label: label as i64, given_val: *given_val, given_test: false, video_id: None, frame_index: None };
+                let sample = StagedSample {
+                    sample_id: items.len() as i64,
+                    label: label as i64,
+                    given_val: *given_val,
+                    given_test: false,
+                    video_id: None,
+                    frame_index: None,
+                };
                 items.push(PendingImage { path, sample });
             }
         }

@@ -76,11 +76,7 @@ pub fn assign_labelled(labels: &[i64], given_val: &[bool], given_test: &[bool], 
     } else {
         stratified_pick(&without(given_test), options.val_fraction, mix(options.seed, VAL_SALT))
     };
-    let test = if has_given_test {
-        given_test.to_vec()
-    } else {
-        split_off_test(labels, &val, options.test_fraction, mix(options.seed, TEST_SALT))
-    };
+    let test = if has_given_test { given_test.to_vec() } else { split_off_test(labels, &val, options.test_fraction, mix(options.seed, TEST_SALT)) };
     let held_out: Vec<bool> = val.iter().zip(&test).map(|(&v, &t)| v || t).collect();
     let keep = stratified_pick(&without(&held_out), options.labeled_fraction, mix(options.seed, LABELED_SALT));
     for (in_val, &in_test) in val.iter_mut().zip(&test) {

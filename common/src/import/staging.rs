@@ -82,14 +82,8 @@ impl Staging {
                 Split::Unlabeled => (-1, known),
                 Split::Train | Split::Val | Split::Test => (staged.label, None),
             };
-            let sample = Sample {
-                pixels: &pixels,
-                label,
-                sample_id: staged.sample_id,
-                hidden_label,
-                video_id: staged.video_id,
-                frame_index: staged.frame_index,
-            };
+            let sample =
+                Sample { pixels: &pixels, label, sample_id: staged.sample_id, hidden_label, video_id: staged.video_id, frame_index: staged.frame_index };
             writer.push(split, sample)?;
         }
         Ok(writer.finish(target.source, &target.source_sha256)?)

@@ -87,11 +87,7 @@ impl pb::job_service_server::JobService for JobApi {
         };
         let (jobs, next) = control.jobs_page(caller.scope(), after, size).await;
         let waiting = control.waiting_reasons(&jobs).await;
-        let jobs = jobs
-            .iter()
-            .zip(waiting)
-            .map(|(job, reason)| with_waiting_reason(job_summary_to_proto(job), reason))
-            .collect();
+        let jobs = jobs.iter().zip(waiting).map(|(job, reason)| with_waiting_reason(job_summary_to_proto(job), reason)).collect();
         let next_page_token = next.map(|(at, id)| format!("{at}:{id}")).unwrap_or_default();
         Ok(marked(Response::new(pb::ListJobsResponse { jobs, next_page_token }), age))
     }

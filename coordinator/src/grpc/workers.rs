@@ -1,6 +1,5 @@
 //! `feral.v1.WorkerService`: what `feral-worker` processes call.
 
-
 use feral_common::ids::WorkerId;
 use feral_common::task::{EpochReport, TaskOutcome, TaskRef};
 use feral_common::time::now_ms;
@@ -10,8 +9,8 @@ use tonic::{Request, Response, Status};
 use super::convert::task_ids;
 use super::{required, to_status};
 use crate::auth::caller;
-use crate::leader::Role;
 use crate::error::CoordinatorError;
+use crate::leader::Role;
 use crate::model::Slot;
 
 /// The most device slots one worker may offer.
@@ -78,10 +77,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let slots = request.slots.into_iter().map(Slot::try_from).collect::<Result<Vec<_>, _>>().map_err(to_status)?;
         control.register(id, request.hostname, slots, now_ms()).await.map_err(to_status)?;
         let settings = control.settings();
-        Ok(Response::new(pb::RegisterResponse {
-            heartbeat_interval_ms: settings.heartbeat_interval_ms,
-            lease_ttl_ms: settings.lease_ttl_ms,
-        }))
+        Ok(Response::new(pb::RegisterResponse { heartbeat_interval_ms: settings.heartbeat_interval_ms, lease_ttl_ms: settings.lease_ttl_ms }))
     }
 
     async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
@@ -100,12 +96,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let request = request.into_inner();
         let epoch = request.epoch.ok_or_else(|| to_status(CoordinatorError::required("epoch")))?;
         let epoch = EpochReport::try_from(epoch).map_err(|e| to_status(e.into()))?;
-        let stop = self
-            .role
-            .control()?
-            .report_progress(&worker, &task, epoch, request.epochs_total, now_ms())
-            .await
-            .map_err(to_status)?;
+        let stop = self.role.control()?.report_progress(&worker, &task, epoch, request.epochs_total, now_ms()).await.map_err(to_status)?;
         Ok(Response::new(pb::ReportProgressResponse { stop }))
     }
 

@@ -75,8 +75,7 @@ impl Cluster {
     /// Stores `job`, replacing its earlier record, and updates the index of assigned tasks.
     /// A final job's gangs are forgotten.
     pub fn put_job(&mut self, job: JobRecord) {
-        let assigned =
-            |job: &JobRecord| -> Vec<(WorkerId, TaskId)> { job.tasks.iter().filter_map(|t| Some((t.worker()?.clone(), t.id.clone()))).collect() };
+        let assigned = |job: &JobRecord| -> Vec<(WorkerId, TaskId)> { job.tasks.iter().filter_map(|t| Some((t.worker()?.clone(), t.id.clone()))).collect() };
         if let Some(old) = self.jobs.get(&job.id) {
             for (worker, task) in assigned(old) {
                 if let Some(tasks) = self.assigned.get_mut(&worker) {
@@ -155,7 +154,9 @@ impl Cluster {
 
     /// Records where rank `task` listens; answers every rank's address once all have joined.
     pub fn join_gang(&mut self, worker: &WorkerId, task: &TaskRef, address: String, nccl_unique_id: Vec<u8>) -> Result<Option<GangPeers>, CoordinatorError> {
-        let record = self.task(task).ok_or_else(|| CoordinatorError::InvalidArgument(format!("task {task} (attempt {}) is not a task of job {}", task.attempt, task.job)))?;
+        let record = self
+            .task(task)
+            .ok_or_else(|| CoordinatorError::InvalidArgument(format!("task {task} (attempt {}) is not a task of job {}", task.attempt, task.job)))?;
         if record.worker() != Some(worker) {
             return Err(CoordinatorError::NotAssigned { task: task.task.clone(), worker: worker.clone() });
         }

@@ -102,7 +102,11 @@ impl TaskClocks {
             }
             let waited_s = now_ms.saturating_sub(clock.since_ms) / 1000;
             let reason = if !clock.acknowledged && waited_s >= deadlines.ack_s {
-                format!("worker {worker} did not start its {} task within {waited_s} s of the assignment (task_deadlines.ack_s = {}): failed as stuck", task.kind.name(), deadlines.ack_s)
+                format!(
+                    "worker {worker} did not start its {} task within {waited_s} s of the assignment (task_deadlines.ack_s = {}): failed as stuck",
+                    task.kind.name(),
+                    deadlines.ack_s
+                )
             } else if clock.acknowledged && waited_s >= deadlines.progress(task.kind).0 {
                 let (limit, key) = deadlines.progress(task.kind);
                 let what = if task.kind == TaskKind::Train { "no epoch" } else { "no end" };
@@ -129,7 +133,13 @@ mod tests {
     fn cluster_with_an_assigned_prepare() -> (Cluster, WorkerId, TaskId) {
         let mut cluster = Cluster::default();
         let worker = WorkerId::new("w1");
-        let record = WorkerRecord { id: worker.clone(), hostname: "h".into(), slots: vec![crate::model::Slot { device: "cpu".into(), name: "cpu".into() }], state: WorkerState::Live, registered_at_ms: 0 };
+        let record = WorkerRecord {
+            id: worker.clone(),
+            hostname: "h".into(),
+            slots: vec![crate::model::Slot { device: "cpu".into(), name: "cpu".into() }],
+            state: WorkerState::Live,
+            registered_at_ms: 0,
+        };
         cluster.workers.insert(worker.clone(), LiveWorker::new(record, 0));
         let spec = JobSpec::from_toml("version = 1\ndataset = \"/d\"\n").expect("spec");
         let job = JobRecord::submitted(JobId::new("job-1"), spec, String::new(), "/a/job-1".into(), 0);

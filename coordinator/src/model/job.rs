@@ -35,8 +35,12 @@ pub enum JobState {
     PseudoLabeling,
     Selecting,
     Succeeded,
-    Failed { reason: String },
-    Cancelled { reason: String },
+    Failed {
+        reason: String,
+    },
+    Cancelled {
+        reason: String,
+    },
 }
 
 impl JobState {
@@ -62,9 +66,14 @@ impl JobState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum TaskState {
     Pending,
-    Assigned { worker: WorkerId, device: String },
+    Assigned {
+        worker: WorkerId,
+        device: String,
+    },
     Finished,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     /// Stopped by a cancel, or abandoned with a lost worker.
     Abandoned,
 }
@@ -244,19 +253,48 @@ pub struct JobRecord {
 /// from an old attempt, a repeated report) change nothing.
 #[derive(Clone, Debug, PartialEq)]
 pub enum JobEvent {
-    TaskAssigned { task: TaskId, worker: WorkerId, device: String },
-    TaskProgress { task: TaskId, worker: WorkerId, epoch: EpochReport, epochs_total: u32 },
-    TaskFinished { task: TaskId, worker: WorkerId, outcome: TaskOutcome },
-    TaskFailed { task: TaskId, worker: WorkerId, reason: String, retryable: bool },
-    WorkerLost { worker: WorkerId },
-    CancelRequested { reason: String },
-    ShardsPlanned { plan: BTreeMap<String, String> },
+    TaskAssigned {
+        task: TaskId,
+        worker: WorkerId,
+        device: String,
+    },
+    TaskProgress {
+        task: TaskId,
+        worker: WorkerId,
+        epoch: EpochReport,
+        epochs_total: u32,
+    },
+    TaskFinished {
+        task: TaskId,
+        worker: WorkerId,
+        outcome: TaskOutcome,
+    },
+    TaskFailed {
+        task: TaskId,
+        worker: WorkerId,
+        reason: String,
+        retryable: bool,
+    },
+    WorkerLost {
+        worker: WorkerId,
+    },
+    CancelRequested {
+        reason: String,
+    },
+    ShardsPlanned {
+        plan: BTreeMap<String, String>,
+    },
     /// The pending gang of `task` is placed with `world_size` ranks, fewer than it has
     /// (an elastic gang, never below `resources.min_workers`): its higher ranks go.
-    GangShrunk { task: TaskId, world_size: u32 },
+    GangShrunk {
+        task: TaskId,
+        world_size: u32,
+    },
     /// The short elastic gang of `task`, whose rank 0 has just written an epoch's
     /// checkpoint, stops so that it can start again whole from that checkpoint.
-    GangGrows { task: TaskId },
+    GangGrows {
+        task: TaskId,
+    },
 }
 
 impl JobRecord {
@@ -348,11 +386,9 @@ impl JobRecord {
                 resume_from: current.checkpoints.iter().rev().copied().collect(),
             },
             TaskKind::Infer => TaskInputs { init_model: previous_model, shards: task.shard.iter().cloned().collect(), ..TaskInputs::default() },
-            TaskKind::Select => TaskInputs {
-                class_prior: prior,
-                shards: current.partials.values().map(|p| p.predictions_file.clone()).collect(),
-                ..TaskInputs::default()
-            },
+            TaskKind::Select => {
+                TaskInputs { class_prior: prior, shards: current.partials.values().map(|p| p.predictions_file.clone()).collect(), ..TaskInputs::default() }
+            }
         }
     }
 
@@ -733,12 +769,18 @@ impl JobRecord {
         };
         next.round = stopped.round;
         let newest_attempt = |shard: Option<&str>| {
-            self.tasks.iter().filter(|t| t.kind == stopped.kind && t.round == stopped.round && t.shard.as_deref() == shard).map(|t| t.attempt).max().unwrap_or(0)
+            self.tasks
+                .iter()
+                .filter(|t| t.kind == stopped.kind && t.round == stopped.round && t.shard.as_deref() == shard)
+                .map(|t| t.attempt)
+                .max()
+                .unwrap_or(0)
         };
         if stopped.kind == TaskKind::Infer {
             // Every shard of the round not yet predicted.
             let done = next.round_record(stopped.round).map(|r| r.partials.clone()).unwrap_or_default();
-            let mut shards: Vec<String> = self.tasks.iter().filter(|t| t.kind == TaskKind::Infer && t.round == stopped.round).filter_map(|t| t.shard.clone()).collect();
+            let mut shards: Vec<String> =
+                self.tasks.iter().filter(|t| t.kind == TaskKind::Infer && t.round == stopped.round).filter_map(|t| t.shard.clone()).collect();
             shards.sort();
             shards.dedup();
             for shard in shards.into_iter().filter(|s| !done.contains_key(s)) {

@@ -109,12 +109,7 @@ fn busy_devices(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Vec<Strin
 }
 
 fn free_slots(workers: &[&WorkerRecord], busy: &[Vec<String>]) -> usize {
-    workers
-        .iter()
-        .zip(busy)
-        .filter(|(w, _)| w.state == WorkerState::Live)
-        .map(|(w, b)| w.slots.iter().filter(|s| !b.contains(&s.device)).count())
-        .sum()
+    workers.iter().zip(busy).filter(|(w, _)| w.state == WorkerState::Live).map(|(w, b)| w.slots.iter().filter(|s| !b.contains(&s.device)).count()).sum()
 }
 
 /// Why `job` waits, when it waits for more than is free now: a training gang larger than
@@ -196,8 +191,7 @@ mod tests {
         let (old, new, newest) = (job("b", 1), job("a", 2), job("c", 3));
         let (w1, w2) = (worker("w1", 2, WorkerState::Live), worker("w2", 1, WorkerState::Live));
         let assignments = schedule(&[&new, &newest, &old], &[&w1, &w2], 0);
-        let pairs: Vec<(&str, &str, &str)> =
-            assignments.iter().map(|a| (a.job.as_str(), a.worker.as_str(), a.device.as_str())).collect();
+        let pairs: Vec<(&str, &str, &str)> = assignments.iter().map(|a| (a.job.as_str(), a.worker.as_str(), a.device.as_str())).collect();
         assert_eq!(pairs, vec![("b", "w1", "cuda:0"), ("a", "w2", "cuda:0"), ("c", "w1", "cuda:1")]);
     }
 

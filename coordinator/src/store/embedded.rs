@@ -29,17 +29,10 @@ impl EmbeddedStore {
         Ok(Self { database: Arc::new(database) })
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        key: &str,
-        work: impl FnOnce(&Database) -> Result<T, redb::Error> + Send + 'static,
-    ) -> Result<T, StoreError> {
+    async fn blocking<T: Send + 'static>(&self, key: &str, work: impl FnOnce(&Database) -> Result<T, redb::Error> + Send + 'static) -> Result<T, StoreError> {
         let database = Arc::clone(&self.database);
         let fail = |problem: String| StoreError::Operation { key: key.to_owned(), problem };
-        tokio::task::spawn_blocking(move || work(&database))
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .map_err(|e| fail(e.to_string()))
+        tokio::task::spawn_blocking(move || work(&database)).await.map_err(|e| fail(e.to_string()))?.map_err(|e| fail(e.to_string()))
     }
 }
 

@@ -6,10 +6,10 @@
 
 mod embedded;
 mod etcd;
-pub(crate) mod members;
 /// A real etcd member on loopback, for tests of this crate and of others (feature `testing`).
 #[cfg(any(test, feature = "testing"))]
 pub mod etcd_process;
+pub(crate) mod members;
 mod memory;
 
 use std::path::PathBuf;
@@ -81,10 +81,7 @@ macro_rules! store_test_suite {
             #[tokio::test]
             async fn list_returns_the_prefix_in_key_order() {
                 let (store, _guard) = $make;
-                let writes = ["workers/b", "jobs/2", "jobs/1", "jobsx/3", "jobs/10"]
-                    .iter()
-                    .map(|k| Write::put(*k, k.as_bytes().to_vec()))
-                    .collect();
+                let writes = ["workers/b", "jobs/2", "jobs/1", "jobsx/3", "jobs/10"].iter().map(|k| Write::put(*k, k.as_bytes().to_vec())).collect();
                 store.apply(writes).await.expect("apply");
                 let keys: Vec<String> = store.list("jobs/").await.expect("list").into_iter().map(|(k, _)| k).collect();
                 assert_eq!(keys, vec!["jobs/1", "jobs/10", "jobs/2"]);
@@ -94,9 +91,7 @@ macro_rules! store_test_suite {
             #[tokio::test]
             async fn a_batch_is_applied_whole() {
                 let (store, _guard) = $make;
-                store.apply(vec![Write::put("a/1", vec![1]), Write::put("a/2", vec![2]), Write::Delete { key: "a/1".into() }])
-                    .await
-                    .expect("apply");
+                store.apply(vec![Write::put("a/1", vec![1]), Write::put("a/2", vec![2]), Write::Delete { key: "a/1".into() }]).await.expect("apply");
                 let all = store.list("a/").await.expect("list");
                 assert_eq!(all, vec![("a/2".to_owned(), vec![2])]);
             }

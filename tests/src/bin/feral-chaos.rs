@@ -118,10 +118,20 @@ impl Cluster {
         };
         let (client, peer) = (free_port()?, free_port()?);
         let etcd_args = [
-            "--name", "chaos", "--data-dir", &dir.join("etcd").display().to_string(),
-            "--listen-client-urls", &format!("http://127.0.0.1:{client}"), "--advertise-client-urls", &format!("http://127.0.0.1:{client}"),
-            "--listen-peer-urls", &format!("http://127.0.0.1:{peer}"), "--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}"),
-            "--initial-cluster", &format!("chaos=http://127.0.0.1:{peer}"),
+            "--name",
+            "chaos",
+            "--data-dir",
+            &dir.join("etcd").display().to_string(),
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{client}"),
+            "--advertise-client-urls",
+            &format!("http://127.0.0.1:{client}"),
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+            "--initial-cluster",
+            &format!("chaos=http://127.0.0.1:{peer}"),
         ];
         let etcd = Process::start("etcd", Path::new("etcd"), etcd_args.iter().map(|a| a.to_string()).collect(), &logs)
             .context("etcd (install etcd-server: bash scripts/bootstrap.sh)")?;
@@ -129,12 +139,18 @@ impl Cluster {
         for i in 1..=2 {
             let port = free_port()?;
             let args = [
-                "--listen".to_owned(), format!("127.0.0.1:{port}"),
-                "--store".to_owned(), format!("etcd://127.0.0.1:{client}/chaos"),
-                "--artifact-root".to_owned(), dir.join("artifacts").display().to_string(),
-                "--heartbeat-interval-ms".to_owned(), HEARTBEAT_MS.to_string(),
-                "--lease-ttl-ms".to_owned(), LEASE_MS.to_string(),
-                "--leader-lease-s".to_owned(), LEADER_LEASE_S.to_string(),
+                "--listen".to_owned(),
+                format!("127.0.0.1:{port}"),
+                "--store".to_owned(),
+                format!("etcd://127.0.0.1:{client}/chaos"),
+                "--artifact-root".to_owned(),
+                dir.join("artifacts").display().to_string(),
+                "--heartbeat-interval-ms".to_owned(),
+                HEARTBEAT_MS.to_string(),
+                "--lease-ttl-ms".to_owned(),
+                LEASE_MS.to_string(),
+                "--leader-lease-s".to_owned(),
+                LEADER_LEASE_S.to_string(),
             ];
             let process = Process::start(&format!("coordinator-{i}"), &sibling("feral-coordinator")?, args.to_vec(), &logs)?;
             coordinators.push((process, format!("http://127.0.0.1:{port}")));
@@ -145,7 +161,8 @@ impl Cluster {
             // Gang peers reach each other on loopback (the host name may not resolve).
             // The dataset lies beside the run's directory, under the chaos directory.
             let root = dir.parent().unwrap_or(dir).display().to_string();
-            let args = ["--coordinator", &both, "--id", &format!("chaos-worker-{i}"), "--devices", "cpu", "--advertise-host", "127.0.0.1", "--allowed-roots", &root];
+            let args =
+                ["--coordinator", &both, "--id", &format!("chaos-worker-{i}"), "--devices", "cpu", "--advertise-host", "127.0.0.1", "--allowed-roots", &root];
             workers.push(Process::start(&format!("worker-{i}"), &sibling("feral-worker")?, args.iter().map(|a| a.to_string()).collect(), &logs)?);
         }
         let channels = coordinators
@@ -261,7 +278,11 @@ async fn lose_a_rank(cluster: &mut Cluster, figures: &mut Figures, job: &str, ro
     let (ranks, attempt) = gang_training(cluster, job, round, 0, 1, Duration::from_secs(300)).await?;
     let victim = ranks[0].clone();
     let faulted = Instant::now();
-    if pause { cluster.worker(&victim)?.signal("STOP")? } else { cluster.worker(&victim)?.kill() }
+    if pause {
+        cluster.worker(&victim)?.signal("STOP")?
+    } else {
+        cluster.worker(&victim)?.kill()
+    }
     println!("{fault}: {victim} (a rank of round {round}'s attempt {attempt})");
     let milestones = ["worker marked lost", "gang aborted", "training resumed (next attempt on both ranks)"];
     let mut seen = [false; 3];

@@ -126,8 +126,7 @@ fn run_parent(args: &Args) -> anyhow::Result<()> {
     let mut peers = Vec::new();
     for child in &mut children {
         let line = child.line()?;
-        let address =
-            line.strip_prefix("listening ").with_context(|| format!("rank {}: unexpected {line:?}", child.rank))?;
+        let address = line.strip_prefix("listening ").with_context(|| format!("rank {}: unexpected {line:?}", child.rank))?;
         peers.push(address.to_owned());
     }
     let peers_line = format!("peers {}\n", peers.join(","));

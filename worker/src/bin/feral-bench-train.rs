@@ -178,7 +178,8 @@ fn write_data(path: &PathBuf, samples: usize, size: u32, channels: u32) -> anyho
 
 fn read_data(path: &PathBuf) -> anyhow::Result<ShardData> {
     let tensors = Tensor::read_safetensors(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let find = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).with_context(|| format!("{} has no `{name}`", path.display()));
+    let find =
+        |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone()).with_context(|| format!("{} has no `{name}`", path.display()));
     let (images, labels) = (find("images")?, find("labels")?);
     let size = images.size();
     let [n, h, w, c] = size[..] else { bail!("`images` must be N×H×W×C, is {size:?}") };

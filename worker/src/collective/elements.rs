@@ -22,9 +22,7 @@ impl Element {
             Kind::Double => Ok(Self::F64),
             Kind::Int64 => Ok(Self::I64),
             Kind::Int => Ok(Self::I32),
-            other => Err(CollectiveError::Unsupported(format!(
-                "tensors of kind {other:?} are not supported by the tcp ring (f32, f64, i64 and i32 are)"
-            ))),
+            other => Err(CollectiveError::Unsupported(format!("tensors of kind {other:?} are not supported by the tcp ring (f32, f64, i64 and i32 are)"))),
         }
     }
 
@@ -60,18 +58,10 @@ impl Element {
     pub(crate) fn add_into(self, accumulator: &mut [u8], addend: &[u8]) {
         debug_assert_eq!(accumulator.len(), addend.len());
         match self {
-            Self::F32 => add_elements::<4>(accumulator, addend, |a, b| {
-                (f32::from_ne_bytes(a) + f32::from_ne_bytes(b)).to_ne_bytes()
-            }),
-            Self::F64 => add_elements::<8>(accumulator, addend, |a, b| {
-                (f64::from_ne_bytes(a) + f64::from_ne_bytes(b)).to_ne_bytes()
-            }),
-            Self::I64 => add_elements::<8>(accumulator, addend, |a, b| {
-                i64::from_ne_bytes(a).wrapping_add(i64::from_ne_bytes(b)).to_ne_bytes()
-            }),
-            Self::I32 => add_elements::<4>(accumulator, addend, |a, b| {
-                i32::from_ne_bytes(a).wrapping_add(i32::from_ne_bytes(b)).to_ne_bytes()
-            }),
+            Self::F32 => add_elements::<4>(accumulator, addend, |a, b| (f32::from_ne_bytes(a) + f32::from_ne_bytes(b)).to_ne_bytes()),
+            Self::F64 => add_elements::<8>(accumulator, addend, |a, b| (f64::from_ne_bytes(a) + f64::from_ne_bytes(b)).to_ne_bytes()),
+            Self::I64 => add_elements::<8>(accumulator, addend, |a, b| i64::from_ne_bytes(a).wrapping_add(i64::from_ne_bytes(b)).to_ne_bytes()),
+            Self::I32 => add_elements::<4>(accumulator, addend, |a, b| i32::from_ne_bytes(a).wrapping_add(i32::from_ne_bytes(b)).to_ne_bytes()),
         }
     }
 }
@@ -100,9 +90,7 @@ impl FlatTensor {
     pub(crate) fn new(tensor: &Tensor) -> Result<Self, CollectiveError> {
         let device = tensor.device();
         if device != Device::Cpu {
-            return Err(CollectiveError::Unsupported(format!(
-                "the tcp ring works on cpu tensors, this one is on {device:?}"
-            )));
+            return Err(CollectiveError::Unsupported(format!("the tcp ring works on cpu tensors, this one is on {device:?}")));
         }
         let element = Element::of(tensor.kind())?;
         let copy_back = !tensor.is_contiguous();

@@ -140,9 +140,7 @@ impl AbortHandle {
 
 pub(crate) fn check_root(root: usize, world_size: usize) -> Result<(), CollectiveError> {
     if root >= world_size {
-        return Err(CollectiveError::InvalidArgument(format!(
-            "root {root} is not a rank of a world of size {world_size}"
-        )));
+        return Err(CollectiveError::InvalidArgument(format!("root {root} is not a rank of a world of size {world_size}")));
     }
     Ok(())
 }
@@ -152,11 +150,7 @@ pub(crate) fn check_root(root: usize, world_size: usize) -> Result<(), Collectiv
 /// that is reduced on its own, in place), each bucket is all-reduced, divided by the world
 /// size and written back into the `.grad()` tensors. Variables without a gradient are
 /// skipped; every rank must skip the same ones (a difference shows as a size mismatch).
-pub fn average_gradients(
-    collective: &mut dyn Collective,
-    variables: &[Tensor],
-    bucket_bytes: usize,
-) -> Result<usize, CollectiveError> {
+pub fn average_gradients(collective: &mut dyn Collective, variables: &[Tensor], bucket_bytes: usize) -> Result<usize, CollectiveError> {
     let world_size = collective.world_size();
     if world_size == 1 {
         return Ok(0);
@@ -167,10 +161,7 @@ pub fn average_gradients(
         let gradient = variable.f_grad()?;
         if gradient.defined() {
             if !matches!(gradient.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
-                return Err(CollectiveError::Unsupported(format!(
-                    "gradient of kind {:?} cannot be averaged",
-                    gradient.kind()
-                )));
+                return Err(CollectiveError::Unsupported(format!("gradient of kind {:?} cannot be averaged", gradient.kind())));
             }
             gradients.push(gradient);
         }
@@ -198,11 +189,7 @@ pub fn average_gradients(
     Ok(reduced)
 }
 
-fn average_bucket(
-    collective: &mut dyn Collective,
-    gradients: &mut [Tensor],
-    world_size: usize,
-) -> Result<(), CollectiveError> {
+fn average_bucket(collective: &mut dyn Collective, gradients: &mut [Tensor], world_size: usize) -> Result<(), CollectiveError> {
     if let [gradient] = gradients {
         collective.all_reduce_sum(gradient)?;
         let _ = gradient.f_div_scalar_(world_size as f64)?;

@@ -23,10 +23,10 @@ use tch::{Device, Kind, Tensor};
 use super::{check_root, AbortHandle, Collective, CollectiveError};
 
 /// What [`CollectiveError::NcclUnavailable`] says when libnccl.so cannot be loaded.
-pub const NCCL_MISSING: &str = "libnccl.so was not found on the library path; install NCCL or set LD_LIBRARY_PATH (the nvidia-nccl wheel ships libnccl.so.2: link it as libnccl.so)";
+pub const NCCL_MISSING: &str =
+    "libnccl.so was not found on the library path; install NCCL or set LD_LIBRARY_PATH (the nvidia-nccl wheel ships libnccl.so.2: link it as libnccl.so)";
 /// What [`CollectiveError::NcclUnavailable`] says when the CUDA driver cannot be loaded.
-pub const DRIVER_MISSING: &str =
-    "libcuda.so (the CUDA driver) was not found on the library path; nccl needs an nvidia driver";
+pub const DRIVER_MISSING: &str = "libcuda.so (the CUDA driver) was not found on the library path; nccl needs an nvidia driver";
 /// How long a collective may wait for its peers before the communicator is aborted (as
 /// PyTorch's default NCCL timeout).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -95,8 +95,7 @@ impl Nccl {
     /// coordinator).
     pub fn unique_id() -> Result<Vec<u8>, CollectiveError> {
         check_available()?;
-        let id = result::get_uniqueid()
-            .map_err(|error| CollectiveError::Nccl(format!("cannot create a unique id: {}", describe(&error))))?;
+        let id = result::get_uniqueid().map_err(|error| CollectiveError::Nccl(format!("cannot create a unique id: {}", describe(&error))))?;
         Ok(id.internal.iter().map(|&byte| byte as u8).collect())
     }
 
@@ -104,27 +103,19 @@ impl Nccl {
     /// Blocks until every rank has joined (NCCL's own bootstrap).
     pub fn new(rank: usize, world_size: usize, device_index: usize, unique_id: &[u8]) -> Result<Self, CollectiveError> {
         if rank >= world_size {
-            return Err(CollectiveError::InvalidArgument(format!(
-                "rank {rank} is not below the world size {world_size}"
-            )));
+            return Err(CollectiveError::InvalidArgument(format!("rank {rank} is not below the world size {world_size}")));
         }
         if unique_id.len() != UNIQUE_ID_BYTES {
-            return Err(CollectiveError::InvalidArgument(format!(
-                "an nccl unique id has {UNIQUE_ID_BYTES} bytes, rank {rank} got {}",
-                unique_id.len()
-            )));
+            return Err(CollectiveError::InvalidArgument(format!("an nccl unique id has {UNIQUE_ID_BYTES} bytes, rank {rank} got {}", unique_id.len())));
         }
         let (Ok(nranks), Ok(rank_c)) = (c_int::try_from(world_size), c_int::try_from(rank)) else {
             return Err(CollectiveError::InvalidArgument(format!("world size {world_size} is too large for nccl")));
         };
         check_available()?;
-        let context = CudaContext::new(device_index).map_err(|error| {
-            CollectiveError::Nccl(format!("rank {rank} cannot open cuda device {device_index}: {error}"))
-        })?;
+        let context =
+            CudaContext::new(device_index).map_err(|error| CollectiveError::Nccl(format!("rank {rank} cannot open cuda device {device_index}: {error}")))?;
         let stream = context.default_stream();
-        let done = context
-            .new_event(None)
-            .map_err(|error| CollectiveError::Nccl(format!("rank {rank} cannot create a cuda event: {error}")))?;
+        let done = context.new_event(None).map_err(|error| CollectiveError::Nccl(format!("rank {rank} cannot create a cuda event: {error}")))?;
         let mut internal = [0 as c_char; UNIQUE_ID_BYTES];
         for (slot, byte) in internal.iter_mut().zip(unique_id) {
             *slot = *byte as c_char;
@@ -134,27 +125,10 @@ impl Nccl {
         // is a full 128-byte `ncclUniqueId`; rank and world size were checked above. The
         // device's primary context is current on this thread (`CudaContext::new` bound it),
         // which is the device NCCL takes for the communicator.
-        unsafe { result::comm_init_rank(&mut comm, nranks, sys::ncclUniqueId { internal }, rank_c) }.map_err(
-            |error| {
-                CollectiveError::Nccl(format!(
-                    "rank {rank} of {world_size} cannot join the communicator: {}",
-                    describe(&error)
-                ))
-            },
-        )?;
+        unsafe { result::comm_init_rank(&mut comm, nranks, sys::ncclUniqueId { internal }, rank_c) }
+            .map_err(|error| CollectiveError::Nccl(format!("rank {rank} of {world_size} cannot join the communicator: {}", describe(&error))))?;
         tracing::debug!(rank, world_size, device_index, "joined the nccl communicator");
-        Ok(Self {
-            comm,
-            context,
-            stream,
-            done,
-            rank,
-            world_size,
-            device_index,
-            timeout: DEFAULT_TIMEOUT,
-            broken: None,
-            abort: AbortHandle::new(Vec::new()),
-        })
+        Ok(Self { comm, context, stream, done, rank, world_size, device_index, timeout: DEFAULT_TIMEOUT, broken: None, abort: AbortHandle::new(Vec::new()) })
     }
 
     /// How long a collective may wait for its peers.
@@ -208,12 +182,7 @@ impl Nccl {
         &mut self,
         tensor: &mut Tensor,
         what: &'static str,
-        collective: impl FnOnce(
-            &Self,
-            *mut c_void,
-            usize,
-            sys::ncclDataType_t,
-        ) -> Result<result::NcclStatus, result::NcclError>,
+        collective: impl FnOnce(&Self, *mut c_void, usize, sys::ncclDataType_t) -> Result<result::NcclStatus, result::NcclError>,
     ) -> Result<(), CollectiveError> {
         self.check_usable()?;
         let data_type = self.data_type(tensor)?;
@@ -224,15 +193,9 @@ impl Nccl {
         let _no_grad = tch::no_grad_guard();
         let contiguous = tensor.is_contiguous();
         let work = if contiguous { tensor.shallow_clone() } else { tensor.f_contiguous()? };
-        self.context.bind_to_thread().map_err(|error| {
-            self.fail(format!("rank {} cannot bind cuda:{}: {error}", self.rank, self.device_index))
-        })?;
+        self.context.bind_to_thread().map_err(|error| self.fail(format!("rank {} cannot bind cuda:{}: {error}", self.rank, self.device_index)))?;
         if let Err(error) = collective(self, work.data_ptr(), count, data_type) {
-            return Err(self.fail(format!(
-                "{what} of {count} elements failed on rank {}: {}",
-                self.rank,
-                describe(&error)
-            )));
+            return Err(self.fail(format!("{what} of {count} elements failed on rank {}: {}", self.rank, describe(&error))));
         }
         self.wait(what)?;
         if !contiguous {
@@ -268,10 +231,7 @@ impl Nccl {
                     return Err(CollectiveError::Aborted);
                 }
                 if started.elapsed() > self.timeout {
-                    return Err(self.fail(format!(
-                        "{what} on rank {} did not finish within {:?}: a peer stopped taking part",
-                        self.rank, self.timeout
-                    )));
+                    return Err(self.fail(format!("{what} on rank {} did not finish within {:?}: a peer stopped taking part", self.rank, self.timeout)));
                 }
             }
             if started.elapsed() < SPIN {
@@ -334,17 +294,7 @@ impl Collective for Nccl {
             // `data_type` on this communicator's device (checked by `run`), kept alive by
             // `run` until `wait` has seen the collective finish; NCCL allows the send and
             // receive buffers to be the same (in place). `comm` is live (`check_usable`).
-            unsafe {
-                result::all_reduce(
-                    data,
-                    data,
-                    count,
-                    data_type,
-                    sys::ncclRedOp_t::ncclSum,
-                    nccl.comm,
-                    nccl.stream_handle(),
-                )
-            }
+            unsafe { result::all_reduce(data, data, count, data_type, sys::ncclRedOp_t::ncclSum, nccl.comm, nccl.stream_handle()) }
         })
     }
 

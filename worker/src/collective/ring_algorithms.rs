@@ -65,13 +65,7 @@ fn first_bytes(buffer: &mut Vec<u8>, len: usize) -> &mut [u8] {
 }
 
 /// Ring all-reduce (sum) of `tensor` in place.
-pub(crate) fn all_reduce(
-    link: &Link<'_>,
-    tensor: &mut FlatTensor,
-    buffers: &mut Buffers,
-    sequence: u64,
-    segment_bytes: usize,
-) -> Result<(), CollectiveError> {
+pub(crate) fn all_reduce(link: &Link<'_>, tensor: &mut FlatTensor, buffers: &mut Buffers, sequence: u64, segment_bytes: usize) -> Result<(), CollectiveError> {
     let (rank, world) = (link.rank, link.world_size);
     let element = tensor.element();
     let layout = Layout::new(tensor.numel(), element.size(), world, segment_bytes);
@@ -114,13 +108,7 @@ pub(crate) fn all_reduce(
 }
 
 /// Pipelined broadcast of `root`'s tensor along the ring, in place.
-pub(crate) fn broadcast(
-    link: &Link<'_>,
-    tensor: &mut FlatTensor,
-    sequence: u64,
-    segment_bytes: usize,
-    root: usize,
-) -> Result<(), CollectiveError> {
+pub(crate) fn broadcast(link: &Link<'_>, tensor: &mut FlatTensor, sequence: u64, segment_bytes: usize, root: usize) -> Result<(), CollectiveError> {
     let element = tensor.element();
     let layout = Layout::new(tensor.numel(), element.size(), 1, segment_bytes);
     let header = Header::new(Operation::Broadcast, element, root, sequence, tensor.numel());

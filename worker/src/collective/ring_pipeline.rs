@@ -48,30 +48,20 @@ impl Link<'_> {
 }
 
 /// Maps an I/O error with `rank` at `address` to the collective error that says what happened.
-pub(crate) fn io_error(
-    rank: usize,
-    address: SocketAddr,
-    action: &'static str,
-    error: std::io::Error,
-    timeout: Duration,
-) -> CollectiveError {
+pub(crate) fn io_error(rank: usize, address: SocketAddr, action: &'static str, error: std::io::Error, timeout: Duration) -> CollectiveError {
     let address = address.to_string();
     match error.kind() {
-        ErrorKind::UnexpectedEof
-        | ErrorKind::ConnectionReset
-        | ErrorKind::ConnectionAborted
-        | ErrorKind::BrokenPipe
-        | ErrorKind::NotConnected => CollectiveError::PeerLost {
-            rank,
-            address,
-            problem: match error.kind() {
-                ErrorKind::UnexpectedEof => format!("the connection was closed while trying to {action} it"),
-                _ => format!("the connection broke while trying to {action} it ({error})"),
-            } + ": it exited, or gave up after an error of its own",
-        },
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => {
-            CollectiveError::Timeout { rank, address, action, after: timeout }
+        ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe | ErrorKind::NotConnected => {
+            CollectiveError::PeerLost {
+                rank,
+                address,
+                problem: match error.kind() {
+                    ErrorKind::UnexpectedEof => format!("the connection was closed while trying to {action} it"),
+                    _ => format!("the connection broke while trying to {action} it ({error})"),
+                } + ": it exited, or gave up after an error of its own",
+            }
         }
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => CollectiveError::Timeout { rank, address, action, after: timeout },
         _ => CollectiveError::Io { rank, address, action, source: error },
     }
 }
@@ -126,9 +116,7 @@ impl<'b> Pipe<'b, '_, '_> {
                 Ok((returned, segment)) if returned == id => return Ok(segment),
                 Ok((returned, segment)) => self.home[returned] = Some(segment),
                 Err(RecvTimeoutError::Disconnected) => return Err(worker_stopped()),
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(self.link.send_error("send to", ErrorKind::TimedOut.into()))
-                }
+                Err(RecvTimeoutError::Timeout) => return Err(self.link.send_error("send to", ErrorKind::TimedOut.into())),
             }
         }
     }
@@ -141,21 +129,15 @@ impl<'b> Pipe<'b, '_, '_> {
     /// Fills `buffer` with the next bytes from the previous rank.
     pub(crate) fn read(&self, buffer: &mut [u8], action: &'static str) -> Result<(), CollectiveError> {
         let mut stream = self.link.prev;
-        stream
-            .read_exact(buffer)
-            .map_err(|error| io_error(self.link.prev_rank(), self.link.prev_address, action, error, self.link.timeout))
+        stream.read_exact(buffer).map_err(|error| io_error(self.link.prev_rank(), self.link.prev_address, action, error, self.link.timeout))
     }
 
     fn check_header(&self, ours: Header) -> Result<(), CollectiveError> {
         let mut bytes = [0u8; HEADER_LEN];
         self.read(&mut bytes, "receive a collective's header from")?;
         let prev = self.link.prev_rank();
-        let theirs = Header::decode(&bytes).ok_or_else(|| {
-            CollectiveError::Mismatch(format!(
-                "rank {prev} ({}) sent bytes that are not a collective header",
-                self.link.prev_address
-            ))
-        })?;
+        let theirs = Header::decode(&bytes)
+            .ok_or_else(|| CollectiveError::Mismatch(format!("rank {prev} ({}) sent bytes that are not a collective header", self.link.prev_address)))?;
         if theirs != ours {
             return Err(CollectiveError::Mismatch(format!(
                 "rank {prev} ({}) started {} while rank {} started {}",

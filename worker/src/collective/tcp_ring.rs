@@ -49,11 +49,7 @@ struct Connections {
 
 impl std::fmt::Debug for TcpRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TcpRing")
-            .field("rank", &self.rank)
-            .field("world_size", &self.world_size)
-            .field("broken", &self.broken)
-            .finish_non_exhaustive()
+        f.debug_struct("TcpRing").field("rank", &self.rank).field("world_size", &self.world_size).field("broken", &self.broken).finish_non_exhaustive()
     }
 }
 
@@ -62,23 +58,12 @@ impl TcpRing {
     /// − 1 on `listener` (bound by this rank; its address went to the others through the
     /// coordinator), and checks both hellos. `peers` holds every rank's listener address,
     /// by rank. `timeout` also bounds every later wait on a peer's bytes.
-    pub fn connect(
-        rank: usize,
-        world_size: usize,
-        listener: TcpListener,
-        peers: &[SocketAddr],
-        timeout: Duration,
-    ) -> Result<Self, CollectiveError> {
+    pub fn connect(rank: usize, world_size: usize, listener: TcpListener, peers: &[SocketAddr], timeout: Duration) -> Result<Self, CollectiveError> {
         if rank >= world_size {
-            return Err(CollectiveError::InvalidArgument(format!(
-                "rank {rank} is not below the world size {world_size}"
-            )));
+            return Err(CollectiveError::InvalidArgument(format!("rank {rank} is not below the world size {world_size}")));
         }
         if peers.len() != world_size {
-            return Err(CollectiveError::InvalidArgument(format!(
-                "rank {rank} got {} peer addresses for a world of size {world_size}",
-                peers.len()
-            )));
+            return Err(CollectiveError::InvalidArgument(format!("rank {rank} got {} peer addresses for a world of size {world_size}", peers.len())));
         }
         let mut ring = Self {
             rank,
@@ -105,8 +90,7 @@ impl TcpRing {
         let (dialed, accepted) = std::thread::scope(|scope| {
             let dialer = scope.spawn(|| handshake.dial(next_rank, peers[next_rank]));
             let accepted = handshake.accept(&listener, prev_rank, peers[prev_rank]);
-            let dialed =
-                dialer.join().unwrap_or_else(|_| Err(CollectiveError::Broken("the dialing thread panicked".into())));
+            let dialed = dialer.join().unwrap_or_else(|_| Err(CollectiveError::Broken("the dialing thread panicked".into())));
             (dialed, accepted)
         });
         let (next, prev) = match (dialed, accepted) {
@@ -116,16 +100,14 @@ impl TcpRing {
             (Err(CollectiveError::Aborted), Err(error)) | (Err(error), Err(_)) => return Err(error),
         };
         for (stream, rank, address) in [(&next, next_rank, peers[next_rank]), (&prev, prev_rank, peers[prev_rank])] {
-            configure(stream, Some(timeout))
-                .map_err(|error| io_error(rank, address, "configure the connection with", error, timeout))?;
+            configure(stream, Some(timeout)).map_err(|error| io_error(rank, address, "configure the connection with", error, timeout))?;
         }
         let clones = [next.try_clone(), prev.try_clone()]
             .into_iter()
             .collect::<Result<Vec<_>, _>>()
             .map_err(|error| io_error(next_rank, peers[next_rank], "clone the connection to", error, timeout))?;
         ring.abort = AbortHandle::new(clones);
-        ring.connections =
-            Some(Connections { next, prev, next_address: peers[next_rank], prev_address: peers[prev_rank] });
+        ring.connections = Some(Connections { next, prev, next_address: peers[next_rank], prev_address: peers[prev_rank] });
         tracing::debug!(rank, world_size, "joined the tcp ring");
         Ok(ring)
     }
@@ -145,8 +127,7 @@ impl TcpRing {
                 (&connections.next, (self.rank + 1) % self.world_size, connections.next_address),
                 (&connections.prev, (self.rank + self.world_size - 1) % self.world_size, connections.prev_address),
             ] {
-                configure(stream, Some(timeout))
-                    .map_err(|error| io_error(rank, address, "configure the connection with", error, timeout))?;
+                configure(stream, Some(timeout)).map_err(|error| io_error(rank, address, "configure the connection with", error, timeout))?;
             }
         }
         self.timeout = timeout;
@@ -285,12 +266,7 @@ impl Handshake {
         outcome
     }
 
-    fn accept_until_deadline(
-        &self,
-        listener: &TcpListener,
-        rank: usize,
-        address: SocketAddr,
-    ) -> Result<TcpStream, CollectiveError> {
+    fn accept_until_deadline(&self, listener: &TcpListener, rank: usize, address: SocketAddr) -> Result<TcpStream, CollectiveError> {
         let action = "accept a connection from";
         listener.set_nonblocking(true).map_err(|error| io_error(rank, address, action, error, self.timeout))?;
         loop {
@@ -299,9 +275,7 @@ impl Handshake {
             }
             match listener.accept() {
                 Ok((stream, _)) => {
-                    stream
-                        .set_nonblocking(false)
-                        .map_err(|error| io_error(rank, address, action, error, self.timeout))?;
+                    stream.set_nonblocking(false).map_err(|error| io_error(rank, address, action, error, self.timeout))?;
                     return self.exchange_hellos(stream, rank, address);
                 }
                 Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
@@ -322,12 +296,7 @@ impl Handshake {
     }
 
     /// Sends this rank's hello and checks the peer's: it must be `rank`, in the same world.
-    fn exchange_hellos(
-        &self,
-        stream: TcpStream,
-        rank: usize,
-        address: SocketAddr,
-    ) -> Result<TcpStream, CollectiveError> {
+    fn exchange_hellos(&self, stream: TcpStream, rank: usize, address: SocketAddr) -> Result<TcpStream, CollectiveError> {
         let action = "exchange hellos with";
         let left = self.time_left(rank, address, action)?;
         configure(&stream, Some(left.min(HELLO_POLL)))
@@ -340,9 +309,7 @@ impl Handshake {
                 Ok(0) => return Err(io_error(rank, address, action, ErrorKind::UnexpectedEof.into(), self.timeout)),
                 Ok(read) => filled += read,
                 // Wake up now and then to give up early when the other direction failed.
-                Err(error)
-                    if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) =>
-                {
+                Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
                     if self.give_up.load(Ordering::SeqCst) {
                         return Err(CollectiveError::Aborted);
                     }
@@ -353,9 +320,7 @@ impl Handshake {
         }
         let ours = self.hello;
         let Some(theirs) = Hello::decode(&theirs) else {
-            return Err(CollectiveError::Mismatch(format!(
-                "the peer at {address} (expected rank {rank}) is not a feral ring peer: its hello has no magic"
-            )));
+            return Err(CollectiveError::Mismatch(format!("the peer at {address} (expected rank {rank}) is not a feral ring peer: its hello has no magic")));
         };
         if theirs.version != ours.version {
             return Err(CollectiveError::Mismatch(format!(

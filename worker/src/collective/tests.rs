@@ -22,10 +22,7 @@ fn listeners(world_size: usize) -> (Vec<TcpListener>, Vec<SocketAddr>) {
 }
 
 /// Runs `body(rank, listener, peers)` on one thread per rank; results by rank.
-fn on_threads<T: Send + 'static>(
-    world_size: usize,
-    body: impl Fn(usize, TcpListener, Vec<SocketAddr>) -> T + Send + Sync + 'static,
-) -> Vec<T> {
+fn on_threads<T: Send + 'static>(world_size: usize, body: impl Fn(usize, TcpListener, Vec<SocketAddr>) -> T + Send + Sync + 'static) -> Vec<T> {
     let (listeners, peers) = listeners(world_size);
     let body = Arc::new(body);
     let (sender, receiver) = mpsc::channel();
@@ -45,11 +42,7 @@ fn on_threads<T: Send + 'static>(
 }
 
 /// Joins a ring of `world_size` and runs `body` on each rank.
-pub(crate) fn with_ring<T: Send + 'static>(
-    world_size: usize,
-    timeout: Duration,
-    body: impl Fn(usize, &mut TcpRing) -> T + Send + Sync + 'static,
-) -> Vec<T> {
+pub(crate) fn with_ring<T: Send + 'static>(world_size: usize, timeout: Duration, body: impl Fn(usize, &mut TcpRing) -> T + Send + Sync + 'static) -> Vec<T> {
     on_threads(world_size, move |rank, listener, peers| {
         let mut ring = TcpRing::connect(rank, world_size, listener, &peers, timeout).expect("join the ring");
         body(rank, &mut ring)
@@ -71,11 +64,7 @@ fn f64_values(rank: usize, numel: usize) -> Vec<f64> {
     (0..numel).map(|i| (i as f64 * 0.5 - 17.0) * (rank as f64 + 2.0)).collect()
 }
 
-fn sum_over<T: std::iter::Sum<T> + Copy>(
-    world_size: usize,
-    numel: usize,
-    values: fn(usize, usize) -> Vec<T>,
-) -> Vec<T> {
+fn sum_over<T: std::iter::Sum<T> + Copy>(world_size: usize, numel: usize, values: fn(usize, usize) -> Vec<T>) -> Vec<T> {
     let per_rank: Vec<Vec<T>> = (0..world_size).map(|rank| values(rank, numel)).collect();
     (0..numel).map(|i| per_rank.iter().map(|v| v[i]).sum()).collect()
 }
@@ -96,25 +85,13 @@ fn all_reduce_sums_exactly_over_2_3_and_4_ranks() {
                 for numel in SIZES.into_iter().filter(|&numel| segment_bytes > 7 || numel < 5000) {
                     let mut floats = Tensor::from_slice(&f32_values(rank, numel));
                     ring.all_reduce_sum(&mut floats).expect("f32 all-reduce");
-                    assert_eq!(
-                        to_vec::<f32>(&floats),
-                        sum_over(world_size, numel, f32_values),
-                        "f32, {numel} elements"
-                    );
+                    assert_eq!(to_vec::<f32>(&floats), sum_over(world_size, numel, f32_values), "f32, {numel} elements");
                     let mut integers = Tensor::from_slice(&i64_values(rank, numel));
                     ring.all_reduce_sum(&mut integers).expect("i64 all-reduce");
-                    assert_eq!(
-                        to_vec::<i64>(&integers),
-                        sum_over(world_size, numel, i64_values),
-                        "i64, {numel} elements"
-                    );
+                    assert_eq!(to_vec::<i64>(&integers), sum_over(world_size, numel, i64_values), "i64, {numel} elements");
                     let mut doubles = Tensor::from_slice(&f64_values(rank, numel));
                     ring.all_reduce_sum(&mut doubles).expect("f64 all-reduce");
-                    assert_eq!(
-                        to_vec::<f64>(&doubles),
-                        sum_over(world_size, numel, f64_values),
-                        "f64, {numel} elements"
-                    );
+                    assert_eq!(to_vec::<f64>(&doubles), sum_over(world_size, numel, f64_values), "f64, {numel} elements");
                 }
             }
         });
@@ -178,9 +155,7 @@ fn variables_with_gradients(rank: usize) -> Vec<Tensor> {
     for (index, shape) in shapes.iter().enumerate() {
         let variable = Tensor::zeros(*shape, (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
         let numel: i64 = shape.iter().product();
-        let coefficients = (Tensor::arange(numel, (Kind::Float, tch::Device::Cpu)) * (rank as f64 + 1.0)
-            + (index * 10) as f64)
-            .reshape(*shape);
+        let coefficients = (Tensor::arange(numel, (Kind::Float, tch::Device::Cpu)) * (rank as f64 + 1.0) + (index * 10) as f64).reshape(*shape);
         (&variable * coefficients).sum(Kind::Float).backward();
         variables.push(variable);
     }
@@ -197,8 +172,7 @@ fn average_gradients_equals_the_mean_whatever_the_bucket_size() {
             average_gradients(ring, &variables, bucket_bytes).expect("average");
             let per_rank: Vec<Vec<Tensor>> = (0..world_size).map(variables_with_gradients).collect();
             for (index, variable) in variables.iter().enumerate().take(4) {
-                let total =
-                    per_rank.iter().map(|v| v[index].grad()).fold(Tensor::zeros_like(&variable.grad()), |a, b| a + b);
+                let total = per_rank.iter().map(|v| v[index].grad()).fold(Tensor::zeros_like(&variable.grad()), |a, b| a + b);
                 let mean = total / world_size as f64;
                 assert!(variable.grad().equal(&mean), "variable {index}, bucket of {bucket_bytes} bytes");
             }
@@ -219,8 +193,7 @@ fn broadcast_from_rank0_overwrites_parameters_that_require_grad() {
         assert_eq!(to_vec::<i64>(&tensors[1]), vec![10; 5]);
         assert!(tensors[0].requires_grad());
         // The collectives themselves write into leaves that require grad, too.
-        let mut parameter =
-            Tensor::full([3], rank as f64 + 1.0, (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let mut parameter = Tensor::full([3], rank as f64 + 1.0, (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
         ring.all_reduce_sum(&mut parameter).expect("all-reduce");
         assert_eq!(to_vec::<f32>(&parameter.detach()), vec![6.0; 3]);
         ring.broadcast(&mut parameter, 2).expect("broadcast");
@@ -346,12 +319,10 @@ fn abort_unblocks_a_rank_waiting_on_a_silent_peer() {
             handle.abort();
         });
         let started = Instant::now();
-        let error =
-            ring.all_reduce_sum(&mut Tensor::ones([1000], (Kind::Float, tch::Device::Cpu))).expect_err("aborted");
+        let error = ring.all_reduce_sum(&mut Tensor::ones([1000], (Kind::Float, tch::Device::Cpu))).expect_err("aborted");
         let elapsed = started.elapsed();
         aborter.join().expect("aborter");
-        let again =
-            ring.broadcast(&mut Tensor::ones([1], (Kind::Float, tch::Device::Cpu)), 0).expect_err("still aborted");
+        let again = ring.broadcast(&mut Tensor::ones([1], (Kind::Float, tch::Device::Cpu)), 0).expect_err("still aborted");
         Some((elapsed, error, again))
     });
     let (elapsed, error, again) = outcomes.into_iter().next().flatten().expect("rank 0 reports");
@@ -370,8 +341,7 @@ fn a_handshake_with_another_world_size_is_an_error_naming_it() {
             peers.push(unused);
         }
         let started = Instant::now();
-        let error =
-            TcpRing::connect(rank, world_size, listener, &peers, Duration::from_secs(20)).expect_err("mismatch");
+        let error = TcpRing::connect(rank, world_size, listener, &peers, Duration::from_secs(20)).expect_err("mismatch");
         (started.elapsed(), error)
     });
     for (rank, (elapsed, error)) in outcomes.into_iter().enumerate() {

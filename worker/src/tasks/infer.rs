@@ -14,8 +14,8 @@ use tch::{Device, Kind, Tensor};
 
 use feral_common::task::InferPartial;
 
-use crate::collective::Single;
 use crate::artifacts::{create_dir, load_var_store, write_atomically};
+use crate::collective::Single;
 use crate::error::TaskError;
 use crate::task::TaskContext;
 use crate::train::{build_model, temporal, to_tensors};

@@ -24,10 +24,5 @@ pub fn prepare(context: &TaskContext) -> Result<DatasetSummary, TaskError> {
         .get(&Split::Unlabeled)
         .map(|s| s.shards.iter().map(|shard| ShardRef { file: shard.file.clone(), samples: shard.samples }).collect())
         .unwrap_or_default();
-    Ok(DatasetSummary {
-        class_names: manifest.classes.clone(),
-        train_samples: count(Split::Train),
-        val_samples: count(Split::Val),
-        unlabeled_shards,
-    })
+    Ok(DatasetSummary { class_names: manifest.classes.clone(), train_samples: count(Split::Train), val_samples: count(Split::Val), unlabeled_shards })
 }

@@ -13,8 +13,8 @@ use feral_common::spec::DebiasTarget;
 use tch::Tensor;
 
 use crate::artifacts::{create_dir, named, read_tensors, write_atomically, ArtifactError};
-use crate::selection;
 use crate::error::TaskError;
+use crate::selection;
 use crate::task::TaskContext;
 
 pub fn select(context: &TaskContext, prediction_files: &[String], prior: &[f64]) -> Result<SelectionSummary, TaskError> {

@@ -167,7 +167,17 @@ mod tests {
     #[test]
     fn class_weights_set_class_frequencies() {
         // Classes 0, 1, 2 with 50, 30, 20 samples; weights 0.2, 0.3, 0.5.
-        let labels: Vec<i64> = (0..100).map(|i| if i < 50 { 0 } else if i < 80 { 1 } else { 2 }).collect();
+        let labels: Vec<i64> = (0..100)
+            .map(|i| {
+                if i < 50 {
+                    0
+                } else if i < 80 {
+                    1
+                } else {
+                    2
+                }
+            })
+            .collect();
         let weights = [0.2, 0.3, 0.5];
         let drawn = Sampler::new(&labels, 3, Sampling::ClassUniform, Some(&weights), 9).next_batch(30_000);
         for (class, want) in weights.iter().enumerate() {

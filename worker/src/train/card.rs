@@ -37,7 +37,6 @@ pub(crate) struct OnlineCard {
     pub thresholds: Vec<f64>,
 }
 
-
 /// The temporal encoder beside a model: its file, window, and the backbone's own metrics.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct TemporalCard {

@@ -147,7 +147,8 @@ pub fn find_whole(round_dir: &Path, round: u32, recorded: &[CheckpointRef]) -> O
 
 /// Whether `dir` holds the whole checkpoint `checkpoint` of `round`.
 fn verify(dir: &Path, round: u32, checkpoint: CheckpointRef) -> Result<(), String> {
-    let text = feral_common::files::read_text(&dir.join(MANIFEST), feral_common::files::MAX_JSON_BYTES, "checkpoint manifest").map_err(|e| format!("no readable {MANIFEST}: {e}"))?;
+    let text = feral_common::files::read_text(&dir.join(MANIFEST), feral_common::files::MAX_JSON_BYTES, "checkpoint manifest")
+        .map_err(|e| format!("no readable {MANIFEST}: {e}"))?;
     let manifest: Manifest = serde_json::from_str(&text).map_err(|e| format!("{MANIFEST} does not parse: {e}"))?;
     let (saved, wanted) = ((manifest.round, manifest.attempt, manifest.epoch), (round, checkpoint.attempt, checkpoint.epoch));
     if saved != wanted {

@@ -478,7 +478,10 @@ mod tests {
         let images = Tensor::randn([4, 1, 2, 3], (Kind::Float, Device::Cpu));
         let mirrors = images.flip([3]);
         let plain = (weak_view_logits(&net, &images, false), weak_view_logits(&net, &mirrors, false));
-        assert!(!plain.0.log_softmax(-1, Kind::Float).allclose(&plain.1.log_softmax(-1, Kind::Float), 1e-4, 1e-4, false), "the model tells mirror images apart");
+        assert!(
+            !plain.0.log_softmax(-1, Kind::Float).allclose(&plain.1.log_softmax(-1, Kind::Float), 1e-4, 1e-4, false),
+            "the model tells mirror images apart"
+        );
         let (a, b) = (weak_view_logits(&net, &images, true), weak_view_logits(&net, &mirrors, true));
         assert!(a.allclose(&b, 1e-5, 1e-5, false), "{a} != {b}");
         // Each row is the mean of the two views' log-probabilities.

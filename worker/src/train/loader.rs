@@ -21,11 +21,11 @@ use feral_common::spec::Sampling;
 use tch::{Kind, Tensor};
 
 use super::batches::{channels_last_images, normalised_images, Sampler, View};
-pub use super::weak::Augmentation;
+use super::seeds::mix;
 use super::strong::StrongAugmentation;
+pub use super::weak::Augmentation;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use super::seeds::mix;
 
 /// Which batch: 1-based epoch and 0-based step within it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -235,12 +235,7 @@ impl Plan {
         let weak = normalised_images(pool, &indices, Some(View { weak: &weak_settings, strong: None, seed, offset }));
         let strong = normalised_images(pool, &indices, Some(View { weak: &weak_settings, strong: config.strong.as_ref(), seed: mix(step_seed, 6), offset }));
         let hidden_labels = indices.iter().map(|&i| pool.hidden_labels.as_ref().and_then(|h| h.get(i)).copied().unwrap_or(-1)).collect();
-        Ok(PoolBatch {
-            weak: channels_last_images(&weak, size, pool.shape)?,
-            strong: channels_last_images(&strong, size, pool.shape)?,
-            indices,
-            hidden_labels,
-        })
+        Ok(PoolBatch { weak: channels_last_images(&weak, size, pool.shape)?, strong: channels_last_images(&strong, size, pool.shape)?, indices, hidden_labels })
     }
 }
 

@@ -98,11 +98,22 @@ fn vector(values: &[f64]) -> Tensor {
 #[derive(Debug)]
 enum Rule {
     /// Cross-entropy, times the target's class weight when there are weights.
-    CrossEntropy { class_weights: Option<Tensor> },
-    Focal { gamma: f64, alpha: Option<Tensor> },
-    Ldam { margins: Tensor, scale: f64, reweighting: Option<(u32, Tensor)> },
+    CrossEntropy {
+        class_weights: Option<Tensor>,
+    },
+    Focal {
+        gamma: f64,
+        alpha: Option<Tensor>,
+    },
+    Ldam {
+        margins: Tensor,
+        scale: f64,
+        reweighting: Option<(u32, Tensor)>,
+    },
     /// Cross-entropy of the logits plus τ·log π.
-    LogitAdjusted { adjustment: Tensor },
+    LogitAdjusted {
+        adjustment: Tensor,
+    },
 }
 
 /// A loss of `[train.loss]` for a dataset's class counts. See the module documentation.

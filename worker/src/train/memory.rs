@@ -91,7 +91,7 @@ mod tests {
     #[test]
     fn student_rounds_count_their_unlabelled_images() {
         let mut job = spec(Arch::Resnet18, 32, 64);
-                job.semi_supervised.mu = 2.0;
+        job.semi_supervised.mu = 2.0;
         assert_eq!(step_bytes(&job, [1, 48, 48], 0).1, 64);
         assert_eq!(step_bytes(&job, [1, 48, 48], 1).1, 64 * 3);
     }

@@ -28,15 +28,7 @@ pub struct Optimizer {
 impl Optimizer {
     pub fn new(spec: &TrainSpec, parameters: Vec<Tensor>) -> Self {
         let state = parameters.iter().map(|p| (p.zeros_like(), p.zeros_like())).collect();
-        Self {
-            kind: spec.optimizer,
-            learning_rate: spec.learning_rate,
-            weight_decay: spec.weight_decay,
-            momentum: spec.momentum,
-            step: 0,
-            parameters,
-            state,
-        }
+        Self { kind: spec.optimizer, learning_rate: spec.learning_rate, weight_decay: spec.weight_decay, momentum: spec.momentum, step: 0, parameters, state }
     }
 
     pub fn set_lr(&mut self, learning_rate: f64) {

@@ -121,7 +121,8 @@ pub(crate) mod tests {
         let ramp: Vec<u8> = (0..81).map(|i| (i % 9 * 20) as u8).collect();
         let mut turned = vec![0; 81];
         rotate(&ramp, square, 90.0, &mut turned);
-        let column_ramp = (0..81).all(|i| (i64::from(turned[i]) - (i / 9 * 20) as i64).abs() <= 1 || (i64::from(turned[i]) - (160 - i / 9 * 20) as i64).abs() <= 1);
+        let column_ramp =
+            (0..81).all(|i| (i64::from(turned[i]) - (i / 9 * 20) as i64).abs() <= 1 || (i64::from(turned[i]) - (160 - i / 9 * 20) as i64).abs() <= 1);
         assert!(column_ramp, "{turned:?}");
         // A constant image stays constant under any rotation (edges are replicated).
         let flat = vec![77u8; SHAPE.pixels()];

@@ -104,7 +104,6 @@ impl<'t> RoundTraining<'t> {
     /// Opens the dataset, builds the model and its EMA, starts them from the teacher, the
     /// user's weights or this round's last checkpoint, and starts the batch loader.
     pub fn set_up(task: &'t TrainTask, collective: &mut dyn Collective) -> Result<Self, TaskError> {
-
         let (rank, world) = (collective.rank(), collective.world_size());
         let context = &task.context;
         let spec = &context.spec;
@@ -205,8 +204,8 @@ impl<'t> RoundTraining<'t> {
         let pseudo_batch = pseudo.as_ref().filter(|p| !p.data.is_empty()).map_or(0, |_| unlabelled_batch);
         let pool_batch = pool.as_ref().filter(|p| !p.is_empty()).map_or(0, |_| unlabelled_batch);
         let labelled = train_data.labels.iter().filter(|&&l| l >= 0).count();
-        let loss_fn = losses::Loss::new(&spec.train.effective_loss(), &losses::class_counts(&train_data.labels, classes))
-            .map_err(|e| unusable(&e.to_string()))?;
+        let loss_fn =
+            losses::Loss::new(&spec.train.effective_loss(), &losses::class_counts(&train_data.labels, classes)).map_err(|e| unusable(&e.to_string()))?;
         let steps = spec.train.steps_per_epoch.map_or(labelled.div_ceil(batch * full_world), |s| s as usize);
         // One schedule over every round the job plans (see the module's documentation).
         let round_steps = steps * epochs as usize;
@@ -300,7 +299,30 @@ impl<'t> RoundTraining<'t> {
     /// Trains epoch `epoch`, validates, and on rank 0 writes the checkpoint and returns the
     /// epoch's report.
     pub fn epoch(&mut self, epoch: u32, collective: &mut dyn Collective, stop: &AtomicBool, metrics: &WorkerMetrics) -> Result<Option<EpochReport>, TaskError> {
-        let Self { task, rank, full_world, val_data, classes, round_dir, vs, net, ema_vs, ema_net, optimizer, trainable, steps, total_steps, step_offset, loss_fn, labeller, mask_audit, margin, validation, loader, .. } = self;
+        let Self {
+            task,
+            rank,
+            full_world,
+            val_data,
+            classes,
+            round_dir,
+            vs,
+            net,
+            ema_vs,
+            ema_net,
+            optimizer,
+            trainable,
+            steps,
+            total_steps,
+            step_offset,
+            loss_fn,
+            labeller,
+            mask_audit,
+            margin,
+            validation,
+            loader,
+            ..
+        } = self;
         let (context, steps, total_steps, step_offset, classes, rank) = (&task.context, *steps, *total_steps, *step_offset, *classes, *rank);
         let spec = &context.spec;
         let semi = &spec.semi_supervised;
@@ -373,7 +395,8 @@ impl<'t> RoundTraining<'t> {
             loss_sum += loss.double_value(&[]);
             correct += logits.argmax(-1, false).eq_tensor(&targets).sum(Kind::Int64).int64_value(&[]);
             seen += indices.len();
-            let step_images = images.size()[0] + loaded.pool.as_ref().map_or(0, |p| p.strong.size()[0]) + loaded.pseudo.as_ref().map_or(0, |p| p.images.size()[0]);
+            let step_images =
+                images.size()[0] + loaded.pool.as_ref().map_or(0, |p| p.strong.size()[0]) + loaded.pseudo.as_ref().map_or(0, |p| p.images.size()[0]);
             images_trained += step_images;
             metrics.step(step_started.elapsed().as_secs_f64(), step_images as u64, loader.ready());
         }
@@ -435,7 +458,28 @@ impl<'t> RoundTraining<'t> {
     /// Evaluates the test split, trains the temporal encoder on video datasets, and on
     /// rank 0 saves the model, its TorchScript export and its card.
     pub fn finish(self, collective: &mut dyn Collective, stop: &AtomicBool) -> Result<TrainedModel, TaskError> {
-        let Self { task, rank, dataset, manifest, train_data, val_data, classes, image, round_dir, vs, mut ema_vs, ema_net, optimizer, first_epoch, epochs, labeller, mask_audit, mut validation, loader, .. } = self;
+        let Self {
+            task,
+            rank,
+            dataset,
+            manifest,
+            train_data,
+            val_data,
+            classes,
+            image,
+            round_dir,
+            vs,
+            mut ema_vs,
+            ema_net,
+            optimizer,
+            first_epoch,
+            epochs,
+            labeller,
+            mask_audit,
+            mut validation,
+            loader,
+            ..
+        } = self;
         let context = &task.context;
         let spec = &context.spec;
         if first_epoch > epochs {
@@ -490,7 +534,14 @@ impl<'t> RoundTraining<'t> {
         let attempt_dir = checkpoint::attempt_dir(&round_dir, context.attempt);
         let model_path = attempt_dir.join("model.safetensors");
         if rank > 0 {
-            return Ok(TrainedModel { validation, frame_validation, test, online: labeller.is_some().then_some(mask_audit), model_path: model_path.display().to_string(), class_names: manifest.classes });
+            return Ok(TrainedModel {
+                validation,
+                frame_validation,
+                test,
+                online: labeller.is_some().then_some(mask_audit),
+                model_path: model_path.display().to_string(),
+                class_names: manifest.classes,
+            });
         }
         create_dir(&attempt_dir)?;
         if let Some(vs) = &temporal_vs {
@@ -525,6 +576,13 @@ impl<'t> RoundTraining<'t> {
             }),
         };
         write_json(&attempt_dir.join("model.json"), &card)?;
-        Ok(TrainedModel { validation, frame_validation, test, online: labeller.is_some().then_some(mask_audit), model_path: model_path.display().to_string(), class_names: manifest.classes })
+        Ok(TrainedModel {
+            validation,
+            frame_validation,
+            test,
+            online: labeller.is_some().then_some(mask_audit),
+            model_path: model_path.display().to_string(),
+            class_names: manifest.classes,
+        })
     }
 }

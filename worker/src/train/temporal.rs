@@ -21,17 +21,17 @@ use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use super::batches::{channels_last_images, normalised_images, to_tensors, Sampler, View};
-use super::weak::Augmentation;
-use super::strong::StrongAugmentation;
 use super::evaluation::collective_confusion;
 use super::model::{by_name, Network};
 use super::optim;
 use super::schedule::learning_rate;
 use super::seeds::{mix, SEEDED_INIT};
 use super::share::ShareWeight;
+use super::strong::StrongAugmentation;
+use super::weak::Augmentation;
 use crate::artifacts::load_var_store;
-use crate::error::TaskError;
 use crate::collective::{self, Collective};
+use crate::error::TaskError;
 
 /// Width of the encoder's tokens.
 const DIM: i64 = 64;
@@ -172,10 +172,7 @@ impl Windows {
                 let images = match perturbed {
                     // Seeded by frame index, so that every rank draws what one rank would.
                     Some(v) => {
-                        let floats: Vec<f32> = chunk
-                            .iter()
-                            .flat_map(|&i| normalised_images(data, &[i], Some(View { offset: i, ..v })))
-                            .collect();
+                        let floats: Vec<f32> = chunk.iter().flat_map(|&i| normalised_images(data, &[i], Some(View { offset: i, ..v }))).collect();
                         channels_last_images(&floats, chunk.len(), data.shape)?.to_device(device)
                     }
                     None => to_tensors(data, chunk, &data.labels, device, None).0,
@@ -190,11 +187,7 @@ impl Windows {
             collective.all_reduce_sum(&mut features)?;
         }
         let none = vec![-1; n];
-        let rows = feral_common::temporal::windows(
-            data.video_ids.as_deref().unwrap_or(&none),
-            data.frame_indices.as_deref().unwrap_or(&none),
-            window,
-        );
+        let rows = feral_common::temporal::windows(data.video_ids.as_deref().unwrap_or(&none), data.frame_indices.as_deref().unwrap_or(&none), window);
         Ok(Self { features, frames: n, rows, window })
     }
 
@@ -219,9 +212,7 @@ impl Windows {
             .map(|(token, &i)| ((view(token) % views) * self.frames + i) as i64)
             .collect();
         let device = self.features.device();
-        self.features
-            .index_select(0, &Tensor::from_slice(&indices).to_device(device))
-            .view([centres.len() as i64, self.window as i64, -1])
+        self.features.index_select(0, &Tensor::from_slice(&indices).to_device(device)).view([centres.len() as i64, self.window as i64, -1])
     }
 
     /// The encoder's logits for every frame, N×C (on the CPU).
@@ -312,7 +303,13 @@ pub fn train(
 }
 
 /// The encoder's validation metrics on the labelled frames of `data`, split across ranks.
-pub fn evaluate(encoder: &TemporalEncoder, data: &Windows, labels: &[i64], classes: usize, collective: &mut dyn Collective) -> Result<MetricsSummary, TaskError> {
+pub fn evaluate(
+    encoder: &TemporalEncoder,
+    data: &Windows,
+    labels: &[i64],
+    classes: usize,
+    collective: &mut dyn Collective,
+) -> Result<MetricsSummary, TaskError> {
     let _guard = tch::no_grad_guard();
     let (rank, world) = (collective.rank(), collective.world_size());
     let mut confusion = ConfusionMatrix::new(classes);

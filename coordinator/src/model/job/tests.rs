@@ -35,7 +35,14 @@ fn dataset(shards: usize) -> TaskOutcome {
 
 fn trained(round: u32, macro_f1: f64, per_class_f1: Vec<f64>) -> TaskOutcome {
     let validation = MetricsSummary { macro_f1, per_class_f1, ..MetricsSummary::default() };
-    TaskOutcome::Trained(TrainedModel { validation, model_path: format!("/a/r{round}/model.safetensors"), class_names: vec![], frame_validation: None, test: None, online: None })
+    TaskOutcome::Trained(TrainedModel {
+        validation,
+        model_path: format!("/a/r{round}/model.safetensors"),
+        class_names: vec![],
+        frame_validation: None,
+        test: None,
+        online: None,
+    })
 }
 
 /// [`trained`] with test-split metrics of macro-F1 `test_f1`.
@@ -229,7 +236,15 @@ fn a_resumed_attempt_replaces_the_epochs_it_repeats() {
     let ready = prepared(0, 0);
     let train = live(&ready, TaskKind::Train)[0].clone();
     let mut job = ready.on_event(&JobEvent::TaskAssigned { task: train.clone(), worker: w("w1"), device: "cpu".into() }, 1).expect("assign");
-    let epoch = |n| EpochReport { round: Round(0), epoch: n, train_loss: 1.0, train_accuracy: 0.5, validation: MetricsSummary::default(), seconds: 1.0, images_per_second: 0.0 };
+    let epoch = |n| EpochReport {
+        round: Round(0),
+        epoch: n,
+        train_loss: 1.0,
+        train_accuracy: 0.5,
+        validation: MetricsSummary::default(),
+        seconds: 1.0,
+        images_per_second: 0.0,
+    };
     for n in [1, 2, 3, 2] {
         let event = JobEvent::TaskProgress { task: train.clone(), worker: w("w1"), epoch: epoch(n), epochs_total: 5 };
         job = job.on_event(&event, 2).expect("progress");
@@ -259,7 +274,8 @@ fn a_gang_trains_when_every_rank_is_done_and_restarts_whole_when_one_is_lost() {
 
     // Rank 1 finishes first; the round is trained only when rank 0 (with the model) is done too.
     let mut done = gang;
-    let finish = |task: &TaskRecord, worker: &str| JobEvent::TaskFinished { task: task.id.clone(), worker: w(worker), outcome: trained(0, 0.7, vec![0.7, 0.7]) };
+    let finish =
+        |task: &TaskRecord, worker: &str| JobEvent::TaskFinished { task: task.id.clone(), worker: w(worker), outcome: trained(0, 0.7, vec![0.7, 0.7]) };
     done = done.on_event(&finish(&ranks[1], "w2"), 3).expect("rank 1");
     assert_eq!(done.state, JobState::Training);
     done = done.on_event(&finish(&ranks[0], "w1"), 4).expect("rank 0");
@@ -274,7 +290,9 @@ fn an_elastic_gang_shrinks_to_the_ranks_left_and_grows_back_without_spending_att
     let prepare = live(&job, TaskKind::Prepare)[0].clone();
     let ready = run(job, &prepare, "w1", dataset(0));
     let assign = |job: JobRecord, ranks: &[(TaskId, &str)]| {
-        ranks.iter().fold(job, |job, (task, worker)| job.on_event(&JobEvent::TaskAssigned { task: task.clone(), worker: w(worker), device: "cpu".into() }, 1).expect("assign"))
+        ranks.iter().fold(job, |job, (task, worker)| {
+            job.on_event(&JobEvent::TaskAssigned { task: task.clone(), worker: w(worker), device: "cpu".into() }, 1).expect("assign")
+        })
     };
     let gang = |job: &JobRecord| -> Vec<(u32, u32, u32)> { job.live_tasks().map(|t| (t.attempt, t.rank, t.world_size)).collect() };
     assert_eq!(gang(&ready), vec![(1, 0, 3), (1, 1, 3), (1, 2, 3)]);

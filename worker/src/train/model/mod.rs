@@ -20,8 +20,11 @@ pub use weights::load_initial_weights;
 /// times larger, and AdamW's steps of about the learning rate then move every weight that a
 /// batch norm follows 2.45 times less relative to its size: the same job learned
 /// measurably slower than in PyTorch (BENCHMARKS.md, "Time to accuracy").
-pub const TORCH_DEFAULT_INIT: nn::Init =
-    nn::Init::Kaiming { dist: nn::init::NormalOrUniform::Uniform, fan: nn::init::FanInOut::FanIn, non_linearity: nn::init::NonLinearity::ExplicitGain(0.577_350_269_189_625_8) };
+pub const TORCH_DEFAULT_INIT: nn::Init = nn::Init::Kaiming {
+    dist: nn::init::NormalOrUniform::Uniform,
+    fan: nn::init::FanInOut::FanIn,
+    non_linearity: nn::init::NonLinearity::ExplicitGain(0.577_350_269_189_625_8),
+};
 
 /// Batch norm as PyTorch starts it: scale 1, shift 0. (tch draws each scale uniformly from
 /// [0, 1), which starts many channels near zero.)

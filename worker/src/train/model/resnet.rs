@@ -14,8 +14,8 @@
 //! The head is global average pooling, dropout (`[model] dropout`) and a linear layer.
 //! Widths are the standard 64, 128, 256 and 512 channels whatever `[model] width` says.
 
-use feral_common::spec::ModelSpec;
 use super::Network;
+use feral_common::spec::ModelSpec;
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
@@ -48,14 +48,7 @@ pub struct ResNetConfig {
 impl ResNetConfig {
     /// The network with `blocks` for `[C, H, W]` images, with `spec`'s dropout and CBAM.
     pub fn new(blocks: [i64; 4], image: [i64; 3], classes: i64, spec: &ModelSpec) -> Self {
-        Self {
-            blocks,
-            in_channels: image[0],
-            small_stem: image[1].min(image[2]) < SMALL_STEM_BELOW,
-            classes,
-            dropout: spec.dropout,
-            cbam: spec.cbam,
-        }
+        Self { blocks, in_channels: image[0], small_stem: image[1].min(image[2]) < SMALL_STEM_BELOW, classes, dropout: spec.dropout, cbam: spec.cbam }
     }
 }
 
