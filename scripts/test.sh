@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: bootstraps (apt packages, torch venv, cargo config) if needed,
-# then `cargo test` over the workspace in the one profile the project uses (release), then
+# checks formatting (`cargo fmt --check`, rustfmt.toml) and lints (`cargo clippy` on every
+# target, warnings as errors), then `cargo test` over the workspace in the one profile the project uses (release), then
 # the chaos run (scripts/chaos.sh: real processes on loopback, about three minutes), the
 # Kubernetes manifests' offline check (scripts/check-deploy.sh), the dashboard in Chromium
 # (scripts/test-dashboard.sh, about two minutes) and the sbatch script under a real one-host
@@ -8,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/bootstrap.sh
+cargo fmt --all --check
+cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace "$@"
 if [ $# -eq 0 ]; then
   bash scripts/chaos.sh

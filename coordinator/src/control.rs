@@ -814,7 +814,8 @@ mod tests {
             seconds: 1.0,
             images_per_second: 10.0,
         };
-        let cases: [(&str, Box<dyn Fn(&Assignment) -> (Option<EpochReport>, Option<TaskOutcome>)>, &str); 5] = [
+        type Report = Box<dyn Fn(&Assignment) -> (Option<EpochReport>, Option<TaskOutcome>)>;
+        let cases: [(&str, Report, &str); 5] = [
             ("nan", Box::new(move |_| (Some(epoch(f64::NAN, 0.5, 1)), None)), "non-finite training loss"),
             ("accuracy", Box::new(move |_| (Some(epoch(0.5, 2.5, 1)), None)), "train_accuracy 2.5"),
             ("epoch", Box::new(move |_| (Some(epoch(0.5, 0.5, 4_294_967_295)), None)), "epoch 4294967295 outside 1..=3"),

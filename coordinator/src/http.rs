@@ -61,29 +61,34 @@ pub struct Guards {
     pub hosts: Hosts,
 }
 
+/// What `/metrics` reports: the coordinator's role, its counters and the registry they
+/// are encoded from.
+#[derive(Clone)]
+pub struct Scrape {
+    pub role: Role,
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<Registry>,
+}
+
 #[derive(Clone)]
 struct Http {
-    role: Role,
+    scrape: Scrape,
     /// A scrape needs one of these tokens (any role); none: `/metrics` is public.
     tokens: Option<Arc<Tokens>>,
-    metrics: Arc<Metrics>,
-    registry: Arc<Registry>,
 }
 
 /// Serves HTTP on `listener` (HTTPS with `tls`) until `shutdown` resolves.
 pub async fn serve(
     listener: Limited,
     tls: Option<Arc<ServerConfig>>,
-    role: Role,
+    metrics: Scrape,
     dashboard: Dashboard,
     guards: Guards,
-    metrics: Arc<Metrics>,
-    registry: Arc<Registry>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(scrape))
-        .with_state(Http { role, tokens: guards.metrics_tokens, metrics, registry })
+        .with_state(Http { scrape: metrics, tokens: guards.metrics_tokens })
         .merge(dashboard::routes(dashboard))
         .layer(axum::middleware::from_fn_with_state(Arc::new(guards.hosts), host_checked));
     feral_proto::https::serve(listener, tls, app, shutdown).await
@@ -105,10 +110,10 @@ async fn scrape(State(http): State<Http>, headers: HeaderMap) -> Response {
         return (StatusCode::UNAUTHORIZED, status.message().to_owned()).into_response();
     }
     // A standby has no jobs or workers to count; its RPC metrics still show.
-    if let Ok(control) = http.role.control() {
-        http.metrics.show(&control.census().await);
+    if let Ok(control) = http.scrape.role.control() {
+        http.scrape.metrics.show(&control.census().await);
     }
-    feral_proto::https::metrics_response(&http.registry)
+    feral_proto::https::metrics_response(&http.scrape.registry)
 }
 
 #[cfg(test)]

@@ -214,7 +214,10 @@ async fn serve_http(
         let stopped = async move {
             let _ = stopping.wait_for(|stop| *stop).await;
         };
-        if let Err(error) = http::serve(listener, tls, role, dashboard, http::Guards { metrics_tokens, hosts }, metrics, Arc::new(registry), stopped).await {
+        if let Err(error) =
+            http::serve(listener, tls, http::Scrape { role, metrics, registry: Arc::new(registry) }, dashboard, http::Guards { metrics_tokens, hosts }, stopped)
+                .await
+        {
             warn!(%address, %error, "the HTTP endpoint stopped");
         }
     }

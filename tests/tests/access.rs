@@ -166,7 +166,7 @@ async fn a_worker_cannot_take_over_another_worker_or_its_tasks() -> anyhow::Resu
     let workers = alice.list_workers(pb::ListWorkersRequest::default()).await?.into_inner().workers;
     let w1_now = workers.iter().find(|w| w.id == "w1").expect("w1 listed");
     assert_eq!(w1_now.hostname, "node-1");
-    assert_eq!(w1_now.task_ids, [task.task_id.clone()]);
+    assert_eq!(w1_now.task_ids, std::slice::from_ref(&task.task_id));
 
     // w1 itself may fail its own task.
     w1.fail_task(pb::FailTaskRequest { reason: "stopping".into(), worker_id: "w1".into(), ..fail("w1") }).await?;

@@ -126,7 +126,7 @@ async fn a_gang_that_loses_a_worker_goes_on_short_and_grows_back_to_the_same_mod
     wait_until("epoch 1 of the gang of two", TIMEOUT, || {
         let mut jobs = jobs.clone();
         let id = job.id.clone();
-        async move { Ok((get_job(&mut jobs, &id).await?.epochs.len() >= 1).then_some(())) }
+        async move { Ok((!get_job(&mut jobs, &id).await?.epochs.is_empty()).then_some(())) }
     })
     .await?;
 

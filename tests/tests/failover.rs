@@ -223,7 +223,7 @@ async fn while_etcd_is_paused_a_standby_answers_reads_from_its_last_view_marked_
     let mut standby_jobs = standby.clone();
     let listed = standby_jobs.list_jobs(pb::ListJobsRequest::default()).await?;
     assert!(feral_proto::leader::view_age(listed.metadata()).is_some(), "a listing from the view is marked");
-    assert_eq!(listed.into_inner().jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>(), [job.id.clone()]);
+    assert_eq!(listed.into_inner().jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>(), std::slice::from_ref(&job.id));
     let watched = standby_jobs.watch_job(pb::WatchJobRequest { job_id: job.id.clone() }).await?;
     assert!(feral_proto::leader::view_age(watched.metadata()).is_some(), "a watch from the view is marked");
     let mut events = watched.into_inner();

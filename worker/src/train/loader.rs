@@ -492,7 +492,8 @@ mod tests {
             assert_eq!(shares.last().map(|s| s.end), Some(global));
             assert!(shares.windows(2).all(|w| w[0].end == w[1].start), "{shares:?}");
             let sizes: Vec<usize> = shares.iter().map(|s| s.len()).collect();
-            assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1, "{sizes:?}");
+            let (largest, smallest) = (sizes.iter().max().expect("a share per rank"), sizes.iter().min().expect("a share per rank"));
+            assert!(largest - smallest <= 1, "{sizes:?}");
         }
     }
 

@@ -350,7 +350,7 @@ impl<'t> RoundTraining<'t> {
             let (images, targets) = (loaded.images.to_device(context.device), loaded.labels.to_device(context.device));
             // bf16 autocast (when asked) covers the forward passes; losses are fp32.
             let autocast = precision::Autocast::enter(spec.train.precision, context.device);
-            let (logits, mut loss) = match (&loaded.pool, labeller.as_mut()) {
+            let (logits, loss) = match (&loaded.pool, labeller.as_mut()) {
                 (Some(pool), Some(labeller)) => {
                     // The EMA model labels the weak views; labelled and strong images then
                     // go through the student in one forward pass.
@@ -372,16 +372,21 @@ impl<'t> RoundTraining<'t> {
                     (logits, loss)
                 }
             };
-            if let Some(pseudo) = &loaded.pseudo {
-                let (images, targets) = (pseudo.images.to_device(context.device), pseudo.labels.to_device(context.device));
-                let confidences = pseudo.confidences.to_device(context.device);
-                let mut logits = net.forward_t(&images, true).to_kind(Kind::Float);
-                if let Some(margin) = &margin {
-                    logits = logits + margin;
+            // (Tensors' `+=` adds in place, which the graph must not see: every sum here is a new tensor.)
+            let loss = match &loaded.pseudo {
+                Some(pseudo) => {
+                    let (images, targets) = (pseudo.images.to_device(context.device), pseudo.labels.to_device(context.device));
+                    let confidences = pseudo.confidences.to_device(context.device);
+                    let logits = net.forward_t(&images, true).to_kind(Kind::Float);
+                    let logits = match &margin {
+                        Some(margin) => logits + margin,
+                        None => logits,
+                    };
+                    let per_sample = logits.cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::None, -100, 0.0);
+                    loss + share_weight.unlabelled((per_sample * confidences).mean(Kind::Float)) * spec.semi_supervised.lambda_u
                 }
-                let per_sample = logits.cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::None, -100, 0.0);
-                loss = loss + share_weight.unlabelled((per_sample * confidences).mean(Kind::Float)) * spec.semi_supervised.lambda_u;
-            }
+                None => loss,
+            };
             drop(autocast);
             optimizer.zero_grad();
             loss.backward();

@@ -275,7 +275,7 @@ pub fn train(
             let mut rng = SmallRng::seed_from_u64(mix(seed, rank as u64));
             // Every token in a view of its own, so that no two steps see one window alike.
             let views = train.views();
-            let mut windows = train.gather_views(mine, |_| rng.random_range(0..views));
+            let windows = train.gather_views(mine, |_| rng.random_range(0..views));
             // Hide the centre frame wherever it stands in its window (edge padding repeats it).
             let mut keep = vec![1f32; mine.len() * train.window];
             for (row, &frame) in mine.iter().enumerate() {
@@ -288,7 +288,7 @@ pub fn train(
                     }
                 }
             }
-            windows = windows * Tensor::from_slice(&keep).view([mine.len() as i64, train.window as i64, 1]).to_device(device);
+            let windows = windows * Tensor::from_slice(&keep).view([mine.len() as i64, train.window as i64, 1]).to_device(device);
             let targets: Vec<i64> = mine.iter().map(|&i| train_labels[i]).collect();
             let targets = Tensor::from_slice(&targets).to_device(device);
             let loss = share_weight.labelled(encoder.forward_t(&windows, true).cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::Mean, -100, 0.1));
