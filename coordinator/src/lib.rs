@@ -174,6 +174,8 @@ async fn serve_as(
         builder = builder.tls_config(tls.grpc()).map_err(|e| ServeError::Tls(e.to_string()))?;
     }
     let server = builder
+        // Every call's logs name its method (the handlers add the job or task they act on).
+        .trace_fn(|request| tracing::info_span!("rpc", method = request.uri().path()))
         .layer(RpcTimerLayer(metrics))
         .add_service(JobServiceServer::with_interceptor(grpc::JobApi::new(role.clone(), stopping), Gate::new(access.tokens.clone(), Api::Jobs)))
         .add_service(WorkerServiceServer::with_interceptor(grpc::WorkerApi::new(role.clone()), Gate::new(access.tokens.clone(), Api::Workers)))

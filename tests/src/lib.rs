@@ -6,12 +6,14 @@ pub mod scripted;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use feral_common::prepare::{prepare_synthetic, SyntheticSplits};
 use feral_common::synthetic::SyntheticConfig;
+use feral_common::task::{Assignment, EpochReport, TaskKind, TaskOutcome};
 use feral_coordinator::control::Settings;
 use feral_coordinator::leader::Election;
 use feral_coordinator::store::{EtcdStore, MemoryStore, Store};
@@ -21,11 +23,58 @@ use feral_proto::v1 as pb;
 use feral_proto::v1::job_service_client::JobServiceClient;
 use feral_proto::v1::worker_service_client::WorkerServiceClient;
 use feral_worker::agent::{self, AgentConfig};
+use feral_worker::collective::Collective;
 use feral_worker::confine::Roots;
+use feral_worker::error::TaskError;
 use feral_worker::runner::{TaskRunner, TchRunner};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
+
+/// A listener on `address`. A coordinator started again on the address of one just stopped
+/// waits, up to 30 s, for the port to be free, rather than for a fixed time.
+async fn bind(address: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match tokio::net::TcpListener::bind(address).await {
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            bound => return bound.with_context(|| format!("bind {address}")),
+        }
+    }
+}
+
+/// Computes with libtorch as a worker does ([`TchRunner`]) and remembers the kind of every
+/// task it finished, so a test can tell which workers did what.
+#[derive(Debug, Default)]
+pub struct Recording {
+    runner: TchRunner,
+    finished: Mutex<Vec<TaskKind>>,
+}
+
+impl Recording {
+    /// How many tasks of `kind` this runner finished.
+    pub fn finished(&self, kind: TaskKind) -> usize {
+        self.finished.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|&&k| k == kind).count()
+    }
+}
+
+impl TaskRunner for Recording {
+    fn run(
+        &self,
+        task: &Assignment,
+        collective: &mut dyn Collective,
+        on_epoch: &mut dyn FnMut(EpochReport, u32),
+        stop: &AtomicBool,
+    ) -> Result<TaskOutcome, TaskError> {
+        let outcome = self.runner.run(task, collective, on_epoch, stop);
+        if outcome.is_ok() {
+            self.finished.lock().unwrap_or_else(|p| p.into_inner()).push(task.kind);
+        }
+        outcome
+    }
+}
 
 /// Logs to the test output when `RUST_LOG` is set.
 pub fn init_tracing() {
@@ -83,7 +132,7 @@ impl RunningCoordinator {
 
     /// [`start`](Self::start) with `access` (tokens) in front of both APIs.
     pub async fn start_with(settings: Settings, access: Access, store: Arc<dyn Store>, address: SocketAddr) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(address).await.with_context(|| format!("bind {address}"))?;
+        let listener = bind(address).await?;
         let address = listener.local_addr()?;
         let (shutdown, stopped) = oneshot::channel();
         let served = tokio::spawn(feral_coordinator::serve(settings, access, listener, store, async {

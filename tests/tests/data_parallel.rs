@@ -7,10 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use feral_common::task::TaskKind;
 use feral_coordinator::store::MemoryStore;
 use feral_proto::v1 as pb;
 use feral_tests::*;
-use feral_worker::runner::TchRunner;
 
 /// A linear model (no batch statistics, no dropout), no augmentation: the arithmetic of
 /// one rank on a batch of 64 and of two ranks on 32 each is the same up to float rounding.
@@ -36,14 +36,11 @@ async fn two_ranks_train_what_one_rank_trains_on_the_same_global_batch() -> anyh
     let dataset = synthetic_dataset(&dir.path().join("data"), 1200)?;
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
     let coordinator = RunningCoordinator::start(test_settings(dir.path()), Arc::new(MemoryStore::default()), any_port).await?;
-    let workers = [
-        RunningWorker::start(&coordinator.url(), "w1", Arc::new(TchRunner::default())),
-        RunningWorker::start(&coordinator.url(), "w2", Arc::new(TchRunner::default())),
-    ];
+    let runners = [Arc::new(Recording::default()), Arc::new(Recording::default())];
+    let workers = [RunningWorker::start(&coordinator.url(), "w1", runners[0].clone()), RunningWorker::start(&coordinator.url(), "w2", runners[1].clone())];
 
     let gang = train(&coordinator, spec(&dataset, 2, 32)).await?;
-    let mut worker_ids = gang.worker_ids.clone();
-    worker_ids.sort();
+    assert_eq!(runners.each_ref().map(|r| r.finished(TaskKind::Train)), [1, 1], "each worker trained one rank of the gang");
     let alone = train(&coordinator, spec(&dataset, 1, 64)).await?;
     assert_eq!(gang.epochs.len(), 2, "rank 0 reports each epoch once");
 

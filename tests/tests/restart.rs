@@ -9,6 +9,7 @@ use feral_coordinator::store::etcd_process::EtcdProcess;
 use feral_coordinator::store::{EmbeddedStore, Store};
 use feral_proto::v1 as pb;
 use feral_tests::*;
+use feral_worker::metrics::WorkerMetrics;
 use feral_worker::runner::TchRunner;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,7 +38,8 @@ async fn a_restarted_coordinator_finishes_the_job_on(root: &std::path::Path, ope
 
     let first = RunningCoordinator::start(settings.clone(), open().await?, any_port).await?;
     let address = first.address;
-    let worker = RunningWorker::start(&first.url(), "w1", Arc::new(TchRunner::default()));
+    let metrics = Arc::new(WorkerMetrics::default());
+    let worker = RunningWorker::start(&first.url(), "w1", Arc::new(TchRunner::observed(metrics.clone())));
     let mut jobs = first.jobs().await?;
     let job = submit(&mut jobs, job_spec(&dataset, 6)).await?;
     wait_until("the first epoch", Duration::from_secs(120), || {
@@ -48,8 +50,13 @@ async fn a_restarted_coordinator_finishes_the_job_on(root: &std::path::Path, ope
     .await?;
     first.stop().await?;
 
-    // While the coordinator is down the worker keeps training and retries its reports.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // While the coordinator is down the worker keeps training (and retries its reports).
+    let trained = metrics.images_trained();
+    wait_until("training while the coordinator is down", Duration::from_secs(120), || {
+        let metrics = metrics.clone();
+        async move { Ok((metrics.images_trained() > trained).then_some(())) }
+    })
+    .await?;
     let second = RunningCoordinator::start(settings, open().await?, address).await?;
     let mut jobs = second.jobs().await?;
     let known = get_job(&mut jobs, &job.id).await?;

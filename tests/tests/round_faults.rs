@@ -55,7 +55,6 @@ async fn a_coordinator_restarted_while_pseudo_labelling_resumes_the_phase() -> a
     })
     .await?;
     first.stop().await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let second = RunningCoordinator::start(settings, Arc::new(EmbeddedStore::open(&store_path)?), address).await?;
     let mut jobs = second.jobs().await?;

@@ -1,10 +1,12 @@
 //! The method end to end: a teacher, then pseudo-labelling rounds over the unlabelled
 //! pool on two workers, with the class prior, selection and feedback of docs/design.md §1.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use feral_common::prepare::{prepare_synthetic, SyntheticSplits};
 use feral_common::synthetic::SyntheticConfig;
+use feral_common::task::TaskKind;
 use feral_proto::v1 as pb;
 use feral_tests::*;
 
@@ -21,12 +23,13 @@ async fn two_rounds_select_pseudo_labels_better_than_chance() -> anyhow::Result<
     assert!(pool_shards >= 3, "the pool spans several shards");
 
     let coordinator = RunningCoordinator::in_memory(dir.path()).await?;
-    let workers = coordinator.tch_workers(2);
+    let runners = [Arc::new(Recording::default()), Arc::new(Recording::default())];
+    let workers: Vec<RunningWorker> =
+        runners.iter().enumerate().map(|(i, runner)| RunningWorker::start(&coordinator.url(), &format!("w{}", i + 1), runner.clone())).collect();
     let mut jobs = coordinator.jobs().await?;
     let spec = format!("{}steps_per_epoch = 40\n\n[semi_supervised]\nrounds = 2\npatience = 0\nthreshold = 0.9\n", job_spec(&data, 5));
     let job = submit(&mut jobs, spec).await?;
 
-    // While pseudo-labelling, both workers predict shards.
     let labelling = wait_for_state(&jobs, &job.id, &[pb::JobState::PseudoLabeling, pb::JobState::Failed], Duration::from_secs(300)).await?;
     assert_eq!(labelling.state, pb::JobState::PseudoLabeling as i32, "{}", labelling.state_reason);
 
@@ -46,6 +49,9 @@ async fn two_rounds_select_pseudo_labels_better_than_chance() -> anyhow::Result<
         assert!(precision > 0.5, "round {} pseudo-label precision {precision}", round.round);
         assert!(round.validation.is_some(), "round {} was trained and evaluated", round.round);
     }
+    let predicted = runners.each_ref().map(|r| r.finished(TaskKind::Infer));
+    assert!(predicted.iter().all(|&n| n > 0), "both workers predict shards of the pool: {predicted:?}");
+    assert_eq!(predicted.iter().sum::<usize>(), 2 * pool_shards, "each round predicts every shard once");
     let result = done.result.expect("result");
     let best = done.rounds.iter().filter_map(|r| r.validation.as_ref().map(|v| v.macro_f1)).fold(0.0, f64::max);
     let final_f1 = result.validation.as_ref().map(|v| v.macro_f1).unwrap_or_default();

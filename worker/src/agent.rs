@@ -253,39 +253,46 @@ fn start_task(config: &AgentConfig, coordinators: &Coordinators, runner: &Arc<dy
 
     let runner = Arc::clone(runner);
     let (coordinators, worker_id, advertise_host) = (coordinators.clone(), config.worker_id.clone(), config.advertise_host.clone());
-    tokio::spawn(async move {
-        let setup = if task.kind == TaskKind::Train && task.world_size > 1 {
-            match gang::rendezvous(&coordinators, &worker_id, &advertise_host, &task, &control).await {
-                Ok(setup) => Some(setup),
-                Err(failure) => {
-                    let _ = sender.send(TaskMessage::Ended(Err(failure.into())));
-                    return;
+    // Everything the task logs, on the runtime and on its thread, names its job, task and attempt.
+    let span = tracing::info_span!("task", job = %task.job, task = %task.task, attempt = task.attempt, rank = task.rank);
+    let thread_span = span.clone();
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let setup = if task.kind == TaskKind::Train && task.world_size > 1 {
+                match gang::rendezvous(&coordinators, &worker_id, &advertise_host, &task, &control).await {
+                    Ok(setup) => Some(setup),
+                    Err(failure) => {
+                        let _ = sender.send(TaskMessage::Ended(Err(failure.into())));
+                        return;
+                    }
                 }
-            }
-        } else {
-            None
-        };
-        let thread_sender = sender.clone();
-        let spawned = std::thread::Builder::new().name(format!("task-{}-{}", task.attempt, task.rank)).spawn(move || {
-            let progress = thread_sender.clone();
-            let mut on_epoch = move |report: EpochReport, epochs_total: u32| {
-                let _ = progress.send(TaskMessage::Epoch(report, epochs_total));
+            } else {
+                None
             };
-            // A panic inside the task (libtorch refusing a size, a bug) fails this attempt
-            // with its message and frees the slot; the worker serves on. The same input
-            // would panic again, so the attempt is not retried.
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                gang::connect(&task, setup, &control)
-                    .map_err(TaskError::from)
-                    .and_then(|mut collective| runner.run(&task, collective.as_mut(), &mut on_epoch, control.flag()))
-            }))
-            .unwrap_or_else(|panic| Err(TaskError::Panicked(panic_message(panic.as_ref()).to_owned())));
-            let _ = thread_sender.send(TaskMessage::Ended(outcome));
-        });
-        if let Err(error) = spawned {
-            let _ = sender.send(TaskMessage::Ended(Err(TaskError::Thread(error))));
-        }
-    });
+            let thread_sender = sender.clone();
+            let spawned = std::thread::Builder::new().name(format!("task-{}-{}", task.attempt, task.rank)).spawn(move || {
+                let _entered = thread_span.enter();
+                let progress = thread_sender.clone();
+                let mut on_epoch = move |report: EpochReport, epochs_total: u32| {
+                    let _ = progress.send(TaskMessage::Epoch(report, epochs_total));
+                };
+                // A panic inside the task (libtorch refusing a size, a bug) fails this attempt
+                // with its message and frees the slot; the worker serves on. The same input
+                // would panic again, so the attempt is not retried.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    gang::connect(&task, setup, &control)
+                        .map_err(TaskError::from)
+                        .and_then(|mut collective| runner.run(&task, collective.as_mut(), &mut on_epoch, control.flag()))
+                }))
+                .unwrap_or_else(|panic| Err(TaskError::Panicked(panic_message(panic.as_ref()).to_owned())));
+                let _ = thread_sender.send(TaskMessage::Ended(outcome));
+            });
+            if let Err(error) = spawned {
+                let _ = sender.send(TaskMessage::Ended(Err(TaskError::Thread(error))));
+            }
+        },
+        span,
+    ));
 }
 
 /// The message a panic was raised with (`panic!` passes a `&str` or a `String`).

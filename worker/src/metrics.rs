@@ -78,6 +78,11 @@ impl WorkerMetrics {
         self.loader_ready.set(loader_ready as i64);
     }
 
+    /// Images trained since the worker started.
+    pub fn images_trained(&self) -> u64 {
+        self.images.get()
+    }
+
     pub fn all_reduce(&self, seconds: f64, bytes: u64) {
         self.all_reduce_seconds.observe(seconds);
         self.all_reduce_bytes.inc_by(bytes);
