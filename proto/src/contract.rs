@@ -20,8 +20,9 @@ pub enum ContractError {
     Invalid { field: &'static str, problem: String },
 }
 
-fn required<'a>(text: &'a str, field: &'static str) -> Result<&'a str, ContractError> {
-    if text.is_empty() {
+/// `text`, the value of a required string field: empty or only whitespace is missing.
+pub fn required<'a>(text: &'a str, field: &'static str) -> Result<&'a str, ContractError> {
+    if text.trim().is_empty() {
         Err(ContractError::Required(field))
     } else {
         Ok(text)

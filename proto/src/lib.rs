@@ -16,7 +16,7 @@ pub mod https;
 pub mod leader;
 pub mod limits;
 
-pub use contract::{task_kind, task_ref, ContractError};
+pub use contract::{required, task_kind, task_ref, ContractError};
 
 mod convert {
     use feral_common::method::{MaskAudit, SelectionSummary};

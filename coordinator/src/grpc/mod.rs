@@ -23,11 +23,7 @@ pub fn to_status(error: CoordinatorError) -> tonic::Status {
     }
 }
 
-/// A required string field: present and not empty.
-fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, CoordinatorError> {
-    if value.trim().is_empty() {
-        Err(CoordinatorError::required(field))
-    } else {
-        Ok(value)
-    }
+/// The value of a required string field (see [`feral_proto::required`]).
+fn required<'a>(value: &'a str, field: &'static str) -> Result<&'a str, CoordinatorError> {
+    Ok(feral_proto::required(value, field)?)
 }
