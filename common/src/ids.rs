@@ -60,16 +60,25 @@ impl JobId {
 /// The longest worker id, in characters.
 pub const MAX_WORKER_ID_CHARS: usize = 128;
 
+/// Why a text is not a worker id (read after "worker id … ").
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerIdError {
+    #[error("must be 1 to {MAX_WORKER_ID_CHARS} characters, got {0}")]
+    Length(usize),
+    #[error("may hold only letters, digits and . - _ : @, got {0:?}")]
+    Character(char),
+}
+
 impl WorkerId {
     /// `text` as a worker id: 1 to [`MAX_WORKER_ID_CHARS`] letters, digits and `.`, `_`,
     /// `-`, `:`, `@`, so that an id is safe to print, log and use in a store key.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, WorkerIdError> {
         let chars = text.chars().count();
         if chars == 0 || chars > MAX_WORKER_ID_CHARS {
-            return Err(format!("must be 1 to {MAX_WORKER_ID_CHARS} characters, got {chars}"));
+            return Err(WorkerIdError::Length(chars));
         }
         if let Some(c) = text.chars().find(|c| !(c.is_ascii_alphanumeric() || ".-_:@".contains(*c))) {
-            return Err(format!("may hold only letters, digits and . - _ : @, got {c:?}"));
+            return Err(WorkerIdError::Character(c));
         }
         Ok(Self(text.to_owned()))
     }

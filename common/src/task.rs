@@ -50,14 +50,19 @@ impl Device {
     }
 }
 
-impl FromStr for Device {
-    type Err = String;
+/// A text that names no device (read after "device … ").
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("must be `cpu` or `cuda:N`, got {0:?}")]
+pub struct DeviceError(pub String);
 
-    fn from_str(text: &str) -> Result<Self, String> {
+impl FromStr for Device {
+    type Err = DeviceError;
+
+    fn from_str(text: &str) -> Result<Self, DeviceError> {
         if text == "cpu" {
             return Ok(Device::Cpu);
         }
-        text.strip_prefix("cuda:").and_then(|n| n.parse::<u32>().ok()).map(Device::Cuda).ok_or_else(|| format!("must be `cpu` or `cuda:N`, got {text:?}"))
+        text.strip_prefix("cuda:").and_then(|n| n.parse::<u32>().ok()).map(Device::Cuda).ok_or_else(|| DeviceError(text.to_owned()))
     }
 }
 
@@ -231,7 +236,7 @@ mod tests {
             assert_eq!(text.parse::<Device>().expect(text).to_string(), text);
         }
         for bad in ["", "gpu", "cuda:", "cuda:-1", "cuda:x", "CPU"] {
-            let error = bad.parse::<Device>().expect_err(bad);
+            let error = bad.parse::<Device>().expect_err(bad).to_string();
             assert!(error.contains("`cpu` or `cuda:N`"), "{error}");
         }
     }

@@ -111,7 +111,9 @@ impl TryFrom<pb::TaskAssignment> for Assignment {
         if a.rank >= a.world_size {
             return Err(ContractError::Invalid { field: "rank", problem: format!("must be below world_size {}, got {}", a.world_size, a.rank) });
         }
-        let device = required(&a.device, "device")?.parse().map_err(|problem| ContractError::Invalid { field: "device", problem })?;
+        let device = required(&a.device, "device")?
+            .parse()
+            .map_err(|problem: feral_common::task::DeviceError| ContractError::Invalid { field: "device", problem: problem.to_string() })?;
         Ok(Assignment {
             task,
             job,

@@ -42,16 +42,39 @@ pub fn client_tls(ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) ->
 
 /// The endpoint of coordinator `url`: TLS for an `https://` address (which needs `tls`),
 /// plain for `http://`.
-pub fn endpoint(url: &str, tls: Option<&ClientTlsConfig>, connect_timeout: Duration) -> Result<Endpoint, String> {
+pub fn endpoint(url: &str, tls: Option<&ClientTlsConfig>, connect_timeout: Duration) -> Result<Endpoint, CredentialsError> {
     let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| format!("coordinator address {url:?} is not a valid URL (expected e.g. http://127.0.0.1:7070): {e}"))?
+        .map_err(|e| CredentialsError::InvalidUrl { url: url.to_owned(), problem: e.to_string() })?
         .connect_timeout(connect_timeout)
         .timeout(REQUEST_TIMEOUT);
     match (url.starts_with("https://"), tls) {
-        (true, Some(tls)) => endpoint.tls_config(tls.clone()).map_err(|e| format!("TLS settings for {url}: {e}")),
-        (true, None) => Err(format!("{url} is an https:// address: give --tls-ca (FERAL_TLS_CA), the CA that signed the coordinator's certificate")),
+        (true, Some(tls)) => endpoint.tls_config(tls.clone()).map_err(|e| CredentialsError::Tls { url: url.to_owned(), problem: e.to_string() }),
+        (true, None) => Err(CredentialsError::NeedsCa { url: url.to_owned() }),
         (false, _) => Ok(endpoint),
     }
+}
+
+/// Why a coordinator's address or a client's token cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("coordinator address {url:?} is not a valid URL (expected e.g. http://127.0.0.1:7070): {problem}")]
+    InvalidUrl { url: String, problem: String },
+    #[error("TLS settings for {url}: {problem}")]
+    Tls { url: String, problem: String },
+    #[error("{url} is an https:// address: give --tls-ca (FERAL_TLS_CA), the CA that signed the coordinator's certificate")]
+    NeedsCa { url: String },
+    #[error("the token is empty")]
+    EmptyToken,
+    #[error("the token must be printable ASCII without spaces")]
+    UnprintableToken,
+    #[error("the token cannot travel in a header")]
+    UnsendableToken,
+    #[error("cannot read token file {}: {source}", path.display())]
+    ReadTokenFile { path: std::path::PathBuf, source: std::io::Error },
+    #[error("token file {}: {problem}", path.display())]
+    TokenFile { path: std::path::PathBuf, problem: Box<CredentialsError> },
+    #[error("$FERAL_TOKEN: {0}")]
+    TokenEnv(Box<CredentialsError>),
 }
 
 /// How long a client waits for a coordinator's answer (the response's headers: a stream
@@ -77,27 +100,27 @@ impl BearerToken {
     }
 
     /// A token from its secret; the error says what is wrong with it.
-    pub fn new(secret: &str) -> Result<Self, String> {
+    pub fn new(secret: &str) -> Result<Self, CredentialsError> {
         let secret = secret.trim();
         if secret.is_empty() {
-            return Err("the token is empty".into());
+            return Err(CredentialsError::EmptyToken);
         }
         if !secret.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("the token must be printable ASCII without spaces".into());
+            return Err(CredentialsError::UnprintableToken);
         }
-        let value = format!("Bearer {secret}").parse().map_err(|_| "the token cannot travel in a header".to_owned())?;
+        let value = format!("Bearer {secret}").parse().map_err(|_| CredentialsError::UnsendableToken)?;
         Ok(Self(Some(value)))
     }
 
     /// The token of `file` (its first line) if given, else of `$FERAL_TOKEN` if set, else none.
-    pub fn from_sources(file: Option<&Path>) -> Result<Self, String> {
+    pub fn from_sources(file: Option<&Path>) -> Result<Self, CredentialsError> {
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|source| CredentialsError::ReadTokenFile { path: path.to_path_buf(), source })?;
             let first = text.lines().next().unwrap_or_default();
-            return Self::new(first).map_err(|problem| format!("token file {}: {problem}", path.display()));
+            return Self::new(first).map_err(|problem| CredentialsError::TokenFile { path: path.to_path_buf(), problem: Box::new(problem) });
         }
         match std::env::var(TOKEN_ENV) {
-            Ok(secret) => Self::new(&secret).map_err(|problem| format!("${TOKEN_ENV}: {problem}")),
+            Ok(secret) => Self::new(&secret).map_err(|problem| CredentialsError::TokenEnv(Box::new(problem))),
             Err(_) => Ok(Self::none()),
         }
     }
@@ -131,10 +154,10 @@ mod tests {
         let request = token.call(Request::new(())).expect("call");
         assert_eq!(request.metadata().get("authorization").and_then(|v| v.to_str().ok()), Some("Bearer s3cret-token-0123"));
         std::fs::write(&path, "\n").expect("write");
-        let error = BearerToken::from_sources(Some(&path)).expect_err("empty");
+        let error = BearerToken::from_sources(Some(&path)).expect_err("empty").to_string();
         assert!(error.contains("token file") && error.contains("empty"), "{error}");
-        assert!(BearerToken::new("two words").expect_err("space").contains("without spaces"));
-        let error = BearerToken::from_sources(Some(&dir.join("missing"))).expect_err("missing");
+        assert!(BearerToken::new("two words").expect_err("space").to_string().contains("without spaces"));
+        let error = BearerToken::from_sources(Some(&dir.join("missing"))).expect_err("missing").to_string();
         assert!(error.contains("missing"), "{error}");
         std::fs::remove_dir_all(&dir).ok();
         let mut none = BearerToken::none();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::{Code, Status};
 
-use crate::credentials::{endpoint, AuthedChannel, BearerToken};
+use crate::credentials::{endpoint, AuthedChannel, BearerToken, CredentialsError};
 
 /// The gRPC metadata key a standby names the leader's address in.
 pub const LEADER_METADATA: &str = "feral-leader";
@@ -30,6 +30,15 @@ pub fn leader_of(status: &Status) -> Option<String> {
     status.metadata().get(LEADER_METADATA).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
+/// Why a list of coordinator addresses cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorsError {
+    #[error("no coordinator address in {0:?}")]
+    NoAddress(String),
+    #[error(transparent)]
+    Address(#[from] CredentialsError),
+}
+
 /// The coordinators a client knows, each with a lazily connected channel.
 #[derive(Clone, Debug)]
 pub struct Coordinators {
@@ -41,15 +50,15 @@ pub struct Coordinators {
 
 impl Coordinators {
     /// `list`: one or more URLs (`http://host:port`), separated by commas.
-    pub fn parse(list: &str) -> Result<Self, String> {
+    pub fn parse(list: &str) -> Result<Self, CoordinatorsError> {
         Self::parse_with_tls(list, None)
     }
 
     /// [`parse`](Self::parse), with TLS for `https://` addresses.
-    pub fn parse_with_tls(list: &str, tls: Option<&ClientTlsConfig>) -> Result<Self, String> {
+    pub fn parse_with_tls(list: &str, tls: Option<&ClientTlsConfig>) -> Result<Self, CoordinatorsError> {
         let addresses: Vec<String> = list.split(',').map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect();
         if addresses.is_empty() {
-            return Err(format!("no coordinator address in {list:?}"));
+            return Err(CoordinatorsError::NoAddress(list.to_owned()));
         }
         let channels =
             addresses.iter().map(|address| endpoint(address, tls, Duration::from_secs(3)).map(|e| e.connect_lazy())).collect::<Result<Vec<_>, _>>()?;
@@ -185,7 +194,7 @@ mod tests {
 
     #[tokio::test]
     async fn bad_lists_are_named() {
-        assert!(Coordinators::parse(" , ").expect_err("empty").contains("no coordinator"));
-        assert!(Coordinators::parse("http://a:1,not a url").expect_err("bad").contains("not a url"));
+        assert!(Coordinators::parse(" , ").expect_err("empty").to_string().contains("no coordinator"));
+        assert!(Coordinators::parse("http://a:1,not a url").expect_err("bad").to_string().contains("not a url"));
     }
 }

@@ -86,7 +86,7 @@ async fn only_clients_that_trust_the_coordinators_ca_are_served() -> anyhow::Res
     assert!(served(&https, Some(&ca.ca_file()), None).await?, "a client trusting the CA is served");
     assert!(!served(&https, Some(&other.ca_file()), None).await?, "a client trusting another CA is refused");
     assert!(!served(&coordinator.url(), None, None).await?, "plain text is refused");
-    let error = endpoint(&https, None, Duration::from_secs(1)).expect_err("https without a CA");
+    let error = endpoint(&https, None, Duration::from_secs(1)).expect_err("https without a CA").to_string();
     assert!(error.contains("--tls-ca"), "{error}");
     coordinator.stop().await
 }

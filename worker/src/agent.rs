@@ -44,8 +44,8 @@ pub struct AgentConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("{0}")]
-    BadAddress(String),
+    #[error(transparent)]
+    BadAddress(#[from] feral_proto::leader::CoordinatorsError),
     /// The coordinator refused this worker's credential: no retry can fix that.
     #[error("the coordinator at {coordinator} refused this worker's credential: {message}")]
     Refused { coordinator: String, message: String },

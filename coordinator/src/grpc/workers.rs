@@ -65,7 +65,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let control = self.role.control()?;
         let invalid = |field: &str, problem: String| to_status(CoordinatorError::InvalidArgument(format!("field `{field}` {problem}")));
-        let id = WorkerId::parse(required(&request.get_ref().worker_id, "worker_id").map_err(to_status)?).map_err(|p| invalid("worker_id", p))?;
+        let id = WorkerId::parse(required(&request.get_ref().worker_id, "worker_id").map_err(to_status)?).map_err(|p| invalid("worker_id", p.to_string()))?;
         caller(&request).may_act_as(&id)?;
         let request = request.into_inner();
         if request.hostname.chars().count() > MAX_HOSTNAME_CHARS || request.hostname.chars().any(char::is_control) {
