@@ -104,8 +104,17 @@ impl From<tonic::Status> for ApiError {
 }
 
 impl From<CoordinatorError> for ApiError {
+    /// The HTTP status of a domain error (the gRPC adapters map the same errors to gRPC
+    /// codes in `grpc::to_status`).
     fn from(error: CoordinatorError) -> Self {
-        crate::grpc::to_status(error).into()
+        let code = match &error {
+            CoordinatorError::InvalidArgument(_) | CoordinatorError::InvalidSpec(_) | CoordinatorError::InvalidMessage(_) => StatusCode::BAD_REQUEST,
+            CoordinatorError::JobNotFound(_) | CoordinatorError::WorkerNotFound(_) => StatusCode::NOT_FOUND,
+            CoordinatorError::NotAssigned { .. } | CoordinatorError::NotResumable(_) => StatusCode::CONFLICT,
+            CoordinatorError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CoordinatorError::CorruptRecord { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, error.to_string())
     }
 }
 

@@ -1,9 +1,12 @@
-//! The task contract on the wire: assignments, task references, outcomes and epoch
-//! reports, both ways.
+//! The task contract on the wire, both ways, in one place: assignments, task references,
+//! outcomes and epoch reports, and the summaries they carry (metrics, selections, online
+//! masks).
 
 use std::path::PathBuf;
 
 use feral_common::ids::{JobId, Round, TaskId};
+use feral_common::method::{MaskAudit, SelectionSummary};
+use feral_common::metrics::MetricsSummary;
 use feral_common::task::{
     Assignment, CheckpointRef, DatasetSummary, EpochReport, InferPartial, ShardRef, TaskInputs, TaskKind, TaskOutcome, TaskRef, TrainedModel,
 };
@@ -239,6 +242,64 @@ impl TryFrom<Outcome> for TaskOutcome {
                 TaskOutcome::Selected(s.into())
             }
         })
+    }
+}
+
+// The shared summaries (metrics, selections, online masks), both ways.
+
+impl From<&MetricsSummary> for pb::Metrics {
+    fn from(m: &MetricsSummary) -> Self {
+        pb::Metrics { accuracy: m.accuracy, macro_f1: m.macro_f1, per_class_f1: m.per_class_f1.clone(), confusion: m.confusion.clone(), samples: m.samples }
+    }
+}
+
+impl From<pb::Metrics> for MetricsSummary {
+    fn from(m: pb::Metrics) -> Self {
+        MetricsSummary { accuracy: m.accuracy, macro_f1: m.macro_f1, per_class_f1: m.per_class_f1, confusion: m.confusion, samples: m.samples }
+    }
+}
+
+impl From<&SelectionSummary> for pb::SelectOutcome {
+    fn from(s: &SelectionSummary) -> Self {
+        pb::SelectOutcome {
+            selected_per_class: s.selected_per_class.clone(),
+            thresholds: s.thresholds.clone(),
+            confident_per_class: s.confident_per_class.clone(),
+            selected: s.selected,
+            pool: s.pool,
+            correct: s.correct,
+            with_hidden_label: s.with_hidden_label,
+            selection_file: s.selection_file.clone(),
+            cap: s.cap,
+        }
+    }
+}
+
+impl From<pb::SelectOutcome> for SelectionSummary {
+    fn from(s: pb::SelectOutcome) -> Self {
+        SelectionSummary {
+            selected_per_class: s.selected_per_class,
+            thresholds: s.thresholds,
+            confident_per_class: s.confident_per_class,
+            selected: s.selected,
+            pool: s.pool,
+            correct: s.correct,
+            with_hidden_label: s.with_hidden_label,
+            selection_file: s.selection_file,
+            cap: s.cap,
+        }
+    }
+}
+
+impl From<&MaskAudit> for pb::OnlineMask {
+    fn from(a: &MaskAudit) -> Self {
+        pb::OnlineMask { seen: a.seen, masked_in: a.masked_in, with_hidden_label: a.with_hidden_label, correct: a.correct }
+    }
+}
+
+impl From<pb::OnlineMask> for MaskAudit {
+    fn from(m: pb::OnlineMask) -> Self {
+        MaskAudit { seen: m.seen, masked_in: m.masked_in, with_hidden_label: m.with_hidden_label, correct: m.correct }
     }
 }
 
