@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use feral_common::errors::error_chain;
 use feral_proto::credentials::{self, AuthedChannel, BearerToken};
-use feral_proto::leader::leader_of;
+use feral_proto::leader::Coordinators;
 use feral_proto::v1 as pb;
 use feral_proto::v1::job_service_client::JobServiceClient;
 use tonic::transport::ClientTlsConfig;
@@ -38,31 +38,27 @@ impl std::fmt::Display for Target {
 /// several addresses (coordinators on one etcd, comma-separated), the client is the
 /// leader's: the first that answers, or the one a standby names.
 pub async fn connect(target: &Target) -> anyhow::Result<Client> {
-    let urls = target.urls.as_str();
-    let addresses: Vec<String> = urls.split(',').map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect();
-    if addresses.len() < 2 {
-        return connect_one(urls.trim(), target).await;
+    let urls = target.urls.trim();
+    let coordinators = Coordinators::parse_with_tls(urls, target.tls.as_ref()).map_err(|e| anyhow::anyhow!("--coordinator: {e}"))?;
+    if coordinators.addresses().len() < 2 {
+        return connect_one(urls, target).await;
     }
-    let mut queue = std::collections::VecDeque::from(addresses);
-    let (mut tried, mut problems) = (std::collections::HashSet::new(), Vec::new());
-    while let Some(address) = queue.pop_front() {
-        if !tried.insert(address.clone()) {
-            continue;
-        }
-        let mut client = match connect_one(&address, target).await {
-            Ok(client) => client,
-            Err(error) => {
-                problems.push(format!("{error:#}"));
-                continue;
-            }
-        };
+    // Ask the one believed to lead; a standby names the leader and an unreachable one
+    // moves the list on (`Coordinators::failed_at`), so twice round the list is enough.
+    let coordinators = coordinators.with_token(target.token.clone());
+    let mut problems = Vec::new();
+    for _ in 0..2 * coordinators.addresses().len() {
+        let (at, channel) = coordinators.channel_at();
+        let mut client = JobServiceClient::new(channel);
         match client.list_jobs(pb::ListJobsRequest { page_size: 1, page_token: String::new() }).await {
             Ok(_) => return Ok(client),
             Err(status) => {
-                if let Some(leader) = leader_of(&status) {
-                    queue.push_front(leader);
+                problems.push(format!("{}: {}", coordinators.addresses()[at], status.message()));
+                coordinators.failed_at(at, &status);
+                if coordinators.channel_at().0 == at {
+                    // A coordinator that answered and named no one else (a refused token): its word.
+                    return Err(rpc_error(status));
                 }
-                problems.push(format!("{address}: {}", status.message()));
             }
         }
     }
