@@ -1,5 +1,7 @@
 //! The job spec: a versioned TOML file (`feral submit job.toml`) validated into a typed
 //! [`JobSpec`]. Unknown fields are rejected, and every error names the field that was wrong.
+//! (Long on purpose: every section and field with its default, bounds and check, in the
+//! order of the file a user writes, so one place answers "what may I put here".)
 //!
 //! ```toml
 //! version = 1

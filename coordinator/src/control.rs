@@ -2,6 +2,8 @@
 //! written through to the [`Store`] before the in-memory model changes. gRPC services call
 //! into this; it asks the pure model (`Cluster`, `JobRecord::on_event`, `schedule`) what
 //! to do, persists the result, then installs it and tells watchers.
+//! (About 550 lines before its tests: one method per operation, each the same three steps,
+//! ask the model, write the store, install; split, they would read as one thing in pieces.)
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -1,4 +1,6 @@
-//! A job, its tasks, and the pure state machine `JobRecord::on_event`.
+//! A job, its tasks, and the pure state machine `JobRecord::on_event`. (Long on purpose:
+//! the machine is one match over every state and event, which reads best whole; the
+//! checks of workers' reports are in `job/reports.rs`.)
 //!
 //! `Queued → Preparing → Training(0) → [PseudoLabeling(r) → Selecting(r) → Training(r)]*
 //! → Succeeded`, with `Failed(reason)` and `Cancelled` reachable from every live state.

@@ -13,6 +13,7 @@
 //! cargo build --release -p feral-cli -p feral-coordinator -p feral-worker -p feral-tests --bin feral-chaos
 //! target/release/feral-chaos [--dir target/chaos] [--seconds 900]
 //! ```
+//! (One scenario, read top to bottom: it is longer than most files, and kept whole.)
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
