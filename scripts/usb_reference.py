@@ -35,6 +35,8 @@ share of pool images that passed the mask in full and the precision of their lab
 """
 
 import argparse
+import importlib.metadata
+import inspect
 import json
 import math
 import os
@@ -247,7 +249,7 @@ def run(args):
 
         def process_batch(self, input_args=None, **kwargs):
             self.current_ulb_idx = kwargs.get("idx_ulb")
-            names = list(__import__("inspect").signature(self.train_step).parameters)
+            names = list(inspect.signature(self.train_step).parameters)
             return {k: v for k, v in kwargs.items() if k in names and v is not None}
 
     class Progress(Hook):
@@ -289,7 +291,7 @@ def run(args):
         "algorithm": args.algorithm, "seed": args.seed, "steps": args.steps, "threads": args.threads,
         "mu": args.mu if semi else 0, "batch_size": args.batch_size, "seconds": round(seconds, 1),
         "images_per_second": round(args.steps * (args.batch_size + (ulb_batch if semi else 0)) / seconds, 1),
-        "semilearn": __import__("importlib.metadata").metadata.version("semilearn"),
+        "semilearn": importlib.metadata.version("semilearn"),
         "torch": torch.__version__,
     }
     for split in ("val", "test"):

@@ -70,7 +70,7 @@ pub fn write_atomically<E: Into<ArtifactError>>(path: &Path, write: impl FnOnce(
 /// a pipe or an oversized file named by a spec is refused before anything is read.
 pub fn read_tensors(path: &Path, limit: u64, what: &'static str) -> Result<Vec<(String, tch::Tensor)>, ArtifactError> {
     let bytes = files::read_regular(path, limit, what)?;
-    let corrupt = |problem: String| ArtifactError::Corrupt { path: path.to_path_buf(), problem };
+    let corrupt = |problem: String| ArtifactError::corrupt(path, problem);
     let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(format!("not a safetensors file: {e}")))?;
     let mut tensors = Vec::with_capacity(file.len());
     for (name, view) in file.tensors() {
@@ -103,7 +103,7 @@ pub fn read_tensors(path: &Path, limit: u64, what: &'static str) -> Result<Vec<(
 /// is an error naming it.
 pub fn load_var_store(vs: &tch::nn::VarStore, path: &Path, what: &'static str) -> Result<(), ArtifactError> {
     let mut tensors: std::collections::HashMap<String, tch::Tensor> = read_tensors(path, files::MAX_TENSORS_BYTES, what)?.into_iter().collect();
-    let corrupt = |problem: String| ArtifactError::Corrupt { path: path.to_path_buf(), problem };
+    let corrupt = |problem: String| ArtifactError::corrupt(path, problem);
     let _no_grad = tch::no_grad_guard();
     for (name, mut variable) in vs.variables() {
         let saved = tensors.remove(&name).ok_or_else(|| corrupt(format!("the {what} has no tensor `{name}`")))?;

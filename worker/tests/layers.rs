@@ -69,7 +69,7 @@ fn paths(text: &str) -> Vec<String> {
     for statement in code.split(';') {
         let Some(at) = statement.find("use ") else { continue };
         let head = statement[..at].trim();
-        if !(head.is_empty() || head.ends_with('}') || head.ends_with(']') || head == "pub" || head.ends_with("pub") || head.ends_with("pub(crate)")) {
+        if !(head.is_empty() || head.ends_with('}') || head.ends_with(']') || head.ends_with("pub") || head.ends_with("pub(crate)")) {
             continue;
         }
         found.extend(expand(&statement[at + 4..]).into_iter().filter(|p| p.starts_with("crate::") || p.starts_with("super::")));
