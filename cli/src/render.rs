@@ -254,7 +254,7 @@ pub fn workers_table(workers: &[pb::Worker], now_ms: u64) -> String {
             worker.hostname.clone(),
             worker_state_name(worker.state()).to_owned(),
             devices.join(","),
-            worker.task_ids.len().to_string(),
+            worker.tasks.len().to_string(),
             format!("{since:.1}s ago"),
         ]);
     }
@@ -479,7 +479,7 @@ mod tests {
             state: pb::WorkerState::Live as i32,
             slots: vec![pb::Slot { device: "cpu".into(), name: "cpu".into() }, pb::Slot { device: "cuda:0".into(), name: "gpu".into() }],
             last_heartbeat_ms: 10_000,
-            task_ids: vec!["job-abc/r0/train/a1".into()],
+            tasks: vec![feral_proto::v1::TaskKey { job_id: "job-abc".into(), kind: feral_proto::v1::TaskKind::Train as i32, attempt: 1, ..Default::default() }],
             ..pb::Worker::default()
         };
         let text = workers_table(&[worker], 12_500);

@@ -38,16 +38,10 @@ string_id!(
     WorkerId
 );
 string_id!(
-    /// One task of a job: `<job>/r<round>/<phase>/a<attempt>`.
-    TaskId
+    /// An unlabelled shard of a dataset, by its file name in the manifest, e.g.
+    /// `unlabeled-0003.safetensors`.
+    ShardId
 );
-
-impl TaskId {
-    /// The job this task belongs to: the part of the id before its first `/`.
-    pub fn job(&self) -> JobId {
-        JobId(self.0.split('/').next().unwrap_or_default().to_owned())
-    }
-}
 
 impl JobId {
     /// A fresh random job id.
@@ -95,8 +89,34 @@ impl WorkerId {
 #[serde(transparent)]
 pub struct Round(pub u32);
 
-impl fmt::Display for Round {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+/// Which attempt of a task, from 1: a retry, a gang regrown whole or a resumed job runs a
+/// new attempt, and a report from an attempt that has been replaced changes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Attempt(pub u32);
+
+impl Attempt {
+    pub const FIRST: Attempt = Attempt(1);
+
+    pub fn next(self) -> Self {
+        Attempt(self.0.saturating_add(1))
     }
 }
+
+/// A rank of a data-parallel gang, from 0 (rank 0 writes the model); 0 for a task that
+/// runs alone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Rank(pub u32);
+
+macro_rules! number_display {
+    ($($name:ident),*) => {$(
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    )*};
+}
+
+number_display!(Round, Attempt, Rank);

@@ -1,6 +1,6 @@
 //! The task contract between the coordinator and its workers, in domain terms: what a
-//! worker is asked to run ([`Assignment`]), how it names the task in every report
-//! ([`TaskRef`]), what a finished task produced ([`TaskOutcome`]) and what each training
+//! worker is asked to run ([`Assignment`]), the one key that names a task from the
+//! coordinator's record to the worker's last report ([`TaskKey`]), what a finished task produced ([`TaskOutcome`]) and what each training
 //! epoch reports ([`EpochReport`]). Both sides use these types; `feral-proto` holds the
 //! only conversions to and from the wire.
 
@@ -10,11 +10,11 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{JobId, Round, TaskId};
+use crate::ids::{Attempt, JobId, Rank, Round, ShardId};
 pub use crate::method::{MaskAudit, SelectionSummary};
 use crate::metrics::MetricsSummary;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum TaskKind {
     /// Open the dataset, verify its shards, describe it.
     Prepare,
@@ -37,8 +37,9 @@ impl TaskKind {
     }
 }
 
-/// A device slot a task runs on: `cpu` or `cuda:N`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A device slot a task runs on: `cpu` or `cuda:N`. Stored and sent as that text, read
+/// where it enters (a worker's registration, a stored record, an assignment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde_with::SerializeDisplay, serde_with::DeserializeFromStr)]
 pub enum Device {
     Cpu,
     Cuda(u32),
@@ -98,20 +99,46 @@ pub struct TaskInputs {
 /// (under `<artifacts>/r<round>/a<attempt>/checkpoint-e<epoch>`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CheckpointRef {
-    pub attempt: u32,
+    pub attempt: Attempt,
     pub epoch: u32,
+}
+
+/// One task, named the same way from the coordinator's record to the worker's last report,
+/// field by field on the wire and never parsed out of a text: its job, round and kind, the
+/// shard an infer task predicts, the attempt, and the rank in a data-parallel gang.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskKey {
+    pub job: JobId,
+    pub round: Round,
+    pub kind: TaskKind,
+    /// The unlabelled shard an `Infer` task predicts; `None` for every other kind.
+    pub shard: Option<ShardId>,
+    pub attempt: Attempt,
+    /// Its rank in its data-parallel gang; 0 when it runs alone.
+    pub rank: Rank,
+}
+
+/// For logs and messages: `<job>/r<round>/<kind>[/<shard>]/a<attempt>[/rank<rank>]`, the
+/// rank shown for training tasks.
+impl fmt::Display for TaskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/r{}/{}", self.job, self.round, self.kind.name())?;
+        if let Some(shard) = &self.shard {
+            write!(f, "/{}", shard.as_str().trim_end_matches(".safetensors"))?;
+        }
+        write!(f, "/a{}", self.attempt)?;
+        if self.kind == TaskKind::Train {
+            write!(f, "/rank{}", self.rank)?;
+        }
+        Ok(())
+    }
 }
 
 /// A task as the coordinator hands it to the worker that runs it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Assignment {
-    pub task: TaskId,
-    pub job: JobId,
-    pub kind: TaskKind,
-    pub round: Round,
-    pub attempt: u32,
-    /// This rank's place in its data-parallel gang, and the gang's size (1: alone).
-    pub rank: u32,
+    pub key: TaskKey,
+    /// The size of the task's data-parallel gang (1: alone).
     pub world_size: u32,
     /// The job spec as the user wrote it (TOML).
     pub spec_toml: String,
@@ -121,28 +148,6 @@ pub struct Assignment {
     pub owner: String,
     pub device: Device,
     pub inputs: TaskInputs,
-}
-
-impl Assignment {
-    /// How the worker names this task in its reports.
-    pub fn task_ref(&self) -> TaskRef {
-        TaskRef { job: self.job.clone(), task: self.task.clone(), attempt: self.attempt }
-    }
-}
-
-/// The task a report is about: its job (so the coordinator finds it by key), its id, and
-/// its attempt (a report from an attempt that has been replaced changes nothing).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TaskRef {
-    pub job: JobId,
-    pub task: TaskId,
-    pub attempt: u32,
-}
-
-impl fmt::Display for TaskRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.task.as_str())
-    }
 }
 
 /// One finished epoch of a training task.

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use feral_common::ids::{JobId, TaskId, WorkerId};
+use feral_common::ids::{JobId, WorkerId};
 use feral_common::spec::JobSpec;
-use feral_common::task::{EpochReport, TaskOutcome, TaskRef};
+use feral_common::task::{Device, EpochReport, TaskKey, TaskOutcome};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{watch, Mutex};
@@ -61,7 +61,7 @@ impl Scope<'_> {
 pub struct WorkerView {
     pub record: WorkerRecord,
     pub last_heartbeat_ms: u64,
-    pub running: Vec<TaskId>,
+    pub running: Vec<TaskKey>,
 }
 
 #[derive(Default)]
@@ -309,11 +309,11 @@ impl ControlPlane {
     /// Renews a worker's lease. Answers with the tasks it should start and those it
     /// should stop: anything it runs that is no longer assigned to it.
     /// `withheld`: the devices it offers no task on (a task there would not stop).
-    pub async fn heartbeat(&self, id: &WorkerId, running: Vec<TaskId>, withheld: Vec<String>, now_ms: u64) -> Result<Orders, CoordinatorError> {
+    pub async fn heartbeat(&self, id: &WorkerId, running: Vec<TaskKey>, withheld: Vec<Device>, now_ms: u64) -> Result<Orders, CoordinatorError> {
         let mut model = self.model.lock().await;
         let worker = model.cluster.workers.get_mut(id).ok_or_else(|| CoordinatorError::WorkerNotFound(id.clone()))?;
         if let Some(unknown) = withheld.iter().find(|d| !worker.record.slots.iter().any(|s| &s.device == *d)) {
-            return Err(CoordinatorError::InvalidArgument(format!("field `withheld_devices` names {unknown:?}, not a slot of worker {id}")));
+            return Err(CoordinatorError::InvalidArgument(format!("field `withheld_devices` names {:?}, not a slot of worker {id}", unknown.to_string())));
         }
         worker.last_heartbeat_ms = now_ms;
         worker.running = running.clone();
@@ -383,7 +383,7 @@ impl ControlPlane {
         for s in stuck {
             warn!(worker_id = %s.worker, task_id = %s.task, reason = %s.reason, "task stuck");
             model.cluster.distrust_gang_of(&s.worker, &s.task, now_ms);
-            let event = JobEvent::TaskFailed { task: s.task.task.clone(), worker: s.worker.clone(), reason: s.reason, retryable: true };
+            let event = JobEvent::TaskFailed { task: s.task.clone(), worker: s.worker.clone(), reason: s.reason, retryable: true };
             self.apply_job_event(&mut model, &s.task.job, &event, now_ms).await?;
         }
         self.run_scheduler(&mut model, now_ms).await
@@ -397,13 +397,13 @@ impl ControlPlane {
     pub async fn report_progress(
         &self,
         worker: &WorkerId,
-        task: &TaskRef,
+        task: &TaskKey,
         epoch: EpochReport,
         epochs_total: u32,
         now_ms: u64,
     ) -> Result<bool, CoordinatorError> {
         let mut model = self.model.lock().await;
-        if model.cluster.task(task).is_none() || !model.cluster.is_assigned_to(&task.task, worker) {
+        if model.cluster.task(task).is_none() || !model.cluster.is_assigned_to(task, worker) {
             return Ok(true);
         }
         self.refuse_unlike_the_job(&mut model, worker, task, |job| job.check_progress(&epoch, epochs_total), now_ms).await?;
@@ -412,7 +412,7 @@ impl ControlPlane {
             let Model { cluster, clocks, .. } = &mut *model;
             clocks.progressed(cluster, &task.job, round, now_ms);
         }
-        let event = JobEvent::TaskProgress { task: task.task.clone(), worker: worker.clone(), epoch, epochs_total };
+        let event = JobEvent::TaskProgress { task: task.clone(), worker: worker.clone(), epoch, epochs_total };
         self.apply_job_event(&mut model, &task.job, &event, now_ms).await?;
         let short = model.cluster.job(&task.job).zip(model.cluster.task(task)).is_some_and(|(job, record)| job.is_short_gang(record));
         if !short || last_epoch {
@@ -426,13 +426,13 @@ impl ControlPlane {
         if free == 0 {
             return Ok(false);
         }
-        info!(job_id = %task.job, task_id = %task.task, free_slots = free, "an elastic gang grows back from its checkpoint");
-        self.apply_job_event(&mut model, &task.job, &JobEvent::GangGrows { task: task.task.clone() }, now_ms).await?;
+        info!(job_id = %task.job, task_id = %task, free_slots = free, "an elastic gang grows back from its checkpoint");
+        self.apply_job_event(&mut model, &task.job, &JobEvent::GangGrows { task: task.clone() }, now_ms).await?;
         self.run_scheduler(&mut model, now_ms).await?;
         Ok(true)
     }
 
-    pub async fn finish_task(&self, worker: &WorkerId, task: &TaskRef, outcome: TaskOutcome, now_ms: u64) -> Result<(), CoordinatorError> {
+    pub async fn finish_task(&self, worker: &WorkerId, task: &TaskKey, outcome: TaskOutcome, now_ms: u64) -> Result<(), CoordinatorError> {
         let mut model = self.model.lock().await;
         if model.cluster.job(&task.job).is_none() {
             return Err(CoordinatorError::JobNotFound(task.job.clone()));
@@ -448,15 +448,15 @@ impl ControlPlane {
                 outcome.kind().name()
             )));
         }
-        if model.cluster.is_assigned_to(&task.task, worker) {
+        if model.cluster.is_assigned_to(task, worker) {
             self.refuse_unlike_the_job(&mut model, worker, task, |job| job.check_outcome(&outcome), now_ms).await?;
         }
-        let event = JobEvent::TaskFinished { task: task.task.clone(), worker: worker.clone(), outcome };
+        let event = JobEvent::TaskFinished { task: task.clone(), worker: worker.clone(), outcome };
         self.apply_job_event(&mut model, &task.job, &event, now_ms).await?;
         self.run_scheduler(&mut model, now_ms).await
     }
 
-    pub async fn fail_task(&self, worker: &WorkerId, task: &TaskRef, reason: String, retryable: bool, now_ms: u64) -> Result<(), CoordinatorError> {
+    pub async fn fail_task(&self, worker: &WorkerId, task: &TaskKey, reason: String, retryable: bool, now_ms: u64) -> Result<(), CoordinatorError> {
         let mut model = self.model.lock().await;
         if model.cluster.job(&task.job).is_none() {
             return Err(CoordinatorError::JobNotFound(task.job.clone()));
@@ -467,13 +467,13 @@ impl ControlPlane {
             return Ok(());
         }
         model.cluster.distrust_gang_of(worker, task, now_ms);
-        let event = JobEvent::TaskFailed { task: task.task.clone(), worker: worker.clone(), reason, retryable };
+        let event = JobEvent::TaskFailed { task: task.clone(), worker: worker.clone(), reason, retryable };
         self.apply_job_event(&mut model, &task.job, &event, now_ms).await?;
         self.run_scheduler(&mut model, now_ms).await
     }
 
     /// Records where rank `task` listens; answers every rank's address once all have joined.
-    pub async fn join_gang(&self, worker: &WorkerId, task: &TaskRef, address: String, nccl_unique_id: Vec<u8>) -> Result<Option<GangPeers>, CoordinatorError> {
+    pub async fn join_gang(&self, worker: &WorkerId, task: &TaskKey, address: String, nccl_unique_id: Vec<u8>) -> Result<Option<GangPeers>, CoordinatorError> {
         self.model.lock().await.cluster.join_gang(worker, task, address, nccl_unique_id)
     }
 
@@ -486,14 +486,14 @@ impl ControlPlane {
         &self,
         model: &mut Model,
         worker: &WorkerId,
-        task: &TaskRef,
+        task: &TaskKey,
         check: impl FnOnce(&JobRecord) -> Result<(), String>,
         now_ms: u64,
     ) -> Result<(), CoordinatorError> {
         let Some(problem) = model.cluster.job(&task.job).and_then(|job| check(job).err()) else { return Ok(()) };
         let reason = format!("worker {worker} reported {problem}");
         warn!(job_id = %task.job, task_id = %task, %reason, "report refused");
-        let event = JobEvent::TaskFailed { task: task.task.clone(), worker: worker.clone(), reason: reason.clone(), retryable: false };
+        let event = JobEvent::TaskFailed { task: task.clone(), worker: worker.clone(), reason: reason.clone(), retryable: false };
         self.apply_job_event(model, &task.job, &event, now_ms).await?;
         Err(CoordinatorError::InvalidArgument(reason))
     }
@@ -532,15 +532,16 @@ impl ControlPlane {
             schedule(&jobs, &workers.iter().collect::<Vec<_>>(), now_ms)
         };
         for assignment in assignments {
-            let short = model.cluster.job(&assignment.job).and_then(|j| j.task(&assignment.task)).is_some_and(|t| assignment.world_size < t.world_size);
+            let short = model.cluster.job(&assignment.task.job).and_then(|j| j.task(&assignment.task)).is_some_and(|t| assignment.world_size < t.world_size);
             if short {
-                info!(job_id = %assignment.job, task_id = %assignment.task, ranks = assignment.world_size, "an elastic gang is placed short");
+                info!(job_id = %assignment.task.job, task_id = %assignment.task, ranks = assignment.world_size, "an elastic gang is placed short");
                 let event = JobEvent::GangShrunk { task: assignment.task.clone(), world_size: assignment.world_size };
-                self.apply_job_event(model, &assignment.job, &event, now_ms).await?;
+                self.apply_job_event(model, &assignment.task.job, &event, now_ms).await?;
             }
-            info!(job_id = %assignment.job, task_id = %assignment.task, worker_id = %assignment.worker, "task assigned");
+            info!(job_id = %assignment.task.job, task_id = %assignment.task, worker_id = %assignment.worker, "task assigned");
+            let job = assignment.task.job.clone();
             let event = JobEvent::TaskAssigned { task: assignment.task, worker: assignment.worker, device: assignment.device };
-            self.apply_job_event(model, &assignment.job, &event, now_ms).await?;
+            self.apply_job_event(model, &job, &event, now_ms).await?;
         }
         Ok(())
     }
@@ -548,9 +549,9 @@ impl ControlPlane {
 
 /// A report about the current attempt of a task another worker holds is refused (it can
 /// only be forged or misaddressed); reports about tasks nobody holds are stale and ignored.
-fn refuse_if_another_workers(model: &Model, worker: &WorkerId, task: &TaskRef) -> Result<(), CoordinatorError> {
+fn refuse_if_another_workers(model: &Model, worker: &WorkerId, task: &TaskKey) -> Result<(), CoordinatorError> {
     match model.cluster.task(task).and_then(|t| t.worker()) {
-        Some(holder) if holder != worker => Err(CoordinatorError::NotAssigned { task: task.task.clone(), worker: worker.clone() }),
+        Some(holder) if holder != worker => Err(CoordinatorError::NotAssigned { task: task.clone(), worker: worker.clone() }),
         _ => Ok(()),
     }
 }
@@ -560,7 +561,7 @@ mod tests {
     use super::*;
     use crate::model::JobState;
     use crate::store::MemoryStore;
-    use feral_common::ids::Round;
+    use feral_common::ids::{Attempt, Round};
     use feral_common::task::{Assignment, DatasetSummary, TaskKind, TrainedModel};
 
     fn settings() -> Settings {
@@ -587,15 +588,15 @@ mod tests {
     async fn a_slot_its_worker_withholds_is_given_no_task_until_it_is_offered_again() {
         let control = ControlPlane::load(settings(), Arc::new(MemoryStore::default()), 0).await.expect("load");
         let w1 = WorkerId::new("w1");
-        control.register(w1.clone(), "h".into(), vec![Slot { device: "cpu".into(), name: "cpu".into() }], 0).await.expect("register");
-        let withholding = |now| control.heartbeat(&w1, Vec::new(), vec!["cpu".into()], now);
+        control.register(w1.clone(), "h".into(), vec![Slot { device: Device::Cpu, name: "cpu".into() }], 0).await.expect("register");
+        let withholding = |now| control.heartbeat(&w1, Vec::new(), vec![Device::Cpu], now);
         assert!(withholding(1).await.expect("heartbeat").assignments.is_empty());
         let job = control.submit("version = 1\ndataset = \"/d\"\n", "alice", 2).await.expect("submit").id;
         assert!(withholding(3).await.expect("heartbeat").assignments.is_empty(), "its only slot is withheld: nothing placed");
         let offered = heartbeat(&control, &w1, 4).await;
         assert_eq!(offered.len(), 1, "offered again, the slot takes the job's first task");
-        assert_eq!(offered[0].job, job);
-        let refused = control.heartbeat(&w1, Vec::new(), vec!["cuda:7".into()], 5).await.expect_err("not its slot");
+        assert_eq!(offered[0].key.job, job);
+        let refused = control.heartbeat(&w1, Vec::new(), vec![Device::Cuda(7)], 5).await.expect_err("not its slot");
         assert!(refused.to_string().contains("cuda:7"), "{refused}");
     }
 
@@ -603,7 +604,7 @@ mod tests {
     /// placed on `w1` and `w2`, and `w3` registered: the assignments of `w1` and `w2`.
     async fn gang_on_w1_and_w2(max_attempts: u32) -> (ControlPlane, JobId, [Assignment; 2]) {
         let control = ControlPlane::load(settings(), Arc::new(MemoryStore::default()), 0).await.expect("load");
-        let cpu = || vec![Slot { device: "cpu".into(), name: "cpu".into() }];
+        let cpu = || vec![Slot { device: Device::Cpu, name: "cpu".into() }];
         let [w1, w2, w3] = ["w1", "w2", "w3"].map(WorkerId::new);
         for id in [&w1, &w2] {
             control.register(id.clone(), "h".into(), cpu(), 0).await.expect("register");
@@ -613,7 +614,7 @@ mod tests {
         let (p1, p2) = (heartbeat(&control, &w1, 2).await, heartbeat(&control, &w2, 2).await);
         let (preparer, prepare) = if p1.is_empty() { (&w2, &p2[0]) } else { (&w1, &p1[0]) };
         let summary = DatasetSummary { class_names: vec!["a".into(), "b".into()], train_samples: 4, val_samples: 4, unlabeled_shards: vec![] };
-        control.finish_task(preparer, &prepare.task_ref(), TaskOutcome::Prepared(summary), 3).await.expect("finish");
+        control.finish_task(preparer, &prepare.key, TaskOutcome::Prepared(summary), 3).await.expect("finish");
         let (mut g1, mut g2) = (heartbeat(&control, &w1, 4).await, heartbeat(&control, &w2, 4).await);
         assert_eq!((g1.len(), g2.len()), (1, 1), "the gang of two ranks is placed on w1 and w2");
         control.register(w3, "h".into(), cpu(), 5).await.expect("register");
@@ -623,7 +624,7 @@ mod tests {
     /// The train tasks of `job` that are still live (queued or placed), and its state.
     async fn live_training(control: &ControlPlane, job: &JobId) -> (Vec<(u32, Option<WorkerId>)>, JobState) {
         let record = control.job(Scope::Every, job).await.expect("job");
-        let mut live: Vec<_> = record.tasks.iter().filter(|t| t.kind == TaskKind::Train && t.is_live()).map(|t| (t.attempt, t.worker().cloned())).collect();
+        let mut live: Vec<_> = record.tasks.iter().filter(|t| t.kind == TaskKind::Train && t.is_live()).map(|t| (t.attempt.0, t.worker().cloned())).collect();
         live.sort();
         (live, record.state)
     }
@@ -633,7 +634,7 @@ mod tests {
         let (control, job, [g1, _]) = gang_on_w1_and_w2(3).await;
         let [w1, w2, w3] = ["w1", "w2", "w3"].map(WorkerId::new);
         // w2 dies silently (still live within its lease); w1's rank reports the broken ring.
-        control.fail_task(&w1, &g1.task_ref(), "gradient exchange failed".into(), true, 10).await.expect("fail");
+        control.fail_task(&w1, &g1.key, "gradient exchange failed".into(), true, 10).await.expect("fail");
         // Until they heartbeat again, neither rank of the failed gang gets a task.
         assert!(heartbeat(&control, &w3, 11).await.is_empty(), "w3 alone cannot hold a gang of two");
         // w1 heartbeats after the retry's back-off (at most retry_backoff_s = 2 s): it is
@@ -643,7 +644,7 @@ mod tests {
         let on_w1 = heartbeat(&control, &w1, 2_012).await;
         let on_w3 = heartbeat(&control, &w3, 2_012).await;
         assert_eq!((on_w1.len(), on_w3.len()), (1, 1), "the retry runs on the two workers that proved alive");
-        assert!(on_w1[0].attempt > g1.attempt, "a new attempt");
+        assert!(on_w1[0].key.attempt > g1.key.attempt, "a new attempt");
         let record = control.job(Scope::Every, &job).await.expect("job");
         assert!(!record.workers().contains(&w2), "nothing is placed on the silent w2: {:?}", record.workers());
     }
@@ -652,7 +653,7 @@ mod tests {
     async fn a_lost_rank_costs_its_gang_one_attempt_when_the_survivor_reports_first() {
         let (control, job, [g1, _]) = gang_on_w1_and_w2(2).await;
         let [w1, w2, w3] = ["w1", "w2", "w3"].map(WorkerId::new);
-        control.fail_task(&w1, &g1.task_ref(), "gradient exchange failed: peer closed the connection".into(), true, 10).await.expect("fail");
+        control.fail_task(&w1, &g1.key, "gradient exchange failed: peer closed the connection".into(), true, 10).await.expect("fail");
         heartbeat(&control, &w1, 12).await;
         heartbeat(&control, &w3, 12).await;
         // Later, the dead w2's lease runs out: that is the same failure, not a second one.
@@ -674,7 +675,7 @@ mod tests {
         control.expire_leases(61_000).await.expect("expire");
         // The survivor's rank, blocked on its dead peer, reports the broken ring late: its
         // attempt is already over, and the report changes nothing.
-        control.fail_task(&w1, &g1.task_ref(), "gradient exchange failed: peer timed out".into(), true, 61_500).await.expect("fail");
+        control.fail_task(&w1, &g1.key, "gradient exchange failed: peer timed out".into(), true, 61_500).await.expect("fail");
         // After the retry's back-off (at most 2 s), the periodic pass places it.
         control.expire_leases(63_000).await.expect("expire");
         heartbeat(&control, &w1, 63_000).await;
@@ -706,21 +707,21 @@ mod tests {
         let (control, job, [g1, _]) = gang_on_w1_and_w2(3).await;
         let w1 = WorkerId::new("w1");
         // Running its rank, w1 is told nothing new; an unknown task it runs is stopped.
-        let stray = TaskId::new("job-gone/r0/train/a1");
-        let reply = control.heartbeat(&w1, vec![g1.task.clone(), stray.clone()], Vec::new(), 6).await.expect("heartbeat");
+        let stray = TaskKey { job: JobId::new("job-gone"), ..g1.key.clone() };
+        let reply = control.heartbeat(&w1, vec![g1.key.clone(), stray.clone()], Vec::new(), 6).await.expect("heartbeat");
         assert!(reply.assignments.is_empty(), "{:?}", reply.assignments);
         assert_eq!(reply.cancel, [stray]);
         // Once the job is cancelled, its rank is stopped too.
         control.cancel(Scope::Every, &job, 7).await.expect("cancel");
-        let reply = control.heartbeat(&w1, vec![g1.task.clone()], Vec::new(), 8).await.expect("heartbeat");
-        assert_eq!(reply.cancel, std::slice::from_ref(&g1.task));
+        let reply = control.heartbeat(&w1, vec![g1.key.clone()], Vec::new(), 8).await.expect("heartbeat");
+        assert_eq!(reply.cancel, std::slice::from_ref(&g1.key));
     }
 
     #[tokio::test]
     async fn reports_are_found_by_their_job_and_a_replaced_attempts_change_nothing() {
         let (control, job, [g1, g2]) = gang_on_w1_and_w2(3).await;
         let (w1, w2) = (WorkerId::new("w1"), WorkerId::new("w2"));
-        control.fail_task(&w1, &g1.task_ref(), "gradient exchange failed".into(), true, 10).await.expect("fail");
+        control.fail_task(&w1, &g1.key, "gradient exchange failed".into(), true, 10).await.expect("fail");
         let before = control.job(Scope::Every, &job).await.expect("job");
         // w2's rank of the abandoned attempt 1 reports an epoch and then a failure: stale.
         let epoch = EpochReport {
@@ -732,13 +733,13 @@ mod tests {
             seconds: 1.0,
             images_per_second: 0.0,
         };
-        let stop = control.report_progress(&w2, &g2.task_ref(), epoch, 2, 11).await.expect("progress");
+        let stop = control.report_progress(&w2, &g2.key, epoch, 2, 11).await.expect("progress");
         assert!(stop, "the rank of a replaced attempt is told to stop");
-        control.fail_task(&w2, &g2.task_ref(), "peer lost".into(), true, 12).await.expect("fail");
+        control.fail_task(&w2, &g2.key, "peer lost".into(), true, 12).await.expect("fail");
         let after = control.job(Scope::Every, &job).await.expect("job");
         assert_eq!((after.epochs.len(), after.tasks.len()), (before.epochs.len(), before.tasks.len()), "nothing changed");
         // A report whose attempt is not its task's names no live task either.
-        let wrong = TaskRef { attempt: 2, ..g1.task_ref() };
+        let wrong = TaskKey { attempt: Attempt(2), ..g1.key.clone() };
         control.fail_task(&w1, &wrong, "x".into(), false, 13).await.expect("a stale report is accepted and ignored");
         assert!(!control.job(Scope::Every, &job).await.expect("job").state.is_final());
     }
@@ -747,29 +748,29 @@ mod tests {
     async fn a_gang_meets_once_every_rank_has_joined() {
         let (control, _job, [g1, g2]) = gang_on_w1_and_w2(3).await;
         let (w1, w2) = (WorkerId::new("w1"), WorkerId::new("w2"));
-        let first = control.join_gang(&w1, &g1.task_ref(), "h1:1".into(), b"nccl".to_vec()).await.expect("join");
+        let first = control.join_gang(&w1, &g1.key, "h1:1".into(), b"nccl".to_vec()).await.expect("join");
         assert_eq!(first, None, "rank 0 waits for rank 1");
-        let error = control.join_gang(&w1, &g2.task_ref(), "h1:2".into(), Vec::new()).await.expect_err("not w1's rank");
+        let error = control.join_gang(&w1, &g2.key, "h1:2".into(), Vec::new()).await.expect_err("not w1's rank");
         assert!(matches!(error, CoordinatorError::NotAssigned { .. }), "{error}");
-        let peers = control.join_gang(&w2, &g2.task_ref(), "h2:1".into(), Vec::new()).await.expect("join").expect("complete");
+        let peers = control.join_gang(&w2, &g2.key, "h2:1".into(), Vec::new()).await.expect("join").expect("complete");
         assert_eq!(peers, GangPeers { addresses: vec!["h1:1".into(), "h2:1".into()], nccl_unique_id: b"nccl".to_vec() });
         // Rank 0 polls again and gets the same answer.
-        let again = control.join_gang(&w1, &g1.task_ref(), "h1:1".into(), b"nccl".to_vec()).await.expect("join");
+        let again = control.join_gang(&w1, &g1.key, "h1:1".into(), b"nccl".to_vec()).await.expect("join");
         assert_eq!(again, Some(peers));
     }
 
     #[tokio::test]
     async fn a_worker_back_from_a_partition_is_told_to_stop_and_its_late_result_is_not_counted() {
         let control = ControlPlane::load(settings(), Arc::new(MemoryStore::default()), 0).await.expect("load");
-        let cpu = || vec![Slot { device: "cpu".into(), name: "cpu".into() }];
+        let cpu = || vec![Slot { device: Device::Cpu, name: "cpu".into() }];
         let (w1, w2) = (WorkerId::new("w1"), WorkerId::new("w2"));
         control.register(w1.clone(), "h".into(), cpu(), 0).await.expect("register");
         let job = control.submit("version = 1\ndataset = \"/d\"\n[semi_supervised]\nrounds = 0\n", "alice", 1).await.expect("submit").id;
         let prepare = heartbeat(&control, &w1, 2).await.remove(0);
         let summary = DatasetSummary { class_names: vec!["a".into(), "b".into()], train_samples: 4, val_samples: 4, unlabeled_shards: vec![] };
-        control.finish_task(&w1, &prepare.task_ref(), TaskOutcome::Prepared(summary), 3).await.expect("finish");
+        control.finish_task(&w1, &prepare.key, TaskOutcome::Prepared(summary), 3).await.expect("finish");
         let first = heartbeat(&control, &w1, 4).await.remove(0);
-        assert_eq!((first.kind, first.attempt), (TaskKind::Train, 1));
+        assert_eq!((first.key.kind, first.key.attempt), (TaskKind::Train, Attempt(1)));
 
         // w1 is paused past its lease; its task goes to w2 as attempt 2.
         control.register(w2.clone(), "h".into(), cpu(), 5).await.expect("register");
@@ -777,13 +778,13 @@ mod tests {
         control.expire_leases(61_000).await.expect("expire");
         control.expire_leases(63_000).await.expect("the periodic pass places the retry after its back-off");
         let second = heartbeat(&control, &w2, 63_000).await;
-        assert_eq!(second.iter().map(|a| (a.kind, a.attempt)).collect::<Vec<_>>(), [(TaskKind::Train, 2)]);
+        assert_eq!(second.iter().map(|a| (a.key.kind, a.key.attempt)).collect::<Vec<_>>(), [(TaskKind::Train, Attempt(2))]);
 
         // w1 wakes: it is told to stop what it runs, and its finished attempt 1 counts for nothing.
-        let reply = control.heartbeat(&w1, vec![first.task.clone()], Vec::new(), 63_500).await.expect("heartbeat");
-        assert_eq!(reply.cancel, std::slice::from_ref(&first.task), "the reassigned task is stopped");
+        let reply = control.heartbeat(&w1, vec![first.key.clone()], Vec::new(), 63_500).await.expect("heartbeat");
+        assert_eq!(reply.cancel, std::slice::from_ref(&first.key), "the reassigned task is stopped");
         let model = teacher_model();
-        control.finish_task(&w1, &first.task_ref(), TaskOutcome::Trained(model), 63_600).await.expect("a late report is accepted and ignored");
+        control.finish_task(&w1, &first.key, TaskOutcome::Trained(model), 63_600).await.expect("a late report is accepted and ignored");
         let record = control.job(Scope::Every, &job).await.expect("job");
         assert!(!record.state.is_final(), "the job waits for attempt 2: {:?}", record.state);
         assert!(record.rounds.iter().all(|r| r.model.is_none()), "no model from the stale attempt");
@@ -798,7 +799,7 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         let control = ControlPlane::load(settings(), store.clone(), 0).await.expect("load");
         let w1 = WorkerId::new("w1");
-        control.register(w1.clone(), "h".into(), vec![Slot { device: "cpu".into(), name: "cpu".into() }], 0).await.expect("register");
+        control.register(w1.clone(), "h".into(), vec![Slot { device: Device::Cpu, name: "cpu".into() }], 0).await.expect("register");
         let submit = |name: &str| format!("version = 1\nname = \"{name}\"\ndataset = \"/d\"\n[train]\nepochs = 3\n");
         let summary = DatasetSummary { class_names: vec!["a".into(), "b".into()], train_samples: 4, val_samples: 4, unlabeled_shards: vec![] };
         let epoch = |loss: f64, accuracy: f64, number: u32| EpochReport {
@@ -846,11 +847,11 @@ mod tests {
         for (name, report, expected) in cases {
             let job = control.submit(&submit(name), "alice", now).await.expect("submit").id;
             let prepare = heartbeat(&control, &w1, now + 1).await.remove(0);
-            control.finish_task(&w1, &prepare.task_ref(), TaskOutcome::Prepared(summary.clone()), now + 2).await.expect("prepared");
+            control.finish_task(&w1, &prepare.key, TaskOutcome::Prepared(summary.clone()), now + 2).await.expect("prepared");
             let train = heartbeat(&control, &w1, now + 3).await.remove(0);
             let refused = match report(&train) {
-                (Some(epoch), _) => control.report_progress(&w1, &train.task_ref(), epoch, 3, now + 4).await.map(|_| ()),
-                (_, Some(outcome)) => control.finish_task(&w1, &train.task_ref(), outcome, now + 4).await,
+                (Some(epoch), _) => control.report_progress(&w1, &train.key, epoch, 3, now + 4).await.map(|_| ()),
+                (_, Some(outcome)) => control.finish_task(&w1, &train.key, outcome, now + 4).await,
                 _ => unreachable!(),
             };
             let error = refused.expect_err(name).to_string();
@@ -887,7 +888,7 @@ mod tests {
     async fn the_shard_plan_is_kept_in_the_job_record_and_a_reloaded_coordinator_carries_it_on() {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
         let control = ControlPlane::load(settings(), store.clone(), 0).await.expect("load");
-        let cpu = || vec![Slot { device: "cpu".into(), name: "cpu".into() }];
+        let cpu = || vec![Slot { device: Device::Cpu, name: "cpu".into() }];
         let [w1, w2, w3] = ["w1", "w2", "w3"].map(WorkerId::new);
         for id in [&w1, &w2] {
             control.register(id.clone(), "h".into(), cpu(), 0).await.expect("register");
@@ -910,10 +911,10 @@ mod tests {
         let (preparer, prepare) = next_task(2).await;
         let shards = (0..6).map(|i| feral_common::task::ShardRef { file: format!("u{i}.safetensors"), samples: 10 }).collect();
         let summary = DatasetSummary { class_names: vec!["a".into(), "b".into()], train_samples: 4, val_samples: 4, unlabeled_shards: shards };
-        control.finish_task(&preparer, &prepare.task_ref(), TaskOutcome::Prepared(summary), 3).await.expect("prepared");
+        control.finish_task(&preparer, &prepare.key, TaskOutcome::Prepared(summary), 3).await.expect("prepared");
         let (trainer, teacher) = next_task(4).await;
         let model = TrainedModel { model_path: teacher.artifact_dir.join("r0/a1/model.safetensors").display().to_string(), ..teacher_model() };
-        control.finish_task(&trainer, &teacher.task_ref(), TaskOutcome::Trained(model), 5).await.expect("trained");
+        control.finish_task(&trainer, &teacher.key, TaskOutcome::Trained(model), 5).await.expect("trained");
         let plan = control.job(Scope::Every, &job).await.expect("job").shard_plan;
         assert_eq!(plan.len(), 6, "every pool shard is planned: {plan:?}");
         assert_eq!(plan.values().filter(|w| **w == w1.to_string()).count(), 3, "{plan:?}");
@@ -938,9 +939,9 @@ mod records {
     //! values either round-trip exactly or are refused before they are written.
     use super::*;
     use crate::model::{Slot, TaskState};
-    use feral_common::ids::Round;
+    use feral_common::ids::{Attempt, Rank, Round};
     use feral_common::metrics::MetricsSummary;
-    use feral_common::task::EpochReport;
+    use feral_common::task::{EpochReport, TaskKind};
     use proptest::prelude::*;
 
     fn round_trips<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: &T) -> Result<bool, TestCaseError> {
@@ -978,9 +979,33 @@ mod records {
         }
 
         #[test]
-        fn a_worker_record_reads_back_exactly(id in ".*", hostname in ".*", device in ".*", at in any::<u64>()) {
-            let record = WorkerRecord { id: WorkerId::new(id), hostname, slots: vec![Slot { device: device.clone(), name: device }], state: WorkerState::Lost, registered_at_ms: at };
+        fn a_worker_record_reads_back_exactly(id in ".*", hostname in ".*", cuda in proptest::option::of(any::<u32>()), name in ".*", at in any::<u64>()) {
+            let device = cuda.map_or(Device::Cpu, Device::Cuda);
+            let record = WorkerRecord { id: WorkerId::new(id), hostname, slots: vec![Slot { device, name }], state: WorkerState::Lost, registered_at_ms: at };
             prop_assert!(round_trips(&record)?);
         }
+    }
+
+    /// A job stored before task keys (each task with an `id` text, some without `rank` or
+    /// `world_size`) reads back with the same tasks, now found by their keys; its devices,
+    /// stored as text, read as devices, and a device no slot can name is refused.
+    #[test]
+    fn a_job_stored_before_task_keys_reads_back_with_its_tasks() {
+        let spec = JobSpec::from_toml("version = 1\ndataset = \"/d\"\n").expect("spec");
+        let mut job = JobRecord::submitted(JobId::new("job-1"), spec, String::new(), PathBuf::from("/a/job-1"), 0);
+        job.tasks[0].state = TaskState::Assigned { worker: WorkerId::new("w1"), device: Device::Cuda(1) };
+        let Ok(Write::Put { value, .. }) = encode("jobs/job-1", &job) else { panic!("encodes") };
+        let mut old: serde_json::Value = serde_json::from_slice(&value).expect("json");
+        let task = &mut old["tasks"][0];
+        assert_eq!(task["state"]["Assigned"]["device"], "cuda:1", "a device is stored as its text");
+        task["id"] = "job-1/r0/prepare/a1".into();
+        task.as_object_mut().expect("object").retain(|field, _| field != "rank" && field != "world_size");
+        let read: JobRecord = decode("jobs/job-1", &serde_json::to_vec(&old).expect("bytes")).expect("an old record reads");
+        assert_eq!(read, job);
+        let key = TaskKey { job: JobId::new("job-1"), round: Round(0), kind: TaskKind::Prepare, shard: None, attempt: Attempt(1), rank: Rank(0) };
+        assert_eq!(read.task(&key), Some(&job.tasks[0]));
+        old["tasks"][0]["state"]["Assigned"]["device"] = "tpu:0".into();
+        let error = decode::<JobRecord>("jobs/job-1", &serde_json::to_vec(&old).expect("bytes")).expect_err("no such device");
+        assert!(error.to_string().contains("`cpu` or `cuda:N`"), "{error}");
     }
 }

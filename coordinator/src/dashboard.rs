@@ -347,7 +347,7 @@ impl JobView {
             Some(result) => Some(Evaluation::of(&result.validation)),
             None => job.epochs.last().map(|e| Evaluation::of(&e.validation)),
         };
-        let running_tasks = job.tasks.iter().filter(|t| matches!(t.state, TaskState::Assigned { .. })).map(|t| t.id.to_string()).collect();
+        let running_tasks = job.tasks.iter().filter(|t| matches!(t.state, TaskState::Assigned { .. })).map(|t| t.key(&job.id).to_string()).collect();
         Self {
             line: JobLine::of(job),
             reason: state_of(&job.state).1,
@@ -386,7 +386,7 @@ impl WorkerLine {
                 WorkerState::Live => "live",
                 WorkerState::Lost => "lost",
             },
-            slots: worker.record.slots.iter().map(|s| s.device.clone()).collect(),
+            slots: worker.record.slots.iter().map(|s| s.device.to_string()).collect(),
             running: worker.running.iter().map(|t| t.to_string()).collect(),
             heartbeat_age_s: now_ms.saturating_sub(worker.last_heartbeat_ms) as f64 / 1000.0,
         }

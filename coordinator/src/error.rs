@@ -1,7 +1,8 @@
 //! The coordinator's errors. Each says what was wrong in words a user can act on.
 
-use feral_common::ids::{JobId, TaskId, WorkerId};
+use feral_common::ids::{JobId, WorkerId};
 use feral_common::spec::SpecError;
+use feral_common::task::TaskKey;
 use feral_proto::ContractError;
 
 use crate::store::StoreError;
@@ -19,7 +20,7 @@ pub enum CoordinatorError {
     #[error("no worker with id `{0}`; register first")]
     WorkerNotFound(WorkerId),
     #[error("task {task} is not assigned to worker {worker}")]
-    NotAssigned { task: TaskId, worker: WorkerId },
+    NotAssigned { task: TaskKey, worker: WorkerId },
     #[error("{0}")]
     NotResumable(String),
     #[error(transparent)]

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use feral_common::ids::{JobId, TaskId};
+use feral_common::ids::JobId;
+use feral_common::task::TaskKey;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -151,7 +152,7 @@ pub struct Metrics {
 
 #[derive(Default)]
 struct Clocks {
-    tasks: HashMap<TaskId, u64>,
+    tasks: HashMap<TaskKey, u64>,
     phases: HashMap<JobId, (&'static str, u64)>,
 }
 
@@ -225,7 +226,8 @@ impl Metrics {
     pub fn job_changed(&self, old: Option<&JobRecord>, new: &JobRecord, now_ms: u64) {
         let mut clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
         for task in &new.tasks {
-            let before = old.and_then(|job| job.task(&task.id)).map(|t| &t.state);
+            let key = task.key(&new.id);
+            let before = old.and_then(|job| job.task(&key)).map(|t| &t.state);
             if before == Some(&task.state) {
                 continue;
             }
@@ -233,20 +235,20 @@ impl Metrics {
             match &task.state {
                 TaskState::Assigned { .. } => {
                     self.tasks_started.get_or_create(&kind).inc();
-                    clocks.tasks.insert(task.id.clone(), now_ms);
+                    clocks.tasks.insert(key, now_ms);
                 }
                 TaskState::Finished => {
                     self.tasks_finished.get_or_create(&kind).inc();
-                    if let Some(started) = clocks.tasks.remove(&task.id) {
+                    if let Some(started) = clocks.tasks.remove(&key) {
                         self.task_seconds.get_or_create(&kind).observe(now_ms.saturating_sub(started) as f64 / 1000.0);
                     }
                 }
                 TaskState::Failed { .. } => {
                     self.tasks_failed.get_or_create(&kind).inc();
-                    clocks.tasks.remove(&task.id);
+                    clocks.tasks.remove(&key);
                 }
                 TaskState::Pending | TaskState::Abandoned => {
-                    clocks.tasks.remove(&task.id);
+                    clocks.tasks.remove(&key);
                 }
             }
         }

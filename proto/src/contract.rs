@@ -4,11 +4,11 @@
 
 use std::path::PathBuf;
 
-use feral_common::ids::{JobId, Round, TaskId};
+use feral_common::ids::{Attempt, JobId, Rank, Round, ShardId};
 use feral_common::method::{MaskAudit, SelectionSummary};
 use feral_common::metrics::MetricsSummary;
 use feral_common::task::{
-    Assignment, CheckpointRef, DatasetSummary, EpochReport, InferPartial, ShardRef, TaskInputs, TaskKind, TaskOutcome, TaskRef, TrainedModel,
+    Assignment, CheckpointRef, DatasetSummary, EpochReport, InferPartial, ShardRef, TaskInputs, TaskKey, TaskKind, TaskOutcome, TrainedModel,
 };
 
 use crate::v1 as pb;
@@ -40,18 +40,51 @@ fn text(path: &Option<PathBuf>) -> String {
     path.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
 }
 
-/// The task a report names: `job_id`, `task_id` and `attempt` of a request. The task must
-/// be one of the job's (task ids begin with their job's id) and the attempt at least 1.
-pub fn task_ref(job_id: &str, task_id: &str, attempt: u32) -> Result<TaskRef, ContractError> {
-    let job = JobId::new(required(job_id, "job_id")?);
-    let task = TaskId::new(required(task_id, "task_id")?);
-    if task.job() != job {
-        return Err(ContractError::Invalid { field: "task_id", problem: format!("names a task of another job than {job}: {task}") });
+impl From<&TaskKey> for pb::TaskKey {
+    fn from(key: &TaskKey) -> Self {
+        pb::TaskKey {
+            job_id: key.job.to_string(),
+            round: key.round.0,
+            kind: pb::TaskKind::from(key.kind) as i32,
+            shard: key.shard.as_ref().map(ToString::to_string).unwrap_or_default(),
+            attempt: key.attempt.0,
+            rank: key.rank.0,
+        }
     }
-    if attempt == 0 {
-        return Err(ContractError::Required("attempt"));
+}
+
+/// The task a message names, field by field: its job is required, its attempt at least 1,
+/// and a shard given for an infer task and for no other.
+impl TryFrom<pb::TaskKey> for TaskKey {
+    type Error = ContractError;
+
+    fn try_from(key: pb::TaskKey) -> Result<Self, ContractError> {
+        let kind = task_kind(key.kind)?;
+        let shard = match (kind, key.shard.is_empty()) {
+            (TaskKind::Infer, true) => return Err(ContractError::Required("shard")),
+            (TaskKind::Infer, false) => Some(ShardId::new(key.shard)),
+            (_, true) => None,
+            (_, false) => {
+                return Err(ContractError::Invalid { field: "shard", problem: format!("is only for an infer task, got one for a {} task", kind.name()) })
+            }
+        };
+        if key.attempt == 0 {
+            return Err(ContractError::Required("attempt"));
+        }
+        Ok(TaskKey {
+            job: JobId::new(required(&key.job_id, "job_id")?),
+            round: Round(key.round),
+            kind,
+            shard,
+            attempt: Attempt(key.attempt),
+            rank: Rank(key.rank),
+        })
     }
-    Ok(TaskRef { job, task, attempt })
+}
+
+/// The key of a report's required `task` field.
+pub fn task_key(key: Option<pb::TaskKey>) -> Result<TaskKey, ContractError> {
+    key.ok_or(ContractError::Required("task"))?.try_into()
 }
 
 impl From<TaskKind> for pb::TaskKind {
@@ -82,11 +115,7 @@ pub fn task_kind(kind: i32) -> Result<TaskKind, ContractError> {
 impl From<&Assignment> for pb::TaskAssignment {
     fn from(a: &Assignment) -> Self {
         pb::TaskAssignment {
-            task_id: a.task.to_string(),
-            job_id: a.job.to_string(),
-            kind: pb::TaskKind::from(a.kind) as i32,
-            round: a.round.0,
-            attempt: a.attempt,
+            key: Some(pb::TaskKey::from(&a.key)),
             spec_toml: a.spec_toml.clone(),
             artifact_dir: a.artifact_dir.display().to_string(),
             owner: a.owner.clone(),
@@ -96,9 +125,8 @@ impl From<&Assignment> for pb::TaskAssignment {
             class_prior: a.inputs.class_prior.clone(),
             shards: a.inputs.shards.clone(),
             selection_file: text(&a.inputs.selection_file),
-            rank: a.rank,
             world_size: a.world_size,
-            resume_from: a.inputs.resume_from.iter().map(|c| pb::CheckpointRef { attempt: c.attempt, epoch: c.epoch }).collect(),
+            resume_from: a.inputs.resume_from.iter().map(|c| pb::CheckpointRef { attempt: c.attempt.0, epoch: c.epoch }).collect(),
         }
     }
 }
@@ -107,23 +135,18 @@ impl TryFrom<pb::TaskAssignment> for Assignment {
     type Error = ContractError;
 
     fn try_from(a: pb::TaskAssignment) -> Result<Self, ContractError> {
-        let TaskRef { job, task, attempt } = task_ref(&a.job_id, &a.task_id, a.attempt)?;
+        let key = TaskKey::try_from(a.key.ok_or(ContractError::Required("key"))?)?;
         if a.world_size == 0 {
             return Err(ContractError::Required("world_size"));
         }
-        if a.rank >= a.world_size {
-            return Err(ContractError::Invalid { field: "rank", problem: format!("must be below world_size {}, got {}", a.world_size, a.rank) });
+        if key.rank.0 >= a.world_size {
+            return Err(ContractError::Invalid { field: "rank", problem: format!("must be below world_size {}, got {}", a.world_size, key.rank) });
         }
         let device = required(&a.device, "device")?
             .parse()
             .map_err(|problem: feral_common::task::DeviceError| ContractError::Invalid { field: "device", problem: problem.to_string() })?;
         Ok(Assignment {
-            task,
-            job,
-            kind: task_kind(a.kind)?,
-            round: Round(a.round),
-            attempt,
-            rank: a.rank,
+            key,
             world_size: a.world_size,
             spec_toml: required(&a.spec_toml, "spec_toml")?.to_owned(),
             artifact_dir: PathBuf::from(required(&a.artifact_dir, "artifact_dir")?),
@@ -135,7 +158,7 @@ impl TryFrom<pb::TaskAssignment> for Assignment {
                 class_prior: a.class_prior,
                 shards: a.shards,
                 selection_file: path(a.selection_file),
-                resume_from: a.resume_from.into_iter().map(|c| CheckpointRef { attempt: c.attempt, epoch: c.epoch }).collect(),
+                resume_from: a.resume_from.into_iter().map(|c| CheckpointRef { attempt: Attempt(c.attempt), epoch: c.epoch }).collect(),
             },
         })
     }
@@ -312,12 +335,7 @@ mod tests {
 
     fn assignment() -> Assignment {
         Assignment {
-            task: TaskId::new("job-1/r1/train/a2/rank1"),
-            job: JobId::new("job-1"),
-            kind: TaskKind::Train,
-            round: Round(1),
-            attempt: 2,
-            rank: 1,
+            key: TaskKey { job: JobId::new("job-1"), round: Round(1), kind: TaskKind::Train, shard: None, attempt: Attempt(2), rank: Rank(1) },
             world_size: 2,
             spec_toml: "version = 1\n".into(),
             artifact_dir: "/a/job-1".into(),
@@ -329,7 +347,7 @@ mod tests {
                 class_prior: vec![0.25, 0.75],
                 shards: vec![],
                 selection_file: Some("/a/job-1/r1/selection.safetensors".into()),
-                resume_from: vec![CheckpointRef { attempt: 1, epoch: 4 }, CheckpointRef { attempt: 1, epoch: 3 }],
+                resume_from: vec![CheckpointRef { attempt: Attempt(1), epoch: 4 }, CheckpointRef { attempt: Attempt(1), epoch: 3 }],
             },
         }
     }
@@ -338,22 +356,30 @@ mod tests {
     fn an_assignment_crosses_the_wire_whole() {
         let sent = assignment();
         assert_eq!(Assignment::try_from(pb::TaskAssignment::from(&sent)), Ok(sent.clone()));
-        let lone = Assignment { inputs: TaskInputs::default(), rank: 0, world_size: 1, device: Device::Cpu, ..sent };
+        let key = TaskKey { rank: Rank(0), ..sent.key.clone() };
+        let lone = Assignment { key, inputs: TaskInputs::default(), world_size: 1, device: Device::Cpu, ..sent.clone() };
         assert_eq!(Assignment::try_from(pb::TaskAssignment::from(&lone)), Ok(lone), "empty paths stay absent");
+        let key = TaskKey { kind: TaskKind::Infer, shard: Some(ShardId::new("unlabeled-00003.safetensors")), rank: Rank(0), ..sent.key.clone() };
+        let infer = Assignment { key, world_size: 1, ..sent };
+        assert_eq!(Assignment::try_from(pb::TaskAssignment::from(&infer)), Ok(infer), "an infer task's shard is part of its key");
     }
 
     #[test]
     fn an_assignment_missing_what_a_task_needs_names_the_field() {
         let wire = pb::TaskAssignment::from(&assignment());
-        let cases: [(&str, Box<dyn Fn(&mut pb::TaskAssignment)>); 8] = [
-            ("field `job_id` is required", Box::new(|a| a.job_id.clear())),
-            ("field `task_id` names a task of another job", Box::new(|a| a.job_id = "job-2".into())),
-            ("field `attempt` is required", Box::new(|a| a.attempt = 0)),
-            ("field `kind` is required", Box::new(|a| a.kind = 0)),
-            ("field `kind` is not a task kind", Box::new(|a| a.kind = 99)),
+        let key = |change: fn(&mut pb::TaskKey)| -> Box<dyn Fn(&mut pb::TaskAssignment)> { Box::new(move |a| a.key.as_mut().map_or((), change)) };
+        let cases: [(&str, Box<dyn Fn(&mut pb::TaskAssignment)>); 11] = [
+            ("field `key` is required", Box::new(|a| a.key = None)),
+            ("field `job_id` is required", key(|k| k.job_id = " ".into())),
+            ("field `attempt` is required", key(|k| k.attempt = 0)),
+            ("field `kind` is required", key(|k| k.kind = 0)),
+            ("field `kind` is not a task kind", key(|k| k.kind = 99)),
+            ("field `shard` is only for an infer task", key(|k| k.shard = "unlabeled-00000.safetensors".into())),
+            ("field `shard` is required", key(|k| k.kind = pb::TaskKind::Infer as i32)),
             ("field `device` must be `cpu` or `cuda:N`", Box::new(|a| a.device = "tpu".into())),
             ("field `world_size` is required", Box::new(|a| a.world_size = 0)),
-            ("field `rank` must be below world_size 2, got 2", Box::new(|a| a.rank = 2)),
+            ("field `rank` must be below world_size 2, got 2", key(|k| k.rank = 2)),
+            ("field `spec_toml` is required", Box::new(|a| a.spec_toml.clear())),
         ];
         for (expected, change) in cases {
             let mut bad = wire.clone();
@@ -401,9 +427,9 @@ mod tests {
 
         use super::*;
 
-        /// Ids as peers send them: well formed, empty, of another job, or any text.
+        /// Ids as peers send them: well formed, empty, or any text.
         fn id() -> impl Strategy<Value = String> {
-            prop_oneof!["job-1", "job-2", "job-1/r[0-9]/train/a[0-9]", "job-2/r0/infer/a1", Just(String::new()), "\\PC{0,12}"]
+            prop_oneof!["job-1", "job-2", Just(String::new()), "\\PC{0,12}"]
         }
 
         fn device() -> impl Strategy<Value = String> {
@@ -419,8 +445,9 @@ mod tests {
 
         prop_compose! {
             fn assignment_message()(
-                (job_id, task_id, same_job) in (id(), id(), any::<bool>()),
+                job_id in id(),
                 kind in prop_oneof![0..6i32, any::<i32>()],
+                shard in prop_oneof![Just(String::new()), "unlabeled-0000[0-9].safetensors"],
                 (round, attempt, rank, world_size) in (any::<u32>(), 0u32..3, 0u32..5, 0u32..5),
                 device in device(),
                 (spec_toml, artifact_dir, init_model, selection_file) in ("\\PC{0,6}", "\\PC{0,6}", "\\PC{0,6}", "\\PC{0,6}"),
@@ -428,10 +455,9 @@ mod tests {
                 shards in prop::collection::vec("\\PC{0,6}", 0..3),
                 resume in prop::collection::vec((any::<u32>(), any::<u32>()), 0..3),
             ) -> pb::TaskAssignment {
-                // Half the tasks belong to their job, so that conversions also succeed.
-                let task_id = if same_job { format!("{job_id}/r{round}/train/a{attempt}") } else { task_id };
                 let resume_from = resume.into_iter().map(|(attempt, epoch)| pb::CheckpointRef { attempt, epoch }).collect();
-                pb::TaskAssignment { job_id, task_id, kind, round, attempt, device, spec_toml, artifact_dir, init_model, class_weights, class_prior, shards, selection_file, rank, world_size, resume_from, owner: "alice".into() }
+                let key = Some(pb::TaskKey { job_id, round, kind, shard, attempt, rank });
+                pb::TaskAssignment { key, device, spec_toml, artifact_dir, init_model, class_weights, class_prior, shards, selection_file, world_size, resume_from, owner: "alice".into() }
             }
         }
 
@@ -442,8 +468,8 @@ mod tests {
             fn an_assignment_converts_back_to_itself_or_names_its_field(message in assignment_message()) {
                 match Assignment::try_from(message.clone()) {
                     Ok(assignment) => {
-                        prop_assert!(assignment.rank < assignment.world_size);
-                        prop_assert_eq!(assignment.task.job(), assignment.job.clone());
+                        prop_assert!(assignment.key.rank.0 < assignment.world_size);
+                        prop_assert_eq!(assignment.key.shard.is_some(), assignment.key.kind == TaskKind::Infer);
                         // Nothing is lost or changed on the way in (floats bit for bit).
                         let back = pb::TaskAssignment::from(&assignment);
                         prop_assert_eq!(back.encode_to_vec(), message.encode_to_vec());

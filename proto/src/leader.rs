@@ -169,7 +169,7 @@ mod tests {
         });
         let coordinators = Coordinators::parse(&format!("http://{address},http://127.0.0.1:1")).expect("two");
         let mut client = crate::v1::worker_service_client::WorkerServiceClient::new(coordinators.channel());
-        let request = crate::v1::HeartbeatRequest { worker_id: "w1".into(), running_task_ids: vec![], ..Default::default() };
+        let request = crate::v1::HeartbeatRequest { worker_id: "w1".into(), running: vec![], ..Default::default() };
         let started = std::time::Instant::now();
         let call = tokio::time::timeout(Duration::from_secs(60), client.heartbeat(request)).await;
         let status = call.expect("the call ends by itself, not by this test's limit").expect_err("no answer");

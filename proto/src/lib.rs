@@ -16,4 +16,4 @@ pub mod https;
 pub mod leader;
 pub mod limits;
 
-pub use contract::{required, task_kind, task_ref, ContractError};
+pub use contract::{required, task_key, task_kind, ContractError};

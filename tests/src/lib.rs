@@ -70,7 +70,7 @@ impl TaskRunner for Recording {
     ) -> Result<TaskOutcome, TaskError> {
         let outcome = self.runner.run(task, collective, on_epoch, stop);
         if outcome.is_ok() {
-            self.finished.lock().unwrap_or_else(|p| p.into_inner()).push(task.kind);
+            self.finished.lock().unwrap_or_else(|p| p.into_inner()).push(task.key.kind);
         }
         outcome
     }

@@ -45,8 +45,8 @@ impl ScriptedRunner {
 impl TaskRunner for ScriptedRunner {
     fn run(&self, task: &Assignment, _: &mut dyn Collective, on_epoch: &mut dyn FnMut(EpochReport, u32), stop: &AtomicBool) -> Result<TaskOutcome, TaskError> {
         let metrics = |f1: f64| MetricsSummary { accuracy: f1, macro_f1: f1, per_class_f1: vec![f1, f1], ..MetricsSummary::default() };
-        self.pause(task.kind, stop)?;
-        Ok(match task.kind {
+        self.pause(task.key.kind, stop)?;
+        Ok(match task.key.kind {
             TaskKind::Prepare => TaskOutcome::Prepared(DatasetSummary {
                 class_names: vec!["a".into(), "b".into()],
                 train_samples: 10,
@@ -62,7 +62,7 @@ impl TaskRunner for ScriptedRunner {
                 for epoch in 1..=self.epochs {
                     self.pause(TaskKind::Train, stop)?;
                     let report = EpochReport {
-                        round: task.round,
+                        round: task.key.round,
                         epoch,
                         train_loss: 1.0 / f64::from(epoch),
                         train_accuracy: 0.5,
@@ -72,7 +72,7 @@ impl TaskRunner for ScriptedRunner {
                     };
                     on_epoch(report, self.epochs);
                 }
-                let Round(round) = task.round;
+                let Round(round) = task.key.round;
                 let validation = metrics(self.macro_f1 + 0.1 * f64::from(round));
                 let model_path = task.artifact_dir.join(format!("r{round}/model.safetensors")).display().to_string();
                 TaskOutcome::Trained(TrainedModel {
@@ -87,7 +87,7 @@ impl TaskRunner for ScriptedRunner {
             TaskKind::Infer => TaskOutcome::Inferred(InferPartial {
                 probability_sums: vec![7.0, 3.0],
                 samples: 10,
-                predictions_file: task.artifact_dir.join(format!("r{}/pred-{}", task.round, task.inputs.shards.join(","))).display().to_string(),
+                predictions_file: task.artifact_dir.join(format!("r{}/pred-{}", task.key.round, task.inputs.shards.join(","))).display().to_string(),
             }),
             TaskKind::Select => TaskOutcome::Selected(SelectionSummary {
                 selected_per_class: vec![3, 2],
@@ -97,7 +97,7 @@ impl TaskRunner for ScriptedRunner {
                 pool: 10 * self.shards as u64,
                 correct: 4,
                 with_hidden_label: 5,
-                selection_file: task.artifact_dir.join(format!("r{}/selection.safetensors", task.round)).display().to_string(),
+                selection_file: task.artifact_dir.join(format!("r{}/selection.safetensors", task.key.round)).display().to_string(),
                 cap: 0,
             }),
         })

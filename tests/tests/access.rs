@@ -114,49 +114,26 @@ async fn a_worker_cannot_take_over_another_worker_or_its_tasks() -> anyhow::Resu
     let task = wait_until("w1's first assignment", Duration::from_secs(30), || {
         let mut w1 = w1.clone();
         async move {
-            let reply = w1.heartbeat(pb::HeartbeatRequest { worker_id: "w1".into(), running_task_ids: Vec::new(), ..Default::default() }).await?.into_inner();
+            let reply = w1.heartbeat(pb::HeartbeatRequest { worker_id: "w1".into(), ..Default::default() }).await?.into_inner();
             Ok(reply.assignments.into_iter().next())
         }
     })
     .await?;
-    w1.heartbeat(pb::HeartbeatRequest { worker_id: "w1".into(), running_task_ids: vec![task.task_id.clone()], ..Default::default() }).await?;
+    w1.heartbeat(pb::HeartbeatRequest { worker_id: "w1".into(), running: task.key.clone().into_iter().collect(), ..Default::default() }).await?;
 
     // w2, with its own token, tries to pass for w1 and to end w1's task.
     w2.register(register("w2", "node-2")).await?;
     assert_eq!(code(w2.register(register("w1", "evil")).await), Code::PermissionDenied);
-    assert_eq!(
-        code(w2.heartbeat(pb::HeartbeatRequest { worker_id: "w1".into(), running_task_ids: Vec::new(), ..Default::default() }).await),
-        Code::PermissionDenied
-    );
-    let forged = pb::FinishTaskRequest { worker_id: "w1".into(), task_id: task.task_id.clone(), job_id: job.id.clone(), attempt: task.attempt, outcome: None };
+    assert_eq!(code(w2.heartbeat(pb::HeartbeatRequest { worker_id: "w1".into(), ..Default::default() }).await), Code::PermissionDenied);
+    let forged = pb::FinishTaskRequest { worker_id: "w1".into(), task: task.key.clone(), outcome: None };
     assert_eq!(code(w2.finish_task(forged).await), Code::PermissionDenied);
-    let fail = |worker_id: &str| pb::FailTaskRequest {
-        worker_id: worker_id.into(),
-        task_id: task.task_id.clone(),
-        job_id: job.id.clone(),
-        attempt: task.attempt,
-        reason: "forged".into(),
-        retryable: false,
-    };
+    let fail = |worker_id: &str| pb::FailTaskRequest { worker_id: worker_id.into(), task: task.key.clone(), reason: "forged".into(), retryable: false };
     assert_eq!(code(w2.fail_task(fail("w1")).await), Code::PermissionDenied);
     // As itself, w2 is known but the task is not its own.
     assert_eq!(code(w2.fail_task(fail("w2")).await), Code::FailedPrecondition);
-    let progress = pb::ReportProgressRequest {
-        worker_id: "w1".into(),
-        task_id: task.task_id.clone(),
-        job_id: job.id.clone(),
-        attempt: task.attempt,
-        ..Default::default()
-    };
+    let progress = pb::ReportProgressRequest { worker_id: "w1".into(), task: task.key.clone(), ..Default::default() };
     assert_eq!(code(w2.report_progress(progress).await), Code::PermissionDenied);
-    let join = pb::JoinGangRequest {
-        worker_id: "w1".into(),
-        task_id: task.task_id.clone(),
-        job_id: job.id.clone(),
-        attempt: task.attempt,
-        address: "10.6.6.6:1".into(),
-        ..Default::default()
-    };
+    let join = pb::JoinGangRequest { worker_id: "w1".into(), task: task.key.clone(), address: "10.6.6.6:1".into(), ..Default::default() };
     assert_eq!(code(w2.join_gang(join).await), Code::PermissionDenied);
 
     // The job still waits on w1's task (its first: checking the dataset), and w1 is still
@@ -166,7 +143,7 @@ async fn a_worker_cannot_take_over_another_worker_or_its_tasks() -> anyhow::Resu
     let workers = alice.list_workers(pb::ListWorkersRequest::default()).await?.into_inner().workers;
     let w1_now = workers.iter().find(|w| w.id == "w1").expect("w1 listed");
     assert_eq!(w1_now.hostname, "node-1");
-    assert_eq!(w1_now.task_ids, std::slice::from_ref(&task.task_id));
+    assert_eq!(w1_now.tasks, task.key.clone().into_iter().collect::<Vec<_>>());
 
     // w1 itself may fail its own task.
     w1.fail_task(pb::FailTaskRequest { reason: "stopping".into(), worker_id: "w1".into(), ..fail("w1") }).await?;

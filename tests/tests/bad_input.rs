@@ -74,24 +74,38 @@ async fn requests_missing_required_fields_or_naming_unknown_ids_are_refused() ->
     expect_status(workers.register(many).await, Code::InvalidArgument, "`slots` must list at most 64 slots");
     let hostname = pb::RegisterRequest { worker_id: "w".into(), hostname: "h\u{7}".into(), slots: vec![cpu()] };
     expect_status(workers.register(hostname).await, Code::InvalidArgument, "`hostname`");
-    let heartbeat = pb::HeartbeatRequest { worker_id: String::new(), running_task_ids: vec![], ..Default::default() };
+    let heartbeat = pb::HeartbeatRequest { worker_id: String::new(), ..Default::default() };
     expect_status(workers.heartbeat(heartbeat).await, Code::InvalidArgument, "worker_id");
-    let heartbeat = pb::HeartbeatRequest { worker_id: "stranger".into(), running_task_ids: vec![], ..Default::default() };
+    let heartbeat = pb::HeartbeatRequest { worker_id: "stranger".into(), ..Default::default() };
     expect_status(workers.heartbeat(heartbeat).await, Code::NotFound, "stranger");
-    // Every report names its job, task and attempt; the task must be one of the job's.
-    let (job_id, task_id) = (|| String::from("job-1"), || String::from("job-1/r0/train/a1"));
-    let progress = pb::ReportProgressRequest { worker_id: "w".into(), job_id: job_id(), task_id: task_id(), attempt: 1, epoch: None, epochs_total: 1 };
+    // Every report names its task by key: job, round, kind, shard, attempt, rank.
+    let key = |job_id: &str| Some(pb::TaskKey { job_id: job_id.into(), kind: pb::TaskKind::Train as i32, attempt: 1, ..Default::default() });
+    let progress = pb::ReportProgressRequest { worker_id: "w".into(), task: key("job-1"), epoch: None, epochs_total: 1 };
     expect_status(workers.report_progress(progress).await, Code::InvalidArgument, "epoch");
-    let finish = |job_id: String, task_id: String, attempt: u32, outcome| pb::FinishTaskRequest { worker_id: "w".into(), job_id, task_id, attempt, outcome };
-    expect_status(workers.finish_task(finish(job_id(), String::new(), 1, None)).await, Code::InvalidArgument, "`task_id` is required");
-    expect_status(workers.finish_task(finish(String::new(), task_id(), 1, None)).await, Code::InvalidArgument, "`job_id` is required");
-    expect_status(workers.finish_task(finish(job_id(), task_id(), 0, None)).await, Code::InvalidArgument, "`attempt` is required");
-    expect_status(workers.finish_task(finish("job-2".into(), task_id(), 1, None)).await, Code::InvalidArgument, "names a task of another job");
-    expect_status(workers.finish_task(finish(job_id(), task_id(), 1, None)).await, Code::InvalidArgument, "outcome");
+    let finish = |task, outcome| pb::FinishTaskRequest { worker_id: "w".into(), task, outcome };
+    let changed = |change: fn(&mut pb::TaskKey)| {
+        key("job-1").map(|mut k| {
+            change(&mut k);
+            k
+        })
+    };
+    expect_status(workers.finish_task(finish(None, None)).await, Code::InvalidArgument, "`task` is required");
+    expect_status(workers.finish_task(finish(key(""), None)).await, Code::InvalidArgument, "`job_id` is required");
+    expect_status(workers.finish_task(finish(changed(|k| k.attempt = 0), None)).await, Code::InvalidArgument, "`attempt` is required");
+    expect_status(workers.finish_task(finish(changed(|k| k.kind = 0), None)).await, Code::InvalidArgument, "`kind` is required");
+    expect_status(workers.finish_task(finish(changed(|k| k.kind = pb::TaskKind::Infer as i32), None)).await, Code::InvalidArgument, "`shard` is required");
+    expect_status(
+        workers.finish_task(finish(changed(|k| k.shard = "u.safetensors".into()), None)).await,
+        Code::InvalidArgument,
+        "`shard` is only for an infer task",
+    );
+    expect_status(workers.finish_task(finish(key("job-1"), None)).await, Code::InvalidArgument, "outcome");
     let empty_train = pb::finish_task_request::Outcome::Train(pb::TrainOutcome::default());
-    expect_status(workers.finish_task(finish(job_id(), task_id(), 1, Some(empty_train))).await, Code::InvalidArgument, "train.validation");
-    let fail = pb::FailTaskRequest { worker_id: "w".into(), job_id: job_id(), task_id: task_id(), attempt: 1, reason: String::new(), retryable: false };
+    expect_status(workers.finish_task(finish(key("job-1"), Some(empty_train))).await, Code::InvalidArgument, "train.validation");
+    let fail = pb::FailTaskRequest { worker_id: "w".into(), task: key("job-1"), reason: String::new(), retryable: false };
     expect_status(workers.fail_task(fail).await, Code::InvalidArgument, "reason");
+    let heartbeat = pb::HeartbeatRequest { worker_id: "w".into(), running: vec![pb::TaskKey::default()], ..Default::default() };
+    expect_status(workers.heartbeat(heartbeat).await, Code::InvalidArgument, "`running`");
     // Well formed, but of a job that does not exist: not an OK that would make the worker
     // believe it was recorded.
     let prepared = pb::finish_task_request::Outcome::Prepare(pb::PrepareOutcome {
@@ -100,9 +114,9 @@ async fn requests_missing_required_fields_or_naming_unknown_ids_are_refused() ->
         val_samples: 1,
         unlabeled_shards: vec![],
     });
-    let (nope, nope_task) = (|| String::from("job-nope"), || String::from("job-nope/r0/prepare/a1"));
-    expect_status(workers.finish_task(finish(nope(), nope_task(), 1, Some(prepared))).await, Code::NotFound, "no job with id `job-nope`");
-    let fail = pb::FailTaskRequest { worker_id: "w".into(), job_id: nope(), task_id: nope_task(), attempt: 1, reason: "x".into(), retryable: false };
+    let nope = || Some(pb::TaskKey { job_id: "job-nope".into(), kind: pb::TaskKind::Prepare as i32, attempt: 1, ..Default::default() });
+    expect_status(workers.finish_task(finish(nope(), Some(prepared))).await, Code::NotFound, "no job with id `job-nope`");
+    let fail = pb::FailTaskRequest { worker_id: "w".into(), task: nope(), reason: "x".into(), retryable: false };
     expect_status(workers.fail_task(fail).await, Code::NotFound, "no job with id `job-nope`");
     // Still serving.
     assert!(jobs.list_jobs(pb::ListJobsRequest::default()).await?.into_inner().jobs.is_empty());

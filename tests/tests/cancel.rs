@@ -22,7 +22,7 @@ async fn cancel_stops_the_training_thread() -> anyhow::Result<()> {
         let mut jobs = jobs.clone();
         async move {
             let workers = jobs.list_workers(pb::ListWorkersRequest::default()).await?.into_inner().workers;
-            anyhow::Ok(workers.iter().any(|w| !w.task_ids.is_empty()))
+            anyhow::Ok(workers.iter().any(|w| !w.tasks.is_empty()))
         }
     };
     wait_until("the worker to run the task", Duration::from_secs(20), || {

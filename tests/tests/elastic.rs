@@ -46,7 +46,7 @@ async fn train(coordinator: &RunningCoordinator, spec: String) -> anyhow::Result
 async fn gangs(store: &MemoryStore, id: &str) -> anyhow::Result<Vec<(u32, u32, TaskState)>> {
     let bytes = store.get(&format!("jobs/{id}")).await?.ok_or_else(|| anyhow::anyhow!("job {id} is not stored"))?;
     let job: JobRecord = serde_json::from_slice(&bytes)?;
-    Ok(job.tasks.iter().filter(|t| t.kind == TaskKind::Train && t.rank == 0).map(|t| (t.attempt, t.world_size, t.state.clone())).collect())
+    Ok(job.tasks.iter().filter(|t| t.kind == TaskKind::Train && t.rank.0 == 0).map(|t| (t.attempt.0, t.world_size, t.state.clone())).collect())
 }
 
 /// A coordinator on a store the test reads, and a dataset.

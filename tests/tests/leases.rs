@@ -45,7 +45,7 @@ async fn a_silent_worker_is_lost_within_its_lease() -> anyhow::Result<()> {
     assert!(elapsed + Duration::from_millis(5) >= ttl, "lost after {elapsed:?}, before its lease of {ttl:?} ran out");
 
     // A heartbeat brings it back.
-    workers.heartbeat(pb::HeartbeatRequest { worker_id: "silent".into(), running_task_ids: vec![], ..Default::default() }).await?;
+    workers.heartbeat(pb::HeartbeatRequest { worker_id: "silent".into(), ..Default::default() }).await?;
     let mut jobs = jobs.clone();
     let all = jobs.list_workers(pb::ListWorkersRequest::default()).await?.into_inner().workers;
     assert_eq!(all[0].state, pb::WorkerState::Live as i32);
@@ -103,11 +103,11 @@ async fn a_task_its_worker_never_starts_or_never_ends_fails_as_stuck() -> anyhow
         let heartbeats = {
             let (mut workers, id) = (workers.clone(), id.clone());
             tokio::spawn(async move {
-                let mut held: Vec<String> = Vec::new();
+                let mut held: Vec<pb::TaskKey> = Vec::new();
                 loop {
-                    let running_task_ids = if acknowledges { held.clone() } else { Vec::new() };
-                    if let Ok(reply) = workers.heartbeat(pb::HeartbeatRequest { worker_id: id.clone(), running_task_ids, ..Default::default() }).await {
-                        held.extend(reply.into_inner().assignments.into_iter().map(|a| a.task_id));
+                    let running = if acknowledges { held.clone() } else { Vec::new() };
+                    if let Ok(reply) = workers.heartbeat(pb::HeartbeatRequest { worker_id: id.clone(), running, ..Default::default() }).await {
+                        held.extend(reply.into_inner().assignments.into_iter().filter_map(|a| a.key));
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use feral_common::ids::Attempt;
 use feral_common::spec::JobSpec;
 use feral_common::task::{CheckpointRef, EpochReport, TaskInputs, TrainedModel};
 use feral_worker::artifacts::ArtifactError;
@@ -22,7 +23,7 @@ fn task(dataset: &Path, artifacts: &Path) -> TrainTask {
     spec.train.epochs = 4;
     spec.train.batch_size = 32;
     spec.train.steps_per_epoch = Some(12);
-    let context = TaskContext { spec, round: 0, attempt: 1, artifact_dir: artifacts.to_path_buf(), device: Device::Cpu };
+    let context = TaskContext { spec, round: 0, attempt: Attempt(1), artifact_dir: artifacts.to_path_buf(), device: Device::Cpu };
     TrainTask { context, inputs: TaskInputs::default() }
 }
 
@@ -43,7 +44,7 @@ struct Record {
 fn run(task: &TrainTask, record: &mut Record, stop_after: Option<u32>) -> (Vec<EpochReport>, Result<(PathBuf, TrainedModel), TaskError>) {
     record.attempts += 1;
     let mut task = task.clone();
-    task.context.attempt = record.attempts;
+    task.context.attempt = Attempt(record.attempts);
     task.inputs.resume_from = record.checkpoints.iter().rev().copied().collect();
     let stop = AtomicBool::new(false);
     let mut reports = Vec::new();
@@ -53,7 +54,7 @@ fn run(task: &TrainTask, record: &mut Record, stop_after: Option<u32>) -> (Vec<E
             stop.store(true, Ordering::Relaxed);
         }
         record.checkpoints.retain(|c| c.epoch < report.epoch);
-        record.checkpoints.push(CheckpointRef { attempt, epoch: report.epoch });
+        record.checkpoints.push(CheckpointRef { attempt: Attempt(attempt), epoch: report.epoch });
         reports.push(report);
     };
     let outcome = train(&task, &mut Single, &mut on_epoch, &stop, &Default::default()).map(|output| (PathBuf::from(&output.model_path), output));

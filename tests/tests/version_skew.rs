@@ -31,10 +31,7 @@ impl WorkerService for Scripted {
         } else {
             *sent = true;
             vec![pb::TaskAssignment {
-                task_id: "job-1/r0/distill/a1".into(),
-                job_id: "job-1".into(),
-                kind: 99,
-                attempt: 1,
+                key: Some(pb::TaskKey { job_id: "job-1".into(), kind: 99, attempt: 1, ..Default::default() }),
                 spec_toml: "version = 1\n".into(),
                 artifact_dir: "/tmp/unused".into(),
                 device: "cpu".into(),
@@ -42,7 +39,7 @@ impl WorkerService for Scripted {
                 ..Default::default()
             }]
         };
-        Ok(Response::new(pb::HeartbeatResponse { assignments, cancel_task_ids: Vec::new() }))
+        Ok(Response::new(pb::HeartbeatResponse { assignments, cancel: Vec::new() }))
     }
 
     async fn report_progress(&self, _: Request<pb::ReportProgressRequest>) -> Result<Response<pb::ReportProgressResponse>, Status> {
@@ -82,7 +79,8 @@ async fn an_assignment_the_worker_cannot_run_is_failed_with_the_reason() -> anyh
         async move { Ok(failures.lock().expect("lock").first().cloned()) }
     })
     .await?;
-    assert_eq!((failure.job_id.as_str(), failure.task_id.as_str(), failure.attempt), ("job-1", "job-1/r0/distill/a1", 1));
+    let key = failure.task.clone().expect("the task's key");
+    assert_eq!((key.job_id.as_str(), key.kind, key.attempt), ("job-1", 99, 1), "the key goes back as it came");
     assert!(!failure.retryable, "another attempt of an unknown kind would fail the same way");
     assert!(failure.reason.contains("field `kind` is not a task kind this worker knows: 99"), "{}", failure.reason);
 

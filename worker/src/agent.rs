@@ -9,11 +9,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use feral_common::task::{Assignment, EpochReport, TaskKind, TaskOutcome, TaskRef};
+use feral_common::task::{Assignment, EpochReport, TaskKey, TaskKind, TaskOutcome};
 use feral_proto::credentials::{AuthedChannel, BearerToken};
 use feral_proto::leader::Coordinators;
 use feral_proto::v1 as pb;
 use feral_proto::v1::worker_service_client::WorkerServiceClient;
+use prost::Message;
 use tokio::sync::mpsc;
 use tonic::transport::ClientTlsConfig;
 use tonic::Code;
@@ -51,8 +52,8 @@ pub enum AgentError {
     Refused { coordinator: String, message: String },
 }
 
-/// Tasks running now, by id, with what stops them.
-type Running = Arc<Mutex<HashMap<String, Arc<TaskControl>>>>;
+/// Tasks running now, by key, with what stops them.
+type Running = Arc<Mutex<HashMap<TaskKey, Arc<TaskControl>>>>;
 
 enum TaskMessage {
     /// An epoch, and the round's epoch count.
@@ -75,13 +76,13 @@ pub async fn run(config: AgentConfig, runner: Arc<dyn TaskRunner>, shutdown: imp
     ended
 }
 
-fn lock(running: &Running) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TaskControl>>> {
+fn lock(running: &Running) -> std::sync::MutexGuard<'_, HashMap<TaskKey, Arc<TaskControl>>> {
     running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The devices of running tasks that were told to stop: withheld until those tasks end (a
 /// task told to stop holds its slot until it has stopped, so no two tasks share a slot).
-fn stopping_devices(running: &HashMap<String, Arc<TaskControl>>) -> Vec<String> {
+fn stopping_devices(running: &HashMap<TaskKey, Arc<TaskControl>>) -> Vec<String> {
     let mut devices: Vec<String> = Vec::new();
     for control in running.values().filter(|c| c.stopping()) {
         if !devices.contains(&control.device) {
@@ -93,9 +94,11 @@ fn stopping_devices(running: &HashMap<String, Arc<TaskControl>>) -> Vec<String> 
 
 /// Registers and heartbeats until the coordinator refuses this worker's credential.
 async fn converse(config: &AgentConfig, coordinators: Coordinators, runner: Arc<dyn TaskRunner>, running: Running) -> AgentError {
-    let mut started: HashSet<String> = HashSet::new();
+    // The keys of the assignments started, as they came on the wire (a key this worker
+    // cannot read is failed once, not at every heartbeat that repeats it).
+    let mut started: HashSet<Vec<u8>> = HashSet::new();
     // Tasks already logged as stuck.
-    let mut reported_stuck: HashSet<String> = HashSet::new();
+    let mut reported_stuck: HashSet<TaskKey> = HashSet::new();
     loop {
         let interval = match register(config, &coordinators).await {
             Ok(interval) => interval,
@@ -105,7 +108,7 @@ async fn converse(config: &AgentConfig, coordinators: Coordinators, runner: Arc<
         let mut failing = false;
         loop {
             ticks.tick().await;
-            let (running_ids, withheld_devices) = {
+            let (running_keys, withheld_devices) = {
                 let running = lock(&running);
                 let running = &*running;
                 for (id, control) in running.iter().filter(|(_, c)| c.stuck(STOP_BOUND)) {
@@ -114,10 +117,9 @@ async fn converse(config: &AgentConfig, coordinators: Coordinators, runner: Arc<
                     }
                 }
                 reported_stuck.retain(|id| running.contains_key(id));
-                (running.keys().cloned().collect::<Vec<String>>(), stopping_devices(running))
+                (running.keys().map(pb::TaskKey::from).collect(), stopping_devices(running))
             };
-            let mut request =
-                tonic::Request::new(pb::HeartbeatRequest { worker_id: config.worker_id.clone(), running_task_ids: running_ids, withheld_devices });
+            let mut request = tonic::Request::new(pb::HeartbeatRequest { worker_id: config.worker_id.clone(), running: running_keys, withheld_devices });
             request.set_timeout(heartbeat_deadline(interval));
             let (at, mut client) = client(&coordinators);
             match client.heartbeat(request).await {
@@ -127,9 +129,9 @@ async fn converse(config: &AgentConfig, coordinators: Coordinators, runner: Arc<
                         failing = false;
                     }
                     let reply = reply.into_inner();
-                    for id in &reply.cancel_task_ids {
-                        if let Some(control) = lock(&running).get(id) {
-                            info!(task_id = %id, "stopping task at the coordinator's request");
+                    for key in reply.cancel.into_iter().filter_map(|key| TaskKey::try_from(key).ok()) {
+                        if let Some(control) = lock(&running).get(&key) {
+                            info!(task_id = %key, "stopping task at the coordinator's request");
                             control.stop();
                         }
                     }
@@ -140,7 +142,7 @@ async fn converse(config: &AgentConfig, coordinators: Coordinators, runner: Arc<
                         if stopping.contains(&assignment.device) {
                             continue;
                         }
-                        if started.insert(assignment.task_id.clone()) {
+                        if started.insert(assignment.key.as_ref().map(Message::encode_to_vec).unwrap_or_default()) {
                             start_task(config, &coordinators, &runner, &running, assignment);
                         }
                     }
@@ -222,15 +224,16 @@ fn client(coordinators: &Coordinators) -> (usize, WorkerServiceClient<AuthedChan
 }
 
 fn start_task(config: &AgentConfig, coordinators: &Coordinators, runner: &Arc<dyn TaskRunner>, running: &Running, assignment: pb::TaskAssignment) {
-    let (task_id, job_id, attempt) = (assignment.task_id.clone(), assignment.job_id.clone(), assignment.attempt);
+    let key = assignment.key.clone();
     let task = match Assignment::try_from(assignment) {
         Ok(task) => task,
         Err(error) => {
             // Failed, not ignored, so that its job does not wait for it (the coordinator
-            // refuses the report itself if the ids are what is wrong).
+            // refuses the report itself if the key is what is wrong). The key goes back as
+            // it came.
             let reason = format!("the worker cannot run this assignment: {error}");
-            warn!(task_id = %task_id, %reason, "refusing an assignment");
-            let request = pb::FailTaskRequest { worker_id: config.worker_id.clone(), task_id, job_id, attempt, reason, retryable: false };
+            warn!(task = ?key, %reason, "refusing an assignment");
+            let request = pb::FailTaskRequest { worker_id: config.worker_id.clone(), task: key, reason, retryable: false };
             tokio::spawn(report_failure(coordinators.clone(), request));
             return;
         }
@@ -238,27 +241,27 @@ fn start_task(config: &AgentConfig, coordinators: &Coordinators, runner: &Arc<dy
     if let Err(refused) = config.roots.admit(&task) {
         // The same paths are refused on every worker with these roots: not retried (a
         // directory that could not be made, on a full disk, may be the next time).
-        warn!(task_id = %task_id, reason = %refused, "refusing a task's paths");
-        let request =
-            pb::FailTaskRequest { worker_id: config.worker_id.clone(), task_id, job_id, attempt, reason: refused.to_string(), retryable: refused.retryable };
+        warn!(task_id = %task.key, reason = %refused, "refusing a task's paths");
+        let request = pb::FailTaskRequest { worker_id: config.worker_id.clone(), task: key, reason: refused.to_string(), retryable: refused.retryable };
         tokio::spawn(report_failure(coordinators.clone(), request));
         return;
     }
-    info!(task_id = %task.task, device = %task.device, attempt = task.attempt, "starting task");
+    info!(task_id = %task.key, device = %task.device, "starting task");
     let control = Arc::new(TaskControl::on_device(task.device.to_string()));
-    lock(running).insert(task.task.to_string(), Arc::clone(&control));
+    lock(running).insert(task.key.clone(), Arc::clone(&control));
     let (sender, receiver) = mpsc::unbounded_channel();
-    let reporter = Reporter { coordinators: coordinators.clone(), worker_id: config.worker_id.clone(), task: task.task_ref() };
+    let reporter = Reporter { coordinators: coordinators.clone(), worker_id: config.worker_id.clone(), task: task.key.clone() };
     tokio::spawn(reporter.forward(receiver, Arc::clone(&control), Arc::clone(running)));
 
     let runner = Arc::clone(runner);
     let (coordinators, worker_id, advertise_host) = (coordinators.clone(), config.worker_id.clone(), config.advertise_host.clone());
     // Everything the task logs, on the runtime and on its thread, names its job, task and attempt.
-    let span = tracing::info_span!("task", job = %task.job, task = %task.task, attempt = task.attempt, rank = task.rank);
+    let key = &task.key;
+    let span = tracing::info_span!("task", job = %key.job, round = key.round.0, kind = key.kind.name(), attempt = key.attempt.0, rank = key.rank.0);
     let thread_span = span.clone();
     tokio::spawn(tracing::Instrument::instrument(
         async move {
-            let setup = if task.kind == TaskKind::Train && task.world_size > 1 {
+            let setup = if task.key.kind == TaskKind::Train && task.world_size > 1 {
                 match gang::rendezvous(&coordinators, &worker_id, &advertise_host, &task, &control).await {
                     Ok(setup) => Some(setup),
                     Err(failure) => {
@@ -270,7 +273,7 @@ fn start_task(config: &AgentConfig, coordinators: &Coordinators, runner: &Arc<dy
                 None
             };
             let thread_sender = sender.clone();
-            let spawned = std::thread::Builder::new().name(format!("task-{}-{}", task.attempt, task.rank)).spawn(move || {
+            let spawned = std::thread::Builder::new().name(format!("task-{}-{}", task.key.attempt, task.key.rank)).spawn(move || {
                 let _entered = thread_span.enter();
                 let progress = thread_sender.clone();
                 let mut on_epoch = move |report: EpochReport, epochs_total: u32| {
@@ -304,7 +307,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 struct Reporter {
     coordinators: Coordinators,
     worker_id: String,
-    task: TaskRef,
+    task: TaskKey,
 }
 
 impl Reporter {
@@ -323,16 +326,14 @@ impl Reporter {
                 }
             }
         }
-        lock(&running).remove(self.task.task.as_str());
+        lock(&running).remove(&self.task);
     }
 
     /// Returns whether the coordinator wants the task stopped.
     async fn report_epoch(&mut self, report: &EpochReport, epochs_total: u32) -> bool {
         let request = pb::ReportProgressRequest {
             worker_id: self.worker_id.clone(),
-            task_id: self.task.task.to_string(),
-            job_id: self.task.job.to_string(),
-            attempt: self.task.attempt,
+            task: Some(pb::TaskKey::from(&self.task)),
             epoch: Some(pb::EpochMetrics::from(report)),
             epochs_total,
         };
@@ -345,11 +346,11 @@ impl Reporter {
     }
 
     async fn report_end(&mut self, outcome: Result<TaskOutcome, TaskError>) {
-        let (worker_id, task_id, job_id, attempt) = (self.worker_id.clone(), self.task.task.to_string(), self.task.job.to_string(), self.task.attempt);
+        let (worker_id, task_id, task) = (self.worker_id.clone(), &self.task, Some(pb::TaskKey::from(&self.task)));
         match outcome {
             Ok(outcome) => {
                 info!(task_id = %task_id, "task finished");
-                let request = pb::FinishTaskRequest { worker_id, task_id, job_id, attempt, outcome: Some((&outcome).into()) };
+                let request = pb::FinishTaskRequest { worker_id, task, outcome: Some((&outcome).into()) };
                 let _ = retry("finish report", &self.coordinators, |mut client| {
                     let request = request.clone();
                     async move { client.finish_task(request).await.map(|_| ()) }
@@ -360,7 +361,7 @@ impl Reporter {
             Err(error) => {
                 let (reason, retryable) = (error.to_string(), error.is_retryable());
                 warn!(task_id = %task_id, %reason, retryable, "task failed");
-                report_failure(self.coordinators.clone(), pb::FailTaskRequest { worker_id, task_id, job_id, attempt, reason, retryable }).await;
+                report_failure(self.coordinators.clone(), pb::FailTaskRequest { worker_id, task, reason, retryable }).await;
             }
         }
     }

@@ -95,15 +95,15 @@ impl Roots {
         let failed = |rule: String| PathRefused { what: "the job's directory", path: given.clone(), rule, retryable: true };
         let resolved = resolve_beyond_existing(given).map_err(refuse)?;
         let root = self.root_of(&resolved).ok_or_else(|| refuse(format!("it is outside the worker's allowed roots ({})", self.listed())))?;
-        if resolved == root || resolved.file_name() != Some(task.job.as_str().as_ref()) {
-            return Err(refuse(format!("it must be a directory named by the job's id ({}) under an allowed root", task.job)));
+        if resolved == root || resolved.file_name() != Some(task.key.job.as_str().as_ref()) {
+            return Err(refuse(format!("it must be a directory named by the job's id ({}) under an allowed root", task.key.job)));
         }
         if let Some(other) = enclosing_job(resolved.parent().unwrap_or(root), root) {
             return Err(refuse(format!("it lies inside another job's directory ({})", other.display())));
         }
         let parent = resolved.parent().unwrap_or(root);
         std::fs::create_dir_all(parent).map_err(|e| failed(format!("cannot create {}: {e}", parent.display())))?;
-        let mark = Mark { job: task.job.to_string(), owner: task.owner.clone() };
+        let mark = Mark { job: task.key.job.to_string(), owner: task.owner.clone() };
         match std::fs::symlink_metadata(&resolved) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir(&resolved).map_err(|e| failed(format!("cannot create it: {e}")))?;
@@ -200,17 +200,12 @@ fn only_files_and_directories(dir: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use feral_common::ids::{JobId, Round, TaskId};
-    use feral_common::task::{Device, TaskInputs, TaskKind};
+    use feral_common::ids::{Attempt, JobId, Rank, Round};
+    use feral_common::task::{Device, TaskInputs, TaskKey, TaskKind};
 
     fn task(job: &str, owner: &str, artifact_dir: &Path, spec_toml: String) -> Assignment {
         Assignment {
-            task: TaskId::new(format!("{job}/r0/train/a1")),
-            job: JobId::new(job),
-            kind: TaskKind::Train,
-            round: Round(0),
-            attempt: 1,
-            rank: 0,
+            key: TaskKey { job: JobId::new(job), round: Round(0), kind: TaskKind::Train, shard: None, attempt: Attempt::FIRST, rank: Rank(0) },
             world_size: 1,
             spec_toml,
             artifact_dir: artifact_dir.to_path_buf(),

@@ -109,12 +109,10 @@ pub async fn rendezvous(
 ) -> Result<GangSetup, GangError> {
     let listener = TcpListener::bind(("0.0.0.0", 0)).map_err(GangError::Listen)?;
     let port = listener.local_addr().map_err(GangError::Listen)?.port();
-    let nccl_unique_id = if task.device.is_cuda() && task.rank == 0 { Nccl::unique_id().map_err(GangError::Nccl)? } else { Vec::new() };
+    let nccl_unique_id = if task.device.is_cuda() && task.key.rank.0 == 0 { Nccl::unique_id().map_err(GangError::Nccl)? } else { Vec::new() };
     let request = pb::JoinGangRequest {
         worker_id: worker_id.to_owned(),
-        task_id: task.task.to_string(),
-        job_id: task.job.to_string(),
-        attempt: task.attempt,
+        task: Some(pb::TaskKey::from(&task.key)),
         address: format!("{advertise_host}:{port}"),
         nccl_unique_id,
     };
@@ -132,12 +130,12 @@ pub async fn rendezvous(
             Ok(_) => {}
             Err(status) if matches!(status.code(), Code::InvalidArgument | Code::FailedPrecondition) => {
                 // The task is no longer ours: a newer attempt replaced it.
-                tracing::info!(task_id = %task.task, reason = %status.message(), "leaving the gang");
+                tracing::info!(task_id = %task.key, reason = %status.message(), "leaving the gang");
                 return Err(GangError::Stopped);
             }
             Err(status) => {
                 coordinators.failed_at(at, &status);
-                tracing::warn!(task_id = %task.task, error = %status.message(), "gang rendezvous failed; retrying");
+                tracing::warn!(task_id = %task.key, error = %status.message(), "gang rendezvous failed; retrying");
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -152,7 +150,7 @@ fn resolve(address: &str) -> Result<SocketAddr, GangError> {
 /// Connects the task's collective: NCCL on CUDA, a TCP ring on CPU, nothing when alone.
 pub fn connect(task: &Assignment, setup: Option<GangSetup>, control: &TaskControl) -> Result<Box<dyn Collective>, GangError> {
     let Some(setup) = setup else { return Ok(Box::new(Single)) };
-    let (rank, world) = (task.rank as usize, task.world_size as usize);
+    let (rank, world) = (task.key.rank.0 as usize, task.world_size as usize);
     let collective: Box<dyn Collective> = match task.device {
         Device::Cuda(index) => Box::new(Nccl::new(rank, world, index as usize, &setup.nccl_unique_id).map_err(GangError::Nccl)?),
         Device::Cpu => Box::new(TcpRing::connect(rank, world, setup.listener, &setup.peers, PEER_TIMEOUT).map_err(GangError::Ring)?),

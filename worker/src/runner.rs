@@ -49,10 +49,15 @@ impl TaskRunner for TchRunner {
         stop: &AtomicBool,
     ) -> Result<TaskOutcome, TaskError> {
         let spec = JobSpec::from_toml(&task.spec_toml)?;
-        let context =
-            TaskContext { spec, round: task.round.0, attempt: task.attempt, artifact_dir: task.artifact_dir.clone(), device: torch_device(task.device) };
+        let context = TaskContext {
+            spec,
+            round: task.key.round.0,
+            attempt: task.key.attempt,
+            artifact_dir: task.artifact_dir.clone(),
+            device: torch_device(task.device),
+        };
         let inputs = &task.inputs;
-        Ok(match task.kind {
+        Ok(match task.key.kind {
             TaskKind::Prepare => TaskOutcome::Prepared(tasks::prepare(&context)?),
             TaskKind::Infer => {
                 let model = inputs.init_model.as_deref().ok_or(TaskError::MissingInput("an infer task needs a model"))?;

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use feral_common::ids::Attempt;
 use feral_common::spec::JobSpec;
 use feral_common::task::Device;
 
@@ -14,7 +15,7 @@ pub struct TaskContext {
     pub round: u32,
     /// Which attempt of its task this is (1 for the first): a training task writes under
     /// its own `a<attempt>` directory of the round.
-    pub attempt: u32,
+    pub attempt: Attempt,
     pub artifact_dir: PathBuf,
     pub device: tch::Device,
 }

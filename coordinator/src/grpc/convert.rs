@@ -1,6 +1,5 @@
 //! Conversions between `feral.v1` messages and domain types. Proto types stay at the edge.
 
-use feral_common::ids::TaskId;
 use feral_common::metrics::MetricsSummary;
 use feral_common::task::Device;
 use feral_proto::v1 as pb;
@@ -94,10 +93,10 @@ pub fn worker_to_proto(w: &WorkerView) -> pb::Worker {
         id: w.record.id.to_string(),
         hostname: w.record.hostname.clone(),
         state: state as i32,
-        slots: w.record.slots.iter().map(|s| pb::Slot { device: s.device.clone(), name: s.name.clone() }).collect(),
+        slots: w.record.slots.iter().map(|s| pb::Slot { device: s.device.to_string(), name: s.name.clone() }).collect(),
         registered_at_ms: w.record.registered_at_ms,
         last_heartbeat_ms: w.last_heartbeat_ms,
-        task_ids: w.running.iter().map(ToString::to_string).collect(),
+        tasks: w.running.iter().map(pb::TaskKey::from).collect(),
     }
 }
 
@@ -105,18 +104,12 @@ impl TryFrom<pb::Slot> for Slot {
     type Error = CoordinatorError;
 
     fn try_from(s: pb::Slot) -> Result<Self, Self::Error> {
-        if let Err(problem) = s.device.parse::<Device>() {
-            return Err(CoordinatorError::InvalidArgument(format!("field `slots.device` {problem}")));
-        }
+        let device = s.device.parse::<Device>().map_err(|problem| CoordinatorError::InvalidArgument(format!("field `slots.device` {problem}")))?;
         if s.name.chars().count() > 128 || s.name.chars().any(char::is_control) {
             return Err(CoordinatorError::InvalidArgument("field `slots.name` must be at most 128 characters, none of them control characters".into()));
         }
-        Ok(Slot { device: s.device, name: s.name })
+        Ok(Slot { device, name: s.name })
     }
-}
-
-pub fn task_ids(ids: Vec<String>) -> Vec<TaskId> {
-    ids.into_iter().map(TaskId::new).collect()
 }
 
 #[cfg(test)]

@@ -1,12 +1,11 @@
 //! `feral.v1.WorkerService`: what `feral-worker` processes call.
 
 use feral_common::ids::WorkerId;
-use feral_common::task::{EpochReport, TaskOutcome, TaskRef};
+use feral_common::task::{Device, EpochReport, TaskKey, TaskOutcome};
 use feral_common::time::now_ms;
 use feral_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::convert::task_ids;
 use super::{required, to_status};
 use crate::auth::caller;
 use crate::error::CoordinatorError;
@@ -36,16 +35,16 @@ fn worker<T>(request: &Request<T>, worker_id: &str) -> Result<WorkerId, Status> 
     Ok(id)
 }
 
-/// A report about one task: it names its worker, job, task and attempt.
+/// A report about one task: it names its worker and the task's key.
 trait Report {
-    fn key(&self) -> (&str, &str, &str, u32);
+    fn key(&self) -> (&str, Option<&pb::TaskKey>);
 }
 
 macro_rules! report {
     ($($message:ty),*) => {$(
         impl Report for $message {
-            fn key(&self) -> (&str, &str, &str, u32) {
-                (&self.worker_id, &self.job_id, &self.task_id, self.attempt)
+            fn key(&self) -> (&str, Option<&pb::TaskKey>) {
+                (&self.worker_id, self.task.as_ref())
             }
         }
     )*};
@@ -53,11 +52,21 @@ macro_rules! report {
 report!(pb::ReportProgressRequest, pb::FinishTaskRequest, pb::JoinGangRequest, pb::FailTaskRequest);
 
 /// The worker a report is from (once its caller may speak for it) and the task it is about.
-fn ids<T: Report>(request: &Request<T>) -> Result<(WorkerId, TaskRef), Status> {
-    let (worker_id, job_id, task_id, attempt) = request.get_ref().key();
+fn ids<T: Report>(request: &Request<T>) -> Result<(WorkerId, TaskKey), Status> {
+    let (worker_id, key) = request.get_ref().key();
     let worker = worker(request, worker_id)?;
-    let task = feral_proto::task_ref(job_id, task_id, attempt).map_err(|e| to_status(e.into()))?;
+    let task = feral_proto::task_key(key.cloned()).map_err(|e| to_status(e.into()))?;
     Ok((worker, task))
+}
+
+/// The tasks a heartbeat lists as running.
+fn running(keys: Vec<pb::TaskKey>) -> Result<Vec<TaskKey>, Status> {
+    keys.into_iter().map(|key| TaskKey::try_from(key).map_err(|e| to_status(CoordinatorError::InvalidArgument(format!("field `running`: {e}"))))).collect()
+}
+
+/// The devices a heartbeat withholds.
+fn withheld(devices: Vec<String>) -> Result<Vec<Device>, Status> {
+    devices.iter().map(|d| d.parse().map_err(|problem| to_status(CoordinatorError::InvalidArgument(format!("field `withheld_devices` {problem}"))))).collect()
 }
 
 #[tonic::async_trait]
@@ -84,10 +93,10 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let control = self.role.control()?;
         let id = worker(&request, &request.get_ref().worker_id)?;
         let request = request.into_inner();
-        let reply = control.heartbeat(&id, task_ids(request.running_task_ids), request.withheld_devices, now_ms()).await.map_err(to_status)?;
+        let reply = control.heartbeat(&id, running(request.running)?, withheld(request.withheld_devices)?, now_ms()).await.map_err(to_status)?;
         Ok(Response::new(pb::HeartbeatResponse {
             assignments: reply.assignments.iter().map(pb::TaskAssignment::from).collect(),
-            cancel_task_ids: reply.cancel.iter().map(ToString::to_string).collect(),
+            cancel: reply.cancel.iter().map(pb::TaskKey::from).collect(),
         }))
     }
 

@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use feral_common::ids::{JobId, TaskId, WorkerId};
-use feral_common::task::{Assignment, TaskRef};
+use feral_common::ids::{Attempt, JobId, Round, WorkerId};
+use feral_common::task::{Assignment, Device, TaskKey};
 
 use super::{JobRecord, TaskRecord, TaskState, WorkerRecord, WorkerState};
 use crate::error::CoordinatorError;
@@ -17,14 +17,14 @@ pub struct LiveWorker {
     pub record: WorkerRecord,
     pub last_heartbeat_ms: u64,
     /// The tasks it said it runs in its last heartbeat.
-    pub running: Vec<TaskId>,
+    pub running: Vec<TaskKey>,
     /// Set when a gang this worker held a rank of failed: until it heartbeats again after
     /// that moment it gets no task, so a retried gang is not placed on a rank that died
     /// and is still "live" within its lease.
     pub unproven_since_ms: Option<u64>,
     /// Devices it said, in its last heartbeat, it offers no task on (a task there did not
     /// stop when told to).
-    pub withheld: Vec<String>,
+    pub withheld: Vec<Device>,
 }
 
 impl LiveWorker {
@@ -37,7 +37,7 @@ impl LiveWorker {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Orders {
     pub assignments: Vec<Assignment>,
-    pub cancel: Vec<TaskId>,
+    pub cancel: Vec<TaskKey>,
 }
 
 /// A finished rendezvous: every rank's address, and rank 0's NCCL id.
@@ -55,12 +55,12 @@ type Rendezvous = Vec<Option<(String, Vec<u8>)>>;
 pub struct Cluster {
     /// Changed only through [`Cluster::put_job`], which keeps `assigned` in step.
     jobs: BTreeMap<JobId, JobRecord>,
-    /// The tasks assigned to each worker, by (job, task): a heartbeat reads its own
-    /// worker's, however many jobs are queued or done.
-    assigned: HashMap<WorkerId, BTreeSet<(JobId, TaskId)>>,
+    /// The tasks assigned to each worker: a heartbeat reads its own worker's, however many
+    /// jobs are queued or done.
+    assigned: HashMap<WorkerId, BTreeSet<TaskKey>>,
     pub workers: BTreeMap<WorkerId, LiveWorker>,
     /// Gang rendezvous by (job, round, attempt).
-    gangs: HashMap<(JobId, u32, u32), Rendezvous>,
+    gangs: HashMap<(JobId, Round, Attempt), Rendezvous>,
 }
 
 impl Cluster {
@@ -75,11 +75,11 @@ impl Cluster {
     /// Stores `job`, replacing its earlier record, and updates the index of assigned tasks.
     /// A final job's gangs are forgotten.
     pub fn put_job(&mut self, job: JobRecord) {
-        let assigned = |job: &JobRecord| -> Vec<(WorkerId, TaskId)> { job.tasks.iter().filter_map(|t| Some((t.worker()?.clone(), t.id.clone()))).collect() };
+        let assigned = |job: &JobRecord| -> Vec<(WorkerId, TaskKey)> { job.tasks.iter().filter_map(|t| Some((t.worker()?.clone(), t.key(&job.id)))).collect() };
         if let Some(old) = self.jobs.get(&job.id) {
             for (worker, task) in assigned(old) {
                 if let Some(tasks) = self.assigned.get_mut(&worker) {
-                    tasks.remove(&(job.id.clone(), task));
+                    tasks.remove(&task);
                     if tasks.is_empty() {
                         self.assigned.remove(&worker);
                     }
@@ -87,7 +87,7 @@ impl Cluster {
             }
         }
         for (worker, task) in assigned(&job) {
-            self.assigned.entry(worker).or_default().insert((job.id.clone(), task));
+            self.assigned.entry(worker).or_default().insert(task);
         }
         if job.state.is_final() {
             self.gangs.retain(|(id, _, _), _| id != &job.id);
@@ -96,21 +96,21 @@ impl Cluster {
     }
 
     /// The task a report names, found by its job's key. `None` when the job does not know
-    /// it or the report is from another attempt than the task's: a stale report.
-    pub fn task(&self, task: &TaskRef) -> Option<&TaskRecord> {
-        self.jobs.get(&task.job)?.task(&task.task).filter(|t| t.attempt == task.attempt)
+    /// it, or the report is from another attempt than the task's: a stale report.
+    pub fn task(&self, task: &TaskKey) -> Option<&TaskRecord> {
+        self.jobs.get(&task.job)?.task(task)
     }
 
     /// Whether `task` is assigned to `worker` now.
-    pub fn is_assigned_to(&self, task: &TaskId, worker: &WorkerId) -> bool {
-        self.assigned.get(worker).is_some_and(|tasks| tasks.iter().any(|(_, t)| t == task))
+    pub fn is_assigned_to(&self, task: &TaskKey, worker: &WorkerId) -> bool {
+        self.assigned.get(worker).is_some_and(|tasks| tasks.contains(task))
     }
 
     /// Every assigned task, with its worker and job.
     pub fn assigned_tasks(&self) -> impl Iterator<Item = (&WorkerId, &JobRecord, &TaskRecord)> {
         self.assigned.iter().flat_map(move |(worker, tasks)| {
-            tasks.iter().filter_map(move |(job, task)| {
-                let job = self.jobs.get(job)?;
+            tasks.iter().filter_map(move |task| {
+                let job = self.jobs.get(&task.job)?;
                 Some((worker, job, job.task(task)?))
             })
         })
@@ -118,28 +118,18 @@ impl Cluster {
 
     /// The jobs with a task on `worker`.
     pub fn jobs_on(&self, worker: &WorkerId) -> BTreeSet<JobId> {
-        self.assigned.get(worker).into_iter().flatten().map(|(job, _)| job.clone()).collect()
+        self.assigned.get(worker).into_iter().flatten().map(|task| task.job.clone()).collect()
     }
 
     /// What `worker`, running `running`, should start (its assigned tasks it does not run
     /// yet) and stop (what it runs that is no longer assigned to it).
-    pub fn orders(&self, worker: &WorkerId, running: &[TaskId]) -> Orders {
+    pub fn orders(&self, worker: &WorkerId, running: &[TaskKey]) -> Orders {
         let mut orders = Orders::default();
-        let mine = self.assigned.get(worker).into_iter().flatten();
-        for (job, task) in mine.filter_map(|(job, task)| self.jobs.get(job).and_then(|j| Some((j, j.task(task)?)))) {
-            let TaskState::Assigned { device, .. } = &task.state else { continue };
-            if running.contains(&task.id) {
-                continue;
-            }
-            // Slots are checked when a worker registers, so a stored device always reads.
-            let Ok(device) = device.parse() else { continue };
+        let mine = self.assigned.get(worker).into_iter().flatten().filter(|key| !running.contains(key));
+        for (key, job, task) in mine.filter_map(|key| self.jobs.get(&key.job).and_then(|j| Some((key, j, j.task(key)?)))) {
+            let TaskState::Assigned { device, .. } = task.state else { continue };
             orders.assignments.push(Assignment {
-                task: task.id.clone(),
-                job: job.id.clone(),
-                kind: task.kind,
-                round: task.round,
-                attempt: task.attempt,
-                rank: task.rank,
+                key: key.clone(),
                 world_size: task.world_size,
                 spec_toml: job.spec_toml.clone(),
                 artifact_dir: job.artifact_dir.clone(),
@@ -153,15 +143,13 @@ impl Cluster {
     }
 
     /// Records where rank `task` listens; answers every rank's address once all have joined.
-    pub fn join_gang(&mut self, worker: &WorkerId, task: &TaskRef, address: String, nccl_unique_id: Vec<u8>) -> Result<Option<GangPeers>, CoordinatorError> {
-        let record = self
-            .task(task)
-            .ok_or_else(|| CoordinatorError::InvalidArgument(format!("task {task} (attempt {}) is not a task of job {}", task.attempt, task.job)))?;
+    pub fn join_gang(&mut self, worker: &WorkerId, task: &TaskKey, address: String, nccl_unique_id: Vec<u8>) -> Result<Option<GangPeers>, CoordinatorError> {
+        let record = self.task(task).ok_or_else(|| CoordinatorError::InvalidArgument(format!("task {task} is not a task of job {}", task.job)))?;
         if record.worker() != Some(worker) {
-            return Err(CoordinatorError::NotAssigned { task: task.task.clone(), worker: worker.clone() });
+            return Err(CoordinatorError::NotAssigned { task: task.clone(), worker: worker.clone() });
         }
-        let (rank, world_size) = (record.rank as usize, record.world_size as usize);
-        let gang = self.gangs.entry((task.job.clone(), record.round.0, record.attempt)).or_insert_with(|| vec![None; world_size]);
+        let (rank, world_size) = (record.rank.0 as usize, record.world_size as usize);
+        let gang = self.gangs.entry((task.job.clone(), record.round, record.attempt)).or_insert_with(|| vec![None; world_size]);
         if let Some(slot) = gang.get_mut(rank) {
             *slot = Some((address, nccl_unique_id));
         }
@@ -176,7 +164,7 @@ impl Cluster {
     /// When `worker` reports its rank of a gang failed: every worker of that gang gets no
     /// task until it heartbeats after `now_ms`, since the rank that reports a broken ring is
     /// often not the one that died.
-    pub fn distrust_gang_of(&mut self, worker: &WorkerId, task: &TaskRef, now_ms: u64) {
+    pub fn distrust_gang_of(&mut self, worker: &WorkerId, task: &TaskKey, now_ms: u64) {
         let Some(failed) = self.task(task).filter(|t| t.world_size > 1 && t.worker() == Some(worker)) else { return };
         let key = failed.gang_key();
         let gang: Vec<WorkerId> = self.jobs[&task.job].tasks.iter().filter(|t| t.gang_key() == key).filter_map(|t| t.worker().cloned()).collect();

@@ -8,8 +8,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use feral_common::ids::{JobId, Round, TaskId, WorkerId};
-use feral_common::task::{TaskKind, TaskRef};
+use feral_common::ids::{JobId, Round, WorkerId};
+use feral_common::task::{TaskKey, TaskKind};
 use serde::Deserialize;
 
 use super::{Cluster, TaskState};
@@ -67,20 +67,20 @@ struct Clock {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stuck {
     pub worker: WorkerId,
-    pub task: TaskRef,
+    pub task: TaskKey,
     pub reason: String,
 }
 
 /// The clocks of the assigned tasks.
 #[derive(Debug, Default)]
-pub struct TaskClocks(HashMap<TaskId, Clock>);
+pub struct TaskClocks(HashMap<TaskKey, Clock>);
 
 impl TaskClocks {
     /// An epoch of `job`'s round `round` was reported: every rank of its gang is alive.
     pub fn progressed(&mut self, cluster: &Cluster, job: &JobId, round: Round, now_ms: u64) {
         let Some(record) = cluster.job(job) else { return };
         for task in record.tasks.iter().filter(|t| t.kind == TaskKind::Train && t.round == round) {
-            if let Some(clock) = self.0.get_mut(&task.id) {
+            if let Some(clock) = self.0.get_mut(&task.key(job)) {
                 *clock = Clock { since_ms: now_ms, acknowledged: true };
             }
         }
@@ -94,9 +94,10 @@ impl TaskClocks {
         let mut stuck = Vec::new();
         for (worker, job, task) in cluster.assigned_tasks() {
             let TaskState::Assigned { .. } = task.state else { continue };
-            live.insert(task.id.clone());
-            let listed = cluster.workers.get(worker).is_some_and(|w| w.running.contains(&task.id));
-            let clock = self.0.entry(task.id.clone()).or_insert(Clock { since_ms: now_ms, acknowledged: false });
+            let key = task.key(&job.id);
+            let listed = cluster.workers.get(worker).is_some_and(|w| w.running.contains(&key));
+            live.insert(key.clone());
+            let clock = self.0.entry(key.clone()).or_insert(Clock { since_ms: now_ms, acknowledged: false });
             if listed && !clock.acknowledged {
                 *clock = Clock { since_ms: now_ms, acknowledged: true };
             }
@@ -114,11 +115,11 @@ impl TaskClocks {
             } else {
                 continue;
             };
-            stuck.push(Stuck { worker: worker.clone(), task: TaskRef { job: job.id.clone(), task: task.id.clone(), attempt: task.attempt }, reason });
+            stuck.push(Stuck { worker: worker.clone(), task: key, reason });
         }
         self.0.retain(|id, _| live.contains(id));
         for s in &stuck {
-            self.0.remove(&s.task.task);
+            self.0.remove(&s.task);
         }
         stuck
     }
@@ -129,22 +130,23 @@ mod tests {
     use super::*;
     use crate::model::{JobEvent, JobRecord, LiveWorker, WorkerRecord, WorkerState};
     use feral_common::spec::JobSpec;
+    use feral_common::task::Device;
 
-    fn cluster_with_an_assigned_prepare() -> (Cluster, WorkerId, TaskId) {
+    fn cluster_with_an_assigned_prepare() -> (Cluster, WorkerId, TaskKey) {
         let mut cluster = Cluster::default();
         let worker = WorkerId::new("w1");
         let record = WorkerRecord {
             id: worker.clone(),
             hostname: "h".into(),
-            slots: vec![crate::model::Slot { device: "cpu".into(), name: "cpu".into() }],
+            slots: vec![crate::model::Slot { device: Device::Cpu, name: "cpu".into() }],
             state: WorkerState::Live,
             registered_at_ms: 0,
         };
         cluster.workers.insert(worker.clone(), LiveWorker::new(record, 0));
         let spec = JobSpec::from_toml("version = 1\ndataset = \"/d\"\n").expect("spec");
         let job = JobRecord::submitted(JobId::new("job-1"), spec, String::new(), "/a/job-1".into(), 0);
-        let task = job.tasks[0].id.clone();
-        let assigned = job.on_event(&JobEvent::TaskAssigned { task: task.clone(), worker: worker.clone(), device: "cpu".into() }, 0).expect("assigned");
+        let task = job.tasks[0].key(&job.id);
+        let assigned = job.on_event(&JobEvent::TaskAssigned { task: task.clone(), worker: worker.clone(), device: Device::Cpu }, 0).expect("assigned");
         cluster.put_job(assigned);
         (cluster, worker, task)
     }
@@ -158,7 +160,7 @@ mod tests {
         assert!(clocks.check(&cluster, &deadlines, 10_999).is_empty(), "9.999 s");
         let stuck = clocks.check(&cluster, &deadlines, 11_000);
         assert_eq!(stuck.len(), 1);
-        assert_eq!((&stuck[0].worker, &stuck[0].task.task), (&worker, &task));
+        assert_eq!((&stuck[0].worker, &stuck[0].task), (&worker, &task));
         assert!(stuck[0].reason.contains("did not start its prepare task within 10 s") && stuck[0].reason.contains("ack_s"), "{}", stuck[0].reason);
 
         // Listed by a heartbeat: acknowledged, then timed by its kind's deadline.

@@ -20,13 +20,15 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use feral_common::ids::{JobId, Round, TaskId, WorkerId};
+use feral_common::ids::{Attempt, JobId, Rank, Round, ShardId, WorkerId};
 use feral_common::method;
 use feral_common::metrics::MetricsSummary;
 use feral_common::spec::JobSpec;
 use serde::{Deserialize, Serialize};
 
-use feral_common::task::{CheckpointRef, DatasetSummary, EpochReport, InferPartial, SelectionSummary, TaskInputs, TaskKind, TaskOutcome, TrainedModel};
+use feral_common::task::{
+    CheckpointRef, DatasetSummary, Device, EpochReport, InferPartial, SelectionSummary, TaskInputs, TaskKey, TaskKind, TaskOutcome, TrainedModel,
+};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum JobState {
@@ -70,7 +72,7 @@ pub enum TaskState {
     Pending,
     Assigned {
         worker: WorkerId,
-        device: String,
+        device: Device,
     },
     Finished,
     Failed {
@@ -80,17 +82,19 @@ pub enum TaskState {
     Abandoned,
 }
 
+/// One attempt of one task of a job. Its key is the job's id and these fields
+/// ([`TaskRecord::key`]); records stored before keys also hold an `id` text, which is
+/// ignored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
-    pub id: TaskId,
     pub kind: TaskKind,
     pub round: Round,
     /// The unlabelled shard an `Infer` task predicts.
-    pub shard: Option<String>,
-    pub attempt: u32,
+    pub shard: Option<ShardId>,
+    pub attempt: Attempt,
     /// This task's rank in its data-parallel gang, and the gang's size (1: no gang).
     #[serde(default)]
-    pub rank: u32,
+    pub rank: Rank,
     #[serde(default = "one")]
     pub world_size: u32,
     pub state: TaskState,
@@ -112,41 +116,39 @@ fn one() -> u32 {
 }
 
 impl TaskRecord {
-    fn new(job: &JobId, kind: TaskKind, round: Round, shard: Option<String>, attempt: u32) -> Self {
-        let part = shard.as_deref().map(|s| format!("/{}", s.trim_end_matches(".safetensors"))).unwrap_or_default();
-        let id = TaskId::new(format!("{job}/r{round}/{}{part}/a{attempt}", kind.name()));
-        Self { id, kind, round, shard, attempt, rank: 0, world_size: 1, state: TaskState::Pending, regrowths: 0, forgiven: 0, not_before_ms: 0 }
+    fn new(kind: TaskKind, round: Round, shard: Option<ShardId>, attempt: Attempt) -> Self {
+        Self { kind, round, shard, attempt, rank: Rank(0), world_size: 1, state: TaskState::Pending, regrowths: 0, forgiven: 0, not_before_ms: 0 }
     }
 
     /// The `world_size` rank tasks of one data-parallel gang.
-    fn gang(job: &JobId, kind: TaskKind, round: Round, attempt: u32, world_size: u32) -> Vec<Self> {
-        if world_size <= 1 {
-            return vec![Self::new(job, kind, round, None, attempt)];
-        }
-        (0..world_size)
-            .map(|rank| {
-                let mut task = Self::new(job, kind, round, None, attempt);
-                task.id = TaskId::new(format!("{}/rank{rank}", task.id));
-                task.rank = rank;
-                task.world_size = world_size;
-                task
-            })
-            .collect()
+    fn gang(kind: TaskKind, round: Round, attempt: Attempt, world_size: u32) -> Vec<Self> {
+        (0..world_size.max(1)).map(|rank| Self { rank: Rank(rank), world_size: world_size.max(1), ..Self::new(kind, round, None, attempt) }).collect()
     }
 
     #[cfg(test)]
-    pub fn gang_for_test(job: &JobId, world_size: u32) -> Vec<Self> {
-        Self::gang(job, TaskKind::Train, Round(0), 1, world_size)
+    pub fn gang_for_test(world_size: u32) -> Vec<Self> {
+        Self::gang(TaskKind::Train, Round(0), Attempt::FIRST, world_size)
     }
 
     #[cfg(test)]
-    pub fn infer_for_test(job: &JobId, shard: &str) -> Self {
-        Self::new(job, TaskKind::Infer, Round(1), Some(shard.to_owned()), 1)
+    pub fn infer_for_test(shard: &str) -> Self {
+        Self::new(TaskKind::Infer, Round(1), Some(ShardId::new(shard)), Attempt::FIRST)
+    }
+
+    /// The task's key, as a worker names it in its reports.
+    pub fn key(&self, job: &JobId) -> TaskKey {
+        TaskKey { job: job.clone(), round: self.round, kind: self.kind, shard: self.shard.clone(), attempt: self.attempt, rank: self.rank }
+    }
+
+    /// Whether this is the task `key` names within its job (the job is the caller's to
+    /// match).
+    fn is(&self, key: &TaskKey) -> bool {
+        self.kind == key.kind && self.round == key.round && self.shard == key.shard && self.attempt == key.attempt && self.rank == key.rank
     }
 
     /// Tasks of one gang (or one lone task) share this key.
-    pub fn gang_key(&self) -> (TaskKind, Round, Option<&str>, u32) {
-        (self.kind, self.round, self.shard.as_deref(), self.attempt)
+    pub fn gang_key(&self) -> (TaskKind, Round, Option<&ShardId>, Attempt) {
+        (self.kind, self.round, self.shard.as_ref(), self.attempt)
     }
 
     pub fn is_live(&self) -> bool {
@@ -162,7 +164,7 @@ impl TaskRecord {
 
     /// Attempts of this task that failed or were lost before this one.
     fn failures_before(&self) -> u32 {
-        self.attempt.saturating_sub(1).saturating_sub(self.regrowths).saturating_sub(self.forgiven)
+        self.attempt.0.saturating_sub(1).saturating_sub(self.regrowths).saturating_sub(self.forgiven)
     }
 
     /// `reason` as the job's last failure names it: which task and attempt failed.
@@ -175,12 +177,12 @@ impl TaskRecord {
         self.state == TaskState::Pending && self.not_before_ms <= now_ms
     }
 
-    /// A number in [0, 1) that is the same for the same task id: the jitter of its
-    /// back-off, so that the pure model stays a function of its inputs.
-    fn jitter(&self) -> f64 {
+    /// A number in [0, 1) that is the same for the same task of the same job: the jitter of
+    /// its back-off, so that the pure model stays a function of its inputs.
+    fn jitter(&self, job: &JobId) -> f64 {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::hash::DefaultHasher::new();
-        self.id.as_str().hash(&mut hasher);
+        self.key(job).hash(&mut hasher);
         (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
@@ -256,23 +258,23 @@ pub struct JobRecord {
 #[derive(Clone, Debug, PartialEq)]
 pub enum JobEvent {
     TaskAssigned {
-        task: TaskId,
+        task: TaskKey,
         worker: WorkerId,
-        device: String,
+        device: Device,
     },
     TaskProgress {
-        task: TaskId,
+        task: TaskKey,
         worker: WorkerId,
         epoch: EpochReport,
         epochs_total: u32,
     },
     TaskFinished {
-        task: TaskId,
+        task: TaskKey,
         worker: WorkerId,
         outcome: TaskOutcome,
     },
     TaskFailed {
-        task: TaskId,
+        task: TaskKey,
         worker: WorkerId,
         reason: String,
         retryable: bool,
@@ -289,20 +291,20 @@ pub enum JobEvent {
     /// The pending gang of `task` is placed with `world_size` ranks, fewer than it has
     /// (an elastic gang, never below `resources.min_workers`): its higher ranks go.
     GangShrunk {
-        task: TaskId,
+        task: TaskKey,
         world_size: u32,
     },
     /// The short elastic gang of `task`, whose rank 0 has just written an epoch's
     /// checkpoint, stops so that it can start again whole from that checkpoint.
     GangGrows {
-        task: TaskId,
+        task: TaskKey,
     },
 }
 
 impl JobRecord {
     /// A new job, queued with its first task: preparing (checking) the dataset.
     pub fn submitted(id: JobId, spec: JobSpec, spec_toml: String, artifact_dir: PathBuf, now_ms: u64) -> Self {
-        let first = TaskRecord::new(&id, TaskKind::Prepare, Round(0), None, 1);
+        let first = TaskRecord::new(TaskKind::Prepare, Round(0), None, Attempt::FIRST);
         let epochs_total = u32::try_from(spec.train.epochs).unwrap_or(u32::MAX);
         Self {
             id,
@@ -344,8 +346,9 @@ impl JobRecord {
         job
     }
 
-    pub fn task(&self, id: &TaskId) -> Option<&TaskRecord> {
-        self.tasks.iter().find(|t| &t.id == id)
+    /// The task `key` names, when it is one of this job's.
+    pub fn task(&self, key: &TaskKey) -> Option<&TaskRecord> {
+        self.tasks.iter().find(|t| key.job == self.id && t.is(key))
     }
 
     pub fn live_tasks(&self) -> impl Iterator<Item = &TaskRecord> {
@@ -387,7 +390,7 @@ impl JobRecord {
                 selection_file: current.selection.map(|s| PathBuf::from(s.selection_file)),
                 resume_from: current.checkpoints.iter().rev().copied().collect(),
             },
-            TaskKind::Infer => TaskInputs { init_model: previous_model, shards: task.shard.iter().cloned().collect(), ..TaskInputs::default() },
+            TaskKind::Infer => TaskInputs { init_model: previous_model, shards: task.shard.iter().map(ToString::to_string).collect(), ..TaskInputs::default() },
             TaskKind::Select => {
                 TaskInputs { class_prior: prior, shards: current.partials.values().map(|p| p.predictions_file.clone()).collect(), ..TaskInputs::default() }
             }
@@ -415,7 +418,7 @@ impl JobRecord {
         }
         let mut next = self.clone();
         let changed = match event {
-            JobEvent::TaskAssigned { task, worker, device } => next.assign(task, worker, device),
+            JobEvent::TaskAssigned { task, worker, device } => next.assign(task, worker, *device),
             JobEvent::TaskProgress { task, worker, epoch, epochs_total } => next.progress(task, worker, epoch, *epochs_total),
             JobEvent::TaskFinished { task, worker, outcome } => next.finish(task, worker, outcome),
             JobEvent::TaskFailed { task, worker, reason, retryable } => next.fail_task(task, worker, reason, *retryable, now_ms),
@@ -454,25 +457,26 @@ impl JobRecord {
         Some(next)
     }
 
-    fn task_mut(&mut self, id: &TaskId) -> Option<&mut TaskRecord> {
-        self.tasks.iter_mut().find(|t| &t.id == id)
+    fn task_mut(&mut self, key: &TaskKey) -> Option<&mut TaskRecord> {
+        let id = &self.id;
+        self.tasks.iter_mut().find(|t| &key.job == id && t.is(key))
     }
 
-    /// The live task `id` if `worker` is the one running it.
-    fn running_on(&mut self, id: &TaskId, worker: &WorkerId) -> Option<&mut TaskRecord> {
-        self.task_mut(id).filter(|t| t.worker() == Some(worker))
+    /// The live task `key` if `worker` is the one running it.
+    fn running_on(&mut self, key: &TaskKey, worker: &WorkerId) -> Option<&mut TaskRecord> {
+        self.task_mut(key).filter(|t| t.worker() == Some(worker))
     }
 
-    fn assign(&mut self, id: &TaskId, worker: &WorkerId, device: &str) -> bool {
-        let Some(task) = self.task_mut(id).filter(|t| t.state == TaskState::Pending) else { return false };
-        task.state = TaskState::Assigned { worker: worker.clone(), device: device.to_owned() };
+    fn assign(&mut self, key: &TaskKey, worker: &WorkerId, device: Device) -> bool {
+        let Some(task) = self.task_mut(key).filter(|t| t.state == TaskState::Pending) else { return false };
+        task.state = TaskState::Assigned { worker: worker.clone(), device };
         if self.state == JobState::Queued {
             self.state = JobState::Preparing;
         }
         true
     }
 
-    fn progress(&mut self, id: &TaskId, worker: &WorkerId, epoch: &EpochReport, epochs_total: u32) -> bool {
+    fn progress(&mut self, id: &TaskKey, worker: &WorkerId, epoch: &EpochReport, epochs_total: u32) -> bool {
         let Some(task) = self.running_on(id, worker) else { return false };
         let (round, attempt) = (task.round, task.attempt);
         // A resumed attempt reports epochs again from its checkpoint: keep the latest, so
@@ -490,7 +494,7 @@ impl JobRecord {
         true
     }
 
-    fn finish(&mut self, id: &TaskId, worker: &WorkerId, outcome: &TaskOutcome) -> bool {
+    fn finish(&mut self, id: &TaskKey, worker: &WorkerId, outcome: &TaskOutcome) -> bool {
         let Some(task) = self.running_on(id, worker) else { return false };
         if task.kind != outcome.kind() {
             return false;
@@ -502,7 +506,7 @@ impl JobRecord {
             TaskOutcome::Prepared(summary) => self.prepared(summary),
             TaskOutcome::Trained(model) => {
                 // Rank 0 holds the model; the round is trained when every rank is done.
-                if rank == 0 {
+                if rank == Rank(0) {
                     if let Some(record) = self.round_mut(round) {
                         record.model = Some(model.clone());
                     }
@@ -512,7 +516,7 @@ impl JobRecord {
                     self.trained(round);
                 }
             }
-            TaskOutcome::Inferred(partial) => self.inferred(round, shard.unwrap_or_default(), partial),
+            TaskOutcome::Inferred(partial) => self.inferred(round, shard.map(|s| s.to_string()).unwrap_or_default(), partial),
             TaskOutcome::Selected(selection) => {
                 if let Some(record) = self.round_mut(round) {
                     record.selection = Some(selection.clone());
@@ -562,7 +566,7 @@ impl JobRecord {
             Ok(prior) => {
                 record.class_prior = prior;
                 self.state = JobState::Selecting;
-                self.tasks.push(TaskRecord::new(&self.id, TaskKind::Select, round, None, 1));
+                self.tasks.push(TaskRecord::new(TaskKind::Select, round, None, Attempt::FIRST));
             }
             Err(error) => {
                 self.end_live_tasks();
@@ -587,7 +591,7 @@ impl JobRecord {
         self.round = round;
         self.state = JobState::Training;
         let world_size = self.gang_size();
-        self.tasks.extend(TaskRecord::gang(&self.id, TaskKind::Train, round, 1, world_size));
+        self.tasks.extend(TaskRecord::gang(TaskKind::Train, round, Attempt::FIRST, world_size));
     }
 
     /// Ranks of a whole training gang.
@@ -606,7 +610,7 @@ impl JobRecord {
         task.kind == TaskKind::Train && task.world_size < self.gang_size() && task.worker().is_some()
     }
 
-    fn shrink_gang(&mut self, id: &TaskId, world_size: u32) -> bool {
+    fn shrink_gang(&mut self, id: &TaskKey, world_size: u32) -> bool {
         let Some(task) = self.task(id).filter(|t| t.state == TaskState::Pending && t.kind == TaskKind::Train) else { return false };
         let key_task = task.clone();
         if world_size >= task.world_size || world_size < self.spec.resources.min_gang() {
@@ -614,17 +618,17 @@ impl JobRecord {
         }
         // Ranks beyond the new size never ran: they go, and the rest learn the new size.
         let in_gang = |t: &TaskRecord| t.gang_key() == key_task.gang_key();
-        self.tasks.retain(|t| !(in_gang(t) && t.rank >= world_size));
+        self.tasks.retain(|t| !(in_gang(t) && t.rank.0 >= world_size));
         for member in self.tasks.iter_mut().filter(|t| in_gang(t)) {
             member.world_size = world_size;
         }
         true
     }
 
-    fn grow_gang(&mut self, id: &TaskId) -> bool {
+    fn grow_gang(&mut self, id: &TaskKey) -> bool {
         let Some(task) = self.task(id).filter(|t| self.is_short_gang(t)).cloned() else { return false };
         self.abandon_gang(&task);
-        let mut gang = TaskRecord::gang(&self.id, TaskKind::Train, task.round, task.attempt + 1, self.gang_size());
+        let mut gang = TaskRecord::gang(TaskKind::Train, task.round, task.attempt.next(), self.gang_size());
         for member in &mut gang {
             member.regrowths = task.regrowths + 1;
         }
@@ -636,9 +640,9 @@ impl JobRecord {
         self.round = round;
         self.state = JobState::PseudoLabeling;
         self.rounds.push(RoundRecord { round: round.0, ..RoundRecord::default() });
-        let shards: Vec<String> = self.dataset.iter().flat_map(|d| d.unlabeled_shards.iter().map(|s| s.file.clone())).collect();
+        let shards: Vec<ShardId> = self.dataset.iter().flat_map(|d| d.unlabeled_shards.iter().map(|s| ShardId::new(&s.file))).collect();
         for shard in shards {
-            self.tasks.push(TaskRecord::new(&self.id, TaskKind::Infer, round, Some(shard), 1));
+            self.tasks.push(TaskRecord::new(TaskKind::Infer, round, Some(shard), Attempt::FIRST));
         }
     }
 
@@ -669,7 +673,7 @@ impl JobRecord {
         self.rounds.iter_mut().find(|r| r.round == round.0)
     }
 
-    fn fail_task(&mut self, id: &TaskId, worker: &WorkerId, reason: &str, retryable: bool, now_ms: u64) -> bool {
+    fn fail_task(&mut self, id: &TaskKey, worker: &WorkerId, reason: &str, retryable: bool, now_ms: u64) -> bool {
         let Some(task) = self.running_on(id, worker) else { return false };
         task.state = TaskState::Failed { reason: reason.to_owned() };
         let failed = task.clone();
@@ -686,10 +690,9 @@ impl JobRecord {
 
     fn lose_worker(&mut self, worker: &WorkerId, now_ms: u64) -> bool {
         let lost: Vec<TaskRecord> = self.tasks.iter().filter(|t| t.worker() == Some(worker)).cloned().collect();
-        let mut retried: Vec<(TaskKind, Round, Option<String>, u32)> = Vec::new();
+        let mut retried: Vec<(TaskKind, Round, Option<&ShardId>, Attempt)> = Vec::new();
         for task in &lost {
-            let (kind, round, shard, attempt) = task.gang_key();
-            let key = (kind, round, shard.map(str::to_owned), attempt);
+            let key = task.gang_key();
             if retried.contains(&key) {
                 continue;
             }
@@ -724,18 +727,18 @@ impl JobRecord {
             self.state = JobState::Failed { reason: format!("{what}: {reason}; gave up after {tried} attempts") };
             return;
         }
-        let delay = self.spec.resources.retry_delay(tried, task.jitter());
+        let delay = self.spec.resources.retry_delay(tried, task.jitter(&self.id));
         let not_before_ms = now_ms.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
-        self.queue_attempt(task, task.attempt + 1, task.forgiven, not_before_ms);
+        self.queue_attempt(task, task.attempt.next(), task.forgiven, not_before_ms);
     }
 
     /// Queues attempt `attempt` of `task` (the whole gang of a training task: placing it
     /// decides how many ranks it gets), not placed before `not_before_ms`.
-    fn queue_attempt(&mut self, task: &TaskRecord, attempt: u32, forgiven: u32, not_before_ms: u64) {
+    fn queue_attempt(&mut self, task: &TaskRecord, attempt: Attempt, forgiven: u32, not_before_ms: u64) {
         let mut next = if task.kind == TaskKind::Train {
-            TaskRecord::gang(&self.id, task.kind, task.round, attempt, self.gang_size())
+            TaskRecord::gang(task.kind, task.round, attempt, self.gang_size())
         } else {
-            vec![TaskRecord::new(&self.id, task.kind, task.round, task.shard.clone(), attempt)]
+            vec![TaskRecord::new(task.kind, task.round, task.shard.clone(), attempt)]
         };
         for member in &mut next {
             member.regrowths = task.regrowths;
@@ -770,30 +773,30 @@ impl JobRecord {
             TaskKind::Select => JobState::Selecting,
         };
         next.round = stopped.round;
-        let newest_attempt = |shard: Option<&str>| {
+        let newest_attempt = |shard: Option<&ShardId>| {
             self.tasks
                 .iter()
-                .filter(|t| t.kind == stopped.kind && t.round == stopped.round && t.shard.as_deref() == shard)
-                .map(|t| t.attempt)
+                .filter(|t| t.kind == stopped.kind && t.round == stopped.round && t.shard.as_ref() == shard)
+                .map(|t| t.attempt.0)
                 .max()
                 .unwrap_or(0)
         };
         if stopped.kind == TaskKind::Infer {
             // Every shard of the round not yet predicted.
             let done = next.round_record(stopped.round).map(|r| r.partials.clone()).unwrap_or_default();
-            let mut shards: Vec<String> =
+            let mut shards: Vec<ShardId> =
                 self.tasks.iter().filter(|t| t.kind == TaskKind::Infer && t.round == stopped.round).filter_map(|t| t.shard.clone()).collect();
             shards.sort();
             shards.dedup();
-            for shard in shards.into_iter().filter(|s| !done.contains_key(s)) {
-                let template = TaskRecord::new(&self.id, TaskKind::Infer, stopped.round, Some(shard.clone()), 1);
-                let attempt = newest_attempt(Some(&shard)) + 1;
-                next.queue_attempt(&template, attempt, attempt - 1, now_ms);
+            for shard in shards.into_iter().filter(|s| !done.contains_key(s.as_str())) {
+                let forgiven = newest_attempt(Some(&shard));
+                let template = TaskRecord::new(TaskKind::Infer, stopped.round, Some(shard), Attempt::FIRST);
+                next.queue_attempt(&template, Attempt(forgiven + 1), forgiven, now_ms);
             }
         } else {
-            let attempt = newest_attempt(stopped.shard.as_deref()) + 1;
+            let forgiven = newest_attempt(stopped.shard.as_ref());
             let template = TaskRecord { regrowths: 0, ..stopped };
-            next.queue_attempt(&template, attempt, attempt - 1, now_ms);
+            next.queue_attempt(&template, Attempt(forgiven + 1), forgiven, now_ms);
         }
         next.updated_at_ms = now_ms;
         Ok(next)

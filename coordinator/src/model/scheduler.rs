@@ -1,20 +1,19 @@
 //! Pairs pending tasks with free worker slots. Pure: the same jobs and workers always give
 //! the same assignments.
 
-use feral_common::ids::{JobId, TaskId, WorkerId};
+use feral_common::ids::WorkerId;
 use feral_common::plan::{plan, PlanProblem, ShardLoad};
 
-use feral_common::task::TaskKind;
+use feral_common::task::{Device, TaskKey, TaskKind};
 
 use super::{JobRecord, TaskRecord, TaskState, WorkerRecord, WorkerState};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 /// A pending task placed on a worker's free device slot.
 pub struct Placement {
-    pub job: JobId,
-    pub task: TaskId,
+    pub task: TaskKey,
     pub worker: WorkerId,
-    pub device: String,
+    pub device: Device,
     /// The ranks its gang is placed with (1: no gang): below the task's own `world_size`
     /// when an elastic gang is placed short.
     pub world_size: u32,
@@ -45,12 +44,12 @@ pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord], now_ms: u64) -> 
         let mut pending: Vec<&TaskRecord> = job.tasks.iter().filter(|t| t.is_placeable(now_ms)).collect();
         if pending.iter().any(|t| t.shard.is_some()) {
             pending.retain(|task| {
-                let Some(worker) = task.shard.as_ref().and_then(|s| job.shard_plan.get(s)) else { return true };
+                let Some(worker) = task.shard.as_ref().and_then(|s| job.shard_plan.get(s.as_str())) else { return true };
                 let Some(index) = workers.iter().position(|w| w.id.as_str() == worker) else { return true };
                 let Some(slot) = workers[index].slots.iter().find(|s| !busy[index].contains(&s.device)) else { return true };
-                busy[index].push(slot.device.clone());
-                let (worker, device) = (workers[index].id.clone(), slot.device.clone());
-                assignments.push(Placement { job: job.id.clone(), task: task.id.clone(), worker, device, world_size: 1 });
+                busy[index].push(slot.device);
+                let (worker, device) = (workers[index].id.clone(), slot.device);
+                assignments.push(Placement { task: task.key(&job.id), worker, device, world_size: 1 });
                 false
             });
         }
@@ -65,8 +64,8 @@ pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord], now_ms: u64) -> 
             let mut placed = Vec::new();
             for member in &gang {
                 let Some((index, device)) = free_slot(workers, &trial) else { break };
-                trial[index].push(device.clone());
-                placed.push(Placement { job: job.id.clone(), task: member.id.clone(), worker: workers[index].id.clone(), device, world_size: 0 });
+                trial[index].push(device);
+                placed.push(Placement { task: member.key(&job.id), worker: workers[index].id.clone(), device, world_size: 0 });
             }
             // Ranks come in rank order, so the ranks placed are 0..placed. At least 1.
             let least = if task.kind == TaskKind::Train { elastic_minimum(job).unwrap_or(gang.len()) } else { gang.len() };
@@ -95,20 +94,20 @@ pub fn free_slot_count(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> usize 
 
 /// The devices each worker (by its place in `workers`) is busy on: one pass over the
 /// tasks of the jobs still running.
-fn busy_devices(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Vec<String>> {
+fn busy_devices(jobs: &[&JobRecord], workers: &[&WorkerRecord]) -> Vec<Vec<Device>> {
     let position: std::collections::HashMap<&WorkerId, usize> = workers.iter().enumerate().map(|(i, w)| (&w.id, i)).collect();
-    let mut busy: Vec<Vec<String>> = vec![Vec::new(); workers.len()];
+    let mut busy: Vec<Vec<Device>> = vec![Vec::new(); workers.len()];
     for task in jobs.iter().filter(|j| !j.state.is_final()).flat_map(|j| &j.tasks) {
         if let TaskState::Assigned { worker, device } = &task.state {
             if let Some(&i) = position.get(worker) {
-                busy[i].push(device.clone());
+                busy[i].push(*device);
             }
         }
     }
     busy
 }
 
-fn free_slots(workers: &[&WorkerRecord], busy: &[Vec<String>]) -> usize {
+fn free_slots(workers: &[&WorkerRecord], busy: &[Vec<Device>]) -> usize {
     workers.iter().zip(busy).filter(|(w, _)| w.state == WorkerState::Live).map(|(w, b)| w.slots.iter().filter(|s| !b.contains(&s.device)).count()).sum()
 }
 
@@ -155,14 +154,14 @@ pub fn replan(job: &JobRecord, workers: &[&WorkerRecord]) -> Option<feral_common
 }
 
 /// The free slot of the live worker running the fewest tasks (lower id on ties).
-fn free_slot(workers: &[&WorkerRecord], busy: &[Vec<String>]) -> Option<(usize, String)> {
+fn free_slot(workers: &[&WorkerRecord], busy: &[Vec<Device>]) -> Option<(usize, Device)> {
     workers
         .iter()
         .enumerate()
         .filter(|(_, w)| w.state == WorkerState::Live)
         .filter_map(|(i, w)| {
             let free = w.slots.iter().find(|s| !busy[i].contains(&s.device))?;
-            Some((busy[i].len(), &w.id, i, free.device.clone()))
+            Some((busy[i].len(), &w.id, i, free.device))
         })
         .min_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)))
         .map(|(_, _, index, device)| (index, device))
@@ -177,13 +176,13 @@ mod tests {
     use super::*;
     use crate::model::Slot;
 
-    fn worker(id: &str, slots: usize, state: WorkerState) -> WorkerRecord {
-        let slots = (0..slots).map(|i| Slot { device: format!("cuda:{i}"), name: String::new() }).collect();
+    fn worker(id: &str, slots: u32, state: WorkerState) -> WorkerRecord {
+        let slots = (0..slots).map(|i| Slot { device: Device::Cuda(i), name: String::new() }).collect();
         WorkerRecord { id: WorkerId::new(id), hostname: id.into(), slots, state, registered_at_ms: 0 }
     }
 
     fn job(id: &str, created: u64) -> JobRecord {
-        JobRecord::submitted(JobId::new(id), JobSpec::for_dataset("/d"), String::new(), PathBuf::new(), created)
+        JobRecord::submitted(feral_common::ids::JobId::new(id), JobSpec::for_dataset("/d"), String::new(), PathBuf::new(), created)
     }
 
     #[test]
@@ -191,8 +190,8 @@ mod tests {
         let (old, new, newest) = (job("b", 1), job("a", 2), job("c", 3));
         let (w1, w2) = (worker("w1", 2, WorkerState::Live), worker("w2", 1, WorkerState::Live));
         let assignments = schedule(&[&new, &newest, &old], &[&w1, &w2], 0);
-        let pairs: Vec<(&str, &str, &str)> = assignments.iter().map(|a| (a.job.as_str(), a.worker.as_str(), a.device.as_str())).collect();
-        assert_eq!(pairs, vec![("b", "w1", "cuda:0"), ("a", "w2", "cuda:0"), ("c", "w1", "cuda:1")]);
+        let pairs: Vec<(&str, &str, Device)> = assignments.iter().map(|a| (a.task.job.as_str(), a.worker.as_str(), a.device)).collect();
+        assert_eq!(pairs, vec![("b", "w1", Device::Cuda(0)), ("a", "w2", Device::Cuda(0)), ("c", "w1", Device::Cuda(1))]);
     }
 
     #[test]
@@ -201,18 +200,18 @@ mod tests {
         let mut spec = gang_job.spec.clone();
         spec.resources.workers = 3;
         gang_job.spec = spec;
-        gang_job.tasks = TaskRecord::gang_for_test(&gang_job.id, 3);
+        gang_job.tasks = TaskRecord::gang_for_test(3);
         let small = job("s", 2);
         // Two free slots: the gang of three waits, the later single task runs.
         let (w1, w2) = (worker("w1", 1, WorkerState::Live), worker("w2", 1, WorkerState::Live));
         let assignments = schedule(&[&gang_job, &small], &[&w1, &w2], 0);
         assert_eq!(assignments.len(), 1);
-        assert_eq!(assignments[0].job.as_str(), "s");
+        assert_eq!(assignments[0].task.job.as_str(), "s");
         // Three free slots on two workers: all three ranks are placed.
         let w3 = worker("w3", 2, WorkerState::Live);
         let assignments = schedule(&[&gang_job], &[&w1, &w3], 0);
         assert_eq!(assignments.len(), 3);
-        let mut slots: Vec<(String, String)> = assignments.iter().map(|a| (a.worker.to_string(), a.device.clone())).collect();
+        let mut slots: Vec<(String, Device)> = assignments.iter().map(|a| (a.worker.to_string(), a.device)).collect();
         slots.sort();
         slots.dedup();
         assert_eq!(slots.len(), 3, "each rank has its own slot");
@@ -223,7 +222,7 @@ mod tests {
         let mut elastic = job("e", 1);
         elastic.spec.resources.workers = 4;
         elastic.spec.resources.min_workers = Some(2);
-        elastic.tasks = TaskRecord::gang_for_test(&elastic.id, 4);
+        elastic.tasks = TaskRecord::gang_for_test(4);
         let (w1, w2, w3) = (worker("w1", 1, WorkerState::Live), worker("w2", 2, WorkerState::Live), worker("w3", 1, WorkerState::Lost));
         // One free slot: below the minimum, nothing is placed, and the job says why.
         let placed = schedule(&[&elastic], &[&w1, &w3], 0);
@@ -232,7 +231,7 @@ mod tests {
         assert!(reason.contains("waiting for 2 device slots") && reason.contains("resources.min_workers = 2"), "{reason}");
         // Three free slots: ranks 0, 1 and 2 are placed as a gang of three.
         let placed = schedule(&[&elastic], &[&w1, &w2, &w3], 0);
-        let ranks: Vec<(u32, u32)> = placed.iter().map(|p| (elastic.task(&p.task).expect("task").rank, p.world_size)).collect();
+        let ranks: Vec<(u32, u32)> = placed.iter().map(|p| (elastic.task(&p.task).expect("task").rank.0, p.world_size)).collect();
         assert_eq!(ranks, vec![(0, 3), (1, 3), (2, 3)]);
         assert_eq!(waiting_reason(&elastic, &[&w1, &w2]), None);
         // A fixed gang of four waits for four.
@@ -240,7 +239,7 @@ mod tests {
         assert!(schedule(&[&elastic], &[&w1, &w2, &w3], 0).is_empty());
         // Free slots are counted over what every job holds.
         assert_eq!(free_slot_count(&[&elastic], &[&w1, &w2, &w3]), 3);
-        elastic.tasks[0].state = TaskState::Assigned { worker: WorkerId::new("w2"), device: "cuda:1".into() };
+        elastic.tasks[0].state = TaskState::Assigned { worker: WorkerId::new("w2"), device: Device::Cuda(1) };
         assert_eq!(free_slot_count(&[&elastic], &[&w1, &w2, &w3]), 2);
     }
 
@@ -250,7 +249,7 @@ mod tests {
         let mut labelling = job("p", 1);
         let shards: Vec<ShardRef> = (0..6).map(|i| ShardRef { file: format!("u{i}.safetensors"), samples: 100 }).collect();
         labelling.dataset = Some(DatasetSummary { class_names: vec![], train_samples: 1, val_samples: 1, unlabeled_shards: shards.clone() });
-        labelling.tasks = shards.iter().map(|s| TaskRecord::infer_for_test(&labelling.id, &s.file)).collect();
+        labelling.tasks = shards.iter().map(|s| TaskRecord::infer_for_test(&s.file)).collect();
         let (w1, w2) = (worker("w1", 1, WorkerState::Live), worker("w2", 1, WorkerState::Live));
         let planned = replan(&labelling, &[&w1, &w2]).expect("a first plan");
         labelling.shard_plan = planned.clone();
@@ -258,13 +257,13 @@ mod tests {
         assert_eq!(first.len(), 2, "one task per free slot");
         for a in &first {
             let shard = labelling.task(&a.task).and_then(|t| t.shard.clone()).expect("an inference task");
-            assert_eq!(planned[&shard], a.worker.as_str(), "{shard} runs where the plan puts it");
+            assert_eq!(planned[shard.as_str()], a.worker.as_str(), "{shard} runs where the plan puts it");
         }
         // The same live workers keep the plan (the next round predicts each shard on the
         // same worker); a worker with nothing of its own left takes another's shard.
         assert_eq!(replan(&labelling, &[&w2, &w1]), None);
         let w1_shards: Vec<String> = planned.iter().filter(|(_, w)| w.as_str() == "w1").map(|(s, _)| s.clone()).collect();
-        for task in labelling.tasks.iter_mut().filter(|t| !w1_shards.contains(t.shard.as_ref().expect("shard"))) {
+        for task in labelling.tasks.iter_mut().filter(|t| !w1_shards.iter().any(|s| Some(s.as_str()) == t.shard.as_ref().map(|s| s.as_str()))) {
             task.state = TaskState::Finished;
         }
         let stolen = schedule(&[&labelling], &[&w1, &w2], 0);
@@ -278,7 +277,7 @@ mod tests {
         let mut labelling = job("p", 1);
         let shards: Vec<ShardRef> = (0..12).map(|i| ShardRef { file: format!("u{i:02}.safetensors"), samples: 100 }).collect();
         labelling.dataset = Some(DatasetSummary { class_names: vec![], train_samples: 1, val_samples: 1, unlabeled_shards: shards.clone() });
-        labelling.tasks = shards.iter().map(|s| TaskRecord::infer_for_test(&labelling.id, &s.file)).collect();
+        labelling.tasks = shards.iter().map(|s| TaskRecord::infer_for_test(&s.file)).collect();
         let [w1, w2, w3] = ["w1", "w2", "w3"].map(|id| worker(id, 1, WorkerState::Live));
         labelling.shard_plan = replan(&labelling, &[&w1, &w2]).expect("a first plan");
         let count = |plan: &feral_common::plan::Assignment, id: &str| plan.values().filter(|w| w.as_str() == id).count();
@@ -310,7 +309,7 @@ mod tests {
     #[test]
     fn a_gang_larger_than_every_live_slot_says_what_it_waits_for() {
         let mut gang = job("j1", 1);
-        gang.tasks = TaskRecord::gang_for_test(&gang.id, 5);
+        gang.tasks = TaskRecord::gang_for_test(5);
         let one = worker("w1", 1, WorkerState::Live);
         let lost = worker("w2", 8, WorkerState::Lost);
         let reason = waiting_reason(&gang, &[&one, &lost]).expect("5 ranks cannot fit in 1 slot");
@@ -322,7 +321,7 @@ mod tests {
     #[test]
     fn a_one_slot_task_without_a_live_worker_says_so_without_naming_the_gang() {
         let mut labelling = job("j1", 1);
-        labelling.tasks = vec![TaskRecord::infer_for_test(&labelling.id, "unlabeled-00000.safetensors")];
+        labelling.tasks = vec![TaskRecord::infer_for_test("unlabeled-00000.safetensors")];
         let lost = worker("w1", 8, WorkerState::Lost);
         let reason = waiting_reason(&labelling, &[&lost]).expect("no live slot");
         assert_eq!(reason, "waiting for 1 device slots for its infer task; 0 live workers have 0");
@@ -333,8 +332,8 @@ mod tests {
     #[test]
     fn lost_workers_and_busy_slots_get_nothing() {
         let mut running = job("a", 1);
-        let task = running.tasks[0].id.clone();
-        running.tasks[0].state = TaskState::Assigned { worker: WorkerId::new("w1"), device: "cuda:0".into() };
+        let task = running.tasks[0].key(&running.id);
+        running.tasks[0].state = TaskState::Assigned { worker: WorkerId::new("w1"), device: Device::Cuda(0) };
         let waiting = job("b", 2);
         let (w1, w2) = (worker("w1", 1, WorkerState::Live), worker("w2", 4, WorkerState::Lost));
         assert!(schedule(&[&running, &waiting], &[&w1, &w2], 0).is_empty());

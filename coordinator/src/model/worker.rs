@@ -1,12 +1,13 @@
 //! Workers as the coordinator remembers them.
 
 use feral_common::ids::WorkerId;
+use feral_common::task::Device;
 use serde::{Deserialize, Serialize};
 
 /// One device a worker trains on: `cpu` or `cuda:N`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slot {
-    pub device: String,
+    pub device: Device,
     pub name: String,
 }
 

@@ -160,13 +160,13 @@ async fn measure(options: &Options, coordinator: &Coordinator) -> anyhow::Result
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             while Instant::now() < deadline {
                 tick.tick().await;
-                let request = pb::HeartbeatRequest { worker_id: format!("sim-{i:04}"), running_task_ids: running.clone(), ..Default::default() };
+                let request = pb::HeartbeatRequest { worker_id: format!("sim-{i:04}"), running: running.clone(), ..Default::default() };
                 let started = Instant::now();
                 let reply = client.heartbeat(request).await?.into_inner();
                 latencies.push(started.elapsed());
                 // A simulated worker "runs" what it is given, and stops what it is told to.
-                running.extend(reply.assignments.into_iter().map(|a| a.task_id));
-                running.retain(|t| !reply.cancel_task_ids.contains(t));
+                running.extend(reply.assignments.into_iter().filter_map(|a| a.key));
+                running.retain(|t| !reply.cancel.contains(t));
             }
             anyhow::Ok(latencies)
         }));

@@ -226,15 +226,12 @@ where
 /// The training ranks running now, as the live workers' heartbeats list them:
 /// (worker id, attempt) for each task of round `round`'s training.
 fn training_ranks(workers: &[pb::Worker], round: u32) -> Vec<(String, u32)> {
-    let prefix = format!("/r{round}/train/a");
     workers
         .iter()
         .filter(|w| w.state == pb::WorkerState::Live as i32)
-        .flat_map(|w| w.task_ids.iter().map(move |t| (w, t)))
-        .filter_map(|(w, task)| {
-            let attempt = task.split_once(&prefix)?.1.split('/').next()?.parse().ok()?;
-            Some((w.id.clone(), attempt))
-        })
+        .flat_map(|w| w.tasks.iter().map(move |t| (w, t)))
+        .filter(|(_, task)| task.kind == pb::TaskKind::Train as i32 && task.round == round)
+        .map(|(w, task)| (w.id.clone(), task.attempt))
         .collect()
 }
 
@@ -363,11 +360,11 @@ async fn run(dir: &Path, spec: &str, chaos: bool, figures: &mut Figures) -> anyh
         let (paused, replaced) = lose_a_rank(&mut cluster, figures, &job, 1, "SIGSTOP of a worker", true).await?;
         cluster.worker(&paused)?.signal("CONT")?;
         let continued = Instant::now();
-        let stale = format!("/r1/train/a{replaced}/");
         wait("the continued worker live again, running nothing of the replaced attempt", Duration::from_secs(120), || async {
             let workers = cluster.workers_seen().await.unwrap_or_default();
             let back = workers.iter().find(|w| w.id == paused && w.state == pb::WorkerState::Live as i32);
-            Ok(back.filter(|w| !w.task_ids.iter().any(|t| t.contains(&stale))).map(|_| ()))
+            let stale = |t: &pb::TaskKey| t.kind == pb::TaskKind::Train as i32 && t.round == 1 && t.attempt == replaced;
+            Ok(back.filter(|w| !w.tasks.iter().any(stale)).map(|_| ()))
         })
         .await?;
         figures.mark("SIGSTOP of a worker", "continued worker live, its replaced attempt stopped (after SIGCONT)", continued);

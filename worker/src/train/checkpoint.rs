@@ -18,6 +18,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use feral_common::ids::Attempt;
 use feral_common::task::CheckpointRef;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -40,7 +41,7 @@ const KEPT: u32 = 2;
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Manifest {
     round: u32,
-    attempt: u32,
+    attempt: Attempt,
     epoch: u32,
     parts: Vec<Part>,
 }
@@ -53,7 +54,7 @@ struct Part {
 }
 
 /// `<round_dir>/a<attempt>`: everything one attempt of a training task writes.
-pub fn attempt_dir(round_dir: &Path, attempt: u32) -> PathBuf {
+pub fn attempt_dir(round_dir: &Path, attempt: Attempt) -> PathBuf {
     round_dir.join(format!("a{attempt}"))
 }
 
@@ -134,7 +135,7 @@ pub fn find_whole(round_dir: &Path, round: u32, recorded: &[CheckpointRef]) -> O
             Ok(()) => return Some((checkpoint, dir)),
             Err(problem) => tracing::warn!(
                 round,
-                attempt = checkpoint.attempt,
+                attempt = checkpoint.attempt.0,
                 epoch = checkpoint.epoch,
                 dir = %dir.display(),
                 %problem,
@@ -150,7 +151,7 @@ fn verify(dir: &Path, round: u32, checkpoint: CheckpointRef) -> Result<(), Strin
     let text = feral_common::files::read_text(&dir.join(MANIFEST), feral_common::files::MAX_JSON_BYTES, "checkpoint manifest")
         .map_err(|e| format!("no readable {MANIFEST}: {e}"))?;
     let manifest: Manifest = serde_json::from_str(&text).map_err(|e| format!("{MANIFEST} does not parse: {e}"))?;
-    let (saved, wanted) = ((manifest.round, manifest.attempt, manifest.epoch), (round, checkpoint.attempt, checkpoint.epoch));
+    let (saved, wanted) = ((manifest.round, manifest.attempt.0, manifest.epoch), (round, checkpoint.attempt.0, checkpoint.epoch));
     if saved != wanted {
         return Err(format!("{MANIFEST} is of round, attempt, epoch {saved:?}, not {wanted:?}"));
     }
@@ -237,7 +238,7 @@ mod tests {
     }
 
     fn at(attempt: u32, epoch: u32) -> CheckpointRef {
-        CheckpointRef { attempt, epoch }
+        CheckpointRef { attempt: Attempt(attempt), epoch }
     }
 
     #[test]

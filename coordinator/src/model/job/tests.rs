@@ -16,13 +16,13 @@ fn w(id: &str) -> WorkerId {
     WorkerId::new(id)
 }
 
-/// The ids of the live tasks of `kind`.
-fn live(job: &JobRecord, kind: TaskKind) -> Vec<TaskId> {
-    job.live_tasks().filter(|t| t.kind == kind).map(|t| t.id.clone()).collect()
+/// The keys of the live tasks of `kind`.
+fn live(job: &JobRecord, kind: TaskKind) -> Vec<TaskKey> {
+    job.live_tasks().filter(|t| t.kind == kind).map(|t| t.key(&job.id)).collect()
 }
 
-fn run(job: JobRecord, task: &TaskId, worker: &str, outcome: TaskOutcome) -> JobRecord {
-    let assign = JobEvent::TaskAssigned { task: task.clone(), worker: w(worker), device: "cpu".into() };
+fn run(job: JobRecord, task: &TaskKey, worker: &str, outcome: TaskOutcome) -> JobRecord {
+    let assign = JobEvent::TaskAssigned { task: task.clone(), worker: w(worker), device: Device::Cpu };
     let assigned = job.on_event(&assign, 1).expect("assignment changes the job");
     let finish = JobEvent::TaskFinished { task: task.clone(), worker: w(worker), outcome };
     assigned.on_event(&finish, 2).expect("finish changes the job")
@@ -168,15 +168,15 @@ fn rounds_without_an_unlabelled_split_fail_clearly() {
 fn a_lost_worker_requeues_its_task_until_attempts_are_spent() {
     let ready = prepared(0, 0);
     let train = live(&ready, TaskKind::Train)[0].clone();
-    let mut job = ready.on_event(&JobEvent::TaskAssigned { task: train, worker: w("w1"), device: "cpu".into() }, 1).expect("assign");
+    let mut job = ready.on_event(&JobEvent::TaskAssigned { task: train, worker: w("w1"), device: Device::Cpu }, 1).expect("assign");
     job.spec.resources.max_attempts = 2;
     let requeued = job.on_event(&JobEvent::WorkerLost { worker: w("w1") }, 2).expect("loss changes the job");
     assert_eq!(requeued.state, JobState::Training, "the phase goes on with a new attempt");
     let second = live(&requeued, TaskKind::Train);
     assert_eq!(second.len(), 1);
-    assert!(second[0].as_str().ends_with("/a2"), "{second:?}");
+    assert_eq!(second[0].attempt, Attempt(2), "{second:?}");
 
-    let event = JobEvent::TaskAssigned { task: second[0].clone(), worker: w("w2"), device: "cpu".into() };
+    let event = JobEvent::TaskAssigned { task: second[0].clone(), worker: w("w2"), device: Device::Cpu };
     let retraining = requeued.on_event(&event, 3).expect("assign");
     let failed = retraining.on_event(&JobEvent::WorkerLost { worker: w("w2") }, 4).expect("loss");
     assert!(matches!(&failed.state, JobState::Failed { reason } if reason.contains("w2") && reason.contains("2 attempts")), "{:?}", failed.state);
@@ -190,14 +190,14 @@ fn a_lost_worker_only_moves_its_own_shards() {
     let mut job = run(ready, &teacher, "w1", trained(0, 0.5, vec![0.5, 0.5]));
     let infer = live(&job, TaskKind::Infer);
     for (task, worker) in infer.iter().zip(["w1", "w2", "w1"]) {
-        job = job.on_event(&JobEvent::TaskAssigned { task: task.clone(), worker: w(worker), device: "cpu".into() }, 1).expect("assign");
+        job = job.on_event(&JobEvent::TaskAssigned { task: task.clone(), worker: w(worker), device: Device::Cpu }, 1).expect("assign");
     }
     let finish = JobEvent::TaskFinished { task: infer[0].clone(), worker: w("w1"), outcome: inferred(vec![1.0, 1.0], 2) };
     job = job.on_event(&finish, 2).expect("finish");
     let after = job.on_event(&JobEvent::WorkerLost { worker: w("w1") }, 3).expect("loss");
     let pending: Vec<&TaskRecord> = after.live_tasks().filter(|t| t.state == TaskState::Pending).collect();
     assert_eq!(pending.len(), 1, "only the unfinished shard of the lost worker is redone");
-    assert_eq!(pending[0].shard.as_deref(), Some("unlabeled-00002.safetensors"));
+    assert_eq!(pending[0].shard, Some(ShardId::new("unlabeled-00002.safetensors")));
     assert_eq!(after.round_record(Round(1)).expect("round").partials.len(), 1, "the finished shard is kept");
 }
 
@@ -205,7 +205,7 @@ fn a_lost_worker_only_moves_its_own_shards() {
 fn a_non_retryable_failure_fails_the_job_with_its_reason() {
     let job = job(0, 3);
     let prepare = live(&job, TaskKind::Prepare)[0].clone();
-    let assigned = job.on_event(&JobEvent::TaskAssigned { task: prepare.clone(), worker: w("w1"), device: "cpu".into() }, 1).expect("assign");
+    let assigned = job.on_event(&JobEvent::TaskAssigned { task: prepare.clone(), worker: w("w1"), device: Device::Cpu }, 1).expect("assign");
     let event = JobEvent::TaskFailed { task: prepare, worker: w("w1"), reason: "cannot read dataset file /d/manifest.json".into(), retryable: false };
     let failed = assigned.on_event(&event, 2).expect("failure changes the job");
     assert_eq!(failed.state, JobState::Failed { reason: "cannot read dataset file /d/manifest.json".into() });
@@ -215,7 +215,7 @@ fn a_non_retryable_failure_fails_the_job_with_its_reason() {
 fn reports_from_the_wrong_worker_or_of_the_wrong_kind_are_ignored() {
     let job = job(0, 3);
     let prepare = live(&job, TaskKind::Prepare)[0].clone();
-    let assigned = job.on_event(&JobEvent::TaskAssigned { task: prepare.clone(), worker: w("w1"), device: "cpu".into() }, 1).expect("assign");
+    let assigned = job.on_event(&JobEvent::TaskAssigned { task: prepare.clone(), worker: w("w1"), device: Device::Cpu }, 1).expect("assign");
     let stray = JobEvent::TaskFinished { task: prepare.clone(), worker: w("w2"), outcome: dataset(0) };
     assert_eq!(assigned.on_event(&stray, 2), None);
     let wrong_kind = JobEvent::TaskFinished { task: prepare, worker: w("w1"), outcome: selected() };
@@ -235,7 +235,7 @@ fn cancel_abandons_live_tasks_and_is_final() {
 fn a_resumed_attempt_replaces_the_epochs_it_repeats() {
     let ready = prepared(0, 0);
     let train = live(&ready, TaskKind::Train)[0].clone();
-    let mut job = ready.on_event(&JobEvent::TaskAssigned { task: train.clone(), worker: w("w1"), device: "cpu".into() }, 1).expect("assign");
+    let mut job = ready.on_event(&JobEvent::TaskAssigned { task: train.clone(), worker: w("w1"), device: Device::Cpu }, 1).expect("assign");
     let epoch = |n| EpochReport {
         round: Round(0),
         epoch: n,
@@ -260,22 +260,25 @@ fn a_gang_trains_when_every_rank_is_done_and_restarts_whole_when_one_is_lost() {
     let prepare = live(&job, TaskKind::Prepare)[0].clone();
     let ready = run(job, &prepare, "w1", dataset(0));
     let ranks: Vec<TaskRecord> = ready.live_tasks().filter(|t| t.kind == TaskKind::Train).cloned().collect();
-    assert_eq!(ranks.iter().map(|t| (t.rank, t.world_size)).collect::<Vec<_>>(), vec![(0, 2), (1, 2)]);
+    assert_eq!(ranks.iter().map(|t| (t.rank.0, t.world_size)).collect::<Vec<_>>(), vec![(0, 2), (1, 2)]);
 
     // Rank 1 is lost: both ranks are abandoned and a new gang of two is queued.
     let mut gang = ready.clone();
     for (task, worker) in ranks.iter().zip(["w1", "w2"]) {
-        gang = gang.on_event(&JobEvent::TaskAssigned { task: task.id.clone(), worker: w(worker), device: "cpu".into() }, 1).expect("assign");
+        gang = gang.on_event(&JobEvent::TaskAssigned { task: task.key(&gang.id), worker: w(worker), device: Device::Cpu }, 1).expect("assign");
     }
     let restarted = gang.on_event(&JobEvent::WorkerLost { worker: w("w2") }, 2).expect("loss");
     let second: Vec<&TaskRecord> = restarted.live_tasks().collect();
     assert_eq!(second.len(), 2, "one new gang, not one per lost rank");
-    assert!(second.iter().all(|t| t.attempt == 2 && t.state == TaskState::Pending));
+    assert!(second.iter().all(|t| t.attempt == Attempt(2) && t.state == TaskState::Pending));
 
     // Rank 1 finishes first; the round is trained only when rank 0 (with the model) is done too.
     let mut done = gang;
-    let finish =
-        |task: &TaskRecord, worker: &str| JobEvent::TaskFinished { task: task.id.clone(), worker: w(worker), outcome: trained(0, 0.7, vec![0.7, 0.7]) };
+    let finish = |task: &TaskRecord, worker: &str| JobEvent::TaskFinished {
+        task: task.key(&JobId::new("j")),
+        worker: w(worker),
+        outcome: trained(0, 0.7, vec![0.7, 0.7]),
+    };
     done = done.on_event(&finish(&ranks[1], "w2"), 3).expect("rank 1");
     assert_eq!(done.state, JobState::Training);
     done = done.on_event(&finish(&ranks[0], "w1"), 4).expect("rank 0");
@@ -289,16 +292,16 @@ fn an_elastic_gang_shrinks_to_the_ranks_left_and_grows_back_without_spending_att
     job.spec.resources.min_workers = Some(1);
     let prepare = live(&job, TaskKind::Prepare)[0].clone();
     let ready = run(job, &prepare, "w1", dataset(0));
-    let assign = |job: JobRecord, ranks: &[(TaskId, &str)]| {
+    let assign = |job: JobRecord, ranks: &[(TaskKey, &str)]| {
         ranks.iter().fold(job, |job, (task, worker)| {
-            job.on_event(&JobEvent::TaskAssigned { task: task.clone(), worker: w(worker), device: "cpu".into() }, 1).expect("assign")
+            job.on_event(&JobEvent::TaskAssigned { task: task.clone(), worker: w(worker), device: Device::Cpu }, 1).expect("assign")
         })
     };
-    let gang = |job: &JobRecord| -> Vec<(u32, u32, u32)> { job.live_tasks().map(|t| (t.attempt, t.rank, t.world_size)).collect() };
+    let gang = |job: &JobRecord| -> Vec<(u32, u32, u32)> { job.live_tasks().map(|t| (t.attempt.0, t.rank.0, t.world_size)).collect() };
     assert_eq!(gang(&ready), vec![(1, 0, 3), (1, 1, 3), (1, 2, 3)]);
 
     // Placed with two free slots: rank 2 goes, the two left train as a gang of two.
-    let rank = |job: &JobRecord, r: u32| job.live_tasks().find(|t| t.rank == r).map(|t| t.id.clone()).expect("rank");
+    let rank = |job: &JobRecord, r: u32| job.live_tasks().find(|t| t.rank == Rank(r)).map(|t| t.key(&job.id)).expect("rank");
     let short = ready.on_event(&JobEvent::GangShrunk { task: rank(&ready, 0), world_size: 2 }, 1).expect("shrink");
     assert_eq!(gang(&short), vec![(1, 0, 2), (1, 1, 2)]);
     assert_eq!(short.on_event(&JobEvent::GangShrunk { task: rank(&short, 0), world_size: 0 }, 1), None, "never below min_workers");
@@ -333,11 +336,11 @@ fn epoch_report(n: u32) -> EpochReport {
     EpochReport { round: Round(0), epoch: n, train_loss: 1.0, train_accuracy: 0.5, validation: MetricsSummary::default(), seconds: 1.0, images_per_second: 0.0 }
 }
 
-fn assign_to(job: &JobRecord, task: &TaskId, worker: &str, now_ms: u64) -> JobRecord {
-    job.on_event(&JobEvent::TaskAssigned { task: task.clone(), worker: w(worker), device: "cpu".into() }, now_ms).expect("assign")
+fn assign_to(job: &JobRecord, task: &TaskKey, worker: &str, now_ms: u64) -> JobRecord {
+    job.on_event(&JobEvent::TaskAssigned { task: task.clone(), worker: w(worker), device: Device::Cpu }, now_ms).expect("assign")
 }
 
-fn report(job: &JobRecord, task: &TaskId, worker: &str, epochs: &[u32]) -> JobRecord {
+fn report(job: &JobRecord, task: &TaskKey, worker: &str, epochs: &[u32]) -> JobRecord {
     let mut job = job.clone();
     for &n in epochs {
         let event = JobEvent::TaskProgress { task: task.clone(), worker: w(worker), epoch: epoch_report(n), epochs_total: 5 };
@@ -354,18 +357,19 @@ fn a_retry_resumes_only_from_the_checkpoints_its_round_recorded_newest_first() {
     let retried = training.on_event(&JobEvent::WorkerLost { worker: w("w1") }, 4).expect("loss");
     let second = retried.task(&live(&retried, TaskKind::Train)[0]).expect("attempt 2").clone();
     let inputs = retried.task_inputs(&second);
-    assert_eq!(inputs.resume_from, [CheckpointRef { attempt: 1, epoch: 2 }, CheckpointRef { attempt: 1, epoch: 1 }]);
+    assert_eq!(inputs.resume_from, [CheckpointRef { attempt: Attempt(1), epoch: 2 }, CheckpointRef { attempt: Attempt(1), epoch: 1 }]);
 
     // Attempt 2 resumes from epoch 2 and reports 3; attempt 1, paused and replaced, wakes and
     // reports epochs 3 and 4 of its own: they change nothing, and are never resumed from.
-    let after = report(&assign_to(&retried, &second.id, "w2", 5), &second.id, "w2", &[3]);
+    let second = second.key(&retried.id);
+    let after = report(&assign_to(&retried, &second, "w2", 5), &second, "w2", &[3]);
     for n in [3, 4] {
         let stale = JobEvent::TaskProgress { task: first.clone(), worker: w("w1"), epoch: epoch_report(n), epochs_total: 5 };
         assert_eq!(after.on_event(&stale, 6), None, "a replaced attempt's epoch {n} is not recorded");
     }
     let third = after.on_event(&JobEvent::WorkerLost { worker: w("w2") }, 7).expect("loss");
     let task = third.task(&live(&third, TaskKind::Train)[0]).expect("attempt 3").clone();
-    let resume: Vec<(u32, u32)> = third.task_inputs(&task).resume_from.iter().map(|c| (c.attempt, c.epoch)).collect();
+    let resume: Vec<(u32, u32)> = third.task_inputs(&task).resume_from.iter().map(|c| (c.attempt.0, c.epoch)).collect();
     assert_eq!(resume, [(2, 3), (1, 2), (1, 1)]);
     let epochs: Vec<u32> = third.epochs.iter().map(|e| e.epoch).collect();
     assert_eq!(epochs, [1, 2, 3], "every epoch of the kept model, once");
@@ -418,10 +422,10 @@ fn a_failed_job_resumes_from_its_last_checkpoint_with_a_fresh_budget() {
     let resumed = failed.resumed(7).expect("a failed job resumes");
     assert_eq!(resumed.state, JobState::Training);
     let third = resumed.task(&live(&resumed, TaskKind::Train)[0]).expect("attempt 3").clone();
-    assert_eq!((third.attempt, third.not_before_ms), (3, 7), "a new attempt, at once");
-    assert_eq!(resumed.task_inputs(&third).resume_from.first(), Some(&CheckpointRef { attempt: 1, epoch: 2 }));
+    assert_eq!((third.attempt, third.not_before_ms), (Attempt(3), 7), "a new attempt, at once");
+    assert_eq!(resumed.task_inputs(&third).resume_from.first(), Some(&CheckpointRef { attempt: Attempt(1), epoch: 2 }));
     // A fresh budget: it may fail once more before the job fails again.
-    let assigned = assign_to(&resumed, &third.id, "w2", 8);
+    let assigned = assign_to(&resumed, &third.key(&resumed.id), "w2", 8);
     let again = assigned.on_event(&JobEvent::WorkerLost { worker: w("w2") }, 9).expect("loss");
     assert_eq!(again.state, JobState::Training, "attempts before the resume do not count");
 

@@ -97,7 +97,7 @@ impl<'t> RoundTraining<'t> {
             load_var_store(&vs, &dir.join(checkpoint::WEIGHTS), "checkpoint's weights")?;
             load_var_store(&ema_vs, &dir.join(checkpoint::EMA), "checkpoint's EMA weights")?;
             optimizer.load(&dir.join(checkpoint::OPTIMIZER))?;
-            tracing::info!(round = context.round, epoch = at.epoch, from_attempt = at.attempt, "resuming from checkpoint");
+            tracing::info!(round = context.round, epoch = at.epoch, from_attempt = at.attempt.0, "resuming from checkpoint");
         } else if !task.inputs.resume_from.is_empty() {
             tracing::warn!(round = context.round, "no recorded checkpoint of the round is whole: it starts again from its beginning");
         }
