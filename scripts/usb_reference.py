@@ -38,7 +38,6 @@ import argparse
 import importlib.metadata
 import inspect
 import json
-import math
 import os
 import random
 import sys
@@ -47,16 +46,12 @@ import types
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 # USB's package imports its optional experiment trackers at import time; they are never
 # enabled here (use_wandb and use_aim are false), so empty modules stand in for them.
 for _tracker in ("wandb", "aim"):
     sys.modules.setdefault(_tracker, types.ModuleType(_tracker))
 
-from PIL import Image  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
 from semilearn.algorithms.fixmatch import FixMatch  # noqa: E402
 from semilearn.algorithms.freematch import FreeMatch  # noqa: E402
 from semilearn.algorithms.fullysupervised import FullySupervised  # noqa: E402
@@ -66,56 +61,11 @@ from semilearn.core.utils import get_optimizer  # noqa: E402
 from semilearn.datasets.augmentation import RandAugment  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from feral_faces import (  # noqa: E402
+    CompactCnn, face, feral_schedule, in_chunks, read_split, scores, to_tensor, weak_ops)
+
 ALGORITHMS = {"fixmatch": FixMatch, "freematch": FreeMatch, "softmatch": SoftMatch, "supervised": FullySupervised}
-
-
-class CompactCnn(nn.Module):
-    """Feral's compact CNN (worker/src/train/model), returning what USB's nets return."""
-
-    def __init__(self, channels, classes, width, dropout=0.3):
-        super().__init__()
-        layers, c = [], channels
-        for out in (width, 2 * width, 4 * width):
-            for _ in range(2):
-                layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
-                c = out
-            layers.append(nn.MaxPool2d(2))
-        self.body = nn.Sequential(*layers)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(c, classes)
-        self.num_features = c
-
-    def forward(self, x, only_fc=False, only_feat=False):
-        if only_fc:
-            return self.classifier(x)
-        feat = torch.flatten(F.adaptive_avg_pool2d(self.body(x), 1), 1)
-        if only_feat:
-            return feat
-        return {"logits": self.classifier(self.dropout(feat)), "feat": feat}
-
-
-def read_split(root, manifest, split):
-    """One split's images (N x H x W x C, uint8), labels and hidden labels."""
-    shards = [load_file(os.path.join(root, s["file"])) for s in manifest["splits"][split]["shards"]]
-    images = torch.cat([s["images"] for s in shards])
-    labels = torch.cat([s["labels"] for s in shards])
-    hidden = torch.cat([s.get("hidden_labels", s["labels"]) for s in shards])
-    return images, labels, hidden
-
-
-def weak_ops(size):
-    """Feral's weak view, from torchvision: flip, pad-crop with replicated edges, rotation, jitter."""
-    return [
-        transforms.RandomHorizontalFlip(),
-        transforms.RandomCrop(size, padding=4, padding_mode="edge"),
-        transforms.RandomRotation(10, interpolation=transforms.InterpolationMode.BILINEAR),
-        transforms.ColorJitter(brightness=0.2, contrast=0.2),
-    ]
-
-
-def to_tensor(channels):
-    """pixels / 127.5 - 1, as Feral feeds its network."""
-    return [transforms.ToTensor(), transforms.Normalize([0.5] * channels, [0.5] * channels)]
 
 
 class Faces(torch.utils.data.Dataset):
@@ -139,29 +89,13 @@ class Faces(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.labels)
 
-    def image(self, i):
-        pixels = self.images[i].numpy()
-        return Image.fromarray(pixels[:, :, 0] if self.mode == "L" else pixels, self.mode)
-
     def __getitem__(self, i):
-        img = self.image(i)
+        img = face(self.images, i)
         if self.role == "labelled":
             return {"idx_lb": i, "x_lb": self.weak(img), "y_lb": int(self.labels[i])}
         if self.role == "pool":
             return {"idx_ulb": i, "x_ulb_w": self.weak(img), "x_ulb_s": self.strong(img)}
         return {"x_lb": self.plain(img), "y_lb": int(self.labels[i])}
-
-
-def feral_schedule(total):
-    """Feral's learning-rate factor at step s (worker/src/train: warm-up 5%, half cosine)."""
-    warmup = max(total // 20, 1)
-
-    def factor(s):
-        if s < warmup:
-            return (s + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(total - warmup, 1)))
-
-    return factor
 
 
 class FeralEmaDecay(Hook):
@@ -323,19 +257,10 @@ def evaluate(algorithm, images, labels, classes):
     model = algorithm.model
     model.eval()
     algorithm.ema.apply_shadow()
-    x = images.permute(0, 3, 1, 2).float() / 127.5 - 1
-    predicted = torch.cat([model(x[i:i + 256])["logits"].argmax(dim=1) for i in range(0, len(x), 256)])
+    predicted = in_chunks(lambda x: model(x)["logits"].argmax(dim=1), images)
     algorithm.ema.restore()
     model.train()
-    k = len(classes)
-    confusion = torch.bincount(labels * k + predicted, minlength=k * k).reshape(k, k).double()
-    tp = confusion.diag()
-    precision = torch.where(confusion.sum(0) > 0, tp / confusion.sum(0).clamp(min=1), torch.zeros(k, dtype=torch.double))
-    recall = torch.where(confusion.sum(1) > 0, tp / confusion.sum(1).clamp(min=1), torch.zeros(k, dtype=torch.double))
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
-                     torch.zeros(k, dtype=torch.double))
-    return {"accuracy": float(tp.sum() / confusion.sum()), "macro_f1": float(f1.mean()),
-            "per_class_f1": dict(zip(classes, [float(v) for v in f1])), "samples": len(labels)}
+    return scores(labels, predicted, classes)
 
 
 def main():
