@@ -122,7 +122,8 @@ impl TaskRecord {
 
     /// The `world_size` rank tasks of one data-parallel gang.
     fn gang(kind: TaskKind, round: Round, attempt: Attempt, world_size: u32) -> Vec<Self> {
-        (0..world_size.max(1)).map(|rank| Self { rank: Rank(rank), world_size: world_size.max(1), ..Self::new(kind, round, None, attempt) }).collect()
+        let world_size = world_size.max(1);
+        (0..world_size).map(|rank| Self { rank: Rank(rank), world_size, ..Self::new(kind, round, None, attempt) }).collect()
     }
 
     #[cfg(test)]
@@ -348,7 +349,7 @@ impl JobRecord {
 
     /// The task `key` names, when it is one of this job's.
     pub fn task(&self, key: &TaskKey) -> Option<&TaskRecord> {
-        self.tasks.iter().find(|t| key.job == self.id && t.is(key))
+        (key.job == self.id).then(|| self.tasks.iter().find(|t| t.is(key)))?
     }
 
     pub fn live_tasks(&self) -> impl Iterator<Item = &TaskRecord> {
@@ -458,8 +459,10 @@ impl JobRecord {
     }
 
     fn task_mut(&mut self, key: &TaskKey) -> Option<&mut TaskRecord> {
-        let id = &self.id;
-        self.tasks.iter_mut().find(|t| &key.job == id && t.is(key))
+        if key.job != self.id {
+            return None;
+        }
+        self.tasks.iter_mut().find(|t| t.is(key))
     }
 
     /// The live task `key` if `worker` is the one running it.
