@@ -1,5 +1,9 @@
-//! The job spec: a versioned TOML file (`feral submit job.toml`) validated into a typed
-//! [`JobSpec`]. Unknown fields are rejected, and every error names the field that was wrong.
+//! The job spec: a versioned TOML file (`feral submit job.toml`) parsed once into a typed
+//! [`JobSpec`]. Every count is read into the unsigned type its users take (`u32`, `usize`)
+//! and refused outside its bounds as it is read, and durations are `Duration`s, so no code
+//! after [`JobSpec::from_toml`] casts a spec value or falls back on a default; the rules
+//! between fields are [`JobSpec::validate`]'s. Unknown fields are rejected, and every error
+//! names the field that was wrong (through `serde_path_to_error`).
 //! (Long on purpose: every section and field with its default, bounds and check, in the
 //! order of the file a user writes, so one place answers "what may I put here".)
 //!
@@ -14,8 +18,9 @@
 //! ```
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The only spec format version this build understands.
 pub const SPEC_VERSION: u32 = 1;
@@ -26,6 +31,9 @@ pub enum SpecError {
     Syntax(String),
     #[error("job spec field `{field}` {problem}")]
     Invalid { field: &'static str, problem: String },
+    /// A field that does not read as its type or lies outside its bounds.
+    #[error("job spec field `{field}`: {problem}")]
+    Value { field: String, problem: String },
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> SpecError {
@@ -61,9 +69,11 @@ pub struct JobSpec {
 #[serde(deny_unknown_fields, default)]
 pub struct SemiSupervisedSpec {
     /// Pseudo-labelling rounds after the teacher (round 0); 0 trains the teacher only.
-    pub rounds: i64,
+    #[serde(deserialize_with = "int::<_, _, 0, { MAX_ROUNDS as u64 }>")]
+    pub rounds: u16,
     /// Stop when validation macro-F1 has not improved for this many rounds; 0 never stops early.
-    pub patience: i64,
+    #[serde(deserialize_with = "int::<_, _, 0, { MAX_ROUNDS as u64 }>")]
+    pub patience: usize,
     /// t: the global confidence threshold.
     pub threshold: f64,
     /// t_min: no class threshold goes below this.
@@ -126,9 +136,11 @@ pub struct SemiSupervisedSpec {
     /// with video ids) a small transformer over the backbone features of K neighbouring
     /// frames predicts the centre frame, for evaluation and to smooth pseudo-labels over
     /// time. 1 turns it off; datasets without video ids never use it.
-    pub temporal_window: i64,
+    #[serde(deserialize_with = "int::<_, _, 1, { MAX_TEMPORAL_WINDOW as u64 }>")]
+    pub temporal_window: usize,
     /// Epochs of temporal-encoder training per round, on the round's frozen backbone.
-    pub temporal_epochs: i64,
+    #[serde(deserialize_with = "int::<_, _, 1, { MAX_EPOCHS as u64 }>")]
+    pub temporal_epochs: usize,
 }
 
 /// `[semi_supervised] debias_toward`: see [`SemiSupervisedSpec::debias_toward`].
@@ -186,8 +198,8 @@ pub struct ModelSpec {
     pub arch: Arch,
     /// Channels of the compact CNN's first convolution; later stages double it. The
     /// ResNets keep their standard widths (64, 128, 256, 512), so that pretrained weights fit.
-    #[serde(default = "default_width")]
-    pub width: i64,
+    #[serde(default = "default_width", deserialize_with = "int::<_, _, 4, { MAX_WIDTH as u64 }>")]
+    pub width: u16,
     /// Dropout before the linear classifier.
     #[serde(default = "default_dropout")]
     pub dropout: f64,
@@ -236,13 +248,13 @@ impl Arch {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSpec {
-    #[serde(default = "default_epochs")]
-    pub epochs: i64,
-    #[serde(default = "default_batch_size")]
-    pub batch_size: i64,
+    #[serde(default = "default_epochs", deserialize_with = "int::<_, _, 1, { MAX_EPOCHS as u64 }>")]
+    pub epochs: u32,
+    #[serde(default = "default_batch_size", deserialize_with = "int::<_, _, 1, { MAX_BATCH_SIZE as u64 }>")]
+    pub batch_size: usize,
     /// Optimiser steps per epoch; by default the labelled training set size / batch size.
-    #[serde(default)]
-    pub steps_per_epoch: Option<i64>,
+    #[serde(default, deserialize_with = "optional_int::<_, _, 1, { MAX_STEPS_PER_EPOCH as u64 }>")]
+    pub steps_per_epoch: Option<usize>,
     #[serde(default)]
     pub optimizer: Optimizer,
     #[serde(default = "default_learning_rate")]
@@ -270,8 +282,8 @@ pub struct TrainSpec {
     #[serde(default = "default_seed")]
     pub seed: u64,
     /// libtorch intra-op threads for this task; 0 keeps libtorch's default.
-    #[serde(default)]
-    pub threads: i64,
+    #[serde(default, deserialize_with = "int::<_, _, 0, { MAX_THREADS as u64 }>")]
+    pub threads: u16,
     /// Arithmetic of the forward pass: `fp32`, or `bf16` autocast (matrix products and
     /// convolutions in bfloat16 on the task's device, CUDA or CPU; weights, optimiser
     /// state and gradients stay fp32).
@@ -286,9 +298,11 @@ pub struct TrainSpec {
 #[serde(deny_unknown_fields, default)]
 pub struct StrongViewSpec {
     /// Operations per image.
-    pub ops: i64,
+    #[serde(deserialize_with = "int::<_, _, 0, { MAX_STRONG_OPS as u64 }>")]
+    pub ops: u8,
     /// Strength of each operation, 0..=30 (torchvision's RandAugment scale).
-    pub magnitude: i64,
+    #[serde(deserialize_with = "int::<_, _, 0, { MAX_MAGNITUDE as u64 }>")]
+    pub magnitude: u8,
     /// Cutout: a gray square whose side is drawn up to this fraction of the image side; 0: none.
     pub cutout: f64,
     /// Labelled batches get the strong view too (a supervised run with strong augmentation).
@@ -339,7 +353,8 @@ pub struct LossSpec {
     pub ldam_scale: f64,
     /// `ldam`'s deferred re-weighting: class-balanced weights from this epoch on (epochs
     /// count from 1); 0 never re-weights.
-    pub drw_epoch: i64,
+    #[serde(deserialize_with = "int::<_, _, 0, { MAX_EPOCHS as u64 }>")]
+    pub drw_epoch: u32,
     /// β of the class-balanced DRW weights (1 − β)/(1 − β^n_c) (Cui et al., CVPR 2019).
     pub drw_beta: f64,
     /// τ of `logit-adjusted`: training logits become z + τ·log π_c.
@@ -407,64 +422,63 @@ pub enum Sampling {
 #[serde(deny_unknown_fields)]
 pub struct ResourceSpec {
     /// How often a task is tried before the job fails.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: i64,
+    #[serde(default = "default_max_attempts", deserialize_with = "int::<_, _, 1, { MAX_ATTEMPTS as u64 }>")]
+    pub max_attempts: u16,
     /// Ranks of each training gang (data parallel, one device slot each).
-    #[serde(default = "default_workers")]
-    pub workers: i64,
+    #[serde(default = "default_workers", deserialize_with = "int::<_, _, 1, { MAX_GANG as u64 }>")]
+    pub workers: u16,
     /// An elastic gang's full size (the same as `workers`; set one of the two). The global
     /// batch is always `train.batch_size × max_workers`, whatever the ranks live.
-    #[serde(default)]
-    pub max_workers: Option<i64>,
+    #[serde(default, deserialize_with = "optional_int::<_, _, 1, { MAX_GANG as u64 }>")]
+    pub max_workers: Option<u16>,
     /// The fewest ranks a gang may train with: one that loses a rank restarts from its
     /// checkpoint with the ranks left while at least this many are live, and grows back
     /// at an epoch boundary. Unset: the full size (a fixed gang).
-    #[serde(default)]
-    pub min_workers: Option<i64>,
+    #[serde(default, deserialize_with = "optional_int::<_, _, 1, { MAX_GANG as u64 }>")]
+    pub min_workers: Option<u16>,
     /// Seconds before the second attempt of a failed task; each later attempt waits twice
     /// as long as the one before, up to `retry_backoff_max_s`, times a jitter in [0.5, 1).
-    #[serde(default = "default_retry_backoff_s")]
-    pub retry_backoff_s: f64,
+    #[serde(default = "default_retry_backoff_s", with = "seconds")]
+    pub retry_backoff_s: Duration,
     /// The longest wait before an attempt.
-    #[serde(default = "default_retry_backoff_max_s")]
-    pub retry_backoff_max_s: f64,
+    #[serde(default = "default_retry_backoff_max_s", with = "seconds")]
+    pub retry_backoff_max_s: Duration,
 }
 
 impl ResourceSpec {
     /// The ranks of a whole gang: `max_workers`, or `workers`.
-    pub fn full_gang(&self) -> u32 {
-        u32::try_from(self.max_workers.unwrap_or(self.workers)).unwrap_or(1).max(1)
+    pub fn full_gang(&self) -> u16 {
+        self.max_workers.unwrap_or(self.workers)
     }
 
     /// How long to wait before attempt `attempt + 1` of a task whose attempt `attempt`
     /// failed (`failures` failures so far): `retry_backoff_s · 2^(failures − 1)`, capped at
     /// `retry_backoff_max_s`, times `jitter` (in [0, 1), mapped onto [0.5, 1)).
     pub fn retry_delay(&self, failures: u32, jitter: f64) -> std::time::Duration {
-        let doubled = self.retry_backoff_s * 2f64.powi(failures.saturating_sub(1).min(62) as i32);
-        let capped = doubled.min(self.retry_backoff_max_s).max(0.0);
-        let seconds = capped * (0.5 + 0.5 * jitter.clamp(0.0, 1.0));
-        std::time::Duration::try_from_secs_f64(seconds).unwrap_or_default()
+        let doubling = 2u32.saturating_pow(failures.saturating_sub(1));
+        let capped = self.retry_backoff_s.saturating_mul(doubling).min(self.retry_backoff_max_s);
+        capped.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
     }
 
     /// The fewest ranks a gang may train with (`min_workers`, or the whole gang).
-    pub fn min_gang(&self) -> u32 {
-        self.min_workers.and_then(|m| u32::try_from(m).ok()).map_or(self.full_gang(), |m| m.clamp(1, self.full_gang()))
+    pub fn min_gang(&self) -> u16 {
+        self.min_workers.unwrap_or(self.full_gang())
     }
 }
 
 fn default_name() -> String {
     "job".to_owned()
 }
-fn default_width() -> i64 {
+fn default_width() -> u16 {
     32
 }
 fn default_dropout() -> f64 {
     0.3
 }
-fn default_epochs() -> i64 {
+fn default_epochs() -> u32 {
     10
 }
-fn default_batch_size() -> i64 {
+fn default_batch_size() -> usize {
     64
 }
 fn default_learning_rate() -> f64 {
@@ -482,17 +496,17 @@ fn default_true() -> bool {
 fn default_seed() -> u64 {
     7
 }
-fn default_max_attempts() -> i64 {
+fn default_max_attempts() -> u16 {
     3
 }
-fn default_workers() -> i64 {
+fn default_workers() -> u16 {
     1
 }
-fn default_retry_backoff_s() -> f64 {
-    2.0
+fn default_retry_backoff_s() -> Duration {
+    Duration::from_secs(2)
 }
-fn default_retry_backoff_max_s() -> f64 {
-    60.0
+fn default_retry_backoff_max_s() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl Default for ModelSpec {
@@ -536,6 +550,13 @@ impl Default for ResourceSpec {
     }
 }
 
+/// A `u32` spec value (epochs) as a `usize`: lossless, since Feral builds for targets whose
+/// `usize` has at least 32 bits (checked here at compile time).
+pub const fn to_usize(value: u32) -> usize {
+    const _: () = assert!(usize::BITS >= u32::BITS);
+    value as usize
+}
+
 impl TrainSpec {
     /// The loss to train with: `train.loss`, with the older `train.label_smoothing` folded in.
     pub fn effective_loss(&self) -> LossSpec {
@@ -567,7 +588,11 @@ impl JobSpec {
         if text.len() > MAX_SPEC_BYTES {
             return Err(invalid("spec_toml", format!("must be at most {MAX_SPEC_BYTES} bytes, got {}", text.len())));
         }
-        let spec: JobSpec = toml::from_str(text).map_err(|e| SpecError::Syntax(e.to_string()))?;
+        let document = toml::Deserializer::parse(text).map_err(|e| SpecError::Syntax(e.to_string()))?;
+        let spec: JobSpec = serde_path_to_error::deserialize(document).map_err(|e| match e.path().to_string() {
+            field if field == "." => SpecError::Syntax(e.into_inner().to_string()),
+            field => SpecError::Value { field, problem: e.into_inner().message().to_owned() },
+        })?;
         spec.validate()?;
         Ok(spec)
     }
@@ -576,7 +601,8 @@ impl JobSpec {
         toml::to_string(self).unwrap_or_else(|e| format!("# spec could not be written: {e}"))
     }
 
-    /// Checks every value that the types alone do not rule out.
+    /// Checks the rules between fields and the bounds of fractions and names, which reading
+    /// the spec does not (the bounds of counts and durations are checked as they are read).
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.version != SPEC_VERSION {
             return Err(invalid("version", format!("must be {SPEC_VERSION}, got {}", self.version)));
@@ -586,7 +612,6 @@ impl JobSpec {
         if let Some(artifacts) = &self.artifacts {
             path_field("artifacts", artifacts, "must name a directory")?;
         }
-        in_range("model.width", self.model.width, 4, MAX_WIDTH)?;
         fraction("model.dropout", self.model.dropout)?;
         if self.model.cbam && !self.model.arch.is_resnet() {
             return Err(invalid("model.cbam", "applies to the resnet18 and resnet34 architectures only"));
@@ -595,38 +620,25 @@ impl JobSpec {
             path_field("model.init", init, "must name a .safetensors file")?;
         }
         let train = &self.train;
-        in_range("train.epochs", train.epochs, 1, MAX_EPOCHS)?;
-        in_range("train.batch_size", train.batch_size, 1, MAX_BATCH_SIZE)?;
-        if let Some(steps) = train.steps_per_epoch {
-            in_range("train.steps_per_epoch", steps, 1, MAX_STEPS_PER_EPOCH)?;
-        }
         bounded("train.learning_rate", train.learning_rate, f64::MIN_POSITIVE, 10.0)?;
         bounded("train.weight_decay", train.weight_decay, 0.0, 10.0)?;
         fraction("train.momentum", train.momentum)?;
         fraction("train.label_smoothing", train.label_smoothing)?;
-        in_range("train.threads", train.threads, 0, MAX_THREADS)?;
-        in_range("train.strong.ops", train.strong.ops, 0, MAX_STRONG_OPS)?;
-        in_range("train.strong.magnitude", train.strong.magnitude, 0, 30)?;
         bounded("train.strong.cutout", train.strong.cutout, 0.0, 1.0)?;
         validate_loss(&train.loss, train.label_smoothing, train.epochs)?;
-        in_range("resources.max_attempts", self.resources.max_attempts, 1, MAX_ATTEMPTS)?;
-        bounded("resources.retry_backoff_s", self.resources.retry_backoff_s, 0.0, MAX_RETRY_BACKOFF_S)?;
-        bounded("resources.retry_backoff_max_s", self.resources.retry_backoff_max_s, 0.0, MAX_RETRY_BACKOFF_S)?;
         let resources = &self.resources;
-        in_range("resources.workers", resources.workers, 1, MAX_GANG)?;
         if let Some(max) = resources.max_workers {
-            in_range("resources.max_workers", max, 1, MAX_GANG)?;
             if resources.workers != default_workers() && resources.workers != max {
                 return Err(invalid("resources.max_workers", format!("disagrees with resources.workers ({max} != {}): set one of the two", resources.workers)));
             }
         }
         if let Some(min) = resources.min_workers {
             let full = resources.max_workers.unwrap_or(resources.workers);
-            in_range("resources.min_workers", min, 1, full)?;
+            if min > full {
+                return Err(invalid("resources.min_workers", format!("must be in 1..={full}, got {min}")));
+            }
         }
         let semi = &self.semi_supervised;
-        in_range("semi_supervised.rounds", semi.rounds, 0, MAX_ROUNDS)?;
-        in_range("semi_supervised.patience", semi.patience, 0, MAX_ROUNDS)?;
         fraction("semi_supervised.threshold", semi.threshold)?;
         fraction("semi_supervised.min_threshold", semi.min_threshold)?;
         if semi.min_threshold > semi.threshold {
@@ -643,17 +655,15 @@ impl JobSpec {
         fraction("semi_supervised.prior_momentum", semi.prior_momentum)?;
         fraction("semi_supervised.online_min_threshold", semi.online_min_threshold)?;
         bounded("semi_supervised.target_temperature", semi.target_temperature, 0.0, 1.0)?;
-        in_range("semi_supervised.temporal_window", semi.temporal_window, 1, MAX_TEMPORAL_WINDOW)?;
         if semi.temporal_window % 2 == 0 {
             return Err(invalid("semi_supervised.temporal_window", format!("must be odd (a window centred on its frame), got {}", semi.temporal_window)));
         }
-        in_range("semi_supervised.temporal_epochs", semi.temporal_epochs, 1, MAX_EPOCHS)?;
         Ok(())
     }
 }
 
 /// The checks of `[train.loss]`; `legacy_smoothing` is `train.label_smoothing`.
-fn validate_loss(loss: &LossSpec, legacy_smoothing: f64, epochs: i64) -> Result<(), SpecError> {
+fn validate_loss(loss: &LossSpec, legacy_smoothing: f64, epochs: u32) -> Result<(), SpecError> {
     use LossKind::*;
     fraction("train.loss.label_smoothing", loss.label_smoothing)?;
     bounded("train.loss.class_weight_beta", loss.class_weight_beta, 0.0, 10.0)?;
@@ -668,7 +678,6 @@ fn validate_loss(loss: &LossSpec, legacy_smoothing: f64, epochs: i64) -> Result<
     }
     bounded("train.loss.ldam_max_margin", loss.ldam_max_margin, f64::MIN_POSITIVE, 10.0)?;
     bounded("train.loss.ldam_scale", loss.ldam_scale, f64::MIN_POSITIVE, 1000.0)?;
-    in_range("train.loss.drw_epoch", loss.drw_epoch, 0, MAX_EPOCHS)?;
     if loss.drw_epoch > epochs {
         return Err(invalid("train.loss.drw_epoch", format!("must not exceed train.epochs ({} > {epochs}), or re-weighting never starts", loss.drw_epoch)));
     }
@@ -704,7 +713,7 @@ fn validate_loss(loss: &LossSpec, legacy_smoothing: f64, epochs: i64) -> Result<
 }
 
 /// The widest temporal window a job may ask for (frames).
-pub const MAX_TEMPORAL_WINDOW: i64 = 65;
+pub const MAX_TEMPORAL_WINDOW: usize = 65;
 /// The largest spec a coordinator takes (bytes of TOML).
 pub const MAX_SPEC_BYTES: usize = 64 * 1024;
 /// The longest job name (characters).
@@ -712,35 +721,76 @@ pub const MAX_NAME_CHARS: usize = 128;
 /// The longest path a spec may name (bytes).
 pub const MAX_PATH_BYTES: usize = 4096;
 /// `model.width`: the compact CNN's first convolution (its last stage has 8× as many).
-pub const MAX_WIDTH: i64 = 512;
+pub const MAX_WIDTH: u16 = 512;
 /// `train.epochs` and `semi_supervised.temporal_epochs`.
-pub const MAX_EPOCHS: i64 = 100_000;
+pub const MAX_EPOCHS: u32 = 100_000;
 /// `train.batch_size`: images per rank and step (the unlabelled batch is μ times more).
-pub const MAX_BATCH_SIZE: i64 = 4096;
+pub const MAX_BATCH_SIZE: usize = 4096;
 /// `train.steps_per_epoch`.
-pub const MAX_STEPS_PER_EPOCH: i64 = 1_000_000;
+pub const MAX_STEPS_PER_EPOCH: usize = 1_000_000;
 /// `train.threads`.
-pub const MAX_THREADS: i64 = 256;
+pub const MAX_THREADS: u16 = 256;
 /// `train.strong.ops`: operations drawn per image.
-pub const MAX_STRONG_OPS: i64 = 16;
+pub const MAX_STRONG_OPS: u8 = 16;
+/// `train.strong.magnitude`: torchvision's RandAugment scale.
+pub const MAX_MAGNITUDE: u8 = 30;
 /// `resources.max_attempts`.
-pub const MAX_ATTEMPTS: i64 = 100;
+pub const MAX_ATTEMPTS: u16 = 100;
 /// `resources.retry_backoff_s` and `retry_backoff_max_s`: an hour.
 pub const MAX_RETRY_BACKOFF_S: f64 = 3600.0;
 /// `resources.workers`: ranks of one gang.
-pub const MAX_GANG: i64 = 256;
+pub const MAX_GANG: u16 = 256;
 /// `semi_supervised.rounds` and `semi_supervised.patience`.
-pub const MAX_ROUNDS: i64 = 100;
+pub const MAX_ROUNDS: u16 = 100;
 /// `semi_supervised.mu`: unlabelled images per labelled one in a step.
 pub const MAX_MU: f64 = 16.0;
 /// Classes a dataset may have (and so weights `train.loss.focal_alpha` may list).
 pub const MAX_CLASSES: usize = 1000;
 
-fn in_range(field: &'static str, value: i64, minimum: i64, maximum: i64) -> Result<(), SpecError> {
-    if !(minimum..=maximum).contains(&value) {
-        return Err(invalid(field, format!("must be in {minimum}..={maximum}, got {value}")));
+/// Reads an integer field into `T`, refusing a value outside `MIN..=MAX` (the field's name
+/// is added by `serde_path_to_error`).
+fn int<'de, D: Deserializer<'de>, T: TryFrom<u64>, const MIN: u64, const MAX: u64>(deserializer: D) -> Result<T, D::Error> {
+    struct Integer<const MIN: u64, const MAX: u64>;
+    impl<const MIN: u64, const MAX: u64> serde::de::Visitor<'_> for Integer<MIN, MAX> {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "an integer in {MIN}..={MAX}")
+        }
+        fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<i64, E> {
+            Ok(value)
+        }
+        // JSON (a stored job record) reads non-negative numbers as u64.
+        fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<i64, E> {
+            i64::try_from(value).map_err(|_| E::custom(format!("must be in {MIN}..={MAX}, got {value}")))
+        }
     }
-    Ok(())
+    let value = deserializer.deserialize_i64(Integer::<MIN, MAX>)?;
+    let in_range = u64::try_from(value).ok().filter(|v| (MIN..=MAX).contains(v));
+    in_range.and_then(|v| T::try_from(v).ok()).ok_or_else(|| serde::de::Error::custom(format!("must be in {MIN}..={MAX}, got {value}")))
+}
+
+/// [`int`] for a field that may be left out.
+fn optional_int<'de, D: Deserializer<'de>, T: TryFrom<u64>, const MIN: u64, const MAX: u64>(deserializer: D) -> Result<Option<T>, D::Error> {
+    int::<D, T, MIN, MAX>(deserializer).map(Some)
+}
+
+/// A duration written as seconds (`2.0`), at most [`MAX_RETRY_BACKOFF_S`].
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(duration.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let seconds = f64::deserialize(deserializer)?;
+        (0.0..=super::MAX_RETRY_BACKOFF_S)
+            .contains(&seconds)
+            .then(|| Duration::from_secs_f64(seconds))
+            .ok_or_else(|| serde::de::Error::custom(format!("must be a number of seconds in [0, {}], got {seconds}", super::MAX_RETRY_BACKOFF_S)))
+    }
 }
 
 /// A finite number in `[minimum, maximum]`.
@@ -900,6 +950,42 @@ mod tests {
         // The largest values in range are taken as they are.
         let spec = JobSpec::from_toml(&format!("{base}[train]\nepochs = 100000\n[resources]\nworkers = 256\n")).expect("in range");
         assert_eq!((spec.train.epochs, spec.resources.workers), (100_000, 256));
+    }
+
+    #[test]
+    fn counts_and_durations_are_read_into_their_types_once() {
+        let base = "version = 1\ndataset = \"/d\"\n";
+        let spec = |text: &str| JobSpec::from_toml(&format!("{base}{text}"));
+        let read = spec(
+            "[train]\nsteps_per_epoch = 40\nthreads = 2\n[resources]\nmin_workers = 2\nmax_workers = 4\nretry_backoff_s = 0.25\nretry_backoff_max_s = 90\n",
+        )
+        .expect("valid");
+        assert_eq!((read.train.steps_per_epoch, read.train.threads), (Some(40), 2));
+        assert_eq!((read.resources.min_gang(), read.resources.full_gang()), (2, 4));
+        assert_eq!((read.resources.retry_backoff_s, read.resources.retry_backoff_max_s), (Duration::from_millis(250), Duration::from_secs(90)));
+        assert_eq!(JobSpec::from_toml(&read.to_toml()), Ok(read.clone()), "written back as the numbers a user writes");
+        assert!(read.to_toml().contains("retry_backoff_s = 0.25"), "{}", read.to_toml());
+        let stored = serde_json::to_string(&read).expect("a job record holds its spec");
+        assert_eq!(serde_json::from_str::<JobSpec>(&stored).expect("and reads it back"), read);
+        // The wait before each attempt doubles from the first, up to the longest.
+        let waits: Vec<Duration> = (1..=4).map(|failures| read.resources.retry_delay(failures, 1.0)).collect();
+        assert_eq!(waits, [250, 500, 1000, 2000].map(Duration::from_millis));
+        assert_eq!(read.resources.retry_delay(40, 0.0), Duration::from_secs(45), "capped, then halved by the lowest jitter");
+
+        let err = |text: &str| spec(text).expect_err(text).to_string();
+        let cases = [
+            ("[train]\nepochs = \"ten\"\n", "`train.epochs`", "an integer in 1..=100000"),
+            ("[train]\nthreads = 1.5\n", "`train.threads`", "an integer in 0..=256"),
+            ("[resources]\nretry_backoff_s = -1\n", "`resources.retry_backoff_s`", "[0, 3600]"),
+            ("[resources]\nretry_backoff_max_s = nan\n", "`resources.retry_backoff_max_s`", "[0, 3600]"),
+            ("[resources]\nmin_workers = -2\n", "`resources.min_workers`", "1..=256"),
+            ("[semi_supervised]\npatience = -1\n", "`semi_supervised.patience`", "0..=100"),
+            ("[train.loss]\nkind = \"ldam\"\ndrw_epoch = 100001\n", "`train.loss.drw_epoch`", "0..=100000"),
+        ];
+        for (text, field, bound) in cases {
+            let error = err(text);
+            assert!(error.contains(field) && error.contains(bound), "{text:?}: {error}");
+        }
     }
 
     #[test]

@@ -212,7 +212,7 @@ struct JobLine {
     state: &'static str,
     round: u32,
     /// Pseudo-labelling rounds the spec plans after the teacher.
-    rounds_planned: i64,
+    rounds_planned: u32,
     epoch: Option<u32>,
     epochs_total: u32,
     macro_f1: Option<f64>,
@@ -228,7 +228,7 @@ impl JobLine {
             name: job.spec.name.clone(),
             state: state_of(&job.state).0,
             round: job.round.0,
-            rounds_planned: job.spec.semi_supervised.rounds,
+            rounds_planned: job.rounds_planned(),
             epoch: last.filter(|e| e.round == job.round).map(|e| e.epoch),
             epochs_total: job.epochs_total,
             macro_f1,

@@ -71,7 +71,7 @@ pub fn job_to_proto(job: &JobRecord) -> pb::Job {
         best_macro_f1: job.epochs.iter().map(|e| e.validation.macro_f1).reduce(f64::max),
         last_macro_f1: job.epochs.last().map(|e| e.validation.macro_f1),
         gang_ranks: job.gang_ranks(),
-        gang_size: job.spec.resources.full_gang(),
+        gang_size: u32::from(job.spec.resources.full_gang()),
         last_failure: job.last_failure.clone().unwrap_or_default(),
         retry_at_ms: job.retry_at_ms().unwrap_or(0),
         owner: job.owner.clone().unwrap_or_default(),

@@ -306,7 +306,7 @@ impl JobRecord {
     /// A new job, queued with its first task: preparing (checking) the dataset.
     pub fn submitted(id: JobId, spec: JobSpec, spec_toml: String, artifact_dir: PathBuf, now_ms: u64) -> Self {
         let first = TaskRecord::new(TaskKind::Prepare, Round(0), None, Attempt::FIRST);
-        let epochs_total = u32::try_from(spec.train.epochs).unwrap_or(u32::MAX);
+        let epochs_total = spec.train.epochs;
         Self {
             id,
             spec,
@@ -408,7 +408,7 @@ impl JobRecord {
 
     /// Pseudo-labelling rounds planned after the teacher.
     pub fn rounds_planned(&self) -> u32 {
-        u32::try_from(self.spec.semi_supervised.rounds).unwrap_or(0)
+        u32::from(self.spec.semi_supervised.rounds)
     }
 
     /// The job after `event`, or `None` when the event changes nothing. Pure: the caller
@@ -548,7 +548,7 @@ impl JobRecord {
 
     fn trained(&mut self, round: Round) {
         let scores = self.macro_f1_by_round();
-        let patience = usize::try_from(self.spec.semi_supervised.patience).unwrap_or(0);
+        let patience = self.spec.semi_supervised.patience;
         if round.0 < self.rounds_planned() && !method::should_stop(&scores, patience) {
             self.start_pseudo_labeling(Round(round.0 + 1));
         } else {
@@ -599,7 +599,7 @@ impl JobRecord {
 
     /// Ranks of a whole training gang.
     fn gang_size(&self) -> u32 {
-        self.spec.resources.full_gang()
+        u32::from(self.spec.resources.full_gang())
     }
 
     /// Ranks of the training gang placed now (0: none).
@@ -616,7 +616,7 @@ impl JobRecord {
     fn shrink_gang(&mut self, id: &TaskKey, world_size: u32) -> bool {
         let Some(task) = self.task(id).filter(|t| t.state == TaskState::Pending && t.kind == TaskKind::Train) else { return false };
         let key_task = task.clone();
-        if world_size >= task.world_size || world_size < self.spec.resources.min_gang() {
+        if world_size >= task.world_size || world_size < u32::from(self.spec.resources.min_gang()) {
             return false;
         }
         // Ranks beyond the new size never ran: they go, and the rest learn the new size.
@@ -722,7 +722,7 @@ impl JobRecord {
         if self.state.is_final() {
             return;
         }
-        let max_attempts = u32::try_from(self.spec.resources.max_attempts).unwrap_or(1);
+        let max_attempts = u32::from(self.spec.resources.max_attempts);
         let tried = task.failures_before() + 1;
         if tried >= max_attempts {
             self.end_live_tasks();

@@ -84,7 +84,7 @@ pub fn schedule(jobs: &[&JobRecord], workers: &[&WorkerRecord], now_ms: u64) -> 
 /// fixed gang.
 fn elastic_minimum(job: &JobRecord) -> Option<usize> {
     let resources = &job.spec.resources;
-    (resources.min_gang() < resources.full_gang()).then_some(resources.min_gang() as usize)
+    (resources.min_gang() < resources.full_gang()).then_some(usize::from(resources.min_gang()))
 }
 
 /// Free device slots of the live workers, when `jobs` hold the slots they hold now.

@@ -48,7 +48,7 @@ pub fn infer(context: &TaskContext, model_path: &Path, shard: &str, stop: &Atomi
     let logits = if temporal::wanted(&context.spec, &data) && encoder_path.is_file() {
         let window = context.spec.semi_supervised.temporal_window;
         let (_vs, encoder) = temporal::load(&encoder_path, net.feature_dim(), window, classes as i64, context.device)?;
-        temporal::Windows::extract(net.as_ref(), &data, window as usize, context.device, &mut Single)?.predict(&encoder)
+        temporal::Windows::extract(net.as_ref(), &data, window, context.device, &mut Single)?.predict(&encoder)
     } else {
         let mut all_logits = Vec::with_capacity(data.len());
         let indices: Vec<usize> = (0..data.len()).collect();

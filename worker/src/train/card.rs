@@ -11,7 +11,7 @@ pub(crate) struct ModelCard {
     pub cbam: bool,
     /// The same model as TorchScript, beside this file.
     pub torchscript: String,
-    pub width: i64,
+    pub width: u16,
     pub classes: Vec<String>,
     pub image: feral_common::dataset::ImageShape,
     pub normalisation: String,
@@ -41,6 +41,6 @@ pub(crate) struct OnlineCard {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct TemporalCard {
     pub file: String,
-    pub window: i64,
+    pub window: usize,
     pub frame_validation: MetricsSummary,
 }

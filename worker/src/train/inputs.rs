@@ -32,7 +32,7 @@ pub(crate) fn teacher_file(teacher: &Path, name: &str) -> PathBuf {
 
 /// The strong view the spec asks for.
 pub(crate) fn strong_view(spec: &feral_common::spec::StrongViewSpec) -> StrongAugmentation {
-    StrongAugmentation { ops: spec.ops as u32, magnitude: spec.magnitude as u32, cutout: spec.cutout as f32 }
+    StrongAugmentation { ops: u32::from(spec.ops), magnitude: u32::from(spec.magnitude), cutout: spec.cutout as f32 }
 }
 
 /// The pool's mean debiased confidence and class probabilities from the round's selection,

@@ -147,10 +147,7 @@ impl Loss {
             LossKind::Ldam => Rule::Ldam {
                 margins: vector(&ldam_margins(class_counts, spec.ldam_max_margin)),
                 scale: spec.ldam_scale,
-                reweighting: u32::try_from(spec.drw_epoch)
-                    .ok()
-                    .filter(|&epoch| epoch > 0)
-                    .map(|epoch| (epoch, vector(&class_balanced_weights(class_counts, spec.drw_beta)))),
+                reweighting: (spec.drw_epoch > 0).then(|| (spec.drw_epoch, vector(&class_balanced_weights(class_counts, spec.drw_beta)))),
             },
             LossKind::LogitAdjusted => {
                 let adjustment: Vec<f64> = log_priors(class_counts).iter().map(|l| spec.la_tau * l).collect();

@@ -19,7 +19,7 @@ use super::model;
 /// the labelled batch and, in student rounds (and a teacher's with `online_teacher`), the
 /// μ·B unlabelled images that go through the student with gradients. Also returns the images per step.
 pub fn step_bytes(spec: &JobSpec, image: [i64; 3], round: u32) -> (u64, u64) {
-    let batch = spec.train.batch_size.max(1) as u64;
+    let batch = spec.train.batch_size as u64;
     let unlabelled = if spec.semi_supervised.online_in_round(round) || round > 0 { (spec.semi_supervised.mu * batch as f64).round() as u64 } else { 0 };
     let images = batch + unlabelled;
     let bytes = model::activation_floats(&spec.model, image).saturating_mul(images).saturating_mul(4);
@@ -69,7 +69,7 @@ mod tests {
     use super::*;
     use feral_common::spec::Arch;
 
-    fn spec(arch: Arch, width: i64, batch_size: i64) -> JobSpec {
+    fn spec(arch: Arch, width: u16, batch_size: usize) -> JobSpec {
         let mut spec: JobSpec = toml::from_str("version = 1\ndataset = \"/d\"\n").expect("spec");
         spec.model.arch = arch;
         spec.model.width = width;

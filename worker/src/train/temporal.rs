@@ -64,7 +64,7 @@ pub struct TemporalEncoder {
     layers: Vec<Layer>,
     norm: nn::LayerNorm,
     head: nn::Linear,
-    window: i64,
+    window: usize,
 }
 
 #[derive(Debug)]
@@ -78,7 +78,7 @@ struct Layer {
 }
 
 impl TemporalEncoder {
-    pub fn new(path: &nn::Path, features: i64, window: i64, classes: i64) -> Self {
+    pub fn new(path: &nn::Path, features: i64, window: usize, classes: i64) -> Self {
         let layers = (0..LAYERS)
             .map(|i| {
                 let p = path / format!("layer{i}");
@@ -95,7 +95,7 @@ impl TemporalEncoder {
         Self {
             input_norm: nn::layer_norm(path / "input_norm", vec![features], Default::default()),
             input: nn::linear(path / "input", features, DIM, Default::default()),
-            position: path.var("position", &[window, DIM], nn::Init::Randn { mean: 0.0, stdev: 0.02 }),
+            position: path.var("position", &[window as i64, DIM], nn::Init::Randn { mean: 0.0, stdev: 0.02 }),
             layers,
             norm: nn::layer_norm(path / "norm", vec![DIM], Default::default()),
             head: nn::linear(path / "head", DIM, classes, Default::default()),
@@ -110,7 +110,7 @@ impl TemporalEncoder {
             h = &h + layer.attend(&h.apply(&layer.attention_norm)).dropout(DROPOUT, train);
             h = &h + h.apply(&layer.mlp_norm).apply(&layer.up).gelu("none").apply(&layer.down).dropout(DROPOUT, train);
         }
-        h.select(1, self.window / 2).apply(&self.norm).apply(&self.head)
+        h.select(1, (self.window / 2) as i64).apply(&self.norm).apply(&self.head)
     }
 }
 
@@ -242,7 +242,7 @@ pub fn train(
         let _seeded = SEEDED_INIT.lock().unwrap_or_else(|p| p.into_inner());
         tch::manual_seed(mix(spec.train.seed ^ 0x7e6d, u64::from(round)) as i64);
         let vs = nn::VarStore::new(device);
-        let encoder = TemporalEncoder::new(&vs.root(), features, train.window as i64, classes as i64);
+        let encoder = TemporalEncoder::new(&vs.root(), features, train.window, classes as i64);
         (vs, encoder)
     };
     collective::broadcast_from_rank0(collective, &mut by_name(&vs))?;
@@ -254,12 +254,12 @@ pub fn train(
     let sampler = Sampler::new(train_labels, classes, Sampling::ClassUniform, None, 0);
     let labelled = train_labels.iter().filter(|&&l| l >= 0).count();
     // Global batches of the whole gang, even while an elastic gang runs short.
-    let full_world = (spec.resources.full_gang() as usize).max(world);
+    let full_world = usize::from(spec.resources.full_gang()).max(world);
     let global = BATCH * full_world;
     let share = super::loader::share(global, rank, world);
     let share_weight = ShareWeight { rank, world, full_world, batch: BATCH, unlabelled_batch: 0 };
     let steps = labelled.div_ceil(global).max(1);
-    let epochs = spec.semi_supervised.temporal_epochs as usize;
+    let epochs = spec.semi_supervised.temporal_epochs;
     for epoch in 0..epochs {
         tch::manual_seed(mix(spec.train.seed ^ u64::from(round), 1000 + epoch as u64) as i64);
         for step in 0..steps {
@@ -324,7 +324,7 @@ pub fn evaluate(
 }
 
 /// Loads a round's encoder from `path` for features of width `features`.
-pub fn load(path: &std::path::Path, features: i64, window: i64, classes: i64, device: Device) -> Result<(nn::VarStore, TemporalEncoder), TaskError> {
+pub fn load(path: &std::path::Path, features: i64, window: usize, classes: i64, device: Device) -> Result<(nn::VarStore, TemporalEncoder), TaskError> {
     let vs = nn::VarStore::new(device);
     let encoder = TemporalEncoder::new(&vs.root(), features, window, classes);
     load_var_store(&vs, path, "temporal encoder")?;

@@ -18,7 +18,7 @@ pub const MAX_SHARDS: usize = 65_536;
 impl JobRecord {
     /// Whether `epoch` (of `epochs_total`) could be this job's: the error says which field is not.
     pub fn check_progress(&self, epoch: &EpochReport, epochs_total: u32) -> Result<(), String> {
-        let planned = u32::try_from(self.spec.train.epochs).unwrap_or(u32::MAX);
+        let planned = self.spec.train.epochs;
         if epochs_total == 0 || epochs_total > planned {
             return Err(format!("epochs_total {epochs_total} outside 1..={planned}, the epochs the job plans a round"));
         }

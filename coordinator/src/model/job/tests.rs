@@ -1,14 +1,14 @@
 use super::*;
 use feral_common::task::ShardRef;
 
-fn spec(rounds: i64, max_attempts: i64) -> JobSpec {
+fn spec(rounds: u16, max_attempts: u16) -> JobSpec {
     let mut spec = JobSpec::for_dataset("/d");
     spec.resources.max_attempts = max_attempts;
     spec.semi_supervised.rounds = rounds;
     spec
 }
 
-fn job(rounds: i64, max_attempts: i64) -> JobRecord {
+fn job(rounds: u16, max_attempts: u16) -> JobRecord {
     JobRecord::submitted(JobId::new("j"), spec(rounds, max_attempts), String::new(), PathBuf::from("/a"), 0)
 }
 
@@ -61,7 +61,7 @@ fn selected() -> TaskOutcome {
     TaskOutcome::Selected(SelectionSummary { selected: 3, pool: 20, ..SelectionSummary::default() })
 }
 
-fn prepared(rounds: i64, shards: usize) -> JobRecord {
+fn prepared(rounds: u16, shards: usize) -> JobRecord {
     let job = job(rounds, 3);
     let prepare = live(&job, TaskKind::Prepare)[0].clone();
     run(job, &prepare, "w1", dataset(shards))
@@ -379,8 +379,8 @@ fn a_retry_resumes_only_from_the_checkpoints_its_round_recorded_newest_first() {
 fn retries_back_off_exponentially_up_to_the_cap_and_say_why() {
     let mut ready = prepared(0, 0);
     ready.spec.resources.max_attempts = 10;
-    ready.spec.resources.retry_backoff_s = 2.0;
-    ready.spec.resources.retry_backoff_max_s = 5.0;
+    ready.spec.resources.retry_backoff_s = std::time::Duration::from_secs(2);
+    ready.spec.resources.retry_backoff_max_s = std::time::Duration::from_secs(5);
     let mut job = ready;
     let mut waits = Vec::new();
     let mut now = 1_000;

@@ -48,7 +48,7 @@ pub trait Network: ModuleT {
 /// The network `spec` describes for `[C, H, W]` images, its variables under `path`.
 pub fn build_model(path: &nn::Path, spec: &ModelSpec, image: [i64; 3], classes: i64) -> Box<dyn Network> {
     match spec.arch {
-        Arch::CompactCnn => Box::new(CompactCnn::new(path, image[0], classes, spec.width, spec.dropout)),
+        Arch::CompactCnn => Box::new(CompactCnn::new(path, image[0], classes, i64::from(spec.width), spec.dropout)),
         Arch::Linear => Box::new(Linear::new(path, image.iter().product(), classes)),
         Arch::Resnet18 => Box::new(resnet::ResNet::new(path, &resnet::ResNetConfig::new(resnet::RESNET18_BLOCKS, image, classes, spec))),
         Arch::Resnet34 => Box::new(resnet::ResNet::new(path, &resnet::ResNetConfig::new(resnet::RESNET34_BLOCKS, image, classes, spec))),
@@ -65,7 +65,7 @@ pub fn activation_floats(spec: &ModelSpec, image: [i64; 3]) -> u64 {
         Arch::Linear => channels * height * width,
         Arch::CompactCnn => {
             let (mut floats, mut side) = (0u64, (height, width));
-            for out in [1, 2, 4].map(|m| spec.width.max(1) as u64 * m) {
+            for out in [1, 2, 4].map(|m| u64::from(spec.width) * m) {
                 // Two convolutions with batch norm and ReLU, then the 2×2 max-pool's output.
                 floats = floats.saturating_add(6 * out * side.0 * side.1);
                 side = (side.0 / 2, side.1 / 2);
@@ -214,7 +214,7 @@ mod tests {
         let images = Tensor::zeros([2, 1, 48, 48], (Kind::Float, Device::Cpu));
         assert_eq!(net.forward_t(&images, false).size(), [2, 7]);
         assert_eq!(net.features_t(&images, false).size(), [2, net.feature_dim()]);
-        assert_eq!(net.feature_dim(), 4 * ModelSpec::default().width);
+        assert_eq!(net.feature_dim(), 4 * i64::from(ModelSpec::default().width));
 
         let vs = nn::VarStore::new(Device::Cpu);
         let net = build_model(&vs.root(), &spec(Arch::Linear), [1, 8, 8], 3);

@@ -64,7 +64,7 @@ impl RoundTraining<'_> {
         // Video datasets: a temporal encoder over the finished backbone's features.
         let (mut frame_validation, mut temporal_vs) = (None, None);
         if temporal::wanted(spec, &train_data) {
-            let window = spec.semi_supervised.temporal_window as usize;
+            let window = spec.semi_supervised.temporal_window;
             let strong = strong_view(&spec.train.strong);
             let seed = mix(spec.train.seed ^ 0x7e6d_0000, u64::from(context.round));
             let train_windows = temporal::Windows::extract_views(

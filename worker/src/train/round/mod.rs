@@ -134,7 +134,7 @@ impl<'t> RoundTraining<'t> {
         // Each loss is a mean over this rank's share of its global batch. Weighted by that
         // share (1 when the shares are equal), the gradient the gang averages is the mean
         // gradient over the whole global batch, however it was split.
-        let batch = spec.train.batch_size as usize;
+        let batch = spec.train.batch_size;
         let unlabelled_batch = (semi.mu * batch as f64).round() as usize;
         let share_weight = ShareWeight { rank, world: collective.world_size(), full_world: *full_world, batch, unlabelled_batch };
         let started = Instant::now();

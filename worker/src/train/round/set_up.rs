@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use feral_common::dataset::{Dataset, Split};
 use feral_common::metrics::MetricsSummary;
-use feral_common::spec::DebiasTarget;
+use feral_common::spec::{to_usize, DebiasTarget};
 use tch::nn;
 use tch::Tensor;
 
@@ -56,14 +56,14 @@ impl<'t> RoundTraining<'t> {
             checkpoint::remove_partials(&round_dir);
         }
         if spec.train.threads > 0 {
-            tch::set_num_threads(spec.train.threads as i32);
+            tch::set_num_threads(i32::from(spec.train.threads));
         }
         let image = [manifest.image.channels as i64, manifest.image.height as i64, manifest.image.width as i64];
         // An elastic gang running short still steps through global batches of the whole
         // gang, so each rank takes a larger share.
-        let full_world = (spec.resources.full_gang() as usize).max(world);
+        let full_world = usize::from(spec.resources.full_gang()).max(world);
         let mut per_rank = spec.clone();
-        per_rank.train.batch_size = (spec.train.batch_size as usize * full_world).div_ceil(world) as i64;
+        per_rank.train.batch_size = (spec.train.batch_size * full_world).div_ceil(world);
         memory::check_step_fits(&per_rank, image, context.round, context.device).map_err(TaskError::TooLarge)?;
         let (mut vs, net, mut ema_vs, ema_net) = {
             // libtorch's generator is global: seeding and initialising under one lock makes the
@@ -121,18 +121,18 @@ impl<'t> RoundTraining<'t> {
         collective::broadcast_from_rank0(collective, &mut averages)?;
         let trainable = vs.trainable_variables();
 
-        let epochs = spec.train.epochs as u32;
-        let batch = spec.train.batch_size as usize;
+        let epochs = spec.train.epochs;
+        let batch = spec.train.batch_size;
         let unlabelled_batch = (semi.mu * batch as f64).round() as usize;
         let pseudo_batch = pseudo.as_ref().filter(|p| !p.data.is_empty()).map_or(0, |_| unlabelled_batch);
         let pool_batch = pool.as_ref().filter(|p| !p.is_empty()).map_or(0, |_| unlabelled_batch);
         let labelled = train_data.labels.iter().filter(|&&l| l >= 0).count();
         let loss_fn =
             losses::Loss::new(&spec.train.effective_loss(), &losses::class_counts(&train_data.labels, classes)).map_err(|e| unusable(&e.to_string()))?;
-        let steps = spec.train.steps_per_epoch.map_or(labelled.div_ceil(batch * full_world), |s| s as usize);
+        let steps = spec.train.steps_per_epoch.unwrap_or_else(|| labelled.div_ceil(batch * full_world));
         // One schedule over every round the job plans (see the module's documentation).
-        let round_steps = steps * epochs as usize;
-        let total_steps = (round_steps * (semi.rounds.max(0) as usize + 1)).max(1);
+        let round_steps = steps * to_usize(epochs);
+        let total_steps = (round_steps * (usize::from(semi.rounds) + 1)).max(1);
         let step_offset = round_steps * context.round as usize;
         let mut labeller = (pool_batch > 0).then(|| {
             // A student's prior comes from its round's pass over the pool; the teacher's
