@@ -1,6 +1,8 @@
 //! Evaluation metrics of the FER literature: accuracy, macro-F1 (the ABAW metric),
 //! per-class precision, recall and F1, from a confusion matrix that ranks can add up.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 /// Counts of (true class, predicted class) pairs. Adding two matrices merges evaluations
@@ -120,28 +122,62 @@ impl MetricsSummary {
     /// known): every rate finite and in [0, 1], one F1 per class and a square confusion
     /// matrix whose counts add up to the samples (either may be left empty). The error
     /// names the first field that is not.
-    pub fn check(&self, classes: Option<usize>) -> Result<(), String> {
+    pub fn check(&self, classes: Option<usize>) -> Result<(), MetricsError> {
         let rate =
-            |name: &str, value: f64| if value.is_finite() && (0.0..=1.0).contains(&value) { Ok(()) } else { Err(format!("{name} {value} is not in [0, 1]")) };
-        rate("accuracy", self.accuracy)?;
-        rate("macro_f1", self.macro_f1)?;
+            |rate: Rate, value: f64| if value.is_finite() && (0.0..=1.0).contains(&value) { Ok(()) } else { Err(MetricsError::OutOfRange { rate, value }) };
+        rate(Rate::Accuracy, self.accuracy)?;
+        rate(Rate::MacroF1, self.macro_f1)?;
         for (class, f1) in self.per_class_f1.iter().enumerate() {
-            rate(&format!("per_class_f1[{class}]"), *f1)?;
+            rate(Rate::ClassF1(class), *f1)?;
         }
         if let Some(classes) = classes {
             if !self.per_class_f1.is_empty() && self.per_class_f1.len() != classes {
-                return Err(format!("per_class_f1 has {} values for {classes} classes", self.per_class_f1.len()));
+                return Err(MetricsError::ClassF1Count { values: self.per_class_f1.len(), classes });
             }
             if !self.confusion.is_empty() && self.confusion.len() != classes * classes {
-                return Err(format!("confusion has {} counts for {classes} classes", self.confusion.len()));
+                return Err(MetricsError::ConfusionSize { counts: self.confusion.len(), classes });
             }
         }
         let counted = self.confusion.iter().try_fold(0u64, |sum, c| sum.checked_add(*c));
         if !self.confusion.is_empty() && counted != Some(self.samples) {
-            return Err(format!("confusion counts add up to {counted:?}, not to samples {}", self.samples));
+            return Err(MetricsError::ConfusionTotal { counted, samples: self.samples });
         }
         Ok(())
     }
+}
+
+/// A rate of [`MetricsSummary`], as [`MetricsError`] names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rate {
+    Accuracy,
+    MacroF1,
+    /// The F1 of one class, by its index.
+    ClassF1(usize),
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rate::Accuracy => f.write_str("accuracy"),
+            Rate::MacroF1 => f.write_str("macro_f1"),
+            Rate::ClassF1(class) => write!(f, "per_class_f1[{class}]"),
+        }
+    }
+}
+
+/// Why a [`MetricsSummary`] cannot be a real evaluation's (see [`MetricsSummary::check`]):
+/// each names the field and the values that do not fit.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum MetricsError {
+    #[error("{rate} {value} is not in [0, 1]")]
+    OutOfRange { rate: Rate, value: f64 },
+    #[error("per_class_f1 has {values} values for {classes} classes")]
+    ClassF1Count { values: usize, classes: usize },
+    #[error("confusion has {counts} counts for {classes} classes")]
+    ConfusionSize { counts: usize, classes: usize },
+    /// `counted` is `None` when the counts overflow a `u64`.
+    #[error("confusion counts add up to {}, not to samples {samples}", counted.map_or_else(|| "more than u64::MAX".to_owned(), |c| c.to_string()))]
+    ConfusionTotal { counted: Option<u64>, samples: u64 },
 }
 
 fn ratio(numerator: u64, denominator: u64) -> f64 {
@@ -203,5 +239,25 @@ mod tests {
         assert_eq!(a, all);
         assert_eq!(ConfusionMatrix::from_counts(all.counts().to_vec()), Some(all));
         assert_eq!(ConfusionMatrix::from_counts(vec![1, 2, 3]), None);
+    }
+
+    #[test]
+    fn check_names_the_field_and_values_that_do_not_fit() {
+        let good = MetricsSummary { accuracy: 0.5, macro_f1: 0.5, per_class_f1: vec![0.5, 0.5], confusion: vec![1, 1, 1, 1], samples: 4 };
+        assert_eq!(good.check(Some(2)), Ok(()));
+        let f1 = MetricsSummary { per_class_f1: vec![0.5, f64::NAN], ..good.clone() };
+        assert!(matches!(f1.check(None), Err(MetricsError::OutOfRange { rate: Rate::ClassF1(1), .. })));
+        assert_eq!(f1.check(None).expect_err("NaN").to_string(), "per_class_f1[1] NaN is not in [0, 1]");
+        let macro_f1 = MetricsSummary { macro_f1: -3.0, ..good.clone() };
+        assert!(macro_f1.check(None).expect_err("negative").to_string().contains("macro_f1 -3"));
+        assert_eq!(good.check(Some(3)), Err(MetricsError::ClassF1Count { values: 2, classes: 3 }));
+        let confusion = MetricsSummary { per_class_f1: vec![], ..good.clone() };
+        assert_eq!(confusion.check(Some(3)), Err(MetricsError::ConfusionSize { counts: 4, classes: 3 }));
+        let overflow = MetricsSummary { confusion: vec![u64::MAX, 1, 0, 0], ..good.clone() };
+        let error = overflow.check(Some(2)).expect_err("overflow");
+        assert_eq!(error, MetricsError::ConfusionTotal { counted: None, samples: 4 });
+        assert!(error.to_string().contains("more than u64::MAX"), "{error}");
+        let total = MetricsSummary { samples: 5, ..good };
+        assert_eq!(total.check(Some(2)).expect_err("total").to_string(), "confusion counts add up to 4, not to samples 5");
     }
 }

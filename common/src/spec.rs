@@ -655,7 +655,7 @@ impl JobSpec {
         fraction("semi_supervised.prior_momentum", semi.prior_momentum)?;
         fraction("semi_supervised.online_min_threshold", semi.online_min_threshold)?;
         bounded("semi_supervised.target_temperature", semi.target_temperature, 0.0, 1.0)?;
-        if semi.temporal_window % 2 == 0 {
+        if semi.temporal_window.is_multiple_of(2) {
             return Err(invalid("semi_supervised.temporal_window", format!("must be odd (a window centred on its frame), got {}", semi.temporal_window)));
         }
         Ok(())
@@ -769,9 +769,25 @@ fn int<'de, D: Deserializer<'de>, T: TryFrom<u64>, const MIN: u64, const MAX: u6
     in_range.and_then(|v| T::try_from(v).ok()).ok_or_else(|| serde::de::Error::custom(format!("must be in {MIN}..={MAX}, got {value}")))
 }
 
-/// [`int`] for a field that may be left out.
+/// [`int`] for a field that may be left out (or, in a stored job record, be `null`).
 fn optional_int<'de, D: Deserializer<'de>, T: TryFrom<u64>, const MIN: u64, const MAX: u64>(deserializer: D) -> Result<Option<T>, D::Error> {
-    int::<D, T, MIN, MAX>(deserializer).map(Some)
+    struct Optional<T, const MIN: u64, const MAX: u64>(std::marker::PhantomData<T>);
+    impl<'de, T: TryFrom<u64>, const MIN: u64, const MAX: u64> serde::de::Visitor<'de> for Optional<T, MIN, MAX> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "an integer in {MIN}..={MAX}")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_some<S: Deserializer<'de>>(self, deserializer: S) -> Result<Option<T>, S::Error> {
+            int::<S, T, MIN, MAX>(deserializer).map(Some)
+        }
+    }
+    deserializer.deserialize_option(Optional::<T, MIN, MAX>(std::marker::PhantomData))
 }
 
 /// A duration written as seconds (`2.0`), at most [`MAX_RETRY_BACKOFF_S`].
@@ -965,8 +981,10 @@ mod tests {
         assert_eq!((read.resources.retry_backoff_s, read.resources.retry_backoff_max_s), (Duration::from_millis(250), Duration::from_secs(90)));
         assert_eq!(JobSpec::from_toml(&read.to_toml()), Ok(read.clone()), "written back as the numbers a user writes");
         assert!(read.to_toml().contains("retry_backoff_s = 0.25"), "{}", read.to_toml());
-        let stored = serde_json::to_string(&read).expect("a job record holds its spec");
-        assert_eq!(serde_json::from_str::<JobSpec>(&stored).expect("and reads it back"), read);
+        for spec in [read.clone(), JobSpec::for_dataset("/d")] {
+            let stored = serde_json::to_string(&spec).expect("a job record holds its spec");
+            assert_eq!(serde_json::from_str::<JobSpec>(&stored).expect("and reads it back"), spec, "{stored}");
+        }
         // The wait before each attempt doubles from the first, up to the longest.
         let waits: Vec<Duration> = (1..=4).map(|failures| read.resources.retry_delay(failures, 1.0)).collect();
         assert_eq!(waits, [250, 500, 1000, 2000].map(Duration::from_millis));

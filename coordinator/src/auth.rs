@@ -36,7 +36,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use feral_common::ids::WorkerId;
+use feral_common::ids::{WorkerId, WorkerIdError};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -109,8 +109,34 @@ pub fn caller<T>(request: &Request<T>) -> Caller {
 pub enum TokensError {
     #[error("cannot read tokens file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("tokens file {path} is invalid: {problem}")]
-    Invalid { path: PathBuf, problem: String },
+    #[error("tokens file {path} is invalid: {source}")]
+    Invalid { path: PathBuf, source: TokensFileError },
+}
+
+/// What is wrong in a tokens file's text: each names the token (by its place in the file,
+/// from 1, and its name) and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensFileError {
+    /// Not TOML, or not the file's fields and types.
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    #[error("version must be 1, got {found}")]
+    Version { found: u32 },
+    #[error("it lists no [[token]]")]
+    NoTokens,
+    #[error("token {index}: `name` must not be empty")]
+    EmptyName { index: usize },
+    #[error("token {index} (`{name}`): a worker token's name is its worker id, and it {source}")]
+    WorkerName { index: usize, name: String, source: WorkerIdError },
+    #[error("token {index} (`{name}`): `secret` must be at least {MIN_SECRET_CHARS} characters")]
+    ShortSecret { index: usize, name: String },
+    #[error("token {index} (`{name}`): `secret` must be printable ASCII without spaces (it travels in a header)")]
+    UnprintableSecret { index: usize, name: String },
+    /// Two tokens with one secret would be one caller with two names.
+    #[error("token {index} (`{name}`): its secret is also another token's (token {other})")]
+    SharedSecret { index: usize, name: String, other: usize },
+    #[error("token {index} (`{name}`): another token has the same name (token {other})")]
+    SameName { index: usize, name: String, other: usize },
 }
 
 #[derive(Deserialize)]
@@ -138,39 +164,40 @@ pub struct Tokens {
 impl Tokens {
     pub fn load(path: &Path) -> Result<Self, TokensError> {
         let text = std::fs::read_to_string(path).map_err(|source| TokensError::Read { path: path.into(), source })?;
-        Self::parse(&text).map_err(|problem| TokensError::Invalid { path: path.into(), problem })
+        Self::parse(&text).map_err(|source| TokensError::Invalid { path: path.into(), source })
     }
 
     /// Parses a tokens file's text; the error names the token and field that is wrong.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let file: TokensFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str) -> Result<Self, TokensFileError> {
+        let file: TokensFile = toml::from_str(text)?;
         if file.version != 1 {
-            return Err(format!("version must be 1, got {}", file.version));
+            return Err(TokensFileError::Version { found: file.version });
         }
         if file.token.is_empty() {
-            return Err("it lists no [[token]]".into());
+            return Err(TokensFileError::NoTokens);
         }
         let mut known: Vec<([u8; 32], Caller)> = Vec::with_capacity(file.token.len());
-        for (index, entry) in file.token.into_iter().enumerate() {
-            let at = format!("token {} (`{}`)", index + 1, entry.name);
+        for (at, entry) in file.token.into_iter().enumerate() {
+            let index = at + 1;
             if entry.name.trim().is_empty() {
-                return Err(format!("token {}: `name` must not be empty", index + 1));
+                return Err(TokensFileError::EmptyName { index });
             }
+            let name = || entry.name.clone();
             if entry.role == Role::Worker {
-                WorkerId::parse(&entry.name).map_err(|p| format!("{at}: a worker token's name is its worker id, and it {p}"))?;
+                WorkerId::parse(&entry.name).map_err(|source| TokensFileError::WorkerName { index, name: name(), source })?;
             }
             if entry.secret.chars().count() < MIN_SECRET_CHARS {
-                return Err(format!("{at}: `secret` must be at least {MIN_SECRET_CHARS} characters"));
+                return Err(TokensFileError::ShortSecret { index, name: name() });
             }
             if !entry.secret.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(format!("{at}: `secret` must be printable ASCII without spaces (it travels in a header)"));
+                return Err(TokensFileError::UnprintableSecret { index, name: name() });
             }
             let digest: [u8; 32] = Sha256::digest(entry.secret.as_bytes()).into();
-            if known.iter().any(|(d, _)| *d == digest) {
-                return Err(format!("{at}: its secret is also another token's"));
+            if let Some(other) = known.iter().position(|(d, _)| *d == digest) {
+                return Err(TokensFileError::SharedSecret { index, name: name(), other: other + 1 });
             }
-            if known.iter().any(|(_, c)| c.name == entry.name) {
-                return Err(format!("{at}: another token has the same name"));
+            if let Some(other) = known.iter().position(|(_, c)| c.name == entry.name) {
+                return Err(TokensFileError::SameName { index, name: name(), other: other + 1 });
             }
             known.push((digest, Caller { name: entry.name, role: entry.role }));
         }
@@ -370,8 +397,11 @@ secret = "root-secret-0123456789"
             (format!("version = 1\n{}color = 1\n", entry("a", "admin", long)), "color"),
         ];
         for (text, expected) in cases {
-            let error = Tokens::parse(&text).expect_err(expected);
+            let error = Tokens::parse(&text).expect_err(expected).to_string();
             assert!(error.contains(expected), "{expected:?} not in {error:?}");
         }
+        let shared = Tokens::parse(&format!("version = 1\n{}{}", entry("a", "admin", long), entry("b", "submitter", long))).expect_err("shared");
+        assert!(matches!(&shared, TokensFileError::SharedSecret { index: 2, name, other: 1 } if name == "b"), "{shared}");
+        assert!(matches!(Tokens::parse("version = 3\n"), Err(TokensFileError::Version { found: 3 })));
     }
 }

@@ -269,7 +269,7 @@ impl ControlPlane {
     pub async fn resume(&self, scope: Scope<'_>, id: &JobId, now_ms: u64) -> Result<JobRecord, CoordinatorError> {
         let mut model = self.model.lock().await;
         let job = model.cluster.job(id).filter(|job| scope.includes(job)).ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))?;
-        let next = job.resumed(now_ms).map_err(CoordinatorError::NotResumable)?;
+        let next = job.resumed(now_ms)?;
         self.store.apply(vec![encode(&job_key(id), &next)?]).await?;
         info!(job_id = %id, state = ?next.state, "job resumed");
         self.metrics.job_changed(Some(job), &next, now_ms);
@@ -482,12 +482,12 @@ impl ControlPlane {
     /// A report that `check` finds unlike anything the job can produce (a non-finite loss,
     /// a rate outside [0, 1], a file outside the job's directory) is refused, and its task
     /// fails with the reason (not retried: a diverged run diverges again).
-    async fn refuse_unlike_the_job(
+    async fn refuse_unlike_the_job<E: std::fmt::Display>(
         &self,
         model: &mut Model,
         worker: &WorkerId,
         task: &TaskKey,
-        check: impl FnOnce(&JobRecord) -> Result<(), String>,
+        check: impl FnOnce(&JobRecord) -> Result<(), E>,
         now_ms: u64,
     ) -> Result<(), CoordinatorError> {
         let Some(problem) = model.cluster.job(&task.job).and_then(|job| check(job).err()) else { return Ok(()) };

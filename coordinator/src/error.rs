@@ -21,8 +21,8 @@ pub enum CoordinatorError {
     WorkerNotFound(WorkerId),
     #[error("task {task} is not assigned to worker {worker}")]
     NotAssigned { task: TaskKey, worker: WorkerId },
-    #[error("{0}")]
-    NotResumable(String),
+    #[error(transparent)]
+    NotResumable(#[from] crate::model::ResumeError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("stored record `{key}` cannot be read: {problem}")]

@@ -250,4 +250,7 @@ pub enum ServeError {
     Transport(String),
     #[error("TLS: {0}")]
     Tls(String),
+    /// The TLS files: unreadable, or refused by rustls.
+    #[error("TLS: {0}")]
+    TlsFiles(#[from] feral_proto::credentials::TlsError),
 }

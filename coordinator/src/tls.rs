@@ -29,7 +29,7 @@ impl TlsMaterial {
     /// Reads this coordinator's certificate and key, and the CA whose client certificates it
     /// then requires; checks that rustls accepts them, so a bad file fails at start.
     pub fn from_files(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Self, ServeError> {
-        let read = |path: &Path, what: &str| feral_proto::credentials::read_pem(path, what).map_err(ServeError::Tls);
+        let read = |path: &Path, what: &str| feral_proto::credentials::read_pem(path, what).map_err(ServeError::TlsFiles);
         let material = Self {
             cert: read(cert, "the TLS certificate")?,
             key: read(key, "the TLS key")?,
@@ -50,6 +50,6 @@ impl TlsMaterial {
 
     /// rustls' configuration, for the HTTP listener (HTTP/1.1).
     pub fn http(&self) -> Result<Arc<ServerConfig>, ServeError> {
-        feral_proto::https::server_config(&self.cert, &self.key, self.client_ca.as_deref()).map_err(ServeError::Tls)
+        feral_proto::https::server_config(&self.cert, &self.key, self.client_ca.as_deref()).map_err(ServeError::TlsFiles)
     }
 }

@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         if let Err(problem) = Manifest::parse(text) {
-            assert!(!problem.is_empty());
+            assert!(!problem.to_string().is_empty());
         }
     }
 });

@@ -5,8 +5,11 @@
 //! (`https://` addresses) a client trusts the CA it is given (`--tls-ca`) and may show its
 //! own certificate (`--tls-cert`, `--tls-key`) to a coordinator that asks for one (mTLS).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -15,21 +18,21 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Request, Status};
 
 /// The bytes of PEM file `path`; the error names `what` it is and the path.
-pub fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+pub fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::ReadPem { what: what.to_owned(), path: path.to_path_buf(), source })
 }
 
 /// A client's TLS settings from PEM files: the CA to trust, and this client's certificate
 /// and key for mutual TLS (both or neither). `None` when no file is given.
-pub fn client_tls(ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) -> Result<Option<ClientTlsConfig>, String> {
+pub fn client_tls(ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) -> Result<Option<ClientTlsConfig>, TlsError> {
     let identity = match (cert, key) {
         (Some(cert), Some(key)) => Some(Identity::from_pem(read_pem(cert, "the TLS certificate")?, read_pem(key, "the TLS key")?)),
         (None, None) => None,
-        _ => return Err("--tls-cert and --tls-key go together: give both or neither".into()),
+        _ => return Err(TlsError::CertWithoutKey),
     };
     let Some(ca) = ca else {
         return match identity {
-            Some(_) => Err("--tls-cert needs --tls-ca, the CA that signed the coordinator's certificate".into()),
+            Some(_) => Err(TlsError::CertWithoutCa),
             None => Ok(None),
         };
     };
@@ -38,6 +41,35 @@ pub fn client_tls(ca: Option<&Path>, cert: Option<&Path>, key: Option<&Path>) ->
         config = config.identity(identity);
     }
     Ok(Some(config))
+}
+
+/// Why TLS material cannot be used: a PEM file that cannot be read, client TLS flags that
+/// do not go together ([`client_tls`]), or PEM contents that rustls refuses
+/// ([`crate::https::server_config`]). Each names the file or flag that is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} {}: {source}", path.display())]
+    ReadPem { what: String, path: PathBuf, source: std::io::Error },
+    #[error("--tls-cert and --tls-key go together: give both or neither")]
+    CertWithoutKey,
+    #[error("--tls-cert needs --tls-ca, the CA that signed the coordinator's certificate")]
+    CertWithoutCa,
+    #[error("the TLS certificate is not PEM: {0}")]
+    CertificateNotPem(#[source] pem::Error),
+    #[error("the TLS certificate file holds no certificate")]
+    NoCertificate,
+    #[error("the TLS key is not a PEM private key: {0}")]
+    KeyNotPem(#[source] pem::Error),
+    #[error("TLS: {0}")]
+    ProtocolVersions(#[source] rustls::Error),
+    #[error("the client CA is not PEM: {0}")]
+    ClientCaNotPem(#[source] pem::Error),
+    #[error("the client CA: {0}")]
+    ClientCa(#[source] rustls::Error),
+    #[error("the client CA: {0}")]
+    ClientVerifier(#[source] rustls::server::VerifierBuilderError),
+    #[error("the TLS certificate and key: {0}")]
+    CertificateAndKey(#[source] rustls::Error),
 }
 
 /// The endpoint of coordinator `url`: TLS for an `https://` address (which needs `tls`),

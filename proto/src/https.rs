@@ -18,6 +18,7 @@ use tokio_rustls::rustls::{self, RootCertStore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use crate::credentials::TlsError;
 use crate::limits::{Admitted, Limited};
 
 /// OpenMetrics, which Prometheus asks for and reads; the body is also valid text format.
@@ -38,28 +39,26 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A rustls server configuration (HTTP/1.1) from a PEM certificate chain and key, requiring
 /// client certificates that `client_ca` signed when given. The error says which file is wrong.
-pub fn server_config(cert: &[u8], key: &[u8], client_ca: Option<&[u8]>) -> Result<Arc<ServerConfig>, String> {
-    let bad = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(cert).collect::<Result<_, _>>().map_err(|e| bad("the TLS certificate is not PEM", &e))?;
+pub fn server_config(cert: &[u8], key: &[u8], client_ca: Option<&[u8]>) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert).collect::<Result<_, _>>().map_err(TlsError::CertificateNotPem)?;
     if certs.is_empty() {
-        return Err("the TLS certificate file holds no certificate".into());
+        return Err(TlsError::NoCertificate);
     }
-    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad("the TLS key is not a PEM private key", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(TlsError::KeyNotPem)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(|e| bad("TLS", &e))?;
+    let builder = ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(TlsError::ProtocolVersions)?;
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             for cert in CertificateDer::pem_slice_iter(ca) {
-                roots.add(cert.map_err(|e| bad("the client CA is not PEM", &e))?).map_err(|e| bad("the client CA", &e))?;
+                roots.add(cert.map_err(TlsError::ClientCaNotPem)?).map_err(TlsError::ClientCa)?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().map_err(|e| bad("the client CA", &e))?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().map_err(TlsError::ClientVerifier)?;
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(certs, key).map_err(|e| bad("the TLS certificate and key", &e))?;
+    let mut config = builder.with_single_cert(certs, key).map_err(TlsError::CertificateAndKey)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

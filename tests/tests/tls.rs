@@ -70,7 +70,7 @@ async fn coordinator(root: &Path, ca: &Ca, client_ca: Option<&Path>) -> anyhow::
 
 /// Lists jobs at `url` with these client TLS files: whether the call was served.
 async fn served(url: &str, ca: Option<&Path>, identity: Option<&(PathBuf, PathBuf)>) -> anyhow::Result<bool> {
-    let tls = client_tls(ca, identity.map(|i| i.0.as_path()), identity.map(|i| i.1.as_path())).map_err(anyhow::Error::msg)?;
+    let tls = client_tls(ca, identity.map(|i| i.0.as_path()), identity.map(|i| i.1.as_path()))?;
     let endpoint = endpoint(url, tls.as_ref(), Duration::from_secs(5)).map_err(anyhow::Error::msg)?;
     let Ok(channel) = endpoint.connect().await else { return Ok(false) };
     Ok(JobServiceClient::new(channel).list_jobs(pb::ListJobsRequest::default()).await.is_ok())
@@ -107,7 +107,7 @@ async fn with_a_client_ca_only_certified_callers_get_through_and_a_certified_wor
     // The certificate names the caller and its role: a worker's may not call the job API,
     // nor speak for another worker; one without a role is refused with what it lacks.
     let connect = |identity: &(PathBuf, PathBuf)| {
-        let tls = client_tls(Some(&ca.ca_file()), Some(&identity.0), Some(&identity.1)).map_err(anyhow::Error::msg);
+        let tls = client_tls(Some(&ca.ca_file()), Some(&identity.0), Some(&identity.1));
         let https = https.clone();
         async move { anyhow::Ok(endpoint(&https, tls?.as_ref(), Duration::from_secs(5)).map_err(anyhow::Error::msg)?.connect().await?) }
     };
@@ -127,7 +127,7 @@ async fn with_a_client_ca_only_certified_callers_get_through_and_a_certified_wor
     let refused = JobServiceClient::new(connect(&roleless).await?).list_jobs(pb::ListJobsRequest::default()).await.expect_err("no role");
     assert!(refused.message().contains("needs OU=submitter, OU=worker or OU=admin"), "{}", refused.message());
 
-    let tls = client_tls(Some(&ca.ca_file()), Some(&worker_identity.0), Some(&worker_identity.1)).map_err(anyhow::Error::msg)?;
+    let tls = client_tls(Some(&ca.ca_file()), Some(&worker_identity.0), Some(&worker_identity.1))?;
     let worker = RunningWorker::start_with(&https, "w1", Arc::new(ScriptedRunner::fast(0)), BearerToken::none(), tls);
     let dataset = synthetic_dataset(&dir.path().join("data"), 200)?;
     let mut jobs = JobServiceClient::new(connect(&submitter).await?);
@@ -202,7 +202,7 @@ async fn a_workers_metrics_are_served_over_tls_when_it_has_a_certificate() -> an
     let dir = tempfile::tempdir()?;
     let (ca, other) = (Ca::new(dir.path(), "feral")?, Ca::new(dir.path(), "other")?);
     let (cert, key) = ca.sign("node", &["localhost", "127.0.0.1"])?;
-    let config = feral_proto::https::server_config(&std::fs::read(&cert)?, &std::fs::read(&key)?, None).map_err(anyhow::Error::msg)?;
+    let config = feral_proto::https::server_config(&std::fs::read(&cert)?, &std::fs::read(&key)?, None)?;
     let metrics = feral_worker::metrics::WorkerMetrics::default();
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);

@@ -41,30 +41,46 @@ pub struct PathRefused {
     pub retryable: bool,
 }
 
+/// Why the worker's allowed roots cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RootsError {
+    #[error("allowed root {}: {source}", path.display())]
+    Unresolvable { path: PathBuf, source: std::io::Error },
+    #[error("allowed root {} is not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+    #[error("no allowed root is given")]
+    NoRoot,
+    #[error("cannot read the working directory: {0}")]
+    WorkingDirectory(#[source] std::io::Error),
+}
+
 /// The directories a worker's tasks may read and write under, resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Roots(Vec<PathBuf>);
 
 impl Roots {
     /// Each of `paths` must be an existing directory.
-    pub fn new(paths: impl IntoIterator<Item = PathBuf>) -> Result<Self, String> {
+    pub fn new(paths: impl IntoIterator<Item = PathBuf>) -> Result<Self, RootsError> {
         let mut roots = Vec::new();
         for path in paths {
-            let resolved = std::fs::canonicalize(&path).map_err(|e| format!("allowed root {}: {e}", path.display()))?;
+            let resolved = match std::fs::canonicalize(&path) {
+                Ok(resolved) => resolved,
+                Err(source) => return Err(RootsError::Unresolvable { path, source }),
+            };
             if !resolved.is_dir() {
-                return Err(format!("allowed root {} is not a directory", path.display()));
+                return Err(RootsError::NotADirectory { path });
             }
             roots.push(resolved);
         }
         if roots.is_empty() {
-            return Err("no allowed root is given".into());
+            return Err(RootsError::NoRoot);
         }
         Ok(Self(roots))
     }
 
     /// The default: the working directory alone.
-    pub fn working_directory() -> Result<Self, String> {
-        let here = std::env::current_dir().map_err(|e| format!("cannot read the working directory: {e}"))?;
+    pub fn working_directory() -> Result<Self, RootsError> {
+        let here = std::env::current_dir().map_err(RootsError::WorkingDirectory)?;
         Self::new([here])
     }
 

@@ -11,6 +11,7 @@ use crate::artifacts::ArtifactError;
 use crate::collective::CollectiveError;
 use crate::gang::GangError;
 use crate::train::loader::LoaderError;
+use crate::train::StepTooLarge;
 
 /// Why a task did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +36,7 @@ pub enum TaskError {
     #[error("batch loader failed: {0}")]
     Loader(#[from] LoaderError),
     #[error("the job is too large for this worker: {0}")]
-    TooLarge(String),
+    TooLarge(#[from] StepTooLarge),
     #[error("cannot start a task thread: {0}")]
     Thread(std::io::Error),
     #[error("the task panicked: {0}")]

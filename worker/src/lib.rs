@@ -21,12 +21,21 @@ pub mod task;
 pub mod tasks;
 pub mod train;
 
-use feral_common::task::Device;
+use feral_common::task::{Device, DeviceError};
 use feral_proto::v1 as pb;
+
+/// Why `--devices` names no usable list of slots.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotsError {
+    #[error("device {0}")]
+    NotADevice(#[from] DeviceError),
+    #[error("device {device} is listed twice")]
+    ListedTwice { device: String },
+}
 
 /// The worker's slots from `--devices`: `auto` (every CUDA device, else the CPU), or a
 /// comma-separated list such as `cpu` or `cuda:0,cuda:1`.
-pub fn slots(devices: &str) -> Result<Vec<pb::Slot>, String> {
+pub fn slots(devices: &str) -> Result<Vec<pb::Slot>, SlotsError> {
     let cpu = || pb::Slot { device: "cpu".into(), name: format!("cpu ({} threads)", tch::get_num_threads()) };
     let cuda = |index: usize| pb::Slot { device: format!("cuda:{index}"), name: format!("CUDA device {index}") };
     if devices == "auto" {
@@ -35,12 +44,12 @@ pub fn slots(devices: &str) -> Result<Vec<pb::Slot>, String> {
     }
     let mut slots = Vec::new();
     for item in devices.split(',').map(str::trim) {
-        let slot = match item.parse::<Device>().map_err(|problem| format!("device {problem}"))? {
+        let slot = match item.parse::<Device>()? {
             Device::Cpu => cpu(),
             Device::Cuda(index) => cuda(index as usize),
         };
         if slots.iter().any(|s: &pb::Slot| s.device == slot.device) {
-            return Err(format!("device {item} is listed twice"));
+            return Err(SlotsError::ListedTwice { device: item.to_owned() });
         }
         slots.push(slot);
     }

@@ -108,7 +108,7 @@ async fn run() -> anyhow::Result<()> {
         let address: std::net::SocketAddr = address.parse().map_err(|e| anyhow::anyhow!("metrics_listen: is not an address ({e}): {address:?}"))?;
         let tls = match (args.metrics_tls_cert.or(file.metrics_tls_cert), args.metrics_tls_key.or(file.metrics_tls_key)) {
             (Some(cert), Some(key)) => {
-                let read = |path: &std::path::Path, what: &str| credentials::read_pem(path, what).map_err(anyhow::Error::msg);
+                let read = |path: &std::path::Path, what: &str| credentials::read_pem(path, what);
                 let config = feral_proto::https::server_config(&read(&cert, "the metrics TLS certificate")?, &read(&key, "the metrics TLS key")?, None);
                 Some(config.map_err(|e| anyhow::anyhow!("metrics TLS: {e}"))?)
             }

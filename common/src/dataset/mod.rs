@@ -9,7 +9,7 @@ mod shard;
 mod writer;
 
 pub use images::Images;
-pub use manifest::{ImageShape, Manifest, ShardInfo, Split, SplitInfo, MANIFEST_FILE};
+pub use manifest::{ImageShape, Manifest, ManifestError, ShardInfo, Split, SplitInfo, MANIFEST_FILE};
 pub use shard::{read_shard, ShardData};
 pub use writer::{DatasetWriter, Sample};
 
@@ -22,8 +22,8 @@ pub enum DatasetError {
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     File(#[from] crate::files::FileError),
-    #[error("dataset manifest {path} is invalid: {problem}")]
-    Manifest { path: PathBuf, problem: String },
+    #[error("dataset manifest {path} is invalid: {source}")]
+    Manifest { path: PathBuf, source: ManifestError },
     #[error("dataset shard {path} is corrupt: {problem}")]
     Shard { path: PathBuf, problem: String },
     #[error("dataset shard {path} does not match its checksum in the manifest")]

@@ -11,7 +11,7 @@ use safetensors::Dtype;
 
 use super::manifest::FORMAT_VERSION;
 use super::shard::hex_sha256;
-use super::{DatasetError, ImageShape, Manifest, ShardInfo, Split, SplitInfo, MANIFEST_FILE};
+use super::{DatasetError, ImageShape, Manifest, ManifestError, ShardInfo, Split, SplitInfo, MANIFEST_FILE};
 
 /// One sample to write.
 #[derive(Clone, Debug, PartialEq)]
@@ -139,7 +139,7 @@ impl DatasetWriter {
             source_sha256: source_sha256.to_owned(),
         };
         let path = self.dir.join(MANIFEST_FILE);
-        let text = serde_json::to_string_pretty(&manifest).map_err(|e| DatasetError::Manifest { path: path.clone(), problem: e.to_string() })?;
+        let text = serde_json::to_string_pretty(&manifest).map_err(|e| DatasetError::Manifest { path: path.clone(), source: ManifestError::Json(e) })?;
         write_then_rename(&path, text.as_bytes())?;
         Ok(manifest)
     }

@@ -755,9 +755,9 @@ impl JobRecord {
     /// it stopped in are queued again as new attempts with a fresh budget (a training
     /// task resumes from the round's last recorded checkpoint). An error says why it
     /// cannot be resumed.
-    pub fn resumed(&self, now_ms: u64) -> Result<JobRecord, String> {
+    pub fn resumed(&self, now_ms: u64) -> Result<JobRecord, reports::ResumeError> {
         if !matches!(self.state, JobState::Failed { .. } | JobState::Cancelled { .. }) {
-            return Err(format!("job {} is {}: only a failed or cancelled job can be resumed", self.id, self.state.name()));
+            return Err(reports::ResumeError::NotStopped { job: self.id.clone(), state: self.state.name() });
         }
         // The phase it stopped in: its newest task that did not finish, and that task's
         // siblings of the same kind and round (a gang, or a round's inference shards).
@@ -766,7 +766,7 @@ impl JobRecord {
                 JobState::Failed { reason } | JobState::Cancelled { reason } => reason.clone(),
                 _ => String::new(),
             };
-            return Err(format!("job {} stopped between its tasks ({reason}): there is no task to resume; submit it again", self.id));
+            return Err(reports::ResumeError::NothingToResume { job: self.id.clone(), reason });
         };
         let mut next = self.clone();
         next.state = match stopped.kind {
@@ -813,6 +813,7 @@ impl JobRecord {
 }
 
 mod reports;
+pub use reports::{Bound, ReportError, ResumeError};
 
 #[cfg(test)]
 mod tests;

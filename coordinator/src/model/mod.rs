@@ -10,6 +10,6 @@ mod worker;
 
 pub use cluster::{Cluster, GangPeers, LiveWorker, Orders};
 pub use deadlines::{Stuck, TaskClocks, TaskDeadlines};
-pub use job::{JobEvent, JobRecord, JobResult, JobState, RoundRecord, TaskRecord, TaskState};
+pub use job::{Bound, JobEvent, JobRecord, JobResult, JobState, ReportError, ResumeError, RoundRecord, TaskRecord, TaskState};
 pub use scheduler::{free_slot_count, replan, schedule, waiting_reason, Placement};
 pub use worker::{Slot, WorkerRecord, WorkerState};

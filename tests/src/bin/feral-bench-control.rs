@@ -275,7 +275,7 @@ impl Coordinator {
 
     /// Where a client connects, trusting the coordinator's CA with TLS.
     fn endpoint(&self) -> anyhow::Result<tonic::transport::Endpoint> {
-        let tls = feral_proto::credentials::client_tls(self.ca.as_deref(), None, None).map_err(anyhow::Error::msg)?;
+        let tls = feral_proto::credentials::client_tls(self.ca.as_deref(), None, None)?;
         feral_proto::credentials::endpoint(&self.url, tls.as_ref(), Duration::from_secs(10)).map_err(anyhow::Error::msg)
     }
 

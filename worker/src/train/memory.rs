@@ -9,7 +9,7 @@
 //! libtorch's caching allocator refuses an oversized request with an error, which fails
 //! the attempt the same way.
 
-use feral_common::spec::JobSpec;
+use feral_common::spec::{Arch, JobSpec};
 use sysinfo::System;
 use tch::Device;
 
@@ -39,8 +39,28 @@ pub fn available_bytes() -> Option<u64> {
     }
 }
 
+/// A training step that needs more memory than the worker has free: the sizes, and what to lower.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a training step of {images} images of {}×{}×{} through {} (model.width = {width}) needs at least {} of memory, \
+     and this worker has {} free: lower train.batch_size, semi_supervised.mu or model.width",
+    image[0], image[1], image[2], arch.name(), gib(*needed), gib(*available)
+)]
+pub struct StepTooLarge {
+    /// Images per step and rank (labelled and unlabelled).
+    pub images: u64,
+    /// `[C, H, W]`.
+    pub image: [i64; 3],
+    pub arch: Arch,
+    pub width: u16,
+    /// Bytes the step needs at least.
+    pub needed: u64,
+    /// Bytes this worker has free.
+    pub available: u64,
+}
+
 /// Refuses a step that cannot fit on `device`, naming the sizes and what to lower.
-pub fn check_step_fits(spec: &JobSpec, image: [i64; 3], round: u32, device: Device) -> Result<(), String> {
+pub fn check_step_fits(spec: &JobSpec, image: [i64; 3], round: u32, device: Device) -> Result<(), StepTooLarge> {
     if device.is_cuda() {
         return Ok(());
     }
@@ -49,15 +69,7 @@ pub fn check_step_fits(spec: &JobSpec, image: [i64; 3], round: u32, device: Devi
     if needed <= available {
         return Ok(());
     }
-    let [c, h, w] = image;
-    Err(format!(
-        "a training step of {images} images of {c}×{h}×{w} through {} (model.width = {}) needs at least {} of memory, \
-         and this worker has {} free: lower train.batch_size, semi_supervised.mu or model.width",
-        spec.model.arch.name(),
-        spec.model.width,
-        gib(needed),
-        gib(available),
-    ))
+    Err(StepTooLarge { images, image, arch: spec.model.arch, width: spec.model.width, needed, available })
 }
 
 fn gib(bytes: u64) -> String {
@@ -67,7 +79,6 @@ fn gib(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use feral_common::spec::Arch;
 
     fn spec(arch: Arch, width: u16, batch_size: usize) -> JobSpec {
         let mut spec: JobSpec = toml::from_str("version = 1\ndataset = \"/d\"\n").expect("spec");
@@ -100,7 +111,7 @@ mod tests {
     fn a_default_job_fits_and_an_absurd_one_is_refused_with_its_sizes() {
         assert!(check_step_fits(&spec(Arch::CompactCnn, 32, 64), [1, 48, 48], 0, Device::Cpu).is_ok());
         // Hundreds of GiB for one step: more than any machine this runs on has free.
-        let error = check_step_fits(&spec(Arch::CompactCnn, 512, 4096), [1, 48, 48], 0, Device::Cpu).expect_err("refused");
+        let error = check_step_fits(&spec(Arch::CompactCnn, 512, 4096), [1, 48, 48], 0, Device::Cpu).expect_err("refused").to_string();
         assert!(error.contains("4096 images of 1×48×48") && error.contains("train.batch_size"), "{error}");
     }
 }

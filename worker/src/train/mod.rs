@@ -41,5 +41,6 @@ mod weak;
 pub use batches::{to_tensors, Sampler};
 pub use evaluation::evaluate;
 pub use loader::{Augmentation, Batch, Cursor, Loader, LoaderConfig, LoaderError, PseudoBatch, PseudoSource};
+pub use memory::StepTooLarge;
 pub use model::{build_model, use_channels_last, Network};
 pub use round::{train, TrainTask};

@@ -410,7 +410,7 @@ fn a_failed_job_resumes_from_its_last_checkpoint_with_a_fresh_budget() {
     let ready = prepared(0, 0);
     let first = live(&ready, TaskKind::Train)[0].clone();
     let training = report(&assign_to(&ready, &first, "w1", 1), &first, "w1", &[1, 2]);
-    assert!(training.resumed(4).expect_err("a running job").contains("only a failed or cancelled job"));
+    assert!(training.resumed(4).expect_err("a running job").to_string().contains("only a failed or cancelled job"));
     let mut failing = training.on_event(&JobEvent::WorkerLost { worker: w("w1") }, 4).expect("loss");
     failing.spec.resources.max_attempts = 2;
     let second = live(&failing, TaskKind::Train)[0].clone();
@@ -440,7 +440,7 @@ fn a_job_failed_between_its_tasks_cannot_be_resumed() {
     let prepare = live(&job, TaskKind::Prepare)[0].clone();
     let failed = run(job, &prepare, "w1", dataset(0));
     assert!(matches!(failed.state, JobState::Failed { .. }));
-    assert!(failed.resumed(3).expect_err("nothing to resume").contains("submit it again"));
+    assert!(failed.resumed(3).expect_err("nothing to resume").to_string().contains("submit it again"));
 }
 
 mod stored_records {

@@ -64,7 +64,7 @@ impl<'t> RoundTraining<'t> {
         let full_world = usize::from(spec.resources.full_gang()).max(world);
         let mut per_rank = spec.clone();
         per_rank.train.batch_size = (spec.train.batch_size * full_world).div_ceil(world);
-        memory::check_step_fits(&per_rank, image, context.round, context.device).map_err(TaskError::TooLarge)?;
+        memory::check_step_fits(&per_rank, image, context.round, context.device)?;
         let (mut vs, net, mut ema_vs, ema_net) = {
             // libtorch's generator is global: seeding and initialising under one lock makes the
             // initial weights depend on the seed alone, even with several tasks in a process.
