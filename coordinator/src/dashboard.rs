@@ -190,18 +190,14 @@ async fn list_workers(State(dashboard): State<Dashboard>, headers: HeaderMap) ->
     Ok(json(StatusCode::OK, &workers))
 }
 
-/// A job's state as one word, and the reason of a failed or cancelled one.
+/// A job's state as one word (its one name, as `/metrics` spells it), and the reason of a
+/// failed or cancelled one.
 fn state_of(state: &JobState) -> (&'static str, Option<String>) {
-    match state {
-        JobState::Queued => ("queued", None),
-        JobState::Preparing => ("preparing", None),
-        JobState::Training => ("training", None),
-        JobState::PseudoLabeling => ("pseudo-labeling", None),
-        JobState::Selecting => ("selecting", None),
-        JobState::Succeeded => ("succeeded", None),
-        JobState::Failed { reason } => ("failed", Some(reason.clone())),
-        JobState::Cancelled { reason } => ("cancelled", Some(reason.clone())),
-    }
+    let reason = match state {
+        JobState::Failed { reason } | JobState::Cancelled { reason } => Some(reason.clone()),
+        _ => None,
+    };
+    (state.name(), reason)
 }
 
 /// One row of the job list.

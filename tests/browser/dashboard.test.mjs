@@ -56,7 +56,7 @@ test('the dashboard shows a training job live', { timeout: 900_000 }, async () =
     const list = await browser.newPage({ viewport: { width: 1280, height: 700 } });
     await list.goto(new URL('/#/', url).toString());
     await list.locator(`#jobs tr[data-job="${jobId}"]`).waitFor({ timeout: 30_000 });
-    assert.match(await list.locator(`#jobs tr[data-job="${jobId}"]`).innerText(), /training|pseudo-labeling|selecting|succeeded/);
+    assert.match(await list.locator(`#jobs tr[data-job="${jobId}"]`).innerText(), /training|pseudo_labeling|selecting|succeeded/);
     assert.ok(await list.locator('#workers tr[data-worker]').count() >= 1);
     await list.screenshot({ path: `${screenshots}/jobs.png`, fullPage: true });
     await list.close();

@@ -38,8 +38,8 @@ async fn bad_job_specs_are_refused_with_the_field_named() -> anyhow::Result<()> 
         ("version = 1\n".to_owned(), "dataset"),
         // Numbers beyond their range are refused, never truncated (a gang of 2³²−1 ranks
         // once made the coordinator allocate for every one of them, on every restart).
-        (format!("version = 1\ndataset = {data:?}\n[resources]\nworkers = 4294967295\n"), "resources.workers` must be in 1..=256"),
-        (format!("version = 1\ndataset = {data:?}\n[train]\nepochs = 4294967296\n"), "train.epochs` must be in 1..=100000"),
+        (format!("version = 1\ndataset = {data:?}\n[resources]\nworkers = 4294967295\n"), "resources.workers`: must be in 1..=256"),
+        (format!("version = 1\ndataset = {data:?}\n[train]\nepochs = 4294967296\n"), "train.epochs`: must be in 1..=100000"),
         (format!("version = 1\ndataset = {data:?}\nname = \"{}\"\n", "n".repeat(3 << 20)), "spec_toml` must be at most 65536 bytes"),
         (format!("version = 1\ndataset = {data:?}\nname = \"\\u001b[31mred\"\n"), "`name` must not contain control characters"),
         (String::new(), "spec_toml"),
