@@ -99,8 +99,14 @@ fn encode<T: Serialize + DeserializeOwned + PartialEq>(key: &str, value: &T) -> 
     }
 }
 
+/// The record stored under `key`; the error names the field that does not read, e.g.
+/// `spec.resources.workers: must be in 1..=256, got 4294967295`.
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CoordinatorError> {
-    serde_json::from_slice(bytes).map_err(|e| CoordinatorError::CorruptRecord { key: key.to_owned(), problem: e.to_string() })
+    let refused = |problem: String| CoordinatorError::CorruptRecord { key: key.to_owned(), problem };
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut json).map_err(|e| refused(e.to_string()))?;
+    json.end().map_err(|e| refused(e.to_string()))?;
+    Ok(value)
 }
 
 impl ControlPlane {
