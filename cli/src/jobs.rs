@@ -16,12 +16,37 @@ use crate::watch::watch_job;
 /// `feral submit JOB.toml [--watch]`.
 pub async fn submit(url: &Target, spec_path: &Path, then_watch: bool) -> anyhow::Result<ExitCode> {
     let spec_toml = tokio::fs::read_to_string(spec_path).await.with_context(|| format!("cannot read job spec {}", spec_path.display()))?;
-    let job = submit_spec(url, spec_toml).await?;
+    let cwd = std::env::current_dir().context("cannot read the working directory")?;
+    let job = submit_spec(url, absolute_paths(spec_toml, &cwd)).await?;
     println!("submitted job {}", printable(&job.id));
     if !then_watch {
         return Ok(ExitCode::SUCCESS);
     }
     watch(url, &job.id).await
+}
+
+/// The spec's paths (`dataset`, `artifacts`, `[model] init`) made absolute against `cwd`,
+/// where the user typed them: a worker would resolve a relative one against its own working
+/// directory, so the coordinator refuses them. A spec with none, or one that does not
+/// parse (the coordinator names what is wrong), is sent as written.
+fn absolute_paths(spec_toml: String, cwd: &Path) -> String {
+    let Ok(mut table) = spec_toml.parse::<toml::Table>() else { return spec_toml };
+    let mut changed = false;
+    let mut absolute = |value: Option<&mut toml::Value>| {
+        if let Some(toml::Value::String(path)) = value {
+            if !path.is_empty() && Path::new(path.as_str()).is_relative() {
+                *path = cwd.join(path.as_str()).display().to_string();
+                changed = true;
+            }
+        }
+    };
+    absolute(table.get_mut("dataset"));
+    absolute(table.get_mut("artifacts"));
+    absolute(table.get_mut("model").and_then(|m| m.get_mut("init")));
+    if !changed {
+        return spec_toml;
+    }
+    toml::to_string(&table).unwrap_or(spec_toml)
 }
 
 /// Sends a spec and returns the queued job.
@@ -119,5 +144,28 @@ pub async fn all_workers(client: &mut Client) -> anyhow::Result<Vec<pb::Worker>>
             return Ok(workers);
         }
         page_token = page.next_page_token;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use feral_common::spec::JobSpec;
+
+    #[test]
+    fn relative_paths_are_made_absolute_where_the_user_typed_them() {
+        let cwd = Path::new("/home/alice/runs");
+        let spec = "version = 1\ndataset = \"data/fer\"\nartifacts = \"../out\"\n[model]\narch = \"resnet18\"\ninit = \"w/r18.safetensors\"\n";
+        let sent = JobSpec::from_toml(&absolute_paths(spec.to_owned(), cwd)).expect("the coordinator accepts it");
+        assert_eq!(sent.dataset, Path::new("/home/alice/runs/data/fer"));
+        assert_eq!(sent.artifacts.as_deref(), Some(Path::new("/home/alice/runs/../out")));
+        assert_eq!(sent.model.init.as_deref(), Some(Path::new("/home/alice/runs/w/r18.safetensors")));
+        let error = JobSpec::from_toml(spec).expect_err("relative paths are refused").to_string();
+        assert!(error.contains("`dataset`") && error.contains("absolute"), "{error}");
+
+        // Absolute paths, and a spec that does not parse, go as written (comments kept).
+        let written = "version = 1 # mine\ndataset = \"/data/fer\"\n";
+        assert_eq!(absolute_paths(written.to_owned(), cwd), written);
+        assert_eq!(absolute_paths("dataset = [".to_owned(), cwd), "dataset = [");
     }
 }

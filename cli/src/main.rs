@@ -14,10 +14,12 @@ mod rounds;
 mod table;
 mod watch;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use feral_proto::credentials::BearerToken;
 
@@ -91,6 +93,27 @@ enum Command {
         #[command(subcommand)]
         command: DatasetCommand,
     },
+    /// Classify images, folders or a dataset split with a saved model (`feral predict --help`).
+    #[command(disable_help_flag = true)]
+    Predict {
+        /// MODEL_DIR INPUT… [--split S] [--resize] [--format table|csv|json], for feral-model.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// A saved model's accuracy, macro-F1, per-class F1 and confusion on a prepared dataset (`feral eval --help`).
+    #[command(disable_help_flag = true)]
+    Eval {
+        /// MODEL_DIR DATASET [--split S] [--format table|csv|json], for feral-model.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Write a saved model as ONNX (`feral export --help`).
+    #[command(disable_help_flag = true)]
+    Export {
+        /// MODEL_DIR --format onnx [--out FILE] [--python PYTHON], for feral-model.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,7 +177,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prepare { source } => prepare::prepare(source).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Dataset { command: DatasetCommand::Inspect { dir } } => import::inspect(dir).await,
+        Command::Predict { args } => model_command("predict", &args),
+        Command::Eval { args } => model_command("eval", &args),
+        Command::Export { args } => model_command("export", &args),
     }
+}
+
+/// `feral predict|eval|export`: run by `feral-model` beside this binary, which links
+/// libtorch (this one does not, so it runs where libtorch is not installed).
+fn model_command(command: &str, args: &[OsString]) -> anyhow::Result<ExitCode> {
+    let program = demo::sibling_binary("feral-model")?;
+    let status = std::process::Command::new(&program).arg(command).args(args).status().with_context(|| format!("cannot run {}", program.display()))?;
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Logs go to stderr, `warn` and above unless `RUST_LOG` says otherwise.

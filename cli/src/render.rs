@@ -53,11 +53,13 @@ fn validation(epoch: &pb::EpochMetrics) -> pb::Metrics {
     epoch.validation.clone().unwrap_or_default()
 }
 
-/// The best and the latest validation macro-F1 over the job's finished epochs.
-/// The best and the last epoch's validation macro-F1, as the coordinator summarises them
-/// (listings carry no epochs).
-fn best_and_last_f1(job: &pb::Job) -> Option<(f64, f64)> {
-    Some((job.best_macro_f1?, job.last_macro_f1?))
+/// The saved model's validation macro-F1 (marked `!` when the coordinator has a warning
+/// about it), and the last epoch's, as the coordinator summarises them (listings carry
+/// no epochs); `-` for each the job does not have yet.
+fn model_and_last_f1(job: &pb::Job) -> (String, String) {
+    let warned = job.result.as_ref().is_some_and(|r| !r.warnings.is_empty());
+    let model = job.model_macro_f1.map_or_else(|| "-".to_owned(), |v| format!("{}{}", f1(v), if warned { "!" } else { "" }));
+    (model, job.last_macro_f1.map_or_else(|| "-".to_owned(), f1))
 }
 
 /// `feral status`: one row per job.
@@ -69,15 +71,16 @@ pub fn jobs_table(jobs: &[pb::Job], now_ms: u64) -> String {
         ("STATE", Align::Left),
         ("ROUND", Align::Right),
         ("EPOCHS", Align::Right),
-        ("BEST F1", Align::Right),
+        ("MODEL F1", Align::Right),
         ("LAST F1", Align::Right),
         ("AGE", Align::Right),
     ]);
+    let mut warnings = String::new();
     for job in jobs {
-        let (best, last) = match best_and_last_f1(job) {
-            Some((best, last)) => (f1(best), f1(last)),
-            None => ("-".to_owned(), "-".to_owned()),
-        };
+        let (model, last) = model_and_last_f1(job);
+        for warning in job.result.iter().flat_map(|r| &r.warnings) {
+            warnings.push_str(&format!("{}: {}\n", printable(&job.id), printable(warning)));
+        }
         table.push(vec![
             job.id.clone(),
             job.name.clone(),
@@ -85,7 +88,7 @@ pub fn jobs_table(jobs: &[pb::Job], now_ms: u64) -> String {
             job_state_name(job.state()).to_owned(),
             job.round.to_string(),
             format!("{}/{}", job.epochs_done, job.epochs_total),
-            best,
+            model,
             last,
             format_age(now_ms.saturating_sub(job.created_at_ms)),
         ]);
@@ -93,7 +96,7 @@ pub fn jobs_table(jobs: &[pb::Job], now_ms: u64) -> String {
     if table.is_empty() {
         return "no jobs\n".to_owned();
     }
-    table.render()
+    table.render() + &warnings
 }
 
 /// The per-epoch table of one job; a round column appears once the job has several rounds.
@@ -150,7 +153,16 @@ pub fn final_metrics(result: &pb::JobResult, rounds_planned: u32) -> String {
     if let Some(test) = &result.test {
         out.push_str(&format!("final test: accuracy {}, macro-F1 {} ({} samples)\n", percent(test.accuracy), f1(test.macro_f1), test.samples));
     }
-    out.push_str(&format!("model: {}\n", printable(&result.model_path)));
+    for warning in &result.warnings {
+        out.push_str(&format!("warning: {}\n", printable(warning)));
+    }
+    let path = std::path::Path::new(&result.model_path);
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(path).display().to_string();
+    out.push_str(&format!("model: {}\n", printable(&dir)));
+    out.push_str(&format!(
+        "  model.pt (TorchScript) and model.json (input, normalisation, classes in output order); use it with:\n  feral predict {0} IMAGE… | feral eval {0} DATASET | feral export {0} --format onnx\n",
+        printable(&dir)
+    ));
     out
 }
 
@@ -313,8 +325,20 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("ID"), "{text}");
         let cells: Vec<&str> = lines[1].split_whitespace().collect();
-        assert_eq!(cells, ["job-abc", "demo", "alice", "training", "0", "2/6", "0.400", "0.350", "1m"]);
+        assert_eq!(cells, ["job-abc", "demo", "alice", "training", "0", "2/6", "-", "0.350", "1m"], "no model yet");
         assert_eq!(jobs_table(&[], 0), "no jobs\n");
+    }
+
+    #[test]
+    fn jobs_table_shows_the_saved_models_f1_and_its_warnings() {
+        let mut done = job(pb::JobState::Succeeded);
+        // The best epoch scored 0.400; the model saved scores what its card says.
+        done.model_macro_f1 = Some(0.015);
+        done.result = Some(pb::JobResult { warnings: vec!["the saved model predicts `happy` for 97%".into()], ..pb::JobResult::default() });
+        let text = jobs_table(&[done], 91_000);
+        let cells: Vec<&str> = text.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+        assert_eq!(&cells[6..8], ["0.015!", "0.350"], "{text}");
+        assert!(text.ends_with("job-abc: the saved model predicts `happy` for 97%\n"), "{text}");
     }
 
     #[test]
@@ -360,7 +384,8 @@ mod tests {
         assert!(text.contains("final validation: accuracy 70.0%, macro-F1 0.550 (100 samples)"), "{text}");
         assert!(text.lines().any(|l| l.split_whitespace().eq(["happy", "0.900"])), "{text}");
         assert!(text.lines().any(|l| l.split_whitespace().eq(["sad", "0.200"])), "{text}");
-        assert!(text.ends_with("model: /art/model.safetensors\n"), "{text}");
+        assert!(text.contains("\nmodel: /art\n  model.pt (TorchScript)"), "{text}");
+        assert!(text.ends_with("feral predict /art IMAGE… | feral eval /art DATASET | feral export /art --format onnx\n"), "{text}");
         let header = text.lines().find(|l| l.contains("EPOCH")).unwrap_or_default();
         assert!(!header.contains("ROUND"), "one round needs no round column: {header}");
     }
@@ -412,7 +437,7 @@ mod tests {
         });
         let text = job_details(&done, 5_000);
         assert!(text.contains("final validation: accuracy 70.0%, macro-F1 0.550 (100 samples)\n"), "{text}");
-        assert!(text.contains("final test: accuracy 64.0%, macro-F1 0.512 (90 samples)\nmodel: /art/model.safetensors\n"), "{text}");
+        assert!(text.contains("final test: accuracy 64.0%, macro-F1 0.512 (90 samples)\nmodel: /art\n"), "{text}");
     }
 
     #[test]

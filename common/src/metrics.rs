@@ -117,7 +117,49 @@ pub struct MetricsSummary {
     pub samples: u64,
 }
 
+/// A model that predicts one class for almost everything: at least this share of the
+/// samples, while fewer than half of them hold it.
+pub const COLLAPSE_SHARE: f64 = 0.9;
+
+/// A model that gives one class to almost every sample (see [`MetricsSummary::collapse`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Collapse {
+    pub class: usize,
+    /// The share of the samples the model gives that class.
+    pub predicted: f64,
+    /// The share of the samples that hold it.
+    pub actual: f64,
+}
+
+impl Collapse {
+    /// What a user is told, with the class named.
+    pub fn describe(&self, names: &[String]) -> String {
+        let name = names.get(self.class).cloned().unwrap_or_else(|| format!("class {}", self.class));
+        format!(
+            "the saved model predicts `{name}` for {:.0}% of the validation images ({:.0}% are {name}): it has collapsed to one class",
+            100.0 * self.predicted,
+            100.0 * self.actual
+        )
+    }
+}
+
 impl MetricsSummary {
+    /// The class the model predicts for at least [`COLLAPSE_SHARE`] of the samples while
+    /// fewer than half hold it, if any: a model that learnt (almost) nothing. `None`
+    /// without a confusion matrix.
+    pub fn collapse(&self) -> Option<Collapse> {
+        let classes = self.per_class_f1.len();
+        let total: u64 = self.confusion.iter().sum();
+        if classes == 0 || total == 0 || self.confusion.len() != classes * classes {
+            return None;
+        }
+        let predicted = |c: usize| (0..classes).map(|t| self.confusion[t * classes + c]).sum::<u64>();
+        let class = (0..classes).max_by_key(|&c| predicted(c))?;
+        let actual = self.confusion[class * classes..(class + 1) * classes].iter().sum::<u64>() as f64 / total as f64;
+        let share = predicted(class) as f64 / total as f64;
+        (share >= COLLAPSE_SHARE && actual < 0.5).then_some(Collapse { class, predicted: share, actual })
+    }
+
     /// Whether these could be a real evaluation's metrics over `classes` classes (when
     /// known): every rate finite and in [0, 1], one F1 per class and a square confusion
     /// matrix whose counts add up to the samples (either may be left empty). The error
@@ -259,5 +301,27 @@ mod tests {
         assert!(error.to_string().contains("more than u64::MAX"), "{error}");
         let total = MetricsSummary { samples: 5, ..good };
         assert_eq!(total.check(Some(2)).expect_err("total").to_string(), "confusion counts add up to 4, not to samples 5");
+    }
+
+    #[test]
+    fn a_model_that_predicts_one_class_for_almost_everything_is_a_collapse() {
+        let mut collapsed = ConfusionMatrix::new(3);
+        for truth in 0..3 {
+            for i in 0..10 {
+                collapsed.record(truth, if i == 0 { truth } else { 1 });
+            }
+        }
+        let collapse = collapsed.summary().collapse().expect("collapsed");
+        assert_eq!((collapse.class, collapse.actual), (1, 1.0 / 3.0));
+        assert!((collapse.predicted - 28.0 / 30.0).abs() < 1e-12);
+        let names = ["a", "b", "c"].map(String::from);
+        assert!(collapse.describe(&names).contains("predicts `b` for 93%"), "{}", collapse.describe(&names));
+
+        // A class that most samples hold, predicted for most of them, is not a collapse.
+        let mut skewed = ConfusionMatrix::new(2);
+        (0..95).for_each(|_| skewed.record(0, 0));
+        (0..5).for_each(|_| skewed.record(1, 0));
+        assert_eq!(skewed.summary().collapse(), None);
+        assert_eq!(MetricsSummary::default().collapse(), None);
     }
 }

@@ -210,6 +210,11 @@ pub struct ModelSpec {
     /// match are loaded before training (e.g. ImageNet weights converted from torchvision).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<PathBuf>,
+    /// Whether `init` may match only some of the backbone's tensors (e.g. ImageNet weights
+    /// for a 3-channel stem under a grayscale model). Without it, a file that leaves any
+    /// backbone tensor unmatched fails the job before training, naming the first one.
+    #[serde(default)]
+    pub init_partial: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -511,7 +516,7 @@ fn default_retry_backoff_max_s() -> Duration {
 
 impl Default for ModelSpec {
     fn default() -> Self {
-        Self { arch: Arch::default(), width: default_width(), dropout: default_dropout(), cbam: false, init: None }
+        Self { arch: Arch::default(), width: default_width(), dropout: default_dropout(), cbam: false, init: None, init_partial: false }
     }
 }
 
@@ -618,6 +623,8 @@ impl JobSpec {
         }
         if let Some(init) = &self.model.init {
             path_field("model.init", init, "must name a .safetensors file")?;
+        } else if self.model.init_partial {
+            return Err(invalid("model.init_partial", "applies only with model.init"));
         }
         let train = &self.train;
         bounded("train.learning_rate", train.learning_rate, f64::MIN_POSITIVE, 10.0)?;
@@ -844,6 +851,14 @@ fn path_field(field: &'static str, path: &std::path::Path, empty: &str) -> Resul
     }
     if path.to_string_lossy().chars().any(char::is_control) {
         return Err(invalid(field, "must not contain control characters"));
+    }
+    // Workers would resolve a relative path against their own working directory, not the
+    // submitter's: the `feral` CLI makes such paths absolute before it submits.
+    if !path.is_absolute() {
+        return Err(invalid(
+            field,
+            format!("must be an absolute path, got {path:?} (`feral submit` makes relative paths absolute against its working directory)"),
+        ));
     }
     Ok(())
 }

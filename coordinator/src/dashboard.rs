@@ -296,6 +296,10 @@ struct JobView {
     rounds: Vec<RoundView>,
     /// The latest evaluation: the final model's once the job succeeded, else the last epoch's.
     latest: Option<Evaluation>,
+    /// What `latest` is the evaluation of, for its panels' titles.
+    latest_of: String,
+    /// What looks wrong with the saved model (it predicts one class for almost everything).
+    warnings: Vec<String>,
     best_round: Option<u32>,
     test: Option<Evaluation>,
     model_path: Option<String>,
@@ -339,10 +343,12 @@ impl JobView {
                 }
             })
             .collect();
-        let latest = match &job.result {
-            Some(result) => Some(Evaluation::of(&result.validation)),
-            None => job.epochs.last().map(|e| Evaluation::of(&e.validation)),
+        let (latest, latest_of) = match (&job.result, job.epochs.last()) {
+            (Some(result), _) => (Some(Evaluation::of(&result.validation)), format!("the saved model, round {}", result.best_round)),
+            (None, Some(e)) => (Some(Evaluation::of(&e.validation)), format!("round {} epoch {}", e.round.0, e.epoch)),
+            (None, None) => (None, String::new()),
         };
+        let warnings = job.result.iter().filter_map(|r| r.validation.collapse().map(|c| c.describe(&r.class_names))).collect();
         let running_tasks = job.tasks.iter().filter(|t| matches!(t.state, TaskState::Assigned { .. })).map(|t| t.key(&job.id).to_string()).collect();
         Self {
             line: JobLine::of(job),
@@ -354,6 +360,8 @@ impl JobView {
             epochs,
             rounds,
             latest,
+            latest_of,
+            warnings,
             best_round: job.result.as_ref().map(|r| r.best_round),
             test: job.result.as_ref().and_then(|r| r.test.as_ref()).map(Evaluation::of),
             model_path: job.result.as_ref().map(|r| r.model_path.clone()),

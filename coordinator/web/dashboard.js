@@ -101,19 +101,36 @@ function lineChart(id, series, { yMin = 0, yMax = null, roundStarts = [], count 
     chart.append(svg('line', { class: 'grid-line', x1: left, x2: width - right, y1: y(v), y2: y(v) }));
     chart.append(svg('text', { x: left - 4, y: y(v) + 4, 'text-anchor': 'end' }, v.toFixed(high < 10 ? 2 : 0)));
   }
-  for (const start of roundStarts) {
+  roundStarts.forEach((start, r) => {
     chart.append(svg('line', { class: 'round-line', x1: x(start), x2: x(start), y1: top, y2: height - bottom }));
-  }
+    chart.append(svg('text', { class: 'round-label', x: x(start) + 3, y: top + 10 }, `round ${r + 1}`));
+  });
   chart.append(svg('line', { class: 'axis', x1: left, x2: width - right, y1: height - bottom, y2: height - bottom }));
-  chart.append(svg('text', { x: width - right, y: height - 6, 'text-anchor': 'end' }, `${count} epochs`));
+  // Epoch ticks (epochs counted over the whole job), at most about eight.
+  const every = Math.max(1, Math.ceil(count / 8));
+  for (let i = 0; i < count; i += every) {
+    chart.append(svg('line', { class: 'tick', x1: x(i), x2: x(i), y1: height - bottom, y2: height - bottom + 4 }));
+    chart.append(svg('text', { class: 'epoch-tick', x: x(i), y: height - 8, 'text-anchor': 'middle' }, String(i + 1)));
+  }
+  chart.append(svg('text', { x: left - 4, y: height - 8, 'text-anchor': 'end' }, 'epoch'));
   for (const s of series) {
     const points = s.values.map((v, i) => [x(i), y(v)]).filter(([, py]) => Number.isFinite(py));
     if (points.length === 0) continue;
     const d = points.map(([px, py], i) => `${i ? 'L' : 'M'}${px.toFixed(1)},${py.toFixed(1)}`).join(' ');
-    chart.append(svg('path', { class: 'series', d, stroke: s.color, 'data-series': s.name, 'data-points': points.length }));
+    chart.append(svg('path', { class: 'series', d, stroke: s.color, 'data-series': s.name, 'data-points': points.length, 'data-values': s.values.join(' ') }));
   }
   const legend = el('div', { class: 'legend' }, series.map((s) => el('span', {}, el('i', { style: `background:${s.color}` }), s.name)));
   return el('div', {}, chart, legend);
+}
+
+// A y range in [0, 1] around the values, to the nearest 0.05 outside them, so that a change
+// from 0.756 to 0.824 does not look flat.
+function around(values) {
+  const finite = values.filter((v) => Number.isFinite(v));
+  if (finite.length === 0) return { yMin: 0, yMax: 1 };
+  const yMin = Math.max(0, Math.floor(Math.min(...finite) * 20 - 1) / 20);
+  const yMax = Math.min(1, Math.ceil(Math.max(...finite) * 20 + 1) / 20);
+  return { yMin, yMax };
 }
 
 // Horizontal bars, one per class (values in [0, 1] unless max is given).
@@ -199,7 +216,7 @@ function renderJob(job) {
     job.best_round === null ? '' : ` · best round ${job.best_round}`,
     job.running_tasks.length ? ` · running ${job.running_tasks.join(', ')}` : '');
   const summary = el('p', {},
-    `val macro-F1 ${fixed(job.latest?.macro_f1)}, accuracy ${percent(job.latest?.accuracy)}`,
+    `${job.best_round === null ? 'last epoch' : 'saved model'}: val macro-F1 ${fixed(job.latest?.macro_f1)}, accuracy ${percent(job.latest?.accuracy)}`,
     job.test ? ` · test macro-F1 ${fixed(job.test.macro_f1)}, accuracy ${percent(job.test.accuracy)}` : '',
     job.model_path ? el('span', { class: 'muted' }, ` · model ${job.model_path}`) : '');
   const curves = el('div', { class: 'grid', id: 'curves' },
@@ -207,7 +224,7 @@ function renderJob(job) {
     panel('Accuracy', lineChart('accuracy-chart', [
       { name: 'train', color: 'var(--train)', values: epochs.map((e) => e.train_accuracy) },
       { name: 'val', color: 'var(--val)', values: epochs.map((e) => e.val_accuracy) }], { ...chartOptions, yMax: 1 })),
-    panel('Validation macro-F1', lineChart('f1-chart', [{ name: 'val macro-F1', color: 'var(--f1)', values: epochs.map((e) => e.val_macro_f1) }], { ...chartOptions, yMax: 1 })));
+    panel('Validation macro-F1', lineChart('f1-chart', [{ name: 'val macro-F1', color: 'var(--f1)', values: epochs.map((e) => e.val_macro_f1) }], { ...chartOptions, ...around(epochs.map((e) => e.val_macro_f1)) })));
   const rounds = job.rounds.map((r) => el('tr', { 'data-round': r.round },
     el('td', { class: 'num' }, String(r.round)),
     el('td', { class: 'num' }, fixed(r.validation?.macro_f1)),
@@ -224,12 +241,13 @@ function renderJob(job) {
     el('h1', {}, `${job.name} `, el('span', { class: 'muted' }, job.id)),
     progress,
     job.reason ? el('p', { class: 'error' }, job.reason) : '',
+    ...job.warnings.map((w) => el('p', { class: 'error warning' }, `Warning: ${w}`)),
     job.last_failure ? el('p', { class: 'error' }, `Retrying${job.retry_at_ms && job.retry_at_ms > Date.now() ? ` in ${Math.ceil((job.retry_at_ms - Date.now()) / 1000)} s` : ''}; last failure: ${job.last_failure}`) : '',
     summary,
     curves,
     el('div', { class: 'grid' },
-      panel('Per-class F1 (latest validation)', barChart('per-class', names, job.latest?.per_class_f1 ?? [])),
-      panel('Confusion matrix (latest validation; rows: true class)', job.latest && job.latest.confusion.length === names.length ** 2
+      panel(`Per-class F1 (validation of ${job.latest_of || 'nothing yet'})`, barChart('per-class', names, job.latest?.per_class_f1 ?? [])),
+      panel(`Confusion matrix (validation of ${job.latest_of || 'nothing yet'}; rows: true class)`, job.latest && job.latest.confusion.length === names.length ** 2
         ? heatmap(names, job.latest.confusion) : el('p', { class: 'muted' }, 'No validation yet.'))),
     panel('Rounds', el('table', { id: 'rounds' },
       el('tr', {}, ['round', 'val macro-F1', 'test macro-F1', 'pseudo-labels', 'precision', 'online rate', 'online precision'].map((h) => el('th', { class: 'num' }, h))),

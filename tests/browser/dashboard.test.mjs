@@ -74,6 +74,15 @@ test('the dashboard shows a training job live', { timeout: 900_000 }, async () =
     assert.equal(await page.locator('#loss-chart path.series').count(), 1);
     assert.equal(await page.locator('#accuracy-chart path.series').count(), 2, 'train and val accuracy');
     assert.ok(await page.locator('#f1-chart line.round-line').count() >= 1, 'round boundary drawn');
+    assert.equal(await page.locator('#f1-chart text.round-label').first().textContent(), 'round 1', 'the boundary is labelled');
+    assert.ok(await page.locator('#f1-chart text.epoch-tick').count() >= 2, 'epoch ticks on the x axis');
+    // The F1 axis spans the data (to the nearest 0.05 outside it), not 0 to 1.
+    const f1s = (await page.locator('#f1-chart path.series').getAttribute('data-values')).split(' ').map(Number);
+    const axis = (await page.locator('#f1-chart text').allTextContents()).slice(0, 5).map(Number);
+    const [low, high] = [Math.max(0, Math.floor(Math.min(...f1s) * 20 - 1) / 20), Math.min(1, Math.ceil(Math.max(...f1s) * 20 + 1) / 20)];
+    assert.deepEqual([axis[0], axis[4]], [Number(low.toFixed(2)), Number(high.toFixed(2))], `F1 axis ${axis} for ${f1s}`);
+    // A finished job's panels say they show the saved model.
+    assert.match(await page.locator('#view').innerText(), /Per-class F1 \(validation of the saved model, round \d+\)/);
     // The confusion matrix: classes × classes cells holding every validation sample.
     const classes = await page.locator('#per-class rect').count();
     assert.ok(classes >= 2, `${classes} classes in the per-class F1 chart`);

@@ -11,7 +11,7 @@ use crate::artifacts::ArtifactError;
 use crate::collective::CollectiveError;
 use crate::gang::GangError;
 use crate::train::loader::LoaderError;
-use crate::train::StepTooLarge;
+use crate::train::{InitError, StepTooLarge};
 
 /// Why a task did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +25,8 @@ pub enum TaskError {
     /// Reading or writing the task's files (a corrupt input, a full disk).
     #[error(transparent)]
     Artifact(#[from] ArtifactError),
+    #[error(transparent)]
+    Init(#[from] InitError),
     #[error("the task lacks its input: {0}")]
     MissingInput(&'static str),
     #[error("libtorch failed: {0}")]
@@ -57,10 +59,11 @@ impl TaskError {
         match self {
             TaskError::Torch(_) | TaskError::Collective(_) | TaskError::Thread(_) => true,
             TaskError::Gang(error) => error.is_retryable(),
-            TaskError::Artifact(error) => error.is_retryable(),
+            TaskError::Artifact(error) | TaskError::Init(InitError::Unreadable(error)) => error.is_retryable(),
             TaskError::Spec(_)
             | TaskError::Dataset(_)
             | TaskError::UnusableDataset { .. }
+            | TaskError::Init(_)
             | TaskError::MissingInput(_)
             | TaskError::Loader(_)
             | TaskError::TooLarge(_)

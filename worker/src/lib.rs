@@ -16,6 +16,7 @@ pub mod error;
 pub mod gang;
 pub mod metrics;
 pub mod runner;
+pub mod saved;
 pub mod selection;
 pub mod task;
 pub mod tasks;

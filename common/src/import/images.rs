@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::dataset::ImageShape;
 use crate::spec::MAX_CLASSES;
+use crate::synthetic::CLASS_NAMES;
 
 use super::split::assign_labelled;
 use super::staging::{StagedSample, Staging, Target};
@@ -136,14 +137,14 @@ pub(super) fn check_image_options(size: u32, channels: u32) -> Result<(), Import
 }
 
 /// Whether `path` names a JPEG or PNG file (by extension; hidden files never).
-pub(super) fn is_image_file(path: &Path) -> bool {
+pub fn is_image_file(path: &Path) -> bool {
     let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
     let extension = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
     !hidden && matches!(extension.as_deref(), Some("jpg" | "jpeg" | "png"))
 }
 
 /// Image files under `dir`, recursively, sorted by path.
-pub(super) fn list_image_files(dir: &Path) -> Result<Vec<PathBuf>, ImportError> {
+pub fn list_image_files(dir: &Path) -> Result<Vec<PathBuf>, ImportError> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(folder) = pending.pop() {
@@ -173,13 +174,46 @@ pub(super) fn sub_folders(dir: &Path) -> Result<Vec<String>, ImportError> {
     Ok(names)
 }
 
-/// Sorts class names numerically when all are numbers, else as text.
+/// Sorts class names: the basic expressions (any case) in Feral's one order, that of
+/// FER2013 and the synthetic set ([`CLASS_NAMES`], then `contempt`), so that a model's
+/// outputs mean the same classes whichever importer made its dataset; numerically when all
+/// are numbers; else as text.
 fn sort_class_names(names: &mut Vec<String>) {
     names.sort();
     names.dedup();
-    if names.iter().all(|n| n.parse::<u64>().is_ok()) {
+    let basic = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        CLASS_NAMES.iter().chain(&["contempt"]).position(|c| *c == name)
+    };
+    if names.iter().all(|n| basic(n).is_some()) {
+        names.sort_by_key(|n| basic(n));
+    } else if names.iter().all(|n| n.parse::<u64>().is_ok()) {
         names.sort_by_key(|n| n.parse::<u64>().unwrap_or(u64::MAX));
     }
+}
+
+/// The image file at `path` as the `shape` a model takes (height × width × channels bytes,
+/// row-major). With `resize`, any size and colour is resized and converted; without, an
+/// image of another size or channel count is refused, naming both.
+pub fn read_image_as(path: &Path, shape: ImageShape, resize: bool) -> Result<Vec<u8>, String> {
+    if !resize {
+        let image =
+            image::ImageReader::open(path).map_err(|e| e.to_string())?.with_guessed_format().map_err(|e| e.to_string())?.decode().map_err(|e| e.to_string())?;
+        let channels = if image.color().has_color() { 3 } else { 1 };
+        if (image.height(), image.width(), channels) != (shape.height, shape.width, shape.channels) {
+            let colour = |c| if c == 1 { "grayscale" } else { "colour" };
+            return Err(format!(
+                "is {}×{} {}; the model takes {}×{} {} (resize it, or pass --resize)",
+                image.width(),
+                image.height(),
+                colour(channels),
+                shape.width,
+                shape.height,
+                colour(shape.channels)
+            ));
+        }
+    }
+    decode_image(path, shape)
 }
 
 /// sha256 over `relative path \t size \n` lines of the sorted files, then `extra`.

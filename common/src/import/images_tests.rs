@@ -126,7 +126,7 @@ fn a_label_list_names_images_by_path() {
 
     let out = dir.path().join("by-name");
     let report = import_images(&root, Some(&root.join("names.txt")), &out, 5, 3, &SplitOptions::default(), &|_| {}).expect("import");
-    assert_eq!(report.manifest.classes, vec!["fear", "neutral", "surprise"]);
+    assert_eq!(report.manifest.classes, vec!["fear", "surprise", "neutral"], "basic expressions in FER2013's order, not alphabetical");
     let splits = read_splits(&out);
     assert_eq!(splits[&Split::Val].sample_ids, vec![15, 16, 17], "paths under test/ are the val split");
     let train = &splits[&Split::Train];
@@ -203,4 +203,16 @@ mod damaged_label_list {
             }
         }
     }
+}
+
+#[test]
+fn basic_expressions_take_one_order_whichever_importer_lists_them() {
+    let sorted = |names: &[&str]| {
+        let mut names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        super::sort_class_names(&mut names);
+        names
+    };
+    assert_eq!(sorted(&["Sad", "happy", "neutral", "contempt", "Angry", "surprise"]), ["Angry", "happy", "Sad", "surprise", "neutral", "contempt"]);
+    assert_eq!(sorted(&["surprise", "cat", "happy"]), ["cat", "happy", "surprise"], "other names sort as text");
+    assert_eq!(sorted(&["10", "2", "1"]), ["1", "2", "10"], "numbers sort as numbers");
 }

@@ -15,7 +15,7 @@ mod staging;
 
 pub use fer2013::{check_fer2013_text, import_fer2013};
 pub use frames::import_frames;
-pub use images::import_images;
+pub use images::{import_images, is_image_file, list_image_files, read_image_as};
 pub use inspect::{inspect, Inspection, ShardCheck, ShardStatus, SplitSummary};
 pub use split::{assign_labelled, pick_groups, plan_videos, split_off_test, stratified_pick, VideoRole};
 

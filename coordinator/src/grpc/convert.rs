@@ -64,6 +64,7 @@ pub fn job_to_proto(job: &JobRecord) -> pb::Job {
             class_names: r.class_names.clone(),
             best_round: r.best_round,
             test: r.test.as_ref().map(metrics_to_proto),
+            warnings: r.validation.collapse().map(|c| c.describe(&r.class_names)).into_iter().collect(),
         }),
         worker_ids: job.workers().iter().map(ToString::to_string).collect(),
         rounds: job.rounds.iter().map(|r| round_to_proto(r, shards_total)).collect(),
@@ -75,6 +76,7 @@ pub fn job_to_proto(job: &JobRecord) -> pb::Job {
         last_failure: job.last_failure.clone().unwrap_or_default(),
         retry_at_ms: job.retry_at_ms().unwrap_or(0),
         owner: job.owner.clone().unwrap_or_default(),
+        model_macro_f1: job.result.as_ref().map(|r| r.validation.macro_f1),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Opening a job's dataset before anything is trained: every shard is read and checked
-//! against its checksum, so a bad dataset fails the job at once with the file named.
+//! against its checksum, so a bad dataset fails the job at once with the file named, and
+//! a `[model] init` file that does not fit the model is refused before training.
 
 use feral_common::dataset::{Dataset, Split};
 use feral_common::task::{DatasetSummary, ShardRef};
@@ -19,6 +20,9 @@ pub fn prepare(context: &TaskContext) -> Result<DatasetSummary, TaskError> {
     if count(Split::Val) == 0 {
         return Err(unusable("its val split is empty"));
     }
+    // A `[model] init` that cannot start this model fails the job here, before any training.
+    let image = [manifest.image.channels, manifest.image.height, manifest.image.width].map(i64::from);
+    crate::train::check_initial_weights(&context.spec.model, image, manifest.classes.len() as i64)?;
     let unlabeled_shards = manifest
         .splits
         .get(&Split::Unlabeled)

@@ -16,7 +16,7 @@
 //! at the end, and only reported.
 
 mod batches;
-mod card;
+pub mod card;
 pub mod checkpoint;
 pub mod consistency;
 mod ema;
@@ -42,5 +42,5 @@ pub use batches::{to_tensors, Sampler};
 pub use evaluation::evaluate;
 pub use loader::{Augmentation, Batch, Cursor, Loader, LoaderConfig, LoaderError, PseudoBatch, PseudoSource};
 pub use memory::StepTooLarge;
-pub use model::{build_model, use_channels_last, Network};
+pub use model::{build_model, check_initial_weights, use_channels_last, InitError, Network};
 pub use round::{train, TrainTask};

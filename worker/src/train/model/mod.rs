@@ -13,7 +13,7 @@ use feral_common::spec::{Arch, ModelSpec};
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-pub use weights::load_initial_weights;
+pub use weights::{check_initial_weights, load_initial_weights, InitError};
 
 /// PyTorch's default initialisation of convolution and linear weights (`kaiming_uniform_`
 /// with `a = √5`): uniform in ±1/√fan_in. tch's own default is He's (±√(6/fan_in)), √6 ≈ 2.45

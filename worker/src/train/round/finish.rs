@@ -9,7 +9,7 @@ use feral_common::task::TrainedModel;
 use crate::artifacts::{create_dir, write_atomically, write_json};
 use crate::collective::Collective;
 use crate::error::TaskError;
-use crate::train::card::{ModelCard, OnlineCard, TemporalCard};
+use crate::train::card::{FilesCard, InputCard, ModelCard, OnlineCard, TemporalCard, CARD_FORMAT};
 use crate::train::evaluation::evaluate_model;
 use crate::train::inputs::strong_view;
 use crate::train::seeds::mix;
@@ -116,13 +116,14 @@ impl RoundTraining<'_> {
         write_atomically(&attempt_dir.join("checkpoint-optimizer.safetensors"), |p| optimizer.save(p))?;
         write_atomically(&attempt_dir.join("model.pt"), |p| export::export_torchscript(&mut ema_vs, ema_net.as_ref(), image, context.device, p))?;
         let card = ModelCard {
-            arch: format!("{:?}", spec.model.arch),
+            format: CARD_FORMAT,
+            files: FilesCard { torchscript: "model.pt".into(), weights: "model.safetensors".into() },
+            input: InputCard::of(manifest.image),
+            output: "logits, one per class, in the order of `classes`".into(),
+            classes: manifest.classes.clone(),
+            arch: spec.model.arch.name().into(),
             cbam: spec.model.cbam,
             width: spec.model.width,
-            classes: manifest.classes.clone(),
-            image: manifest.image,
-            normalisation: "pixels / 127.5 - 1, layout N×C×H×W".into(),
-            torchscript: "model.pt".into(),
             round: context.round,
             validation: validation.clone(),
             test: test.clone(),

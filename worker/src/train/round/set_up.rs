@@ -85,7 +85,7 @@ impl<'t> RoundTraining<'t> {
             // loaded below); a teacher starts from the user's weights, if any.
             (Some(teacher), _) => load_var_store(&vs, &teacher_file(teacher, "checkpoint.safetensors"), "teacher's checkpoint")?,
             (None, Some(weights)) => {
-                model::load_initial_weights(&mut vs, weights)?;
+                model::load_initial_weights(&mut vs, weights, spec.model.init_partial)?;
             }
             (None, None) => {}
         }
