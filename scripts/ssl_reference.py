@@ -44,6 +44,10 @@ initialisation, by more than the spread between seeds? It runs in three parts.
    `--backbone FILE` saves the pretrained backbone with its settings, k-NN curve and
    timing; when FILE exists and was pretrained with the same objective, seed, epochs,
    batch size, width, limit and dataset, pretraining is skipped and its record reused.
+   Pretraining also writes `FILE.resume` after every epoch (the online and momentum
+   networks, MoCo's queue, the optimiser, the schedule and every random generator's
+   state), so a run that is stopped (a session's end) goes on from its last epoch when
+   the same command is run again; the file is removed once the backbone is saved.
 
 2. and 3. Fine-tuning, twice, from the pretrained backbone and from random initialisation,
    with the same seed and everything else the same (the same initial head, the same batches
@@ -233,8 +237,10 @@ def knn_probe(backbone, bank, probe, classes):
     return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
 
 
-def pretrain(args, images, channels, bank, probe, classes):
-    """Pretrains a backbone; returns its plain body state and the pretraining record."""
+def pretrain(args, images, channels, bank, probe, classes, settings, resume=None):
+    """Pretrains a backbone; returns its plain body state and the pretraining record. With
+    `resume` (a file), every epoch's state is saved there, and a state saved there by the
+    same settings is continued from."""
     torch.manual_seed(args.seed)
     backbone = CompactCnn(channels, len(classes), args.width)
     model = (Byol if args.objective == "byol" else MoCo)(backbone)
@@ -248,10 +254,24 @@ def pretrain(args, images, channels, bank, probe, classes):
     if len(loader) == 0:
         raise SystemExit(f"fewer training images ({len(images)}) than one batch ({args.batch_size})")
 
-    curve = [{"epoch": 0, **knn_probe(backbone, bank, probe, classes)}]
-    print(f"epoch 0 knn accuracy={curve[0]['accuracy']:.4f} macro_f1={curve[0]['macro_f1']:.4f}", flush=True)
-    seconds = 0.0
-    for epoch in range(1, args.epochs + 1):
+    first, seconds = 1, 0.0
+    if resume and os.path.exists(resume):
+        state = torch.load(resume, weights_only=False)
+        if state["settings"] != settings:
+            raise SystemExit(f"{resume} was saved by {state['settings']}, not {settings}: remove it or name another backbone")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch"])
+        random.setstate(state["random"])
+        np.random.set_state(state["numpy"])
+        first, seconds, curve = state["epoch"] + 1, state["seconds"], state["curve"]
+        print(f"resuming pretraining from {resume} after epoch {state['epoch']}", flush=True)
+    else:
+        curve = [{"epoch": 0, **knn_probe(backbone, bank, probe, classes)}]
+        print(f"epoch 0 knn accuracy={curve[0]['accuracy']:.4f} macro_f1={curve[0]['macro_f1']:.4f}", flush=True)
+    for epoch in range(first, args.epochs + 1):
         started, total, steps = time.time(), 0.0, 0
         for x0, x1 in loader:
             model.momentum_update(0.99)
@@ -265,6 +285,13 @@ def pretrain(args, images, channels, bank, probe, classes):
         curve.append({"epoch": epoch, "loss": total / steps, **knn_probe(backbone, bank, probe, classes)})
         print(f"epoch {epoch}/{args.epochs} loss={total / steps:.4f} knn accuracy={curve[-1]['accuracy']:.4f} "
               f"macro_f1={curve[-1]['macro_f1']:.4f} ({time.time() - started:.0f} s)", flush=True)
+        if resume:
+            state = {"settings": settings, "epoch": epoch, "seconds": seconds, "curve": curve,
+                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                     "torch": torch.get_rng_state(), "random": random.getstate(), "numpy": np.random.get_state()}
+            torch.save(state, resume + ".partial")
+            os.replace(resume + ".partial", resume)
     seen = args.epochs * len(loader) * args.batch_size
     record = {"knn": curve, "pretrain_seconds": round(seconds, 1), "images_per_second": round(seen / seconds, 1),
               "pretrain_images": len(images), "pretrain_threads": args.threads}
@@ -346,9 +373,11 @@ def run(args):
         body, record = saved["body"], json.loads(saved["record"])
     else:
         print(f"pretraining {args.objective} on {len(images)} images, {args.epochs} epochs", flush=True)
-        body, record = pretrain(args, images, channels, (train_x, train_y), val, classes)
+        resume = args.backbone + ".resume" if args.backbone else None
+        body, record = pretrain(args, images, channels, (train_x, train_y), val, classes, settings, resume)
         if args.backbone:
             torch.save({"settings": settings, "body": body, "record": json.dumps(record)}, args.backbone)
+            os.remove(resume)
 
     result = {**settings, "threads": args.threads, "finetune_steps": args.finetune_steps,
               "backbone_reused": saved is not None, **record}

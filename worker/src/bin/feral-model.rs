@@ -25,9 +25,9 @@ enum Command {
         /// Image files (JPEG, PNG), folders of them, or a prepared dataset directory.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
-        /// The split of a prepared dataset to predict.
-        #[arg(long, default_value = "test")]
-        split: SplitArg,
+        /// The split of a prepared dataset to predict [default: test, else val].
+        #[arg(long)]
+        split: Option<SplitArg>,
         /// Resize and convert images of another size or colour to the model's input.
         #[arg(long)]
         resize: bool,
@@ -42,9 +42,9 @@ enum Command {
         model: PathBuf,
         /// A prepared dataset directory (with manifest.json).
         dataset: PathBuf,
-        /// The split to evaluate on.
-        #[arg(long, default_value = "test")]
-        split: SplitArg,
+        /// The split to evaluate on [default: test, else val].
+        #[arg(long)]
+        split: Option<SplitArg>,
         /// How to print the metrics (csv: the confusion matrix with per-class F1).
         #[arg(long, default_value = "table")]
         format: Format,
@@ -109,32 +109,50 @@ fn run(args: Args) -> anyhow::Result<()> {
         Command::Predict { model, inputs, split, resize, format } => {
             let model = SavedModel::open(&model)?;
             let predictions = match inputs.as_slice() {
-                [dataset] if dataset.join(feral_common::dataset::MANIFEST_FILE).is_file() => model.predict_split(dataset, split.into())?,
+                [dataset] if dataset.join(feral_common::dataset::MANIFEST_FILE).is_file() => model.predict_split(dataset, pick_split(dataset, split)?)?,
                 _ => model.predict_images(&inputs, resize)?,
             };
-            print!("{}", predictions_text(&predictions, model.classes(), format)?);
+            print(&predictions_text(&predictions, model.classes(), format)?)?;
         }
         Command::Eval { model, dataset, split, format } => {
-            let evaluation = SavedModel::open(&model)?.evaluate(&dataset, split.into())?;
+            let evaluation = SavedModel::open(&model)?.evaluate(&dataset, pick_split(&dataset, split)?)?;
             match format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&evaluation)?),
-                Format::Table | Format::Csv => print!("{}", evaluation_text(&evaluation, format)),
+                Format::Json => print(&(serde_json::to_string_pretty(&evaluation)? + "\n"))?,
+                Format::Table | Format::Csv => print(&evaluation_text(&evaluation, format))?,
             }
         }
         Command::Export { model, format: ExportFormat::Onnx, out, python } => {
             let model = SavedModel::open(&model)?;
             let out = out.unwrap_or_else(|| model.dir().join("model.onnx"));
             model.export_onnx(&python.unwrap_or_else(saved::default_python), &out)?;
-            println!(
-                "wrote {} (input `images` [N, {}, {}, {}], output `logits`)",
+            print(&format!(
+                "wrote {} (input `images` [N, {}, {}, {}], output `logits`)\n",
                 out.display(),
                 model.shape().channels,
                 model.shape().height,
                 model.shape().width
-            );
+            ))?;
         }
     }
     Ok(())
+}
+
+/// The split asked for, else the dataset's `test` split where it has one, else `val`.
+fn pick_split(dataset: &std::path::Path, split: Option<SplitArg>) -> anyhow::Result<Split> {
+    if let Some(split) = split {
+        return Ok(split.into());
+    }
+    let manifest = feral_common::dataset::Manifest::load(dataset)?;
+    Ok(if manifest.splits.contains_key(&Split::Test) { Split::Test } else { Split::Val })
+}
+
+/// Writes `text` to stdout; a reader that went away (`| head`) ends the output quietly.
+fn print(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written,
+    }
 }
 
 fn predictions_text(predictions: &[Prediction], classes: &[String], format: Format) -> anyhow::Result<String> {
