@@ -32,7 +32,7 @@ use crate::auth::{self, Api, Tokens};
 use crate::control::{ControlPlane, WorkerView};
 use crate::error::CoordinatorError;
 use crate::leader::Role;
-use crate::model::{JobRecord, JobState, TaskState, WorkerState};
+use crate::model::{JobRecord, JobResult, JobState, TaskState, WorkerState};
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 const DASHBOARD_JS: &str = include_str!("../web/dashboard.js");
@@ -348,7 +348,7 @@ impl JobView {
             (None, Some(e)) => (Some(Evaluation::of(&e.validation)), format!("round {} epoch {}", e.round.0, e.epoch)),
             (None, None) => (None, String::new()),
         };
-        let warnings = job.result.iter().filter_map(|r| r.validation.collapse().map(|c| c.describe(&r.class_names))).collect();
+        let warnings = job.result.as_ref().map(JobResult::warnings).unwrap_or_default();
         let running_tasks = job.tasks.iter().filter(|t| matches!(t.state, TaskState::Assigned { .. })).map(|t| t.key(&job.id).to_string()).collect();
         Self {
             line: JobLine::of(job),

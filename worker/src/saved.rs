@@ -145,7 +145,7 @@ impl SavedModel {
     }
 
     fn prediction(&self, input: String, label: Option<String>, probabilities: Vec<f64>) -> Prediction {
-        let (index, probability) = probabilities.iter().copied().enumerate().fold((0, f64::MIN), |best, (i, p)| if p > best.1 { (i, p) } else { best });
+        let (index, probability) = most_likely(&probabilities);
         Prediction { input, label, class: self.card.classes[index].clone(), index, probability, probabilities }
     }
 
@@ -199,7 +199,7 @@ impl SavedModel {
         let mut labelled = 0;
         for (label, p) in data.labels.iter().zip(&probabilities) {
             let Some(&truth) = usize::try_from(*label).ok().and_then(|l| to_model.get(l)) else { continue };
-            let predicted = p.iter().enumerate().fold((0, f64::MIN), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0;
+            let predicted = most_likely(p).0;
             confusion.record(truth as i64, predicted as i64);
             labelled += 1;
         }
@@ -256,6 +256,11 @@ impl SavedModel {
         }
         Ok(())
     }
+}
+
+/// The most likely class and its probability (the first of equals).
+fn most_likely(probabilities: &[f64]) -> (usize, f64) {
+    probabilities.iter().copied().enumerate().fold((0, f64::MIN), |best, (i, p)| if p > best.1 { (i, p) } else { best })
 }
 
 /// Converts `argv[1]` (TorchScript) to ONNX at `argv[2]` for inputs `[N, argv[3..6]]`,

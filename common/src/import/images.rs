@@ -116,14 +116,22 @@ pub(super) fn stage_images(
 
 /// One image as `shape` bytes (height × width × channels, row-major).
 pub(super) fn decode_image(path: &Path, shape: ImageShape) -> Result<Vec<u8>, String> {
-    let image =
-        image::ImageReader::open(path).map_err(|e| e.to_string())?.with_guessed_format().map_err(|e| e.to_string())?.decode().map_err(|e| e.to_string())?;
+    Ok(to_shape(&open_image(path)?, shape))
+}
+
+/// The image file at `path`, decoded (its format guessed from its bytes).
+fn open_image(path: &Path) -> Result<image::DynamicImage, String> {
+    image::ImageReader::open(path).map_err(|e| e.to_string())?.with_guessed_format().map_err(|e| e.to_string())?.decode().map_err(|e| e.to_string())
+}
+
+/// `image` resized and converted to `shape` bytes (gray or RGB).
+fn to_shape(image: &image::DynamicImage, shape: ImageShape) -> Vec<u8> {
     let (width, height) = (shape.width, shape.height);
-    Ok(if shape.channels == 1 {
+    if shape.channels == 1 {
         image::imageops::resize(&image.to_luma8(), width, height, FilterType::Triangle).into_raw()
     } else {
         image::imageops::resize(&image.to_rgb8(), width, height, FilterType::Triangle).into_raw()
-    })
+    }
 }
 
 pub(super) fn check_image_options(size: u32, channels: u32) -> Result<(), ImportError> {
@@ -196,9 +204,8 @@ fn sort_class_names(names: &mut Vec<String>) {
 /// row-major). With `resize`, any size and colour is resized and converted; without, an
 /// image of another size or channel count is refused, naming both.
 pub fn read_image_as(path: &Path, shape: ImageShape, resize: bool) -> Result<Vec<u8>, String> {
+    let image = open_image(path)?;
     if !resize {
-        let image =
-            image::ImageReader::open(path).map_err(|e| e.to_string())?.with_guessed_format().map_err(|e| e.to_string())?.decode().map_err(|e| e.to_string())?;
         let channels = if image.color().has_color() { 3 } else { 1 };
         if (image.height(), image.width(), channels) != (shape.height, shape.width, shape.channels) {
             let colour = |c| if c == 1 { "grayscale" } else { "colour" };
@@ -213,7 +220,7 @@ pub fn read_image_as(path: &Path, shape: ImageShape, resize: bool) -> Result<Vec
             ));
         }
     }
-    decode_image(path, shape)
+    Ok(to_shape(&image, shape))
 }
 
 /// sha256 over `relative path \t size \n` lines of the sorted files, then `extra`.

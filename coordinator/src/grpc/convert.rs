@@ -64,7 +64,7 @@ pub fn job_to_proto(job: &JobRecord) -> pb::Job {
             class_names: r.class_names.clone(),
             best_round: r.best_round,
             test: r.test.as_ref().map(metrics_to_proto),
-            warnings: r.validation.collapse().map(|c| c.describe(&r.class_names)).into_iter().collect(),
+            warnings: r.warnings(),
         }),
         worker_ids: job.workers().iter().map(ToString::to_string).collect(),
         rounds: job.rounds.iter().map(|r| round_to_proto(r, shards_total)).collect(),

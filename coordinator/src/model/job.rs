@@ -220,6 +220,14 @@ pub struct JobResult {
     pub test: Option<MetricsSummary>,
 }
 
+impl JobResult {
+    /// What looks wrong with the saved model, for the user to see: that it has collapsed
+    /// to one class ([`MetricsSummary::collapse`]); empty when nothing does.
+    pub fn warnings(&self) -> Vec<String> {
+        self.validation.collapse().map(|c| c.describe(&self.class_names)).into_iter().collect()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub id: JobId,
