@@ -477,6 +477,8 @@ async fn main() -> anyhow::Result<()> {
             _ => bail!("unknown flag {flag:?} (flags: --dir, --seconds)"),
         }
     }
+    // Job specs take absolute paths only: the data lives under --dir, wherever it was typed.
+    let dir = std::path::absolute(&dir).with_context(|| format!("--dir {} cannot be resolved", dir.display()))?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
