@@ -76,6 +76,8 @@ pub struct ControlPlane {
     store: Arc<dyn Store>,
     model: Mutex<Model>,
     metrics: Arc<Metrics>,
+    /// Counts changes to any job: the dashboard's live job list waits on it.
+    changes: watch::Sender<u64>,
 }
 
 fn job_key(id: &JobId) -> String {
@@ -168,16 +170,28 @@ impl ControlPlane {
         if !repair {
             // A view writes nothing to the store it was read from, whatever is called on it.
             let detached: Arc<dyn Store> = Arc::new(crate::store::MemoryStore::default());
-            return Ok(Self { settings, store: detached, model: Mutex::new(model), metrics: Arc::default() });
+            return Ok(Self { settings, store: detached, model: Mutex::new(model), metrics: Arc::default(), changes: watch::channel(0).0 });
         }
         info!(jobs = model.cluster.jobs().len(), workers = model.cluster.workers.len(), "loaded state from the store");
-        Ok(Self { settings, store, model: Mutex::new(model), metrics: Arc::default() })
+        Ok(Self { settings, store, model: Mutex::new(model), metrics: Arc::default(), changes: watch::channel(0).0 })
     }
 
     /// Counts what happens from now on into `metrics`.
     pub fn observed_by(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// Changes whenever any job changes (submitted, a transition, resumed); its sender goes
+    /// with this control plane, so a receiver's `changed()` fails once leadership is lost.
+    pub fn job_changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Installs a job's new record and tells whoever waits on [`job_changes`](Self::job_changes).
+    fn put_job(&self, model: &mut Model, job: JobRecord) {
+        model.cluster.put_job(job);
+        self.changes.send_modify(|count| *count += 1);
     }
 
     pub fn settings(&self) -> &Settings {
@@ -228,7 +242,7 @@ impl ControlPlane {
         let mut model = self.model.lock().await;
         self.store.apply(vec![encode(&job_key(&id), &job)?]).await?;
         self.metrics.job_changed(None, &job, now_ms);
-        model.cluster.put_job(job);
+        self.put_job(&mut model, job);
         info!(job_id = %id, "job submitted");
         self.run_scheduler(&mut model, now_ms).await?;
         model.cluster.job(&id).cloned().ok_or(CoordinatorError::JobNotFound(id))
@@ -279,7 +293,7 @@ impl ControlPlane {
         self.store.apply(vec![encode(&job_key(id), &next)?]).await?;
         info!(job_id = %id, state = ?next.state, "job resumed");
         self.metrics.job_changed(Some(job), &next, now_ms);
-        model.cluster.put_job(next);
+        self.put_job(&mut model, next);
         self.run_scheduler(&mut model, now_ms).await?;
         model.cluster.job(id).cloned().ok_or_else(|| CoordinatorError::JobNotFound(id.clone()))
     }
@@ -519,7 +533,7 @@ impl ControlPlane {
         if next.state.is_final() {
             model.watchers.remove(id);
         }
-        model.cluster.put_job(next);
+        self.put_job(model, next);
         Ok(())
     }
 

@@ -3,6 +3,9 @@
 //! HTTP listener beside `/metrics`:
 //!
 //! - `GET /api/jobs`: every job, newest first, one line each;
+//! - `GET /api/events`: server-sent events for the job list: a `list` event with the job
+//!   lines and the workers at once, again whenever any job changes, and every 5 s (the
+//!   workers' heartbeat ages); it ends when the coordinator stops or loses leadership;
 //! - `GET /api/jobs/{id}`: one job with its curves, rounds, confusion matrix and selection;
 //! - `GET /api/jobs/{id}/events`: server-sent events, one `job` event with the same JSON each
 //!   time the job changes (the first at once), ending after the job's final state;
@@ -24,6 +27,7 @@ use axum::routing::get;
 use axum::Router;
 use feral_common::ids::JobId;
 use feral_common::metrics::MetricsSummary;
+use feral_common::spec::JobSpec;
 use feral_common::time::now_ms;
 use futures::{Stream, StreamExt};
 use serde::Serialize;
@@ -54,6 +58,7 @@ pub fn routes(dashboard: Dashboard) -> Router {
         .route("/dashboard.js", get(|| async { asset("text/javascript; charset=utf-8", DASHBOARD_JS) }))
         .route("/dashboard.css", get(|| async { asset("text/css; charset=utf-8", DASHBOARD_CSS) }))
         .route("/api/jobs", get(list_jobs))
+        .route("/api/events", get(list_events))
         .route("/api/jobs/{id}", get(get_job))
         .route("/api/jobs/{id}/events", get(job_events))
         .route("/api/workers", get(list_workers))
@@ -142,12 +147,54 @@ fn job_id(text: &str) -> Result<JobId, ApiError> {
     Ok(JobId::new(text))
 }
 
+/// The newest jobs the caller may see, at most a page of the job API's size.
+async fn job_lines(control: &ControlPlane, caller: &auth::Caller) -> Vec<JobLine> {
+    let (jobs, _) = control.jobs_page(caller.scope(), None, crate::grpc::MAX_PAGE_SIZE as usize).await;
+    jobs.iter().map(JobLine::of).collect()
+}
+
+async fn worker_lines(control: &ControlPlane) -> Vec<WorkerLine> {
+    let now = now_ms();
+    control.workers().await.iter().map(|w| WorkerLine::of(w, now)).collect()
+}
+
 async fn list_jobs(State(dashboard): State<Dashboard>, headers: HeaderMap) -> Result<Response, ApiError> {
     let (control, caller) = dashboard.control(&headers)?;
-    // The newest jobs, at most a page of the job API's size.
-    let (jobs, _) = control.jobs_page(caller.scope(), None, crate::grpc::MAX_PAGE_SIZE as usize).await;
-    let jobs: Vec<JobLine> = jobs.iter().map(JobLine::of).collect();
-    Ok(json(StatusCode::OK, &jobs))
+    Ok(json(StatusCode::OK, &job_lines(&control, &caller).await))
+}
+
+/// What one `list` event carries.
+#[derive(Serialize)]
+struct ListView {
+    jobs: Vec<JobLine>,
+    workers: Vec<WorkerLine>,
+}
+
+async fn list_events(State(dashboard): State<Dashboard>, headers: HeaderMap) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let (control, caller) = dashboard.control(&headers)?;
+    let changes = control.job_changes();
+    let mut stopping = dashboard.stopping.clone();
+    let stopped = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    // The list at once, then after each change (changes in between are folded into one),
+    // or after 5 s without one; it ends when the control plane goes (leadership lost).
+    let events = futures::stream::unfold((control, caller, changes, true), |(control, caller, mut changes, first)| async move {
+        if !first {
+            tokio::select! {
+                changed = changes.changed() => changed.ok()?,
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+        let list = ListView { jobs: job_lines(&control, &caller).await, workers: worker_lines(&control).await };
+        let event = match serde_json::to_string(&list) {
+            Ok(data) => Event::default().event("list").data(data),
+            Err(error) => Event::default().event("error").data(error.to_string()),
+        };
+        Some((Ok(event), (control, caller, changes, false)))
+    })
+    .take_until(stopped);
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 async fn get_job(State(dashboard): State<Dashboard>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -185,9 +232,7 @@ async fn job_events(
 
 async fn list_workers(State(dashboard): State<Dashboard>, headers: HeaderMap) -> Result<Response, ApiError> {
     let (control, _) = dashboard.control(&headers)?;
-    let now = now_ms();
-    let workers: Vec<WorkerLine> = control.workers().await.iter().map(|w| WorkerLine::of(w, now)).collect();
-    Ok(json(StatusCode::OK, &workers))
+    Ok(json(StatusCode::OK, &worker_lines(&control).await))
 }
 
 /// A job's state as one word (its one name, as `/metrics` spells it), and the reason of a
@@ -213,6 +258,12 @@ struct JobLine {
     epochs_total: u32,
     macro_f1: Option<f64>,
     created_at_ms: u64,
+    /// When it ended (its last change), once final: its duration is this less `created_at_ms`.
+    ended_at_ms: Option<u64>,
+    /// The last epoch's training throughput, every rank together.
+    images_per_second: Option<f64>,
+    /// Training time left ([`JobRecord::training_seconds_left`]).
+    eta_seconds: Option<f64>,
 }
 
 impl JobLine {
@@ -229,6 +280,9 @@ impl JobLine {
             epochs_total: job.epochs_total,
             macro_f1,
             created_at_ms: job.created_at_ms,
+            ended_at_ms: job.state.is_final().then_some(job.updated_at_ms),
+            images_per_second: last.map(|e| e.images_per_second),
+            eta_seconds: job.training_seconds_left(),
         }
     }
 }
@@ -304,6 +358,14 @@ struct JobView {
     test: Option<Evaluation>,
     model_path: Option<String>,
     running_tasks: Vec<String>,
+    /// The spec as the coordinator read it (every field, defaults filled in), for the
+    /// compare view's differing fields, and as the user wrote it.
+    spec: JobSpec,
+    spec_toml: String,
+    /// What the prepare step found: labelled, validation and unlabelled images.
+    train_samples: Option<u64>,
+    val_samples: Option<u64>,
+    pool_samples: Option<u64>,
 }
 
 impl JobView {
@@ -366,6 +428,11 @@ impl JobView {
             test: job.result.as_ref().and_then(|r| r.test.as_ref()).map(Evaluation::of),
             model_path: job.result.as_ref().map(|r| r.model_path.clone()),
             running_tasks,
+            spec: job.spec.clone(),
+            spec_toml: job.spec_toml.clone(),
+            train_samples: job.dataset.as_ref().map(|d| d.train_samples),
+            val_samples: job.dataset.as_ref().map(|d| d.val_samples),
+            pool_samples: job.dataset.as_ref().map(|d| d.unlabeled_shards.iter().map(|s| s.samples).sum()),
         }
     }
 }

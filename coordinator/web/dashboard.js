@@ -1,5 +1,6 @@
-// Feral's dashboard: the job list and the workers (#/), and one job's live page
-// (#/jobs/ID) fed by server-sent events from /api/jobs/ID/events. No libraries: the charts
+// Feral's dashboard: the job list and the workers (#/), live from the server-sent events
+// of /api/events; one job's live page (#/jobs/ID) fed by /api/jobs/ID/events; and several
+// jobs side by side (#/compare/ID,ID,...). No libraries: the charts
 // are SVG drawn here. With tokens, the token is kept in sessionStorage and sent in the
 // authorization header, so events are read through fetch rather than EventSource.
 'use strict';
@@ -112,7 +113,7 @@ function lineChart(id, series, { yMin = 0, yMax = null, roundStarts = [], count 
     chart.append(svg('line', { class: 'tick', x1: x(i), x2: x(i), y1: height - bottom, y2: height - bottom + 4 }));
     chart.append(svg('text', { class: 'epoch-tick', x: x(i), y: height - 8, 'text-anchor': 'middle' }, String(i + 1)));
   }
-  chart.append(svg('text', { x: left - 4, y: height - 8, 'text-anchor': 'end' }, 'epoch'));
+  chart.append(svg('text', { x: left - 10, y: height - 8, 'text-anchor': 'end' }, 'epoch'));
   for (const s of series) {
     const points = s.values.map((v, i) => [x(i), y(v)]).filter(([, py]) => Number.isFinite(py));
     if (points.length === 0) continue;
@@ -176,33 +177,94 @@ function heatmap(names, confusion) {
 
 // ---- Pages ---------------------------------------------------------------------------
 
-async function showList() {
-  const [jobs, workers] = await Promise.all([api('/api/jobs'), api('/api/workers')]);
-  const jobRows = jobs.map((job) => el('tr', { 'data-job': job.id },
-    el('td', {}, el('a', { href: `#/jobs/${job.id}` }, job.name)),
-    el('td', { class: 'muted' }, job.id),
-    el('td', {}, stateBadge(job.state)),
-    el('td', { class: 'num' }, `${job.round}/${job.rounds_planned}`),
-    el('td', { class: 'num' }, job.epoch === null ? '-' : `${job.epoch}/${job.epochs_total}`),
-    el('td', { class: 'num' }, fixed(job.macro_f1)),
-    el('td', { class: 'muted' }, new Date(job.created_at_ms).toLocaleString())));
+const chosen = new Set(); // the jobs picked for comparing, kept across the list's updates
+const palette = ['#0369a1', '#c2410c', '#047857', '#7c3aed', '#b45309', '#be185d', '#0f766e', '#4b5563'];
+
+// "42 s", "3 min 20 s", "2 h 05 min".
+function duration(seconds) {
+  if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return '-';
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, '0')} s`;
+  return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')} min`;
+}
+
+// How long a job ran (or has run so far), in seconds.
+const ranFor = (job) => ((job.ended_at_ms ?? Date.now()) - job.created_at_ms) / 1000;
+const rate = (x) => (x === null || x === undefined ? '-' : `${x.toFixed(0)}/s`);
+
+// Renders each `name` event of the event stream at `path` until done(value) holds or the page
+// is left; a dropped stream is opened again after 2 s. Returns whether done() held.
+async function follow(path, name, render, controller, done = () => false) {
+  let finished = false;
+  while (!finished && !controller.signal.aborted) {
+    try {
+      await readEvents(path, (event, data) => {
+        if (event !== name) return;
+        const value = JSON.parse(data);
+        finished = done(value);
+        render(value);
+      }, controller.signal);
+    } catch (error) {
+      if (controller.signal.aborted) return false;
+      if (error instanceof Unauthorized) throw error;
+      connection.textContent = `reconnecting (${error.message})`;
+    }
+    if (!finished && !controller.signal.aborted) await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
+  return finished;
+}
+
+function renderList({ jobs, workers }) {
+  const known = new Set(jobs.map((job) => job.id));
+  for (const id of chosen) if (!known.has(id)) chosen.delete(id);
+  const compare = el('button', { id: 'compare', type: 'button' }, 'Compare selected');
+  const update = () => {
+    compare.disabled = chosen.size < 2;
+    compare.textContent = chosen.size < 2 ? 'Compare: pick two or more jobs' : `Compare ${chosen.size} jobs`;
+  };
+  compare.addEventListener('click', () => { location.hash = `#/compare/${[...chosen].map(encodeURIComponent).join(',')}`; });
+  update();
+  const jobRows = jobs.map((job) => {
+    const box = el('input', { type: 'checkbox', 'data-compare': job.id, 'aria-label': `compare ${job.name}` });
+    box.checked = chosen.has(job.id);
+    box.addEventListener('change', () => { if (box.checked) chosen.add(job.id); else chosen.delete(job.id); update(); });
+    return el('tr', { 'data-job': job.id, 'data-state': job.state, 'data-epoch': job.epoch ?? 0, 'data-round': job.round },
+      el('td', {}, box),
+      el('td', {}, el('a', { href: `#/jobs/${job.id}` }, job.name)),
+      el('td', { class: 'muted' }, job.id),
+      el('td', {}, stateBadge(job.state)),
+      el('td', { class: 'num' }, `${job.round}/${job.rounds_planned}`),
+      el('td', { class: 'num' }, job.epoch === null ? '-' : `${job.epoch}/${job.epochs_total}`),
+      el('td', { class: 'num' }, fixed(job.macro_f1)),
+      el('td', { class: 'num' }, rate(job.images_per_second)),
+      el('td', { class: 'num' }, duration(ranFor(job))),
+      el('td', { class: 'num' }, job.eta_seconds === null ? '-' : `~${duration(job.eta_seconds)}`),
+      el('td', { class: 'muted' }, new Date(job.created_at_ms).toLocaleString()));
+  });
   const workerRows = workers.map((w) => el('tr', { 'data-worker': w.id },
     el('td', {}, w.id), el('td', {}, w.hostname), el('td', {}, w.state),
     el('td', {}, w.slots.join(', ')), el('td', {}, w.running.join(', ') || '-'),
     el('td', { class: 'num' }, `${w.heartbeat_age_s.toFixed(1)} s`)));
   view.replaceChildren(
     el('h1', {}, 'Jobs'),
-    el('section', { class: 'panel' }, jobs.length === 0 ? el('p', { class: 'muted' }, 'No jobs yet: submit one with `feral submit job.toml`.') :
+    el('section', { class: 'panel' }, jobs.length === 0 ? el('p', { class: 'muted' }, 'No jobs yet: submit one with `feral submit job.toml`.') : [
       el('table', { id: 'jobs' },
-        el('tr', {}, ['name', 'id', 'state', 'round', 'epoch', 'val macro-F1', 'submitted'].map((h) => el('th', {}, h))),
-        jobRows)),
+        el('tr', {}, ['', 'name', 'id', 'state', 'round', 'epoch', 'val macro-F1', 'images/s', 'duration (from submit)', 'ETA', 'submitted'].map((h) => el('th', {}, h))),
+        jobRows),
+      el('p', { class: 'actions' }, compare)]),
     el('h1', {}, 'Workers'),
     el('section', { class: 'panel' }, workers.length === 0 ? el('p', { class: 'muted' }, 'No workers registered.') :
       el('table', { id: 'workers' },
         el('tr', {}, ['worker', 'host', 'state', 'slots', 'running', 'heartbeat'].map((h) => el('th', {}, h))),
-        workerRows)),
-    el('p', { class: 'muted' }, el('a', { href: '#/', onclick: 'location.reload()' }, 'refresh')));
-  connection.textContent = `${jobs.length} jobs, ${workers.filter((w) => w.state === 'live').length} live workers`;
+        workerRows)));
+  connection.textContent = `live: ${jobs.length} jobs, ${workers.filter((w) => w.state === 'live').length} live workers`;
+}
+
+// The job list, live: one event stream (/api/events), a new list on every change.
+async function showList(controller) {
+  view.replaceChildren(el('p', { class: 'muted' }, 'connecting…'));
+  await follow('/api/events', 'list', renderList, controller);
 }
 
 function renderJob(job) {
@@ -219,6 +281,13 @@ function renderJob(job) {
     `${job.best_round === null ? 'last epoch' : 'saved model'}: val macro-F1 ${fixed(job.latest?.macro_f1)}, accuracy ${percent(job.latest?.accuracy)}`,
     job.test ? ` · test macro-F1 ${fixed(job.test.macro_f1)}, accuracy ${percent(job.test.accuracy)}` : '',
     job.model_path ? el('span', { class: 'muted' }, ` · model ${job.model_path}`) : '');
+  const facts = el('p', { id: 'facts', class: 'muted' },
+    `dataset ${job.spec.dataset}`,
+    job.train_samples === null ? '' : ` (${job.train_samples} labelled, ${job.val_samples} validation, ${job.pool_samples} unlabelled images)`,
+    ` · started ${new Date(job.created_at_ms).toLocaleString()} · ${job.ended_at_ms ? 'took' : 'running for'} ${duration(ranFor(job))}`,
+    job.eta_seconds === null ? '' : ` · about ${duration(job.eta_seconds)} of training left`,
+    job.images_per_second === null ? '' : ` · ${rate(job.images_per_second).replace('/s', ' images/s')} in the last epoch`);
+  const spec = el('details', { id: 'spec', class: 'panel' }, el('summary', {}, 'Job spec (as submitted)'), el('pre', {}, job.spec_toml));
   const curves = el('div', { class: 'grid', id: 'curves' },
     panel('Loss', lineChart('loss-chart', [{ name: 'train loss', color: 'var(--loss)', values: epochs.map((e) => e.train_loss) }], chartOptions)),
     panel('Accuracy', lineChart('accuracy-chart', [
@@ -244,6 +313,7 @@ function renderJob(job) {
     ...job.warnings.map((w) => el('p', { class: 'error warning' }, `Warning: ${w}`)),
     job.last_failure ? el('p', { class: 'error' }, `Retrying${job.retry_at_ms && job.retry_at_ms > Date.now() ? ` in ${Math.ceil((job.retry_at_ms - Date.now()) / 1000)} s` : ''}; last failure: ${job.last_failure}`) : '',
     summary,
+    facts,
     curves,
     el('div', { class: 'grid' },
       panel(`Per-class F1 (validation of ${job.latest_of || 'nothing yet'})`, barChart('per-class', names, job.latest?.per_class_f1 ?? [])),
@@ -252,43 +322,98 @@ function renderJob(job) {
     panel('Rounds', el('table', { id: 'rounds' },
       el('tr', {}, ['round', 'val macro-F1', 'test macro-F1', 'pseudo-labels', 'precision', 'online rate', 'online precision'].map((h) => el('th', { class: 'num' }, h))),
       rounds)),
-    panel('Pseudo-labels by class', histograms.length ? el('div', { class: 'grid' }, histograms) : el('p', { class: 'muted' }, 'No round has selected pseudo-labels yet.')));
+    panel('Pseudo-labels by class', histograms.length ? el('div', { class: 'grid' }, histograms) : el('p', { class: 'muted' }, 'No round has selected pseudo-labels yet.')),
+    spec);
 }
 
-async function showJob(id) {
-  const controller = new AbortController();
-  openStream = controller;
+async function showJob(id, controller) {
   view.replaceChildren(el('p', { class: 'muted' }, 'connecting…'));
-  let final = false;
+  connection.textContent = 'live';
   // The stream ends after the job's final state; a dropped one is opened again.
-  while (!final && !controller.signal.aborted) {
-    try {
-      connection.textContent = 'live';
-      await readEvents(`/api/jobs/${encodeURIComponent(id)}/events`, (name, data) => {
-        if (name !== 'job') return;
-        const job = JSON.parse(data);
-        final = ['succeeded', 'failed', 'cancelled'].includes(job.state);
-        renderJob(job);
-      }, controller.signal);
-    } catch (error) {
-      if (controller.signal.aborted) return;
-      if (error instanceof Unauthorized) throw error;
-      connection.textContent = `reconnecting (${error.message})`;
-    }
-    if (!final) await new Promise((resolve) => setTimeout(resolve, 2000));
+  const final = await follow(`/api/jobs/${encodeURIComponent(id)}/events`, 'job', renderJob, controller,
+    (job) => ['succeeded', 'failed', 'cancelled'].includes(job.state));
+  if (!controller.signal.aborted) connection.textContent = final ? 'finished' : '';
+}
+
+// A spec as dotted fields: {train: {epochs: 4}} -> [['train.epochs', '4']].
+function fields(value, prefix = '') {
+  if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
+    return Object.entries(value).flatMap(([key, inner]) => fields(inner, prefix ? `${prefix}.${key}` : key));
   }
-  connection.textContent = final ? 'finished' : '';
+  return [[prefix, JSON.stringify(value)]];
+}
+
+function renderCompare(jobs) {
+  const colors = jobs.map((_, i) => palette[i % palette.length]);
+  const swatch = (i) => el('i', { class: 'swatch', style: `background:${colors[i]}` });
+  const count = Math.max(...jobs.map((job) => job.epochs.length));
+  const series = (value) => jobs.map((job, i) => ({ name: `${job.name} (${job.id})`, color: colors[i], values: job.epochs.map(value) }));
+  const f1s = jobs.flatMap((job) => job.epochs.map((e) => e.val_macro_f1));
+
+  const summary = el('table', { id: 'compare-jobs' },
+    el('tr', {}, ['', 'name', 'id', 'state', 'saved val macro-F1', 'test macro-F1', 'accuracy', 'duration', 'images/s'].map((h) => el('th', {}, h))),
+    jobs.map((job, i) => el('tr', { 'data-job': job.id },
+      el('td', {}, swatch(i)), el('td', {}, el('a', { href: `#/jobs/${job.id}` }, job.name)), el('td', { class: 'muted' }, job.id),
+      el('td', {}, stateBadge(job.state)),
+      el('td', { class: 'num' }, fixed(job.latest?.macro_f1)), el('td', { class: 'num' }, fixed(job.test?.macro_f1)),
+      el('td', { class: 'num' }, percent(job.latest?.accuracy)), el('td', { class: 'num' }, duration(ranFor(job))),
+      el('td', { class: 'num' }, rate(job.images_per_second)))));
+
+  // Per-class F1 of each job's saved model (else its last epoch), classes matched by name.
+  const classes = [...new Set(jobs.flatMap((job) => job.class_names))];
+  const f1Of = (job, name) => job.latest?.per_class_f1?.[job.class_names.indexOf(name)] ?? null;
+  const perClass = el('table', { id: 'compare-per-class' },
+    el('tr', {}, el('th', {}, 'class'), jobs.map((job, i) => el('th', { class: 'num' }, swatch(i), ` ${job.name}`))),
+    classes.map((name) => {
+      const values = jobs.map((job) => f1Of(job, name));
+      const best = Math.max(...values.filter((v) => v !== null));
+      return el('tr', { 'data-class': name }, el('td', {}, name),
+        values.map((v) => el('td', { class: v !== null && v === best && jobs.length > 1 ? 'num best' : 'num' }, fixed(v))));
+    }));
+
+  // The spec fields in which the jobs differ (every field, defaults filled in).
+  const specs = jobs.map((job) => new Map(fields(job.spec)));
+  const keys = [...new Set(specs.flatMap((spec) => [...spec.keys()]))];
+  const differing = keys.filter((key) => new Set(specs.map((spec) => spec.get(key) ?? '')).size > 1);
+  const diff = differing.length === 0 ? el('p', { id: 'spec-diff', class: 'muted' }, 'The specs are the same in every field.') :
+    el('table', { id: 'spec-diff' },
+      el('tr', {}, el('th', {}, 'field'), jobs.map((job, i) => el('th', {}, swatch(i), ` ${job.name}`))),
+      differing.map((key) => el('tr', { 'data-field': key }, el('td', {}, key), specs.map((spec) => el('td', {}, spec.get(key) ?? '-')))));
+
+  view.replaceChildren(
+    el('p', {}, el('a', { href: '#/' }, '← all jobs')),
+    el('h1', {}, `Comparing ${jobs.length} jobs`),
+    panel('Jobs', summary),
+    el('div', { class: 'grid' },
+      panel('Validation macro-F1 by epoch', lineChart('compare-f1', series((e) => e.val_macro_f1), { count, ...around(f1s) })),
+      panel('Training loss by epoch', lineChart('compare-loss', series((e) => e.train_loss), { count }))),
+    el('div', { class: 'grid' },
+      panel('Per-class F1 (validation of each saved model)', perClass),
+      panel('Spec fields that differ', diff)));
+}
+
+// Several jobs side by side (#/compare/ID,ID,...), as they are when the page opens.
+async function showCompare(ids) {
+  if (ids.length < 2 || ids.length > palette.length) throw new Error(`compare takes 2 to ${palette.length} jobs, got ${ids.length}`);
+  view.replaceChildren(el('p', { class: 'muted' }, 'loading…'));
+  const jobs = await Promise.all(ids.map((id) => api(`/api/jobs/${encodeURIComponent(id)}`)));
+  renderCompare(jobs);
+  connection.textContent = `comparing ${jobs.length} jobs`;
 }
 
 async function route() {
   if (openStream) openStream.abort();
-  openStream = null;
+  const controller = new AbortController();
+  openStream = controller;
   login.hidden = true;
-  const match = location.hash.match(/^#\/jobs\/([^/]+)$/);
+  const job = location.hash.match(/^#\/jobs\/([^/]+)$/);
+  const compare = location.hash.match(/^#\/compare\/([^/]+)$/);
   try {
-    if (match) await showJob(decodeURIComponent(match[1]));
-    else await showList();
+    if (job) await showJob(decodeURIComponent(job[1]), controller);
+    else if (compare) await showCompare(compare[1].split(',').filter(Boolean).map(decodeURIComponent));
+    else await showList(controller);
   } catch (error) {
+    if (controller.signal.aborted) return;
     if (error instanceof Unauthorized) {
       login.hidden = false;
       document.getElementById('login-error').textContent = error.message;

@@ -2,10 +2,15 @@
 // page of a job that really trains (scripts/test-dashboard.sh starts it and passes
 // FERAL_DASHBOARD_URL, the job's page). The round and epoch must advance on the page with
 // no reload and no polling (one event stream, no repeated fetches of the job), and the
-// curves, per-class F1, confusion matrix and pseudo-label histogram must be drawn.
+// curves, per-class F1, confusion matrix and pseudo-label histogram must be drawn. The job
+// list must be live too: a second job, submitted here with `feral submit` (FERAL_BIN,
+// FERAL_COORDINATOR, FERAL_SECOND_SPEC) while the list is open, appears and finishes on it
+// without a reload; then the compare view overlays both jobs' curves, puts their per-class
+// F1 side by side and names the spec fields in which they differ.
 // Screenshots go to FERAL_SCREENSHOTS.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { chromium } from 'playwright-core';
 
 const url = process.env.FERAL_DASHBOARD_URL;
@@ -51,15 +56,29 @@ test('the dashboard shows a training job live', { timeout: 900_000 }, async () =
     const student = await waitFor(page, 'the pseudo-label round', (p) => p.round >= 1 && p.epoch >= 1, 600);
     assert.ok(student.round >= 1);
 
-    // Meanwhile, in a second tab, the job list and the workers (the demo stops the
-    // coordinator once its job ends, so this is looked at while the student trains).
+    // While it trains: what the job is (dataset, duration, throughput, time left) and its spec.
+    const facts = await page.locator('#facts').innerText();
+    assert.match(facts, /dataset \/.+ · started .+ · running for .+images\/s in the last epoch/, facts);
+    assert.match(await page.locator('#spec pre').textContent(), /\[semi_supervised\]/);
+
+    // Meanwhile, in a second tab, the job list, live: a second job submitted now appears on
+    // it and finishes there, with no reload and no fetch of the list but its event stream.
     const list = await browser.newPage({ viewport: { width: 1280, height: 700 } });
+    const listRequests = [];
+    list.on('request', (request) => listRequests.push(new URL(request.url()).pathname));
+    let listNavigations = 0;
+    list.on('framenavigated', (frame) => { if (frame === list.mainFrame()) listNavigations += 1; });
+    list.on('pageerror', (error) => errors.push(error.message));
     await list.goto(new URL('/#/', url).toString());
     await list.locator(`#jobs tr[data-job="${jobId}"]`).waitFor({ timeout: 30_000 });
     assert.match(await list.locator(`#jobs tr[data-job="${jobId}"]`).innerText(), /training|pseudo_labeling|selecting|succeeded/);
     assert.ok(await list.locator('#workers tr[data-worker]').count() >= 1);
+    const submitted = execFileSync(process.env.FERAL_BIN, ['--coordinator', process.env.FERAL_COORDINATOR, 'submit', process.env.FERAL_SECOND_SPEC], { encoding: 'utf8' });
+    const secondId = submitted.match(/submitted job (\S+)/)?.[1];
+    assert.ok(secondId, `feral submit said: ${submitted}`);
+    await list.locator(`#jobs tr[data-job="${secondId}"]`).waitFor({ timeout: 60_000 });
     await list.screenshot({ path: `${screenshots}/jobs.png`, fullPage: true });
-    await list.close();
+
     const done = await waitFor(page, 'the job ending', (p) => ['succeeded', 'failed', 'cancelled'].includes(p.state), 600);
     assert.equal(done.state, 'succeeded');
     assert.equal(navigations, 1, 'the page never reloaded');
@@ -92,7 +111,35 @@ test('the dashboard shows a training job live', { timeout: 900_000 }, async () =
     // The round table and the pseudo-label histogram of round 1.
     assert.ok(await page.locator('#rounds tr[data-round="1"]').count() === 1);
     assert.equal(await page.locator('#histogram-r1 rect').count(), classes);
+    assert.match(await page.locator('#facts').innerText(), / · took .+images\/s/);
     await page.screenshot({ path: `${screenshots}/job-finished.png`, fullPage: true });
+
+    // The second job finishes on the list, which neither reloaded nor fetched the list.
+    await list.locator(`#jobs tr[data-job="${secondId}"][data-state="succeeded"]`).waitFor({ timeout: 600_000 });
+    assert.equal(listNavigations, 1, 'the list never reloaded');
+    assert.equal(listRequests.filter((p) => p === '/api/jobs').length, 0, 'no polling of the list');
+    const listStreams = listRequests.filter((p) => p === '/api/events').length;
+    assert.ok(listStreams >= 1 && listStreams <= 3, `one list stream (reopened at most twice), got ${listStreams}`);
+
+    // Compare: pick both jobs, and see them side by side.
+    assert.ok(await list.locator('#compare').isDisabled(), 'compare needs two jobs');
+    await list.locator(`input[data-compare="${jobId}"]`).check();
+    await list.locator(`input[data-compare="${secondId}"]`).check();
+    await list.locator('#compare').click();
+    await list.locator('#compare-f1').waitFor({ timeout: 30_000 });
+    assert.equal(await list.locator('#compare-f1 path.series').count(), 2, 'both F1 curves overlaid');
+    assert.equal(await list.locator('#compare-loss path.series').count(), 2, 'both loss curves overlaid');
+    const curvePoints = await list.locator('#compare-f1 path.series').evaluateAll((ps) => ps.map((p) => Number(p.dataset.points)));
+    assert.deepEqual(curvePoints.sort((a, b) => a - b), [2, points], 'two epochs beside the demo job\'s');
+    assert.equal(await list.locator('#compare-jobs tr[data-job]').count(), 2);
+    const classRows = await list.locator('#compare-per-class tr[data-class]').count();
+    assert.equal(classRows, classes, 'one row per class');
+    assert.equal(await list.locator('#compare-per-class tr[data-class] td.num').count(), 2 * classes, 'each job\'s F1 per class');
+    const differing = await list.locator('#spec-diff tr[data-field]').evaluateAll((rows) => rows.map((r) => r.dataset.field));
+    for (const field of ['name', 'train.epochs', 'semi_supervised.rounds']) assert.ok(differing.includes(field), `${field} in ${differing}`);
+    assert.ok(!differing.includes('dataset') && !differing.includes('train.batch_size'), `only differing fields: ${differing}`);
+    await list.screenshot({ path: `${screenshots}/compare.png`, fullPage: true });
+    await list.close();
 
     assert.deepEqual(errors, [], 'no script errors');
   } finally {

@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use feral_common::task::TaskKind;
 use feral_coordinator::auth::Tokens;
 use feral_coordinator::Access;
@@ -141,7 +142,7 @@ async fn with_tokens_the_dashboard_api_needs_a_submitter_token() -> anyhow::Resu
     let dir = tempfile::tempdir()?;
     let access = Access { tokens: Some(Arc::new(Tokens::parse(TEST_TOKENS).map_err(anyhow::Error::msg)?)), ..Access::default() };
     let coordinator = RunningCoordinator::observed_with(dir.path(), access).await?;
-    for path in ["/api/jobs", "/api/workers", "/api/jobs/job-000000000000/events"] {
+    for path in ["/api/jobs", "/api/events", "/api/workers", "/api/jobs/job-000000000000/events"] {
         let (status, _, body) = get(&coordinator, path, None).await?;
         assert_eq!(status, 401, "{path} without a token: {body}");
         assert!(body.contains("needs a bearer token"), "{body}");
@@ -161,6 +162,62 @@ async fn with_tokens_the_dashboard_api_needs_a_submitter_token() -> anyhow::Resu
     assert_eq!(get(&coordinator, "/metrics", Some("not-a-known-token-at-all")).await?.0, 401);
     assert_eq!(get(&coordinator, "/metrics", Some("w1-0123456789abcdef")).await?.0, 200);
     coordinator.stop().await
+}
+
+/// The job list's event stream (`/api/events`): the list at once, again when a job is
+/// submitted, and to each submitter only their own jobs; it ends with the coordinator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_list_stream_is_live_and_shows_a_submitter_only_their_jobs() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = tempfile::tempdir()?;
+    let access = Access { tokens: Some(Arc::new(Tokens::parse(TEST_TOKENS).map_err(anyhow::Error::msg)?)), ..Access::default() };
+    let coordinator = RunningCoordinator::observed_with(dir.path(), access).await?;
+    let url = format!("http://{}/api/events", coordinator.http.expect("an observed coordinator"));
+    let (sink, mut lists) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let reader = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let response = ureq::get(&url).header("authorization", "Bearer alice-0123456789abcdef").header("accept", "text/event-stream").call()?;
+        let mut name = String::new();
+        for line in BufReader::new(response.into_body().into_reader()).lines() {
+            let line = line?;
+            if let Some(event) = line.strip_prefix("event:") {
+                name = event.trim().to_owned();
+            } else if let Some(data) = line.strip_prefix("data:") {
+                anyhow::ensure!(name == "list", "unexpected event {name:?}: {data}");
+                if sink.send(serde_json::from_str(data.trim())?).is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    });
+    let mut next = async || tokio::time::timeout(Duration::from_secs(60), lists.recv()).await.ok().flatten().context("no list event within 60 s");
+    let first = next().await?;
+    assert_eq!((first["jobs"].clone(), first["workers"].clone()), (Value::Array(vec![]), Value::Array(vec![])), "{first}");
+
+    let submit_as = async |secret: &str| -> anyhow::Result<String> {
+        let channel = tonic::transport::Channel::from_shared(coordinator.url())?.connect().await?;
+        let mut client = feral_proto::v1::job_service_client::JobServiceClient::new(feral_proto::credentials::BearerToken::new(secret)?.channel(channel));
+        let spec_toml = job_spec(dir.path(), 3);
+        let job = client.submit_job(feral_proto::v1::SubmitJobRequest { spec_toml }).await?.into_inner().job.context("no job")?;
+        Ok(job.id)
+    };
+    let bobs = submit_as("bob-0123456789abcdef").await?;
+    let alices = submit_as("alice-0123456789abcdef").await?;
+    // No worker: both stay queued; alice's list shows hers as soon as it exists, never bob's.
+    let list = loop {
+        let list = next().await?;
+        let ids: Vec<&str> = list["jobs"].as_array().context("jobs")?.iter().filter_map(|j| j["id"].as_str()).collect();
+        assert!(!ids.contains(&bobs.as_str()), "alice's list shows bob's job: {list}");
+        if ids.contains(&alices.as_str()) {
+            break list;
+        }
+    };
+    assert_eq!(list["jobs"][0]["state"], "queued", "{list}");
+    assert_eq!(list["jobs"][0]["eta_seconds"], Value::Null, "no epoch yet, no estimate: {list}");
+    coordinator.stop().await?;
+    // The stream ends with the server.
+    tokio::time::timeout(Duration::from_secs(60), reader).await.context("the list stream outlived the coordinator")???;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -419,6 +419,21 @@ impl JobRecord {
         u32::from(self.spec.semi_supervised.rounds)
     }
 
+    /// Seconds of training left, at the mean epoch time so far: the epochs left in this
+    /// round and in every round still planned. None once final or before the first epoch.
+    /// Pseudo-labelling between rounds and the temporal phase are not counted, and
+    /// `patience` may end the job sooner, so it is an estimate, not a promise.
+    pub fn training_seconds_left(&self) -> Option<f64> {
+        if self.state.is_final() {
+            return None;
+        }
+        let last = self.epochs.last()?;
+        let mean = self.epochs.iter().map(|e| e.seconds).sum::<f64>() / self.epochs.len() as f64;
+        let this_round = if last.round == self.round { self.epochs_total.saturating_sub(last.epoch) } else { self.epochs_total };
+        let later_rounds = self.rounds_planned().saturating_sub(self.round.0);
+        Some(mean * (f64::from(this_round) + f64::from(later_rounds) * f64::from(self.spec.train.epochs)))
+    }
+
     /// The job after `event`, or `None` when the event changes nothing. Pure: the caller
     /// persists the new record before it replaces the old one.
     pub fn on_event(&self, event: &JobEvent, now_ms: u64) -> Option<JobRecord> {

@@ -475,3 +475,15 @@ mod stored_records {
         assert_eq!(serde_json::from_str::<TrainedModel>(&stored).expect("and loads back"), model);
     }
 }
+
+#[test]
+fn training_time_left_counts_this_round_and_the_planned_ones_at_the_mean_epoch_time() {
+    let ready = prepared(2, 1);
+    assert_eq!(ready.training_seconds_left(), None, "no epoch yet, no estimate");
+    let teacher = live(&ready, TaskKind::Train)[0].clone();
+    // Epochs of 1 s; epochs_total 5 in the reports, 10 (the default) per student round.
+    let training = report(&assign_to(&ready, &teacher, "w1", 1), &teacher, "w1", &[1, 2]);
+    assert_eq!(training.training_seconds_left(), Some(3.0 + 2.0 * 10.0));
+    let cancelled = training.on_event(&JobEvent::CancelRequested { reason: "by test".into() }, 9).expect("cancel");
+    assert_eq!(cancelled.training_seconds_left(), None, "a final job has nothing left");
+}
