@@ -111,9 +111,10 @@ function lineChart(id, series, { yMin = 0, yMax = null, roundStarts = [], count 
   const every = Math.max(1, Math.ceil(count / 8));
   for (let i = 0; i < count; i += every) {
     chart.append(svg('line', { class: 'tick', x1: x(i), x2: x(i), y1: height - bottom, y2: height - bottom + 4 }));
-    chart.append(svg('text', { class: 'epoch-tick', x: x(i), y: height - 8, 'text-anchor': 'middle' }, String(i + 1)));
+    // The first tick names the axis ("epoch 1"), so that no label runs off the left edge.
+    const first = i === 0 && count > 1;
+    chart.append(svg('text', { class: 'epoch-tick', x: first ? x(i) - 3 : x(i), y: height - 8, 'text-anchor': first ? 'start' : 'middle' }, first ? 'epoch 1' : String(i + 1)));
   }
-  chart.append(svg('text', { x: left - 10, y: height - 8, 'text-anchor': 'end' }, 'epoch'));
   for (const s of series) {
     const points = s.values.map((v, i) => [x(i), y(v)]).filter(([, py]) => Number.isFinite(py));
     if (points.length === 0) continue;
