@@ -140,6 +140,18 @@ impl Dashboard {
     }
 }
 
+impl Dashboard {
+    /// `events` as a server-sent event stream that ends when the server shuts down (as the
+    /// gRPC WatchJob's do), so that a draining server does not wait on it.
+    fn until_stopped<S: Stream<Item = Result<Event, Infallible>> + Send + 'static>(&self, events: S) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+        let mut stopping = self.stopping.clone();
+        let stopped = async move {
+            let _ = stopping.wait_for(|stop| *stop).await;
+        };
+        Sse::new(events.take_until(stopped)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    }
+}
+
 fn job_id(text: &str) -> Result<JobId, ApiError> {
     if text.is_empty() || text.len() > 128 || !text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(ApiError(StatusCode::BAD_REQUEST, format!("{text:?} is not a job id")));
@@ -173,10 +185,6 @@ struct ListView {
 async fn list_events(State(dashboard): State<Dashboard>, headers: HeaderMap) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let (control, caller) = dashboard.control(&headers)?;
     let changes = control.job_changes();
-    let mut stopping = dashboard.stopping.clone();
-    let stopped = async move {
-        let _ = stopping.wait_for(|stop| *stop).await;
-    };
     // The list at once, then after each change (changes in between are folded into one),
     // or after 5 s without one; it ends when the control plane goes (leadership lost).
     let events = futures::stream::unfold((control, caller, changes, true), |(control, caller, mut changes, first)| async move {
@@ -192,9 +200,8 @@ async fn list_events(State(dashboard): State<Dashboard>, headers: HeaderMap) -> 
             Err(error) => Event::default().event("error").data(error.to_string()),
         };
         Some((Ok(event), (control, caller, changes, false)))
-    })
-    .take_until(stopped);
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    });
+    Ok(dashboard.until_stopped(events))
 }
 
 async fn get_job(State(dashboard): State<Dashboard>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -210,10 +217,6 @@ async fn job_events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let (control, caller) = dashboard.control(&headers)?;
     let receiver = control.watch(caller.scope(), &job_id(&id)?).await?;
-    let mut stopping = dashboard.stopping.clone();
-    let stopped = async move {
-        let _ = stopping.wait_for(|stop| *stop).await;
-    };
     // The current state at once, then every change; the stream ends after a final state.
     let events = futures::stream::unfold((receiver, true, false), |(mut receiver, first, done)| async move {
         if done || (!first && receiver.changed().await.is_err()) {
@@ -225,9 +228,8 @@ async fn job_events(
             Err(error) => Event::default().event("error").data(error.to_string()),
         };
         Some((Ok(event), (receiver, false, job.state.is_final())))
-    })
-    .take_until(stopped);
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    });
+    Ok(dashboard.until_stopped(events))
 }
 
 async fn list_workers(State(dashboard): State<Dashboard>, headers: HeaderMap) -> Result<Response, ApiError> {
