@@ -13,6 +13,8 @@
 # pinned. Pretrained backbones are kept under OUT and reused when a run is repeated.
 # Usage: scripts/bench-ssl.sh [FER2013_CSV(.gz)]
 #   OBJECTIVES="byol moco" SEEDS="7 8" EPOCHS=20 THREADS=1 FINETUNE_STEPS=3240 BATCH=128
+#   STARTS="pretrained random": the starts fine-tuned (the random one does not depend on the
+#     pretraining: a longer pretraining of a seed already measured may leave it out)
 #   OUT=target/bench-ssl JSON=benchmarks/pretrain-fer2013.json
 #   DATA=dir: a prepared dataset (default: target/bench-usb/data if it has a manifest,
 #     else OUT/data, prepared from the CSV)
@@ -25,7 +27,7 @@ out=$(realpath -m "${OUT:-target/bench-ssl}")
 json=$(realpath -m "${JSON:-benchmarks/pretrain-fer2013.json}")
 venv=$(realpath -m "${SSL_VENV:-target/ssl-venv}")
 objectives=${OBJECTIVES:-byol moco} seeds=${SEEDS:-7 8} epochs=${EPOCHS:-20} threads=${THREADS:-1}
-finetune_steps=${FINETUNE_STEPS:-3240} batch=${BATCH:-128} limit=${LIMIT:-}
+finetune_steps=${FINETUNE_STEPS:-3240} batch=${BATCH:-128} limit=${LIMIT:-} starts=${STARTS:-pretrained random}
 
 # --- lightly's venv -----------------------------------------------------------------------
 if ! "$venv/bin/python" -c 'import importlib.metadata as m; assert m.version("lightly") == "1.6.0"' 2>/dev/null; then
@@ -63,7 +65,7 @@ for seed in $seeds; do
   for objective in $objectives; do
     name=$objective-e$epochs-s$seed${limit:+-l$limit}
     "$venv/bin/python" scripts/ssl_reference.py --data "$data" --objective "$objective" --epochs "$epochs" \
-      --seed "$seed" --threads "$threads" --batch-size "$batch" --finetune-steps "$finetune_steps" \
+      --seed "$seed" --threads "$threads" --batch-size "$batch" --finetune-steps "$finetune_steps" --starts $starts \
       ${limit:+--limit "$limit"} --backbone "$out/backbone-$name.pt" --out "$out/$name.json" \
       >"$out/logs/$name.log" 2>&1
     echo "== $name: $(tail -1 "$out/logs/$name.log")"
@@ -79,6 +81,8 @@ rows = []
 for f in files:
     r = json.loads(pathlib.Path(f).read_text())
     for start in ("pretrained", "random"):
+        if start not in r:
+            continue
         m = r[start]
         knn = r["knn"][-1] if start == "pretrained" else r["knn"][0]
         rows.append({
@@ -106,11 +110,13 @@ for v in rows:
           f"| {f(c['disgust'])} | {f(c['fear'])} | {f(c['sad'])} | {f(v['val_macro_f1'])} | {f(v['knn_accuracy'])} "
           f"| {v['seconds']} s | {v['pretrain_seconds']} s |")
 for objective in dict.fromkeys(v["objective"] for v in rows):
-    by = {k: [v["test_macro_f1"] for v in rows if v["objective"] == objective and v["kind"] == k]
+    by = {k: {v["seed"]: v["test_macro_f1"] for v in rows if v["objective"] == objective and v["kind"] == k}
           for k in ("pretrained", "random")}
-    gain = statistics.mean(p - q for p, q in zip(by["pretrained"], by["random"]))
-    spread = max(max(s) - min(s) for s in by.values())
-    print(f"{objective}: pretrained - random test macro-F1 {gain:+.3f} (mean over {len(by['random'])} seeds); "
-          f"seed spread (max - min within a start) {spread:.3f}")
+    paired = sorted(by["pretrained"].keys() & by["random"].keys())
+    if paired:
+        gain = statistics.mean(by["pretrained"][s] - by["random"][s] for s in paired)
+        spread = max(max(d.values()) - min(d.values()) for d in by.values() if d)
+        print(f"{objective}: pretrained - random test macro-F1 {gain:+.3f} (mean over seeds {paired}); "
+              f"seed spread (max - min within a start) {spread:.3f}")
 print(f"wrote {path}")
 EOF

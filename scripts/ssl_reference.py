@@ -49,8 +49,10 @@ initialisation, by more than the spread between seeds? It runs in three parts.
    state), so a run that is stopped (a session's end) goes on from its last epoch when
    the same command is run again; the file is removed once the backbone is saved.
 
-2. and 3. Fine-tuning, twice, from the pretrained backbone and from random initialisation,
-   with the same seed and everything else the same (the same initial head, the same batches
+2. and 3. Fine-tuning, twice, from the pretrained backbone and from random initialisation
+   (`--starts` names which, both by default: the random start does not depend on the
+   pretraining, so a longer pretraining of a seed already measured may leave it out), with
+   the same seed and everything else the same (the same initial head, the same batches
    and views): Feral's supervised recipe, as usb_reference.py's supervised path sets it, on
    the labelled split only: class-uniform batches of 64 drawn with replacement, Feral's weak
    view, the compact CNN with dropout 0.3 and a fresh linear head, AdamW (lr 0.002, weight
@@ -62,8 +64,8 @@ initialisation, by more than the spread between seeds? It runs in three parts.
 
 It writes one JSON document: the settings, the k-NN curve, pretraining seconds and images/s
 (images, each seen as two views, per second of training, the k-NN probes excluded), and for
-`pretrained` and `random` the val/test metrics and fine-tuning seconds; torch and lightly
-versions.
+each start fine-tuned (`pretrained`, `random`) the val/test metrics and fine-tuning seconds;
+torch and lightly versions.
 
     target/ssl-venv/bin/python scripts/ssl_reference.py --data target/bench-usb/data \
         --objective byol --epochs 20 --seed 7 --threads 1 --backbone byol-e20-s7.pt --out byol-s7.json
@@ -381,7 +383,7 @@ def run(args):
 
     result = {**settings, "threads": args.threads, "finetune_steps": args.finetune_steps,
               "backbone_reused": saved is not None, **record}
-    for start in ("pretrained", "random"):
+    for start in args.starts:
         print(f"fine-tuning from the {start} start, {args.finetune_steps} steps", flush=True)
         result[start] = finetune(args, body if start == "pretrained" else None, (train_x, train_y), classes,
                                  {"val": val, "test": test})
@@ -403,8 +405,11 @@ def main():
     parser.add_argument("--limit", type=int, help="only the first N pool images (smoke tests only)")
     parser.add_argument("--backbone", help="save the pretrained backbone here, or reuse it if it matches")
     parser.add_argument("--log-every", type=int, default=360, help="fine-tuning steps between log lines")
+    parser.add_argument("--starts", nargs="+", choices=("pretrained", "random"), default=["pretrained", "random"],
+                        help="which starts to fine-tune from (each once)")
     parser.add_argument("--out", required=True, help="where to write the result (JSON)")
     args = parser.parse_args()
+    args.starts = list(dict.fromkeys(args.starts))
     for name in ("epochs", "batch_size", "threads", "width", "finetune_steps", "log_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -417,7 +422,7 @@ def main():
         json.dump(result, f, indent=2)
     print(json.dumps({k: result[k] for k in ("objective", "seed", "epochs")}
                      | {"knn": result["knn"][-1]["accuracy"]}
-                     | {f"{s}_test_macro_f1": result[s]["test"]["macro_f1"] for s in ("pretrained", "random")}))
+                     | {f"{s}_test_macro_f1": result[s]["test"]["macro_f1"] for s in args.starts}))
 
 
 if __name__ == "__main__":
